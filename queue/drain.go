@@ -1,0 +1,381 @@
+package queue
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/joncrlsn/dque"
+)
+
+const readChunk = 256 << 10
+
+// Read returns the next entries to send downstream, blocking until there are
+// some or ctx ends. Records given back by Nack or Rewind come first, then
+// records not read before. A batch holds whole records, as many as fit in
+// maxBytes of entry data, and at least one. Each batch must be acked (Ack)
+// or given back (Nack, Rewind); until then it stays in the queue.
+func (q *Queue) Read(ctx context.Context, maxBytes int) (Batch, error) {
+	for {
+		q.rmu.Lock()
+		if q.rclosed {
+			q.rmu.Unlock()
+			return Batch{}, ErrClosed
+		}
+		b, err := q.readLocked(maxBytes)
+		avail := q.avail
+		q.rmu.Unlock()
+		if err != nil || len(b.Entries) > 0 {
+			return b, err
+		}
+		select {
+		case <-avail:
+		case <-ctx.Done():
+			return Batch{}, ctx.Err()
+		}
+	}
+}
+
+// TryRead is Read without waiting: an empty batch means nothing to read now.
+func (q *Queue) TryRead(maxBytes int) (Batch, error) {
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	if q.rclosed {
+		return Batch{}, ErrClosed
+	}
+	return q.readLocked(maxBytes)
+}
+
+func (q *Queue) readLocked(maxBytes int) (Batch, error) {
+	var b Batch
+	add := func(r *inflight) {
+		b.Entries = append(b.Entries, r.entries...)
+		b.Bytes += int(r.bytes)
+		b.recs = append(b.recs, r)
+	}
+	if q.resend > 0 {
+		// A contiguous run of records given back, oldest first.
+		i := 0
+		for i < len(q.window) && q.window[i].state != stateResend {
+			i++
+		}
+		for ; i < len(q.window) && q.window[i].state == stateResend; i++ {
+			r := q.window[i]
+			if len(b.recs) > 0 && b.Bytes+int(r.bytes) > maxBytes {
+				break
+			}
+			r.state = stateSent
+			q.resend--
+			add(r)
+		}
+		q.m.redelivered.Add(float64(len(b.Entries)))
+		return b, nil
+	}
+	for {
+		r := q.peeked
+		q.peeked = nil
+		if r == nil {
+			var err error
+			r, err = q.nextRecord()
+			if err != nil {
+				return b, err
+			}
+			if r == nil {
+				break
+			}
+			if len(r.entries) == 0 {
+				// A filler record from a repair: nothing to send; remove it.
+				r.state = stateAcked
+				q.window = append(q.window, r)
+				q.kickRemover()
+				continue
+			}
+		}
+		if len(b.recs) > 0 && b.Bytes+int(r.bytes) > maxBytes {
+			q.peeked = r
+			break
+		}
+		r.state = stateSent
+		q.window = append(q.window, r)
+		q.inflightN += int64(len(r.entries))
+		add(r)
+	}
+	q.m.inflight.Set(float64(q.inflightN))
+	return b, nil
+}
+
+// Ack says the batch is durable downstream: its records are removed from
+// the queue as soon as every record before them is acked too.
+func (q *Queue) Ack(b Batch) {
+	q.rmu.Lock()
+	for _, r := range b.recs {
+		switch r.state {
+		case stateAcked:
+			continue
+		case stateResend:
+			q.resend--
+		}
+		r.state = stateAcked
+		q.inflightN -= int64(len(r.entries))
+	}
+	q.m.inflight.Set(float64(q.inflightN))
+	q.rmu.Unlock()
+	q.kickRemover()
+}
+
+// Nack gives the batch back: Read returns it again, before newer records.
+func (q *Queue) Nack(b Batch) {
+	q.rmu.Lock()
+	for _, r := range b.recs {
+		if r.state == stateSent {
+			r.state = stateResend
+			q.resend++
+		}
+	}
+	q.wakeReadersLocked()
+	q.rmu.Unlock()
+}
+
+// Rewind gives back everything read and not acked, as after a reconnect:
+// Read returns it again, oldest first.
+func (q *Queue) Rewind() {
+	q.rmu.Lock()
+	for _, r := range q.window {
+		if r.state == stateSent {
+			r.state = stateResend
+			q.resend++
+		}
+	}
+	q.wakeReadersLocked()
+	q.rmu.Unlock()
+}
+
+// Inflight returns the number of entries read and not yet acked.
+func (q *Queue) Inflight() int64 {
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	return q.inflightN
+}
+
+func (q *Queue) wakeReadersLocked() {
+	if !q.rclosed {
+		close(q.avail)
+		q.avail = make(chan struct{})
+	}
+}
+
+func (q *Queue) kickRemover() {
+	select {
+	case q.removeKick <- struct{}{}:
+	default:
+	}
+}
+
+// nextRecord reads the record at the cursor, if one is committed there.
+func (q *Queue) nextRecord() (*inflight, error) {
+	for q.cursor.before(q.committed) {
+		if q.rf == nil || q.rfNum != q.cursor.seg {
+			if q.rf != nil {
+				q.rf.Close()
+				q.rf = nil
+			}
+			f, err := os.Open(segmentFile(q.segDir, q.cursor.seg))
+			if errors.Is(err, os.ErrNotExist) && q.cursor.seg < q.committed.seg {
+				// Consumed and deleted (everything in it was read).
+				q.cursor = pos{q.cursor.seg + 1, 0}
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("queue read: open segment: %w", err)
+			}
+			q.rf, q.rfNum, q.rbuf, q.rbufOff = f, q.cursor.seg, q.rbuf[:0], 0
+		}
+		limit := int64(-1)
+		if q.cursor.seg == q.committed.seg {
+			limit = q.committed.off
+		}
+		hdr, err := q.readAt(q.cursor.off, 4, limit)
+		if err != nil {
+			return nil, err
+		}
+		if hdr == nil {
+			// End of a finished segment (only delete markers can follow).
+			q.cursor = pos{q.cursor.seg + 1, 0}
+			continue
+		}
+		l := int(binary.LittleEndian.Uint32(hdr))
+		if l == 0 {
+			q.cursor.off += 4
+			continue
+		}
+		body, err := q.readAt(q.cursor.off+4, l, limit)
+		if err != nil {
+			return nil, err
+		}
+		if body == nil {
+			return nil, fmt.Errorf("queue read: segment %d offset %d: record of %d bytes cut short", q.cursor.seg, q.cursor.off, l)
+		}
+		rr, err := parseItem(body)
+		var ents [][]byte
+		if err == nil {
+			ents, err = rr.entries()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("queue read: segment %d offset %d: %w", q.cursor.seg, q.cursor.off, err)
+		}
+		q.cursor.off += 4 + int64(l)
+		data := append([]byte(nil), rr.data...) // keep one allocation per record
+		r := &inflight{bytes: rr.payloadBytes(), entries: make([]Entry, len(ents))}
+		base := 0
+		for i, e := range ents {
+			// e aliases rr.data; find it in the copy by offset.
+			start := base + uvarintLen(uint64(len(e)))
+			r.entries[i] = Entry{Seq: rr.seq + uint64(i), Data: data[start : start+len(e) : start+len(e)]}
+			base = start + len(e)
+		}
+		return r, nil
+	}
+	return nil, nil
+}
+
+// readAt returns n bytes of the reader's segment at off, or nil if they are
+// not all there before limit (-1: end of file).
+func (q *Queue) readAt(off int64, n int, limit int64) ([]byte, error) {
+	if limit >= 0 && off+int64(n) > limit {
+		return nil, nil
+	}
+	if off >= q.rbufOff && off+int64(n) <= q.rbufOff+int64(len(q.rbuf)) {
+		s := off - q.rbufOff
+		return q.rbuf[s : s+int64(n)], nil
+	}
+	want := max(n, readChunk)
+	if limit >= 0 {
+		want = int(min(int64(want), limit-off))
+	}
+	if cap(q.rbuf) < want {
+		q.rbuf = make([]byte, want)
+	}
+	buf := q.rbuf[:want]
+	got, err := q.rf.ReadAt(buf, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("queue read: segment %d: %w", q.rfNum, err)
+	}
+	q.rbuf, q.rbufOff = buf[:got], off
+	if got < n {
+		return nil, nil
+	}
+	return q.rbuf[:n], nil
+}
+
+// removeLoop removes acked records from the head of dque, in order, and
+// syncs the delete markers now and then.
+func (q *Queue) removeLoop() {
+	defer close(q.removerDone)
+	var owed []*inflight
+	dirty := false
+	var syncTimer <-chan time.Time
+	var retry <-chan time.Time
+	stopping := false
+	for {
+		select {
+		case <-q.removeKick:
+		case <-retry:
+			retry = nil
+		case <-syncTimer:
+			syncTimer = nil
+			if q.opts.Sync == SyncAlways && dirty {
+				q.dqMu.Lock()
+				if q.dq != nil {
+					if err := q.dq.TurboSync(); err != nil {
+						q.log.Warn("queue: sync delete markers", "err", err)
+					}
+				}
+				q.dqMu.Unlock()
+			}
+			dirty = false
+		case <-q.stop:
+			stopping = true
+		}
+
+		q.rmu.Lock()
+		k := 0
+		for k < len(q.window) && q.window[k].state == stateAcked {
+			k++
+		}
+		owed = append(owed, q.window[:k]...)
+		clear(q.window[:k])
+		q.window = q.window[k:]
+		if len(q.window) == 0 {
+			q.window = nil
+		}
+		q.rmu.Unlock()
+
+		if len(owed) > 0 {
+			n, b, err := q.removeHead(owed)
+			clear(owed[:n])
+			owed = owed[n:]
+			if len(owed) == 0 {
+				owed = nil
+			}
+			if n > 0 {
+				dirty = true
+				q.mu.Lock()
+				q.liveEntries -= b.entries
+				q.liveBytes -= b.bytes
+				live, liveB := q.liveEntries, q.liveBytes
+				q.mu.Unlock()
+				q.m.removed.Add(float64(b.entries))
+				q.m.depthEntries.Set(float64(live))
+				q.m.depthBytes.Set(float64(liveB))
+				if syncTimer == nil {
+					syncTimer = time.After(q.opts.RemovalSyncInterval)
+				}
+			}
+			if err != nil {
+				q.m.storageErrors.Inc()
+				q.log.Error("queue: remove acked records", "err", err, "owed", len(owed))
+				if !stopping {
+					retry = time.After(q.opts.RetryInterval)
+				}
+			}
+		}
+		if stopping {
+			return
+		}
+	}
+}
+
+type counts struct{ entries, bytes int64 }
+
+// removeHead dequeues len(recs) records from dque's head; it returns how many
+// it removed and their entries and bytes.
+func (q *Queue) removeHead(recs []*inflight) (int, counts, error) {
+	var c counts
+	q.dqMu.Lock()
+	defer q.dqMu.Unlock()
+	if q.dq == nil {
+		return 0, c, errors.New("queue storage is reopening")
+	}
+	for i, r := range recs {
+		if _, err := q.dq.Dequeue(); err != nil {
+			if errors.Is(err, dque.ErrEmpty) {
+				// Cannot happen after Open's repair; drop the debt rather
+				// than spin, and say so.
+				q.log.Error("queue: dque head empty while acked records remain; dropping the removal", "records", len(recs)-i)
+				for _, r := range recs[i:] {
+					c.entries += int64(len(r.entries))
+					c.bytes += r.bytes
+				}
+				return len(recs), c, nil
+			}
+			return i, c, fmt.Errorf("dequeue: %w", err)
+		}
+		c.entries += int64(len(r.entries))
+		c.bytes += r.bytes
+	}
+	return len(recs), c, nil
+}

@@ -1,0 +1,619 @@
+package queue
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/joncrlsn/dque"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const (
+	segmentsName = "segments"
+	seqStep      = 1 << 20
+)
+
+// Queue is a durable FIFO of byte entries. Append is safe for any number of
+// goroutines; Read, Ack, Nack and Rewind are safe too, though a queue normally
+// has one consumer. See doc.go for the contract.
+type Queue struct {
+	opts   Options
+	dir    string
+	segDir string
+	qDir   string
+	log    *slog.Logger
+	m      *metrics
+	lockF  *os.File
+
+	dqMu sync.Mutex // serialises every call into dq, and its replacement
+	dq   *dque.DQue
+
+	// Append side, guarded by mu.
+	mu          sync.Mutex
+	closed      bool
+	failed      error // non-nil while the disk fails: appends fail fast
+	pending     *group
+	sealed      []*group
+	liveEntries int64 // committed, not removed
+	liveBytes   int64
+	pendEntries int64 // accepted, not yet committed
+	pendBytes   int64
+
+	kick chan struct{}
+
+	// Owned by the committer goroutine.
+	nextSeq     uint64
+	reservedSeq uint64
+	tailNum     int
+	tailF       *os.File
+
+	// Read side, guarded by rmu.
+	rmu       sync.Mutex
+	rclosed   bool
+	committed pos // end of the last committed record
+	cursor    pos // next byte the reader looks at
+	rf        *os.File
+	rfNum     int
+	rbuf      []byte
+	rbufOff   int64
+	peeked    *inflight // read from disk, did not fit the last batch
+	window    []*inflight
+	resend    int   // records in window waiting to be read again
+	inflightN int64 // entries read and not yet acked
+	avail     chan struct{}
+
+	removeKick    chan struct{}
+	stop          chan struct{}
+	committerDone chan struct{}
+	removerDone   chan struct{}
+	closeOnce     sync.Once
+	closeErr      error
+}
+
+type pos struct {
+	seg int
+	off int64
+}
+
+func (p pos) before(o pos) bool { return p.seg < o.seg || (p.seg == o.seg && p.off < o.off) }
+
+// group is the appends that will be written as one record.
+type group struct {
+	entries  [][]byte
+	bytes    int
+	firstSeq uint64
+	err      error
+	done     chan struct{}
+}
+
+// Entry is one appended entry as the consumer reads it.
+type Entry struct {
+	// Seq is the entry's sequence number, unique and increasing in this
+	// queue for its whole life, restarts included.
+	Seq uint64
+	// Data is what was appended. Valid until the batch is acked.
+	Data []byte
+}
+
+// Batch is what one Read returns: entries of one or more whole records, in
+// order. Ack, Nack it as a whole.
+type Batch struct {
+	Entries []Entry
+	Bytes   int
+	recs    []*inflight
+}
+
+type recState uint8
+
+const (
+	stateSent recState = iota
+	stateResend
+	stateAcked
+)
+
+type inflight struct {
+	entries []Entry
+	bytes   int64
+	state   recState
+}
+
+// Open opens (or creates) the queue in dir, repairing whatever a crash left
+// (see doc.go). logger and reg may be nil.
+func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Queue, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("queue options: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("queue", opts.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create queue dir: %w", err)
+	}
+	q := &Queue{
+		opts:          opts,
+		dir:           dir,
+		segDir:        filepath.Join(dir, segmentsName),
+		qDir:          filepath.Join(dir, "quarantine"),
+		log:           logger,
+		m:             newMetrics(opts.Name, reg),
+		kick:          make(chan struct{}, 1),
+		removeKick:    make(chan struct{}, 1),
+		stop:          make(chan struct{}),
+		committerDone: make(chan struct{}),
+		removerDone:   make(chan struct{}),
+		avail:         make(chan struct{}),
+	}
+	lockF, err := lockDir(filepath.Join(dir, "LOCK"))
+	if err != nil {
+		return nil, err
+	}
+	q.lockF = lockF
+	if err := q.open(); err != nil {
+		lockF.Close()
+		return nil, err
+	}
+	go q.commitLoop()
+	go q.removeLoop()
+	return q, nil
+}
+
+// open repairs the segments, opens dque and sets the read and write state.
+// It runs at Open and again after a storage failure.
+func (q *Queue) open() error {
+	res, err := repairSegments(q.segDir, q.qDir, q.opts.ItemsPerSegment, q.opts.MaxRecordBytes+4096, q.log)
+	if err != nil {
+		return fmt.Errorf("repair queue %s: %w", q.dir, err)
+	}
+	for kind, n := range res.repairs {
+		q.m.repairs.WithLabelValues(kind).Add(float64(n))
+		if kind == repairQuarantine {
+			q.m.quarantined.Add(float64(n))
+		}
+	}
+	dq, err := dque.NewOrOpen(segmentsName, q.dir, q.opts.ItemsPerSegment, newRecordObject)
+	if err != nil {
+		return fmt.Errorf("open dque in %s: %w", q.dir, err)
+	}
+	if err := dq.TurboOn(); err != nil {
+		return fmt.Errorf("dque turbo: %w", err)
+	}
+	first, last := dq.SegmentNumbers()
+	if res.first != 0 && (res.first != first || res.last != last) {
+		return fmt.Errorf("queue %s: dque opened segments %d..%d, repair saw %d..%d", q.dir, first, last, res.first, res.last)
+	}
+	tailF, err := os.Open(segmentFile(q.segDir, last))
+	if err != nil {
+		return fmt.Errorf("open tail segment: %w", err)
+	}
+	st, err := tailF.Stat()
+	if err != nil {
+		tailF.Close()
+		return fmt.Errorf("stat tail segment: %w", err)
+	}
+	if q.opts.Sync == SyncAlways && res.first == 0 {
+		// dque just created the segments folder and its first file.
+		if err := syncDir(q.segDir); err != nil {
+			tailF.Close()
+			return err
+		}
+		if err := syncDir(q.dir); err != nil {
+			tailF.Close()
+			return err
+		}
+	}
+
+	reserved, err := readSeqFile(filepath.Join(q.dir, "seq"))
+	if err != nil {
+		q.log.Warn("queue: sequence reservation unreadable; using what the segments hold", "err", err)
+	}
+	next := max(reserved, res.maxSeq, q.nextSeq, 1)
+
+	q.dqMu.Lock()
+	if q.dq != nil {
+		_ = q.dq.Close()
+	}
+	q.dq = dq
+	q.dqMu.Unlock()
+	if q.tailF != nil {
+		q.tailF.Close()
+	}
+	q.tailF, q.tailNum = tailF, last
+	q.nextSeq, q.reservedSeq = next, next
+
+	q.rmu.Lock()
+	q.committed = pos{last, st.Size()}
+	if q.cursor.seg == 0 {
+		// First open: read from the first live record. (After a storage
+		// failure the reader keeps its place: a repair only cuts beyond
+		// what was committed.)
+		q.cursor = pos{first, res.headOff}
+		if res.first == 0 {
+			q.cursor = pos{first, 0}
+		}
+	}
+	q.rmu.Unlock()
+
+	q.mu.Lock()
+	q.liveEntries, q.liveBytes = res.liveEntries, res.liveBytes
+	q.failed = nil
+	q.mu.Unlock()
+	q.m.depthEntries.Set(float64(res.liveEntries))
+	q.m.depthBytes.Set(float64(res.liveBytes))
+	q.m.degraded.Set(0)
+	q.log.Debug("queue: open", "dir", q.dir, "segments", fmt.Sprintf("%d..%d", first, last), "entries", res.liveEntries, "bytes", res.liveBytes, "next_seq", next)
+	return nil
+}
+
+// Append stores entries as consecutive entries of the queue and returns the
+// sequence number of the first, once they are durable (Options.Sync). All
+// entries of one call land in one record: all are stored or none. The
+// entries must not be modified until Append returns. If ctx ends first,
+// Append returns its error and the entries may or may not be stored.
+func (q *Queue) Append(ctx context.Context, entries ...[]byte) (uint64, error) {
+	if len(entries) == 0 {
+		return 0, errors.New("queue: append of no entries")
+	}
+	size := 0
+	for _, e := range entries {
+		size += framedLen(len(e))
+	}
+	if size+trailerLen > q.opts.MaxRecordBytes {
+		q.m.rejected.WithLabelValues("too_large").Inc()
+		return 0, fmt.Errorf("%w: %d bytes, max %d", ErrTooLarge, size, q.opts.MaxRecordBytes-trailerLen)
+	}
+	start := time.Now()
+	q.mu.Lock()
+	if err := q.admitLocked(int64(len(entries)), int64(size)); err != nil {
+		q.mu.Unlock()
+		return 0, err
+	}
+	g := q.pending
+	if g == nil || g.bytes+size+trailerLen > q.opts.MaxRecordBytes {
+		if g != nil {
+			q.sealed = append(q.sealed, g)
+		}
+		g = &group{done: make(chan struct{})}
+		q.pending = g
+	}
+	idx := len(g.entries)
+	g.entries = append(g.entries, entries...)
+	g.bytes += size
+	q.pendEntries += int64(len(entries))
+	q.pendBytes += int64(size)
+	q.mu.Unlock()
+
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.done:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("queue append abandoned (may still be stored): %w", ctx.Err())
+	}
+	if g.err != nil {
+		q.m.rejected.WithLabelValues("storage").Inc()
+		return 0, g.err
+	}
+	q.m.appendSeconds.Observe(time.Since(start).Seconds())
+	return g.firstSeq + uint64(idx), nil
+}
+
+func (q *Queue) admitLocked(n, size int64) error {
+	switch {
+	case q.closed:
+		q.m.rejected.WithLabelValues("closed").Inc()
+		return ErrClosed
+	case q.failed != nil:
+		q.m.rejected.WithLabelValues("storage").Inc()
+		return q.failed
+	case q.opts.MaxBytes > 0 && q.liveBytes+q.pendBytes+size > q.opts.MaxBytes:
+		q.m.rejected.WithLabelValues("full").Inc()
+		return fmt.Errorf("%w: %d of %d bytes held", ErrFull, q.liveBytes+q.pendBytes, q.opts.MaxBytes)
+	case q.opts.MaxEntries > 0 && q.liveEntries+q.pendEntries+n > q.opts.MaxEntries:
+		q.m.rejected.WithLabelValues("full").Inc()
+		return fmt.Errorf("%w: %d of %d entries held", ErrFull, q.liveEntries+q.pendEntries, q.opts.MaxEntries)
+	}
+	return nil
+}
+
+// Depth returns the entries and entry bytes held: appended and not removed.
+func (q *Queue) Depth() (entries, bytes int64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.liveEntries, q.liveBytes
+}
+
+// commitLoop is the single writer: it takes the groups gathered since its
+// last round, writes them, syncs once, and answers their appends.
+func (q *Queue) commitLoop() {
+	defer close(q.committerDone)
+	stopping := false
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-q.kick:
+		case <-q.stop:
+			stopping = true
+		case <-retry:
+		}
+		q.mu.Lock()
+		failed := q.failed
+		q.mu.Unlock()
+		if failed != nil && !stopping {
+			if err := q.recoverStorage(); err != nil {
+				q.log.Debug("queue: storage still failing", "err", err)
+				retry = time.After(q.opts.RetryInterval)
+			} else {
+				retry = nil
+			}
+		}
+		for {
+			q.mu.Lock()
+			groups := q.sealed
+			q.sealed = nil
+			if q.pending != nil && len(q.pending.entries) > 0 {
+				groups = append(groups, q.pending)
+				q.pending = nil
+			}
+			failed := q.failed
+			q.mu.Unlock()
+			if len(groups) == 0 {
+				break
+			}
+			if failed != nil {
+				q.finish(groups, failed)
+				continue
+			}
+			if err := q.commit(groups); err != nil {
+				q.finish(groups, q.storageFailed(err))
+				retry = time.After(q.opts.RetryInterval)
+			}
+		}
+		if stopping {
+			return
+		}
+	}
+}
+
+// finish answers groups that will not be committed (or were, when err is nil).
+func (q *Queue) finish(groups []*group, err error) {
+	q.account(groups, err)
+	q.answer(groups, err)
+}
+
+// account moves the groups' entries from pending to live (or drops them
+// from pending when they failed).
+func (q *Queue) account(groups []*group, err error) {
+	var n, b int64
+	for _, g := range groups {
+		n += int64(len(g.entries))
+		b += int64(g.bytes)
+	}
+	q.mu.Lock()
+	q.pendEntries -= n
+	q.pendBytes -= b
+	if err == nil {
+		q.liveEntries += n
+		q.liveBytes += b
+	}
+	live, liveB := q.liveEntries, q.liveBytes
+	q.mu.Unlock()
+	if err == nil {
+		q.m.appendedTotal.Add(float64(n))
+		q.m.appendedBytes.Add(float64(b))
+		q.m.depthEntries.Set(float64(live))
+		q.m.depthBytes.Set(float64(liveB))
+	}
+}
+
+func (q *Queue) answer(groups []*group, err error) {
+	for _, g := range groups {
+		g.err = err
+		close(g.done)
+	}
+}
+
+// commit writes groups as records, one per group, and makes them durable.
+func (q *Queue) commit(groups []*group) error {
+	start := time.Now()
+	var n uint64
+	for _, g := range groups {
+		n += uint64(len(g.entries))
+	}
+	if q.nextSeq+n > q.reservedSeq {
+		r := q.nextSeq + n + seqStep
+		if err := writeSeqFile(filepath.Join(q.dir, "seq"), r); err != nil {
+			return err
+		}
+		q.reservedSeq = r
+	}
+	recs := make([]*record, len(groups))
+	for i, g := range groups {
+		g.firstSeq = q.nextSeq
+		q.nextSeq += uint64(len(g.entries))
+		recs[i] = &record{raw: encodeRecord(g.firstSeq, g.entries)}
+	}
+
+	q.dqMu.Lock()
+	for _, r := range recs {
+		if err := q.dq.Enqueue(r); err != nil {
+			q.dqMu.Unlock()
+			return fmt.Errorf("enqueue record: %w", err)
+		}
+		r.raw = nil // dque keeps the object; the bytes are on disk
+	}
+	_, last := q.dq.SegmentNumbers()
+	q.dqMu.Unlock()
+
+	if last != q.tailNum {
+		nf, err := os.Open(segmentFile(q.segDir, last))
+		if err != nil {
+			return fmt.Errorf("open new tail segment: %w", err)
+		}
+		if q.opts.Sync == SyncAlways {
+			// Records of this round may be in the old tail too.
+			if err := q.tailF.Sync(); err != nil {
+				nf.Close()
+				return fmt.Errorf("sync segment %d: %w", q.tailNum, err)
+			}
+			if err := syncDir(q.segDir); err != nil {
+				nf.Close()
+				return err
+			}
+		}
+		q.tailF.Close()
+		q.tailF, q.tailNum = nf, last
+	}
+	if q.opts.Sync == SyncAlways {
+		if err := q.tailF.Sync(); err != nil {
+			return fmt.Errorf("sync segment %d: %w", q.tailNum, err)
+		}
+		q.m.fsyncs.Inc()
+	}
+	st, err := q.tailF.Stat()
+	if err != nil {
+		return fmt.Errorf("stat segment %d: %w", q.tailNum, err)
+	}
+	q.m.fsyncSeconds.Observe(time.Since(start).Seconds())
+	q.m.records.Add(float64(len(recs)))
+
+	// Count them, then show them to readers, then answer their appenders: a
+	// reader may see records before their appenders return, never after.
+	q.account(groups, nil)
+	q.rmu.Lock()
+	q.committed = pos{last, st.Size()}
+	close(q.avail)
+	q.avail = make(chan struct{})
+	q.rmu.Unlock()
+	q.answer(groups, nil)
+	return nil
+}
+
+// storageFailed turns a write or sync error into the error appends get until
+// the queue has recovered, and logs it once.
+func (q *Queue) storageFailed(err error) error {
+	q.m.storageErrors.Inc()
+	q.m.degraded.Set(1)
+	var e error
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EDQUOT) {
+		e = fmt.Errorf("%w: %w", ErrDiskFull, err)
+	} else {
+		e = fmt.Errorf("%w: %w", ErrStorage, err)
+	}
+	q.mu.Lock()
+	first := q.failed == nil
+	q.failed = e
+	q.mu.Unlock()
+	if first {
+		q.log.Error("queue: storage failed; refusing appends until it recovers", "err", err)
+	}
+	return e
+}
+
+// recoverStorage reopens the queue after a storage failure: the failed
+// write may have left a torn tail, which dque would otherwise write after.
+func (q *Queue) recoverStorage() error {
+	q.dqMu.Lock()
+	if q.dq != nil {
+		_ = q.dq.Close()
+		q.dq = nil
+	}
+	q.dqMu.Unlock()
+	if err := q.open(); err != nil {
+		return err
+	}
+	q.log.Info("queue: storage recovered; accepting appends again")
+	return nil
+}
+
+// Close stops the queue: appends already accepted are committed, further
+// calls fail with ErrClosed, and acked records are removed. What was not
+// acked stays on disk for the next Open. Close is safe to call twice.
+func (q *Queue) Close() error {
+	q.closeOnce.Do(func() {
+		q.mu.Lock()
+		q.closed = true
+		q.mu.Unlock()
+		close(q.stop)
+		<-q.committerDone
+		<-q.removerDone
+		q.rmu.Lock()
+		q.rclosed = true
+		close(q.avail)
+		q.avail = make(chan struct{})
+		if q.rf != nil {
+			q.rf.Close()
+			q.rf = nil
+		}
+		q.rmu.Unlock()
+		var errs []error
+		q.dqMu.Lock()
+		if q.dq != nil {
+			if q.opts.Sync == SyncAlways {
+				if err := q.dq.TurboSync(); err != nil {
+					errs = append(errs, fmt.Errorf("sync on close: %w", err))
+				}
+			}
+			if err := q.dq.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close dque: %w", err))
+			}
+			q.dq = nil
+		}
+		q.dqMu.Unlock()
+		if q.tailF != nil {
+			q.tailF.Close()
+		}
+		if err := q.lockF.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("release lock: %w", err))
+		}
+		q.closeErr = errors.Join(errs...)
+	})
+	return q.closeErr
+}
+
+func lockDir(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open queue lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+		}
+		return nil, fmt.Errorf("lock queue: %w", err)
+	}
+	return f, nil
+}
+
+func readSeqFile(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read sequence file: %w", err)
+	}
+	if len(b) != 12 || crc32.Checksum(b[:8], castagnoli) != binary.LittleEndian.Uint32(b[8:]) {
+		return 0, fmt.Errorf("sequence file %s damaged", path)
+	}
+	return binary.LittleEndian.Uint64(b), nil
+}
+
+func writeSeqFile(path string, v uint64) error {
+	b := binary.LittleEndian.AppendUint64(nil, v)
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	return replaceFile(path, b)
+}
