@@ -1,0 +1,121 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Store holds the current registry of a file and reloads it on SIGHUP and
+// when the file changes. A file that fails to load is logged and counted;
+// the previous registry stays in force.
+type Store struct {
+	path    string
+	log     *slog.Logger
+	cur     atomic.Pointer[Registry]
+	modTime time.Time
+	size    int64
+
+	reloads  *prometheus.CounterVec
+	devices  prometheus.Gauge
+	interval time.Duration
+}
+
+// NewStore loads path and returns a Store serving it. reg may be nil.
+func NewStore(path string, logger *slog.Logger, reg prometheus.Registerer) (*Store, error) {
+	s := &Store{
+		path:     path,
+		log:      logger,
+		interval: 2 * time.Second,
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_registry_reloads_total", Help: "Device registry reloads, by result (ok, error).",
+		}, []string{"result"}),
+		devices: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drover_registry_devices", Help: "Devices in the registry in force.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{s.reloads, s.devices} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register registry metrics: %w", err)
+			}
+		}
+	}
+	if err := s.reload(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Static returns a Store that serves r and never reloads (tests, sim).
+func Static(r *Registry) *Store {
+	s := &Store{}
+	s.cur.Store(r)
+	return s
+}
+
+// Current returns the registry in force.
+func (s *Store) Current() *Registry { return s.cur.Load() }
+
+func (s *Store) reload() error {
+	st, err := os.Stat(s.path)
+	if err != nil {
+		s.reloads.WithLabelValues("error").Inc()
+		return fmt.Errorf("stat registry: %w", err)
+	}
+	r, err := Load(s.path)
+	if err != nil {
+		s.reloads.WithLabelValues("error").Inc()
+		return err
+	}
+	s.modTime, s.size = st.ModTime(), st.Size()
+	s.cur.Store(r)
+	s.reloads.WithLabelValues("ok").Inc()
+	s.devices.Set(float64(r.Len()))
+	return nil
+}
+
+// Run reloads on SIGHUP and on file change until ctx ends.
+func (s *Store) Run(ctx context.Context) error {
+	if s.path == "" {
+		<-ctx.Done()
+		return nil
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			s.reloadAndLog("SIGHUP")
+		case <-t.C:
+			st, err := os.Stat(s.path)
+			if err == nil && (!st.ModTime().Equal(s.modTime) || st.Size() != s.size) {
+				s.reloadAndLog("file changed")
+			}
+		}
+	}
+}
+
+func (s *Store) reloadAndLog(why string) {
+	if err := s.reload(); err != nil {
+		s.log.Error("registry: reload failed; keeping the previous one", "path", s.path, "trigger", why, "err", err)
+		// Do not retry the same broken file every tick.
+		if st, e := os.Stat(s.path); e == nil {
+			s.modTime, s.size = st.ModTime(), st.Size()
+		}
+		return
+	}
+	s.log.Info("registry: reloaded", "path", s.path, "trigger", why, "devices", s.Current().Len())
+}

@@ -1,0 +1,19 @@
+// Package telemetry is drover's wire format: the protobuf schema (telemetry.proto, package
+// drover.telemetry.v1) of the frames devices exchange with frontends (Uplink, Downlink) and of
+// the batches that travel inside the pipeline (Batch from frontend to router, PublishBatch from
+// router to subscribers), its JSON mapping, and the validation every device frame passes before
+// anything in it is stored.
+//
+// Devices send Uplink frames, as binary protobuf (WebSocket binary messages) or in the proto3
+// JSON mapping (text messages). A frontend decodes them with DecodeUplink, which refuses a whole
+// frame with a *FrameError when any part of it is malformed or out of range: a frame is stored
+// whole or not at all. The device side (and drover's simulator) builds frames with EncodeUplink
+// and reads the frontend's answers with DecodeDownlink.
+//
+// Versioning rule: fields are only ever added. A field number or name, once published, is never
+// reused or renumbered, and its type and meaning never change; retired fields are reserved. A
+// change that cannot follow this rule becomes a new protobuf package (drover.telemetry.v2)
+// served beside v1. docs/wire-format.md describes the format for device makers.
+//
+// Regenerate telemetry.pb.go with scripts/gen-proto.sh after editing telemetry.proto.
+package telemetry
