@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/joncrlsn/dque"
 )
 
 // BenchmarkAppend measures durable appends (SyncAlways: each Append returns
@@ -116,4 +118,37 @@ func BenchmarkDrainCatchUp(b *testing.B) {
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// BenchmarkDqueBaseline is plain dque as its README suggests using it: one
+// item per append, fsync per item (turbo off), 256 goroutines. It is the
+// figure group commit is measured against, in the same run.
+//
+//	go test -run='^$' -bench='BenchmarkAppend/sync=always/appenders=256|BenchmarkDqueBaseline' ./queue/
+func BenchmarkDqueBaseline(b *testing.B) {
+	dq, err := dque.NewOrOpen("baseline", b.TempDir(), 1024, newRecordObject)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dq.Close()
+	const g = 256
+	var wg sync.WaitGroup
+	start := time.Now()
+	b.ResetTimer()
+	for w := range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			raw := encodeRecord(1, [][]byte{make([]byte, 200)})
+			for i := w; i < b.N; i += g {
+				if err := dq.Enqueue(&record{raw: raw}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "entries/s")
+	b.ReportMetric(0, "ns/op")
 }
