@@ -5,7 +5,8 @@
 //   - flags with environment fallback ([BindEnv]) and list-valued flags
 //     ([StringList]), because every endpoint is a list;
 //   - structured logging set from flags ([LogConfig]);
-//   - the operations HTTP server ([Ops]) with /metrics, /healthz and /readyz;
+//   - the operations HTTP server ([Ops]) with /metrics, /healthz, /readyz and
+//     /debug/pprof/;
 //   - a run group ([Group]) that starts components together and stops them in
 //     reverse order under a shutdown deadline;
 //   - signal handling ([SignalContext]): the first SIGINT or SIGTERM starts a

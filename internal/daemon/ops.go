@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -73,6 +74,13 @@ func NewOps(addr string, reg *prometheus.Registry, logger *slog.Logger) *Ops {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	o.mux.HandleFunc("GET /readyz", o.serveReady)
+	// Profiles, on the ops port only (never the device or client port):
+	// "where does the time go" must be answerable on a live process.
+	o.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	o.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	o.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	o.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	o.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return o
 }
 
