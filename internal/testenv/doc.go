@@ -1,0 +1,12 @@
+// Package testenv starts the real services drover's tests need, on loopback
+// with random ports, and stops them when the test ends. It is for tests only.
+//
+// [InfluxD] starts an InfluxDB 1.8.10 built by scripts/install-influxd.sh
+// (into .tools/bin at the module root, or the binary named by $DROVER_INFLUXD).
+// When it is missing, a test fails if $CI is "true" and is skipped otherwise,
+// never quietly: the skip names the install script and is also printed on
+// standard error, verbose or not.
+//
+// [Azurite] starts the Azure Blob Storage emulator for the lake's tests, and
+// [DuckDBNode] finds the DuckDB that reads the lake back.
+package testenv
