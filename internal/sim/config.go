@@ -1,0 +1,236 @@
+package sim
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/drover-telemetry/drover/internal/daemon"
+)
+
+// IngestPath is the frontend's device endpoint. A URL given without a path gets it appended.
+const IngestPath = "/v1/ingest"
+
+// maxFrameReadings is the most readings a frontend takes in one frame (telemetry.DefaultLimits).
+const maxFrameReadings = 1000
+
+// Config configures a simulated fleet. The zero value of a field takes its default (see
+// DefaultConfig); Validate says what is wrong with the rest.
+type Config struct {
+	// URLs are the frontends' WebSocket URLs (ws://host:port or wss://, path IngestPath when
+	// none is given). A device picks one at random at each connect and moves to another after a
+	// failure.
+	URLs []string
+	// Devices is the number of simulated devices.
+	Devices int
+	// DeviceOffset is the index of the first device: the fleet simulates devices DeviceOffset to
+	// DeviceOffset+Devices-1, so that several processes can share one registry.
+	DeviceOffset int
+	// IDPrefix begins every device id (default "dev-"); see DeviceID.
+	IDPrefix string
+	// TokenSeed is the secret the devices' tokens derive from; see Token.
+	TokenSeed string
+	// Rate is the readings per second each device takes. 0 is idle: connect and hold.
+	Rate float64
+	// FrameReadings is the most readings in one frame (default 1, at most 1000).
+	FrameReadings int
+	// Window is the most frames in flight (sent, not yet acked) per device (default 8).
+	Window int
+	// FirstSeq is the seq of each device's first reading (default 1); the next ones follow without
+	// gaps. A simulator restarted against the same storage must not reuse seqs: start it above
+	// the last run's, e.g. at the Unix time in microseconds.
+	FirstSeq uint64
+	// Readings is how many readings each device takes in all; 0 is no limit. A device whose
+	// readings are all acked closes its connection and stops.
+	Readings int
+	// Duration is how long devices take readings; 0 is until the context ends or Readings are
+	// all acked. Idle devices hold their connections this long.
+	Duration time.Duration
+	// Drain is how long, after Duration, devices go on sending what their outboxes hold before
+	// they stop (default 0: stop at once).
+	Drain time.Duration
+	// JSON makes devices send protojson text frames instead of binary protobuf.
+	JSON bool
+	// ConnectRate is how many devices per second connect for the first time at start; 0 lets
+	// them all connect at once (a stampede).
+	ConnectRate float64
+	// BackoffMin and BackoffMax bound the reconnect backoff (defaults 100 ms and 10 s). The n-th
+	// failure in a row waits a random time in [d/2, d] with d = min(BackoffMax, BackoffMin·2^n).
+	BackoffMin, BackoffMax time.Duration
+	// HandshakeTimeout bounds dialing and the WebSocket upgrade (default 10 s).
+	HandshakeTimeout time.Duration
+	// AckTimeout is how long a device waits for an ack of frames in flight before it gives up on
+	// the connection and reconnects (default 60 s).
+	AckTimeout time.Duration
+	// WriteTimeout bounds one frame's write to the socket (default 10 s).
+	WriteTimeout time.Duration
+	// LocalAddrs are source IP addresses to dial from, spread over the devices round-robin
+	// (e.g. 127.0.0.2, 127.0.0.3): each gives another ~28k ephemeral ports. Empty: the system's
+	// choice.
+	LocalAddrs []string
+	// Outbox is the most readings a device keeps un-acked; default one hour of readings at Rate
+	// (at least 1, at most 100,000).
+	Outbox int
+	// Seed seeds the devices' randomness (start positions, jitter); 0 picks one at random.
+	Seed uint64
+}
+
+// DefaultConfig returns a configuration with every default filled in: 100 devices, one reading
+// per second each, against a frontend on 127.0.0.1:8080.
+func DefaultConfig() Config {
+	return Config{
+		URLs:             []string{"ws://127.0.0.1:8080"},
+		Devices:          100,
+		IDPrefix:         "dev-",
+		Rate:             1,
+		FrameReadings:    1,
+		Window:           8,
+		FirstSeq:         1,
+		BackoffMin:       100 * time.Millisecond,
+		BackoffMax:       10 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		AckTimeout:       60 * time.Second,
+		WriteTimeout:     10 * time.Second,
+	}
+}
+
+// RegisterFlags defines the fleet's flags in fs, with the values in c as defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.Var((*daemon.StringList)(&c.URLs), "frontends",
+		"comma-separated WebSocket `URLs` of the frontends devices connect to (ws://host:port; path "+IngestPath+" when none)")
+	fs.IntVar(&c.Devices, "devices", c.Devices, "`number` of simulated devices")
+	fs.IntVar(&c.DeviceOffset, "device-offset", c.DeviceOffset, "`index` of the first device, to split a fleet over processes")
+	fs.StringVar(&c.IDPrefix, "id-prefix", c.IDPrefix, "`prefix` of device ids")
+	fs.StringVar(&c.TokenSeed, "token-seed", c.TokenSeed, "`secret` device tokens derive from (the registry must be written with the same)")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "readings per second per device (`number`); 0: connect and hold")
+	fs.IntVar(&c.FrameReadings, "frame-readings", c.FrameReadings, "most readings per frame (`number`, 1-1000)")
+	fs.IntVar(&c.Window, "window", c.Window, "most un-acked frames in flight per device (`number`)")
+	fs.Uint64Var(&c.FirstSeq, "first-seq", c.FirstSeq, "seq of each device's first reading (`number`); above the last run's when storage is kept")
+	fs.IntVar(&c.Readings, "readings", c.Readings, "readings per device in all (`number`); 0: no limit")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long devices take readings (`duration`); 0: until stopped")
+	fs.DurationVar(&c.Drain, "drain", c.Drain, "after -duration, how long devices go on sending their outboxes (`duration`)")
+	fs.BoolVar(&c.JSON, "json", c.JSON, "send JSON text frames instead of binary protobuf")
+	fs.Float64Var(&c.ConnectRate, "connect-rate", c.ConnectRate, "first connections per second at start (`number`); 0: all at once")
+	fs.DurationVar(&c.BackoffMin, "backoff-min", c.BackoffMin, "shortest reconnect backoff (`duration`)")
+	fs.DurationVar(&c.BackoffMax, "backoff-max", c.BackoffMax, "longest reconnect backoff (`duration`)")
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", c.HandshakeTimeout, "dial and upgrade timeout (`duration`)")
+	fs.DurationVar(&c.AckTimeout, "ack-timeout", c.AckTimeout, "reconnect when frames in flight get no ack this long (`duration`)")
+	fs.Var((*daemon.StringList)(&c.LocalAddrs), "local-addrs", "comma-separated source IP `addresses` to dial from, round-robin")
+	fs.IntVar(&c.Outbox, "outbox", c.Outbox, "most un-acked readings a device keeps (`number`); 0: one hour at -rate")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "random `seed`; 0: random")
+}
+
+// withDefaults fills every zero field from DefaultConfig (URLs and Devices excepted: they have
+// no sensible default outside DefaultConfig itself).
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.IDPrefix == "" {
+		c.IDPrefix = d.IDPrefix
+	}
+	if c.FrameReadings == 0 {
+		c.FrameReadings = d.FrameReadings
+	}
+	if c.Window == 0 {
+		c.Window = d.Window
+	}
+	if c.BackoffMin == 0 {
+		c.BackoffMin = d.BackoffMin
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = max(d.BackoffMax, c.BackoffMin)
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = d.HandshakeTimeout
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = d.AckTimeout
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = d.WriteTimeout
+	}
+	if c.FirstSeq == 0 {
+		c.FirstSeq = 1
+	}
+	if c.Outbox == 0 {
+		c.Outbox = int(min(100_000, max(1, math.Ceil(c.Rate*3600))))
+	}
+	return c
+}
+
+// Validate checks the configuration, with defaults applied to zero fields.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if len(c.URLs) == 0 {
+		errs = append(errs, errors.New("frontends: none given"))
+	}
+	for _, s := range c.URLs {
+		if _, err := ingestURL(s); err != nil {
+			errs = append(errs, fmt.Errorf("frontends: %w", err))
+		}
+	}
+	if c.Devices < 1 {
+		errs = append(errs, fmt.Errorf("devices: %d: want at least 1", c.Devices))
+	}
+	if c.DeviceOffset < 0 {
+		errs = append(errs, fmt.Errorf("device-offset: %d: want 0 or more", c.DeviceOffset))
+	}
+	if math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) || c.Rate < 0 {
+		errs = append(errs, fmt.Errorf("rate: %v: want 0 or more", c.Rate))
+	}
+	if c.FrameReadings < 1 || c.FrameReadings > maxFrameReadings {
+		errs = append(errs, fmt.Errorf("frame-readings: %d: want 1 to %d", c.FrameReadings, maxFrameReadings))
+	}
+	if c.Window < 1 {
+		errs = append(errs, fmt.Errorf("window: %d: want at least 1", c.Window))
+	}
+	if c.Readings > 0 && c.FirstSeq > math.MaxUint64-uint64(c.Readings) {
+		errs = append(errs, fmt.Errorf("first-seq: %d: too large for %d readings", c.FirstSeq, c.Readings))
+	}
+	if c.Readings < 0 {
+		errs = append(errs, fmt.Errorf("readings: %d: want 0 or more", c.Readings))
+	}
+	if c.Readings > 0 && c.Rate == 0 {
+		errs = append(errs, errors.New("readings: idle devices (rate 0) take no readings"))
+	}
+	if c.Duration < 0 || c.Drain < 0 {
+		errs = append(errs, errors.New("duration, drain: want 0 or more"))
+	}
+	if math.IsNaN(c.ConnectRate) || c.ConnectRate < 0 {
+		errs = append(errs, fmt.Errorf("connect-rate: %v: want 0 or more", c.ConnectRate))
+	}
+	if c.BackoffMin < 0 || c.BackoffMax < c.BackoffMin {
+		errs = append(errs, fmt.Errorf("backoff: min %s, max %s: want 0 < min ≤ max", c.BackoffMin, c.BackoffMax))
+	}
+	if c.HandshakeTimeout < 0 || c.AckTimeout < 0 || c.WriteTimeout < 0 {
+		errs = append(errs, errors.New("timeouts: want more than 0"))
+	}
+	for _, a := range c.LocalAddrs {
+		if net.ParseIP(a) == nil {
+			errs = append(errs, fmt.Errorf("local-addrs: %q: not an IP address", a))
+		}
+	}
+	if c.Outbox < 1 {
+		errs = append(errs, fmt.Errorf("outbox: %d: want at least 1", c.Outbox))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sim config: %w", err)
+	}
+	return nil
+}
+
+// ingestURL checks a frontend URL and gives it IngestPath when it has no path.
+func ingestURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		return "", fmt.Errorf("%q: want ws://host:port or wss://host:port", s)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = IngestPath
+	}
+	return u.String(), nil
+}

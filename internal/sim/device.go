@@ -1,0 +1,656 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/drover-telemetry/drover/telemetry"
+)
+
+// device is one simulated tracker. Its writer goroutine (run) takes readings, connects, sends and
+// reconnects; while connected, a reader goroutine (readLoop) applies acks. The outbox and the
+// send state are shared between the two under mu.
+type device struct {
+	f      *Fleet
+	idx    int // index in the fleet
+	id     string
+	token  string
+	dialer *websocket.Dialer
+
+	// Writer goroutine only.
+	rng      *rand.Rand
+	veh      *vehicle
+	slots    int64 // reading slots elapsed (taken or dropped)
+	seqs     uint64
+	genStart time.Duration // since epoch: slot k is at genStart + k/Rate
+	scratch  []*frameReading
+	uplink   telemetry.Uplink
+	wbuf     []byte
+
+	mu sync.Mutex
+	// out holds the un-acked readings, oldest first.
+	out *outbox
+	// next is the outbox index of the first reading not yet sent on the current connection:
+	// readings [0, next) are in flight.
+	next int
+	// frames holds the last seq of each frame in flight, oldest first.
+	frames []uint64
+	// progressAt is when the frames in flight last made progress (an ack, or the first of them
+	// was sent), since epoch.
+	progressAt time.Duration
+	// gotAck is set when the current connection received an ack that acked something.
+	gotAck bool
+
+	ackedSeq atomic.Uint64
+	// wake tells the writer that acks opened the window.
+	wake chan struct{}
+}
+
+func newDevice(f *Fleet, k int, seed uint64) *device {
+	i := f.cfg.DeviceOffset + k
+	id := DeviceID(f.cfg.IDPrefix, i)
+	rng := rand.New(rand.NewPCG(seed, uint64(i)))
+	return &device{
+		f:      f,
+		idx:    k,
+		id:     id,
+		token:  Token(f.cfg.TokenSeed, id),
+		dialer: f.dialers[k%len(f.dialers)],
+		rng:    rng,
+		veh:    newVehicle(rng, classOf(i)),
+		out:    newOutbox(f.cfg.Outbox),
+		wake:   make(chan struct{}, 1),
+	}
+}
+
+// Reasons a session ends, besides the close codes and downlink errors the server gives.
+const (
+	endStop       = "" // the device stopped: not a disconnect
+	endError      = "error"
+	endAckTimeout = "ack_timeout"
+	endWrite      = "write"
+	endProtocol   = "protocol"
+)
+
+// run is the device's writer goroutine: it lives as long as the device.
+func (d *device) run(ctx context.Context) {
+	f, cfg := d.f, d.f.cfg
+	defer f.c.devicesDone.Add(1)
+
+	// Stop timer: Duration, then Drain.
+	var stopC <-chan time.Time
+	if cfg.Duration > 0 {
+		t := time.NewTimer(cfg.Duration + cfg.Drain - f.since())
+		defer t.Stop()
+		stopC = t.C
+	}
+	// Staggered start.
+	if cfg.ConnectRate > 0 && d.idx > 0 {
+		at := time.Duration(float64(d.idx) / cfg.ConnectRate * float64(time.Second))
+		t := time.NewTimer(at - f.since())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-stopC:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+	d.genStart = f.since()
+	var tick <-chan time.Time
+	if cfg.Rate > 0 {
+		t := time.NewTicker(max(time.Duration(float64(time.Second)/cfg.Rate), 5*time.Millisecond))
+		defer t.Stop()
+		tick = t.C
+		d.generate()
+	}
+
+	failures := 0 // failures in a row, for backoff
+	lastURL := -1 // the frontend of the last attempt, avoided at the next one
+	var wait time.Duration
+	for {
+		if wait > 0 {
+			t := time.NewTimer(wait)
+		waiting:
+			for {
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-stopC:
+					t.Stop()
+					return
+				case <-tick:
+					d.generate()
+				case <-t.C:
+					break waiting
+				}
+			}
+		}
+		if ctx.Err() != nil || d.finished() {
+			return
+		}
+		u := d.pickURL(lastURL)
+		lastURL = u
+		conn, retryAfter, err := d.dial(ctx, f.urls[u])
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			wait = d.backoff(failures)
+			if retryAfter > 0 {
+				// Honour Retry-After, spread over half as much again so that the refused
+				// devices do not all come back in the same instant.
+				wait = max(wait, retryAfter+time.Duration(d.rng.Int64N(int64(retryAfter/2)+1)))
+			}
+			var he *handshakeError
+			if errors.As(err, &he) && he.status == http.StatusUnauthorized {
+				wait = cfg.BackoffMax/2 + time.Duration(d.rng.Int64N(int64(cfg.BackoffMax/2)+1))
+			}
+			continue
+		}
+		reason, progress := d.session(ctx, conn, tick, stopC)
+		if reason == endStop {
+			return
+		}
+		if progress {
+			failures = 0
+		}
+		failures++
+		wait = d.backoff(failures)
+	}
+}
+
+// backoff returns the wait after the n-th failure in a row (n ≥ 1): a random time in [b/2, b]
+// with b = min(BackoffMax, BackoffMin·2^(n-1)).
+func (d *device) backoff(n int) time.Duration {
+	cfg := d.f.cfg
+	b := float64(cfg.BackoffMin) * math.Pow(2, float64(min(n-1, 62)))
+	b = math.Min(b, float64(cfg.BackoffMax))
+	half := int64(b / 2)
+	return time.Duration(half + d.rng.Int64N(half+1))
+}
+
+// pickURL picks a frontend at random, another than last when there is a choice.
+func (d *device) pickURL(last int) int {
+	n := len(d.f.urls)
+	if n == 1 {
+		return 0
+	}
+	if last < 0 {
+		return d.rng.IntN(n)
+	}
+	return (last + 1 + d.rng.IntN(n-1)) % n
+}
+
+// handshakeError is an upgrade refused with an HTTP status.
+type handshakeError struct {
+	status int
+	body   string
+}
+
+func (e *handshakeError) Error() string {
+	if e.body != "" {
+		return fmt.Sprintf("upgrade refused: HTTP %d: %s", e.status, e.body)
+	}
+	return fmt.Sprintf("upgrade refused: HTTP %d", e.status)
+}
+
+// dial connects to url. On failure it counts and logs the failure and returns, for an HTTP 503
+// or 429, the server's Retry-After (0 if none).
+func (d *device) dial(ctx context.Context, url string) (*websocket.Conn, time.Duration, error) {
+	f := d.f
+	h := http.Header{}
+	h.Set("X-Drover-Device", d.id)
+	h.Set("Authorization", "Bearer "+d.token)
+	conn, resp, err := d.dialer.DialContext(ctx, url, h)
+	if err == nil {
+		return conn, 0, nil
+	}
+	if ctx.Err() != nil {
+		return nil, 0, ctx.Err()
+	}
+	var (
+		kind       string
+		retryAfter time.Duration
+	)
+	var ne net.Error
+	switch {
+	case resp != nil:
+		kind = "http_" + strconv.Itoa(resp.StatusCode)
+		body := make([]byte, 128)
+		n, _ := resp.Body.Read(body)
+		err = &handshakeError{status: resp.StatusCode, body: string(bytes.TrimSpace(body[:n]))}
+		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+			retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		kind = "refused"
+	case errors.As(err, &ne) && ne.Timeout():
+		kind = "timeout"
+	default:
+		kind = "dial"
+	}
+	err = fmt.Errorf("connect %s: %w", url, err)
+	f.c.errors.Add(1)
+	f.c.count(&f.c.connectFailures, kind)
+	f.note("connect:"+kind, "sim device cannot connect", "device", d.id, "err", err)
+	return nil, retryAfter, err
+}
+
+// parseRetryAfter reads a Retry-After header: seconds or an HTTP date. 0 when absent or bad.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// generate takes the readings due by now into the outbox.
+func (d *device) generate() {
+	cfg, c := d.f.cfg, &d.f.c
+	now := d.f.since()
+	due := int64(float64(now-d.genStart)*cfg.Rate/float64(time.Second)) + 1
+	if cfg.Duration > 0 {
+		// Slots at or after Duration are not taken.
+		due = min(due, int64(math.Ceil(float64(cfg.Duration-d.genStart)*cfg.Rate/float64(time.Second))))
+	}
+	if d.slots >= due || (cfg.Readings > 0 && d.seqs >= uint64(cfg.Readings)) {
+		return
+	}
+	dt := 1 / cfg.Rate
+	var taken, dropped uint64
+	d.mu.Lock()
+	for ; d.slots < due; d.slots++ {
+		if cfg.Readings > 0 && d.seqs >= uint64(cfg.Readings) {
+			break
+		}
+		if d.out.full() {
+			// Every slot still due is dropped; time passes for the vehicle all the same. In one
+			// step: a device that was blocked for long must not take a million steps to catch up.
+			n := due - d.slots
+			d.veh.step(float64(n)*dt, &sample{})
+			dropped += uint64(n)
+			d.slots = due
+			break
+		}
+		s := d.out.push()
+		d.veh.step(dt, s)
+		s.seq = cfg.FirstSeq + d.seqs
+		d.seqs++
+		at := d.genStart + time.Duration(float64(d.slots)*dt*float64(time.Second))
+		s.timeMs = d.f.epoch.Add(at).UnixMilli()
+		taken++
+	}
+	d.mu.Unlock()
+	c.generated.Add(taken)
+	c.outbox.Add(int64(taken))
+	if dropped > 0 {
+		c.drops.Add(dropped)
+	}
+}
+
+// finished reports whether the device has taken all its readings and got them all acked.
+func (d *device) finished() bool {
+	cfg := d.f.cfg
+	var allTaken bool
+	switch {
+	case cfg.Readings > 0 && d.seqs >= uint64(cfg.Readings):
+		allTaken = true
+	case cfg.Duration > 0 && cfg.Drain > 0 && d.f.since() >= cfg.Duration:
+		allTaken = true
+	}
+	if !allTaken {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.out.len() == 0
+}
+
+// session runs one connection until it ends, and returns why (endStop: the device stops) and
+// whether it made progress (an ack, or a connection held past BackoffMax).
+func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC <-chan time.Time) (reason string, progress bool) {
+	f, cfg := d.f, d.f.cfg
+	f.c.connects.Add(1)
+	f.c.connected.Add(1)
+	start := f.since()
+	conn.SetReadLimit(64 << 10)
+	d.mu.Lock()
+	d.gotAck = false
+	d.mu.Unlock()
+	readerDone := make(chan error, 1)
+	go d.readLoop(conn, readerDone)
+	// A stop while the writer is blocked on a socket the server does not read: the writer would
+	// wait for WriteTimeout. Give the clean close two seconds, then cut the connection.
+	var kill atomic.Pointer[time.Timer]
+	unwatch := context.AfterFunc(ctx, func() {
+		kill.Store(time.AfterFunc(2*time.Second, func() { conn.NetConn().Close() }))
+	})
+	defer func() {
+		unwatch()
+		if t := kill.Load(); t != nil {
+			t.Stop()
+		}
+	}()
+
+	var ackCheck <-chan time.Time
+	if cfg.Rate > 0 {
+		t := time.NewTicker(max(cfg.AckTimeout/4, 5*time.Millisecond))
+		defer t.Stop()
+		ackCheck = t.C
+	}
+	var (
+		readerErr    error
+		readerExited bool
+		closeCode    = -1 // the close frame to send, -1 for none
+		err          error
+	)
+loop:
+	for {
+		if err = d.sendAvailable(conn); err != nil {
+			// The write may have failed because the server closed the connection: then its
+			// close code, which the reader has or is about to have, is the reason.
+			conn.Close()
+			readerErr, readerExited = <-readerDone, true
+			reason = disconnectReason(readerErr)
+			var ce *websocket.CloseError
+			if !errors.As(readerErr, &ce) {
+				reason = endWrite
+				f.c.errors.Add(1)
+			}
+			break
+		}
+		if d.finished() {
+			reason, closeCode = endStop, websocket.CloseNormalClosure
+			break
+		}
+		select {
+		case <-ctx.Done():
+			reason, closeCode = endStop, websocket.CloseGoingAway
+			break loop
+		case <-stopC:
+			reason, closeCode = endStop, websocket.CloseNormalClosure
+			break loop
+		case <-tick:
+			d.generate()
+		case <-d.wake:
+		case readerErr = <-readerDone:
+			readerExited = true
+			reason = disconnectReason(readerErr)
+			var de *downlinkError
+			if errors.As(readerErr, &de) {
+				closeCode = websocket.CloseNormalClosure
+			}
+			break loop
+		case <-ackCheck:
+			d.mu.Lock()
+			stuck := len(d.frames) > 0 && f.since()-d.progressAt > cfg.AckTimeout
+			d.mu.Unlock()
+			if stuck {
+				reason, closeCode = endAckTimeout, websocket.CloseNormalClosure
+				break loop
+			}
+		}
+	}
+	if closeCode >= 0 {
+		msg := websocket.FormatCloseMessage(closeCode, "")
+		_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		if !readerExited {
+			// Give the server a moment to answer the close, so that it sees a clean close.
+			select {
+			case readerErr = <-readerDone:
+				readerExited = true
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	conn.Close()
+	if !readerExited {
+		readerErr = <-readerDone
+	}
+
+	d.mu.Lock()
+	progress = d.gotAck || f.since()-start >= cfg.BackoffMax
+	f.c.inFlight.Add(-int64(d.next))
+	d.next = 0
+	d.frames = d.frames[:0]
+	d.mu.Unlock()
+	f.c.connected.Add(-1)
+
+	if reason != endStop {
+		f.c.count(&f.c.disconnects, reason)
+		cause := readerErr
+		if reason == endWrite {
+			cause = err
+		}
+		f.note("disconnect:"+reason, "sim device disconnected", "device", d.id, "reason", reason, "err", cause)
+	}
+	return reason, progress
+}
+
+// disconnectReason names why the reader ended.
+func disconnectReason(err error) string {
+	var ce *websocket.CloseError
+	var de *downlinkError
+	switch {
+	case errors.As(err, &ce):
+		return strconv.Itoa(ce.Code)
+	case errors.As(err, &de):
+		return "error_" + strconv.FormatUint(uint64(de.code), 10)
+	case errors.Is(err, errProtocol):
+		return endProtocol
+	default:
+		return endError
+	}
+}
+
+// sendAvailable sends frames while the window and the outbox allow.
+func (d *device) sendAvailable(conn *websocket.Conn) error {
+	f, cfg := d.f, d.f.cfg
+	msgType := websocket.BinaryMessage
+	if cfg.JSON {
+		msgType = websocket.TextMessage
+	}
+	for {
+		d.mu.Lock()
+		if len(d.frames) >= cfg.Window || d.next >= d.out.len() {
+			d.mu.Unlock()
+			return nil
+		}
+		k := min(cfg.FrameReadings, d.out.len()-d.next)
+		for len(d.scratch) < k {
+			d.scratch = append(d.scratch, newFrameReading())
+		}
+		d.uplink.Readings = d.uplink.Readings[:0]
+		for i := range k {
+			d.uplink.Readings = append(d.uplink.Readings, d.scratch[i].fill(d.out.at(d.next+i)))
+		}
+		var err error
+		d.wbuf, err = telemetry.AppendUplink(d.wbuf[:0], &d.uplink, cfg.JSON)
+		if err != nil {
+			d.mu.Unlock()
+			f.c.errors.Add(1)
+			return err
+		}
+		// The send time is taken once the frame is encoded, just before it goes to the socket;
+		// a resent reading keeps its first.
+		now := int64(f.since()) + 1
+		first := d.out.at(d.next).seq
+		resent := 0
+		for i := range k {
+			s := d.out.at(d.next + i)
+			if s.sentNs == 0 {
+				s.sentNs = now
+			} else {
+				resent++
+			}
+		}
+		if len(d.frames) == 0 {
+			d.progressAt = f.since()
+		}
+		d.frames = append(d.frames, d.out.at(d.next+k-1).seq)
+		d.next += k
+		f.c.inFlight.Add(int64(k))
+		d.mu.Unlock()
+
+		_ = conn.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
+		if err := conn.WriteMessage(msgType, d.wbuf); err != nil {
+			d.unstamp(first, k, now)
+			return fmt.Errorf("write frame: %w", err)
+		}
+		f.c.sent.Add(uint64(k))
+		if resent > 0 {
+			f.c.resent.Add(uint64(resent))
+		}
+	}
+}
+
+// unstamp forgets the send time of the k readings from seq first whose first send was the one
+// stamped at, which failed: they were never sent.
+func (d *device) unstamp(first uint64, k int, at int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.out.len() == 0 {
+		return
+	}
+	// Seqs in the outbox are contiguous: the reading of seq s is at s - (seq of the oldest).
+	head := d.out.at(0).seq
+	for seq := max(first, head); seq < first+uint64(k) && seq-head < uint64(d.out.len()); seq++ {
+		if s := d.out.at(int(seq - head)); s.sentNs == at {
+			s.sentNs = 0
+		}
+	}
+}
+
+// downlinkError is a downlink Error: the server could not take a frame.
+type downlinkError struct {
+	code   uint32
+	reason string
+}
+
+func (e *downlinkError) Error() string {
+	return fmt.Sprintf("server error %d: %s", e.code, e.reason)
+}
+
+// errProtocol marks a server that broke the protocol.
+var errProtocol = errors.New("protocol violation")
+
+// readLoop reads downlinks until the connection fails or the server says something that ends the
+// session, and sends why to done.
+func (d *device) readLoop(conn *websocket.Conn, done chan<- error) {
+	f := d.f
+	var buf bytes.Buffer
+	for {
+		mt, r, err := conn.NextReader()
+		if err != nil {
+			done <- err
+			return
+		}
+		buf.Reset()
+		if _, err := buf.ReadFrom(r); err != nil {
+			done <- err
+			return
+		}
+		at := f.since()
+		dl, err := telemetry.DecodeDownlink(buf.Bytes(), mt == websocket.TextMessage)
+		if err != nil {
+			f.c.errors.Add(1)
+			done <- fmt.Errorf("%w: %w", errProtocol, err)
+			return
+		}
+		switch k := dl.Kind.(type) {
+		case *telemetry.Downlink_Ack:
+			if err := d.ack(k.Ack.GetSeq(), at); err != nil {
+				f.c.errors.Add(1)
+				done <- err
+				return
+			}
+		case *telemetry.Downlink_Error:
+			f.c.errors.Add(1)
+			done <- &downlinkError{code: k.Error.GetCode(), reason: k.Error.GetReason()}
+			return
+		}
+		// Other kinds (commands, later) are ignored, as the wire format asks of devices.
+	}
+}
+
+// ack applies an ack of seq received at (since epoch): it removes the readings it covers from the
+// outbox and records their latencies.
+func (d *device) ack(seq uint64, at time.Duration) error {
+	f := d.f
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if seq <= d.ackedSeq.Load() {
+		return nil // an ack we had already: the server may repeat itself
+	}
+	var (
+		removed   int
+		lastSeq   uint64
+		groupSent int64
+		groupN    uint64
+		err       error
+	)
+	for d.out.len() > 0 {
+		s := d.out.at(0)
+		if s.seq > seq {
+			break
+		}
+		if s.sentNs == 0 {
+			err = fmt.Errorf("%w: ack of seq %d covers seq %d, never sent", errProtocol, seq, s.seq)
+			break
+		}
+		// Readings of one frame share their send time: record them as one group.
+		if s.sentNs != groupSent {
+			f.c.latency.recordN(at-time.Duration(groupSent-1), groupN)
+			groupSent, groupN = s.sentNs, 0
+		}
+		groupN++
+		lastSeq = s.seq
+		d.out.pop()
+		removed++
+	}
+	f.c.latency.recordN(at-time.Duration(groupSent-1), groupN)
+	if removed > 0 {
+		inFlight := min(removed, d.next)
+		d.next -= inFlight
+		d.ackedSeq.Store(lastSeq)
+		d.gotAck = true
+		d.progressAt = at
+		f.c.acked.Add(uint64(removed))
+		f.c.outbox.Add(-int64(removed))
+		f.c.inFlight.Add(-int64(inFlight))
+	}
+	n := 0
+	for n < len(d.frames) && d.frames[n] <= seq {
+		n++
+	}
+	d.frames = append(d.frames[:0], d.frames[n:]...)
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+	return err
+}

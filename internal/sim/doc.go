@@ -1,0 +1,53 @@
+// Package sim simulates a fleet of drover devices: trackers that take readings, keep them in an
+// outbox, send them to frontends over WebSocket and forget them only once a frontend has acked
+// them. It drives `drover sim`, the end-to-end and crash tests, and load runs.
+//
+// # What a simulated device does
+//
+// Each device behaves like a store-and-forward tracker (see docs/wire-format.md for the wire):
+//
+//   - It takes readings at Config.Rate per second, whether connected or not, into a bounded
+//     outbox (Config.Outbox readings, by default one hour's worth). A reading that finds the outbox
+//     full is dropped before it gets a seq, and counted (Stats.OutboxDrops): that is the device's
+//     loss, not the server's, and it keeps a device's seqs contiguous: 1, 2, 3, ... (or from
+//     Config.FirstSeq).
+//   - It sends outbox readings in frames of up to Config.FrameReadings with at most Config.Window
+//     frames un-acked, and removes readings from the outbox only when an ack covers them.
+//   - After any disconnect (close code, network error, downlink error, ack timeout) it reconnects
+//     with jittered exponential backoff, to a frontend picked at random (another one than the one
+//     that just failed, when there are several), and resends every un-acked reading, oldest first.
+//     HTTP 401 waits Config.BackoffMax; 503 waits at least its Retry-After.
+//
+// Each device runs two goroutines while connected: a writer (which also takes readings and
+// handles reconnects) and a reader of acks. Frames are built into reused protobuf messages and
+// buffers, so a steady device allocates little per frame.
+//
+// # Measurements
+//
+// Ack latency is measured per reading from the moment its frame is first handed to the socket
+// (written, not generated: time spent waiting in the outbox for a window is not the server's) to
+// the moment the reader receives the ack that covers it. A reading resent after a reconnect keeps
+// its first send time, so a dropped ack shows up in the tail. Latencies go into a log-bucketed
+// histogram (16 buckets per power of two: percentiles are reported as their bucket's upper
+// bound, at most 6.25% high, and never above the exact maximum).
+//
+// Fleet.Acked gives each device's highest acked seq: since seqs are contiguous, every
+// (device, FirstSeq ≤ seq ≤ acked) must be in storage, which is what the end-to-end tests check. Stats.Acked
+// counts each seq once, however often it was resent.
+//
+// # Use
+//
+//	cfg := sim.DefaultConfig()
+//	cfg.URLs = []string{"ws://127.0.0.1:8080"}
+//	cfg.Devices, cfg.Rate, cfg.TokenSeed = 1000, 1, "secret"
+//	_ = sim.WriteRegistry("devices.json", cfg) // for the frontend
+//	f, err := sim.New(cfg, logger, reg) // or sim.Start(ctx, cfg, logger): New, then Run in the background
+//	go f.Progress(os.Stderr, 5*time.Second)
+//	err = f.Run(ctx)                     // until Readings are acked, Duration (+ Drain) or ctx ends
+//	json.NewEncoder(os.Stdout).Encode(f.Summary())
+//	acked := f.Acked()                   // device → highest acked seq, for storage checks
+//
+// One process holding both ends of many loopback connections meets the open-file limit: run the
+// simulator in its own processes, each with its own Config.DeviceOffset, and past ~28k
+// connections per source address give Config.LocalAddrs.
+package sim

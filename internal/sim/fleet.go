@@ -1,0 +1,307 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Fleet is a running (or ready to run) simulated fleet. Its methods are safe for concurrent use.
+type Fleet struct {
+	cfg     Config
+	log     *slog.Logger
+	urls    []string
+	devices []*device
+	dialers []*websocket.Dialer
+
+	started atomic.Bool
+	done    chan struct{}
+	mu      sync.Mutex
+	// epoch is when Run started: device clocks and send times count from it. Set under mu before
+	// any device goroutine starts and never changed after, so that devices read it without mu.
+	epoch   time.Time
+	endTime time.Time // when Run ended, zero while running
+
+	c counters
+	// noted holds the kinds of trouble already logged at warning level; repeats go to debug, so
+	// that a fleet of 10,000 devices losing its frontend logs one line, not 10,000.
+	noted sync.Map
+}
+
+// counters are the fleet's statistics, updated by every device.
+type counters struct {
+	connected   atomic.Int64
+	connects    atomic.Uint64
+	generated   atomic.Uint64
+	sent        atomic.Uint64
+	resent      atomic.Uint64
+	acked       atomic.Uint64
+	drops       atomic.Uint64
+	errors      atomic.Uint64
+	inFlight    atomic.Int64
+	outbox      atomic.Int64
+	devicesDone atomic.Int64
+
+	mu              sync.Mutex
+	disconnects     map[string]uint64
+	connectFailures map[string]uint64
+
+	latency histogram
+}
+
+func (c *counters) count(m *map[string]uint64, key string) {
+	c.mu.Lock()
+	if *m == nil {
+		*m = make(map[string]uint64)
+	}
+	(*m)[key]++
+	c.mu.Unlock()
+}
+
+// New builds a fleet from cfg (defaults applied to zero fields). logger receives the fleet's logs;
+// reg, if not nil, gets the fleet's metrics (drover_sim_*). The fleet starts with Run.
+func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Fleet, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	f := &Fleet{cfg: cfg, log: logger, done: make(chan struct{})}
+	for _, s := range cfg.URLs {
+		u, _ := ingestURL(s) // checked by Validate
+		f.urls = append(f.urls, u)
+	}
+	f.dialers = newDialers(cfg)
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	f.devices = make([]*device, cfg.Devices)
+	for k := range f.devices {
+		f.devices[k] = newDevice(f, k, seed)
+	}
+	if reg != nil {
+		if err := reg.Register(&collector{f: f}); err != nil {
+			return nil, fmt.Errorf("register sim metrics: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// newDialers returns one WebSocket dialer per source address (or one for the system's choice).
+func newDialers(cfg Config) []*websocket.Dialer {
+	// Acks are a few bytes; frames go out through a shared pool of write buffers, so that an idle
+	// connection holds no write buffer at all.
+	perReading := 100
+	if cfg.JSON {
+		perReading = 400
+	}
+	writeBuf := min(64<<10, max(4096, cfg.FrameReadings*perReading+64))
+	pool := &sync.Pool{}
+	mk := func(local net.Addr) *websocket.Dialer {
+		nd := &net.Dialer{LocalAddr: local, KeepAlive: 30 * time.Second}
+		return &websocket.Dialer{
+			NetDialContext:   nd.DialContext,
+			HandshakeTimeout: cfg.HandshakeTimeout,
+			ReadBufferSize:   512,
+			WriteBufferSize:  writeBuf,
+			WriteBufferPool:  pool,
+		}
+	}
+	if len(cfg.LocalAddrs) == 0 {
+		return []*websocket.Dialer{mk(nil)}
+	}
+	var ds []*websocket.Dialer
+	for _, a := range cfg.LocalAddrs {
+		ds = append(ds, mk(&net.TCPAddr{IP: net.ParseIP(a)}))
+	}
+	return ds
+}
+
+// Run runs the fleet until every device has stopped: its Readings all acked, its Duration (and
+// Drain) over, or ctx done. It returns nil then; an error only when called twice.
+func (f *Fleet) Run(ctx context.Context) error {
+	if !f.started.CompareAndSwap(false, true) {
+		return errors.New("sim: fleet already run")
+	}
+	f.run(ctx)
+	return nil
+}
+
+func (f *Fleet) run(ctx context.Context) {
+	f.mu.Lock()
+	f.epoch = time.Now()
+	f.mu.Unlock()
+	f.log.Info("sim fleet starting", "devices", len(f.devices), "first", f.devices[0].id,
+		"frontends", len(f.urls), "rate", f.cfg.Rate, "frame_readings", f.cfg.FrameReadings,
+		"window", f.cfg.Window, "json", f.cfg.JSON, "connect_rate", f.cfg.ConnectRate)
+	var wg sync.WaitGroup
+	for _, d := range f.devices {
+		wg.Go(func() { d.run(ctx) })
+	}
+	wg.Wait()
+	f.mu.Lock()
+	f.endTime = time.Now()
+	f.mu.Unlock()
+	close(f.done)
+	s := f.Stats()
+	f.log.Info("sim fleet stopped", "elapsed", s.Elapsed.Round(time.Millisecond), "sent", s.Sent,
+		"acked", s.Acked, "unacked", s.Outbox, "drops", s.OutboxDrops, "errors", s.Errors,
+		"ack_p50", s.AckLatency.P50, "ack_p99", s.AckLatency.P99)
+}
+
+// Start builds a fleet (see New, without metrics) and runs it in its own goroutine until it
+// finishes or ctx ends. Wait for it with Wait or Done.
+func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Fleet, error) {
+	f, err := New(cfg, logger, nil)
+	if err != nil {
+		return nil, err
+	}
+	f.started.Store(true)
+	go f.run(ctx)
+	return f, nil
+}
+
+// Wait waits until the fleet has stopped (Run has returned) and returns its final summary.
+func (f *Fleet) Wait() Summary {
+	<-f.done
+	return f.Summary()
+}
+
+// Done is closed when Run has returned.
+func (f *Fleet) Done() <-chan struct{} { return f.done }
+
+// Ready returns nil once Run has started, for /readyz.
+func (f *Fleet) Ready() error {
+	if !f.started.Load() {
+		return errors.New("sim: not started")
+	}
+	return nil
+}
+
+// Config returns the fleet's configuration, with defaults applied.
+func (f *Fleet) Config() Config { return f.cfg }
+
+// since returns the time since the fleet's epoch.
+func (f *Fleet) since() time.Duration { return time.Since(f.epoch) }
+
+// elapsed returns how long the fleet has run (so far, or in all once stopped).
+func (f *Fleet) elapsed() time.Duration {
+	f.mu.Lock()
+	start, end := f.epoch, f.endTime
+	f.mu.Unlock()
+	switch {
+	case start.IsZero():
+		return 0
+	case end.IsZero():
+		return time.Since(start)
+	}
+	return end.Sub(start)
+}
+
+// note logs trouble of a kind at warning level the first time, at debug level after that.
+func (f *Fleet) note(kind, msg string, args ...any) {
+	if _, seen := f.noted.LoadOrStore(kind, struct{}{}); !seen {
+		f.log.Warn(msg+" (further ones at debug level)", args...)
+		return
+	}
+	f.log.Debug(msg, args...)
+}
+
+// Stats is a snapshot of a fleet's counters.
+type Stats struct {
+	// Elapsed is how long the fleet has run.
+	Elapsed time.Duration
+	// Devices is the number of devices; DevicesDone of them have stopped.
+	Devices, DevicesDone int
+	// Connected is the number of devices connected now.
+	Connected int64
+	// Connects counts successful WebSocket upgrades.
+	Connects uint64
+	// ConnectFailures counts failed connection attempts by cause: "http_401", "http_503" (any
+	// HTTP status), "refused", "timeout", "dial".
+	ConnectFailures map[string]uint64
+	// Disconnects counts connections ended other than by the device's own stop, by cause: the
+	// close code the server sent ("1001", "1013", "4000"; "1006" when the connection ended without
+	// a close frame), "error" (a network error while reading), "write" (a frame's write failed, the
+	// server having sent no close), "ack_timeout", "protocol" (an undecodable downlink or an ack
+	// of unsent readings) and "error_N" (a downlink Error of code N).
+	Disconnects map[string]uint64
+	// Generated counts readings taken (given a seq).
+	Generated uint64
+	// Sent counts readings written to sockets, resends included; Resent counts those that had
+	// been sent before.
+	Sent, Resent uint64
+	// Acked counts readings newly acked: each seq once, however often it was sent.
+	Acked uint64
+	// InFlight is the readings sent on current connections and not yet acked.
+	InFlight int64
+	// Outbox is the readings held in outboxes (not yet acked), in flight or not.
+	Outbox int64
+	// OutboxDrops counts readings not taken because the outbox was full.
+	OutboxDrops uint64
+	// Errors counts failed connection attempts, protocol violations by the server, downlink
+	// Errors and local failures (encode, write).
+	Errors uint64
+	// AckLatency is the distribution, since the start, of the time from a reading's first write to
+	// the socket to the receipt of the ack that covers it.
+	AckLatency Latency
+}
+
+// Stats returns a snapshot of the fleet's counters.
+func (f *Fleet) Stats() Stats {
+	c := &f.c
+	s := Stats{
+		Elapsed:     f.elapsed(),
+		Devices:     len(f.devices),
+		DevicesDone: int(c.devicesDone.Load()),
+		Connected:   c.connected.Load(),
+		Connects:    c.connects.Load(),
+		Generated:   c.generated.Load(),
+		Sent:        c.sent.Load(),
+		Resent:      c.resent.Load(),
+		Acked:       c.acked.Load(),
+		InFlight:    c.inFlight.Load(),
+		Outbox:      c.outbox.Load(),
+		OutboxDrops: c.drops.Load(),
+		Errors:      c.errors.Load(),
+		AckLatency:  c.latency.snapshot().latency(),
+	}
+	c.mu.Lock()
+	s.ConnectFailures = maps.Clone(c.connectFailures)
+	s.Disconnects = maps.Clone(c.disconnects)
+	c.mu.Unlock()
+	return s
+}
+
+// Acked returns every device's highest acked seq (0: none yet). A device's seqs are contiguous
+// from Config.FirstSeq (default 1), so every reading (device, seq) with FirstSeq ≤ seq ≤
+// Acked()[device] was acknowledged as durably stored.
+func (f *Fleet) Acked() map[string]uint64 {
+	m := make(map[string]uint64, len(f.devices))
+	for _, d := range f.devices {
+		m[d.id] = d.ackedSeq.Load()
+	}
+	return m
+}
+
+// DeviceIDs returns the ids of the fleet's devices, in order.
+func (f *Fleet) DeviceIDs() []string {
+	ids := make([]string, len(f.devices))
+	for i, d := range f.devices {
+		ids[i] = d.id
+	}
+	return ids
+}

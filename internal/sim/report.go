@@ -1,0 +1,222 @@
+package sim
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Summary is what a fleet did, as JSON for benchmark documents and scripts.
+type Summary struct {
+	Config SummaryConfig `json:"config"`
+	// Start is when the fleet started.
+	Start time.Time `json:"start"`
+	// Seconds is how long it ran (so far, if still running).
+	Seconds float64 `json:"seconds"`
+	// Devices is the fleet's size; DevicesDone of them had stopped.
+	Devices     int   `json:"devices"`
+	DevicesDone int   `json:"devices_done"`
+	Connected   int64 `json:"connected"`
+	// Connects counts successful upgrades; ConnectFailures and Disconnects count by cause (see
+	// Stats).
+	Connects        uint64            `json:"connects"`
+	ConnectFailures map[string]uint64 `json:"connect_failures,omitempty"`
+	Disconnects     map[string]uint64 `json:"disconnects,omitempty"`
+	// Generated, Sent, Resent, Acked, OutboxDrops and Errors are counts of readings (Errors
+	// excepted) as in Stats. Unacked is what the outboxes still held at the end.
+	Generated   uint64 `json:"generated"`
+	Sent        uint64 `json:"sent"`
+	Resent      uint64 `json:"resent"`
+	Acked       uint64 `json:"acked"`
+	Unacked     int64  `json:"unacked"`
+	OutboxDrops uint64 `json:"outbox_drops"`
+	Errors      uint64 `json:"errors"`
+	// SentPerSecond and AckedPerSecond are averages over Seconds.
+	SentPerSecond  float64 `json:"sent_per_second"`
+	AckedPerSecond float64 `json:"acked_per_second"`
+	// AckLatencyMs is the ack latency distribution over the run, in milliseconds.
+	AckLatencyMs LatencyMs `json:"ack_latency_ms"`
+}
+
+// SummaryConfig is the part of Config a summary records (not the token seed).
+type SummaryConfig struct {
+	Frontends     []string `json:"frontends"`
+	Devices       int      `json:"devices"`
+	DeviceOffset  int      `json:"device_offset,omitempty"`
+	Rate          float64  `json:"rate"`
+	FrameReadings int      `json:"frame_readings"`
+	Window        int      `json:"window"`
+	Readings      int      `json:"readings,omitempty"`
+	Duration      string   `json:"duration,omitempty"`
+	Drain         string   `json:"drain,omitempty"`
+	JSON          bool     `json:"json"`
+	ConnectRate   float64  `json:"connect_rate,omitempty"`
+	BackoffMin    string   `json:"backoff_min"`
+	BackoffMax    string   `json:"backoff_max"`
+	LocalAddrs    []string `json:"local_addrs,omitempty"`
+	Outbox        int      `json:"outbox"`
+}
+
+// LatencyMs is a Latency in milliseconds.
+type LatencyMs struct {
+	Count uint64  `json:"count"`
+	P50   float64 `json:"p50"`
+	P90   float64 `json:"p90"`
+	P99   float64 `json:"p99"`
+	P999  float64 `json:"p999"`
+	Max   float64 `json:"max"`
+	Mean  float64 `json:"mean"`
+}
+
+func ms(d time.Duration) float64 {
+	return math.Round(float64(d)/float64(time.Microsecond)) / 1000
+}
+
+func durStr(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return d.String()
+}
+
+// Summary returns the fleet's summary: final once Done is closed, a running one before.
+func (f *Fleet) Summary() Summary {
+	s := f.Stats()
+	c := f.cfg
+	sum := Summary{
+		Config: SummaryConfig{
+			Frontends: f.urls, Devices: c.Devices, DeviceOffset: c.DeviceOffset, Rate: c.Rate,
+			FrameReadings: c.FrameReadings, Window: c.Window, Readings: c.Readings,
+			Duration: durStr(c.Duration), Drain: durStr(c.Drain), JSON: c.JSON, ConnectRate: c.ConnectRate,
+			BackoffMin: c.BackoffMin.String(), BackoffMax: c.BackoffMax.String(), LocalAddrs: c.LocalAddrs,
+			Outbox: c.Outbox,
+		},
+		Seconds:         math.Round(s.Elapsed.Seconds()*1000) / 1000,
+		Devices:         s.Devices,
+		DevicesDone:     s.DevicesDone,
+		Connected:       s.Connected,
+		Connects:        s.Connects,
+		ConnectFailures: s.ConnectFailures,
+		Disconnects:     s.Disconnects,
+		Generated:       s.Generated,
+		Sent:            s.Sent,
+		Resent:          s.Resent,
+		Acked:           s.Acked,
+		Unacked:         s.Outbox,
+		OutboxDrops:     s.OutboxDrops,
+		Errors:          s.Errors,
+		AckLatencyMs: LatencyMs{
+			Count: s.AckLatency.Count, P50: ms(s.AckLatency.P50), P90: ms(s.AckLatency.P90),
+			P99: ms(s.AckLatency.P99), P999: ms(s.AckLatency.P999), Max: ms(s.AckLatency.Max),
+			Mean: ms(s.AckLatency.Mean),
+		},
+	}
+	f.mu.Lock()
+	sum.Start = f.epoch
+	f.mu.Unlock()
+	if sec := s.Elapsed.Seconds(); sec > 0 {
+		sum.SentPerSecond = math.Round(float64(s.Sent)/sec*10) / 10
+		sum.AckedPerSecond = math.Round(float64(s.Acked)/sec*10) / 10
+	}
+	return sum
+}
+
+// Progress writes a line about the fleet to w every interval, and a last one when the fleet
+// has stopped; then it returns. Rates and latency percentiles are over the interval:
+//
+//	sim 10s: connected 100/100, sent 100/s, acked 100/s, in-flight 3, outbox 3, ack p50 1.2ms p99 4.1ms, drops 0, errors 0
+//
+// Run it in its own goroutine; it returns only once the fleet is done.
+func (f *Fleet) Progress(w io.Writer, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	prev := f.Stats()
+	prevHist := f.c.latency.snapshot()
+	line := func() {
+		s := f.Stats()
+		h := f.c.latency.snapshot()
+		lat := h.sub(prevHist).latency()
+		dt := (s.Elapsed - prev.Elapsed).Seconds()
+		rate := func(now, before uint64) float64 {
+			if dt <= 0 {
+				return 0
+			}
+			return float64(now-before) / dt
+		}
+		fmt.Fprintf(w, "sim %s: connected %d/%d, sent %.0f/s, acked %.0f/s, in-flight %d, outbox %d, ack p50 %s p99 %s, drops %d, errors %d\n",
+			s.Elapsed.Round(time.Second), s.Connected, s.Devices, rate(s.Sent, prev.Sent), rate(s.Acked, prev.Acked),
+			s.InFlight, s.Outbox, roundDur(lat.P50), roundDur(lat.P99), s.OutboxDrops, s.Errors)
+		prev, prevHist = s, h
+	}
+	for {
+		select {
+		case <-f.done:
+			line()
+			return
+		case <-t.C:
+			line()
+		}
+	}
+}
+
+// roundDur rounds d to three significant figures or so, for display.
+func roundDur(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	default:
+		return d.Round(time.Microsecond)
+	}
+}
+
+// collector exposes a fleet's counters as drover_sim_* metrics.
+type collector struct{ f *Fleet }
+
+var (
+	descConnected  = prometheus.NewDesc("drover_sim_devices_connected", "Simulated devices connected now.", nil, nil)
+	descConnects   = prometheus.NewDesc("drover_sim_connects_total", "Successful WebSocket upgrades of simulated devices.", nil, nil)
+	descConnFail   = prometheus.NewDesc("drover_sim_connect_failures_total", "Failed connection attempts, by cause.", []string{"cause"}, nil)
+	descDisconn    = prometheus.NewDesc("drover_sim_disconnects_total", "Connections ended other than by the device, by cause (close code, error).", []string{"cause"}, nil)
+	descReadings   = prometheus.NewDesc("drover_sim_readings_total", "Readings by what happened to them: generated, sent (resends included), resent, acked, dropped (outbox full).", []string{"event"}, nil)
+	descInFlight   = prometheus.NewDesc("drover_sim_readings_in_flight", "Readings sent on current connections and not yet acked.", nil, nil)
+	descOutbox     = prometheus.NewDesc("drover_sim_outbox_readings", "Readings held in device outboxes, not yet acked.", nil, nil)
+	descErrors     = prometheus.NewDesc("drover_sim_errors_total", "Connection failures, protocol violations, downlink errors and local failures.", nil, nil)
+	descAckLatency = prometheus.NewDesc("drover_sim_ack_latency_seconds", "Time from a reading's first write to the socket to the ack covering it.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConnected, descConnects, descConnFail, descDisconn, descReadings,
+		descInFlight, descOutbox, descErrors, descAckLatency} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.f.Stats()
+	ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, float64(s.Connected))
+	ch <- prometheus.MustNewConstMetric(descConnects, prometheus.CounterValue, float64(s.Connects))
+	for k, v := range s.ConnectFailures {
+		ch <- prometheus.MustNewConstMetric(descConnFail, prometheus.CounterValue, float64(v), k)
+	}
+	for k, v := range s.Disconnects {
+		ch <- prometheus.MustNewConstMetric(descDisconn, prometheus.CounterValue, float64(v), k)
+	}
+	for ev, v := range map[string]uint64{"generated": s.Generated, "sent": s.Sent, "resent": s.Resent,
+		"acked": s.Acked, "dropped": s.OutboxDrops} {
+		ch <- prometheus.MustNewConstMetric(descReadings, prometheus.CounterValue, float64(v), ev)
+	}
+	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(s.InFlight))
+	ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(s.Outbox))
+	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(s.Errors))
+	h := c.f.c.latency.snapshot()
+	ch <- prometheus.MustNewConstSummary(descAckLatency, h.total, float64(h.sum)/1e9, map[float64]float64{
+		0.5: h.quantile(0.5).Seconds(), 0.9: h.quantile(0.9).Seconds(), 0.99: h.quantile(0.99).Seconds(),
+	})
+}

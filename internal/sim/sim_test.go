@@ -1,0 +1,518 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/drover-telemetry/drover/internal/registry"
+)
+
+// checkDelivered asserts that every device of f took exactly readings readings, got them all
+// acked exactly once, and that the server received every one of them.
+func checkDelivered(t *testing.T, f *Fleet, s *fakeFrontend, readings int) Stats {
+	t.Helper()
+	st := f.Stats()
+	want := uint64(f.cfg.Devices * readings)
+	if st.Generated != want || st.Acked != want || st.AckLatency.Count != want {
+		t.Errorf("generated %d, acked %d, latency samples %d; want %d each", st.Generated, st.Acked, st.AckLatency.Count, want)
+	}
+	if st.Outbox != 0 || st.InFlight != 0 || st.Connected != 0 {
+		t.Errorf("after the end: outbox %d, in flight %d, connected %d; want 0", st.Outbox, st.InFlight, st.Connected)
+	}
+	if st.Sent < st.Acked || st.Sent-st.Resent != st.Acked {
+		// Every reading's first send is acked once: first sends = acked.
+		t.Errorf("sent %d, resent %d, acked %d: first sends differ from acked", st.Sent, st.Resent, st.Acked)
+	}
+	first, last := f.cfg.FirstSeq, f.cfg.FirstSeq+uint64(readings)-1
+	for id, seq := range f.Acked() {
+		if seq != last {
+			t.Errorf("%s: acked seq %d, want %d", id, seq, last)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range f.DeviceIDs() {
+		m := s.received[id]
+		for seq := first; seq <= last; seq++ {
+			if m[seq] == 0 {
+				t.Errorf("%s: seq %d never reached the server", id, seq)
+				break
+			}
+		}
+		if len(m) != readings {
+			t.Errorf("%s: server received %d distinct seqs, want %d", id, len(m), readings)
+		}
+	}
+	for _, v := range s.violations {
+		t.Errorf("server saw: %s", v)
+	}
+	return st
+}
+
+// TestEveryReadingAckedOnce runs fleets against servers that misbehave in each way a frontend
+// may, and checks that every reading is delivered and counted as acked exactly once.
+func TestEveryReadingAckedOnce(t *testing.T) {
+	const readings = 150
+	cases := []struct {
+		name  string
+		setup func(*fakeFrontend)
+		cfg   func(*Config)
+		check func(*testing.T, Stats, *fakeFrontend)
+	}{
+		{name: "plain"},
+		{name: "first seq", cfg: func(c *Config) { c.FirstSeq = 1_763_899_200_000_000 }},
+		{name: "batched", cfg: func(c *Config) { c.FrameReadings, c.Window = 7, 3 }},
+		{name: "json", cfg: func(c *Config) { c.JSON, c.FrameReadings = true, 5 },
+			check: func(t *testing.T, _ Stats, s *fakeFrontend) {
+				if s.text.Load() == 0 || s.bin.Load() != 0 {
+					t.Errorf("JSON mode: %d text frames, %d binary", s.text.Load(), s.bin.Load())
+				}
+			}},
+		{name: "tcp drop", setup: func(s *fakeFrontend) { s.dropEvery, s.dropHow = 5, "tcp"; s.dropBudget.Store(12) },
+			cfg: func(c *Config) { c.FrameReadings = 4 }, check: wantResends},
+		{name: "close 1013", setup: func(s *fakeFrontend) { s.dropEvery, s.dropHow = 3, "1013"; s.dropBudget.Store(12) },
+			check: func(t *testing.T, st Stats, s *fakeFrontend) {
+				wantResends(t, st, s)
+				if st.Disconnects["1013"] == 0 {
+					t.Errorf("no 1013 disconnect counted: %v", st.Disconnects)
+				}
+			}},
+		{name: "close 1001", setup: func(s *fakeFrontend) { s.dropEvery, s.dropHow = 4, "1001"; s.dropBudget.Store(8) },
+			cfg: func(c *Config) { c.FrameReadings, c.Window = 3, 16 }, check: wantResends},
+		{name: "close 4000", setup: func(s *fakeFrontend) { s.dropEvery, s.dropHow = 6, "4000"; s.dropBudget.Store(8) },
+			check: func(t *testing.T, st Stats, s *fakeFrontend) {
+				wantResends(t, st, s)
+				if st.Disconnects["4000"] != 8 {
+					t.Errorf("4000 disconnects: %v", st.Disconnects)
+				}
+			}},
+		{name: "ack delay", setup: func(s *fakeFrontend) { s.ackDelay = 30 * time.Millisecond },
+			cfg: func(c *Config) { c.Devices, c.Readings, c.Rate = 2, 40, 400 },
+			check: func(t *testing.T, st Stats, _ *fakeFrontend) {
+				l := st.AckLatency
+				if l.P50 < 30*time.Millisecond || l.Max < 30*time.Millisecond || l.P99 > 2*time.Second || l.P50 > l.P99 || l.P99 > l.Max {
+					t.Errorf("ack latency with 30ms server delay: %+v", l)
+				}
+			}},
+		{name: "withheld acks", setup: func(s *fakeFrontend) { s.withholdBudget.Store(4) },
+			cfg: func(c *Config) { c.AckTimeout = 100 * time.Millisecond },
+			check: func(t *testing.T, st Stats, s *fakeFrontend) {
+				wantResends(t, st, s)
+				if st.Disconnects[endAckTimeout] == 0 {
+					t.Errorf("no ack timeout counted: %v", st.Disconnects)
+				}
+			}},
+		{name: "downlink error", setup: func(s *fakeFrontend) { s.errorCode = 2; s.errorBudget.Store(4) },
+			check: func(t *testing.T, st Stats, _ *fakeFrontend) {
+				if st.Disconnects["error_2"] != 4 || st.Errors < 4 {
+					t.Errorf("downlink errors: disconnects %v, errors %d", st.Disconnects, st.Errors)
+				}
+			}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			s := newFakeFrontend(t, c.setup)
+			cfg := testConfig(s.url())
+			cfg.Readings = readings
+			if c.cfg != nil {
+				c.cfg(&cfg)
+			}
+			f, _ := startFleet(t, cfg)
+			waitDone(t, f, 10*time.Second)
+			st := checkDelivered(t, f, s, cfg.Readings)
+			if c.check != nil {
+				c.check(t, st, s)
+			}
+			if t.Failed() {
+				t.Logf("stats: %+v", st)
+			}
+		})
+	}
+}
+
+// wantResends checks that connections were lost with frames un-acked and the device resent them.
+func wantResends(t *testing.T, st Stats, s *fakeFrontend) {
+	t.Helper()
+	if st.Resent == 0 || s.duplicates() == 0 {
+		t.Errorf("resent %d, duplicates at the server %d: want both > 0", st.Resent, s.duplicates())
+	}
+	var n uint64
+	for _, v := range st.Disconnects {
+		n += v
+	}
+	if n == 0 || st.Connects < uint64(st.Devices)+1 {
+		t.Errorf("disconnects %v, connects %d: want reconnects", st.Disconnects, st.Connects)
+	}
+}
+
+// TestBackoff checks, from the server's side, that refused devices come back no sooner than
+// their backoff: exponential from BackoffMin to BackoffMax, long for a 401, at least Retry-After
+// for a 503 that gives one.
+func TestBackoff(t *testing.T) {
+	const (
+		bmin  = 20 * time.Millisecond
+		bmax  = 160 * time.Millisecond
+		slack = 3 * time.Millisecond
+	)
+	exponential := func(n int) time.Duration { return min(bmax, bmin<<(n-1)) } // before attempt n+1
+	cases := []struct {
+		name     string
+		setup    func(*fakeFrontend)
+		seed     string
+		attempts int
+		devices  int
+		bound    func(n int) time.Duration // backoff b after the n-th failure: wait in [b/2, b]
+	}{
+		{name: "503", setup: func(s *fakeFrontend) { s.refuse = 503 }, attempts: 7, devices: 20, bound: exponential},
+		{name: "1013", setup: func(s *fakeFrontend) { s.closeCode = websocket.CloseTryAgainLater }, attempts: 7, devices: 20, bound: exponential},
+		{name: "401", seed: "wrong-seed", attempts: 3, devices: 5, bound: func(int) time.Duration { return bmax }},
+		{name: "retry-after", setup: func(s *fakeFrontend) { s.refuse, s.retryAfter = 503, "1" }, attempts: 2, devices: 3,
+			bound: func(int) time.Duration { return 2 * time.Second }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			s := newFakeFrontend(t, c.setup)
+			cfg := testConfig(s.url())
+			cfg.Devices, cfg.Rate, cfg.BackoffMin, cfg.BackoffMax = c.devices, 0, bmin, bmax
+			if c.seed != "" {
+				cfg.TokenSeed = c.seed
+			}
+			f, cancel := startFleet(t, cfg)
+			ids := f.DeviceIDs()
+			waitFor(t, 10*time.Second, "attempts", func() bool {
+				for _, id := range ids {
+					if len(s.attemptsOf(id)) < c.attempts {
+						return false
+					}
+				}
+				return true
+			})
+			cancel()
+			<-f.Done()
+			for _, id := range ids {
+				at := s.attemptsOf(id)
+				for n := 1; n < c.attempts; n++ {
+					gap, b := at[n].Sub(at[n-1]), c.bound(n)
+					if c.name == "retry-after" {
+						if gap < time.Second-slack || gap > 2*time.Second {
+							t.Errorf("%s: attempt %d came %s after the one before; Retry-After 1 asks [1s, 1.5s] plus dial time", id, n+1, gap)
+						}
+						continue
+					}
+					if gap < b/2-slack {
+						t.Errorf("%s: attempt %d came %s after the one before, want at least %s", id, n+1, gap, b/2)
+					}
+					if gap > b+500*time.Millisecond {
+						t.Errorf("%s: attempt %d came %s after the one before, want about %s at most", id, n+1, gap, b)
+					}
+				}
+			}
+			// Every attempt the server saw was counted, but for those the stop interrupted.
+			st := f.Stats()
+			if n, srv := st.Connects+sumCounts(st.ConnectFailures), uint64(s.totalAttempts()); n > srv || n+uint64(c.devices) < srv {
+				t.Errorf("connects %d + failures %v, server saw %d attempts", st.Connects, st.ConnectFailures, srv)
+			}
+		})
+	}
+}
+
+func sumCounts(m map[string]uint64) uint64 {
+	var n uint64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// TestIdleHoldsConnections checks that idle devices connect at the connect rate, hold their
+// connections without sending, and close them with 1001 on stop.
+func TestIdleHoldsConnections(t *testing.T) {
+	s := newFakeFrontend(t, nil)
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Rate, cfg.ConnectRate = 30, 0, 100
+	start := time.Now()
+	f, cancel := startFleet(t, cfg)
+	waitFor(t, 5*time.Second, "30 connections", func() bool {
+		return s.open.Load() == 30 && f.Stats().Connected == 30
+	})
+	// 30 devices at 100/s: the last connects 290 ms after the first.
+	if el := time.Since(start); el < 280*time.Millisecond {
+		t.Errorf("30 devices connected in %s at 100/s", el)
+	}
+	// Hold: nothing sent, nobody reconnects, for a while.
+	time.Sleep(200 * time.Millisecond)
+	st := f.Stats()
+	if st.Connects != 30 || len(st.Disconnects) != 0 || st.Sent != 0 || s.open.Load() != 30 || s.text.Load()+s.bin.Load() != 0 {
+		t.Errorf("idle fleet did not hold: %+v, server open %d", st, s.open.Load())
+	}
+	cancel()
+	<-f.Done()
+	waitFor(t, 5*time.Second, "server side closed", func() bool { return s.open.Load() == 0 })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closes[websocket.CloseGoingAway] != 30 {
+		t.Errorf("close codes seen by the server: %v, want 30 × 1001", s.closes)
+	}
+}
+
+// TestStopWhileBlocked checks that a fleet stops promptly even when its devices are blocked
+// writing to a server that does not read.
+func TestStopWhileBlocked(t *testing.T) {
+	s := newFakeFrontend(t, func(s *fakeFrontend) { s.stall = make(chan struct{}) })
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Rate, cfg.FrameReadings, cfg.Window, cfg.Outbox = 2, 1e6, 1000, 1000, 100_000
+	cfg.WriteTimeout = time.Minute
+	f, cancel := startFleet(t, cfg)
+	// Blocked: the socket buffers are full, so the sent count stops growing.
+	var last uint64
+	waitFor(t, 10*time.Second, "writes to block", func() bool {
+		time.Sleep(100 * time.Millisecond)
+		st := f.Stats()
+		blocked := st.Sent > 0 && st.Sent == last && st.Connected == 2
+		last = st.Sent
+		return blocked
+	})
+	start := time.Now()
+	cancel()
+	select {
+	case <-f.Done():
+	case <-time.After(5 * time.Second):
+		buf := make([]byte, 1<<20)
+		n := runtime.Stack(buf, true)
+		t.Logf("%s", buf[:n])
+		t.Fatal("fleet blocked on writes did not stop within 5s")
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("stop took %s", el)
+	}
+}
+
+// TestOutboxDrops checks that a device that cannot connect keeps a full outbox and counts what it
+// cannot keep, and that a device reconnecting after the outage sends the outbox.
+func TestOutboxDrops(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "ws://" + ln.Addr().String()
+	ln.Close() // nothing listens there now: connection refused
+	cfg := testConfig(dead)
+	cfg.Devices, cfg.Rate, cfg.Outbox = 2, 1000, 50
+	f, _ := startFleet(t, cfg)
+	waitFor(t, 5*time.Second, "drops", func() bool {
+		st := f.Stats()
+		return st.OutboxDrops > 0 && st.Outbox == 100
+	})
+	st := f.Stats()
+	if st.Generated != 100 || st.Sent != 0 || st.ConnectFailures["refused"] == 0 {
+		t.Errorf("stats: %+v", st)
+	}
+}
+
+// TestFailover checks that devices leave a frontend that refuses them for one that works.
+func TestFailover(t *testing.T) {
+	bad := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse = 503 })
+	good := newFakeFrontend(t, nil)
+	cfg := testConfig(bad.url(), good.url()+IngestPath)
+	cfg.Devices, cfg.Readings = 10, 50
+	f, _ := startFleet(t, cfg)
+	waitDone(t, f, 10*time.Second)
+	checkDelivered(t, f, good, cfg.Readings)
+}
+
+// TestLocalAddrs checks that devices dial from the given source addresses.
+func TestLocalAddrs(t *testing.T) {
+	s := newFakeFrontend(t, nil)
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Rate, cfg.LocalAddrs = 4, 0, []string{"127.0.0.2", "127.0.0.3"}
+	f, _ := startFleet(t, cfg)
+	waitFor(t, 5*time.Second, "connections", func() bool { return f.Stats().Connected == 4 })
+	for _, ip := range cfg.LocalAddrs {
+		if _, ok := s.peers.Load(ip); !ok {
+			t.Errorf("no connection from %s", ip)
+		}
+	}
+}
+
+// TestDurationDrainSummaryProgress runs a fleet for a fixed time with a drain, and checks the
+// summary and the progress lines.
+func TestDurationDrainSummaryProgress(t *testing.T) {
+	s := newFakeFrontend(t, func(s *fakeFrontend) { s.ackDelay = 20 * time.Millisecond })
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Rate, cfg.Duration, cfg.Drain, cfg.FrameReadings = 3, 100, 300*time.Millisecond, 5*time.Second, 2
+	f, _ := startFleet(t, cfg)
+	var (
+		buf lockedBuffer
+		wg  sync.WaitGroup
+	)
+	wg.Go(func() { f.Progress(&buf, 50*time.Millisecond) })
+	waitDone(t, f, 10*time.Second)
+	wg.Wait()
+
+	// 100/s for 300 ms: slots at 0, 10, ..., 290 ms.
+	checkDelivered(t, f, s, 30)
+	sum := f.Summary()
+	b, err := json.Marshal(sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]any
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"config", "seconds", "sent_per_second", "acked_per_second", "ack_latency_ms", "acked"} {
+		if _, ok := back[k]; !ok {
+			t.Errorf("summary lacks %q: %s", k, b)
+		}
+	}
+	if sum.Acked != 90 || sum.Unacked != 0 || sum.AckedPerSecond <= 0 || sum.AckLatencyMs.P50 < 20 ||
+		sum.Seconds < 0.3 || sum.DevicesDone != 3 || sum.Config.Duration != "300ms" || strings.Contains(string(b), testSeed) {
+		t.Errorf("summary: %s", b)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) < 2 || !strings.HasPrefix(lines[0], "sim ") || !strings.Contains(lines[0], "connected ") ||
+		!strings.Contains(lines[len(lines)-1], "ack p50") {
+		t.Errorf("progress lines:\n%s", buf.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestStartWait checks Start and Wait, and that a fleet runs once.
+func TestStartWait(t *testing.T) {
+	s := newFakeFrontend(t, nil)
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Readings = 2, 10
+	f, err := Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Run(context.Background()); err == nil {
+		t.Error("Run of a started fleet succeeded")
+	}
+	if sum := f.Wait(); sum.Acked != 20 || sum.DevicesDone != 2 {
+		t.Errorf("summary: %+v", sum)
+	}
+	if _, err := Start(context.Background(), Config{}, nil); err == nil {
+		t.Error("Start with an empty config succeeded")
+	}
+}
+
+func TestRegistry(t *testing.T) {
+	if got := DeviceID("dev-", 42); got != "dev-000042" {
+		t.Errorf("DeviceID: %q", got)
+	}
+	if got := DeviceID("t", 1234567); got != "t1234567" {
+		t.Errorf("DeviceID: %q", got)
+	}
+	tok := Token("seed", "dev-000001")
+	if len(tok) != 32 || strings.Trim(tok, "0123456789abcdef") != "" || tok != Token("seed", "dev-000001") ||
+		tok == Token("seed2", "dev-000001") || tok == Token("seed", "dev-000002") {
+		t.Errorf("Token: %q", tok)
+	}
+	cfg := Config{URLs: []string{"ws://x:1"}, Devices: 7, DeviceOffset: 10, TokenSeed: "s"}
+	path := filepath.Join(t.TempDir(), "devices.json")
+	if err := WriteRegistry(path, cfg); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.Len() != 7 {
+		t.Fatalf("registry has %d devices", reg.Len())
+	}
+	classSeen := map[string]bool{}
+	for i := 10; i < 17; i++ {
+		id := DeviceID("dev-", i)
+		d, err := reg.Authenticate(id, Token("s", id))
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if d.Fleet == "" || d.Region == "" || d.Class == "" {
+			t.Errorf("%s: %+v", id, d)
+		}
+		classSeen[d.Class] = true
+	}
+	if len(classSeen) != 3 {
+		t.Errorf("classes: %v", classSeen)
+	}
+	if _, err := reg.Authenticate("dev-000009", Token("s", "dev-000009")); err == nil {
+		t.Error("device before the offset registered")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := Config{URLs: []string{"ws://127.0.0.1:8080"}, Devices: 1}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("minimal config: %v", err)
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("default config: %v", err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"no urls":        func(c *Config) { c.URLs = nil },
+		"http url":       func(c *Config) { c.URLs = []string{"http://x:1"} },
+		"no devices":     func(c *Config) { c.Devices = 0 },
+		"negative rate":  func(c *Config) { c.Rate = -1 },
+		"big frames":     func(c *Config) { c.FrameReadings = 1001 },
+		"idle readings":  func(c *Config) { c.Rate, c.Readings = 0, 5 },
+		"backoff order":  func(c *Config) { c.BackoffMin, c.BackoffMax = time.Second, time.Millisecond },
+		"bad local addr": func(c *Config) { c.LocalAddrs = []string{"localhost"} },
+	} {
+		c := good
+		c.Rate = 1
+		mut(&c)
+		if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "sim config: ") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if u, _ := ingestURL("ws://h:1"); u != "ws://h:1/v1/ingest" {
+		t.Errorf("ingestURL: %s", u)
+	}
+	if u, _ := ingestURL("wss://h:1/custom"); u != "wss://h:1/custom" {
+		t.Errorf("ingestURL: %s", u)
+	}
+	if d := (Config{Rate: 2}).withDefaults().Outbox; d != 7200 {
+		t.Errorf("default outbox at 2/s: %d", d)
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2025, 11, 23, 12, 0, 0, 0, time.UTC)
+	for v, want := range map[string]time.Duration{
+		"": 0, "5": 5 * time.Second, "x": 0, "-1": 0,
+		"Sun, 23 Nov 2025 12:00:30 GMT": 30 * time.Second, "Sun, 23 Nov 2025 11:00:00 GMT": 0,
+	} {
+		if got := parseRetryAfter(v, now); got != want {
+			t.Errorf("parseRetryAfter(%q) = %s, want %s", v, got, want)
+		}
+	}
+}
