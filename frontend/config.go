@@ -1,0 +1,217 @@
+package frontend
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/drover-telemetry/drover/internal/daemon"
+)
+
+// Config is a frontend's configuration. Start from [DefaultConfig].
+type Config struct {
+	// Listen is the device WebSocket server's address, host:port.
+	Listen string
+	// QueueDir is the directory of the frontend's durable queue; it must
+	// survive restarts (a volume in Kubernetes).
+	QueueDir string
+	// Routers are the ZeroMQ endpoints of every router, each one connected
+	// with its own DEALER.
+	Routers []string
+	// ID identifies this frontend to the routers. It must be unique among
+	// frontends and stable across restarts, so that a router recognises the
+	// frontend's resent batches.
+	ID string
+
+	// Registry is the path of the device registry file (JSON, see
+	// internal/registry). It is reloaded on SIGHUP and when it changes.
+	Registry string
+	// QueueMaxBytes bounds the bytes the queue holds (stored, not yet acked
+	// by a router). When it is reached, devices are told to try again later
+	// (close 1013) and nothing is acked.
+	QueueMaxBytes int64
+
+	// MaxConnections is the most device connections served at once; more are
+	// refused before the upgrade with HTTP 503 and a jittered Retry-After.
+	MaxConnections int
+	// RetryAfter is the mean Retry-After given with a 503; each answer is
+	// drawn uniformly from [RetryAfter/2, RetryAfter*3/2] so that a
+	// stampede of refused devices does not come back in step.
+	RetryAfter time.Duration
+	// MaxFrameBytes is the largest WebSocket message accepted; larger ones
+	// are refused with close 1009.
+	MaxFrameBytes int
+	// MaxReadingsPerFrame is the most readings one frame may carry.
+	MaxReadingsPerFrame int
+
+	// Rate is each device's sustained budget of live readings per second,
+	// and RateBurst the size of that bucket. A live reading is one whose
+	// device time is at most BacklogAge old.
+	Rate      float64
+	RateBurst int
+	// BacklogRate and BacklogBurst are the separate, larger budget of
+	// readings older than BacklogAge: a device flushing what it stored
+	// during an outage is not a flood.
+	BacklogRate  float64
+	BacklogBurst int
+	// BacklogAge is the device-time age from which a reading counts as
+	// backlog.
+	BacklogAge time.Duration
+	// MaxIdleDevices bounds the per-device state (highest acked sequence,
+	// rate buckets) kept for devices that are not connected; the least
+	// recently seen is forgotten first. Connected devices are always kept.
+	MaxIdleDevices int
+
+	// PingInterval is how often the server pings each connection.
+	PingInterval time.Duration
+	// IdleTimeout closes a connection from which nothing (no message, no
+	// pong) has arrived for that long.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds every write to a device (acks, pings, closes).
+	WriteTimeout time.Duration
+	// ShutdownGrace is how long a stopping frontend lets connections finish
+	// the frame they are storing before it closes them by force.
+	ShutdownGrace time.Duration
+}
+
+// DefaultConfig returns the configuration of a frontend on a laptop: devices
+// on port 8080, one router on the same host, the queue under ./data, the
+// registry in ./registry.json, and the host name as ID. The limits are sized
+// for real fleets; see docs/ingest.md.
+func DefaultConfig() Config {
+	return Config{
+		Listen:              ":8080",
+		QueueDir:            "data/frontend",
+		Routers:             []string{"tcp://127.0.0.1:5555"},
+		ID:                  daemon.DefaultID("frontend"),
+		Registry:            "registry.json",
+		QueueMaxBytes:       1 << 30,
+		MaxConnections:      10000,
+		RetryAfter:          10 * time.Second,
+		MaxFrameBytes:       64 << 10,
+		MaxReadingsPerFrame: 1000,
+		Rate:                10,
+		RateBurst:           1000,
+		BacklogRate:         1000,
+		BacklogBurst:        50000,
+		BacklogAge:          2 * time.Minute,
+		MaxIdleDevices:      100000,
+		PingInterval:        30 * time.Second,
+		IdleTimeout:         90 * time.Second,
+		WriteTimeout:        10 * time.Second,
+		ShutdownGrace:       10 * time.Second,
+	}
+}
+
+// RegisterFlags defines the frontend's flags in fs, bound to c, with c's
+// current values as defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Listen, "listen", c.Listen,
+		"`address` (host:port) of the WebSocket server devices connect to")
+	fs.StringVar(&c.QueueDir, "queue-dir", c.QueueDir,
+		"`directory` of the durable queue; must survive restarts")
+	fs.Var((*daemon.StringList)(&c.Routers), "routers",
+		"comma-separated ZeroMQ `endpoints` of every router (tcp://host:port); one connection each")
+	fs.StringVar(&c.ID, "id", c.ID,
+		"`name` of this frontend towards the routers, unique and stable across restarts; the host name unless set")
+	fs.StringVar(&c.Registry, "registry", c.Registry,
+		"device registry `file` (JSON); reloaded on SIGHUP and when it changes")
+	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes,
+		"`bytes` the queue may hold; when full, devices are told to retry later (close 1013) and nothing is acked")
+	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections,
+		"most device connections at once; more get HTTP 503 with a jittered Retry-After (`number`)")
+	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter,
+		"mean Retry-After of a 503, jittered by ±50% (`duration`)")
+	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes,
+		"largest frame (WebSocket message) accepted, in `bytes`; larger ones are closed with 1009")
+	fs.IntVar(&c.MaxReadingsPerFrame, "max-readings-per-frame", c.MaxReadingsPerFrame,
+		"most readings in one frame (`number`); more are refused with close 1007")
+	fs.Float64Var(&c.Rate, "rate", c.Rate,
+		"sustained live `readings/s` per device; over budget the connection is closed with 1008")
+	fs.IntVar(&c.RateBurst, "rate-burst", c.RateBurst,
+		"burst of live readings per device (`readings`); at least -max-readings-per-frame")
+	fs.Float64Var(&c.BacklogRate, "backlog-rate", c.BacklogRate,
+		"sustained backlog `readings/s` per device (readings older than -backlog-age), a budget apart from -rate")
+	fs.IntVar(&c.BacklogBurst, "backlog-burst", c.BacklogBurst,
+		"burst of backlog readings per device (`readings`); at least -max-readings-per-frame")
+	fs.DurationVar(&c.BacklogAge, "backlog-age", c.BacklogAge,
+		"device-time age from which a reading counts as backlog (store-and-forward flush), not live (`duration`)")
+	fs.IntVar(&c.MaxIdleDevices, "max-idle-devices", c.MaxIdleDevices,
+		"per-device state (acked seq, rate budget) kept for disconnected devices, least recent forgotten first (`number`)")
+	fs.DurationVar(&c.PingInterval, "ping-interval", c.PingInterval,
+		"how often the server pings each device (`duration`)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout,
+		"close a connection silent (no message, no pong) for this long (`duration`)")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout,
+		"deadline of every write to a device: acks, pings, closes (`duration`)")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
+		"on stop, time left to connections to finish storing and acking their frame before they are closed by force (`duration`)")
+}
+
+// Validate reports every problem of the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	if err := daemon.ValidateListenAddr(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen: %w", err))
+	}
+	if c.QueueDir == "" {
+		errs = append(errs, errors.New("queue-dir: empty"))
+	}
+	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
+		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	if err := daemon.ValidateID(c.ID); err != nil {
+		errs = append(errs, fmt.Errorf("id: %w", err))
+	}
+	if c.Registry == "" {
+		errs = append(errs, errors.New("registry: empty"))
+	}
+	want := func(ok bool, name string, v any, what string) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: %v: want %s", name, v, what))
+		}
+	}
+	want(c.QueueMaxBytes > 0, "queue-max-bytes", c.QueueMaxBytes, "more than 0")
+	want(c.MaxConnections > 0, "max-connections", c.MaxConnections, "more than 0")
+	want(c.RetryAfter >= time.Second, "retry-after", c.RetryAfter, "at least 1s")
+	want(c.MaxIdleDevices >= 0, "max-idle-devices", c.MaxIdleDevices, "0 or more")
+	want(c.Rate > 0, "rate", c.Rate, "more than 0")
+	want(c.BacklogRate > 0, "backlog-rate", c.BacklogRate, "more than 0")
+	want(c.BacklogAge > 0, "backlog-age", c.BacklogAge, "more than 0")
+	want(c.WriteTimeout > 0, "write-timeout", c.WriteTimeout, "more than 0")
+	want(c.ShutdownGrace > 0, "shutdown-grace", c.ShutdownGrace, "more than 0")
+	if c.MaxFrameBytes < 1024 {
+		errs = append(errs, fmt.Errorf("max-frame-bytes: %d: want at least 1024", c.MaxFrameBytes))
+	}
+	if c.MaxFrameBytes > maxFrameBytesCap {
+		errs = append(errs, fmt.Errorf("max-frame-bytes: %d: want at most %d", c.MaxFrameBytes, maxFrameBytesCap))
+	}
+	if c.MaxReadingsPerFrame < 1 {
+		errs = append(errs, fmt.Errorf("max-readings-per-frame: %d: want at least 1", c.MaxReadingsPerFrame))
+	}
+	// A frame is admitted whole or refused whole: a bucket smaller than a
+	// full frame would refuse full frames forever.
+	if c.RateBurst < c.MaxReadingsPerFrame {
+		errs = append(errs, fmt.Errorf("rate-burst: %d: want at least max-readings-per-frame (%d)", c.RateBurst, c.MaxReadingsPerFrame))
+	}
+	if c.BacklogBurst < c.MaxReadingsPerFrame {
+		errs = append(errs, fmt.Errorf("backlog-burst: %d: want at least max-readings-per-frame (%d)", c.BacklogBurst, c.MaxReadingsPerFrame))
+	}
+	want(c.PingInterval > 0, "ping-interval", c.PingInterval, "more than 0")
+	want(c.IdleTimeout > c.PingInterval, "idle-timeout", c.IdleTimeout, "more than ping-interval, so that a pong can arrive in time")
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("frontend config: %w", err)
+	}
+	return nil
+}
+
+// maxFrameBytesCap keeps one frame, as stored, within what one queue record
+// may carry (see queueRecordBytes).
+const maxFrameBytesCap = 16 << 20
+
+func (c Config) clone() Config {
+	c.Routers = slices.Clone(c.Routers)
+	return c
+}

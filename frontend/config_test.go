@@ -1,0 +1,150 @@
+package frontend
+
+import (
+	"flag"
+	"io"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultConfigIsValid(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("DefaultConfig().Validate() = %v", err)
+	}
+}
+
+func TestRegisterFlags(t *testing.T) {
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("frontend", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfg.RegisterFlags(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		if len(f.Usage) < 20 {
+			t.Errorf("flag -%s has no real usage text: %q", f.Name, f.Usage)
+		}
+	})
+	err := fs.Parse([]string{
+		"-listen", "127.0.0.1:0",
+		"-queue-dir", "/var/lib/drover/frontend",
+		"-routers", "tcp://router-0:5555,tcp://router-1:5555",
+		"-id", "frontend-3",
+		"-registry", "/etc/drover/registry.json",
+		"-queue-max-bytes", "5000000",
+		"-max-connections", "50000",
+		"-retry-after", "30s",
+		"-max-frame-bytes", "131072",
+		"-max-readings-per-frame", "500",
+		"-rate", "2.5",
+		"-rate-burst", "600",
+		"-backlog-rate", "500",
+		"-backlog-burst", "9000",
+		"-backlog-age", "5m",
+		"-max-idle-devices", "7",
+		"-ping-interval", "20s",
+		"-idle-timeout", "1m",
+		"-write-timeout", "3s",
+		"-shutdown-grace", "15s",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Listen:              "127.0.0.1:0",
+		QueueDir:            "/var/lib/drover/frontend",
+		Routers:             []string{"tcp://router-0:5555", "tcp://router-1:5555"},
+		ID:                  "frontend-3",
+		Registry:            "/etc/drover/registry.json",
+		QueueMaxBytes:       5000000,
+		MaxConnections:      50000,
+		RetryAfter:          30 * time.Second,
+		MaxFrameBytes:       131072,
+		MaxReadingsPerFrame: 500,
+		Rate:                2.5,
+		RateBurst:           600,
+		BacklogRate:         500,
+		BacklogBurst:        9000,
+		BacklogAge:          5 * time.Minute,
+		MaxIdleDevices:      7,
+		PingInterval:        20 * time.Second,
+		IdleTimeout:         time.Minute,
+		WriteTimeout:        3 * time.Second,
+		ShutdownGrace:       15 * time.Second,
+	}
+	if !slices.Equal(cfg.Routers, want.Routers) {
+		t.Errorf("routers %v, want %v", cfg.Routers, want.Routers)
+	}
+	got := cfg
+	got.Routers, want.Routers = nil, nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("parsed %+v, want %+v", got, want)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("Validate() = %v", err)
+	}
+}
+
+func TestValidateRejects(t *testing.T) {
+	for name, mutate := range map[string]func(*Config){
+		"listen":                 func(c *Config) { c.Listen = "8080" },
+		"queue-dir":              func(c *Config) { c.QueueDir = "" },
+		"routers":                func(c *Config) { c.Routers = nil },
+		"routers bad":            func(c *Config) { c.Routers = []string{"tcp://*:5555"} },
+		"id":                     func(c *Config) { c.ID = "" },
+		"registry":               func(c *Config) { c.Registry = "" },
+		"queue-max-bytes":        func(c *Config) { c.QueueMaxBytes = 0 },
+		"max-connections":        func(c *Config) { c.MaxConnections = 0 },
+		"retry-after":            func(c *Config) { c.RetryAfter = 100 * time.Millisecond },
+		"max-frame-bytes":        func(c *Config) { c.MaxFrameBytes = 100 },
+		"max-frame-bytes huge":   func(c *Config) { c.MaxFrameBytes = 1 << 30 },
+		"max-readings-per-frame": func(c *Config) { c.MaxReadingsPerFrame = 0 },
+		"rate":                   func(c *Config) { c.Rate = 0 },
+		"rate-burst":             func(c *Config) { c.RateBurst = c.MaxReadingsPerFrame - 1 },
+		"backlog-rate":           func(c *Config) { c.BacklogRate = -1 },
+		"backlog-burst":          func(c *Config) { c.BacklogBurst = 10 },
+		"backlog-age":            func(c *Config) { c.BacklogAge = 0 },
+		"max-idle-devices":       func(c *Config) { c.MaxIdleDevices = -1 },
+		"ping-interval":          func(c *Config) { c.PingInterval = 0 },
+		"idle-timeout":           func(c *Config) { c.IdleTimeout = c.PingInterval },
+		"write-timeout":          func(c *Config) { c.WriteTimeout = 0 },
+		"shutdown-grace":         func(c *Config) { c.ShutdownGrace = 0 },
+	} {
+		cfg := DefaultConfig()
+		mutate(&cfg)
+		err := cfg.Validate()
+		field, _, _ := strings.Cut(name, " ")
+		if err == nil || !strings.Contains(err.Error(), field+":") {
+			t.Errorf("%s: Validate() = %v, want an error naming %s", name, err, field)
+		}
+		if _, err := New(cfg, nil, nil); err == nil {
+			t.Errorf("%s: New accepted an invalid config", name)
+		}
+	}
+}
+
+func TestValidateReportsAllProblems(t *testing.T) {
+	cfg := Config{}
+	err := cfg.Validate()
+	if err == nil {
+		t.Fatal("empty config accepted")
+	}
+	for _, field := range []string{"listen:", "queue-dir:", "routers:", "id:", "registry:", "queue-max-bytes:", "rate:"} {
+		if !strings.Contains(err.Error(), field) {
+			t.Errorf("error lacks %s: %v", field, err)
+		}
+	}
+}
+
+func TestNewCopiesConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	f, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Routers[0] = "tcp://changed:1"
+	if f.cfg.Routers[0] == "tcp://changed:1" {
+		t.Error("New kept a reference to the caller's Routers slice")
+	}
+}

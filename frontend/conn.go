@@ -1,0 +1,380 @@
+package frontend
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/drover-telemetry/drover/queue"
+	"github.com/drover-telemetry/drover/telemetry"
+)
+
+// Close codes of the 4000 range (private use, RFC 6455 section 7.4.2) that
+// the frontend sends. The standard ones it uses are 1001, 1007, 1008, 1009,
+// 1011 and 1013; docs/ingest.md says what a device should do on each.
+const (
+	// CloseReplaced: the device opened a newer connection, which is now the
+	// one in force. Do not reconnect from this one.
+	CloseReplaced = 4000
+	// CloseIdleTimeout: nothing (no frame, no pong) arrived for the idle
+	// timeout. Reconnect.
+	CloseIdleTimeout = 4001
+)
+
+const (
+	closeGoingAway      = websocket.CloseGoingAway               // 1001: the frontend is stopping
+	closeInvalidFrame   = websocket.CloseInvalidFramePayloadData // 1007
+	closePolicy         = websocket.ClosePolicyViolation         // 1008: rate limit
+	closeInternal       = websocket.CloseInternalServerErr       // 1011
+	closeTryAgainLater  = websocket.CloseTryAgainLater           // 1013: queue or disk full
+	reasonTextReplaced  = "replaced by a newer connection"
+	reasonTextGoingAway = "going away"
+)
+
+// closeLinger is how long a connection the server closes waits for the
+// device's close frame before dropping the TCP connection. Closing at once
+// with unread data from the device would reset the connection, and some
+// TCP stacks then discard the close frame before the device reads it.
+const closeLinger = time.Second
+
+// pastDeadline is a read deadline in the past: it wakes a blocked reader.
+var pastDeadline = time.Unix(1, 0)
+
+// frameBufs recycles the buffers frames are read into: an idle connection
+// holds none, and a busy frontend reuses a few.
+var frameBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// conn is one device connection. Its read loop (readLoop) is the only
+// goroutine that reads from it and the only one that writes data messages
+// (gorilla's one-reader, one-writer rule); pings are control frames written
+// from a timer, which gorilla allows concurrently. An idle connection costs
+// its gorilla Conn with a 256-byte read buffer, this struct, one goroutine
+// parked in a read, and one timer.
+type conn struct {
+	f   *Frontend
+	ws  *websocket.Conn
+	dev *device
+
+	mu         sync.Mutex
+	stopCode   int    // close requested by another goroutine (shutdown, replacement)
+	stopReason string // its reason text
+	closing    bool   // the read loop is closing: deadlines are no longer extended
+	readBroken bool   // a read failed: gorilla fails every later read at once
+	done       bool   // the read loop has ended
+	ping       *time.Timer
+}
+
+// log logs an event of this connection with its device and remote address.
+// They are added per event rather than kept in a logger with attributes,
+// which would cost every idle connection a few hundred bytes.
+func (c *conn) log(level slog.Level, msg string, args ...any) {
+	ctx := context.Background()
+	if !c.f.logger.Enabled(ctx, level) {
+		return
+	}
+	args = append([]any{"device", c.dev.id, "remote", c.ws.RemoteAddr().String()}, args...)
+	c.f.logger.Log(ctx, level, msg, args...)
+}
+
+// stop asks the read loop to close the connection with code and reason once
+// the frame it is storing, if any, is stored and acked. It wakes the loop if
+// it waits for a frame. The first request wins. Safe from any goroutine.
+func (c *conn) stop(code int, reason string) {
+	c.mu.Lock()
+	if c.stopCode == 0 && !c.closing {
+		c.stopCode, c.stopReason = code, reason
+	}
+	// Under mu, so that extend cannot push the deadline out again after it.
+	_ = c.ws.SetReadDeadline(pastDeadline)
+	c.mu.Unlock()
+}
+
+// stopped returns the close requested by stop, code 0 if none.
+func (c *conn) stopped() (int, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopCode, c.stopReason
+}
+
+// extend pushes the read deadline to now + IdleTimeout, unless the
+// connection is being stopped or closed. It runs on every message and pong.
+func (c *conn) extend() {
+	c.mu.Lock()
+	if c.stopCode == 0 && !c.closing {
+		_ = c.ws.SetReadDeadline(time.Now().Add(c.f.cfg.IdleTimeout))
+	}
+	c.mu.Unlock()
+}
+
+// startPing arms the keepalive timer. A timer rather than a goroutine per
+// connection: it costs ~100 bytes while idle, and its function runs only
+// every PingInterval.
+func (c *conn) startPing() {
+	c.mu.Lock()
+	c.ping = time.AfterFunc(c.f.cfg.PingInterval, c.sendPing)
+	c.mu.Unlock()
+}
+
+// sendPing writes a ping and re-arms the timer. A ping that fails is not
+// retried: the read loop sees the broken connection, or the idle timeout
+// closes it.
+func (c *conn) sendPing() {
+	c.mu.Lock()
+	if c.closing || c.done {
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.f.cfg.WriteTimeout)); err != nil {
+		return
+	}
+	c.mu.Lock()
+	if !c.closing && !c.done {
+		c.ping.Reset(c.f.cfg.PingInterval)
+	}
+	c.mu.Unlock()
+}
+
+// readLoop serves the connection until it ends, then releases it.
+func (c *conn) readLoop() {
+	defer c.finish()
+	for {
+		if code, reason := c.stopped(); code != 0 {
+			c.closeWith(code, reason)
+			return
+		}
+		typ, r, err := c.ws.NextReader()
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		recv := time.Now()
+		c.extend()
+		buf := frameBufs.Get().(*bytes.Buffer)
+		buf.Reset()
+		_, err = buf.ReadFrom(r)
+		if err != nil {
+			frameBufs.Put(buf)
+			c.readFailed(err)
+			return
+		}
+		ok := c.handleFrame(typ == websocket.TextMessage, buf.Bytes(), recv)
+		frameBufs.Put(buf)
+		if !ok {
+			return
+		}
+	}
+}
+
+// readFailed ends the connection after a failed read: a requested stop, a
+// frame over the read limit, the idle timeout, or the device gone.
+func (c *conn) readFailed(err error) {
+	c.mu.Lock()
+	c.readBroken = true
+	c.mu.Unlock()
+	if code, reason := c.stopped(); code != 0 {
+		c.closeWith(code, reason)
+		return
+	}
+	var ne net.Error
+	var ce *websocket.CloseError
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		// gorilla has already sent 1009 (without reason text: it refuses
+		// at the frame header, before reading the payload).
+		c.f.m.refusals.WithLabelValues(reasonFrameTooLarge).Inc()
+		c.f.m.connectionsClosed.WithLabelValues(strconv.Itoa(websocket.CloseMessageTooBig)).Inc()
+		c.log(slog.LevelWarn, "frontend: frame over the size limit; closed 1009", "limit_bytes", c.f.cfg.MaxFrameBytes)
+		c.linger()
+	case errors.As(err, &ne) && ne.Timeout():
+		c.log(slog.LevelDebug, "frontend: connection idle; closing", "idle_timeout", c.f.cfg.IdleTimeout)
+		c.closeWith(CloseIdleTimeout, "idle timeout")
+	case errors.As(err, &ce):
+		c.log(slog.LevelDebug, "frontend: device closed the connection", "code", ce.Code, "text", ce.Text)
+		c.f.m.connectionsClosed.WithLabelValues("none").Inc()
+	default:
+		c.log(slog.LevelDebug, "frontend: connection lost", "err", err)
+		c.f.m.connectionsClosed.WithLabelValues("none").Inc()
+	}
+}
+
+// handleFrame validates, stores and acks one frame. It returns false when it
+// closed the connection.
+func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
+	f := c.f
+	f.m.framesReceived.Inc()
+	up, err := telemetry.DecodeUplink(data, text, recv, f.limits)
+	if err != nil {
+		var fe *telemetry.FrameError
+		if errors.As(err, &fe) {
+			c.refuse(closeInvalidFrame, fe.CloseReason(), fe.Kind.String(), err)
+		} else {
+			c.refuse(closeInternal, "internal error", reasonInternal, err)
+		}
+		return false
+	}
+	n := len(up.Readings)
+	f.m.readingsReceived.Add(float64(n))
+	cutoff := recv.Add(-f.cfg.BacklogAge).UnixMilli()
+	old := 0
+	for _, r := range up.Readings {
+		if r.GetTimeMs() < cutoff {
+			old++
+		}
+	}
+	f.m.readingsBacklog.Add(float64(old))
+
+	d := c.dev
+	d.mu.Lock()
+	if !d.admit(n-old, old, recv, &f.cfg) {
+		d.mu.Unlock()
+		c.refuse(closePolicy, "rate limit exceeded", reasonRateLimit, nil)
+		return false
+	}
+	// Seqs strictly increase within a valid frame: the new readings, if
+	// any, are a suffix.
+	first := n
+	for i, r := range up.Readings {
+		if r.GetSeq() > d.acked {
+			first = i
+			break
+		}
+	}
+	f.m.readingsDuplicate.Add(float64(first))
+	if first == n {
+		ack := d.acked
+		d.mu.Unlock()
+		f.m.framesDuplicate.Inc()
+		return c.sendAck(ack, text, recv)
+	}
+	b := &telemetry.Batch{Records: make([]*telemetry.Record, 0, n-first)}
+	for _, r := range up.Readings[first:] {
+		b.Records = append(b.Records, &telemetry.Record{DeviceId: d.id, ReceivedMs: recv.UnixMilli(), Reading: r})
+	}
+	entry, err := proto.Marshal(b)
+	if err == nil {
+		_, err = f.q.Append(f.appendCtx, entry)
+	}
+	if err != nil {
+		d.mu.Unlock()
+		if queue.Retryable(err) {
+			c.refuse(closeTryAgainLater, "try again later", reasonOverloaded, err)
+		} else {
+			c.refuse(closeInternal, "internal error", reasonInternal, err)
+		}
+		return false
+	}
+	d.acked = max(d.acked, up.LastSeq())
+	ack := d.acked
+	d.mu.Unlock()
+	f.m.framesStored.Inc()
+	f.m.readingsStored.Add(float64(n - first))
+	return c.sendAck(ack, text, recv)
+}
+
+// sendAck writes a cumulative ack in the frame's encoding. It returns false
+// when the write failed and the connection is closed.
+func (c *conn) sendAck(seq uint64, text bool, recv time.Time) bool {
+	msg, err := telemetry.EncodeDownlink(telemetry.NewAck(seq), text)
+	if err != nil {
+		c.refuse(closeInternal, "internal error", reasonInternal, err)
+		return false
+	}
+	typ := websocket.BinaryMessage
+	if text {
+		typ = websocket.TextMessage
+	}
+	_ = c.ws.SetWriteDeadline(time.Now().Add(c.f.cfg.WriteTimeout))
+	if err := c.ws.WriteMessage(typ, msg); err != nil {
+		// The readings are stored; the device will resend them and be
+		// acked then, without storing them twice.
+		c.log(slog.LevelDebug, "frontend: ack not delivered", "seq", seq, "err", err)
+		c.f.m.connectionsClosed.WithLabelValues("none").Inc()
+		return false
+	}
+	c.f.m.ackLatency.Observe(time.Since(recv).Seconds())
+	return true
+}
+
+// refuse counts and logs a refusal, the one log line it gets, and closes
+// the connection with code and text. err may be nil.
+func (c *conn) refuse(code int, text, reason string, err error) {
+	c.f.m.refusals.WithLabelValues(reason).Inc()
+	attrs := []any{"code", code, "reason", reason, "text", text}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	switch code {
+	case closeInternal:
+		c.log(slog.LevelError, "frontend: frame not stored; closing", attrs...)
+	case closeTryAgainLater:
+		c.log(slog.LevelWarn, "frontend: queue refuses appends; closing, nothing acked", attrs...)
+	default:
+		c.log(slog.LevelWarn, "frontend: frame refused; closing", attrs...)
+	}
+	c.closeWith(code, text)
+}
+
+// closeWith sends a close frame, waits briefly for the device's own (see
+// closeLinger), and lets finish drop the connection.
+func (c *conn) closeWith(code int, text string) {
+	c.f.m.connectionsClosed.WithLabelValues(strconv.Itoa(code)).Inc()
+	msg := websocket.FormatCloseMessage(code, text)
+	if err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.f.cfg.WriteTimeout)); err != nil {
+		return
+	}
+	c.linger()
+}
+
+// linger reads and discards until the device's close frame arrives (or it
+// closes the TCP connection), or closeLinger passes: closing at once with
+// unread data from the device would reset the connection, and a TCP stack
+// may then drop our close frame before the device reads it. Once a read has
+// failed, gorilla fails every read at once, so the rest is drained from the
+// TCP connection itself.
+func (c *conn) linger() {
+	c.mu.Lock()
+	c.closing = true
+	broken := c.readBroken
+	stopping := c.stopCode != 0
+	c.mu.Unlock()
+	wait := closeLinger
+	if stopping {
+		// Shutting down or replaced: a forced stop cuts this short anyway.
+		wait = min(closeLinger, c.f.cfg.WriteTimeout)
+	}
+	_ = c.ws.SetReadDeadline(time.Now().Add(wait))
+	if broken {
+		var buf [256]byte
+		for {
+			if _, err := c.ws.NetConn().Read(buf[:]); err != nil {
+				return
+			}
+		}
+	}
+	for {
+		if _, _, err := c.ws.NextReader(); err != nil {
+			return
+		}
+	}
+}
+
+// finish releases everything the connection holds.
+func (c *conn) finish() {
+	c.mu.Lock()
+	c.closing, c.done = true, true
+	if c.ping != nil {
+		c.ping.Stop()
+	}
+	c.mu.Unlock()
+	_ = c.ws.Close()
+	c.f.release(c)
+}

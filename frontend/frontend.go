@@ -1,0 +1,471 @@
+package frontend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/queue"
+	"github.com/drover-telemetry/drover/telemetry"
+)
+
+// IngestPath is the URL path of the device WebSocket endpoint.
+const IngestPath = "/v1/ingest"
+
+// Headers and query parameters that carry a device's credentials. Headers
+// win; the query parameters are for devices whose WebSocket client cannot set
+// headers.
+const (
+	// HeaderDevice is the request header naming the device; the token goes
+	// in "Authorization: Bearer <token>".
+	HeaderDevice = "X-Drover-Device"
+	// QueryDevice is the query parameter naming the device.
+	QueryDevice = "device"
+	// QueryToken is the query parameter carrying the device's token.
+	QueryToken = "token"
+)
+
+var (
+	errStarting = errors.New("frontend: starting")
+	errStopping = errors.New("frontend: shutting down")
+	errRanTwice = errors.New("frontend: Run called twice")
+)
+
+// Frontend is one frontend process's worth of device server, queue and
+// drainer.
+type Frontend struct {
+	cfg    Config
+	logger *slog.Logger
+	reg    prometheus.Registerer
+	m      *metrics
+	limits telemetry.Limits
+
+	// newDrainer builds the drainer of the queue. Tests replace it with a
+	// fake where a real router is not the point.
+	newDrainer func(q *queue.Queue) (drainer, error)
+
+	upgrader websocket.Upgrader
+	devs     *devices
+
+	started atomic.Bool
+	ready   atomic.Pointer[error]
+	addr    atomic.Pointer[net.Addr]
+
+	// Set by Run before the server starts; read-only afterwards.
+	q         *queue.Queue
+	store     *registry.Store
+	appendCtx context.Context // cancelled when connections are closed by force
+
+	mu      sync.Mutex // guards the fields below
+	closing bool
+	active  int // connections admitted, from before the upgrade until released
+	conns   map[*conn]struct{}
+	connWG  sync.WaitGroup // one per admitted connection
+}
+
+// New checks cfg and returns a frontend that logs to logger and registers its
+// metrics with reg. A nil logger discards; a nil reg keeps the metrics
+// unregistered. New opens nothing: [Frontend.Run] does.
+func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Frontend, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	f := &Frontend{
+		cfg:    cfg.clone(),
+		logger: logger.With("component", "frontend"),
+		reg:    reg,
+		m:      m,
+		limits: telemetry.Limits{MaxFrameBytes: cfg.MaxFrameBytes, MaxReadingsPerFrame: cfg.MaxReadingsPerFrame},
+		conns:  make(map[*conn]struct{}),
+	}
+	f.newDrainer = f.forwardDrainer
+	f.devs = newDevices(cfg.MaxIdleDevices, func(n int) { m.devices.Set(float64(n)) })
+	f.upgrader = websocket.Upgrader{
+		HandshakeTimeout: cfg.WriteTimeout,
+		// 256 bytes: an idle connection's biggest buffer. Frames are read
+		// through it into a pooled buffer, so a small one costs only a few
+		// more read calls for big frames (measured: TestIdleConnectionMemory).
+		ReadBufferSize: 256,
+		// Acks are a few dozen bytes; a pooled write buffer is held only
+		// while a message is written.
+		WriteBufferSize: 512,
+		WriteBufferPool: &sync.Pool{},
+		// Devices authenticate with a token, not with cookies a browser
+		// would attach to a cross-site request: the Origin check gorilla
+		// does by default protects nothing here and refuses browser-based
+		// test tools.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	f.setReady(errStarting)
+	return f, nil
+}
+
+// queueRecordBytes is the most one stored frame can take: its readings as
+// sent (binary is never larger than JSON) plus, per reading, the Record
+// wrapper with a device id of at most 128 bytes and received_ms.
+func queueRecordBytes(cfg Config) int {
+	return max(512<<10, cfg.MaxFrameBytes+cfg.MaxReadingsPerFrame*(128+32)+4096)
+}
+
+// Addr returns the address the device server listens on, nil before it
+// does. With Listen "127.0.0.1:0" it tells tests the port.
+func (f *Frontend) Addr() net.Addr {
+	if a := f.addr.Load(); a != nil {
+		return *a
+	}
+	return nil
+}
+
+// Ready reports whether the frontend accepts and acks readings: nil once its
+// queue is open, its registry loaded and its server listening, an error
+// saying why not otherwise. It is cheap and never blocks, for /readyz.
+func (f *Frontend) Ready() error {
+	return *f.ready.Load()
+}
+
+func (f *Frontend) setReady(err error) { f.ready.Store(&err) }
+
+// Run serves devices and drains the queue to the routers until ctx ends, then
+// stops accepting, lets each connection finish the frame it is storing and
+// closes it with 1001 (by force after ShutdownGrace), stops the drainer, and
+// closes the queue; what is queued stays on disk for the next start. It
+// returns nil after a requested stop, and an error when it cannot start or a
+// part of it fails (which also stops the rest).
+func (f *Frontend) Run(ctx context.Context) error {
+	if !f.started.CompareAndSwap(false, true) {
+		return errRanTwice
+	}
+	store, err := registry.NewStore(f.cfg.Registry, f.logger, f.reg)
+	if err != nil {
+		f.setReady(fmt.Errorf("frontend: registry: %w", err))
+		return fmt.Errorf("frontend: load registry: %w", err)
+	}
+	q, err := queue.Open(f.cfg.QueueDir, queue.Options{
+		Name:           "frontend",
+		MaxBytes:       f.cfg.QueueMaxBytes,
+		MaxRecordBytes: queueRecordBytes(f.cfg),
+	}, f.logger, f.reg)
+	if err != nil {
+		f.setReady(fmt.Errorf("frontend: queue: %w", err))
+		return fmt.Errorf("frontend: open queue: %w", err)
+	}
+	ln, err := net.Listen("tcp", f.cfg.Listen)
+	if err != nil {
+		_ = f.closeQueue(q) // the listen error is the one to report
+		f.setReady(fmt.Errorf("frontend: listen: %w", err))
+		return fmt.Errorf("frontend: listen on %s: %w", f.cfg.Listen, err)
+	}
+	dr, err := f.newDrainer(q)
+	if err != nil {
+		_ = ln.Close()
+		_ = f.closeQueue(q) // the drainer error is the one to report
+		f.setReady(fmt.Errorf("frontend: drainer: %w", err))
+		return fmt.Errorf("frontend: start drainer: %w", err)
+	}
+	addr := ln.Addr()
+	f.addr.Store(&addr)
+	appendCtx, forceStop := context.WithCancel(context.WithoutCancel(ctx))
+	defer forceStop()
+	f.q, f.store, f.appendCtx = q, store, appendCtx
+
+	mux := http.NewServeMux()
+	mux.HandleFunc(IngestPath, f.serveIngest)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: f.cfg.WriteTimeout,
+		IdleTimeout:       f.cfg.IdleTimeout, // plain HTTP keep-alive only
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(f.logger.Handler(), slog.LevelDebug),
+	}
+
+	// Each part runs until its context ends; one that stops on its own stops
+	// the frontend.
+	failed := make(chan error, 3)
+	serveDone := make(chan struct{})
+	go func() {
+		defer close(serveDone)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			failed <- fmt.Errorf("frontend: serve: %w", err)
+		}
+	}()
+	drainCtx, stopDrain := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDrain()
+	drainDone := make(chan struct{})
+	go func() {
+		defer close(drainDone)
+		err := dr.Run(drainCtx)
+		if drainCtx.Err() == nil {
+			if err == nil {
+				err = errors.New("returned")
+			}
+			failed <- fmt.Errorf("frontend: drainer stopped: %w", err)
+		}
+	}()
+	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopStore()
+	storeDone := make(chan struct{})
+	go func() {
+		defer close(storeDone)
+		_ = store.Run(storeCtx)
+	}()
+
+	f.setReady(nil)
+	f.logger.Info("frontend: serving devices", "addr", addr.String(), "path", IngestPath,
+		"queue", f.cfg.QueueDir, "routers", strings.Join(f.cfg.Routers, ","))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-failed:
+		// Returned, and logged by the caller; here only the stop is said.
+		f.logger.Info("frontend: stopping after a failure")
+	}
+
+	// Stop: devices first, then the drainer (it finishes its in-flight
+	// batches), then the queue.
+	f.setReady(errStopping)
+	start := time.Now()
+	graceCtx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownGrace)
+	defer cancelGrace()
+	if err := srv.Shutdown(graceCtx); err != nil {
+		_ = srv.Close()
+	}
+	<-serveDone
+	n := f.closeConns(graceCtx, forceStop)
+	f.logger.Info("frontend: device connections closed", "connections", n, "took", time.Since(start))
+	stopDrain()
+	<-drainDone
+	stopStore()
+	<-storeDone
+	if err := f.closeQueue(q); err != nil && runErr == nil {
+		runErr = err
+	}
+	f.logger.Info("frontend: stopped", "took", time.Since(start))
+	return runErr
+}
+
+// closeQueue closes the queue; the caller returns the error.
+func (f *Frontend) closeQueue(q *queue.Queue) error {
+	if err := q.Close(); err != nil {
+		return fmt.Errorf("frontend: close queue: %w", err)
+	}
+	return nil
+}
+
+// closeConns stops admitting connections, asks every connection to finish
+// its frame and close with 1001, and waits for them until graceCtx ends;
+// then it closes what is left by force. It returns how many connections
+// were open.
+func (f *Frontend) closeConns(graceCtx context.Context, forceStop context.CancelFunc) int {
+	f.mu.Lock()
+	f.closing = true
+	conns := make([]*conn, 0, len(f.conns))
+	for c := range f.conns {
+		conns = append(conns, c)
+	}
+	f.mu.Unlock()
+	for _, c := range conns {
+		c.stop(closeGoingAway, reasonTextGoingAway)
+	}
+	allDone := make(chan struct{})
+	go func() {
+		f.connWG.Wait()
+		close(allDone)
+	}()
+	select {
+	case <-allDone:
+		return len(conns)
+	case <-graceCtx.Done():
+	}
+	f.mu.Lock()
+	left := len(f.conns)
+	for c := range f.conns {
+		_ = c.ws.Close()
+	}
+	f.mu.Unlock()
+	f.logger.Warn("frontend: shutdown grace passed; closing connections by force", "connections", left, "grace", f.cfg.ShutdownGrace)
+	forceStop() // an append stuck on the disk returns, unacked
+	<-allDone
+	return len(conns)
+}
+
+// admit reserves a connection slot, or says why there is none.
+func (f *Frontend) admit() (ok bool, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closing:
+		return false, reasonShuttingDown
+	case f.active >= f.cfg.MaxConnections:
+		return false, reasonMaxConnections
+	}
+	f.active++
+	f.connWG.Add(1)
+	return true, ""
+}
+
+// unadmit gives back a slot that admit reserved for a connection that was
+// never established.
+func (f *Frontend) unadmit() {
+	f.mu.Lock()
+	f.active--
+	f.mu.Unlock()
+	f.connWG.Done()
+}
+
+// track registers an established connection, unless the frontend is
+// stopping.
+func (f *Frontend) track(c *conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closing {
+		return false
+	}
+	f.conns[c] = struct{}{}
+	return true
+}
+
+// release forgets an ended connection and frees its slot.
+func (f *Frontend) release(c *conn) {
+	f.devs.detach(c.dev, c)
+	f.mu.Lock()
+	delete(f.conns, c)
+	f.active--
+	f.mu.Unlock()
+	f.m.connections.Dec()
+	f.connWG.Done()
+}
+
+// serveIngest authenticates a device, upgrades its connection and starts its
+// read loop. It returns right after the upgrade, so that net/http frees the
+// buffers it holds for the request (4 KiB each way).
+func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
+	if !websocket.IsWebSocketUpgrade(r) {
+		f.refuseHTTP(w, http.StatusBadRequest, reasonNotWebSocket, "expected a WebSocket upgrade", "")
+		return
+	}
+	// The cheapest check first: during a reconnect stampede most requests
+	// end here, before any hashing or upgrade.
+	if ok, reason := f.admit(); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(f.retryAfter()))
+		f.refuseHTTP(w, http.StatusServiceUnavailable, reason, "server busy, retry later", "")
+		return
+	}
+	id, token := credentials(r)
+	if id == "" || token == "" {
+		f.unadmit()
+		w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
+		f.refuseHTTP(w, http.StatusUnauthorized, reasonNoCredentials, "device id and token required", id)
+		return
+	}
+	if _, err := f.store.Current().Authenticate(id, token); err != nil {
+		f.unadmit()
+		reason, text := reasonBadToken, "bad token"
+		if errors.Is(err, registry.ErrUnknownDevice) {
+			reason, text = reasonUnknownDevice, "unknown device"
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
+		f.refuseHTTP(w, http.StatusUnauthorized, reason, text, id)
+		return
+	}
+	ws, err := f.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		// The upgrader has answered with the status.
+		f.unadmit()
+		f.m.refusals.WithLabelValues(reasonBadUpgrade).Inc()
+		f.m.connectionsRefused.Inc()
+		f.logger.Info("frontend: upgrade failed", "device", id, "err", err)
+		return
+	}
+	f.m.connections.Inc()
+	f.m.connectionsAccepted.Inc()
+	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
+	c := &conn{f: f, ws: ws}
+	if !f.track(c) {
+		// Shutdown began during the upgrade: this connection never
+		// reaches a read loop.
+		msg := websocket.FormatCloseMessage(closeGoingAway, reasonTextGoingAway)
+		_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(f.cfg.WriteTimeout))
+		_ = ws.Close()
+		f.m.connectionsClosed.WithLabelValues(strconv.Itoa(closeGoingAway)).Inc()
+		f.m.connections.Dec()
+		f.unadmit()
+		return
+	}
+	d, old := f.devs.attach(id, c)
+	c.dev = d
+	if old != nil {
+		old.stop(CloseReplaced, reasonTextReplaced)
+		c.log(slog.LevelInfo, "frontend: device reconnected; closing its older connection")
+	}
+	c.extend()
+	ws.SetPongHandler(func(string) error { c.extend(); return nil })
+	c.startPing()
+	c.log(slog.LevelDebug, "frontend: device connected")
+	go c.readLoop()
+}
+
+// refuseHTTP answers a request refused before the upgrade, counts and logs it.
+func (f *Frontend) refuseHTTP(w http.ResponseWriter, status int, reason, text, device string) {
+	f.m.refusals.WithLabelValues(reason).Inc()
+	f.m.connectionsRefused.Inc()
+	level := slog.LevelInfo
+	if status == http.StatusServiceUnavailable {
+		level = slog.LevelDebug // a stampede would flood the log; the metric counts it
+	}
+	f.logger.Log(context.Background(), level, "frontend: connection refused", "device", device, "status", status, "reason", reason)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintln(w, text)
+}
+
+// retryAfter draws a Retry-After in whole seconds, uniform in
+// [RetryAfter/2, RetryAfter*3/2], at least 1.
+func (f *Frontend) retryAfter() int {
+	base := f.cfg.RetryAfter.Seconds()
+	return max(1, int(base/2+rand.Float64()*base+0.5))
+}
+
+// credentials returns the device id and token of a request: from the
+// X-Drover-Device and Authorization: Bearer headers, else from the device
+// and token query parameters.
+func credentials(r *http.Request) (id, token string) {
+	id = r.Header.Get(HeaderDevice)
+	if auth := r.Header.Get("Authorization"); auth != "" {
+		if scheme, t, ok := strings.Cut(auth, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			token = strings.TrimSpace(t)
+		}
+	}
+	q := r.URL.Query()
+	if id == "" {
+		id = q.Get(QueryDevice)
+	}
+	if token == "" {
+		token = q.Get(QueryToken)
+	}
+	return id, token
+}
