@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -47,20 +48,32 @@ type itemInfo struct {
 func (s *segScan) live() []itemInfo { return s.items[min(s.markers, len(s.items)):] }
 
 // scanSegment reads a segment file and checks every item. It does not change
-// the file.
+// the file. It streams: a segment can be far larger than memory should hold.
 func scanSegment(path string, num int) (*segScan, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read segment: %w", err)
 	}
-	s := &segScan{num: num, size: int64(len(b))}
-	off := 0
-	for off < len(b) {
-		if len(b)-off < 4 {
-			s.bad, s.badOff, s.badTorn = fmt.Errorf("partial length (%d of 4 bytes)", len(b)-off), int64(off), true
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat segment: %w", err)
+	}
+	size := st.Size()
+	s := &segScan{num: num, size: size}
+	br := bufio.NewReaderSize(f, 1<<20)
+	var hdr [4]byte
+	var body []byte
+	off := int64(0)
+	for off < size {
+		if size-off < 4 {
+			s.bad, s.badOff, s.badTorn = fmt.Errorf("partial length (%d of 4 bytes)", size-off), off, true
 			break
 		}
-		l := int(binary.LittleEndian.Uint32(b[off:]))
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return nil, fmt.Errorf("read segment %s: %w", path, err)
+		}
+		l := int64(binary.LittleEndian.Uint32(hdr[:]))
 		if l == 0 {
 			if s.markers < len(s.items) {
 				s.markers++
@@ -68,27 +81,34 @@ func scanSegment(path string, num int) (*segScan, error) {
 				s.excess++
 			}
 			off += 4
-			s.goodEnd = int64(off)
+			s.goodEnd = off
 			continue
 		}
-		if l > len(b)-off-4 {
-			s.bad, s.badOff, s.badTorn = fmt.Errorf("item of %d bytes, %d left in file", l, len(b)-off-4), int64(off), true
+		if l > size-off-4 {
+			s.bad, s.badOff, s.badTorn = fmt.Errorf("item of %d bytes, %d left in file", l, size-off-4), off, true
 			break
 		}
-		r, err := parseItem(b[off+4 : off+4+l])
+		if int64(cap(body)) < l {
+			body = make([]byte, l)
+		}
+		body = body[:l]
+		if _, err := io.ReadFull(br, body); err != nil {
+			return nil, fmt.Errorf("read segment %s: %w", path, err)
+		}
+		r, err := parseItem(body)
 		if err == nil {
 			_, err = r.entries()
 		}
 		if err != nil {
-			s.bad, s.badOff = err, int64(off)
+			s.bad, s.badOff = err, off
 			// A bad last item is a torn write too: the length landed, the
 			// body did not (or only in part).
-			s.badTorn = off+4+l == len(b)
+			s.badTorn = off+4+l == size
 			break
 		}
-		s.items = append(s.items, itemInfo{off: int64(off), seq: r.seq, n: r.n, bytes: r.payloadBytes()})
+		s.items = append(s.items, itemInfo{off: off, seq: r.seq, n: r.n, bytes: r.payloadBytes()})
 		off += 4 + l
-		s.goodEnd = int64(off)
+		s.goodEnd = off
 	}
 	return s, nil
 }
