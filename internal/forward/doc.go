@@ -1,0 +1,130 @@
+// Package forward is the frontend → router hop: the wire protocol both ends
+// speak over ZeroMQ, the frontend's [Drainer], and the helpers the router
+// uses to decode batches and build its queue entries ([Decode],
+// [AppendStored], [ParseStored], [CountRecords], [SeqSet]), so that both
+// ends share one codec.
+//
+// # Why the protocol looks like this
+//
+// go-zeromq/zmq4 (v0.17.0) delivers nothing reliably on its own: Send
+// returns nil while it drops a message (no connection yet, a peer
+// restarting, an unknown ROUTER identity), and a DEALER writes each message
+// to all of its connections. So the drainer opens one DEALER per router
+// endpoint, every batch names the sequences it carries, a router acks a
+// batch only once it is durable in its own queue, and the drainer removes
+// entries from its queue only when a router acked them. Whatever zmq4
+// drops is sent again after a timeout, after the router is seen down, or
+// after it is seen restarted. Duplicates are expected; routers drop them by
+// (sender, queue sequence), and the sinks downstream are idempotent.
+//
+// # Wire protocol, version 1
+//
+// Every message is one multipart ZeroMQ message whose first frame is a
+// header. A ROUTER prepends the peer's identity frame on receipt and takes
+// it off on send; that frame is not part of the protocol. Integers are
+// big-endian.
+//
+//	header     = version:uint8 type:uint8 body
+//	batch      type 1  body = first:uint64 last:uint64 sender:bytes   frames 2.. = entries
+//	ack        type 2  body = first:uint64 last:uint64
+//	busy       type 3  body = first:uint64 last:uint64 reason:utf8
+//	reject     type 4  body = first:uint64 last:uint64 reason:utf8
+//	ping       type 5  body = nonce:uint64
+//	pong       type 6  body = nonce:uint64 incarnation:uint64 router:bytes
+//
+// batch (frontend → router): one frame per entry of the sender's queue,
+// entries first..last in order (last-first+1 frames, at most [MaxEntries]).
+// Each entry is a serialized telemetry.Batch holding only records (one
+// device frame's worth). sender is the frontend's stable ID
+// (daemon.ValidateID: 1 to 253 bytes). first > 0, first <= last.
+//
+// ack (router → frontend): every entry first..last of the batch that named
+// this range is durable at the router (its append returned after fsync).
+//
+// busy (router → frontend): the router did not take the batch: its queue
+// is full, its disk is failing, too many batches are being stored, or it is
+// stopping. Nothing is promised; keep the entries and resend later, with
+// backoff. reason is for logs; at most [MaxReasonLen] bytes.
+//
+// reject (router → frontend): the batch breaks the protocol (a frame that
+// is not a telemetry.Batch, an entry larger than a router record, a batch
+// over the router's -max-batch-bytes). Resending it unchanged fails again;
+// the drainer still never drops it (nothing leaves the frontend queue
+// unacked): it logs an error and retries with backoff, so that an operator
+// sees it and fixes the cause.
+//
+// ping (frontend → router) every DrainerConfig.Heartbeat; the router answers
+// pong, echoing nonce, with its ID and its incarnation: a random number
+// chosen at each start. A frontend that sees the incarnation change knows
+// the router restarted, and resends at once what it had in flight there
+// (the router may have lost it with its old process). A router that is
+// stopping stops answering pings.
+//
+// Versioning. version is the layout of the header. A receiver drops a
+// message whose version it does not speak, counting it
+// (drover_router_bad_messages_total{reason="version"},
+// drover_forward_bad_messages_total): the sender then hears no pong and no
+// ack, counts that router as down and times out; so upgrade routers before
+// frontends when the version changes. New message types may be added within
+// a version: a receiver ignores (and counts) a type it does not know. New
+// fields go at the end of a body (a router's ID and a reason already end
+// theirs, so a new field needs a new version or type).
+//
+// # The router's queue entry
+//
+// For a stored run first..last, the router appends the run's entries
+// concatenated, followed by a serialized telemetry.Batch{Sender, Seq:
+// first, LastSeq: last} ([AppendStored]). Protobuf merges concatenated
+// messages (repeated fields append, scalars take the last value), so the
+// entry decodes as one Batch with every record and the header, and no
+// record is decoded on the way. [ParseStored] reads the header back by
+// walking top-level fields.
+//
+// # The drainer
+//
+// [Drainer.Run] reads queue batches of up to MaxBatchBytes and keeps up to
+// MaxInflight of them read and not yet acked. A queue batch is split into
+// runs of consecutive sequences (sequences jump across a queue restart),
+// and every run of it goes, as one protocol batch, to one router: the
+// preferred router (chosen by a hash of Sender, so that frontends spread
+// over routers) when it is up and not backing off, else the next in the
+// list that is. A router is up from its first pong until DownAfter passes
+// without one. The queue batch is acked (removed) when every run of it has
+// been acked; it is given back (queue.Nack, read again, maybe grouped
+// differently) when its router goes down or restarts, and on ack timeout,
+// busy or reject, after which that router backs off (50 ms doubling to 5 s,
+// jittered, reset by its next ack) and the other routers that are up get
+// the batches meanwhile: a router whose disk hangs still answers pings, and
+// must not hold a frontend's stream. Acks are remembered as ranges: an ack
+// that arrives after its batch was given up, or one covering a different
+// grouping of the same sequences, still counts, because those entries are
+// durable at that router. With no router up the drainer waits, holding at
+// most MaxInflight batches, and sends as soon as a pong arrives.
+//
+// Metrics (drover_forward_*): sent_{batches,entries,bytes}_total,
+// acked_{batches,entries,bytes}_total, resent_batches_total{reason=timeout|
+// router_down|busy|rejected}, late_acks_total, ack_latency_seconds,
+// inflight_batches, waiting_batches, routers_up, router_down_total,
+// bad_messages_total{reason}, removed_entries_total.
+//
+// # zmq4 behaviour this package relies on (read from v0.17.0's source)
+//
+//   - Dial with WithDialerMaxRetries(-1) blocks until it connects: the
+//     drainer dials in a goroutine; WithAutomaticReconnect redials from the
+//     goroutine that saw the connection fail.
+//   - A connection that fails under a Send reconnects from inside that Send
+//     while the socket's writer lock is held: the new connection is added
+//     only when that Send times out. WithTimeout is therefore short (twice
+//     the heartbeat, 250 ms to 2 s). A timed-out write goes on in the
+//     background; every message is sent with SendMulti, one writev(2), which
+//     the net package does not interleave with another write, so the stream
+//     stays well framed.
+//   - Recv returns an error for each lost connection (after the reconnect)
+//     and keeps working; it ends only when the socket's context is done.
+//   - A ROUTER holds its lock for each network write, and answers a stalled
+//     peer only when that write times out: one stalled frontend delays the
+//     router's answers to all.
+//   - Listen on port 0 works; Addr returns the bound address.
+//   - Every frame is read with its own read(2) calls (no buffering): a batch
+//     of n entries costs the router about 2n+2 reads.
+package forward

@@ -1,0 +1,640 @@
+package forward
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/queue"
+)
+
+// Defaults of DrainerConfig.
+const (
+	DefaultMaxBatchBytes = 256 << 10
+	DefaultMaxInflight   = 16
+	DefaultAckTimeout    = 5 * time.Second
+	DefaultHeartbeat     = time.Second
+	DefaultDownAfter     = 3 * time.Second
+)
+
+const (
+	// dialTimeout bounds one TCP connect (the net.Dialer default is none).
+	dialTimeout = 2 * time.Second
+	// Backoff after a "busy" answer or an ack timeout, per router, doubled
+	// each time.
+	minBusyBackoff = 50 * time.Millisecond
+	maxBusyBackoff = 5 * time.Second
+	// ackedIntervals bounds the drainer's memory of acked ranges.
+	ackedIntervals = 4096
+	// settleGrace bounds how long a stopping drainer waits for the acks of
+	// what it has in flight.
+	settleGrace = time.Second
+)
+
+// sendTimeout bounds one zmq4 Send. It must be short: when a connection
+// dies under a write, zmq4 reconnects from inside that write while the
+// socket's writer lock is held, and the new connection is added only once
+// the Send has timed out. A timed-out write goes on in the background;
+// every message is sent with SendMulti, one writev(2) that the net package
+// never interleaves with another, so a later message cannot corrupt it.
+func sendTimeout(heartbeat time.Duration) time.Duration {
+	return min(max(2*heartbeat, 250*time.Millisecond), 2*time.Second)
+}
+
+// dialRetry is how long zmq4 waits between two connection attempts.
+func dialRetry(heartbeat time.Duration) time.Duration {
+	return min(max(heartbeat/4, 10*time.Millisecond), 250*time.Millisecond)
+}
+
+// DrainerConfig configures a Drainer. Zero durations and sizes mean their
+// defaults.
+type DrainerConfig struct {
+	// Sender is the frontend's stable, unique name (daemon.ValidateID):
+	// routers recognise resent entries by (Sender, queue sequence).
+	Sender string
+	// Routers are the ZeroMQ endpoints of every router; the drainer
+	// connects one DEALER to each.
+	Routers []string
+	// MaxBatchBytes is the entry bytes read from the queue for one batch
+	// (a single queue record larger than that is sent whole). Default 256 KiB.
+	MaxBatchBytes int
+	// MaxInflight is how many queue batches may be read and not yet acked.
+	// Default 16.
+	MaxInflight int
+	// AckTimeout is how long a batch waits for its ack before it is sent
+	// again. Default 5 s.
+	AckTimeout time.Duration
+	// Heartbeat is the interval of pings to each router. Default 1 s.
+	Heartbeat time.Duration
+	// DownAfter is how long without a pong makes a router count as down.
+	// Default 3 s; at least two heartbeats.
+	DownAfter time.Duration
+}
+
+func (c DrainerConfig) withDefaults() DrainerConfig {
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = DefaultMaxInflight
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = DefaultAckTimeout
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.DownAfter == 0 {
+		c.DownAfter = DefaultDownAfter
+	}
+	return c
+}
+
+// Validate reports every problem of the configuration (after defaults) at
+// once.
+func (c DrainerConfig) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if err := daemon.ValidateID(c.Sender); err != nil {
+		errs = append(errs, fmt.Errorf("sender: %w", err))
+	}
+	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
+		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	if c.MaxBatchBytes < 1 {
+		errs = append(errs, fmt.Errorf("max batch bytes %d: want at least 1", c.MaxBatchBytes))
+	}
+	if c.MaxInflight < 1 {
+		errs = append(errs, fmt.Errorf("max inflight %d: want at least 1", c.MaxInflight))
+	}
+	if c.AckTimeout <= 0 || c.Heartbeat <= 0 || c.DownAfter <= 0 {
+		errs = append(errs, fmt.Errorf("ack timeout %s, heartbeat %s, down after %s: want positive durations", c.AckTimeout, c.Heartbeat, c.DownAfter))
+	} else if c.DownAfter < 2*c.Heartbeat {
+		errs = append(errs, fmt.Errorf("down after %s: want at least two heartbeats (%s)", c.DownAfter, 2*c.Heartbeat))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("drainer config: %w", err)
+	}
+	return nil
+}
+
+// Drainer sends a frontend's queue to the routers and removes from the queue
+// only what a router has acknowledged. See doc.go for the protocol and the
+// rules it follows.
+type Drainer struct {
+	cfg      DrainerConfig
+	q        *queue.Queue
+	log      *slog.Logger
+	m        *metrics
+	identity string
+	links    []*link
+	pref     int // index of the preferred router
+	up       atomic.Int32
+	started  atomic.Bool
+
+	events  chan event
+	batches chan queue.Batch
+	readErr chan error
+	tokens  chan struct{} // one per queue batch that may be held
+
+	// Owned by the loop.
+	waiting  []*fbatch
+	inflight map[*fbatch]struct{}
+	byFirst  map[uint64]*run // runs in flight, by first sequence
+	acked    *SeqSet         // ranges some router acked, late acks included
+	rnd      *rand.Rand
+}
+
+// fbatch is one queue batch on its way: its runs of consecutive sequences,
+// and where it was sent.
+type fbatch struct {
+	qb       queue.Batch
+	runs     []*run
+	open     int // runs not yet acked
+	link     *link
+	sentAt   time.Time
+	deadline time.Time
+}
+
+// run is a part of a queue batch with consecutive sequences, sent as one
+// protocol batch.
+type run struct {
+	b           *fbatch
+	first, last uint64
+	entries     [][]byte
+	bytes       int
+	acked       bool
+}
+
+type eventKind uint8
+
+const (
+	evMessage eventKind = iota
+	evSendFailed
+)
+
+type event struct {
+	kind eventKind
+	link *link
+	msg  Message
+	err  error
+}
+
+// NewDrainer checks cfg and returns a drainer of q. It opens nothing:
+// [Drainer.Run] does. logger nil discards; reg nil keeps the metrics
+// unregistered.
+func NewDrainer(cfg DrainerConfig, q *queue.Queue, logger *slog.Logger, reg prometheus.Registerer) (*Drainer, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if q == nil {
+		return nil, errors.New("drainer: nil queue")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Routers = append([]string(nil), cfg.Routers...)
+	d := &Drainer{
+		cfg:      cfg,
+		q:        q,
+		log:      logger.With("sender", cfg.Sender),
+		m:        newMetrics(reg),
+		identity: socketIdentity(cfg.Sender),
+		events:   make(chan event, 256),
+		batches:  make(chan queue.Batch),
+		readErr:  make(chan error, 1),
+		tokens:   make(chan struct{}, cfg.MaxInflight),
+		inflight: make(map[*fbatch]struct{}),
+		byFirst:  make(map[uint64]*run),
+		acked:    NewSeqSet(ackedIntervals),
+		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}
+	h := fnv.New32a()
+	h.Write([]byte(cfg.Sender))
+	d.pref = int(h.Sum32() % uint32(len(cfg.Routers)))
+	for i, ep := range cfg.Routers {
+		d.links = append(d.links, newLink(d, i, ep))
+	}
+	return d, nil
+}
+
+// socketIdentity is the ZeroMQ identity of the drainer's sockets: the sender
+// name and a random suffix, so that a router never routes an answer to a
+// connection of a previous incarnation, or of another frontend that was
+// misconfigured with the same name. (ZeroMQ identities are at most 255
+// bytes.)
+func socketIdentity(sender string) string {
+	var b [4]byte
+	_, _ = crand.Read(b[:])
+	if len(sender) > 200 {
+		sender = sender[:200]
+	}
+	return sender + "." + hex.EncodeToString(b[:])
+}
+
+// Routers returns how many routers answer heartbeats, and how many there
+// are.
+func (d *Drainer) Routers() (up, total int) {
+	return int(d.up.Load()), len(d.links)
+}
+
+// Run drains the queue to the routers until ctx ends. It then sends
+// nothing more, waits up to a second (at most AckTimeout) for the acks of
+// what is in flight, gives back to the queue what stays unacked (read again
+// by the next Run, resent, recognised by the routers), closes its sockets
+// and returns nil. It does not close the queue: stop the drainer first. It
+// returns an error when the queue fails (a read error, or the queue closed
+// under it). Run may be called once.
+func (d *Drainer) Run(ctx context.Context) error {
+	if !d.started.CompareAndSwap(false, true) {
+		return errors.New("drainer: Run called twice")
+	}
+	for range d.cfg.MaxInflight {
+		d.tokens <- struct{}{}
+	}
+	for _, l := range d.links {
+		l.start()
+	}
+	readCtx, stopRead := context.WithCancel(ctx)
+	var readWG sync.WaitGroup
+	readWG.Add(1)
+	go func() {
+		defer readWG.Done()
+		d.readLoop(readCtx)
+	}()
+	d.log.Info("forward: draining to routers", "routers", len(d.links), "preferred", d.cfg.Routers[d.pref])
+
+	err := d.loop(ctx)
+
+	stopRead()
+	readWG.Wait()
+	held := len(d.waiting)
+	for _, b := range d.waiting {
+		d.q.Nack(b.qb)
+	}
+	d.waiting = nil
+	d.settle(min(d.cfg.AckTimeout, settleGrace))
+	for b := range d.inflight {
+		d.q.Nack(b.qb)
+		held++
+	}
+	d.waiting, d.inflight = nil, map[*fbatch]struct{}{}
+	d.m.inflight.Set(0)
+	d.m.waiting.Set(0)
+	var wg sync.WaitGroup
+	for _, l := range d.links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.stop()
+		}()
+	}
+	wg.Wait()
+	d.up.Store(0)
+	d.m.routersUp.Set(0)
+	d.log.Info("forward: drainer stopped", "batches_given_back", held)
+	return err
+}
+
+// settle waits up to grace for the acks of the batches in flight, sending
+// nothing new, so that a restart resends less.
+func (d *Drainer) settle(grace time.Duration) {
+	if len(d.inflight) == 0 {
+		return
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	for len(d.inflight) > 0 {
+		select {
+		case <-t.C:
+			return
+		case ev := <-d.events:
+			if ev.kind == evMessage && ev.msg.Type == TypeAck {
+				d.onAck(ev.link, ev.msg, time.Now())
+			}
+		}
+	}
+}
+
+// readLoop reads queue batches while the loop has room for them.
+func (d *Drainer) readLoop(ctx context.Context) {
+	for {
+		select {
+		case <-d.tokens:
+		case <-ctx.Done():
+			return
+		}
+		b, err := d.q.Read(ctx, d.cfg.MaxBatchBytes)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.readErr <- err
+			}
+			return
+		}
+		select {
+		case d.batches <- b:
+		case <-ctx.Done():
+			d.q.Nack(b)
+			return
+		}
+	}
+}
+
+// post hands an event to the loop, unless ctx ends first.
+func (d *Drainer) post(ctx context.Context, ev event) bool {
+	select {
+	case d.events <- ev:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (d *Drainer) badMessage(l *link, m Message, err error) {
+	reason := "malformed"
+	switch {
+	case errors.Is(err, ErrVersion):
+		reason = "version"
+	case errors.Is(err, ErrUnknownType):
+		reason = "type"
+	}
+	d.m.badMessages.WithLabelValues(reason).Inc()
+	l.log.Warn("forward: message from router dropped", "type", m.Type, "err", err)
+}
+
+// tick is how often the loop checks heartbeats, ack deadlines and backoffs.
+func (d *Drainer) tick() time.Duration {
+	t := min(d.cfg.Heartbeat, d.cfg.AckTimeout, d.cfg.DownAfter) / 4
+	return min(max(t, 5*time.Millisecond), 250*time.Millisecond)
+}
+
+// loop owns the drainer's state: every batch and router state change goes
+// through it, so none of it needs a lock.
+func (d *Drainer) loop(ctx context.Context) error {
+	t := time.NewTicker(d.tick())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-d.readErr:
+			d.log.Error("forward: queue read failed; drainer stops", "err", err)
+			return fmt.Errorf("drainer: read queue: %w", err)
+		case qb := <-d.batches:
+			d.onBatch(qb, time.Now())
+		case ev := <-d.events:
+			d.onEvent(ev, time.Now())
+		case now := <-t.C:
+			d.onTick(now)
+		}
+	}
+}
+
+func (d *Drainer) onBatch(qb queue.Batch, now time.Time) {
+	b := &fbatch{qb: qb}
+	var r *run
+	for _, e := range qb.Entries {
+		if r == nil || e.Seq != r.last+1 || len(r.entries) == MaxEntries {
+			r = &run{b: b, first: e.Seq}
+			b.runs = append(b.runs, r)
+		}
+		r.last = e.Seq
+		r.entries = append(r.entries, e.Data)
+		r.bytes += len(e.Data)
+	}
+	d.waiting = append(d.waiting, b)
+	d.trySend(now)
+}
+
+// choose returns the router to send to: the preferred one if it is up and
+// not busy, else the next one in the list that is.
+func (d *Drainer) choose(now time.Time) *link {
+	for i := range d.links {
+		l := d.links[(d.pref+i)%len(d.links)]
+		if l.up && !now.Before(l.busyUntil) {
+			return l
+		}
+	}
+	return nil
+}
+
+// trySend sends waiting batches, oldest first, while a router is available.
+func (d *Drainer) trySend(now time.Time) {
+	for len(d.waiting) > 0 {
+		b := d.waiting[0]
+		b.open = 0
+		for _, r := range b.runs {
+			if !r.acked && d.acked.Contains(r.first, r.last) {
+				r.acked = true // a late ack covered it already
+			}
+			if !r.acked {
+				b.open++
+			}
+		}
+		if b.open == 0 {
+			d.waiting = d.waiting[1:]
+			d.complete(b)
+			continue
+		}
+		l := d.choose(now)
+		if l == nil {
+			break
+		}
+		d.waiting = d.waiting[1:]
+		for _, r := range b.runs {
+			if r.acked {
+				continue
+			}
+			d.byFirst[r.first] = r
+			l.enqueue(outMsg{frames: batchFrames(d.cfg.Sender, r.first, r.last, r.entries), first: r.first, last: r.last})
+			d.m.sentBatches.Inc()
+			d.m.sentEntries.Add(float64(len(r.entries)))
+			d.m.sentBytes.Add(float64(r.bytes))
+		}
+		b.link, b.sentAt, b.deadline = l, now, now.Add(d.cfg.AckTimeout)
+		l.inflight++
+		d.inflight[b] = struct{}{}
+	}
+	d.m.waiting.Set(float64(len(d.waiting)))
+	d.m.inflight.Set(float64(len(d.inflight)))
+}
+
+// complete removes a fully acked batch from the queue.
+func (d *Drainer) complete(b *fbatch) {
+	d.q.Ack(b.qb)
+	d.m.queueReleased.Add(float64(len(b.qb.Entries)))
+	d.tokens <- struct{}{}
+}
+
+// giveBack returns an unacked batch to the queue, to be read and sent again.
+func (d *Drainer) giveBack(b *fbatch, reason string) {
+	delete(d.inflight, b)
+	b.link.inflight--
+	for _, r := range b.runs {
+		if !r.acked && d.byFirst[r.first] == r {
+			delete(d.byFirst, r.first)
+		}
+	}
+	d.q.Nack(b.qb)
+	d.m.resent.WithLabelValues(reason).Inc()
+	d.m.inflight.Set(float64(len(d.inflight)))
+	d.tokens <- struct{}{}
+}
+
+func (d *Drainer) onEvent(ev event, now time.Time) {
+	l := ev.link
+	switch {
+	case ev.kind == evSendFailed:
+		if r := d.byFirst[ev.msg.First]; r != nil && r.b.link == l {
+			l.log.Warn("forward: send to router failed; sending elsewhere", "first", ev.msg.First, "last", ev.msg.Last, "err", ev.err)
+			d.giveBack(r.b, reasonRouterDown)
+		}
+		d.setDown(l, "send failed")
+	case ev.msg.Type == TypePong:
+		d.onPong(l, ev.msg, now)
+	case ev.msg.Type == TypeAck:
+		d.onAck(l, ev.msg, now)
+	case ev.msg.Type == TypeBusy, ev.msg.Type == TypeReject:
+		d.onRefused(l, ev.msg, now)
+	}
+	d.trySend(now)
+}
+
+func (d *Drainer) onPong(l *link, m Message, now time.Time) {
+	l.lastPong = now
+	if l.incarnation != 0 && m.Incarnation != l.incarnation {
+		// The router restarted since the last pong: what it had not acked
+		// may be lost with the old process. Send it again now rather than
+		// at the ack deadline.
+		l.log.Info("forward: router restarted", "router", m.Router)
+		d.giveBackAll(l, reasonRouterDown)
+	}
+	l.incarnation, l.router = m.Incarnation, m.Router
+	if !l.up {
+		l.up = true
+		d.up.Add(1)
+		d.m.routersUp.Set(float64(d.up.Load()))
+		l.log.Info("forward: router up", "router", m.Router)
+	}
+}
+
+func (d *Drainer) onAck(l *link, m Message, now time.Time) {
+	d.acked.Add(m.First, m.Last)
+	if l.backoff != 0 {
+		l.backoff, l.busyUntil = 0, time.Time{}
+		l.log.Info("forward: router accepts batches again", "router", l.router)
+	}
+	if r := d.byFirst[m.First]; r != nil && r.last == m.Last && r.b.link == l {
+		d.m.ackLatency.Observe(now.Sub(r.b.sentAt).Seconds())
+		d.runAcked(r)
+		return
+	}
+	// A late ack (its batch was given up and perhaps resent, grouped
+	// differently), or an ack from the router the batch was not resent to:
+	// the entries are durable there all the same.
+	d.m.lateAcks.Inc()
+	for b := range d.inflight {
+		for _, r := range b.runs {
+			if !r.acked && d.acked.Contains(r.first, r.last) {
+				d.runAcked(r)
+			}
+		}
+	}
+}
+
+func (d *Drainer) runAcked(r *run) {
+	r.acked = true
+	if d.byFirst[r.first] == r {
+		delete(d.byFirst, r.first)
+	}
+	d.m.ackedBatches.Inc()
+	d.m.ackedEntries.Add(float64(len(r.entries)))
+	d.m.ackedBytes.Add(float64(r.bytes))
+	b := r.b
+	b.open--
+	if b.open == 0 {
+		delete(d.inflight, b)
+		b.link.inflight--
+		d.m.inflight.Set(float64(len(d.inflight)))
+		d.complete(b)
+	}
+}
+
+// onRefused handles busy and reject answers: the router did not store the
+// batch; it backs off and the batch goes back to the queue.
+func (d *Drainer) onRefused(l *link, m Message, now time.Time) {
+	wait, entering := d.backOff(l, now)
+	reason := reasonBusy
+	if m.Type == TypeReject {
+		reason = reasonRejected
+		l.log.Error("forward: router rejected a batch; retrying later", "router", l.router, "first", m.First, "last", m.Last, "reason", m.Reason)
+	} else if entering {
+		l.log.Warn("forward: router busy; backing off", "router", l.router, "first", m.First, "last", m.Last, "reason", m.Reason, "backoff", wait)
+	}
+	if r := d.byFirst[m.First]; r != nil && r.last == m.Last && r.b.link == l {
+		d.giveBack(r.b, reason)
+	}
+}
+
+// backOff keeps batches away from l for a while: l refused one, or did not
+// ack one in time (a router whose disk hangs still answers pings). Other
+// routers that are up get the batches meanwhile. It returns the wait and
+// whether l was not backing off already.
+func (d *Drainer) backOff(l *link, now time.Time) (time.Duration, bool) {
+	entering := l.backoff == 0
+	l.backoff = min(max(2*l.backoff, minBusyBackoff), maxBusyBackoff)
+	// Jitter: half to all of the backoff, so that frontends refused at the
+	// same moment do not come back at the same moment.
+	wait := l.backoff/2 + time.Duration(d.rnd.Int64N(int64(l.backoff/2)+1))
+	l.busyUntil = now.Add(wait)
+	return wait, entering
+}
+
+func (d *Drainer) onTick(now time.Time) {
+	for _, l := range d.links {
+		if l.up && now.Sub(l.lastPong) > d.cfg.DownAfter {
+			d.setDown(l, "no heartbeat")
+		}
+	}
+	for b := range d.inflight {
+		if now.After(b.deadline) {
+			wait, _ := d.backOff(b.link, now)
+			b.link.log.Warn("forward: no ack from router in time; sending again", "router", b.link.router,
+				"first", b.runs[0].first, "last", b.runs[len(b.runs)-1].last, "timeout", d.cfg.AckTimeout, "backoff", wait)
+			d.giveBack(b, reasonTimeout)
+		}
+	}
+	d.trySend(now)
+}
+
+// setDown marks a router down and gives back what it had not acked.
+func (d *Drainer) setDown(l *link, why string) {
+	if l.up {
+		l.up = false
+		d.m.routerDown.Inc()
+		d.up.Add(-1)
+		d.m.routersUp.Set(float64(d.up.Load()))
+		l.log.Warn("forward: router down", "router", l.router, "why", why, "inflight_batches", l.inflight)
+	}
+	d.giveBackAll(l, reasonRouterDown)
+}
+
+func (d *Drainer) giveBackAll(l *link, reason string) {
+	for b := range d.inflight {
+		if b.link == l {
+			d.giveBack(b, reason)
+		}
+	}
+}

@@ -1,0 +1,68 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/queue"
+)
+
+// BenchmarkDrainToRouter measures the frontend → router hop: b.N entries
+// (device frames of 10 readings, ~860 bytes each) are in a frontend queue
+// before the clock starts; the clock stops when the router has acked them
+// all, each durable (fsync) in the router's queue. Reported: entries/s,
+// records/s, and MB/s of entry bytes.
+//
+//	go test -run='^$' -bench=BenchmarkDrainToRouter -benchtime=100000x ./router/
+//
+// sync=never runs the router's queue without fsync: what the hop itself
+// (queue reads, ZeroMQ, dedup, acks) can carry when the disk is not the
+// limit.
+func BenchmarkDrainToRouter(b *testing.B) {
+	for _, sync := range []queue.SyncPolicy{queue.SyncAlways, queue.SyncNever} {
+		for _, inflight := range []int{1, 4, 16} {
+			b.Run(fmt.Sprintf("sync=%s/inflight=%d/batch=256KiB", sync, inflight), func(b *testing.B) {
+				benchDrain(b, sync, inflight, 256<<10)
+			})
+		}
+	}
+}
+
+func benchDrain(b *testing.B, sync queue.SyncPolicy, inflight, batchBytes int) {
+	dir := b.TempDir()
+	fe := openFrontend(b, filepath.Join(dir, "frontend"), queue.SyncNever)
+	entry := makeEntry(0)
+	ents := make([][]byte, 64)
+	for i := range ents {
+		ents[i] = entry
+	}
+	for n := b.N; n > 0; n -= len(ents) {
+		if _, err := fe.q.Append(context.Background(), ents[:min(n, len(ents))]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Flush the prefill now: its writeback would compete with the router's
+	// fsyncs.
+	syscall.Sync()
+	rt := startRouter(b, testConfig(filepath.Join(dir, "router"), "router-a"), func(r *Router) { r.queueSync = sync })
+	cfg := forward.DrainerConfig{Sender: "frontend-1", Routers: []string{rt.Addr()}, MaxInflight: inflight, MaxBatchBytes: batchBytes}
+	b.SetBytes(int64(len(entry)))
+	b.ResetTimer()
+	start := time.Now()
+	d := startDrainer(b, cfg, fe.q)
+	for fe.depth() > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	el := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/el.Seconds(), "entries/s")
+	b.ReportMetric(float64(b.N*recordsPerEntry)/el.Seconds(), "records/s")
+	b.ReportMetric(metric(b, d.reg, "drover_forward_acked_batches_total")/el.Seconds(), "batches/s")
+	d.stop(b)
+	rt.stop(b)
+}

@@ -1,0 +1,589 @@
+package router
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/queue"
+)
+
+const (
+	// recordBytes is the router queue's largest record: a default-sized
+	// frontend batch (256 KiB) is one append, one record. Larger batches
+	// are split into several entries (see appendNew).
+	recordBytes = 1 << 20
+	// replyTimeout bounds one reply on the ROUTER socket. zmq4 holds the
+	// socket's lock while it writes, so a stalled frontend delays every
+	// reply by up to this much; and it lets a timed-out write go on in the
+	// background, so it must be well beyond any healthy write.
+	replyTimeout = 5 * time.Second
+	// journalSync is how often the dedup journal is fsynced.
+	journalSync = time.Second
+)
+
+// Router is one router process's worth of sockets, queue and publishers.
+type Router struct {
+	cfg    Config
+	logger *slog.Logger
+	reg    prometheus.Registerer
+	m      *metrics
+
+	started atomic.Bool
+	state   atomic.Int32
+	addr    atomic.Pointer[string]
+
+	// admit orders taking a batch (stores.Add) before the shutdown's
+	// stores.Wait: once stopping is set, no store starts.
+	admit    sync.Mutex
+	stopping bool
+
+	// Set by Run before the socket is bound.
+	q           *queue.Queue
+	dd          *dedup
+	sock        zmq4.Socket
+	incarnation uint64
+	slots       chan struct{}
+	stores      sync.WaitGroup
+	replies     replyQueue
+	busyLogged  atomic.Bool
+
+	// abrupt (tests only) makes Run close its socket first when stopping,
+	// so that the acks of appends under way are lost: what a crash between
+	// fsync and ack leaves.
+	abrupt bool
+	// queueSync (benchmarks only) is the queue's sync policy.
+	queueSync queue.SyncPolicy
+}
+
+const (
+	stateNew int32 = iota
+	stateStarting
+	stateReady
+	stateStopping
+	stateStopped
+)
+
+// New checks cfg and returns a router that logs to logger and registers its
+// metrics with reg. A nil logger discards; a nil reg keeps the metrics
+// unregistered. New opens nothing: [Router.Run] does.
+func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Router, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	return &Router{
+		cfg:    cfg,
+		logger: logger.With("component", "router", "router", cfg.ID),
+		reg:    reg,
+		m:      newMetrics(reg),
+	}, nil
+}
+
+// Ready reports whether the router accepts and acks batches: nil once its
+// queue is open and its socket bound, an error saying why not otherwise. It
+// is cheap and never blocks, for /readyz.
+func (r *Router) Ready() error {
+	switch r.state.Load() {
+	case stateReady:
+		return nil
+	case stateNew:
+		return errors.New("router: not started")
+	case stateStarting:
+		return errors.New("router: starting (opening its queue)")
+	default:
+		return errors.New("router: stopping")
+	}
+}
+
+// Addr returns the endpoint the router's socket is bound to, with the port
+// the system chose when Listen asked for port 0, or "" before it is bound.
+func (r *Router) Addr() string {
+	if p := r.addr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Run receives, deduplicates, stores and acks batches until ctx ends. It then
+// stops taking batches (answering busy), waits for the appends under way and
+// sends their acks, closes its socket, writes the dedup journal, closes the
+// queue, and returns nil. It returns an error when it cannot start. Run may
+// be called once.
+func (r *Router) Run(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("router: Run called twice")
+	}
+	r.state.Store(stateStarting)
+	defer r.state.Store(stateStopped)
+
+	q, err := queue.Open(r.cfg.QueueDir, queue.Options{
+		Name: "router", MaxBytes: r.cfg.QueueMaxBytes, MaxRecordBytes: recordBytes, Sync: r.queueSync,
+	}, r.logger, r.reg)
+	if err != nil {
+		return fmt.Errorf("router: open queue: %w", err)
+	}
+	r.q = q
+	dd, err := r.openDedup(ctx)
+	if err != nil {
+		return errors.Join(err, r.closeQueue())
+	}
+	r.dd = dd
+	var inc [8]byte
+	_, _ = rand.Read(inc[:])
+	r.incarnation = binary.LittleEndian.Uint64(inc[:]) | 1
+	r.slots = make(chan struct{}, r.cfg.MaxPendingBatches)
+	r.replies.init()
+
+	sockCtx, closeSock := context.WithCancel(context.Background())
+	defer closeSock()
+	r.sock = zmq4.NewRouter(sockCtx,
+		zmq4.WithID(zmq4.SocketIdentity(r.cfg.ID)),
+		zmq4.WithTimeout(replyTimeout),
+		zmq4.WithLogger(slog.NewLogLogger(r.logger.Handler(), slog.LevelWarn)),
+	)
+	if err := r.sock.Listen(r.cfg.Listen); err != nil {
+		_ = r.sock.Close()
+		return errors.Join(fmt.Errorf("router: listen on %s: %w", r.cfg.Listen, err), r.dd.close(), r.closeQueue())
+	}
+	addr := r.cfg.Listen
+	if a := r.sock.Addr(); a != nil && strings.HasPrefix(addr, "tcp://") {
+		addr = "tcp://" + a.String()
+	}
+	r.addr.Store(&addr)
+
+	var wg sync.WaitGroup
+	wg.Add(3)
+	recvDone := make(chan struct{})
+	go func() { defer wg.Done(); defer close(recvDone); r.recvLoop(sockCtx) }()
+	writerDone := make(chan struct{})
+	go func() { defer wg.Done(); defer close(writerDone); r.writeLoop() }()
+	stopSync := make(chan struct{})
+	go func() { defer wg.Done(); r.syncLoop(stopSync) }()
+
+	r.state.Store(stateReady)
+	depth, bytes := q.Depth()
+	r.logger.Info("router: listening", "endpoint", addr, "queue_entries", depth, "queue_bytes", bytes)
+
+	<-ctx.Done()
+	start := time.Now()
+	r.state.Store(stateStopping)
+	if r.abrupt {
+		closeSock()
+		_ = r.sock.Close()
+	}
+	// Stop taking batches but keep the socket open until the appends under
+	// way are durable and acked: their senders need not resend them.
+	r.admit.Lock()
+	r.stopping = true
+	r.admit.Unlock()
+	r.stores.Wait()
+	r.replies.close()
+	<-writerDone
+	closeSock()
+	if err := r.sock.Close(); err != nil {
+		r.logger.Debug("router: close socket", "err", err)
+	}
+	<-recvDone
+	close(stopSync)
+	wg.Wait()
+	errs := []error{r.dd.close(), r.closeQueue()}
+	r.logger.Info("router: stopped", "took", time.Since(start))
+	return errors.Join(errs...)
+}
+
+func (r *Router) closeQueue() error {
+	if err := r.q.Close(); err != nil {
+		return fmt.Errorf("router: close queue: %w", err)
+	}
+	return nil
+}
+
+// openDedup loads what the router has stored, from the dedup journal; the
+// first time (no journal yet) from the queue itself.
+func (r *Router) openDedup(ctx context.Context) (*dedup, error) {
+	state, found, err := readJournal(r.cfg.QueueDir, r.logger)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	if !found {
+		if state, err = r.scanQueue(ctx); err != nil {
+			return nil, err
+		}
+	}
+	j, err := openJournal(r.cfg.QueueDir, state, r.m, r.logger)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	dd := newDedup(r.cfg.DedupIntervals, j, r.m, r.logger)
+	n := 0
+	for sender, ivs := range state {
+		dd.load(sender, ivs...)
+		n += len(ivs)
+	}
+	from := "journal"
+	if !found {
+		from = "queue"
+	}
+	r.logger.Info("router: duplicates will be recognised", "senders", len(state), "intervals", n, "from", from)
+	return dd, nil
+}
+
+// scanQueue reads the whole queue (everything stays in it: Rewind) for the
+// sequences stored. It holds the queue's content in memory while it runs;
+// it runs only when there is no journal.
+func (r *Router) scanQueue(ctx context.Context) (map[string][]forward.Interval, error) {
+	state := map[string][]forward.Interval{}
+	defer r.q.Rewind()
+	sets := map[string]*forward.SeqSet{}
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("router: scan queue: %w", err)
+		}
+		b, err := r.q.TryRead(recordBytes)
+		if err != nil {
+			return nil, fmt.Errorf("router: scan queue: %w", err)
+		}
+		if len(b.Entries) == 0 {
+			break
+		}
+		for _, e := range b.Entries {
+			si, err := forward.ParseStored(e.Data)
+			if err != nil {
+				r.logger.Warn("router: queue entry without a sender range; not counted for deduplication", "seq", e.Seq, "err", err)
+				continue
+			}
+			s := sets[si.Sender]
+			if s == nil {
+				s = forward.NewSeqSet(r.cfg.DedupIntervals)
+				sets[si.Sender] = s
+			}
+			s.Add(si.First, si.Last)
+		}
+	}
+	for sender, s := range sets {
+		state[sender] = s.Intervals()
+	}
+	return state, nil
+}
+
+func (r *Router) syncLoop(stop <-chan struct{}) {
+	t := time.NewTicker(journalSync)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			r.dd.sync()
+		}
+	}
+}
+
+// recvLoop takes messages off the socket. It never waits on the disk:
+// batches are stored by goroutines of their own.
+func (r *Router) recvLoop(ctx context.Context) {
+	for {
+		msg, err := r.sock.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.logger.Debug("router: receive", "err", err)
+			continue
+		}
+		if len(msg.Frames) < 2 {
+			r.bad(nil, forward.Message{}, errors.New("no identity or no header frame"))
+			continue
+		}
+		id, frames := msg.Frames[0], msg.Frames[1:]
+		m, err := forward.Decode(frames)
+		if err != nil {
+			if m.Type == forward.TypeBatch && errors.Is(err, forward.ErrMalformed) && m.Last >= m.First && m.First > 0 {
+				r.m.rejected.WithLabelValues("malformed").Inc()
+				r.reply(id, forward.Message{Type: forward.TypeReject, First: m.First, Last: m.Last, Reason: err.Error()})
+			}
+			r.bad(id, m, err)
+			continue
+		}
+		switch m.Type {
+		case forward.TypePing:
+			// A stopping router stops answering: frontends see it go down.
+			if r.Ready() == nil {
+				r.reply(id, forward.Message{Type: forward.TypePong, Nonce: m.Nonce, Incarnation: r.incarnation, Router: r.cfg.ID})
+			}
+		case forward.TypeBatch:
+			r.onBatch(id, m)
+		default:
+			r.bad(id, m, errors.New("unexpected message type from a frontend"))
+		}
+	}
+}
+
+func (r *Router) bad(id []byte, m forward.Message, err error) {
+	reason := "malformed"
+	switch {
+	case errors.Is(err, forward.ErrVersion):
+		reason = "version"
+	case errors.Is(err, forward.ErrUnknownType):
+		reason = "type"
+	}
+	r.m.badMessages.WithLabelValues(reason).Inc()
+	r.logger.Warn("router: message dropped", "peer", string(id), "type", m.Type, "sender", m.Sender, "first", m.First, "last", m.Last, "err", err)
+}
+
+func (r *Router) onBatch(id []byte, m forward.Message) {
+	r.m.batches.Inc()
+	r.m.entries.Add(float64(len(m.Entries)))
+	r.admit.Lock()
+	defer r.admit.Unlock()
+	if r.stopping {
+		r.refuse(id, m, "stopping", nil)
+		return
+	}
+	select {
+	case r.slots <- struct{}{}:
+	default:
+		r.refuse(id, m, "overloaded", nil)
+		return
+	}
+	r.m.pending.Inc()
+	r.stores.Add(1)
+	go r.store(id, m)
+}
+
+// refuse answers busy: the sender keeps the batch and resends it later.
+func (r *Router) refuse(id []byte, m forward.Message, reason string, err error) {
+	r.m.busy.WithLabelValues(reason).Inc()
+	text := reason
+	if err != nil {
+		text = err.Error()
+	}
+	if r.busyLogged.CompareAndSwap(false, true) {
+		r.logger.Warn("router: refusing batches (busy); frontends keep them and resend", "sender", m.Sender, "first", m.First, "last", m.Last, "reason", reason, "err", err)
+	}
+	r.reply(id, forward.Message{Type: forward.TypeBusy, First: m.First, Last: m.Last, Reason: text})
+}
+
+func (r *Router) reject(id []byte, m forward.Message, reason string, err error) {
+	r.m.rejected.WithLabelValues(reason).Inc()
+	r.logger.Error("router: batch rejected", "sender", m.Sender, "first", m.First, "last", m.Last, "err", err)
+	r.reply(id, forward.Message{Type: forward.TypeReject, First: m.First, Last: m.Last, Reason: err.Error()})
+}
+
+func (r *Router) reply(id []byte, m forward.Message) {
+	frames, err := m.Frames()
+	if err != nil {
+		r.logger.Error("router: encode reply", "type", m.Type, "err", err) // a bug
+		return
+	}
+	r.replies.push(append([][]byte{id}, frames...))
+}
+
+// store stores the new part of one batch and answers it.
+func (r *Router) store(id []byte, m forward.Message) {
+	defer func() {
+		<-r.slots
+		r.m.pending.Dec()
+		r.stores.Done()
+	}()
+	records, size := 0, 0
+	for i, e := range m.Entries {
+		n, err := forward.CountRecords(e)
+		if err != nil {
+			r.reject(id, m, "malformed", fmt.Errorf("entry %d (seq %d): %w", i, m.First+uint64(i), err))
+			return
+		}
+		if len(e)+entryOverhead > recordBytes {
+			r.reject(id, m, "too_large", fmt.Errorf("entry %d (seq %d) of %d bytes: larger than a router record (%d)", i, m.First+uint64(i), len(e), recordBytes))
+			return
+		}
+		records += n
+		size += len(e)
+	}
+	r.m.records.Add(float64(records))
+	r.m.batchRecords.Observe(float64(records))
+	if size > r.cfg.MaxBatchBytes {
+		r.reject(id, m, "too_large", fmt.Errorf("batch of %d bytes, max %d", size, r.cfg.MaxBatchBytes))
+		return
+	}
+
+	p := r.dd.plan(m.Sender, m.First, m.Last)
+	r.m.duplicates.Add(float64(p.dups))
+	var err error
+	if p.op != nil {
+		err = r.appendNew(m, p.op.missing)
+		r.dd.finish(p.op, err)
+	}
+	for _, dep := range p.deps {
+		<-dep.done
+		if err == nil && dep.err != nil {
+			err = dep.err
+		}
+	}
+	switch {
+	case err == nil:
+		r.busyLogged.Store(false)
+		r.reply(id, forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
+	case errors.Is(err, queue.ErrFull):
+		r.refuse(id, m, "queue_full", err)
+	case errors.Is(err, queue.ErrClosed):
+		r.refuse(id, m, "stopping", err)
+	case queue.Retryable(err):
+		r.refuse(id, m, "storage", err)
+	default:
+		// Not back-pressure, yet not the sender's fault either: it keeps
+		// the batch and resends; say so once per batch.
+		r.logger.Error("router: store batch", "sender", m.Sender, "first", m.First, "last", m.Last, "err", err)
+		r.refuse(id, m, "storage", err)
+	}
+}
+
+// entryOverhead is what a router queue entry adds to the frontend entries
+// it holds: the Batch trailer (sender, seq, last_seq) and the queue's
+// framing of the entry and its record.
+const entryOverhead = 2 + 253 + 2*11 + 10 + 24
+
+// appendNew appends the sequences missing of batch m to the queue: one
+// entry per interval (so that seq..last_seq is exact), an interval split
+// further where it would not fit in a record, and as few appends as the
+// record size allows (usually one). Each append that succeeds is recorded
+// in the dedup state at once, so that a failure later in the batch does not
+// make what was stored forgettable.
+func (r *Router) appendNew(m forward.Message, missing []forward.Interval) error {
+	var (
+		ents  [][]byte
+		ivs   []forward.Interval
+		size  = 24 // the queue's record trailer
+		total int
+	)
+	flush := func() error {
+		if len(ents) == 0 {
+			return nil
+		}
+		start := time.Now()
+		// Not the Run context: an append under way at shutdown finishes
+		// (the queue commits what it has accepted before it closes).
+		if _, err := r.q.Append(context.Background(), ents...); err != nil {
+			return fmt.Errorf("append %d entries of %s: %w", total, m.Sender, err)
+		}
+		r.m.appendSeconds.Observe(time.Since(start).Seconds())
+		r.dd.stored(m.Sender, ivs)
+		for _, iv := range ivs {
+			r.m.stored.Add(float64(iv.Len()))
+		}
+		for _, e := range ents {
+			r.m.storedBytes.Add(float64(len(e)))
+		}
+		ents, ivs, size, total = ents[:0], ivs[:0], 24, 0
+		return nil
+	}
+	for _, iv := range missing {
+		for first := iv.First; first <= iv.Last; {
+			// Grow the chunk first..last while it fits in a record.
+			last, n := first, len(m.Entries[first-m.First])
+			for last < iv.Last && n+len(m.Entries[last+1-m.First])+entryOverhead <= recordBytes {
+				last++
+				n += len(m.Entries[last-m.First])
+			}
+			es := m.Entries[first-m.First : last-m.First+1]
+			e := forward.AppendStored(make([]byte, 0, forward.StoredSize(m.Sender, first, last, es)), m.Sender, first, last, es)
+			if size+len(e)+10 > recordBytes {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			ents = append(ents, e)
+			ivs = append(ivs, forward.Interval{First: first, Last: last})
+			size += len(e) + 10
+			total += int(last - first + 1)
+			first = last + 1
+		}
+	}
+	return flush()
+}
+
+func (r *Router) writeLoop() {
+	for {
+		batch, ok := r.replies.wait()
+		if !ok {
+			return
+		}
+		for _, frames := range batch {
+			// An error here is a frontend that went away: it resends what
+			// it did not hear about.
+			if err := r.sock.Send(zmq4.NewMsgFrom(frames...)); err != nil {
+				r.logger.Debug("router: reply not sent", "peer", string(frames[0]), "err", err)
+			}
+		}
+	}
+}
+
+// replyQueue hands replies from the receive loop and the store goroutines
+// to the single writer; pushing never blocks.
+type replyQueue struct {
+	mu     sync.Mutex
+	q      [][][]byte
+	kick   chan struct{}
+	closed bool
+}
+
+func (rq *replyQueue) init() { rq.kick = make(chan struct{}, 1) }
+
+func (rq *replyQueue) push(frames [][]byte) {
+	rq.mu.Lock()
+	if rq.closed {
+		rq.mu.Unlock()
+		return
+	}
+	rq.q = append(rq.q, frames)
+	rq.mu.Unlock()
+	select {
+	case rq.kick <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns what was pushed, blocking while there is nothing; ok is
+// false once the queue is closed and empty.
+func (rq *replyQueue) wait() (batch [][][]byte, ok bool) {
+	for {
+		rq.mu.Lock()
+		batch, rq.q = rq.q, nil
+		closed := rq.closed
+		rq.mu.Unlock()
+		if len(batch) > 0 {
+			return batch, true
+		}
+		if closed {
+			return nil, false
+		}
+		<-rq.kick
+	}
+}
+
+func (rq *replyQueue) close() {
+	rq.mu.Lock()
+	rq.closed = true
+	rq.mu.Unlock()
+	select {
+	case rq.kick <- struct{}{}:
+	default:
+	}
+}
