@@ -1,8 +1,11 @@
 # drover: build, test and run the one binary.
 #
 #   make build   bin/drover, stamped with git describe and the commit
-#   make test    vet, race tests of every package, gofmt check (what CI runs)
-#   make bench   benchmarks with allocations
+#   make test        vet, gofmt check, race tests of every package, short fuzz
+#                    runs and the crash tests (what CI runs)
+#   make test-crash  only the kill -9 tests
+#   make fuzz        longer fuzz runs of the frame decoders
+#   make bench       benchmarks with allocations
 #   make proto   regenerate the protobuf Go code (scripts/gen-proto.sh)
 #   make run     drover all, every component in one process
 #
@@ -20,15 +23,37 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # .tools), bin/, data/ and npm's node_modules/.
 GOFILES = $(shell find . \( -name '.?*' -o -path ./bin -o -path ./data -o -name node_modules \) -prune -o -type f -name '*.go' -print)
 
-.PHONY: all build test bench proto fmt fmt-check vet run clean
+.PHONY: all build test test-unit test-fuzz test-crash fuzz tools bench proto fmt fmt-check vet run clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/drover
 
-test: vet fmt-check
-	$(GO) test -race -count=1 ./...
+# The real dependencies tests start (InfluxDB, Azurite); each script is
+# idempotent and cached under .tools/.
+tools:
+	@for s in scripts/install-influxd.sh scripts/install-azurite.sh; do \
+		if [[ -x $$s ]]; then $$s; fi; \
+	done
+
+test: vet fmt-check tools test-unit test-fuzz
+
+test-unit:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Short fuzz runs of the frame decoders, seeded with real frames.
+FUZZTIME ?= 10s
+test-fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeUplinkBinary$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./telemetry/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeUplinkJSON$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./telemetry/
+
+fuzz:
+	$(MAKE) test-fuzz FUZZTIME=5m
+
+# kill -9 tests: the queue's child process, and real drover processes.
+test-crash:
+	$(GO) test -count=1 -run='Crash' -v ./queue/ ./internal/e2e/
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drover-telemetry/drover/internal/sim"
+)
+
+// simOptions are drover sim's flags: the fleet's, and what to do around it.
+type simOptions struct {
+	fleet         sim.Config
+	writeRegistry string        // write the fleet's registry file here first
+	registryOnly  bool          // write the registry and stop
+	summary       string        // write the JSON summary here at the end ("-": stdout)
+	progress      time.Duration // progress line interval; 0: none
+}
+
+func defaultSimOptions() simOptions {
+	return simOptions{fleet: sim.DefaultConfig(), summary: "-", progress: 5 * time.Second}
+}
+
+func (o *simOptions) registerFlags(fs *flag.FlagSet) {
+	o.fleet.RegisterFlags(fs)
+	fs.StringVar(&o.writeRegistry, "write-registry", o.writeRegistry,
+		"write the registry `file` of this fleet (ids, token hashes, fleets) before starting, for the frontends' -registry")
+	fs.BoolVar(&o.registryOnly, "registry-only", o.registryOnly,
+		"only write the -write-registry file, then exit")
+	fs.StringVar(&o.summary, "summary", o.summary,
+		"write the JSON summary to this `file` when the fleet stops (- for standard output, empty for none)")
+	fs.DurationVar(&o.progress, "progress", o.progress,
+		"print a progress line to standard error this often (`duration`); 0 for none")
+}
+
+// newSim returns the simulator's unit: a fleet that runs until ctx ends or,
+// with -readings or -duration, until it is done (which stops the process).
+func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
+	if o.writeRegistry != "" {
+		if err := sim.WriteRegistry(o.writeRegistry, o.fleet); err != nil {
+			return nil, fmt.Errorf("sim: %w", err)
+		}
+	}
+	if o.registryOnly {
+		if o.writeRegistry == "" {
+			return nil, fmt.Errorf("sim: -registry-only needs -write-registry")
+		}
+		done := func(context.Context) error { return nil }
+		return []unit{{name: "sim", run: done, ready: func() error { return nil }}}, nil
+	}
+	fleet, err := sim.New(o.fleet, logger, reg)
+	if err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	run := func(ctx context.Context) error {
+		if o.progress > 0 {
+			go fleet.Progress(os.Stderr, o.progress)
+		}
+		err := fleet.Run(ctx)
+		if o.summary != "" {
+			b, jerr := json.MarshalIndent(fleet.Summary(), "", "  ")
+			if jerr == nil {
+				b = append(b, '\n')
+				if o.summary == "-" {
+					_, jerr = os.Stdout.Write(b)
+				} else {
+					jerr = os.WriteFile(o.summary, b, 0o644)
+				}
+			}
+			if jerr != nil {
+				logger.Error("sim: write summary", "err", jerr)
+			}
+		}
+		return err
+	}
+	return []unit{{name: "sim", run: run, ready: fleet.Ready}}, nil
+}

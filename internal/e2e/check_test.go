@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"fmt"
+	"sort"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/drover-telemetry/drover/queue"
+	"github.com/drover-telemetry/drover/telemetry"
+)
+
+// key is one reading's identity: (device, device sequence).
+type key struct {
+	device string
+	seq    uint64
+}
+
+// stored is what a router's queue holds: how many times each reading is in
+// it, and in how many entries (batches) from which senders.
+type stored struct {
+	count   map[key]int
+	entries int
+	records int
+}
+
+// readRouterQueue opens a stopped router's queue directory and counts the
+// readings in it, without removing anything.
+func readRouterQueue(t testing.TB, dir string) stored {
+	t.Helper()
+	q, err := queue.Open(dir, queue.Options{Name: "check", MaxBytes: -1}, nil, nil)
+	if err != nil {
+		t.Fatalf("open router queue %s: %v", dir, err)
+	}
+	defer q.Close()
+	s := stored{count: map[key]int{}}
+	for {
+		b, err := q.TryRead(4 << 20)
+		if err != nil {
+			t.Fatalf("read router queue: %v", err)
+		}
+		if len(b.Entries) == 0 {
+			return s
+		}
+		for _, e := range b.Entries {
+			var batch telemetry.Batch
+			if err := proto.Unmarshal(e.Data, &batch); err != nil {
+				t.Fatalf("router queue entry %d is not a Batch: %v", e.Seq, err)
+			}
+			if batch.GetSender() == "" || batch.GetSeq() == 0 || batch.GetLastSeq() < batch.GetSeq() {
+				t.Fatalf("router queue entry %d: batch header sender=%q seq=%d last_seq=%d", e.Seq, batch.GetSender(), batch.GetSeq(), batch.GetLastSeq())
+			}
+			s.entries++
+			for _, r := range batch.GetRecords() {
+				s.records++
+				s.count[key{r.GetDeviceId(), r.GetReading().GetSeq()}]++
+			}
+		}
+	}
+}
+
+// checkAcked asserts every reading the simulator saw acked, (device, seq)
+// for seq 1..acked[device], is stored, and returns how many duplicates the
+// store holds (copies beyond the first).
+func checkAcked(t testing.TB, s stored, acked map[string]uint64) (ackedN, dups int) {
+	t.Helper()
+	var missing []string
+	for dev, hi := range acked {
+		for seq := uint64(1); seq <= hi; seq++ {
+			ackedN++
+			if s.count[key{dev, seq}] == 0 {
+				if len(missing) < 20 {
+					missing = append(missing, fmt.Sprintf("%s/%d", dev, seq))
+				}
+			}
+		}
+	}
+	for _, n := range s.count {
+		if n > 1 {
+			dups += n - 1
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		t.Fatalf("acked readings missing from the router's queue (first %d shown): %v", len(missing), missing)
+	}
+	return ackedN, dups
+}

@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/drover-telemetry/drover/internal/sim"
+)
+
+// TestCrashRouterKill9 and TestCrashFrontendKill9 run the real drover binary
+// as a router and a frontend process, with 200 simulated devices in this
+// process, kill -9 one of the two processes three times during the run and
+// restart it on the same queue and ports. At the end every reading the
+// simulator saw acked must be in the router's queue.
+func TestCrashRouterKill9(t *testing.T)   { crashIngest(t, "router", 3) }
+func TestCrashFrontendKill9(t *testing.T) { crashIngest(t, "frontend", 3) }
+
+func crashIngest(t *testing.T, victim string, kills int) {
+	const devices, perDevice = 200, 300
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+
+	sc := sim.DefaultConfig()
+	sc.Devices, sc.Readings = devices, perDevice
+	sc.Rate, sc.FrameReadings, sc.Window = 20, 5, 4
+	sc.TokenSeed = "crash"
+	sc.BackoffMin, sc.BackoffMax, sc.AckTimeout = 50*time.Millisecond, time.Second, 5*time.Second
+	registryPath := filepath.Join(dir, "registry.json")
+	if err := sim.WriteRegistry(registryPath, sc); err != nil {
+		t.Fatal(err)
+	}
+
+	routerAddr, frontAddr := freeAddr(t), freeAddr(t)
+	routerDir := filepath.Join(dir, "router")
+	rt := newProc(t, "router", "router",
+		"-id", "router-1", "-listen", "tcp://"+routerAddr,
+		"-live-pub", "tcp://"+freeAddr(t), "-store-pub", "tcp://"+freeAddr(t),
+		"-queue-dir", routerDir)
+	fe := newProc(t, "frontend", "frontend",
+		"-id", "frontend-1", "-listen", frontAddr, "-routers", "tcp://"+routerAddr,
+		"-queue-dir", filepath.Join(dir, "frontend"), "-registry", registryPath,
+		"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s")
+	rt.start(ctx)
+	fe.start(ctx)
+	target := map[string]*proc{"router": rt, "frontend": fe}[victim]
+
+	sc.URLs = []string{"ws://" + frontAddr}
+	fleet, err := sim.New(sc, testLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleetDone := make(chan error, 1)
+	start := time.Now()
+	go func() { fleetDone <- fleet.Run(ctx) }()
+
+	var killLog []string
+	for i := 0; i < kills; i++ {
+		select {
+		case <-time.After(time.Duration(1500+rand.IntN(2000)) * time.Millisecond):
+		case err := <-fleetDone:
+			t.Fatalf("fleet finished after %d of %d kills (%v): make the run longer", i, kills, err)
+		}
+		before := fleet.Stats().Acked
+		target.kill9()
+		killLog = append(killLog, fmt.Sprintf("%v: kill -9 %s (acked so far %d)", time.Since(start).Round(time.Millisecond), victim, before))
+		time.Sleep(time.Duration(200+rand.IntN(600)) * time.Millisecond) // down for a while
+		target.start(ctx)
+	}
+	if err := <-fleetDone; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("fleet: %v", err)
+	}
+	st := fleet.Stats()
+	if st.Acked != devices*perDevice {
+		t.Fatalf("acked %d of %d readings by the end: %+v", st.Acked, devices*perDevice, st)
+	}
+
+	waitFor(t, 2*time.Minute, "frontend queue drained into the router", func() bool {
+		m, err := fe.metrics(ctx)
+		if err != nil {
+			return false
+		}
+		v, ok := metricValue(m, "drover_queue_depth_entries", map[string]string{"queue": "frontend"})
+		return ok && v == 0
+	})
+	fe.stop(30 * time.Second)
+	rt.stop(30 * time.Second)
+
+	s := readRouterQueue(t, routerDir)
+	acked, dups := checkAcked(t, s, fleet.Acked())
+	for _, l := range killLog {
+		t.Log(l)
+	}
+	t.Logf("%s killed %d times: %d readings acked, all in the router's queue; %d duplicate copies (resent after a kill: at least once), disconnects seen by devices %v, run %v",
+		victim, kills, acked, dups, st.Disconnects, time.Since(start).Round(time.Millisecond))
+}

@@ -1,0 +1,251 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// droverBin is the binary under test, built once by TestMain.
+var droverBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "drover-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	droverBin = filepath.Join(dir, "drover")
+	build := exec.Command("go", "build", "-o", droverBin, "../../cmd/drover")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build drover:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is one drover process: a target and its flags. It can be started
+// again after a kill with the same flags (same queue, same ports).
+type proc struct {
+	t       testing.TB
+	name    string
+	args    []string
+	opsAddr string
+	logPath string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{}
+	status error
+	starts int
+}
+
+func newProc(t testing.TB, name, target string, args ...string) *proc {
+	p := &proc{t: t, name: name, opsAddr: freeAddr(t)}
+	p.args = append([]string{target, "-ops-listen", p.opsAddr, "-log-format", "text"}, args...)
+	p.logPath = filepath.Join(t.TempDir(), name+".log")
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(p.logPath)
+			lines := strings.Split(string(b), "\n")
+			if len(lines) > 60 {
+				lines = lines[len(lines)-60:]
+			}
+			t.Logf("--- last lines of %s (%s) ---\n%s", p.name, p.logPath, strings.Join(lines, "\n"))
+		}
+	})
+	return p
+}
+
+// start starts the process and waits until /readyz answers 200.
+func (p *proc) start(ctx context.Context) {
+	p.t.Helper()
+	p.mu.Lock()
+	f, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		p.mu.Unlock()
+		p.t.Fatal(err)
+	}
+	fmt.Fprintf(f, "=== start %d: %s %s\n", p.starts+1, droverBin, strings.Join(p.args, " "))
+	cmd := exec.Command(droverBin, p.args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		p.mu.Unlock()
+		p.t.Fatalf("start %s: %v", p.name, err)
+	}
+	p.starts++
+	p.cmd = cmd
+	done := make(chan struct{})
+	p.done = done
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		p.mu.Lock()
+		p.status = err
+		p.mu.Unlock()
+		close(done)
+	}()
+	p.mu.Unlock()
+	p.waitReady(ctx, 30*time.Second)
+}
+
+func (p *proc) waitReady(ctx context.Context, timeout time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-p.done:
+			p.t.Fatalf("%s exited before it was ready: %v (log %s)", p.name, p.status, p.logPath)
+		default:
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.opsAddr+"/readyz", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			p.t.Fatalf("%s not ready within %v: %v", p.name, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill9 kills the process with SIGKILL and waits for it to be gone.
+func (p *proc) kill9() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+func (p *proc) kill() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-done:
+	default:
+		cmd.Process.Signal(syscall.SIGKILL)
+		<-done
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit within timeout.
+func (p *proc) stop(timeout time.Duration) {
+	p.t.Helper()
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		p.kill()
+		p.t.Fatalf("%s did not stop within %v of SIGTERM", p.name, timeout)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.status != nil {
+		p.t.Fatalf("%s exited with %v after SIGTERM (log %s)", p.name, p.status, p.logPath)
+	}
+}
+
+// metrics scrapes the process's /metrics.
+func (p *proc) metrics(ctx context.Context) (map[string]*dto.MetricFamily, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.opsAddr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(bufio.NewReader(io.LimitReader(resp.Body, 16<<20)))
+}
+
+// metricValue returns the value of the series of name whose labels include
+// want, summed over matching series; ok is false if none matched.
+func metricValue(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f, ok := fams[name]
+	if !ok {
+		return 0, false
+	}
+	var sum float64
+	found := false
+	for _, m := range f.GetMetric() {
+		match := true
+		for k, v := range want {
+			has := false
+			for _, l := range m.GetLabel() {
+				if l.GetName() == k && l.GetValue() == v {
+					has = true
+				}
+			}
+			match = match && has
+		}
+		if !match {
+			continue
+		}
+		found = true
+		switch {
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Untyped != nil:
+			sum += m.GetUntyped().GetValue()
+		}
+	}
+	return sum, found
+}
+
+// waitFor polls cond every 50 ms until it holds or timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# bench-ingest.sh: measure durable-acked ingest through one frontend and one
+# router, each its own process on loopback, driven by `drover sim` in a third
+# process (the simulator competes for the same 2 cores: figures are a floor).
+#
+#   scripts/bench-ingest.sh throughput   1,000 devices sending as fast as acks allow
+#   scripts/bench-ingest.sh latency      1,000 devices x 10 readings/s = 10,000 readings/s
+#   scripts/bench-ingest.sh idle         10,000 idle device connections: heap per connection
+#
+# Results go to bench-out/<scenario>/: the simulator's JSON summary, the
+# frontend's and router's metrics, a 10 s CPU profile of the frontend and its
+# top functions. DURATION (default 30s) sets the length of a run.
+set -euo pipefail
+
+scenario="${1:-throughput}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="$root/bench-out/$scenario"
+duration="${DURATION:-30s}"
+rm -rf "$out"; mkdir -p "$out"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+cd "$root"
+go build -o "$work/drover" ./cmd/drover
+drover="$work/drover"
+
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+waitready() { # addr
+	for _ in $(seq 1 300); do
+		curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "bench-ingest: $1 never became ready" >&2; return 1
+}
+metric() { # ops-addr name [label-filter]
+	curl -fs "http://$1/metrics" | grep -E "^$2(\{[^}]*${3:-}[^}]*\})? " | awk '{s+=$2} END {printf "%.0f\n", s}'
+}
+
+rport=$(freeport); fport=$(freeport); rops=$(freeport); fops=$(freeport)
+case "$scenario" in
+	throughput) devices=1000; simargs=(-rate 1000 -frame-readings 50 -window 8 -duration "$duration") ;;
+	latency)    devices=1000; simargs=(-rate 10 -frame-readings 1 -window 8 -duration "$duration") ;;
+	idle)       devices=10000; simargs=(-rate 0 -connect-rate 5000 -duration "$duration") ;;
+	*) echo "usage: $0 throughput|latency|idle" >&2; exit 2 ;;
+esac
+"$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -token-seed bench -ops-listen 127.0.0.1:0 2>/dev/null
+
+"$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
+	-store-pub "tcp://127.0.0.1:$(freeport)" -queue-dir "$work/router" -queue-max-bytes -1 \
+	-ops-listen "127.0.0.1:$rops" 2>"$out/router.log" &
+pids+=($!)
+"$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
+	-queue-dir "$work/frontend" -registry "$work/registry.json" -rate 5000 -rate-burst 10000 \
+	-max-connections 20000 -ops-listen "127.0.0.1:$fops" 2>"$out/frontend.log" &
+pids+=($!)
+waitready "127.0.0.1:$rops"; waitready "127.0.0.1:$fops"
+
+heap0=$(metric "127.0.0.1:$fops" go_memstats_heap_inuse_bytes)
+${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench "${simargs[@]}" \
+	-summary "$out/sim.json" -progress 5s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
+simpid=$!
+pids+=($simpid)
+
+if [[ "$scenario" == idle ]]; then
+	for _ in $(seq 1 600); do
+		c=$(metric "127.0.0.1:$fops" drover_frontend_connections)
+		[[ "$c" -ge "$devices" ]] && break
+		sleep 0.1
+	done
+	# Let the connect burst's garbage go: force a GC via the heap profile.
+	curl -fs "http://127.0.0.1:$fops/debug/pprof/heap?gc=1" -o "$out/heap.pprof"
+	heap1=$(metric "127.0.0.1:$fops" go_memstats_heap_inuse_bytes)
+	stack=$(metric "127.0.0.1:$fops" go_memstats_stack_inuse_bytes)
+	rss=$(metric "127.0.0.1:$fops" process_resident_memory_bytes)
+	gor=$(metric "127.0.0.1:$fops" go_goroutines)
+	echo "connections=$c heap_before=$heap0 heap_after=$heap1 stack=$stack rss=$rss goroutines=$gor" | tee "$out/idle.txt"
+	python3 -c "c=$c; h=($heap1-$heap0)/c; s=$stack/c; print(f'heap per connection: {h:.0f} B, stack per connection: {s:.0f} B, total {(h+s)/1024:.1f} KiB')" | tee -a "$out/idle.txt"
+else
+	sleep 8
+	curl -fs "http://127.0.0.1:$fops/debug/pprof/profile?seconds=10" -o "$out/frontend-cpu.pprof"
+	go tool pprof -top -nodecount=25 "$work/drover" "$out/frontend-cpu.pprof" >"$out/frontend-cpu.txt" 2>/dev/null || true
+fi
+wait "$simpid" || true
+curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend.metrics"
+curl -fs "http://127.0.0.1:$rops/metrics" >"$out/router.metrics"
+if [[ -s "$out/sim.json" ]]; then
+	python3 - "$out/sim.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+lat = s.get("ack_latency_ms", {})
+print(f"acked/s {s.get('acked_per_second', 0):,.0f}  sent/s {s.get('sent_per_second', 0):,.0f}  "
+      f"ack p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms  max {lat.get('max')} ms")
+PY
+fi
+echo "bench-ingest: results in $out"
