@@ -4,9 +4,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/storage-writer/influx"
+	"github.com/drover-telemetry/drover/storage-writer/lake"
 )
 
 // The sinks a writer can write to.
@@ -30,10 +35,28 @@ type Config struct {
 	// survive restarts (a volume in Kubernetes) and belong to this writer
 	// alone.
 	QueueDir string
+	// QueueMaxBytes bounds the writer's queue (entry bytes held). When it
+	// is reached the writer answers routers "busy" and they keep the
+	// entries. Negative: unbounded.
+	QueueMaxBytes int64
 	// Name is the durable subscriber's name, under which the routers keep
 	// what it has acked: unique among writers and stable across restarts.
 	// Empty means the sink's name.
 	Name string
+	// BatchRecords is how many records the writer gathers, at most about,
+	// into one sink write.
+	BatchRecords int
+	// BatchInterval is how long the writer waits for more records after
+	// the first of a sink write before it writes what it has.
+	BatchInterval time.Duration
+	// DeadLetterDir is the folder of the dead-letter file, which receives
+	// the records the sink refuses for good. Empty: QueueDir/dead-letter.
+	DeadLetterDir string
+	// Influx configures the InfluxDB sink (Sink == SinkInflux).
+	Influx influx.Config
+	// Lake configures the lake sink (Sink == SinkLake). Its Name is set to
+	// the subscriber name.
+	Lake lake.Config
 }
 
 // DefaultConfig returns the configuration of a writer on a laptop: one
@@ -41,14 +64,19 @@ type Config struct {
 // the queue under ./data.
 func DefaultConfig() Config {
 	return Config{
-		Routers:  []string{"tcp://127.0.0.1:5557"},
-		Sink:     SinkLake,
-		QueueDir: "data/storage-writer",
+		Routers:       []string{"tcp://127.0.0.1:5557"},
+		Sink:          SinkLake,
+		QueueDir:      "data/storage-writer",
+		QueueMaxBytes: 1 << 30,
+		BatchRecords:  5000,
+		BatchInterval: time.Second,
+		Influx:        influx.DefaultConfig(),
+		Lake:          lake.DefaultConfig(),
 	}
 }
 
 // RegisterFlags defines the writer's flags in fs, bound to c, with c's
-// current values as defaults.
+// current values as defaults, and the sinks' flags: -influx-* and -lake-*.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
 		"comma-separated ZeroMQ `endpoints` of every router's store. lane (tcp://host:port)")
@@ -56,8 +84,18 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"`sink` to write to: influx (InfluxDB) or lake (Parquet files)")
 	fs.StringVar(&c.QueueDir, "queue-dir", c.QueueDir,
 		"`directory` of this writer's own durable queue; must survive restarts")
+	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes,
+		"most entry `bytes` the writer's queue holds (a sink outage fills it); when full, routers are told busy and keep the data (negative: unbounded)")
 	fs.StringVar(&c.Name, "name", c.Name,
-		"durable subscriber `name`, unique among writers and stable across restarts (default: the sink, e.g. lake)")
+		"durable subscriber `name`, unique among writers and stable across restarts: a-z, 0-9, '_', '-' (default: the sink, e.g. lake)")
+	fs.IntVar(&c.BatchRecords, "batch-records", c.BatchRecords,
+		"records (`count`) gathered into one sink write, about; a backlog drains in writes of this size")
+	fs.DurationVar(&c.BatchInterval, "batch-interval", c.BatchInterval,
+		"longest wait (`duration`) for more records before a sink write")
+	fs.StringVar(&c.DeadLetterDir, "dead-letter-dir", c.DeadLetterDir,
+		"`folder` of the dead-letter file (JSON lines of the records the sink refuses for good; default: QUEUE-DIR/dead-letter)")
+	c.Influx.RegisterFlags(fs, "influx-")
+	c.Lake.RegisterFlags(fs, "lake-")
 }
 
 // SubscriberName returns the name the writer subscribes under: Name, or the
@@ -69,7 +107,16 @@ func (c Config) SubscriberName() string {
 	return c.Sink
 }
 
-// Validate reports every problem of the configuration at once.
+// deadLetterDir returns DeadLetterDir or its default.
+func (c Config) deadLetterDir() string {
+	if c.DeadLetterDir != "" {
+		return c.DeadLetterDir
+	}
+	return filepath.Join(c.QueueDir, "dead-letter")
+}
+
+// Validate reports every problem of the configuration at once, the chosen
+// sink's included.
 func (c Config) Validate() error {
 	var errs []error
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
@@ -81,9 +128,30 @@ func (c Config) Validate() error {
 	if c.QueueDir == "" {
 		errs = append(errs, errors.New("queue-dir: empty"))
 	}
+	if c.QueueMaxBytes == 0 {
+		errs = append(errs, errors.New("queue-max-bytes: 0 (want a bound, or negative for none)"))
+	}
 	if c.Name != "" {
-		if err := daemon.ValidateID(c.Name); err != nil {
+		if err := forward.ValidateSubscriberName(c.Name); err != nil {
 			errs = append(errs, fmt.Errorf("name: %w", err))
+		}
+	}
+	if c.BatchRecords < 1 {
+		errs = append(errs, fmt.Errorf("batch-records: %d: want at least 1", c.BatchRecords))
+	}
+	if c.BatchInterval <= 0 {
+		errs = append(errs, fmt.Errorf("batch-interval: %v: want more than 0", c.BatchInterval))
+	}
+	switch c.Sink {
+	case SinkInflux:
+		if err := c.Influx.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("influx: %w", err))
+		}
+	case SinkLake:
+		l := c.Lake
+		l.Name = c.SubscriberName()
+		if err := l.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("lake: %w", err))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

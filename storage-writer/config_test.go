@@ -1,12 +1,12 @@
 package storagewriter
 
 import (
-	"context"
 	"flag"
 	"io"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -45,10 +45,15 @@ func TestRegisterFlags(t *testing.T) {
 
 func TestValidateRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
-		"routers":   func(c *Config) { c.Routers = []string{} },
-		"sink":      func(c *Config) { c.Sink = "postgres" },
-		"queue-dir": func(c *Config) { c.QueueDir = "" },
-		"name":      func(c *Config) { c.Name = "has space" },
+		"routers":         func(c *Config) { c.Routers = []string{} },
+		"sink":            func(c *Config) { c.Sink = "postgres" },
+		"queue-dir":       func(c *Config) { c.QueueDir = "" },
+		"name":            func(c *Config) { c.Name = "has space" },
+		"batch-records":   func(c *Config) { c.BatchRecords = 0 },
+		"batch-interval":  func(c *Config) { c.BatchInterval = 0 },
+		"queue-max-bytes": func(c *Config) { c.QueueMaxBytes = 0 },
+		"lake":            func(c *Config) { c.Lake.Dir = "" },
+		"influx":          func(c *Config) { c.Sink = SinkInflux; c.Influx.URL = "" },
 	} {
 		cfg := DefaultConfig()
 		mutate(&cfg)
@@ -78,15 +83,35 @@ func TestNameDefaultsToSink(t *testing.T) {
 	}
 }
 
-func TestRunNotYetBuilt(t *testing.T) {
+func TestReadyBeforeRun(t *testing.T) {
 	w, err := New(DefaultConfig(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "not yet built") {
-		t.Errorf("Run = %v, want the not-yet-built error", err)
-	}
 	if w.Ready() == nil {
 		t.Error("Ready() = nil for a writer that does not run")
+	}
+}
+
+func TestSinkFlagsRegistered(t *testing.T) {
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("storage-writer", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfg.RegisterFlags(fs)
+	err := fs.Parse([]string{
+		"-sink", "influx", "-influx-url", "http://influx:8086", "-influx-database", "fleet",
+		"-lake-dir", "/lake", "-batch-records", "100", "-batch-interval", "250ms",
+		"-queue-max-bytes", "1048576", "-dead-letter-dir", "/dl",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Influx.URL != "http://influx:8086" || cfg.Influx.Database != "fleet" || cfg.Lake.Dir != "/lake" ||
+		cfg.BatchRecords != 100 || cfg.BatchInterval != 250*time.Millisecond || cfg.QueueMaxBytes != 1<<20 ||
+		cfg.DeadLetterDir != "/dl" {
+		t.Errorf("parsed %+v", cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("Validate() = %v", err)
 	}
 }

@@ -10,7 +10,19 @@
 //     drop duplicates exactly.
 //
 // A dead sink grows only its own writer's queue: ingest, the other sinks and
-// the live feed go on. The folder is storage-writer/ and the package is
+// the live feed go on.
+//
+// The writer opens one ZeroMQ DEALER per router, subscribes under its
+// durable name (forward.TypeSubscribe, every second), drops entries it has
+// appended before (a forward.SeqSet per router), appends the rest in
+// goroutines so that the receive loop never waits on fsync, and answers
+// each batch with an ack once it is durable, or busy when its queue is full
+// or its disk fails. One sink loop gathers up to Config.BatchRecords records
+// or Config.BatchInterval worth, writes them, and acks the queue only when
+// the sink returned nil. Transient sink errors are retried with jittered
+// exponential backoff; records the sink refuses for good are isolated by
+// bisection and written to a dead-letter file (see [DeadLetter] and
+// [ReplayDeadLetters]). docs/storage-writer.md is the operator's guide. The folder is storage-writer/ and the package is
 // storagewriter; import it by that name.
 //
 // The package is a library: cmd/drover builds a [Writer] from a [Config] with

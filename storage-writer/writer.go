@@ -3,20 +3,82 @@ package storagewriter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/queue"
+	"github.com/drover-telemetry/drover/storage-writer/influx"
+	"github.com/drover-telemetry/drover/storage-writer/lake"
+	"github.com/drover-telemetry/drover/storage-writer/sink"
 )
 
-// errNotBuilt is what the skeleton's Run and Ready return until the writer is
-// written.
-var errNotBuilt = errors.New("storage-writer: not yet built")
+// Limits of the writer.
+const (
+	// maxAppenders bounds the appends in flight (each waits for a group
+	// commit); a batch that finds them all busy is answered busy.
+	maxAppenders = 64
+	// maxRecordBytes is the writer queue's record size: what one append
+	// may carry. A router batch larger than that is appended in chunks.
+	maxRecordBytes = 4 << 20
+	// dedupIntervals bounds the memory of appended sequences per router.
+	dedupIntervals = 4096
+	// shutdownGrace bounds the sink write in flight at shutdown, and
+	// closing the sink.
+	shutdownGrace = 10 * time.Second
+	// pingInterval is how often the writer asks a sink that has not
+	// answered yet (readiness).
+	pingInterval = 2 * time.Second
+)
+
+// errNotRunning is what Ready says before Run has opened the queue.
+var errNotRunning = errors.New("storage-writer: not running (queue not open)")
+
+// pinger is a sink that can say whether its store answers (InfluxDB).
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// routerSeqs is what the writer knows of one router's queue sequences.
+type routerSeqs struct {
+	done    *forward.SeqSet    // appended to the writer's queue
+	pending []forward.Interval // being appended
+}
 
 // Writer is one durable subscriber with its queue and sink.
 type Writer struct {
 	cfg    Config
 	logger *slog.Logger
 	reg    prometheus.Registerer
+	m      *metrics
+
+	// newSink, when set (tests), replaces the configured sink.
+	newSink func() (sink.Sink, error)
+
+	running atomic.Bool
+	q       atomic.Pointer[queue.Queue]
+	sinkOK  atomic.Bool
+
+	mu      sync.Mutex
+	routers map[string]*routerSeqs
+	links   []*link
+
+	appendSem chan struct{}
+	appendWG  sync.WaitGroup
+	appendCtx context.Context
+
+	dl *deadLetter
+
+	// Owned by the sink loop.
+	sinkDown  bool
+	downSince time.Time
+	oldest    int64 // ReceivedMs of the oldest record being written, 0: none
 }
 
 // New checks cfg and returns a writer that logs to logger and registers its
@@ -30,6 +92,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 	}
 	cfg = cfg.clone()
 	cfg.Name = cfg.SubscriberName()
+	cfg.Lake.Name = cfg.Name
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -37,11 +100,20 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 		reg = prometheus.NewRegistry()
 	}
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"writer": cfg.Name}, reg)
-	return &Writer{
-		cfg:    cfg,
-		logger: logger.With("component", "storage-writer", "writer", cfg.Name, "sink", cfg.Sink),
-		reg:    reg,
-	}, nil
+	m := newMetrics()
+	if err := m.register(reg); err != nil {
+		return nil, err
+	}
+	w := &Writer{
+		cfg:       cfg,
+		logger:    logger.With("component", "storage-writer", "writer", cfg.Name, "sink", cfg.Sink),
+		reg:       reg,
+		m:         m,
+		routers:   make(map[string]*routerSeqs),
+		appendSem: make(chan struct{}, maxAppenders),
+	}
+	w.dl = newDeadLetter(cfg.deadLetterDir(), cfg.Name, cfg.Sink)
+	return w, nil
 }
 
 // Name returns the durable subscriber name the writer uses.
@@ -51,15 +123,379 @@ func (w *Writer) Name() string { return w.cfg.Name }
 // closes its subscriptions, flushes what the sink accepts in time, closes the
 // queue, and returns nil. It returns an error when it cannot start or goes
 // wrong; a failing sink is not such an error (the queue grows, and metrics
-// and logs say so).
+// and logs say so). A Writer runs once.
 func (w *Writer) Run(ctx context.Context) error {
-	return errNotBuilt
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("storage-writer: Run called twice")
+	}
+	q, err := queue.Open(w.cfg.QueueDir, queue.Options{
+		Name:           "writer-" + w.cfg.Name,
+		MaxBytes:       w.cfg.QueueMaxBytes,
+		MaxRecordBytes: maxRecordBytes,
+	}, w.logger, w.reg)
+	if err != nil {
+		return fmt.Errorf("storage-writer: open queue: %w", err)
+	}
+	s, err := w.openSink()
+	if err != nil {
+		if cerr := q.Close(); cerr != nil {
+			w.logger.Error("storage-writer: close queue", "err", cerr)
+		}
+		return fmt.Errorf("storage-writer: open sink %s: %w", w.cfg.Sink, err)
+	}
+	w.q.Store(q)
+	defer w.q.Store(nil)
+
+	// The sink write in flight at shutdown gets shutdownGrace to finish.
+	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
+	finished := make(chan struct{})
+	var bg sync.WaitGroup
+	defer func() {
+		close(finished)
+		wcancel()
+		bg.Wait()
+	}()
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		<-ctx.Done()
+		select {
+		case <-time.After(shutdownGrace):
+			wcancel()
+		case <-finished:
+		}
+	}()
+
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		w.watchSink(ctx, s)
+	}()
+
+	appendCtx, appendCancel := context.WithCancel(context.Background())
+	defer appendCancel()
+	w.appendCtx = appendCtx
+	w.mu.Lock()
+	for _, ep := range w.cfg.Routers {
+		l := newLink(w, ep)
+		w.links = append(w.links, l)
+		l.start()
+	}
+	w.mu.Unlock()
+	w.logger.Info("storage-writer: started", "routers", w.cfg.Routers, "queue_dir", w.cfg.QueueDir)
+
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		w.sinkLoop(ctx, wctx, q, s)
+	}()
+
+	<-ctx.Done()
+	// Stop receiving, let the appends in flight finish (their batches are
+	// acked, or not: the routers resend), then the sink write in flight.
+	w.mu.Lock()
+	links := w.links
+	w.links = nil
+	w.mu.Unlock()
+	for _, l := range links {
+		l.stop()
+	}
+	w.waitAppenders(appendCancel)
+	<-loopDone
+	w.sinkOK.Store(false)
+
+	var errs []error
+	cctx, ccancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer ccancel()
+	if err := s.Close(cctx); err != nil {
+		errs = append(errs, fmt.Errorf("close sink: %w", err))
+	}
+	if err := w.dl.close(); err != nil {
+		errs = append(errs, fmt.Errorf("close dead-letter file: %w", err))
+	}
+	if err := q.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close queue: %w", err))
+	}
+	w.logger.Info("storage-writer: stopped")
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("storage-writer: %w", err)
+	}
+	return nil
+}
+
+// waitAppenders waits for the appends in flight, cancelling them if the
+// disk takes longer than shutdownGrace (they are then not acked).
+func (w *Writer) waitAppenders(cancel context.CancelFunc) {
+	done := make(chan struct{})
+	go func() {
+		w.appendWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		w.logger.Warn("storage-writer: appends still running at shutdown; abandoning them (routers resend)")
+		cancel()
+		<-done
+	}
+}
+
+// openSink builds the configured sink.
+func (w *Writer) openSink() (sink.Sink, error) {
+	if w.newSink != nil {
+		return w.newSink()
+	}
+	switch w.cfg.Sink {
+	case SinkInflux:
+		return influx.New(w.cfg.Influx, w.logger, w.reg)
+	case SinkLake:
+		return lake.New(w.cfg.Lake, w.logger, w.reg)
+	}
+	return nil, fmt.Errorf("unknown sink %q", w.cfg.Sink)
+}
+
+// watchSink marks the sink as answering: at once for a sink that cannot be
+// pinged, after its first successful ping otherwise.
+func (w *Writer) watchSink(ctx context.Context, s sink.Sink) {
+	p, ok := s.(pinger)
+	if !ok {
+		w.sinkOK.Store(true)
+		return
+	}
+	for {
+		pctx, cancel := context.WithTimeout(ctx, pingInterval)
+		err := p.Ping(pctx)
+		cancel()
+		if err == nil {
+			w.sinkOK.Store(true)
+			return
+		}
+		w.logger.Debug("storage-writer: sink does not answer yet", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pingInterval):
+		}
+	}
 }
 
 // Ready reports whether the writer accepts and acks batches: nil once its
-// queue is open and it has subscribed, an error saying why not otherwise. A
-// failing sink does not make it unready. It is cheap and never blocks, for
-// /readyz.
+// queue is open and its sink has answered once (InfluxDB: a ping), an error
+// saying why not otherwise. A sink that fails later does not make it
+// unready: the queue takes the data meanwhile. It is cheap and never
+// blocks, for /readyz.
 func (w *Writer) Ready() error {
-	return errNotBuilt
+	if w.q.Load() == nil {
+		return errNotRunning
+	}
+	if !w.sinkOK.Load() {
+		return fmt.Errorf("storage-writer: sink %s has not answered yet", w.cfg.Sink)
+	}
+	return nil
+}
+
+// updateRoutersUp refreshes the routers-up gauge.
+func (w *Writer) updateRoutersUp() {
+	now := time.Now()
+	n := 0
+	w.mu.Lock()
+	for _, l := range w.links {
+		if l.up(now) {
+			n++
+		}
+	}
+	w.mu.Unlock()
+	w.m.routersUp.Set(float64(n))
+}
+
+// receive handles a batch from a router: it drops what was appended
+// before, starts an append of the rest, and answers. It never blocks.
+func (w *Writer) receive(l *link, m forward.Message) {
+	n := uint64(len(m.Entries))
+	w.m.batchesReceived.WithLabelValues(m.Sender).Inc()
+	w.m.entriesReceived.Add(float64(n))
+	for _, e := range m.Entries {
+		w.m.recordsReceived.Add(float64(countRecords(e)))
+	}
+	w.mu.Lock()
+	rs := w.routers[m.Sender]
+	if rs == nil {
+		rs = &routerSeqs{done: forward.NewSeqSet(dedupIntervals)}
+		w.routers[m.Sender] = rs
+	}
+	missing := rs.done.Missing(m.First, m.Last, nil)
+	if len(missing) == 0 {
+		w.mu.Unlock()
+		w.m.duplicates.Add(float64(n))
+		l.send(forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
+		return
+	}
+	var todo []forward.Interval
+	for _, iv := range missing {
+		todo = subtract(iv, rs.pending, todo)
+	}
+	if len(todo) == 0 {
+		// Everything new is being appended by an earlier copy of these
+		// entries, whose append answers for its own batch; this range is
+		// acked when the router resends it.
+		w.mu.Unlock()
+		w.m.duplicates.Add(float64(n))
+		return
+	}
+	select {
+	case w.appendSem <- struct{}{}:
+	default:
+		w.mu.Unlock()
+		w.m.busy.WithLabelValues("appenders").Inc()
+		l.send(forward.Message{Type: forward.TypeBusy, First: m.First, Last: m.Last, Reason: "writer: too many appends in flight"})
+		return
+	}
+	rs.pending = append(rs.pending, todo...)
+	w.appendWG.Add(1)
+	w.mu.Unlock()
+	w.m.duplicates.Add(float64(n - totalLen(todo)))
+	go w.appendBatch(l, rs, m, todo)
+}
+
+// appendBatch appends the entries todo of batch m to the queue, and acks
+// the batch when all of it is durable.
+func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval) {
+	defer w.appendWG.Done()
+	defer func() { <-w.appendSem }()
+	q := w.q.Load()
+	var failed error
+	for _, iv := range todo {
+		if failed != nil {
+			break
+		}
+		for first := iv.First; first <= iv.Last; {
+			entries, size := make([][]byte, 0, 16), 0
+			last := first
+			for seq := first; seq <= iv.Last; seq++ {
+				e := withRouter(m.Entries[seq-m.First], m.Sender)
+				if len(entries) > 0 && size+len(e)+16 > maxRecordBytes-1024 {
+					break
+				}
+				entries = append(entries, e)
+				size += len(e) + 16
+				last = seq
+			}
+			if _, err := q.Append(w.appendCtx, entries...); err != nil {
+				if errors.Is(err, queue.ErrTooLarge) && len(entries) == 1 {
+					err = w.dl.writeEntries(m.Sender, "entry larger than the writer's queue records ("+err.Error()+")", entries)
+					if err == nil {
+						w.m.undecodable.Inc()
+					}
+				}
+				if err != nil {
+					failed = err
+					break
+				}
+			} else {
+				w.m.appended.Add(float64(len(entries)))
+			}
+			w.mu.Lock()
+			rs.done.Add(first, last)
+			w.mu.Unlock()
+			first = last + 1
+		}
+	}
+	w.mu.Lock()
+	for _, iv := range todo {
+		rs.pending = removeInterval(rs.pending, iv)
+	}
+	complete := rs.done.Contains(m.First, m.Last)
+	w.mu.Unlock()
+	switch {
+	case failed != nil:
+		reason := "error"
+		switch {
+		case errors.Is(failed, queue.ErrFull):
+			reason = "full"
+		case errors.Is(failed, queue.ErrStorage):
+			reason = "storage"
+		case errors.Is(failed, queue.ErrClosed), errors.Is(failed, context.Canceled):
+			reason = "closed"
+		}
+		w.m.busy.WithLabelValues(reason).Inc()
+		if !queue.Retryable(failed) && reason != "closed" {
+			w.logger.Error("storage-writer: append failed", "router", m.Sender, "first", m.First, "last", m.Last, "err", failed)
+		}
+		l.send(forward.Message{Type: forward.TypeBusy, First: m.First, Last: m.Last, Reason: "writer: " + failed.Error()})
+	case complete:
+		l.send(forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
+	}
+}
+
+// withRouter returns entry (a serialized PublishBatch) with its router
+// field set to router: protobuf takes the last value of a field, so
+// appending the field sets it without decoding anything.
+func withRouter(entry []byte, router string) []byte {
+	out := make([]byte, 0, len(entry)+len(router)+3)
+	out = append(out, entry...)
+	out = protowire.AppendTag(out, 1, protowire.BytesType)
+	return protowire.AppendString(out, router)
+}
+
+// countRecords counts the records (field 3) of a serialized PublishBatch
+// without decoding them; a malformed entry counts what it has before the
+// damage.
+func countRecords(b []byte) int {
+	n := 0
+	for len(b) > 0 {
+		num, typ, k := protowire.ConsumeTag(b)
+		if k < 0 {
+			return n
+		}
+		b = b[k:]
+		k = protowire.ConsumeFieldValue(num, typ, b)
+		if k < 0 {
+			return n
+		}
+		if num == 3 && typ == protowire.BytesType {
+			n++
+		}
+		b = b[k:]
+	}
+	return n
+}
+
+// subtract appends to dst the parts of iv not covered by any of ivs.
+func subtract(iv forward.Interval, ivs []forward.Interval, dst []forward.Interval) []forward.Interval {
+	parts := []forward.Interval{iv}
+	for _, p := range ivs {
+		var next []forward.Interval
+		for _, x := range parts {
+			if p.Last < x.First || p.First > x.Last {
+				next = append(next, x)
+				continue
+			}
+			if p.First > x.First {
+				next = append(next, forward.Interval{First: x.First, Last: p.First - 1})
+			}
+			if p.Last < x.Last {
+				next = append(next, forward.Interval{First: p.Last + 1, Last: x.Last})
+			}
+		}
+		parts = next
+	}
+	return append(dst, parts...)
+}
+
+// removeInterval removes one occurrence of iv from ivs.
+func removeInterval(ivs []forward.Interval, iv forward.Interval) []forward.Interval {
+	for i, x := range ivs {
+		if x == iv {
+			return append(ivs[:i], ivs[i+1:]...)
+		}
+	}
+	return ivs
+}
+
+func totalLen(ivs []forward.Interval) uint64 {
+	var n uint64
+	for _, iv := range ivs {
+		n += iv.Len()
+	}
+	return n
 }

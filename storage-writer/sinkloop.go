@@ -1,0 +1,261 @@
+package storagewriter
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/drover-telemetry/drover/queue"
+	"github.com/drover-telemetry/drover/storage-writer/sink"
+	"github.com/drover-telemetry/drover/telemetry"
+)
+
+// Backoff of sink retries.
+const (
+	minRetryBackoff = 100 * time.Millisecond
+	maxRetryBackoff = 30 * time.Second
+	// readBytes is the entry bytes one queue Read takes.
+	readBytes = 1 << 20
+)
+
+// gathered is what the sink loop takes from the queue for one write.
+type gathered struct {
+	batches []queue.Batch
+	recs    []*telemetry.EnrichedRecord
+	routers []string // routers[i] brought recs[i]
+	bad     []badEntry
+	oldest  int64 // lowest ReceivedMs, 0 if none
+}
+
+// badEntry is a queue entry that is not a PublishBatch.
+type badEntry struct {
+	data []byte
+	err  error
+}
+
+// sinkLoop reads the queue, writes to the sink and acks the queue until ctx
+// ends; wctx bounds the last write.
+func (w *Writer) sinkLoop(ctx, wctx context.Context, q *queue.Queue, s sink.Sink) {
+	for {
+		g, err := w.gather(ctx, q)
+		if len(g.batches) == 0 {
+			if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
+				return
+			}
+			if err != nil {
+				w.logger.Error("storage-writer: read queue", "err", err)
+				if !sleepCtx(ctx, time.Second) {
+					return
+				}
+			}
+			continue
+		}
+		if w.store(ctx, wctx, s, g) {
+			for _, b := range g.batches {
+				q.Ack(b)
+			}
+			w.oldest = 0
+			w.m.backlogAge.Set(0)
+		} else {
+			for _, b := range g.batches {
+				q.Nack(b)
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// gather reads up to BatchRecords records, waiting at most BatchInterval
+// after the first for more.
+func (w *Writer) gather(ctx context.Context, q *queue.Queue) (gathered, error) {
+	var g gathered
+	b, err := q.Read(ctx, readBytes)
+	if err != nil {
+		return g, err
+	}
+	g.add(b)
+	deadline := time.Now().Add(w.cfg.BatchInterval)
+	for len(g.recs) < w.cfg.BatchRecords && ctx.Err() == nil {
+		if b, err = q.TryRead(readBytes); err == nil && len(b.Entries) > 0 {
+			g.add(b)
+			continue
+		}
+		if err != nil || !time.Now().Before(deadline) {
+			break
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		b, err = q.Read(rctx, readBytes)
+		cancel()
+		if err != nil {
+			break
+		}
+		g.add(b)
+	}
+	w.oldest = g.oldest
+	w.setBacklogAge()
+	return g, nil
+}
+
+func (g *gathered) add(b queue.Batch) {
+	g.batches = append(g.batches, b)
+	for _, e := range b.Entries {
+		var pb telemetry.PublishBatch
+		if err := proto.Unmarshal(e.Data, &pb); err != nil {
+			g.bad = append(g.bad, badEntry{data: append([]byte(nil), e.Data...), err: err})
+			continue
+		}
+		for _, r := range pb.GetRecords() {
+			if r == nil {
+				continue
+			}
+			g.recs = append(g.recs, r)
+			g.routers = append(g.routers, pb.GetRouter())
+			if ms := r.GetRecord().GetReceivedMs(); ms > 0 && (g.oldest == 0 || ms < g.oldest) {
+				g.oldest = ms
+			}
+		}
+	}
+}
+
+// store writes g to the sink, dead-lettering what it refuses for good. It
+// returns true when every record is stored or dead-lettered, false when
+// ctx ended first (the records stay queued).
+func (w *Writer) store(ctx, wctx context.Context, s sink.Sink, g gathered) bool {
+	for _, be := range g.bad {
+		w.logger.Error("storage-writer: queue entry is not a PublishBatch; dead-lettered", "err", be.err, "file", w.dl.path())
+		if !w.retryDeadLetter(ctx, func() error {
+			return w.dl.writeEntries("", "undecodable entry: "+be.err.Error(), [][]byte{be.data})
+		}) {
+			return false
+		}
+		w.m.undecodable.Inc()
+	}
+	if len(g.recs) == 0 {
+		return true
+	}
+	return w.writeIsolating(ctx, wctx, s, g.recs, g.routers, true) == nil
+}
+
+// writeIsolating writes recs; when the sink refuses them for good it
+// bisects them to find the records at fault and dead-letters those. It
+// returns nil when every record is stored or dead-lettered.
+func (w *Writer) writeIsolating(ctx, wctx context.Context, s sink.Sink, recs []*telemetry.EnrichedRecord, routers []string, top bool) error {
+	err := w.writeRetrying(ctx, wctx, s, recs)
+	if err == nil || !sink.IsPermanent(err) {
+		return err
+	}
+	if top {
+		w.logger.Warn("storage-writer: sink refuses records for good; isolating them", "records", len(recs), "err", err)
+	}
+	if len(recs) == 1 {
+		r := recs[0].GetRecord()
+		w.logger.Warn("storage-writer: record dead-lettered", "device", r.GetDeviceId(), "seq", r.GetReading().GetSeq(),
+			"router", routers[0], "reason", err, "file", w.dl.path())
+		if !w.retryDeadLetter(ctx, func() error { return w.dl.writeRecord(routers[0], err.Error(), recs[0]) }) {
+			return ctx.Err()
+		}
+		w.m.deadLettered.Inc()
+		return nil
+	}
+	mid := len(recs) / 2
+	if err := w.writeIsolating(ctx, wctx, s, recs[:mid], routers[:mid], false); err != nil {
+		return err
+	}
+	return w.writeIsolating(ctx, wctx, s, recs[mid:], routers[mid:], false)
+}
+
+// writeRetrying writes recs, retrying transient errors with jittered
+// exponential backoff until it works, the sink refuses for good (returned),
+// or ctx ends (the last error returned).
+func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*telemetry.EnrichedRecord) error {
+	backoff := minRetryBackoff
+	for {
+		start := time.Now()
+		err := s.Write(wctx, recs)
+		w.m.writeSeconds.Observe(time.Since(start).Seconds())
+		if err == nil {
+			if w.sinkDown {
+				w.sinkDown = false
+				w.m.sinkDown.Set(0)
+				w.logger.Info("storage-writer: sink is back; draining the backlog", "down_for", time.Since(w.downSince).Round(time.Millisecond))
+			}
+			w.sinkOK.Store(true)
+			w.m.sinkWrites.Inc()
+			w.m.recordsWritten.Add(float64(len(recs)))
+			w.m.writeRecords.Observe(float64(len(recs)))
+			return nil
+		}
+		if sink.IsPermanent(err) {
+			w.m.sinkErrors.WithLabelValues("permanent").Inc()
+			return err
+		}
+		w.m.sinkErrors.WithLabelValues("transient").Inc()
+		if ctx.Err() != nil {
+			return err
+		}
+		if !w.sinkDown {
+			w.sinkDown = true
+			w.downSince = time.Now()
+			w.m.sinkDown.Set(1)
+			w.logger.Warn("storage-writer: sink write failed; holding the records in the queue and retrying with backoff", "records", len(recs), "err", err)
+		}
+		if !sleepCtx(ctx, jitter(backoff)) {
+			return err
+		}
+		w.setBacklogAge()
+		backoff = min(2*backoff, maxRetryBackoff)
+	}
+}
+
+// setBacklogAge sets the backlog-age gauge from the oldest record being
+// written.
+func (w *Writer) setBacklogAge() {
+	if w.oldest > 0 {
+		w.m.backlogAge.Set(max(0, time.Since(time.UnixMilli(w.oldest)).Seconds()))
+	}
+}
+
+// retryDeadLetter runs write until it works or ctx ends, reporting whether
+// it worked. A dead-letter file that cannot be written is an outage like a
+// sink's: the records stay queued.
+func (w *Writer) retryDeadLetter(ctx context.Context, write func() error) bool {
+	backoff := minRetryBackoff
+	logged := false
+	for {
+		err := write()
+		if err == nil {
+			return true
+		}
+		w.m.sinkErrors.WithLabelValues("dead_letter").Inc()
+		if !logged {
+			w.logger.Error("storage-writer: cannot write the dead-letter file; retrying", "err", err)
+			logged = true
+		}
+		if !sleepCtx(ctx, jitter(backoff)) {
+			return false
+		}
+		backoff = min(2*backoff, maxRetryBackoff)
+	}
+}
+
+// jitter returns d ± 25%.
+func jitter(d time.Duration) time.Duration {
+	return d*3/4 + rand.N(d/2+1)
+}
+
+// sleepCtx sleeps d or until ctx ends, reporting whether it slept it all.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,183 @@
+package storagewriter
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/drover-telemetry/drover/storage-writer/sink"
+	"github.com/drover-telemetry/drover/telemetry"
+)
+
+// fakeSink fails its first failFor writes transiently, refuses for good
+// any batch holding a record whose key is in refuse, and keeps the rest.
+type fakeSink struct {
+	mu      sync.Mutex
+	failFor int
+	refuse  map[string]bool
+	tries   int
+	recs    []*telemetry.EnrichedRecord
+	closed  bool
+}
+
+func (f *fakeSink) open() (sink.Sink, error) { return f, nil }
+
+func (f *fakeSink) Name() string { return "fake" }
+
+func (f *fakeSink) Write(ctx context.Context, recs []*telemetry.EnrichedRecord) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tries++
+	if f.tries <= f.failFor {
+		return errors.New("fake: store unavailable")
+	}
+	for _, r := range recs {
+		if f.refuse[recKey(r)] {
+			return sink.Permanent(errors.New("fake: field type conflict"))
+		}
+	}
+	f.recs = append(f.recs, recs...)
+	return nil
+}
+
+func (f *fakeSink) Close(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+func (f *fakeSink) attempts() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tries
+}
+
+func (f *fakeSink) written() []*telemetry.EnrichedRecord {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*telemetry.EnrichedRecord(nil), f.recs...)
+}
+
+// TestSinkOutage: a sink that fails transiently holds the records in the
+// queue, retries (metrics say so), then writes them all.
+func TestSinkOutage(t *testing.T) {
+	dir := t.TempDir()
+	rt := startFakeRouter(t, "router-c")
+	cfg := testWriterConfig(dir, rt.addr)
+	fs := &fakeSink{failFor: 4}
+	r := startWriter(t, cfg, func(w *Writer) { w.newSink = fs.open })
+	waitFor(t, 10*time.Second, "subscribe", func() bool { return rt.subscriber() != "" })
+
+	recs := makeRecords(200, 4, 1)
+	rt.deliver(1, entriesOf(t, "router-c", recs, 25))
+	// Acked to the router while the sink is down: the queue holds them.
+	waitFor(t, 10*time.Second, "the sink down", func() bool { return r.metric(r.w.m.sinkDown) == 1 })
+	if n, _ := r.w.q.Load().Depth(); n == 0 {
+		t.Error("queue empty while the sink is down")
+	}
+	waitFor(t, 20*time.Second, "every record written", func() bool {
+		return r.metric(r.w.m.recordsWritten) == float64(len(recs))
+	})
+	if got := r.metric(r.w.m.sinkErrors.WithLabelValues("transient")); got != 4 {
+		t.Errorf("transient sink errors = %v, want 4", got)
+	}
+	if got := r.metric(r.w.m.sinkDown); got != 0 {
+		t.Errorf("sink_down = %v after recovery", got)
+	}
+	if got := len(fs.written()); got != len(recs) {
+		t.Errorf("sink holds %d records, want %d", got, len(recs))
+	}
+	seen := map[string]bool{}
+	for _, rec := range fs.written() {
+		seen[recKey(rec)] = true
+	}
+	for _, rec := range recs {
+		if !seen[recKey(rec)] {
+			t.Fatalf("record %s not written", recKey(rec))
+		}
+	}
+	waitFor(t, 10*time.Second, "queue emptied", func() bool {
+		n, _ := r.w.q.Load().Depth()
+		return n == 0
+	})
+}
+
+// TestDeadLetter: records the sink refuses for good are isolated and
+// dead-lettered; the rest are stored.
+func TestDeadLetter(t *testing.T) {
+	dir := t.TempDir()
+	rt := startFakeRouter(t, "router-d")
+	cfg := testWriterConfig(dir, rt.addr)
+	cfg.DeadLetterDir = dir + "/dl"
+	recs := makeRecords(300, 5, 1)
+	bad := map[string]bool{recKey(recs[7]): true, recKey(recs[150]): true, recKey(recs[151]): true}
+	fs := &fakeSink{refuse: bad}
+	r := startWriter(t, cfg, func(w *Writer) { w.newSink = fs.open })
+	waitFor(t, 10*time.Second, "subscribe", func() bool { return rt.subscriber() != "" })
+	rt.deliver(1, entriesOf(t, "router-d", recs, 50))
+
+	waitFor(t, 20*time.Second, "the good records written", func() bool { return len(fs.written()) == len(recs)-len(bad) })
+	waitFor(t, 10*time.Second, "dead letters counted", func() bool { return r.metric(r.w.m.deadLettered) == float64(len(bad)) })
+	if got := r.metric(r.w.m.sinkErrors.WithLabelValues("permanent")); got == 0 {
+		t.Error("permanent sink errors not counted")
+	}
+	for _, rec := range fs.written() {
+		if bad[recKey(rec)] {
+			t.Errorf("refused record %s stored", recKey(rec))
+		}
+	}
+	r.shutdown(t)
+
+	f, err := os.Open(cfg.DeadLetterDir + "/lake-dead-letter.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var dl DeadLetter
+		if err := json.Unmarshal(sc.Bytes(), &dl); err != nil {
+			t.Fatalf("dead-letter line %q: %v", sc.Text(), err)
+		}
+		if dl.Router != "router-d" || dl.Writer != "lake" || dl.Reason == "" || time.Since(dl.Time) > time.Minute {
+			t.Errorf("dead-letter line %+v", dl)
+		}
+		var rec telemetry.EnrichedRecord
+		if err := protojson.Unmarshal(dl.Record, &rec); err != nil {
+			t.Fatalf("dead-letter record %s: %v", dl.Record, err)
+		}
+		got[recKey(&rec)] = true
+	}
+	if len(got) != len(bad) {
+		t.Errorf("dead-lettered %v, want %v", got, bad)
+	}
+	for k := range bad {
+		if !got[k] {
+			t.Errorf("record %s not in the dead-letter file", k)
+		}
+	}
+
+	// Once the cause is fixed, the file replays into the sink.
+	if _, err := f.Seek(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	fixed := &fakeSink{}
+	n, skipped, err := ReplayDeadLetters(context.Background(), f, fixed, 2)
+	if err != nil || n != len(bad) || skipped != 0 {
+		t.Fatalf("ReplayDeadLetters = %d, %d, %v; want %d, 0, nil", n, skipped, err, len(bad))
+	}
+	for _, rec := range fixed.written() {
+		if !bad[recKey(rec)] {
+			t.Errorf("replayed %s, which was not dead-lettered", recKey(rec))
+		}
+	}
+}
