@@ -33,7 +33,7 @@ build:
 # The real dependencies tests start (InfluxDB, Azurite); each script is
 # idempotent and cached under .tools/.
 tools:
-	@for s in scripts/install-influxd.sh scripts/install-azurite.sh; do \
+	@for s in scripts/install-influxd.sh scripts/install-azurite.sh scripts/install-chromium.sh scripts/install-pyzmq.sh; do \
 		if [[ -x $$s ]]; then $$s; fi; \
 	done
 

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"slices"
+	"time"
 
 	"github.com/drover-telemetry/drover/internal/daemon"
 )
@@ -16,6 +18,49 @@ type Config struct {
 	Listen string
 	// Routers are the live. lane endpoints of every router.
 	Routers []string
+	// ID names this livefeed in logs and in the ZeroMQ identities of its
+	// subscriptions (ID.0, ID.1, ... one per router endpoint).
+	ID string
+
+	// Clients is the path of the clients file: the SHA-256 hashes of client
+	// tokens and the fleets each may see (see docs/live-api.md). It is
+	// reloaded on SIGHUP and when it changes. Empty: no file.
+	Clients string
+	// DevToken is a token that may see every fleet, for local runs. When
+	// neither Clients nor DevToken is set, Run makes up a random one and logs
+	// the map's URL with it, so that a laptop run is usable and never open.
+	DevToken string
+
+	// MaxClients bounds the client connections open at once; past it new
+	// ones are answered 503.
+	MaxClients int
+	// MaxRate is the most updates per second per vehicle a client gets; a
+	// client may ask for fewer, never for more.
+	MaxRate float64
+	// SnapshotMax bounds the vehicles of one snapshot; vehicles beyond it
+	// reach the client with their next update.
+	SnapshotMax int
+	// MaxSubscribeDevices bounds the device ids of one subscription.
+	MaxSubscribeDevices int
+	// SlowBacklog and SlowTimeout define a slow client: one whose backlog of
+	// distinct vehicles with an update due but not yet written stays above
+	// SlowBacklog for longer than SlowTimeout. It is told so and
+	// disconnected (close code 4002).
+	SlowBacklog int
+	SlowTimeout time.Duration
+	// WriteTimeout bounds one write to a client; a client that does not
+	// take a message within it is disconnected as slow.
+	WriteTimeout time.Duration
+	// PingInterval is how often a client is pinged; IdleTimeout is how long
+	// a client may stay silent (no message, no pong) before it is closed.
+	PingInterval time.Duration
+	IdleTimeout  time.Duration
+	// VehicleTTL is how long a vehicle that sends nothing stays in memory
+	// (and on clients' maps); 0 keeps vehicles forever.
+	VehicleTTL time.Duration
+	// ShutdownGrace bounds how long a stop waits for clients to take their
+	// close frame (1001) before closing their connections by force.
+	ShutdownGrace time.Duration
 }
 
 // DefaultConfig returns the configuration of a livefeed on a laptop: clients
@@ -24,6 +69,19 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:  ":8081",
 		Routers: []string{"tcp://127.0.0.1:5556"},
+		ID:      daemon.DefaultID("livefeed"),
+
+		MaxClients:          10000,
+		MaxRate:             10,
+		SnapshotMax:         20000,
+		MaxSubscribeDevices: 1000,
+		SlowBacklog:         1000,
+		SlowTimeout:         10 * time.Second,
+		WriteTimeout:        10 * time.Second,
+		PingInterval:        30 * time.Second,
+		IdleTimeout:         75 * time.Second,
+		VehicleTTL:          24 * time.Hour,
+		ShutdownGrace:       5 * time.Second,
 	}
 }
 
@@ -34,6 +92,34 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"`address` (host:port) of the WebSocket API and live map page clients connect to")
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
 		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port)")
+	fs.StringVar(&c.ID, "id", c.ID,
+		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
+	fs.StringVar(&c.Clients, "clients", c.Clients,
+		"`path` of the clients file (token SHA-256 hashes and the fleets each may see); reloaded on SIGHUP and change")
+	fs.StringVar(&c.DevToken, "dev-token", c.DevToken,
+		"client `token` allowed to see every fleet, for local runs (without it and -clients, a random one is logged)")
+	fs.IntVar(&c.MaxClients, "max-clients", c.MaxClients,
+		"most client `connections` open at once; past it new ones get 503")
+	fs.Float64Var(&c.MaxRate, "max-rate", c.MaxRate,
+		"most updates per second (`hz`) per vehicle sent to one client; clients may ask for fewer")
+	fs.IntVar(&c.SnapshotMax, "snapshot-max", c.SnapshotMax,
+		"most `vehicles` in one subscription snapshot; the rest arrive with their next update")
+	fs.IntVar(&c.MaxSubscribeDevices, "max-subscribe-devices", c.MaxSubscribeDevices,
+		"most device `ids` in one subscribe message")
+	fs.IntVar(&c.SlowBacklog, "slow-backlog", c.SlowBacklog,
+		"distinct `vehicles` with an update due but unsent above which a client counts as slow")
+	fs.DurationVar(&c.SlowTimeout, "slow-timeout", c.SlowTimeout,
+		"how long (`duration`) a client may stay above -slow-backlog before it is disconnected (close 4002)")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout,
+		"longest a write to a client may take (`duration`) before the client is disconnected as slow")
+	fs.DurationVar(&c.PingInterval, "ping-interval", c.PingInterval,
+		"how often (`duration`) clients are pinged to keep connections alive and detect dead ones")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout,
+		"a client silent (no message, no pong) for this `duration` is closed (4001)")
+	fs.DurationVar(&c.VehicleTTL, "vehicle-ttl", c.VehicleTTL,
+		"a vehicle that sends nothing for this `duration` is forgotten and removed from maps; 0 keeps it forever")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
+		"on stop, how long (`duration`) clients get to take their close frame (1001) before being cut")
 }
 
 // Validate reports every problem of the configuration at once.
@@ -44,6 +130,46 @@ func (c Config) Validate() error {
 	}
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	if err := daemon.ValidateID(c.ID); err != nil {
+		errs = append(errs, fmt.Errorf("id: %w", err))
+	}
+	if c.DevToken != "" && len(c.DevToken) < 8 {
+		errs = append(errs, errors.New("dev-token: shorter than 8 characters"))
+	}
+	positive := []struct {
+		name string
+		v    int
+	}{
+		{"max-clients", c.MaxClients}, {"snapshot-max", c.SnapshotMax},
+		{"max-subscribe-devices", c.MaxSubscribeDevices}, {"slow-backlog", c.SlowBacklog},
+	}
+	for _, p := range positive {
+		if p.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s: %d, want > 0", p.name, p.v))
+		}
+	}
+	if !(c.MaxRate > 0) || math.IsInf(c.MaxRate, 0) || c.MaxRate > 1000 {
+		errs = append(errs, fmt.Errorf("max-rate: %v, want > 0 and at most 1000", c.MaxRate))
+	}
+	durations := []struct {
+		name string
+		v    time.Duration
+	}{
+		{"slow-timeout", c.SlowTimeout}, {"write-timeout", c.WriteTimeout},
+		{"ping-interval", c.PingInterval}, {"idle-timeout", c.IdleTimeout},
+		{"shutdown-grace", c.ShutdownGrace},
+	}
+	for _, d := range durations {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s: %v, want > 0", d.name, d.v))
+		}
+	}
+	if c.PingInterval > 0 && c.IdleTimeout > 0 && c.IdleTimeout <= c.PingInterval {
+		errs = append(errs, fmt.Errorf("idle-timeout: %v, want more than ping-interval (%v)", c.IdleTimeout, c.PingInterval))
+	}
+	if c.VehicleTTL < 0 {
+		errs = append(errs, fmt.Errorf("vehicle-ttl: %v, want >= 0", c.VehicleTTL))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("livefeed config: %w", err)

@@ -4,9 +4,11 @@ import (
 	"context"
 	"flag"
 	"io"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -25,10 +27,14 @@ func TestRegisterFlags(t *testing.T) {
 			t.Errorf("flag -%s has no real usage text: %q", f.Name, f.Usage)
 		}
 	})
-	if err := fs.Parse([]string{"-listen", "127.0.0.1:0", "-routers", "tcp://r0:5556,tcp://r1:5556"}); err != nil {
+	if err := fs.Parse([]string{"-listen", "127.0.0.1:0", "-routers", "tcp://r0:5556,tcp://r1:5556",
+		"-clients", "/etc/drover/clients.json", "-dev-token", "local-dev-token", "-max-clients", "50",
+		"-max-rate", "2.5", "-snapshot-max", "100", "-slow-backlog", "10", "-slow-timeout", "3s"}); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Listen != "127.0.0.1:0" || !slices.Equal(cfg.Routers, []string{"tcp://r0:5556", "tcp://r1:5556"}) {
+	if cfg.Listen != "127.0.0.1:0" || !slices.Equal(cfg.Routers, []string{"tcp://r0:5556", "tcp://r1:5556"}) ||
+		cfg.Clients != "/etc/drover/clients.json" || cfg.DevToken != "local-dev-token" || cfg.MaxClients != 50 ||
+		cfg.MaxRate != 2.5 || cfg.SnapshotMax != 100 || cfg.SlowBacklog != 10 || cfg.SlowTimeout != 3*time.Second {
 		t.Errorf("parsed %+v", cfg)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -38,8 +44,17 @@ func TestRegisterFlags(t *testing.T) {
 
 func TestValidateRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
-		"listen":  func(c *Config) { c.Listen = "" },
-		"routers": func(c *Config) { c.Routers = []string{"tcp://r0:5556", "tcp://r0:5556"} },
+		"listen":       func(c *Config) { c.Listen = "" },
+		"routers":      func(c *Config) { c.Routers = []string{"tcp://r0:5556", "tcp://r0:5556"} },
+		"id":           func(c *Config) { c.ID = "a/b" },
+		"dev-token":    func(c *Config) { c.DevToken = "short" },
+		"max-clients":  func(c *Config) { c.MaxClients = 0 },
+		"max-rate":     func(c *Config) { c.MaxRate = 0 },
+		"snapshot-max": func(c *Config) { c.SnapshotMax = -1 },
+		"slow-backlog": func(c *Config) { c.SlowBacklog = 0 },
+		"slow-timeout": func(c *Config) { c.SlowTimeout = 0 },
+		"idle-timeout": func(c *Config) { c.IdleTimeout = c.PingInterval },
+		"vehicle-ttl":  func(c *Config) { c.VehicleTTL = -time.Second },
 	} {
 		cfg := DefaultConfig()
 		mutate(&cfg)
@@ -53,15 +68,27 @@ func TestValidateRejects(t *testing.T) {
 	}
 }
 
-func TestRunNotYetBuilt(t *testing.T) {
-	f, err := New(DefaultConfig(), nil, nil)
+func TestRunTwice(t *testing.T) {
+	noLeaks(t)
+	pub := newPublisher(t, "r0")
+	rf := startFeed(t, nil, pub)
+	if err := rf.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Errorf("second Run = %v, want an error", err)
+	}
+}
+
+func TestRunFailsOnBadClientsFile(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Clients = filepath.Join(t.TempDir(), "missing.json")
+	f, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "not yet built") {
-		t.Errorf("Run = %v, want the not-yet-built error", err)
+	if err := f.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "clients") {
+		t.Errorf("Run = %v, want a clients file error", err)
 	}
 	if f.Ready() == nil {
-		t.Error("Ready() = nil for a livefeed that does not run")
+		t.Error("Ready() = nil for a livefeed that could not start")
 	}
 }

@@ -1,7 +1,8 @@
 // Package livefeed serves drover's live view. It subscribes to the live.
 // lane of every router, keeps the latest state of every vehicle, and serves
 // web and mobile clients over WebSocket, each with its own filter (devices,
-// fleet, map area), plus the built-in live map page.
+// fleet, map area), plus the built-in live map page. docs/live-api.md is the
+// client's reference.
 //
 // The live lane is best effort: a reading missed here is still stored by the
 // storage writers. A slow client gets the latest state per vehicle
@@ -9,4 +10,29 @@
 //
 // The package is a library: cmd/drover builds a [Feed] from a [Config] with
 // [New] and runs it with [Feed.Run].
+//
+// # How an update travels
+//
+// One goroutine per router endpoint reads its zmq4 SUB socket (ingest.go),
+// decodes each telemetry.PublishBatch and applies its records to the vehicle
+// store (state.go): a sharded map of immutable vehicle states, where a
+// reading older than the state (device time, then seq) is ignored. Each new
+// state is encoded to JSON once, there. The changes are then offered to the
+// clients whose fleets include the vehicle (the hub, indexed by fleet).
+//
+// Offering never waits for a client (client.go): under the client's lock it
+// puts the state in a map keyed by vehicle, replacing one not yet written
+// (conflation), or in a second map when the client's per-vehicle rate limit
+// holds it back, and wakes the client's writer. The writer, one goroutine
+// per client, takes what is due and writes it at the client's pace, copying
+// the shared JSON bytes. A client whose backlog of due vehicles stays above
+// Config.SlowBacklog for Config.SlowTimeout is told and closed; the rest of
+// the feed never notices it.
+//
+// A subscribe holds the client's updates, walks the store for the snapshot,
+// and queues the snapshot ahead of the updates that came in meanwhile, so a
+// client sees a snapshot and then only newer states. The client's scope (the
+// fleets of its token) is checked on every path: the hub only offers
+// vehicles of its fleets, the offer checks again, and the snapshot walk
+// checks each vehicle.
 package livefeed

@@ -2,15 +2,35 @@ package livefeed
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// errNotBuilt is what the skeleton's Run and Ready return until the livefeed
-// is written.
-var errNotBuilt = errors.New("livefeed: not yet built")
+// LivePath is the URL path of the client WebSocket API.
+const LivePath = "/v1/live"
+
+// QueryToken is the query parameter that carries a client token for clients
+// that cannot set the Authorization header (browsers' WebSocket).
+const QueryToken = "token"
+
+var (
+	errStarting = errors.New("livefeed: starting")
+	errNoRouter = errors.New("livefeed: not yet subscribed to any router")
+	errStopping = errors.New("livefeed: shutting down")
+	errRanTwice = errors.New("livefeed: Run called twice")
+)
 
 // Feed is one livefeed process's worth of subscriptions, vehicle state and
 // client server.
@@ -18,6 +38,32 @@ type Feed struct {
 	cfg    Config
 	logger *slog.Logger
 	reg    prometheus.Registerer
+	m      *metrics
+	store  *store
+
+	upgrader websocket.Upgrader
+
+	started    atomic.Bool
+	state      atomic.Pointer[error] // errStarting, nil while serving, errStopping
+	addr       atomic.Pointer[net.Addr]
+	subscribed atomic.Int32 // router endpoints subscribed to at least once
+	auth       atomic.Pointer[authStore]
+
+	// clientsPoll is how often the clients file is checked for changes;
+	// tests shorten it.
+	clientsPoll time.Duration
+
+	// hub: who gets the updates of which fleet. Read-locked by ingest for
+	// each batch; write-locked when a client comes or goes.
+	hubMu   sync.RWMutex
+	byFleet map[string]map[*client]struct{}
+	all     map[*client]struct{} // clients that may see every fleet
+
+	mu      sync.Mutex // guards the fields below
+	closing bool
+	active  int // connections admitted, from before the upgrade until released
+	conns   map[*client]struct{}
+	connWG  sync.WaitGroup
 }
 
 // New checks cfg and returns a livefeed that logs to logger and registers its
@@ -33,19 +79,409 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	return &Feed{cfg: cfg.clone(), logger: logger.With("component", "livefeed"), reg: reg}, nil
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	f := &Feed{
+		cfg:         cfg.clone(),
+		logger:      logger.With("component", "livefeed"),
+		reg:         reg,
+		m:           m,
+		store:       newStore(),
+		clientsPoll: 2 * time.Second,
+		byFleet:     make(map[string]map[*client]struct{}),
+		all:         make(map[*client]struct{}),
+		conns:       make(map[*client]struct{}),
+	}
+	f.upgrader = websocket.Upgrader{
+		HandshakeTimeout: cfg.WriteTimeout,
+		// Clients send a few small subscribe messages: a small read
+		// buffer keeps an idle connection cheap. Writes go through a
+		// pooled buffer held only while a message is written.
+		ReadBufferSize:  256,
+		WriteBufferSize: 16 << 10,
+		WriteBufferPool: &sync.Pool{},
+		// Clients authenticate with a token, never with cookies a browser
+		// would attach to a cross-site request: an Origin check protects
+		// nothing here and would refuse the map page served elsewhere.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	f.setState(errStarting)
+	return f, nil
+}
+
+func (f *Feed) setState(err error) { f.state.Store(&err) }
+
+// Addr returns the address the client server listens on, nil before it
+// does. With Listen "127.0.0.1:0" it tells tests the port.
+func (f *Feed) Addr() net.Addr {
+	if a := f.addr.Load(); a != nil {
+		return *a
+	}
+	return nil
+}
+
+// Ready reports whether the livefeed serves clients: nil once its server
+// listens and it has subscribed to at least one router endpoint, an error
+// saying why not otherwise. It stays nil while routers restart (clients are
+// still served the last known state). It is cheap and never blocks, for
+// /readyz.
+func (f *Feed) Ready() error {
+	if err := *f.state.Load(); err != nil {
+		return err
+	}
+	if f.subscribed.Load() == 0 {
+		return errNoRouter
+	}
+	return nil
 }
 
 // Run subscribes and serves clients until ctx ends, then closes every client
 // connection and subscription and returns nil. It returns an error when it
 // cannot start or goes wrong.
 func (f *Feed) Run(ctx context.Context) error {
-	return errNotBuilt
+	if !f.started.CompareAndSwap(false, true) {
+		return errRanTwice
+	}
+	devToken, generated := f.cfg.DevToken, false
+	if devToken == "" && f.cfg.Clients == "" {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		devToken, generated = hex.EncodeToString(b[:]), true
+	}
+	auth, err := newAuthStore(f.cfg.Clients, devToken, f.logger, f.m.reloads)
+	if err != nil {
+		f.setState(fmt.Errorf("livefeed: clients: %w", err))
+		return fmt.Errorf("livefeed: load clients: %w", err)
+	}
+	auth.interval = f.clientsPoll
+	auth.onChange = f.credentialsChanged
+	f.auth.Store(auth)
+
+	ln, err := net.Listen("tcp", f.cfg.Listen)
+	if err != nil {
+		f.setState(fmt.Errorf("livefeed: listen: %w", err))
+		return fmt.Errorf("livefeed: listen on %s: %w", f.cfg.Listen, err)
+	}
+	addr := ln.Addr()
+	f.addr.Store(&addr)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+LivePath, f.serveLive)
+	mux.HandleFunc("GET /readyz", f.serveReady)
+	mux.Handle("GET /", pageHandler())
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: f.cfg.WriteTimeout,
+		IdleTimeout:       f.cfg.IdleTimeout,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(f.logger.Handler(), slog.LevelDebug),
+	}
+
+	failed := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			failed <- fmt.Errorf("livefeed: serve: %w", err)
+		}
+	})
+	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBg()
+	var bg sync.WaitGroup
+	for i, ep := range f.cfg.Routers {
+		bg.Go(func() { f.subscribeRouter(bgCtx, i, ep) })
+	}
+	bg.Go(func() { auth.run(bgCtx) })
+	if f.cfg.VehicleTTL > 0 {
+		bg.Go(func() { f.expireLoop(bgCtx) })
+	}
+
+	f.setState(nil)
+	url := "http://" + browsable(addr) + "/"
+	f.logger.Info("livefeed: serving clients", "addr", addr.String(), "path", LivePath, "map", url,
+		"routers", strings.Join(f.cfg.Routers, ","))
+	if generated {
+		f.logger.Warn("livefeed: no -clients file and no -dev-token: made up a dev token that sees every fleet; "+
+			"open the map with it", "map", url+"?token="+devToken)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-failed:
+		f.logger.Info("livefeed: stopping after a failure")
+	}
+
+	f.setState(errStopping)
+	start := time.Now()
+	graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(graceCtx); err != nil {
+		_ = srv.Close()
+	}
+	wg.Wait()
+	n := f.closeClients()
+	f.logger.Info("livefeed: client connections closed", "clients", n, "took", time.Since(start))
+	stopBg()
+	bg.Wait()
+	f.logger.Info("livefeed: stopped", "took", time.Since(start))
+	return runErr
 }
 
-// Ready reports whether the livefeed serves clients: nil once its server
-// listens and it has subscribed, an error saying why not otherwise. It is
-// cheap and never blocks, for /readyz.
-func (f *Feed) Ready() error {
-	return errNotBuilt
+// browsable turns a listen address into one a browser on this host can
+// open: 127.0.0.1 for every interface.
+func browsable(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (f *Feed) serveReady(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := f.Ready(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintf(w, "not ready\n%v\n", err)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// closeClients stops admitting clients, closes every one with 1001 and
+// waits for them; a client that does not take its close frame within
+// ShutdownGrace is cut (kill's timer). It returns how many were open.
+func (f *Feed) closeClients() int {
+	f.mu.Lock()
+	f.closing = true
+	conns := make([]*client, 0, len(f.conns))
+	for c := range f.conns {
+		conns = append(conns, c)
+	}
+	f.mu.Unlock()
+	for _, c := range conns {
+		c.kill(websocket.CloseGoingAway, "going away", reasonShutdown)
+	}
+	f.connWG.Wait()
+	return len(conns)
+}
+
+// admit reserves a connection slot, or says why there is none.
+func (f *Feed) admit() (ok bool, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closing:
+		return false, reasonShutdown
+	case f.active >= f.cfg.MaxClients:
+		return false, reasonMaxClients
+	}
+	f.active++
+	f.connWG.Add(1)
+	return true, ""
+}
+
+func (f *Feed) unadmit() {
+	f.mu.Lock()
+	f.active--
+	f.mu.Unlock()
+	f.connWG.Done()
+}
+
+// track registers an established client with the server and the hub,
+// unless the livefeed is stopping.
+func (f *Feed) track(c *client) bool {
+	f.mu.Lock()
+	if f.closing {
+		f.mu.Unlock()
+		return false
+	}
+	f.conns[c] = struct{}{}
+	f.mu.Unlock()
+	f.hubMu.Lock()
+	if sc := c.who.scope; sc.all {
+		f.all[c] = struct{}{}
+	} else {
+		for fl := range sc.fleets {
+			set := f.byFleet[fl]
+			if set == nil {
+				set = make(map[*client]struct{})
+				f.byFleet[fl] = set
+			}
+			set[c] = struct{}{}
+		}
+	}
+	f.hubMu.Unlock()
+	return true
+}
+
+// release forgets an ended client and frees its slot.
+func (f *Feed) release(c *client) {
+	f.hubMu.Lock()
+	if sc := c.who.scope; sc.all {
+		delete(f.all, c)
+	} else {
+		for fl := range sc.fleets {
+			if set := f.byFleet[fl]; set != nil {
+				delete(set, c)
+				if len(set) == 0 {
+					delete(f.byFleet, fl)
+				}
+			}
+		}
+	}
+	f.hubMu.Unlock()
+	f.mu.Lock()
+	delete(f.conns, c)
+	f.active--
+	f.mu.Unlock()
+	f.m.clients.Dec()
+	f.connWG.Done()
+}
+
+// dispatch hands changes to every client that may be concerned: those whose
+// scope includes the vehicle's fleet now, or included it before (a vehicle
+// that moved to another fleet is removed from their maps). Each client is
+// offered the changes of one fleet at once, under one lock.
+func (f *Feed) dispatch(changes []change, now int64) {
+	if len(changes) == 0 {
+		return
+	}
+	f.hubMu.RLock()
+	defer f.hubMu.RUnlock()
+	if len(f.byFleet) > 0 {
+		groups := make(map[string][]change, 4)
+		for _, ch := range changes {
+			if _, ok := f.byFleet[ch.v.fleet]; ok {
+				groups[ch.v.fleet] = append(groups[ch.v.fleet], ch)
+			}
+			if ch.old != nil && ch.old.fleet != ch.v.fleet {
+				if _, ok := f.byFleet[ch.old.fleet]; ok {
+					groups[ch.old.fleet] = append(groups[ch.old.fleet], ch)
+				}
+			}
+		}
+		for fl, chs := range groups {
+			for c := range f.byFleet[fl] {
+				c.offer(chs, now)
+			}
+		}
+	}
+	for c := range f.all {
+		c.offer(changes, now)
+	}
+}
+
+// credentialsChanged closes the clients whose token is gone or whose fleets
+// changed: their scope is fixed for the life of a connection.
+func (f *Feed) credentialsChanged(cr *credentials) {
+	f.mu.Lock()
+	conns := make([]*client, 0, len(f.conns))
+	for c := range f.conns {
+		conns = append(conns, c)
+	}
+	f.mu.Unlock()
+	for _, c := range conns {
+		p := cr.byHash[c.who.hash]
+		switch {
+		case p == nil:
+			c.log(slog.LevelInfo, "livefeed: client token revoked; closing")
+			c.kill(CloseRevoked, "token revoked", reasonRevoked)
+		case !p.scope.equal(c.who.scope):
+			c.log(slog.LevelInfo, "livefeed: client fleets changed; closing so that it reconnects with them")
+			c.kill(CloseRevoked, "token fleets changed; reconnect", reasonRevoked)
+		}
+	}
+}
+
+// serveLive authenticates a client, upgrades its connection and starts its
+// two goroutines. It returns right after the upgrade, so that net/http
+// frees the buffers it holds for the request.
+func (f *Feed) serveLive(w http.ResponseWriter, r *http.Request) {
+	if !websocket.IsWebSocketUpgrade(r) {
+		f.refuseHTTP(w, http.StatusBadRequest, reasonNotWebSocket, "expected a WebSocket upgrade")
+		return
+	}
+	if ok, reason := f.admit(); !ok {
+		w.Header().Set("Retry-After", "5")
+		f.refuseHTTP(w, http.StatusServiceUnavailable, reason, "server busy, retry later")
+		return
+	}
+	token := bearerToken(r.Header.Get("Authorization"), r.URL.Query().Get(QueryToken))
+	if token == "" {
+		f.unadmit()
+		w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
+		f.refuseHTTP(w, http.StatusUnauthorized, reasonNoToken, "client token required")
+		return
+	}
+	who := f.auth.Load().current().authenticate(token)
+	if who == nil {
+		f.unadmit()
+		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
+		f.refuseHTTP(w, http.StatusUnauthorized, reasonBadToken, "bad token")
+		return
+	}
+	ws, err := f.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		f.unadmit()
+		f.m.refusals.WithLabelValues(reasonBadUpgrade).Inc()
+		f.logger.Info("livefeed: upgrade failed", "client", who.name, "err", err)
+		return
+	}
+	f.m.clients.Inc()
+	f.m.clientsAccepted.Inc()
+	c := newClient(f, ws, who)
+	if !f.track(c) {
+		msg := websocket.FormatCloseMessage(websocket.CloseGoingAway, "going away")
+		_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		_ = ws.Close()
+		f.m.clients.Dec()
+		f.m.disconnects.WithLabelValues(reasonShutdown).Inc()
+		f.unadmit()
+		return
+	}
+	c.log(slog.LevelDebug, "livefeed: client connected", "fleets", strings.Join(who.scope.list, ","))
+	c.hello()
+	go c.readLoop()
+	go c.writeLoop()
+}
+
+// refuseHTTP answers a request refused before the upgrade and counts it.
+func (f *Feed) refuseHTTP(w http.ResponseWriter, status int, reason, text string) {
+	f.m.refusals.WithLabelValues(reason).Inc()
+	level := slog.LevelInfo
+	if status == http.StatusServiceUnavailable {
+		level = slog.LevelDebug // a stampede would flood the log; the metric counts it
+	}
+	f.logger.Log(context.Background(), level, "livefeed: client refused", "status", status, "reason", reason)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintln(w, text)
+}
+
+// expireLoop forgets vehicles silent for longer than VehicleTTL.
+func (f *Feed) expireLoop(ctx context.Context) {
+	every := min(max(f.cfg.VehicleTTL/10, time.Second), time.Minute)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			gone := f.store.expire(now.Add(-f.cfg.VehicleTTL).UnixNano())
+			if len(gone) == 0 {
+				continue
+			}
+			f.m.vehicles.Sub(float64(len(gone)))
+			f.m.vehiclesExpired.Add(float64(len(gone)))
+			f.dispatch(gone, now.UnixNano())
+			f.logger.Debug("livefeed: forgot silent vehicles", "vehicles", len(gone), "ttl", f.cfg.VehicleTTL)
+		}
+	}
 }

@@ -1,0 +1,288 @@
+package livefeed
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// AllFleets in a client's fleets gives it every fleet, present and future.
+const AllFleets = "*"
+
+// ClientEntry is one client of the clients file.
+type ClientEntry struct {
+	// Name identifies the client in logs and metrics; it is not secret.
+	Name string `json:"name"`
+	// TokenSHA256 is the hex SHA-256 of the client's secret token.
+	TokenSHA256 string `json:"token_sha256"`
+	// Fleets are the fleets the client may see, at least one; "*" is every
+	// fleet.
+	Fleets []string `json:"fleets"`
+}
+
+// ClientsFile is the clients file's shape:
+//
+//	{"clients": [{"name": "acme-dispatch", "token_sha256": "9f86d0…", "fleets": ["acme"]},
+//	             {"name": "ops", "token_sha256": "…", "fleets": ["*"]}]}
+type ClientsFile struct {
+	Clients []ClientEntry `json:"clients"`
+}
+
+// HashToken returns the hex SHA-256 of a token, as the clients file stores
+// it.
+func HashToken(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+// WriteClientsFile writes a clients file atomically (temp file, then rename).
+func WriteClientsFile(path string, clients []ClientEntry) error {
+	b, err := json.MarshalIndent(ClientsFile{Clients: clients}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write clients file: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".clients-*")
+	if err != nil {
+		return fmt.Errorf("write clients file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write clients file: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write clients file: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write clients file: %w", err)
+	}
+	return nil
+}
+
+// scope is the set of fleets a client may see. Immutable.
+type scope struct {
+	all    bool
+	fleets map[string]struct{}
+	list   []string // sorted, for hello and comparisons
+}
+
+func newScope(fleets []string) *scope {
+	s := &scope{fleets: make(map[string]struct{}, len(fleets))}
+	for _, f := range fleets {
+		if f == AllFleets {
+			s.all = true
+			continue
+		}
+		s.fleets[f] = struct{}{}
+	}
+	if s.all {
+		s.fleets = nil
+		s.list = []string{AllFleets}
+		return s
+	}
+	s.list = sortedKeys(s.fleets)
+	return s
+}
+
+// allows reports whether the scope includes fleet.
+func (s *scope) allows(fleet string) bool {
+	if s.all {
+		return true
+	}
+	_, ok := s.fleets[fleet]
+	return ok
+}
+
+func (s *scope) equal(o *scope) bool { return slices.Equal(s.list, o.list) }
+
+// principal is an authenticated client identity.
+type principal struct {
+	name  string
+	hash  [sha256.Size]byte
+	scope *scope
+}
+
+// credentials is a loaded set of principals, keyed by token hash. Immutable.
+type credentials struct {
+	byHash map[[sha256.Size]byte]*principal
+}
+
+// newCredentials checks a clients file's entries. The dev token, if any,
+// joins them with every fleet.
+func newCredentials(entries []ClientEntry, devToken string) (*credentials, error) {
+	c := &credentials{byHash: make(map[[sha256.Size]byte]*principal, len(entries)+1)}
+	for i, e := range entries {
+		if e.Name == "" || len(e.Name) > 128 {
+			return nil, fmt.Errorf("client %d: name %q: want 1-128 characters", i, e.Name)
+		}
+		b, err := hex.DecodeString(e.TokenSHA256)
+		if err != nil || len(b) != sha256.Size {
+			return nil, fmt.Errorf("client %q: token_sha256 must be 64 hex characters", e.Name)
+		}
+		if len(e.Fleets) == 0 {
+			return nil, fmt.Errorf("client %q: no fleets (use \"*\" for all)", e.Name)
+		}
+		for _, f := range e.Fleets {
+			if f == "" {
+				return nil, fmt.Errorf("client %q: empty fleet name", e.Name)
+			}
+		}
+		p := &principal{name: e.Name, scope: newScope(e.Fleets)}
+		copy(p.hash[:], b)
+		if _, dup := c.byHash[p.hash]; dup {
+			return nil, fmt.Errorf("client %q: the same token hash is listed twice", e.Name)
+		}
+		c.byHash[p.hash] = p
+	}
+	if devToken != "" {
+		p := &principal{name: "dev-token", hash: sha256.Sum256([]byte(devToken)), scope: newScope([]string{AllFleets})}
+		c.byHash[p.hash] = p
+	}
+	return c, nil
+}
+
+// authenticate returns the principal of a token, or nil. The token is
+// hashed first: the map lookup compares hashes, which tells an attacker
+// nothing about the token.
+func (c *credentials) authenticate(token string) *principal {
+	if token == "" {
+		return nil
+	}
+	return c.byHash[sha256.Sum256([]byte(token))]
+}
+
+// loadClientsFile reads and parses a clients file.
+func loadClientsFile(path string) ([]ClientEntry, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read clients file: %w", err)
+	}
+	var f ClientsFile
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("parse clients file %s: %w", path, err)
+	}
+	return f.Clients, nil
+}
+
+// authStore holds the credentials in force and reloads the clients file on
+// SIGHUP and when it changes. A file that fails to load is logged and
+// counted; the credentials in force stay.
+type authStore struct {
+	path     string
+	devToken string
+	logger   *slog.Logger
+	cur      atomic.Pointer[credentials]
+	interval time.Duration
+	reloads  *prometheus.CounterVec
+	// onChange is called after a successful reload, from the reload
+	// goroutine.
+	onChange func(*credentials)
+
+	loaded os.FileInfo // of the file last loaded (or tried)
+}
+
+func newAuthStore(path, devToken string, logger *slog.Logger, reloads *prometheus.CounterVec) (*authStore, error) {
+	s := &authStore{path: path, devToken: devToken, logger: logger, interval: 2 * time.Second, reloads: reloads}
+	if err := s.reload(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *authStore) current() *credentials { return s.cur.Load() }
+
+func (s *authStore) reload() error {
+	var entries []ClientEntry
+	if s.path != "" {
+		st, err := os.Stat(s.path)
+		if err != nil {
+			s.reloads.WithLabelValues("error").Inc()
+			return fmt.Errorf("stat clients file: %w", err)
+		}
+		s.loaded = st
+		if entries, err = loadClientsFile(s.path); err != nil {
+			s.reloads.WithLabelValues("error").Inc()
+			return err
+		}
+	}
+	c, err := newCredentials(entries, s.devToken)
+	if err != nil {
+		s.reloads.WithLabelValues("error").Inc()
+		return fmt.Errorf("clients file %s: %w", s.path, err)
+	}
+	s.cur.Store(c)
+	s.reloads.WithLabelValues("ok").Inc()
+	return nil
+}
+
+// run reloads on SIGHUP and on file change until ctx ends.
+func (s *authStore) run(ctx context.Context) {
+	if s.path == "" {
+		return
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			s.reloadAndLog("SIGHUP")
+		case <-t.C:
+			if st, err := os.Stat(s.path); err == nil && s.changed(st) {
+				s.reloadAndLog("file changed")
+			}
+		}
+	}
+}
+
+// changed reports whether st is not the file last loaded: another
+// modification time or size, or another file (a new one renamed over it, as
+// atomic writers and Kubernetes ConfigMap updates do).
+func (s *authStore) changed(st os.FileInfo) bool {
+	return s.loaded == nil || !st.ModTime().Equal(s.loaded.ModTime()) || st.Size() != s.loaded.Size() ||
+		!os.SameFile(st, s.loaded)
+}
+
+func (s *authStore) reloadAndLog(why string) {
+	if err := s.reload(); err != nil {
+		s.logger.Error("livefeed: clients file reload failed; keeping the clients in force", "path", s.path, "trigger", why, "err", err)
+		return
+	}
+	n := len(s.current().byHash)
+	s.logger.Info("livefeed: clients file reloaded", "path", s.path, "trigger", why, "tokens", n)
+	if s.onChange != nil {
+		s.onChange(s.current())
+	}
+}
+
+// bearerToken returns a request's client token: from "Authorization:
+// Bearer", else from the token query parameter (browsers cannot set headers
+// on a WebSocket).
+func bearerToken(auth, query string) string {
+	if scheme, t, ok := strings.Cut(auth, " "); ok && strings.EqualFold(scheme, "Bearer") {
+		if t = strings.TrimSpace(t); t != "" {
+			return t
+		}
+	}
+	return query
+}
