@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-zeromq/zmq4"
+
 	"github.com/drover-telemetry/drover/internal/registry"
 )
 
@@ -34,12 +36,22 @@ func TestTargetsStartAndStopCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	router := "tcp://" + freeAddr(t)
+	// The livefeed is ready once subscribed to a router's live lane: give it
+	// one to subscribe to.
+	live := "tcp://" + freeAddr(t)
+	pub := zmq4.NewPub(t.Context())
+	if err := pub.Listen(live); err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
 	for _, tc := range []struct {
 		name string
 		args []string
 	}{
 		{"router", []string{"router", "-listen", router, "-live-pub", "tcp://" + freeAddr(t), "-store-pub", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "router")}},
 		{"frontend", []string{"frontend", "-listen", freeAddr(t), "-routers", router, "-queue-dir", filepath.Join(dir, "frontend"), "-registry", reg}},
+		{"livefeed", []string{"livefeed", "-listen", freeAddr(t), "-routers", live, "-dev-token", "dev-token-1"}},
+		{"storage-writer", []string{"storage-writer", "-sink", "lake", "-routers", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "writer"), "-lake-dir", filepath.Join(dir, "lake")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ops := freeAddr(t)

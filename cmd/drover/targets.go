@@ -90,7 +90,7 @@ func setupSim(fs *flag.FlagSet) buildFunc {
 
 const allHelp = `
 Runs one router, one frontend, one storage writer per entry of -sinks, one
-livefeed and, with -sim-devices, a simulated fleet, all in this process.
+livefeed and, with -simulate N, a fleet of N simulated vehicles, all in this process.
 Each component keeps its own flags under its name as a prefix: the
 frontend's -listen is -frontend.listen here (env DROVER_ALL_FRONTEND_LISTEN).
 What all wires itself has no flag: every queue lives under -data, and the
@@ -110,7 +110,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	sinks := daemon.StringList{storagewriter.SinkLake}
 	fs.Var(&sinks, "sinks", "comma-separated `sinks`, one storage writer each: influx, lake")
 	simDevices := 0
-	fs.IntVar(&simDevices, "sim-devices", simDevices,
+	fs.IntVar(&simDevices, "simulate", simDevices,
 		"`number` of simulated devices sending to the frontend; 0 for none")
 	fe := frontend.DefaultConfig()
 	registerPrefixed(fs, "frontend.", fe.RegisterFlags, "queue-dir", "routers")
