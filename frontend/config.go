@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // Config is a frontend's configuration. Start from [DefaultConfig].
@@ -28,6 +29,11 @@ type Config struct {
 	// Registry is the path of the device registry file (JSON, see
 	// internal/registry). It is reloaded on SIGHUP and when it changes.
 	Registry string
+	// RegistryStore, when set, is used instead of opening Registry, and its
+	// owner runs its reload loop: in one process (drover all) the frontend
+	// and the router share one store, because a store registers the
+	// drover_registry_* metrics.
+	RegistryStore *registry.Store `json:"-"`
 	// QueueMaxBytes bounds the bytes the queue holds (stored, not yet acked
 	// by a router). When it is reached, devices are told to try again later
 	// (close 1013) and nothing is acked.
@@ -165,7 +171,7 @@ func (c Config) Validate() error {
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))
 	}
-	if c.Registry == "" {
+	if c.Registry == "" && c.RegistryStore == nil {
 		errs = append(errs, errors.New("registry: empty"))
 	}
 	want := func(ok bool, name string, v any, what string) {

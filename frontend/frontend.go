@@ -158,10 +158,14 @@ func (f *Frontend) Run(ctx context.Context) error {
 	if !f.started.CompareAndSwap(false, true) {
 		return errRanTwice
 	}
-	store, err := registry.NewStore(f.cfg.Registry, f.logger, f.reg)
-	if err != nil {
-		f.setReady(fmt.Errorf("frontend: registry: %w", err))
-		return fmt.Errorf("frontend: load registry: %w", err)
+	store, ownStore := f.cfg.RegistryStore, false
+	if store == nil {
+		var err error
+		if store, err = registry.NewStore(f.cfg.Registry, f.logger, f.reg); err != nil {
+			f.setReady(fmt.Errorf("frontend: registry: %w", err))
+			return fmt.Errorf("frontend: load registry: %w", err)
+		}
+		ownStore = true
 	}
 	q, err := queue.Open(f.cfg.QueueDir, queue.Options{
 		Name:           "frontend",
@@ -229,7 +233,9 @@ func (f *Frontend) Run(ctx context.Context) error {
 	storeDone := make(chan struct{})
 	go func() {
 		defer close(storeDone)
-		_ = store.Run(storeCtx)
+		if ownStore {
+			_ = store.Run(storeCtx)
+		}
 	}()
 
 	f.setReady(nil)

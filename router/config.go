@@ -4,8 +4,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // Config is a router's configuration. Start from [DefaultConfig].
@@ -13,10 +18,12 @@ type Config struct {
 	// Listen is the ZeroMQ endpoint the ROUTER socket binds for frontends.
 	Listen string
 	// LivePub is the endpoint the PUB socket of the best-effort live. lane
-	// binds.
+	// binds (flag -live-pub).
 	LivePub string
-	// StorePub is the endpoint the PUB socket of the durable store. lane
-	// binds.
+	// StorePub is the endpoint the ROUTER socket of the durable store lane
+	// binds (flag -store-listen, alias -store-pub): storage writers connect
+	// a DEALER to it and speak the store-lane protocol of internal/forward.
+	// It is not a PUB socket (see doc.go); the field keeps its old name.
 	StorePub string
 	// QueueDir is the directory of the router's durable queue; it must
 	// survive restarts (a volume in Kubernetes).
@@ -39,6 +46,35 @@ type Config struct {
 	// the router remembers to recognise resent entries. Past it the oldest
 	// are forgotten: a resend of those is stored again, never lost.
 	DedupIntervals int
+
+	// Registry is the device registry file used to enrich records (fleet,
+	// vehicle class, region); reloaded on change and SIGHUP. Empty: no
+	// enrichment (records are published with no Enrichment), unless
+	// RegistryStore is set.
+	Registry string
+	// RegistryStore, when set, is used instead of opening Registry: in one
+	// process (drover all) the frontend and the router share one Store,
+	// because a Store registers drover_registry_* metrics. The router does
+	// not Run it; its owner does. Not a flag.
+	RegistryStore *registry.Store `json:"-"`
+	// Subscribers are the durable subscribers (storage writers' names) the
+	// router keeps data for from its first start, connected or not. Unknown
+	// names are also registered when they first subscribe, and kept from
+	// then on (persisted in QueueDir/subs/subscribers).
+	Subscribers []string
+	// SubscriberRetention: a durable subscriber not heard from for longer
+	// is dropped and its queue deleted (an error log and
+	// drover_router_subscribers_dropped_total). The operator's choice of
+	// how long a dead writer may hold data at the router.
+	SubscriberRetention time.Duration
+	// SubscriberQueueMaxBytes bounds each subscriber's queue at the router.
+	// When one is full the fan-out waits (back-pressure up to the
+	// frontends) until it drains or its subscriber is dropped. At least
+	// 64 KiB; negative: unbounded (the disk is then the bound).
+	SubscriberQueueMaxBytes int64
+	// LiveBuffer is how many batches may wait to be published on the live
+	// lane; past it they are dropped and counted.
+	LiveBuffer int
 }
 
 // DefaultConfig returns the configuration of a router on a laptop: frontends
@@ -56,6 +92,10 @@ func DefaultConfig() Config {
 		MaxPendingBatches: 1024,
 		MaxBatchBytes:     4 << 20,
 		DedupIntervals:    4096,
+
+		SubscriberRetention:     24 * time.Hour,
+		SubscriberQueueMaxBytes: 1 << 30,
+		LiveBuffer:              1024,
 	}
 }
 
@@ -66,8 +106,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"ZeroMQ `endpoint` bound for frontends (tcp://host:port; * for every interface)")
 	fs.StringVar(&c.LivePub, "live-pub", c.LivePub,
 		"ZeroMQ `endpoint` bound for the best-effort live. lane (livefeeds subscribe here)")
+	fs.StringVar(&c.StorePub, "store-listen", c.StorePub,
+		"ZeroMQ `endpoint` bound (ROUTER) for the durable store lane (storage writers connect here)")
 	fs.StringVar(&c.StorePub, "store-pub", c.StorePub,
-		"ZeroMQ `endpoint` bound for the durable store. lane (storage writers subscribe here)")
+		"alias of -store-listen (deprecated)")
 	fs.StringVar(&c.QueueDir, "queue-dir", c.QueueDir,
 		"`directory` of the durable queue; must survive restarts")
 	fs.StringVar(&c.ID, "id", c.ID,
@@ -78,6 +120,23 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"`number` of batches stored at once (held in memory until durable); past it the router answers busy")
 	fs.IntVar(&c.MaxBatchBytes, "max-batch-bytes", c.MaxBatchBytes,
 		"largest batch accepted from a frontend, in entry `bytes`; larger ones are rejected")
+	fs.StringVar(&c.Registry, "registry", c.Registry,
+		"device registry `file` for enrichment (fleet, vehicle class, region); empty: no enrichment")
+	fs.Func("subscribers", "comma-separated `names` of durable subscribers kept from the first start, connected or not (default none; unknown names register on first subscribe)", func(v string) error {
+		c.Subscribers = nil
+		for _, n := range strings.Split(v, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				c.Subscribers = append(c.Subscribers, n)
+			}
+		}
+		return nil
+	})
+	fs.DurationVar(&c.SubscriberRetention, "subscriber-retention", c.SubscriberRetention,
+		"a durable subscriber not heard from for this `duration` is dropped and its queue at the router deleted (logged, counted)")
+	fs.Int64Var(&c.SubscriberQueueMaxBytes, "subscriber-queue-max-bytes", c.SubscriberQueueMaxBytes,
+		"`bytes` each durable subscriber's queue at the router may hold; when one is full the fan-out waits (back-pressure to frontends); negative: unbounded")
+	fs.IntVar(&c.LiveBuffer, "live-buffer", c.LiveBuffer,
+		"`number` of batches waiting to be published on the live lane; past it they are dropped and counted")
 	fs.IntVar(&c.DedupIntervals, "dedup-intervals", c.DedupIntervals,
 		"`number` of sequence intervals remembered per frontend to drop resent entries; past it the oldest are forgotten (stored again if resent, never lost)")
 }
@@ -87,11 +146,14 @@ func (c Config) Validate() error {
 	var errs []error
 	endpoints := map[string]string{}
 	for _, ep := range []struct{ flag, value string }{
-		{"listen", c.Listen}, {"live-pub", c.LivePub}, {"store-pub", c.StorePub},
+		{"listen", c.Listen}, {"live-pub", c.LivePub}, {"store-listen", c.StorePub},
 	} {
 		if err := daemon.ValidateEndpoint(ep.value, true); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", ep.flag, err))
 			continue
+		}
+		if strings.HasSuffix(ep.value, ":0") {
+			continue // the system picks a free port for each
 		}
 		if other, dup := endpoints[ep.value]; dup {
 			errs = append(errs, fmt.Errorf("%s: %q is also %s; each lane needs its own endpoint", ep.flag, ep.value, other))
@@ -115,6 +177,22 @@ func (c Config) Validate() error {
 	}
 	if c.DedupIntervals < 1 {
 		errs = append(errs, fmt.Errorf("dedup-intervals: %d; want at least 1", c.DedupIntervals))
+	}
+	for i, n := range c.Subscribers {
+		if err := forward.ValidateSubscriberName(n); err != nil {
+			errs = append(errs, fmt.Errorf("subscribers: %w", err))
+		} else if slices.Contains(c.Subscribers[:i], n) {
+			errs = append(errs, fmt.Errorf("subscribers: %q named twice", n))
+		}
+	}
+	if c.SubscriberRetention <= 0 {
+		errs = append(errs, fmt.Errorf("subscriber-retention: %s; want a positive duration", c.SubscriberRetention))
+	}
+	if c.SubscriberQueueMaxBytes >= 0 && c.SubscriberQueueMaxBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("subscriber-queue-max-bytes: %d; want at least 64 KiB, or negative for none", c.SubscriberQueueMaxBytes))
+	}
+	if c.LiveBuffer < 1 {
+		errs = append(errs, fmt.Errorf("live-buffer: %d; want at least 1", c.LiveBuffer))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("router config: %w", err)

@@ -3,8 +3,10 @@ package router
 import (
 	"flag"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -26,13 +28,18 @@ func TestRegisterFlags(t *testing.T) {
 	err := fs.Parse([]string{
 		"-listen", "tcp://127.0.0.1:0",
 		"-live-pub", "tcp://127.0.0.1:6001",
-		"-store-pub", "ipc:///run/drover/store.sock",
+		"-store-listen", "ipc:///run/drover/store.sock",
 		"-queue-dir", "/var/lib/drover/router",
 		"-id", "router-1",
 		"-queue-max-bytes", "1048576",
 		"-max-pending-batches", "64",
 		"-max-batch-bytes", "65536",
 		"-dedup-intervals", "100",
+		"-registry", "/etc/drover/devices.json",
+		"-subscribers", "lake, influx",
+		"-subscriber-retention", "2h",
+		"-subscriber-queue-max-bytes", "1048576",
+		"-live-buffer", "8",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -48,8 +55,14 @@ func TestRegisterFlags(t *testing.T) {
 		MaxPendingBatches: 64,
 		MaxBatchBytes:     64 << 10,
 		DedupIntervals:    100,
+
+		Registry:                "/etc/drover/devices.json",
+		Subscribers:             []string{"lake", "influx"},
+		SubscriberRetention:     2 * time.Hour,
+		SubscriberQueueMaxBytes: 1 << 20,
+		LiveBuffer:              8,
 	}
-	if cfg != want {
+	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("parsed %+v, want %+v", cfg, want)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -59,16 +72,21 @@ func TestRegisterFlags(t *testing.T) {
 
 func TestValidateRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
-		"listen":              func(c *Config) { c.Listen = "127.0.0.1:5555" },
-		"live-pub":            func(c *Config) { c.LivePub = "udp://*:5556" },
-		"store-pub":           func(c *Config) { c.StorePub = "" },
-		"store-pub equal":     func(c *Config) { c.StorePub = c.LivePub },
-		"queue-dir":           func(c *Config) { c.QueueDir = "" },
-		"id":                  func(c *Config) { c.ID = "router/1" },
-		"queue-max-bytes":     func(c *Config) { c.QueueMaxBytes = 0 },
-		"max-pending-batches": func(c *Config) { c.MaxPendingBatches = 0 },
-		"max-batch-bytes":     func(c *Config) { c.MaxBatchBytes = -1 },
-		"dedup-intervals":     func(c *Config) { c.DedupIntervals = 0 },
+		"listen":                     func(c *Config) { c.Listen = "127.0.0.1:5555" },
+		"live-pub":                   func(c *Config) { c.LivePub = "udp://*:5556" },
+		"store-listen":               func(c *Config) { c.StorePub = "" },
+		"store-listen equal":         func(c *Config) { c.StorePub = c.LivePub },
+		"subscribers name":           func(c *Config) { c.Subscribers = []string{"Lake"} },
+		"subscribers twice":          func(c *Config) { c.Subscribers = []string{"lake", "lake"} },
+		"subscriber-retention":       func(c *Config) { c.SubscriberRetention = 0 },
+		"subscriber-queue-max-bytes": func(c *Config) { c.SubscriberQueueMaxBytes = 0 },
+		"live-buffer":                func(c *Config) { c.LiveBuffer = 0 },
+		"queue-dir":                  func(c *Config) { c.QueueDir = "" },
+		"id":                         func(c *Config) { c.ID = "router/1" },
+		"queue-max-bytes":            func(c *Config) { c.QueueMaxBytes = 0 },
+		"max-pending-batches":        func(c *Config) { c.MaxPendingBatches = 0 },
+		"max-batch-bytes":            func(c *Config) { c.MaxBatchBytes = -1 },
+		"dedup-intervals":            func(c *Config) { c.DedupIntervals = 0 },
 	} {
 		cfg := DefaultConfig()
 		mutate(&cfg)

@@ -1,23 +1,101 @@
 // Package router is drover's fan-in and fan-out tier. It accepts batches from
-// every frontend on a ZeroMQ ROUTER socket, appends each batch to its own
-// durable queue and acks the frontend only after fsync, enriches every
-// reading with what the registry knows of its device (fleet, vehicle class,
-// region), and publishes it in two lanes, each on its own PUB endpoint:
+// every frontend on a ZeroMQ ROUTER socket (-listen), appends each batch to
+// its own durable queue (the main queue) and acks the frontend only after
+// fsync, enriches every reading with what the registry knows of its device
+// (fleet, vehicle class, region), and delivers it in two lanes, each on its
+// own endpoint:
 //
-//   - live. at once and best effort, for the live feed; it may drop, and
-//     counts what it drops;
-//   - store. in queue order, for the named durable subscribers (the storage
-//     writers). A batch leaves the router's queue only when every registered
-//     durable subscriber has acked it; what stays un-acked is published again.
-//
-// Two endpoints, because a go-zeromq PUB socket writes to its subscribers one
-// after another: a slow durable subscriber must not stall the live lane.
-//
-// Built so far: the fan-in (receive, deduplicate, store, ack). Enrichment and
-// the two lanes come next; -live-pub and -store-pub are not bound yet.
+//   - the store lane (-store-listen, a ROUTER socket): to each named durable
+//     subscriber (the storage writers) from a queue of its own at the
+//     router, with a window, acks and resends (see "The store lane");
+//   - the live lane (-live-pub, a PUB socket): at once and best effort, for
+//     the live feed; it may drop, and counts what it drops.
 //
 // The package is a library: cmd/drover builds a [Router] from a [Config] with
-// [New] and runs it with [Router.Run].
+// [New] and runs it with [Router.Run]. [Config.RegistryStore] lets one
+// process (drover all) share the frontend's registry.Store (a Store
+// registers drover_registry_* metrics, so only one per registerer); else
+// the router opens -registry itself, and without either it publishes
+// records with no enrichment.
+//
+// # Fan-out
+//
+// One goroutine reads the main queue (up to 1 MiB at a time) and, for each
+// main entry, decodes its records, enriches each (unknown device: an empty
+// Enrichment, counted in drover_router_enrichment_misses_total) and builds
+// one telemetry.PublishBatch{Router: ID, Seq: main entry's sequence,
+// Records}. It appends the lot to EVERY subscriber queue
+// (QUEUE_DIR/subs/<name>/, concurrently: each queue's group commit covers
+// the lot), offers each batch to the live lane, and only then acks the main
+// entries. A subscriber queue that refuses (full at
+// -subscriber-queue-max-bytes, disk failing) makes the fan-out wait and
+// retry (drover_router_fanout_blocked = 1, a warning): the main queue then
+// fills and the router answers frontends busy: back-pressure reaches the
+// devices. That is deliberate (never a silent drop); the way out for a dead
+// writer is -subscriber-retention. While no durable subscriber is known at
+// all, the fan-out waits too: nothing leaves the main queue without a
+// durable home. A crash between the appends and the main ack fans the same
+// entries out again after the restart: duplicates, which writers and sinks
+// drop by (router, seq) and (device, reading seq).
+//
+// # Durable subscribers
+//
+// Subscribers are the names in -subscribers (kept from the router's first
+// start, connected or not) and every unknown name that subscribes (loud
+// log, drover_router_subscribers_registered_total). The set is persisted in
+// QUEUE_DIR/subs/subscribers, so a restart keeps them; a restart resets
+// their "last heard" clock to the start. A subscriber not heard from for
+// longer than -subscriber-retention (default 24h) is dropped: its queue is
+// deleted, with an error log naming what it loses and
+// drover_router_subscribers_dropped_total{subscriber}. A static name
+// dropped that way comes back, empty, at the next restart.
+//
+// # The store lane
+//
+// The protocol is internal/forward's, roles reversed (its doc.go, "The
+// store lane"): writers connect a DEALER and send subscribe{name} every
+// second; the router answers pong and sends that subscriber's queue as
+// batches (router ID as sender, the subscriber queue's sequences, one
+// PublishBatch per frame) to the identity of its latest subscribe; the
+// writer acks (appended to its own durable queue) or answers busy. One
+// goroutine per subscriber reads its queue and keeps at most 8 queue
+// batches of at most 256 KiB in flight (2 MiB: what a loopback or LAN TCP
+// buffer pair absorbs, so a writer that stops reading does not make the
+// ROUTER socket's writes block, which would stall every subscriber: zmq4
+// holds the socket's lock during each write; a 2 s send timeout is the
+// backstop). A batch is resent after 5 s without ack (with backoff, 50 ms
+// doubling to 5 s), after busy (same backoff), and all in flight at once
+// when the subscriber subscribes from a new identity or comes back after
+// 3 s of silence; a silent subscriber is sent nothing. Queue entries are
+// removed when acked. Subscriber queue sequences jump across router
+// restarts; writers must not expect them to be contiguous.
+//
+// Why not a PUB socket for the store lane: a zmq4 PUB has one writer
+// goroutine doing blocking writes to each subscriber in turn, so one slow
+// subscriber stalls all; with an HWM it drops silently for everyone, and
+// Send returns nil while dropping. With per-subscriber queues, cursors and
+// windows each writer drains at its own pace, and a dead writer grows only
+// its own queue at the router.
+//
+// # The live lane
+//
+// Messages are two frames: "live." (exactly those five bytes, [LiveTopic])
+// and a serialized PublishBatch. The fan-out offers each batch to a
+// bounded channel (-live-buffer) that one goroutine publishes from; when it
+// is full the batch is dropped and counted (drover_router_live_dropped_total):
+// a slow live subscriber never blocks the fan-out. zmq4's PUB socket may
+// also drop (its HWM) or be held to the slowest SUB's pace without telling
+// us; drover_router_live_published_total counts what was handed to it.
+// Checked against libzmq (pyzmq): TestLiveLaneLibzmq.
+//
+// Metrics: drover_router_fanout_{entries,records,bad_entries}_total,
+// drover_router_fanout_blocked, drover_router_enrichment_misses_total,
+// drover_router_live_{published,dropped}_total, drover_router_subscribers,
+// drover_router_subscribers_{registered,dropped}_total,
+// drover_router_subscriber_{sent,acked,resent}_batches_total{subscriber},
+// drover_router_subscriber_busy_total{subscriber},
+// drover_router_subscriber_connected{subscriber}, and each subscriber
+// queue's drover_queue_* with queue="sub-<name>".
 //
 // # Receiving
 //
@@ -84,8 +162,15 @@
 //
 // # Stopping
 //
-// When Run's context ends the router stops answering pings (frontends see
-// it down and fail over) and answers new batches busy, waits for the
-// appends under way and sends their acks, closes its socket, writes a
-// compact journal and closes the queue.
+// When Run's context ends the router stops answering pings and subscribes
+// (frontends and writers see it down), stops the fan-out (it finishes the
+// appends under way; main entries not yet in every subscriber queue are
+// given back), publishes what the live lane holds and closes it, stops the
+// subscriber senders (what they have in flight is sent again after a
+// restart) and closes their queues, answers new batches busy, waits for the
+// appends under way and sends their acks, closes its sockets, writes a
+// compact journal and closes the main queue.
+//
+// Ready is nil only while the main queue, the subscriber queues and the
+// three sockets are open and bound.
 package router

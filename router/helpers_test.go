@@ -60,6 +60,13 @@ func noLeaks(t testing.TB) {
 			buf = buf[:runtime.Stack(buf, true)]
 			var leaked []string
 			for _, g := range strings.Split(string(buf), "\n\n") {
+				if strings.Contains(g, "zmq4.(*pubMWriter).run") {
+					// zmq4 v0.17.0 never stops a PUB socket's writer
+					// goroutine (socket.Close does not close its
+					// pubMWriter): one parked goroutine per PUB socket
+					// ever made, holding no connection. Upstream's leak.
+					continue
+				}
 				if strings.Contains(g, "go-zeromq/zmq4") || strings.Contains(g, "drover/internal/forward") ||
 					(strings.Contains(g, "drover/router.") && !strings.Contains(g, "testing.tRunner")) ||
 					strings.Contains(g, "drover/queue.") {
@@ -83,9 +90,8 @@ func noLeaks(t testing.TB) {
 func testConfig(dir, id string) Config {
 	cfg := DefaultConfig()
 	cfg.Listen = "tcp://127.0.0.1:0"
-	// Not bound yet (later issues publish on them); distinct, as Validate wants.
-	cfg.LivePub = "tcp://127.0.0.1:1"
-	cfg.StorePub = "tcp://127.0.0.1:2"
+	cfg.LivePub = "tcp://127.0.0.1:0"
+	cfg.StorePub = "tcp://127.0.0.1:0"
 	cfg.QueueDir = dir
 	cfg.ID = id
 	return cfg

@@ -22,6 +22,23 @@ type metrics struct {
 	dedupSenders   prometheus.Gauge
 	dedupForgotten prometheus.Counter
 	journalErrors  prometheus.Counter
+
+	fanoutEntries    prometheus.Counter
+	fanoutRecords    prometheus.Counter
+	fanoutBad        prometheus.Counter
+	fanoutBlocked    prometheus.Gauge
+	enrichMisses     prometheus.Counter
+	livePublished    prometheus.Counter
+	liveDropped      prometheus.Counter
+	subscribers      prometheus.Gauge
+	subsRegistered   prometheus.Counter
+	subsDropped      *prometheus.CounterVec
+	subSent          *prometheus.CounterVec
+	subAcked         *prometheus.CounterVec
+	subBusy          *prometheus.CounterVec
+	subResent        *prometheus.CounterVec
+	subConnected     *prometheus.GaugeVec
+	subEventsDropped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,7 +54,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_rejected_batches_total",
 			Help: "Batches rejected as invalid, by reason (malformed, too_large)."}, []string{"reason"}),
 		badMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_bad_messages_total",
-			Help: "Messages dropped unanswered, by reason (version, type, malformed)."}, []string{"reason"}),
+			Help: "Messages dropped unanswered, by reason (version, type, malformed; subscribers: a subscribe refused past the cap of durable subscribers)."}, []string{"reason"}),
 		batchRecords: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_router_batch_records", Help: "Records per batch received.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
 		appendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_router_append_duration_seconds", Help: "Time to append a batch to the router queue durably (fsync, shared by group commit).",
@@ -47,6 +64,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		dedupForgotten: prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_dedup_forgotten_intervals_total", Help: "Intervals of stored sequences forgotten to stay within -dedup-intervals (their resends would be stored again)."}),
 		journalErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_dedup_journal_errors_total", Help: "Failed writes or syncs of the dedup journal."}),
 	}
+	m.fanoutEntries = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_entries_total", Help: "Main-queue entries fanned out to every subscriber queue (and offered to the live lane)."})
+	m.fanoutRecords = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_records_total", Help: "Records fanned out."})
+	m.fanoutBad = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_bad_entries_total", Help: "Main-queue entries that did not decode and were skipped (a bug or a damaged disk)."})
+	m.fanoutBlocked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_router_fanout_blocked", Help: "1 while the fan-out waits: a subscriber queue is full or failing, or no durable subscriber is known."})
+	m.enrichMisses = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_enrichment_misses_total", Help: "Records of devices unknown to the registry (published with an empty enrichment)."})
+	m.livePublished = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_published_total", Help: "Batches handed to the live lane's PUB socket (which may still drop them at its HWM without telling)."})
+	m.liveDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_dropped_total", Help: "Batches dropped by the live lane: its buffer (-live-buffer) was full, or the send failed."})
+	m.subscribers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_router_subscribers", Help: "Durable subscribers the router keeps a queue for."})
+	m.subsRegistered = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_subscribers_registered_total", Help: "Durable subscribers registered on their first subscribe (not in -subscribers, not persisted)."})
+	m.subsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscribers_dropped_total", Help: "Durable subscribers dropped (queue deleted) after -subscriber-retention without a subscribe."}, []string{"subscriber"})
+	m.subSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscriber_sent_batches_total", Help: "Store-lane batches sent to a subscriber for the first time."}, []string{"subscriber"})
+	m.subAcked = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscriber_acked_batches_total", Help: "Store-lane batches acked by a subscriber."}, []string{"subscriber"})
+	m.subBusy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscriber_busy_total", Help: "Busy answers from a subscriber (its own queue full)."}, []string{"subscriber"})
+	m.subResent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscriber_resent_batches_total", Help: "Store-lane batches sent again, by reason (timeout, busy, reconnect)."}, []string{"subscriber", "reason"})
+	m.subConnected = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drover_router_subscriber_connected", Help: "1 while a subscriber subscribes regularly, else 0."}, []string{"subscriber"})
+	m.subEventsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_subscriber_events_dropped_total", Help: "Subscribe/ack/busy messages dropped because a subscriber's sender was behind (acks lost this way cause resends)."})
 	for _, r := range []string{"queue_full", "storage", "overloaded", "stopping"} {
 		m.busy.WithLabelValues(r)
 	}
@@ -57,6 +90,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	register(reg, &m.busy, &m.rejected, &m.badMessages)
 	register(reg, &m.batchRecords, &m.appendSeconds)
 	register(reg, &m.pending, &m.dedupSenders)
+	register(reg, &m.fanoutEntries, &m.fanoutRecords, &m.fanoutBad, &m.enrichMisses, &m.livePublished, &m.liveDropped, &m.subsRegistered, &m.subEventsDropped)
+	register(reg, &m.fanoutBlocked, &m.subscribers)
+	register(reg, &m.subsDropped, &m.subSent, &m.subAcked, &m.subBusy, &m.subResent)
+	register(reg, &m.subConnected)
 	return m
 }
 

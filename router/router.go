@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
 )
 
@@ -59,6 +60,20 @@ type Router struct {
 	replies     replyQueue
 	busyLogged  atomic.Bool
 
+	// The lanes, set by Run.
+	registry  *registry.Store
+	live      *live
+	liveAddr  atomic.Pointer[string]
+	storeSock zmq4.Socket
+	storeAddr atomic.Pointer[string]
+	storeOut  replyQueue
+	timing    storeTiming
+	// subsMu guards subs, peers and subsClosed.
+	subsMu     sync.Mutex
+	subs       map[string]*subscriber
+	peers      map[string]*subscriber // ZeroMQ identity → subscriber
+	subsClosed bool
+
 	// abrupt (tests only) makes Run close its socket first when stopping,
 	// so that the acks of appends under way are lost: what a crash between
 	// fsync and ack leaves.
@@ -93,11 +108,15 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Router, e
 		logger: logger.With("component", "router", "router", cfg.ID),
 		reg:    reg,
 		m:      newMetrics(reg),
+		timing: defaultStoreTiming(),
+		subs:   map[string]*subscriber{},
+		peers:  map[string]*subscriber{},
 	}, nil
 }
 
 // Ready reports whether the router accepts and acks batches: nil once its
-// queue is open and its socket bound, an error saying why not otherwise. It
+// queues are open and its three sockets (frontends, live lane, store lane)
+// bound, an error saying why not otherwise. It
 // is cheap and never blocks, for /readyz.
 func (r *Router) Ready() error {
 	switch r.state.Load() {
@@ -116,6 +135,24 @@ func (r *Router) Ready() error {
 // the system chose when Listen asked for port 0, or "" before it is bound.
 func (r *Router) Addr() string {
 	if p := r.addr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// LiveAddr returns the endpoint the live lane is bound to (with the port
+// the system chose for port 0), or "" before it is bound.
+func (r *Router) LiveAddr() string {
+	if p := r.liveAddr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// StoreAddr returns the endpoint the store lane is bound to (with the port
+// the system chose for port 0), or "" before it is bound.
+func (r *Router) StoreAddr() string {
+	if p := r.storeAddr.Load(); p != nil {
 		return *p
 	}
 	return ""
@@ -153,6 +190,44 @@ func (r *Router) Run(ctx context.Context) error {
 
 	sockCtx, closeSock := context.WithCancel(context.Background())
 	defer closeSock()
+	regCtx, stopReg := context.WithCancel(context.Background())
+	defer stopReg()
+	var regDone chan struct{}
+	switch {
+	case r.cfg.RegistryStore != nil:
+		r.registry = r.cfg.RegistryStore
+	case r.cfg.Registry != "":
+		st, err := registry.NewStore(r.cfg.Registry, r.logger, r.reg)
+		if err != nil {
+			return errors.Join(fmt.Errorf("router: registry: %w", err), r.dd.close(), r.closeQueue())
+		}
+		r.registry = st
+		regDone = make(chan struct{})
+		go func() { defer close(regDone); _ = st.Run(regCtx) }()
+	}
+	defer func() {
+		stopReg()
+		if regDone != nil {
+			<-regDone
+		}
+	}()
+	if err := r.openSubscribers(); err != nil {
+		return errors.Join(err, r.closeSubscribers(), r.dd.close(), r.closeQueue())
+	}
+	r.storeOut.init()
+	storeAddr, err := r.openStoreLane(sockCtx)
+	if err != nil {
+		return errors.Join(err, r.closeSubscribers(), r.dd.close(), r.closeQueue())
+	}
+	r.storeAddr.Store(&storeAddr)
+	lv, liveAddr, err := openLive(sockCtx, r.cfg.LivePub, r.cfg.LiveBuffer, r.m, r.logger)
+	if err != nil {
+		_ = r.storeSock.Close()
+		return errors.Join(err, r.closeSubscribers(), r.dd.close(), r.closeQueue())
+	}
+	r.live = lv
+	r.liveAddr.Store(&liveAddr)
+	go lv.run()
 	r.sock = zmq4.NewRouter(sockCtx,
 		zmq4.WithID(zmq4.SocketIdentity(r.cfg.ID)),
 		zmq4.WithTimeout(replyTimeout),
@@ -160,7 +235,9 @@ func (r *Router) Run(ctx context.Context) error {
 	)
 	if err := r.sock.Listen(r.cfg.Listen); err != nil {
 		_ = r.sock.Close()
-		return errors.Join(fmt.Errorf("router: listen on %s: %w", r.cfg.Listen, err), r.dd.close(), r.closeQueue())
+		_ = r.storeSock.Close()
+		lv.close()
+		return errors.Join(fmt.Errorf("router: listen on %s: %w", r.cfg.Listen, err), r.closeSubscribers(), r.dd.close(), r.closeQueue())
 	}
 	addr := r.cfg.Listen
 	if a := r.sock.Addr(); a != nil && strings.HasPrefix(addr, "tcp://") {
@@ -176,14 +253,35 @@ func (r *Router) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); defer close(writerDone); r.writeLoop() }()
 	stopSync := make(chan struct{})
 	go func() { defer wg.Done(); r.syncLoop(stopSync) }()
+	var lanes sync.WaitGroup
+	storeRecvDone := make(chan struct{})
+	lanes.Go(func() { defer close(storeRecvDone); r.storeRecvLoop(sockCtx) })
+	storeWriterDone := make(chan struct{})
+	lanes.Go(func() { defer close(storeWriterDone); r.storeWriteLoop() })
+	fanCtx, stopFanout := context.WithCancel(context.Background())
+	defer stopFanout()
+	fanoutDone := make(chan struct{})
+	lanes.Go(func() { defer close(fanoutDone); r.fanoutLoop(fanCtx) })
+	lanes.Go(func() { r.retentionLoop(fanCtx) })
 
 	r.state.Store(stateReady)
 	depth, bytes := q.Depth()
-	r.logger.Info("router: listening", "endpoint", addr, "queue_entries", depth, "queue_bytes", bytes)
+	r.logger.Info("router: listening", "endpoint", addr, "live", liveAddr, "store", storeAddr,
+		"subscribers", len(r.snapshotSubs()), "enrichment", r.registry != nil, "queue_entries", depth, "queue_bytes", bytes)
 
 	<-ctx.Done()
 	start := time.Now()
 	r.state.Store(stateStopping)
+	// The lanes first: the fan-out finishes the appends under way (the main
+	// entries it took are acked, or given back), then the live lane
+	// publishes what is queued, then each subscriber's sender stops (what
+	// it has in flight is sent again after the restart).
+	stopFanout()
+	<-fanoutDone
+	r.live.close()
+	subsErr := r.closeSubscribers()
+	r.storeOut.close()
+	<-storeWriterDone
 	if r.abrupt {
 		closeSock()
 		_ = r.sock.Close()
@@ -201,9 +299,14 @@ func (r *Router) Run(ctx context.Context) error {
 		r.logger.Debug("router: close socket", "err", err)
 	}
 	<-recvDone
+	if err := r.storeSock.Close(); err != nil {
+		r.logger.Debug("router: close store socket", "err", err)
+	}
+	<-storeRecvDone
+	lanes.Wait()
 	close(stopSync)
 	wg.Wait()
-	errs := []error{r.dd.close(), r.closeQueue()}
+	errs := []error{subsErr, r.dd.close(), r.closeQueue()}
 	r.logger.Info("router: stopped", "took", time.Since(start))
 	return errors.Join(errs...)
 }

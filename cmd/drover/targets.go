@@ -14,6 +14,8 @@ import (
 
 	"github.com/drover-telemetry/drover/frontend"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/sim"
 	"github.com/drover-telemetry/drover/livefeed"
 	"github.com/drover-telemetry/drover/router"
 	storagewriter "github.com/drover-telemetry/drover/storage-writer"
@@ -90,34 +92,41 @@ func setupSim(fs *flag.FlagSet) buildFunc {
 
 const allHelp = `
 Runs one router, one frontend, one storage writer per entry of -sinks, one
-livefeed and, with -simulate N, a fleet of N simulated vehicles, all in this process.
-Each component keeps its own flags under its name as a prefix: the
-frontend's -listen is -frontend.listen here (env DROVER_ALL_FRONTEND_LISTEN).
-What all wires itself has no flag: every queue lives under -data, and the
-frontend, the storage writers and the livefeed connect on loopback to the
-router's -router.listen, -router.store-pub and -router.live-pub.`
+livefeed and, with -simulate N, a fleet of N simulated vehicles, all in this
+process and connected over loopback ZeroMQ and WebSocket, exactly as they
+would be in separate processes. Each component keeps its own flags under its
+name as a prefix: the frontend's -listen is -frontend.listen here (env
+DROVER_ALL_FRONTEND_LISTEN). What all wires itself has no flag: every queue
+lives under -data, the frontend and the router share one device registry,
+the router keeps a durable subscriber queue for each sink, and the writers
+and the livefeed connect to the router's -router.store-listen and
+-router.live-pub on loopback.`
 
 // setupAll wires one router, one frontend, one storage writer per sink, one
-// livefeed and optionally a simulated fleet in one process. The components
-// keep their own flags under a prefix (-frontend.listen, -router.store-pub,
-// env DROVER_ALL_FRONTEND_LISTEN...), except those that all derives: every
-// queue directory comes from -data, and every component connects to the one
-// router's endpoints on loopback.
+// livefeed and optionally a simulated fleet in one process.
 func setupAll(fs *flag.FlagSet) buildFunc {
 	dataDir := "data"
 	fs.StringVar(&dataDir, "data", dataDir,
-		"`directory` holding every queue: DIR/frontend, DIR/router, DIR/storage-writer-SINK")
+		"`directory` holding every queue (DIR/frontend, DIR/router, DIR/storage-writer-SINK), the lake (DIR/lake) and, with -simulate, the registry")
 	sinks := daemon.StringList{storagewriter.SinkLake}
 	fs.Var(&sinks, "sinks", "comma-separated `sinks`, one storage writer each: influx, lake")
 	simDevices := 0
 	fs.IntVar(&simDevices, "simulate", simDevices,
-		"`number` of simulated devices sending to the frontend; 0 for none")
+		"`number` of simulated vehicles sending to the frontend; 0 for none")
+	registryPath := ""
+	fs.StringVar(&registryPath, "registry", registryPath,
+		"device registry `file` shared by the frontend and the router; default DIR/registry.json, written from the fleet with -simulate")
+	influxCfg := storagewriter.DefaultConfig().Influx
+	fs.StringVar(&influxCfg.URL, "influx-url", influxCfg.URL, "InfluxDB `URL` for the influx sink")
+	fs.StringVar(&influxCfg.Database, "influx-database", influxCfg.Database, "InfluxDB `database` for the influx sink")
 	fe := frontend.DefaultConfig()
-	registerPrefixed(fs, "frontend.", fe.RegisterFlags, "queue-dir", "routers")
+	registerPrefixed(fs, "frontend.", fe.RegisterFlags, "queue-dir", "routers", "registry")
 	rt := router.DefaultConfig()
-	registerPrefixed(fs, "router.", rt.RegisterFlags, "queue-dir")
+	registerPrefixed(fs, "router.", rt.RegisterFlags, "queue-dir", "registry", "subscribers")
 	lf := livefeed.DefaultConfig()
 	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, "routers")
+	simOpts := defaultSimOptions()
+	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed")
 
 	return func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
 		if dataDir == "" {
@@ -129,9 +138,32 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		if err := os.MkdirAll(dataDir, 0o755); err != nil {
 			return nil, fmt.Errorf("data: %w", err)
 		}
-		var err error
+		frontendURL, err := loopbackURL("frontend.listen", fe.Listen)
+		if err != nil {
+			return nil, err
+		}
+		if registryPath == "" {
+			registryPath = filepath.Join(dataDir, "registry.json")
+		}
+		if simDevices > 0 {
+			simOpts.fleet.Devices = simDevices
+			simOpts.fleet.URLs = []string{frontendURL}
+			simOpts.fleet.TokenSeed = "drover-all"
+			simOpts.summary, simOpts.progress = "", 0
+			if err := sim.WriteRegistry(registryPath, simOpts.fleet); err != nil {
+				return nil, fmt.Errorf("simulate: %w", err)
+			}
+		}
+		store, err := registry.NewStore(registryPath, logger, reg)
+		if err != nil {
+			return nil, fmt.Errorf("registry: %w (give -registry, or -simulate N to have one written)", err)
+		}
+
 		rt.QueueDir = filepath.Join(dataDir, "router")
+		rt.RegistryStore = store
+		rt.Subscribers = nil
 		fe.QueueDir = filepath.Join(dataDir, "frontend")
+		fe.RegistryStore, fe.Registry = store, registryPath
 		fe.Routers = make([]string, 1)
 		if fe.Routers[0], err = loopbackEndpoint("router.listen", rt.Listen); err != nil {
 			return nil, err
@@ -140,29 +172,36 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		if lf.Routers[0], err = loopbackEndpoint("router.live-pub", rt.LivePub); err != nil {
 			return nil, err
 		}
-		storePub, err := loopbackEndpoint("router.store-pub", rt.StorePub)
+		storeEndpoint, err := loopbackEndpoint("router.store-listen", rt.StorePub)
 		if err != nil {
 			return nil, err
 		}
 
 		// Added in start order; the group stops them in reverse: the fleet
 		// and the frontend first, the router (which the frontend drains to)
-		// last.
-		var units []unit
+		// and the registry last.
+		units := []unit{{name: "registry", run: store.Run, ready: func() error { return nil }}}
+		var writers []*storagewriter.Writer
+		for _, sink := range sinks {
+			cfg := storagewriter.DefaultConfig()
+			cfg.Sink = sink
+			cfg.Routers = []string{storeEndpoint}
+			cfg.QueueDir = filepath.Join(dataDir, "storage-writer-"+sink)
+			cfg.Influx.URL, cfg.Influx.Database = influxCfg.URL, influxCfg.Database
+			cfg.Lake.Dir = filepath.Join(dataDir, "lake")
+			w, err := storagewriter.New(cfg, logger, reg)
+			if err != nil {
+				return nil, err
+			}
+			rt.Subscribers = append(rt.Subscribers, w.Name())
+			writers = append(writers, w)
+		}
 		r, err := router.New(rt, logger, reg)
 		if err != nil {
 			return nil, err
 		}
 		units = append(units, unit{name: "router", run: r.Run, ready: r.Ready})
-		for _, sink := range sinks {
-			cfg := storagewriter.DefaultConfig()
-			cfg.Sink = sink
-			cfg.Routers = []string{storePub}
-			cfg.QueueDir = filepath.Join(dataDir, "storage-writer-"+sink)
-			w, err := storagewriter.New(cfg, logger, reg)
-			if err != nil {
-				return nil, err
-			}
+		for _, w := range writers {
 			units = append(units, unit{name: "storage-writer/" + w.Name(), run: w.Run, ready: w.Ready})
 		}
 		l, err := livefeed.New(lf, logger, reg)
@@ -170,31 +209,13 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			return nil, err
 		}
 		units = append(units, unit{name: "livefeed", run: l.Run, ready: l.Ready})
-		var simOpts *simOptions
-		if simDevices > 0 {
-			sc := defaultSimOptions()
-			sc.fleet.Devices = simDevices
-			sc.summary, sc.progress = "", 0
-			fu, err := loopbackURL("frontend.listen", fe.Listen)
-			if err != nil {
-				return nil, err
-			}
-			sc.fleet.URLs = []string{fu}
-			// The simulated devices must be in the frontend's registry:
-			// unless one was given, all writes the fleet's own.
-			if fe.Registry == frontend.DefaultConfig().Registry {
-				sc.writeRegistry = filepath.Join(dataDir, "registry.json")
-				fe.Registry = sc.writeRegistry
-			}
-			simOpts = &sc
-		}
 		f, err := frontend.New(fe, logger, reg)
 		if err != nil {
 			return nil, err
 		}
 		units = append(units, unit{name: "frontend", run: f.Run, ready: f.Ready})
-		if simOpts != nil {
-			su, err := newSim(*simOpts, logger, reg)
+		if simDevices > 0 {
+			su, err := newSim(simOpts, logger, reg)
 			if err != nil {
 				return nil, err
 			}

@@ -31,6 +31,17 @@
 //	reject     type 4  body = first:uint64 last:uint64 reason:utf8
 //	ping       type 5  body = nonce:uint64
 //	pong       type 6  body = nonce:uint64 incarnation:uint64 router:bytes
+//	subscribe  type 7  body = nonce:uint64 name:bytes
+//	packed     type 8  body = first:uint64 last:uint64 sender:bytes   frame 2 = entries, each uvarint length + bytes
+//
+// packed (type 8) is a batch with all its entries in one frame, each
+// preceded by its length (uvarint); Decode returns it as a batch
+// (Message.Type TypeBatch, Packed true), so receivers handle both alike.
+// zmq4 reads every frame with its own read(2) calls: the drainer sends
+// packed batches, which doubled the frontend → router hop's throughput
+// here (BenchmarkDrainToRouter, sync=never, inflight=16: ~236k → ~460k
+// entries/s). A router older than type 8 ignores it (counted) and the
+// frontend times out: upgrade routers first, as the versioning rules say.
 //
 // batch (frontend → router): one frame per entry of the sender's queue,
 // entries first..last in order (last-first+1 frames, at most [MaxEntries]).
@@ -69,6 +80,79 @@
 // a version: a receiver ignores (and counts) a type it does not know. New
 // fields go at the end of a body (a router's ID and a reason already end
 // theirs, so a new field needs a new version or type).
+//
+// # The store lane (router → durable subscribers)
+//
+// The same version-1 messages carry the router's durable lane to the
+// storage writers, with the roles reversed, plus one type. The router binds
+// a ROUTER socket (-store-listen); each writer connects one DEALER per
+// router (zmq4 v0.17.0's DEALER copies each message to all its connections),
+// with an identity of its own per socket (see below).
+//
+//	subscribe  (writer → router)  nonce, name
+//	pong       (router → writer)  nonce, incarnation, router
+//	batch      (router → writer)  first..last, sender = router ID, frames = PublishBatch
+//	           (or packed: the same in one frame; forward.Decode reads both)
+//	ack        (writer → router)  first..last
+//	busy       (writer → router)  first..last, reason
+//
+// subscribe names the durable subscriber (name: 1 to 64 bytes of a-z, 0-9,
+// '_', '-', not starting with '_' or '-'; see [ValidateSubscriberName]) and
+// is sent on connect and then every heartbeat (1 s). The router answers pong
+// (as to a ping) and registers a name it does not know: from then on it
+// keeps a queue for it (QUEUE_DIR/subs/<name>/ at the router) until the
+// subscriber has not been heard from for the router's retention. A
+// subscribe is also what tells the router where (which ZeroMQ identity) to
+// send that subscriber's batches: the router sends nothing to a subscriber
+// before its first subscribe, sends to the identity of its latest
+// subscribe, and sends again everything in flight when that identity
+// changes (a new writer process or socket) or when the subscriber comes
+// back after DownAfter (3 s) without a subscribe. So a writer gives its
+// DEALER an identity unique per socket (zmq4's default, a random UUID, or
+// name + random suffix), never a fixed one: with two connections under one
+// identity a zmq4 ROUTER writes to both. Only one writer process should
+// subscribe under a name at a time; two would take turns receiving
+// batches (each subscribe moves the flow to its sender) and both ack.
+//
+// batch: entries first..last of the router's queue FOR THAT SUBSCRIBER
+// (each subscriber has its own queue and sequence numbers at the router),
+// one frame per entry, in order; sender is the router's ID. Each entry is a
+// serialized telemetry.PublishBatch{router, seq, records}: router ID, the
+// sequence of the router's main-queue entry it came from (increasing per
+// router, never reused; for dedup and tracing, not the subscriber-queue
+// sequence), and the enriched records. A main entry too large for one
+// PublishBatch (past 3 MiB, or a quarter of the router's
+// -subscriber-queue-max-bytes) is split into several with the same seq,
+// so (router, seq) names a main entry, not one PublishBatch: dedup
+// readings by (device, reading seq).
+// Sequences of a subscriber queue jump after a router restart (as a
+// frontend's do): a writer must not expect first to follow the last batch.
+//
+// ack (writer → router): the writer has appended entries first..last to its
+// own durable queue (fsynced). The router then removes them from that
+// subscriber's queue. Acks are by range: the router counts as acked every
+// batch it sent whose first..last lies within the ack's range, so a writer
+// acks each batch with its own first..last (or a covering range, after
+// appending all of it). An ack for a range the router no longer has in
+// flight (late, or after a resend) is harmless.
+//
+// busy (writer → router): the writer did not take first..last (its queue
+// is full, its disk failing, it is stopping). The router keeps them and
+// resends later, with backoff.
+//
+// The router keeps a bounded window of batches in flight per subscriber
+// (so that no subscriber's TCP buffer can block the ROUTER socket's
+// writes) and resends a batch not acked in time, and everything in flight
+// when it sees a new incarnation of the writer (its subscribe comes from a
+// new ZeroMQ identity). A writer sees a router restart by the pong's
+// incarnation, as frontends do; it needs to do nothing about it but go on
+// subscribing and acking: the router resends what was not acked.
+// After a resend, batches may arrive twice and out of order (a resent
+// batch after a later one). Duplicates happen (resend after a lost ack,
+// router restart, a crash of the router between fan-out and its own ack):
+// writers and sinks dedup or are idempotent by (router, PublishBatch.seq)
+// and by (device, reading seq). A writer acks a batch it received twice as
+// it acked it the first time.
 //
 // # The router's queue entry
 //
@@ -126,5 +210,6 @@
 //     router's answers to all.
 //   - Listen on port 0 works; Addr returns the bound address.
 //   - Every frame is read with its own read(2) calls (no buffering): a batch
-//     of n entries costs the router about 2n+2 reads.
+//     of n entries costs the router about 2n+2 reads; a packed batch about
+//     6 (hence type 8).
 package forward

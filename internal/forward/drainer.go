@@ -458,7 +458,7 @@ func (d *Drainer) trySend(now time.Time) {
 				continue
 			}
 			d.byFirst[r.first] = r
-			l.enqueue(outMsg{frames: batchFrames(d.cfg.Sender, r.first, r.last, r.entries), first: r.first, last: r.last})
+			l.enqueue(outMsg{frames: packedBatchFrames(d.cfg.Sender, r.first, r.last, r.entries), first: r.first, last: r.last})
 			d.m.sentBatches.Inc()
 			d.m.sentEntries.Add(float64(len(r.entries)))
 			d.m.sentBytes.Add(float64(r.bytes))

@@ -151,7 +151,10 @@ func (f *fakeRouter) reply(peer []byte, m Message) {
 		f.t.Fatal(err)
 	}
 	if err := f.sock.Send(zmq4.NewMsgFrom(append([][]byte{peer}, frames...)...)); err != nil {
-		f.t.Errorf("fake router reply: %v", err)
+		// A drainer connection closing under the reply (tests stop
+		// drainers and sockets while replies are under way): the drainer
+		// resends what it did not hear about, which is what is tested.
+		f.t.Logf("fake router reply: %v", err)
 	}
 }
 

@@ -41,6 +41,15 @@ const (
 	// the router (Router) and its process incarnation (Incarnation, random
 	// per start), so that a frontend notices a restart.
 	TypePong Type = 6
+	// TypeSubscribe (storage writer → router, store lane) names a durable
+	// subscriber (Name) and asks for a TypePong echoing Nonce. It is sent on
+	// connect and then every heartbeat; the router registers an unknown Name.
+	TypeSubscribe Type = 7
+	// TypePackedBatch is TypeBatch with every entry in one frame (each
+	// prefixed with its uvarint length): zmq4 reads each frame with its own
+	// read(2) calls, so one frame instead of n saves the receiver most of
+	// its reads. Decode returns it as a TypeBatch with Packed set.
+	TypePackedBatch Type = 8
 )
 
 // String returns the type's name, for logs and metric labels.
@@ -58,6 +67,10 @@ func (t Type) String() string {
 		return "ping"
 	case TypePong:
 		return "pong"
+	case TypeSubscribe:
+		return "subscribe"
+	case TypePackedBatch:
+		return "packed-batch"
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
 }
@@ -102,6 +115,12 @@ type Message struct {
 	Incarnation uint64
 	// Router is the router's ID (TypePong).
 	Router string
+	// Name is the durable subscriber's stable name (TypeSubscribe); see
+	// [ValidateSubscriberName].
+	Name string
+	// Packed (TypeBatch): Frames encodes the batch as a TypePackedBatch,
+	// all entries in one frame; Decode sets it for a packed batch.
+	Packed bool
 }
 
 const (
@@ -127,6 +146,9 @@ func (m Message) Frames() ([][]byte, error) {
 		if err := daemon.ValidateID(m.Sender); err != nil {
 			return nil, fmt.Errorf("%w: sender: %w", ErrMalformed, err)
 		}
+		if m.Packed {
+			return packedBatchFrames(m.Sender, m.First, m.Last, m.Entries), nil
+		}
 		return batchFrames(m.Sender, m.First, m.Last, m.Entries), nil
 	case TypeAck, TypeBusy, TypeReject:
 		if err := checkRange(m.First, m.Last); err != nil {
@@ -139,6 +161,12 @@ func (m Message) Frames() ([][]byte, error) {
 		}
 	case TypePing:
 		h = binary.BigEndian.AppendUint64(h, m.Nonce)
+	case TypeSubscribe:
+		if err := ValidateSubscriberName(m.Name); err != nil {
+			return nil, fmt.Errorf("%w: subscriber: %w", ErrMalformed, err)
+		}
+		h = binary.BigEndian.AppendUint64(h, m.Nonce)
+		h = append(h, m.Name...)
 	case TypePong:
 		if err := daemon.ValidateID(m.Router); err != nil {
 			return nil, fmt.Errorf("%w: router: %w", ErrMalformed, err)
@@ -164,6 +192,44 @@ func batchFrames(sender string, first, last uint64, entries [][]byte) [][]byte {
 	return append(frames, entries...)
 }
 
+// packedBatchFrames encodes a packed batch whose fields the caller has
+// checked: the batch header (with type TypePackedBatch) and one frame of
+// entries, each a uvarint length followed by its bytes.
+func packedBatchFrames(sender string, first, last uint64, entries [][]byte) [][]byte {
+	h := make([]byte, 0, hdrBase+hdrRange+len(sender))
+	h = append(h, Version, byte(TypePackedBatch))
+	h = binary.BigEndian.AppendUint64(h, first)
+	h = binary.BigEndian.AppendUint64(h, last)
+	h = append(h, sender...)
+	n := 0
+	for _, e := range entries {
+		n += binary.MaxVarintLen64 + len(e)
+	}
+	body := make([]byte, 0, n)
+	for _, e := range entries {
+		body = binary.AppendUvarint(body, uint64(len(e)))
+		body = append(body, e...)
+	}
+	return [][]byte{h, body}
+}
+
+// unpack splits a packed batch's entry frame; the entries alias it.
+func unpack(b []byte) ([][]byte, error) {
+	var out [][]byte
+	for len(b) > 0 {
+		if len(out) == MaxEntries {
+			return nil, fmt.Errorf("%w: packed batch of more than %d entries", ErrMalformed, MaxEntries)
+		}
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return nil, fmt.Errorf("%w: packed entry %d: bad length", ErrMalformed, len(out))
+		}
+		out = append(out, b[k:k+int(n):k+int(n)])
+		b = b[k+int(n):]
+	}
+	return out, nil
+}
+
 // Decode parses the frames of one message. The entries of a batch alias
 // frames. On ErrUnknownType the returned message has its Type set.
 func Decode(frames [][]byte) (Message, error) {
@@ -177,6 +243,21 @@ func Decode(frames [][]byte) (Message, error) {
 	}
 	m.Type = Type(h[1])
 	body := h[hdrBase:]
+	if m.Type == TypePackedBatch {
+		if len(frames) != 2 {
+			m.Type = TypeBatch
+			return m, fmt.Errorf("%w: packed batch with %d frames", ErrMalformed, len(frames))
+		}
+		ents, err := unpack(frames[1])
+		m.Type, m.Packed = TypeBatch, true
+		if err != nil {
+			if len(body) >= hdrRange {
+				m.First, m.Last = binary.BigEndian.Uint64(body), binary.BigEndian.Uint64(body[8:])
+			}
+			return m, err
+		}
+		frames = append([][]byte{h}, ents...)
+	}
 	if m.Type != TypeBatch && len(frames) != 1 {
 		return m, fmt.Errorf("%w: %s with %d frames", ErrMalformed, m.Type, len(frames))
 	}
@@ -211,6 +292,15 @@ func Decode(frames [][]byte) (Message, error) {
 			return m, fmt.Errorf("%w: ping header of %d bytes", ErrMalformed, len(h))
 		}
 		m.Nonce = binary.BigEndian.Uint64(body)
+	case TypeSubscribe:
+		if len(body) <= hdrPing || len(body) > hdrPing+MaxSubscriberNameLen {
+			return m, fmt.Errorf("%w: subscribe header of %d bytes", ErrMalformed, len(h))
+		}
+		m.Nonce = binary.BigEndian.Uint64(body)
+		m.Name = string(body[hdrPing:])
+		if err := ValidateSubscriberName(m.Name); err != nil {
+			return m, fmt.Errorf("%w: subscriber: %w", ErrMalformed, err)
+		}
 	case TypePong:
 		if len(body) <= hdrPong || len(body) > hdrPong+maxIDLen {
 			return m, fmt.Errorf("%w: pong header of %d bytes", ErrMalformed, len(h))
@@ -222,6 +312,32 @@ func Decode(frames [][]byte) (Message, error) {
 		return m, fmt.Errorf("%w: %d", ErrUnknownType, m.Type)
 	}
 	return m, nil
+}
+
+// MaxSubscriberNameLen is the longest durable subscriber name.
+const MaxSubscriberNameLen = 64
+
+// ValidateSubscriberName checks a durable subscriber's name. Names become
+// directory names at the router (QUEUE_DIR/subs/<name>) and metric labels,
+// so they are short and plain: 1 to MaxSubscriberNameLen bytes of lowercase
+// letters, digits, '_' and '-', starting with a letter or digit.
+func ValidateSubscriberName(name string) error {
+	if name == "" {
+		return errors.New("empty subscriber name")
+	}
+	if len(name) > MaxSubscriberNameLen {
+		return fmt.Errorf("subscriber name %q: longer than %d bytes", name, MaxSubscriberNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case (c == '_' || c == '-') && i > 0:
+		default:
+			return fmt.Errorf("subscriber name %q: character %q at %d not allowed (want a-z, 0-9, '_', '-', not first)", name, c, i)
+		}
+	}
+	return nil
 }
 
 func checkRange(first, last uint64) error {

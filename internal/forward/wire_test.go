@@ -20,13 +20,23 @@ func TestMessageRoundTrip(t *testing.T) {
 		{Type: TypeReject, First: 3, Last: 4, Reason: "entry 0: bad"},
 		{Type: TypePing, Nonce: 12345},
 		{Type: TypePong, Nonce: 12345, Incarnation: 99, Router: "router-a"},
+		{Type: TypeSubscribe, Nonce: 77, Name: "lake"},
+		{Type: TypeBatch, Packed: true, Sender: "frontend-0", First: 7, Last: 9, Entries: [][]byte{[]byte("a"), {}, []byte("ccc")}},
+		{Type: TypeSubscribe, Nonce: 0, Name: "influx-2_b"},
 	} {
 		frames, err := m.Frames()
 		if err != nil {
 			t.Fatalf("%s: Frames: %v", m.Type, err)
 		}
-		if frames[0][0] != Version || Type(frames[0][1]) != m.Type {
-			t.Errorf("%s: header starts %v, want version %d and type %d", m.Type, frames[0][:2], Version, m.Type)
+		wantType := m.Type
+		if m.Packed {
+			wantType = TypePackedBatch
+			if len(frames) != 2 {
+				t.Errorf("packed batch in %d frames, want 2", len(frames))
+			}
+		}
+		if frames[0][0] != Version || Type(frames[0][1]) != wantType {
+			t.Errorf("%s: header starts %v, want version %d and type %d", m.Type, frames[0][:2], Version, wantType)
 		}
 		got, err := Decode(frames)
 		if err != nil {
@@ -47,6 +57,11 @@ func TestEncodeRefuses(t *testing.T) {
 		"reversed":     {Type: TypeBusy, First: 5, Last: 4},
 		"pong router":  {Type: TypePong, Router: ""},
 		"unknown type": {Type: 99},
+		"sub empty":    {Type: TypeSubscribe, Nonce: 1},
+		"sub upper":    {Type: TypeSubscribe, Nonce: 1, Name: "Lake"},
+		"sub slash":    {Type: TypeSubscribe, Nonce: 1, Name: "a/b"},
+		"sub dash":     {Type: TypeSubscribe, Nonce: 1, Name: "-a"},
+		"sub long":     {Type: TypeSubscribe, Nonce: 1, Name: strings.Repeat("a", MaxSubscriberNameLen+1)},
 	} {
 		if _, err := m.Frames(); err == nil {
 			t.Errorf("%s: Frames accepted %+v", name, m)
@@ -66,6 +81,7 @@ func TestEncodeRefuses(t *testing.T) {
 func TestDecodeErrors(t *testing.T) {
 	batch, _ := Message{Type: TypeBatch, Sender: "f", First: 1, Last: 2, Entries: [][]byte{{1}, {2}}}.Frames()
 	ack, _ := Message{Type: TypeAck, First: 1, Last: 2}.Frames()
+	packed, _ := Message{Type: TypeBatch, Packed: true, Sender: "f", First: 1, Last: 2, Entries: [][]byte{{1}, {2}}}.Frames()
 	for _, tc := range []struct {
 		name   string
 		frames [][]byte
@@ -81,6 +97,13 @@ func TestDecodeErrors(t *testing.T) {
 		{"ack too long", [][]byte{append(append([]byte{}, ack[0]...), 'x')}, ErrMalformed},
 		{"ping short", [][]byte{{Version, byte(TypePing), 1}}, ErrMalformed},
 		{"batch no sender", [][]byte{batch[0][:hdrBase+hdrRange], {1}, {2}}, ErrMalformed},
+		{"packed no entries", [][]byte{packed[0], {}}, ErrMalformed},
+		{"packed short entry", [][]byte{packed[0], {5, 'a'}}, ErrMalformed},
+		{"packed count", [][]byte{packed[0], {1, 'a'}}, ErrMalformed},
+		{"packed extra frame", [][]byte{packed[0], packed[1], {1}}, ErrMalformed},
+		{"subscribe no name", [][]byte{{Version, byte(TypeSubscribe), 0, 0, 0, 0, 0, 0, 0, 1}}, ErrMalformed},
+		{"subscribe bad name", [][]byte{append([]byte{Version, byte(TypeSubscribe), 0, 0, 0, 0, 0, 0, 0, 1}, "../x"...)}, ErrMalformed},
+		{"subscribe with entries", [][]byte{append([]byte{Version, byte(TypeSubscribe), 0, 0, 0, 0, 0, 0, 0, 1}, "lake"...), {1}}, ErrMalformed},
 	} {
 		if _, err := Decode(tc.frames); !errors.Is(err, tc.want) {
 			t.Errorf("%s: Decode error %v, want %v", tc.name, err, tc.want)

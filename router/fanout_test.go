@@ -1,0 +1,559 @@
+package router
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/queue"
+	"github.com/drover-telemetry/drover/telemetry"
+)
+
+// testRegistryFile writes testRegistry's devices to a registry file, for
+// -registry.
+func testRegistryFile(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "devices.json")
+	if err := registry.Write(path, testDevices()); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func testDevices() []registry.Device {
+	var devs []registry.Device
+	for k := range 500 {
+		devs = append(devs, registry.Device{
+			ID: fmt.Sprintf("dev-%05d", k), TokenSHA256: registry.HashToken("t"),
+			Fleet: fmt.Sprintf("fleet-%d", k%3), Class: "truck", Region: fmt.Sprintf("region-%d", k%5),
+		})
+	}
+	return devs
+}
+
+// testRegistry knows devices dev-00000..dev-00499 (makeEntry uses
+// dev-00000..dev-00999: half of the records are enrichment misses).
+func testRegistry(t testing.TB) *registry.Store {
+	t.Helper()
+	reg, err := registry.New(testDevices())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return registry.Static(reg)
+}
+
+// checkEnriched fails the test unless rec carries its device's enrichment.
+func checkEnriched(t testing.TB, er *telemetry.EnrichedRecord) {
+	t.Helper()
+	var k int
+	if _, err := fmt.Sscanf(er.GetRecord().GetDeviceId(), "dev-%05d", &k); err != nil {
+		t.Fatalf("record of device %q", er.GetRecord().GetDeviceId())
+	}
+	want := &telemetry.Enrichment{}
+	if k < 500 {
+		want = &telemetry.Enrichment{Fleet: fmt.Sprintf("fleet-%d", k%3), VehicleClass: "truck", Region: fmt.Sprintf("region-%d", k%5)}
+	}
+	if er.Enrichment == nil || !proto.Equal(er.Enrichment, want) {
+		t.Errorf("device %s: enrichment %v, want %v", er.GetRecord().GetDeviceId(), er.Enrichment, want)
+	}
+}
+
+// fakeSub is a durable subscriber written against the store-lane protocol
+// only: a raw DEALER that subscribes every 50 ms, decodes what it receives
+// and acks it (while acking is set), storing nothing.
+type fakeSub struct {
+	t      testing.TB
+	name   string
+	sock   zmq4.Socket
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	sendMu sync.Mutex
+	acking atomic.Bool
+	pongs  atomic.Int64
+
+	mu       sync.Mutex
+	readings map[string]int // device/seq → times received
+	order    []uint64       // PublishBatch.Seq in order of first receipt
+	seen     map[uint64]bool
+	batches  int
+}
+
+func startSub(t testing.TB, endpoint, name string, ack bool) *fakeSub {
+	t.Helper()
+	var rnd [4]byte
+	_, _ = crand.Read(rnd[:])
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &fakeSub{t: t, name: name, cancel: cancel, readings: map[string]int{}, seen: map[uint64]bool{},
+		sock: zmq4.NewDealer(ctx, zmq4.WithID(zmq4.SocketIdentity(name+"-"+hex.EncodeToString(rnd[:]))),
+			zmq4.WithTimeout(time.Second), zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(20*time.Millisecond),
+			zmq4.WithAutomaticReconnect(true)),
+	}
+	s.acking.Store(ack)
+	if err := s.sock.Dial(endpoint); err != nil {
+		t.Fatalf("subscriber %s: dial %s: %v", name, endpoint, err)
+	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for n := uint64(1); ; n++ {
+			s.send(forward.Message{Type: forward.TypeSubscribe, Nonce: n, Name: name})
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		for {
+			msg, err := s.sock.Recv()
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				continue
+			}
+			m, err := forward.Decode(msg.Frames)
+			if err != nil {
+				t.Errorf("subscriber %s: decode: %v", name, err)
+				continue
+			}
+			switch m.Type {
+			case forward.TypePong:
+				s.pongs.Add(1)
+			case forward.TypeBatch:
+				s.onBatch(m)
+				if s.acking.Load() {
+					s.send(forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
+				}
+			default:
+				t.Errorf("subscriber %s: unexpected %s", name, m.Type)
+			}
+		}
+	}()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *fakeSub) send(m forward.Message) {
+	frames, err := m.Frames()
+	if err != nil {
+		s.t.Errorf("subscriber %s: encode: %v", s.name, err)
+		return
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	_ = s.sock.SendMulti(zmq4.NewMsgFrom(frames...))
+}
+
+func (s *fakeSub) onBatch(m forward.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.batches++
+	for _, e := range m.Entries {
+		var pb telemetry.PublishBatch
+		if err := proto.Unmarshal(e, &pb); err != nil {
+			s.t.Errorf("subscriber %s: entry is not a PublishBatch: %v", s.name, err)
+			continue
+		}
+		if pb.Router != m.Sender || pb.Seq == 0 {
+			s.t.Errorf("subscriber %s: PublishBatch router %q seq %d in a batch from %q", s.name, pb.Router, pb.Seq, m.Sender)
+		}
+		if !s.seen[pb.Seq] {
+			s.seen[pb.Seq] = true
+			s.order = append(s.order, pb.Seq)
+		}
+		for _, er := range pb.Records {
+			checkEnriched(s.t, er)
+			s.readings[fmt.Sprintf("%s/%d", er.Record.DeviceId, er.Record.Reading.GetSeq())]++
+		}
+	}
+}
+
+// counts returns the distinct readings received and the duplicates.
+func (s *fakeSub) counts() (distinct, dups int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.readings {
+		distinct++
+		dups += n - 1
+	}
+	return distinct, dups
+}
+
+func (s *fakeSub) stop() {
+	s.cancel()
+	_ = s.sock.Close()
+	s.wg.Wait()
+}
+
+// withFastLanes shortens the store lane's timers.
+func withFastLanes(r *Router) {
+	r.timing.downAfter = 300 * time.Millisecond
+	r.timing.ackTimeout = time.Second
+	r.timing.tick = 20 * time.Millisecond
+}
+
+func (rr *running) sub(name string) *subscriber {
+	rr.subsMu.Lock()
+	defer rr.subsMu.Unlock()
+	return rr.subs[name]
+}
+
+func (rr *running) mainDepth() int64 { n, _ := rr.q.Depth(); return n }
+
+func (rr *running) subDepth(name string) int64 {
+	s := rr.sub(name)
+	if s == nil {
+		return -1
+	}
+	n, _ := s.q.Depth()
+	return n
+}
+
+// liveSub is a zmq4 SUB on the live lane counting what decodes.
+type liveSub struct {
+	sock   zmq4.Socket
+	cancel context.CancelFunc
+	done   chan struct{}
+	got    atomic.Int64
+	bad    atomic.Int64
+}
+
+func startLiveSub(t testing.TB, endpoint, router string) *liveSub {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &liveSub{cancel: cancel, done: make(chan struct{}),
+		sock: zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))}
+	if err := l.sock.Dial(endpoint); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.sock.SetOption(zmq4.OptionSubscribe, LiveTopic); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(l.done)
+		for {
+			msg, err := l.sock.Recv()
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				continue
+			}
+			var pb telemetry.PublishBatch
+			if len(msg.Frames) != 2 || string(msg.Frames[0]) != LiveTopic || proto.Unmarshal(msg.Frames[1], &pb) != nil || pb.Router != router {
+				l.bad.Add(1)
+				continue
+			}
+			for _, er := range pb.Records {
+				checkEnriched(t, er)
+			}
+			l.got.Add(1)
+		}
+	}()
+	t.Cleanup(func() { l.cancel(); _ = l.sock.Close(); <-l.done })
+	return l
+}
+
+// TestFanout: frontend → router → two durable subscribers and the live
+// lane; every record arrives at each subscriber enriched, in order, and the
+// router's queues empty.
+func TestFanout(t *testing.T) {
+	noLeaks(t)
+	dir := t.TempDir()
+	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
+	cfg.Subscribers = []string{"lake", "influx"}
+	cfg.RegistryStore = testRegistry(t)
+	rt := startRouter(t, cfg, withFastLanes)
+	live := startLiveSub(t, rt.LiveAddr(), "router-a")
+	lake := startSub(t, rt.StoreAddr(), "lake", true)
+	influx := startSub(t, rt.StoreAddr(), "influx", true)
+	waitFor(t, 10*time.Second, "subscribers connected", func() bool {
+		return metric(t, rt.reg, "drover_router_subscriber_connected") == 2
+	})
+	fe := openFrontend(t, filepath.Join(dir, "frontend"), queue.SyncAlways)
+	startDrainer(t, testDrainerConfig("frontend-1", rt.Addr()), fe.q)
+
+	const n = 2000
+	fe.appendN(t, n, 20, rand.New(rand.NewPCG(3, 3)))
+	for _, s := range []*fakeSub{lake, influx} {
+		waitFor(t, 30*time.Second, s.name+" to receive every reading", func() bool {
+			d, _ := s.counts()
+			return d == n*recordsPerEntry
+		})
+	}
+	waitFor(t, 10*time.Second, "router queues to empty", func() bool {
+		return fe.depth() == 0 && rt.mainDepth() == 0 && rt.subDepth("lake") == 0 && rt.subDepth("influx") == 0
+	})
+	for _, s := range []*fakeSub{lake, influx} {
+		s.mu.Lock()
+		if !slices.IsSorted(s.order) {
+			t.Errorf("%s received batches out of order", s.name)
+		}
+		s.mu.Unlock()
+		_, dups := s.counts()
+		t.Logf("%s: %d batches, %d duplicate readings", s.name, s.batches, dups)
+	}
+	waitFor(t, 10*time.Second, "live messages", func() bool { return live.got.Load() > 0 })
+	if live.bad.Load() > 0 {
+		t.Errorf("%d live messages did not decode", live.bad.Load())
+	}
+	if got, want := metric(t, rt.reg, "drover_router_enrichment_misses_total"), float64(n*recordsPerEntry/2); got != want {
+		t.Errorf("enrichment misses = %v, want %v", got, want)
+	}
+	if got := metric(t, rt.reg, "drover_router_fanout_records_total"); got != n*recordsPerEntry {
+		t.Errorf("fan-out records = %v, want %d", got, n*recordsPerEntry)
+	}
+	t.Logf("live: %d received, %v published, %v dropped", live.got.Load(),
+		metric(t, rt.reg, "drover_router_live_published_total"), metric(t, rt.reg, "drover_router_live_dropped_total"))
+}
+
+// TestStalledSubscriber: a subscriber that stops acking and one that never
+// connects stop neither ingest, nor the other subscriber, nor the live
+// lane; their queues grow; past the retention they are dropped, counted.
+func TestStalledSubscriber(t *testing.T) {
+	noLeaks(t)
+	dir := t.TempDir()
+	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
+	cfg.Subscribers = []string{"lake", "influx", "ghost"}
+	cfg.SubscriberRetention = 1500 * time.Millisecond
+	cfg.Registry = testRegistryFile(t) // the router opens and runs its own Store
+	rt := startRouter(t, cfg, withFastLanes)
+	live := startLiveSub(t, rt.LiveAddr(), "router-a")
+	lake := startSub(t, rt.StoreAddr(), "lake", true)
+	influx := startSub(t, rt.StoreAddr(), "influx", false) // receives, never acks
+	fe := openFrontend(t, filepath.Join(dir, "frontend"), queue.SyncAlways)
+	startDrainer(t, testDrainerConfig("frontend-1", rt.Addr()), fe.q)
+
+	const n = 1000
+	fe.appendN(t, n, 20, rand.New(rand.NewPCG(4, 4)))
+	waitFor(t, 30*time.Second, "frontend queue to empty (ingest goes on)", func() bool { return fe.depth() == 0 })
+	waitFor(t, 30*time.Second, "lake to receive every reading", func() bool {
+		d, _ := lake.counts()
+		return d == n*recordsPerEntry
+	})
+	waitFor(t, 10*time.Second, "live messages", func() bool { return live.got.Load() > 0 })
+	if got := metric(t, rt.reg, "drover_registry_devices"); got != 500 {
+		t.Errorf("drover_registry_devices = %v: the router's own registry Store is not registered", got)
+	}
+	if d := rt.subDepth("influx"); d <= 0 {
+		t.Errorf("influx queue depth %d: want it holding what was not acked", d)
+	}
+	if d, _ := influx.counts(); d == 0 {
+		t.Errorf("influx received nothing")
+	}
+	waitFor(t, 10*time.Second, "ghost dropped after the retention", func() bool {
+		return metric(t, rt.reg, "drover_router_subscribers_dropped_total", "subscriber", "ghost") == 1
+	})
+	if _, err := os.Stat(filepath.Join(cfg.QueueDir, "subs", "ghost")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("ghost's queue directory: %v; want it removed", err)
+	}
+	if rt.sub("influx") == nil || rt.sub("lake") == nil {
+		t.Fatalf("a subscriber that subscribes was dropped")
+	}
+	waitFor(t, 10*time.Second, "influx's batches resent after the ack timeout", func() bool {
+		return metric(t, rt.reg, "drover_router_subscriber_resent_batches_total", "subscriber", "influx", "reason", "timeout") > 0
+	})
+	// influx goes away for good: dropped too; lake stays.
+	influx.stop()
+	waitFor(t, 10*time.Second, "influx dropped after the retention", func() bool {
+		return metric(t, rt.reg, "drover_router_subscribers_dropped_total", "subscriber", "influx") == 1
+	})
+	if rt.sub("lake") == nil {
+		t.Fatal("lake dropped")
+	}
+	names, err := readSubsFile(filepath.Join(cfg.QueueDir, "subs", subsFile))
+	if err != nil || !slices.Equal(names, []string{"lake"}) {
+		t.Errorf("persisted subscribers %v, %v; want [lake]", names, err)
+	}
+}
+
+// TestFanoutRestart: the router stops (abruptly) in the middle and starts
+// again on the same endpoints; the subscribers, one of them registered
+// dynamically, resume and receive every reading (duplicates allowed).
+func TestFanoutRestart(t *testing.T) {
+	noLeaks(t)
+	dir := t.TempDir()
+	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
+	cfg.Subscribers = []string{"lake"}
+	cfg.RegistryStore = testRegistry(t)
+	rt := startRouter(t, cfg, withFastLanes)
+	cfg.Listen, cfg.StorePub, cfg.LivePub = rt.Addr(), rt.StoreAddr(), rt.LiveAddr()
+	lake := startSub(t, rt.StoreAddr(), "lake", true)
+	dyn := startSub(t, rt.StoreAddr(), "dyn", true) // not in -subscribers
+	waitFor(t, 10*time.Second, "subscribers connected", func() bool {
+		return metric(t, rt.reg, "drover_router_subscriber_connected") == 2
+	})
+	if got := metric(t, rt.reg, "drover_router_subscribers_registered_total"); got != 1 {
+		t.Errorf("registered on subscribe: %v, want 1", got)
+	}
+	fe := openFrontend(t, filepath.Join(dir, "frontend"), queue.SyncAlways)
+	startDrainer(t, testDrainerConfig("frontend-1", rt.Addr()), fe.q)
+
+	const n = 3000
+	r := rand.New(rand.NewPCG(5, 5))
+	fe.appendN(t, n/2, 20, r)
+	waitFor(t, 20*time.Second, "some fan-out", func() bool {
+		return metric(t, rt.reg, "drover_router_subscriber_acked_batches_total", "subscriber", "dyn") >= 5
+	})
+	appending := make(chan struct{})
+	go func() { defer close(appending); fe.appendN(t, n/2, 20, r) }()
+	rt.abrupt = true
+	rt.stop(t)
+	rt2 := startRouter(t, cfg, withFastLanes)
+	if rt2.sub("dyn") == nil {
+		t.Errorf("the dynamically registered subscriber was not kept across the restart")
+	}
+	<-appending
+	for _, s := range []*fakeSub{lake, dyn} {
+		waitFor(t, 40*time.Second, s.name+" to receive every reading", func() bool {
+			d, _ := s.counts()
+			return d == n*recordsPerEntry
+		})
+	}
+	waitFor(t, 10*time.Second, "router queues to empty", func() bool {
+		return fe.depth() == 0 && rt2.mainDepth() == 0 && rt2.subDepth("lake") == 0 && rt2.subDepth("dyn") == 0
+	})
+	for _, s := range []*fakeSub{lake, dyn} {
+		_, dups := s.counts()
+		t.Logf("%s: %d duplicate readings across the restart (at least once)", s.name, dups)
+	}
+}
+
+// TestLiveLaneLibzmq: a libzmq subscriber (pyzmq, Debian's python3-zmq)
+// receives live. messages from the zmq4 PUB; Go decodes what it got.
+func TestLiveLaneLibzmq(t *testing.T) {
+	const py = "/usr/bin/python3"
+	if err := exec.Command(py, "-c", "import zmq").Run(); err != nil {
+		msg := fmt.Sprintf("pyzmq missing (%s -c 'import zmq': %v): run scripts/install-pyzmq.sh", py, err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip("SKIPPED LOUDLY: " + msg)
+	}
+	noLeaks(t)
+	dir := t.TempDir()
+	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
+	cfg.Subscribers = []string{"lake"}
+	cfg.RegistryStore = testRegistry(t)
+	rt := startRouter(t, cfg, withFastLanes)
+	startSub(t, rt.StoreAddr(), "lake", true)
+	fe := openFrontend(t, filepath.Join(dir, "frontend"), queue.SyncAlways)
+	startDrainer(t, testDrainerConfig("frontend-1", rt.Addr()), fe.q)
+
+	const want = 20
+	out := filepath.Join(dir, "live.hex")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, py, filepath.Join("testdata", "live_sub.py"), rt.LiveAddr(), fmt.Sprint(want), out)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	// Keep publishing until Python has what it wants (a SUB misses what is
+	// published before its subscription reaches the PUB).
+	r := rand.New(rand.NewPCG(6, 6))
+	var err error
+wait:
+	for {
+		select {
+		case err = <-exited:
+			break wait
+		case <-time.After(20 * time.Millisecond):
+			fe.appendN(t, 5, 5, r)
+		}
+	}
+	if err != nil {
+		t.Fatalf("python subscriber: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(b))
+	if len(lines) != want {
+		t.Fatalf("python wrote %d messages, want %d", len(lines), want)
+	}
+	sizes := strings.Fields(stdout.String())
+	for i, l := range lines {
+		raw, err := hex.DecodeString(l)
+		if err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		var pb telemetry.PublishBatch
+		if err := proto.Unmarshal(raw, &pb); err != nil {
+			t.Fatalf("message %d as received by libzmq does not decode: %v", i, err)
+		}
+		if pb.Router != "router-a" || pb.Seq == 0 || len(pb.Records) == 0 || len(pb.Records)%recordsPerEntry != 0 {
+			t.Errorf("message %d: router %q seq %d with %d records", i, pb.Router, pb.Seq, len(pb.Records))
+		}
+		for _, er := range pb.Records {
+			checkEnriched(t, er)
+		}
+		if i < len(sizes) && sizes[i] != fmt.Sprint(len(raw)) {
+			t.Errorf("message %d: python printed size %s, decoded %d bytes", i, sizes[i], len(raw))
+		}
+	}
+	t.Logf("pyzmq received %d live messages, sizes %v", len(lines), sizes)
+}
+
+// TestSubscriberQueueFull: a full subscriber queue makes the fan-out wait
+// (the main queue then holds what arrives: back-pressure), and dropping
+// that subscriber after the retention lets the fan-out go on, losing
+// nothing for the others.
+func TestSubscriberQueueFull(t *testing.T) {
+	noLeaks(t)
+	dir := t.TempDir()
+	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
+	cfg.Subscribers = []string{"lake", "influx"}
+	cfg.SubscriberQueueMaxBytes = 64 << 10
+	cfg.SubscriberRetention = 2 * time.Second
+	cfg.RegistryStore = testRegistry(t)
+	rt := startRouter(t, cfg, withFastLanes)
+	influx := startSub(t, rt.StoreAddr(), "influx", true) // lake never connects
+	fe := openFrontend(t, filepath.Join(dir, "frontend"), queue.SyncAlways)
+	startDrainer(t, testDrainerConfig("frontend-1", rt.Addr()), fe.q)
+
+	const n = 600
+	fe.appendN(t, n, 20, rand.New(rand.NewPCG(7, 7)))
+	waitFor(t, 10*time.Second, "the fan-out to block on lake's full queue", func() bool {
+		return metric(t, rt.reg, "drover_router_fanout_blocked") == 1 && rt.mainDepth() > 0
+	})
+	if d, _ := influx.counts(); d >= n*recordsPerEntry {
+		t.Fatalf("influx got everything while lake's queue was full")
+	}
+	waitFor(t, 20*time.Second, "lake dropped, then influx to receive every reading", func() bool {
+		d, _ := influx.counts()
+		return d == n*recordsPerEntry
+	})
+	if got := metric(t, rt.reg, "drover_router_subscribers_dropped_total", "subscriber", "lake"); got != 1 {
+		t.Errorf("lake dropped %v times, want 1", got)
+	}
+	waitFor(t, 10*time.Second, "queues to empty", func() bool {
+		return fe.depth() == 0 && rt.mainDepth() == 0 && rt.subDepth("influx") == 0
+	})
+}
