@@ -7,7 +7,7 @@
 #   make fuzz        longer fuzz runs of the frame decoders
 #   make bench       benchmarks with allocations
 #   make proto   regenerate the protobuf Go code (scripts/gen-proto.sh)
-#   make run     drover all, every component in one process
+#   make run     drover all with a simulated fleet, a local InfluxDB and the live map
 #
 # The recipes use bash's pipefail so that a failing command in a pipe fails.
 SHELL := /usr/bin/env bash
@@ -74,8 +74,9 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
+# drover all with 1,000 simulated vehicles, a local InfluxDB and the lake.
 run:
-	$(GO) run ./cmd/drover all
+	scripts/run.sh
 
 # Leaves data/ alone: it holds the queues of drover all.
 clean:

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# run.sh: what `make run` does. drover all on this machine — frontend, router, a storage writer
+# for InfluxDB and one for the Parquet lake, the livefeed and its map — with a simulated fleet
+# (SIMULATE vehicles, default 1000), a local InfluxDB 1.8.10 (built once by
+# scripts/install-influxd.sh and cached) and everything kept under DATA (default ./data).
+# Ctrl-C stops it all cleanly.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+simulate="${SIMULATE:-1000}"
+data="${DATA:-data}"
+influx_port="${INFLUXD_PORT:-8086}"
+map_port="${MAP_PORT:-8081}"
+ops_port="${OPS_PORT:-9184}"
+mkdir -p "$data"
+
+scripts/install-influxd.sh >/dev/null
+influx_pid=""
+if curl -fsS -o /dev/null "http://127.0.0.1:$influx_port/ping" 2>/dev/null; then
+	echo "run: using the InfluxDB already answering on 127.0.0.1:$influx_port" >&2
+else
+	INFLUXD_PORT="$influx_port" INFLUXD_DIR="$root/$data/influxdb" setsid scripts/influxd-test.sh >"$data/influxd.log" 2>&1 &
+	influx_pid=$!
+	for _ in $(seq 1 300); do
+		curl -fsS -o /dev/null "http://127.0.0.1:$influx_port/ping" 2>/dev/null && break
+		kill -0 "$influx_pid" 2>/dev/null || { echo "run: influxd did not start, see $data/influxd.log" >&2; exit 1; }
+		sleep 0.1
+	done
+fi
+curl -fsS -o /dev/null -XPOST "http://127.0.0.1:$influx_port/query" --data-urlencode 'q=CREATE DATABASE drover'
+
+echo "run: building drover" >&2
+go build -o bin/drover ./cmd/drover
+token="$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+
+# drover and influxd run in sessions of their own, so that Ctrl-C reaches only this script,
+# which then stops each of them once, gracefully (a second signal would make drover exit at once).
+
+setsid bin/drover all -data "$data" -simulate "$simulate" -sinks lake,influx \
+	-influx-url "http://127.0.0.1:$influx_port" -influx-database drover \
+	-livefeed.listen ":$map_port" -livefeed.dev-token "$token" -ops-listen ":$ops_port" \
+	2>"$data/drover.log" &
+drover_pid=$!
+
+stop() {
+	trap - INT TERM EXIT
+	echo >&2
+	echo "run: stopping drover (queues stay in $data for the next start)" >&2
+	kill -TERM "$drover_pid" 2>/dev/null || true
+	wait "$drover_pid" 2>/dev/null || true
+	if [[ -n "$influx_pid" ]]; then
+		kill -TERM "$influx_pid" 2>/dev/null || true
+		wait "$influx_pid" 2>/dev/null || true
+	fi
+	echo "run: stopped" >&2
+}
+trap stop INT TERM EXIT
+
+for _ in $(seq 1 300); do
+	curl -fsS -o /dev/null "http://127.0.0.1:$ops_port/readyz" 2>/dev/null && break
+	kill -0 "$drover_pid" 2>/dev/null || { echo "run: drover exited, see $data/drover.log" >&2; tail -20 "$data/drover.log" >&2; exit 1; }
+	sleep 0.1
+done
+
+cat >&2 <<MSG
+
+  drover is running with $simulate simulated vehicles.
+
+  live map      http://localhost:$map_port/?token=$token
+  metrics       http://localhost:$ops_port/metrics   (health: /healthz, /readyz)
+  InfluxDB      http://127.0.0.1:$influx_port, database drover, measurement telemetry
+  lake          $data/lake/date=YYYY-MM-DD/hour=HH/*.parquet
+  Grafana       grafana/run-grafana.sh, or see grafana/README.md for the provisioning
+  log           $data/drover.log
+
+  Ctrl-C stops everything.
+MSG
+wait "$drover_pid"
