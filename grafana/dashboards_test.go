@@ -37,7 +37,8 @@ type panel struct {
 		RefID      string     `json:"refId"`
 		Datasource datasource `json:"datasource"`
 		RawQuery   bool       `json:"rawQuery"`
-		Query      string     `json:"query"`
+		Query      string     `json:"query"` // InfluxQL
+		Expr       string     `json:"expr"`  // PromQL
 	} `json:"targets"`
 	Panels []panel `json:"panels"` // of a collapsed row
 }
@@ -48,6 +49,7 @@ type variable struct {
 	Query      string     `json:"query"`
 	Datasource datasource `json:"datasource"`
 	AllValue   string     `json:"allValue"`
+	IncludeAll bool       `json:"includeAll"`
 }
 
 type datasource struct {
@@ -55,8 +57,12 @@ type datasource struct {
 	UID  string `json:"uid"`
 }
 
-// The data source every dashboard uses, as provisioned.
-const dsUID = "drover-influxdb"
+// The data sources the dashboards use, as provisioned: InfluxDB (InfluxQL)
+// for the telemetry, Prometheus for the pipeline's own metrics.
+const (
+	dsUID     = "drover-influxdb"
+	promDSUID = "drover-prometheus"
+)
 
 func loadDashboards(t *testing.T) map[string]dashboard {
 	t.Helper()
@@ -116,7 +122,16 @@ func TestProvisioningFiles(t *testing.T) {
 	if !strings.Contains(string(dp), "path: ${DROVER_GRAFANA_DASHBOARDS}") {
 		t.Errorf("dashboards/drover.yaml does not load from $DROVER_GRAFANA_DASHBOARDS")
 	}
-	for _, f := range []string{"provisioning/datasources/drover.yaml", "provisioning/dashboards/drover.yaml"} {
+	prom, err := os.ReadFile("provisioning/datasources/prometheus.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"uid: " + promDSUID, "type: prometheus", "url: ${DROVER_PROMETHEUS_URL}"} {
+		if !strings.Contains(string(prom), want) {
+			t.Errorf("datasources/prometheus.yaml lacks %q", want)
+		}
+	}
+	for _, f := range []string{"provisioning/datasources/drover.yaml", "provisioning/datasources/prometheus.yaml", "provisioning/dashboards/drover.yaml"} {
 		b, _ := os.ReadFile(f)
 		if strings.Contains(string(b), "\t") {
 			t.Errorf("%s: YAML must not contain tabs", f)
@@ -130,23 +145,32 @@ func TestDashboardsUseTheProvisionedDatasource(t *testing.T) {
 			if p.Type == "row" {
 				continue
 			}
-			if p.Datasource.UID != dsUID {
-				t.Errorf("%s: panel %q: data source %+v, want uid %s", f, p.Title, p.Datasource, dsUID)
+			switch p.Datasource {
+			case datasource{Type: "influxdb", UID: dsUID}, datasource{Type: "prometheus", UID: promDSUID}:
+			default:
+				t.Errorf("%s: panel %q: data source %+v, want uid %s or %s", f, p.Title, p.Datasource, dsUID, promDSUID)
 			}
 			if len(p.Targets) == 0 {
 				t.Errorf("%s: panel %q has no query", f, p.Title)
 			}
 			for _, tg := range p.Targets {
-				if !tg.RawQuery || tg.Query == "" {
-					t.Errorf("%s: panel %q target %s: want a raw InfluxQL query", f, p.Title, tg.RefID)
+				if tg.Datasource != p.Datasource {
+					t.Errorf("%s: panel %q target %s: data source %+v, not the panel's", f, p.Title, tg.RefID, tg.Datasource)
 				}
-				if tg.Datasource.UID != dsUID {
-					t.Errorf("%s: panel %q target %s: data source %+v", f, p.Title, tg.RefID, tg.Datasource)
+				switch p.Datasource.UID {
+				case dsUID:
+					if !tg.RawQuery || tg.Query == "" {
+						t.Errorf("%s: panel %q target %s: want a raw InfluxQL query", f, p.Title, tg.RefID)
+					}
+				case promDSUID:
+					if tg.Expr == "" || len(promMetricNames(tg.Expr)) == 0 {
+						t.Errorf("%s: panel %q target %s: want a PromQL expr over drover_ metrics, got %q", f, p.Title, tg.RefID, tg.Expr)
+					}
 				}
 			}
 		}
 		for _, v := range d.Templating.List {
-			if v.Type == "query" && v.Datasource.UID != dsUID {
+			if v.Type == "query" && v.Datasource.UID != dsUID && v.Datasource.UID != promDSUID {
 				t.Errorf("%s: variable %s: data source %+v", f, v.Name, v.Datasource)
 			}
 		}
@@ -212,10 +236,10 @@ func TestDashboardQueriesRunOnInfluxDB(t *testing.T) {
 			all := map[string]string{}
 			one := map[string]string{}
 			for _, v := range d.Templating.List {
-				if v.Type != "query" {
+				if v.Type != "query" || v.Datasource.UID != dsUID {
 					continue
 				}
-				if v.AllValue != ".*" {
+				if v.IncludeAll && v.AllValue != ".*" {
 					t.Errorf("variable %s: allValue %q, want .* (so that All is a short regex)", v.Name, v.AllValue)
 				}
 				tagValues := func(sel map[string]string) []string {
@@ -234,14 +258,25 @@ func TestDashboardQueriesRunOnInfluxDB(t *testing.T) {
 					}
 					return values
 				}
-				tagValues(all)
-				all[v.Name] = v.AllValue
+				if v.IncludeAll {
+					tagValues(all)
+					all[v.Name] = v.AllValue
+				} else {
+					// A variable without "All" (one vehicle): Grafana
+					// starts on its first value.
+					all[v.Name] = grafanaRegex(tagValues(all)[0])
+				}
 				// The single selection: the first value given the ones before.
 				one[v.Name] = grafanaRegex(tagValues(one)[0])
 			}
 
+			queries := 0
 			for _, p := range allPanels(d.Panels) {
+				if p.Datasource.UID != dsUID {
+					continue
+				}
 				for _, tg := range p.Targets {
+					queries++
 					name := fmt.Sprintf("panel %q target %s", p.Title, tg.RefID)
 					series, err := inf.Exec(ctx, inf.Database, interpolate(t, tg.Query, all, from, to))
 					if err != nil {
@@ -279,14 +314,57 @@ func TestDashboardQueriesRunOnInfluxDB(t *testing.T) {
 						if got := scalar(t, series); got != int64(fleetDevices) {
 							t.Errorf("%s = %v, want %d", p.Title, got, fleetDevices)
 						}
-					case "Latest position per device":
+					case "Active vehicles (5 min)":
+						if got := scalar(t, series); got != int64(fleetDevices) {
+							t.Errorf("%s = %v, want %d", p.Title, got, fleetDevices)
+						}
+					case "Readings/s (5 min)":
+						// Readings 51 to 59 of each vehicle are in the last 5 minutes.
+						if got, ok := scalar(t, series).(float64); !ok || got != 9*fleetDevices/300.0 {
+							t.Errorf("%s = %v, want %v", p.Title, got, 9*fleetDevices/300.0)
+						}
+					case "Latest position per device", "Last known positions":
 						if len(series) != fleetDevices {
 							t.Errorf("%s: %d devices, want %d", p.Title, len(series), fleetDevices)
+						}
+						requireColumns(t, p.Title, series, "lat", "lon")
+					case "Route":
+						requireColumns(t, p.Title, series, "lat", "lon")
+						// One point per interval (1m in the test) with a fix:
+						// 30 minutes of readings, minutes without a fix dropped.
+						if rows := countRows(series); rows < 25 || rows > 31 {
+							t.Errorf("%s: %d positions, want about 30", p.Title, rows)
+						}
+					case "Last known values":
+						if len(series) != 1 || len(series[0].Values) != 1 {
+							t.Errorf("%s: want one row, got %+v", p.Title, series)
+						} else if n := len(series[0].Columns); n != 9 {
+							t.Errorf("%s: %d columns, want time and 8 values", p.Title, n)
 						}
 					}
 				}
 			}
+			if strings.Contains(f, "pipeline") {
+				if queries != 0 {
+					t.Errorf("pipeline dashboard has %d InfluxQL queries", queries)
+				}
+			} else if queries == 0 {
+				t.Errorf("no InfluxQL query")
+			}
 		})
+	}
+}
+
+// requireColumns fails unless every series has the columns (a Geomap layer
+// finds its coordinates by these names).
+func requireColumns(t *testing.T, title string, series []testenv.Series, cols ...string) {
+	t.Helper()
+	for _, s := range series {
+		for _, c := range cols {
+			if !slices.Contains(s.Columns, c) {
+				t.Errorf("%s: no column %s in %v", title, c, s.Columns)
+			}
+		}
 	}
 }
 
@@ -372,6 +450,7 @@ func writeFleet(t *testing.T, inf *testenv.Influx, now time.Time) (nowHot, earli
 				BatteryVoltageV:      ptr(float32(27.5)),
 				PneumaticPressureKpa: ptr(float32(800 + dev)),
 				HeadingDeg:           ptr(float32(90)),
+				OdometerKm:           ptr(float64(100_000 + dev*1000 + i)),
 				Ignition:             ptr(true),
 			}
 			if i%7 != 3 { // some readings without a fix

@@ -6,6 +6,7 @@
 #   DROVER_INFLUX_URL          InfluxDB to query (default http://localhost:8086)
 #   DROVER_INFLUX_USER         InfluxDB user, if it has auth on (default none)
 #   DROVER_INFLUX_PASSWORD     its password, or an API token for InfluxDB 2.x/3 (default none)
+#   DROVER_PROMETHEUS_URL      Prometheus scraping drover, for the pipeline dashboard (default http://localhost:9090)
 #   DROVER_GRAFANA_DASHBOARDS  dashboards folder (default: grafana/dashboards here)
 #   GRAFANA_HOME               Grafana's home path (default /usr/share/grafana, the Debian/RPM one)
 #
@@ -19,6 +20,7 @@ root="$(dirname "$here")"
 export DROVER_INFLUX_URL="${DROVER_INFLUX_URL:-http://localhost:8086}"
 export DROVER_INFLUX_USER="${DROVER_INFLUX_USER:-}"
 export DROVER_INFLUX_PASSWORD="${DROVER_INFLUX_PASSWORD:-}"
+export DROVER_PROMETHEUS_URL="${DROVER_PROMETHEUS_URL:-http://localhost:9090}"
 export DROVER_GRAFANA_DASHBOARDS="${DROVER_GRAFANA_DASHBOARDS:-$here/dashboards}"
 
 # GF_<SECTION>_<KEY> overrides grafana.ini: [paths] provisioning, data, logs.
@@ -28,7 +30,7 @@ export GF_PATHS_LOGS="${GF_PATHS_LOGS:-$root/data/grafana/log}"
 mkdir -p "$GF_PATHS_DATA" "$GF_PATHS_LOGS"
 
 homepath="${GRAFANA_HOME:-/usr/share/grafana}"
-echo "run-grafana: InfluxDB $DROVER_INFLUX_URL, dashboards $DROVER_GRAFANA_DASHBOARDS, data $GF_PATHS_DATA" >&2
+echo "run-grafana: InfluxDB $DROVER_INFLUX_URL, Prometheus $DROVER_PROMETHEUS_URL, dashboards $DROVER_GRAFANA_DASHBOARDS, data $GF_PATHS_DATA" >&2
 if command -v grafana >/dev/null 2>&1; then
 	exec grafana server --homepath "$homepath" "$@"
 elif command -v grafana-server >/dev/null 2>&1; then
