@@ -10,6 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 simulate="${SIMULATE:-1000}"
 data="${DATA:-data}"
+[[ "$data" == /* ]] || data="$root/$data"
 influx_port="${INFLUXD_PORT:-8086}"
 map_port="${MAP_PORT:-8081}"
 ops_port="${OPS_PORT:-9184}"
@@ -20,7 +21,7 @@ influx_pid=""
 if curl -fsS -o /dev/null "http://127.0.0.1:$influx_port/ping" 2>/dev/null; then
 	echo "run: using the InfluxDB already answering on 127.0.0.1:$influx_port" >&2
 else
-	INFLUXD_PORT="$influx_port" INFLUXD_DIR="$root/$data/influxdb" setsid scripts/influxd-test.sh >"$data/influxd.log" 2>&1 &
+	INFLUXD_PORT="$influx_port" INFLUXD_DIR="$data/influxdb" setsid scripts/influxd-test.sh >"$data/influxd.log" 2>&1 &
 	influx_pid=$!
 	for _ in $(seq 1 300); do
 		curl -fsS -o /dev/null "http://127.0.0.1:$influx_port/ping" 2>/dev/null && break
