@@ -133,15 +133,7 @@ func TestBrowserLiveMap(t *testing.T) {
 	})
 	defer func() { close(stopSim); simWG.Wait() }()
 
-	opts := []chromedp.ExecAllocatorOption{chromedp.ExecPath(chromium), chromedp.WindowSize(1280, 800)}
-	for _, a := range testenv.ChromiumArgs(t.TempDir()) {
-		name, value, hasValue := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		if hasValue {
-			opts = append(opts, chromedp.Flag(name, value))
-		} else {
-			opts = append(opts, chromedp.Flag(name, true))
-		}
-	}
+	opts := testenv.ChromedpOptions(chromium, t.TempDir(), 1280, 800)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -44,15 +43,7 @@ func TestLiveMapFromSimulatedFleet(t *testing.T) {
 		"-livefeed.listen", mapAddr, "-livefeed.dev-token", token)
 	all.start(ctx)
 
-	opts := []chromedp.ExecAllocatorOption{chromedp.ExecPath(chromium), chromedp.WindowSize(1280, 800)}
-	for _, a := range testenv.ChromiumArgs(t.TempDir()) {
-		name, value, hasValue := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		if hasValue {
-			opts = append(opts, chromedp.Flag(name, value))
-		} else {
-			opts = append(opts, chromedp.Flag(name, true))
-		}
-	}
+	opts := testenv.ChromedpOptions(chromium, t.TempDir(), 1280, 800)
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
 	defer cancelAlloc()
 	bctx, cancelBrowser := chromedp.NewContext(actx)

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/chromedp/chromedp"
 )
 
 // chromiumInstallHint says how to get a browser; skips and failures quote it.
@@ -82,4 +85,20 @@ func ChromiumArgs(userDataDir string) []string {
 		"--mute-audio",
 		"--user-data-dir=" + userDataDir,
 	}
+}
+
+// ChromedpOptions returns chromedp's allocator options for the Chromium at
+// path, started with [ChromiumArgs] and a fresh profile in userDataDir, in
+// a window of width × height.
+func ChromedpOptions(path, userDataDir string, width, height int) []chromedp.ExecAllocatorOption {
+	opts := []chromedp.ExecAllocatorOption{chromedp.ExecPath(path), chromedp.WindowSize(width, height)}
+	for _, a := range ChromiumArgs(userDataDir) {
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if hasValue {
+			opts = append(opts, chromedp.Flag(name, value))
+		} else {
+			opts = append(opts, chromedp.Flag(name, true))
+		}
+	}
+	return opts
 }
