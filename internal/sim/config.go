@@ -75,8 +75,16 @@ type Config struct {
 	// Outbox is the most readings a device keeps un-acked; default one hour of readings at Rate
 	// (at least 1, at most 100,000).
 	Outbox int
-	// Seed seeds the devices' randomness (start positions, jitter); 0 picks one at random.
+	// Seed seeds the devices' randomness (routes, start positions, events, jitter); 0 picks one
+	// at random. Each vehicle's journey depends on Seed and its index only.
 	Seed uint64
+	// EventRate is how often a vehicle brakes harshly, and how often it speeds, per hour of
+	// driving (default 0.5); its engine overheats at a fifth of that rate. Negative: never.
+	EventRate float64
+	// StampedeEvery, when not 0, makes every connected device drop its connection at once this
+	// often (a reconnect storm, as after a network outage); the devices reconnect with their
+	// usual backoff and resend what was not acked.
+	StampedeEvery time.Duration
 }
 
 // DefaultConfig returns a configuration with every default filled in: 100 devices, one reading
@@ -95,6 +103,7 @@ func DefaultConfig() Config {
 		HandshakeTimeout: 10 * time.Second,
 		AckTimeout:       60 * time.Second,
 		WriteTimeout:     10 * time.Second,
+		EventRate:        defaultEventRate,
 	}
 }
 
@@ -122,6 +131,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var((*daemon.StringList)(&c.LocalAddrs), "local-addrs", "comma-separated source IP `addresses` to dial from, round-robin")
 	fs.IntVar(&c.Outbox, "outbox", c.Outbox, "most un-acked readings a device keeps (`number`); 0: one hour at -rate")
 	fs.Uint64Var(&c.Seed, "seed", c.Seed, "random `seed`; 0: random")
+	fs.Float64Var(&c.EventRate, "event-rate", c.EventRate,
+		"harsh brakings (and speedings) per vehicle per hour of driving (`number`), overheatings a fifth of it; negative: none")
+	fs.DurationVar(&c.StampedeEvery, "stampede-every", c.StampedeEvery,
+		"drop every device's connection at once this often (`duration`), a reconnect storm; 0: never")
 }
 
 // withDefaults fills every zero field from DefaultConfig (URLs and Devices excepted: they have
@@ -154,6 +167,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FirstSeq == 0 {
 		c.FirstSeq = 1
+	}
+	if c.EventRate == 0 {
+		c.EventRate = d.EventRate
 	}
 	if c.Outbox == 0 {
 		c.Outbox = int(min(100_000, max(1, math.Ceil(c.Rate*3600))))
@@ -213,6 +229,12 @@ func (c Config) Validate() error {
 		if net.ParseIP(a) == nil {
 			errs = append(errs, fmt.Errorf("local-addrs: %q: not an IP address", a))
 		}
+	}
+	if math.IsNaN(c.EventRate) || math.IsInf(c.EventRate, 0) || c.EventRate > 3600 {
+		errs = append(errs, fmt.Errorf("event-rate: %v: want at most 3600 per hour", c.EventRate))
+	}
+	if c.StampedeEvery < 0 {
+		errs = append(errs, fmt.Errorf("stampede-every: %s: want 0 or more", c.StampedeEvery))
 	}
 	if c.Outbox < 1 {
 		errs = append(errs, fmt.Errorf("outbox: %d: want at least 1", c.Outbox))

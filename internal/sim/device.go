@@ -63,6 +63,9 @@ func newDevice(f *Fleet, k int, seed uint64) *device {
 	i := f.cfg.DeviceOffset + k
 	id := DeviceID(f.cfg.IDPrefix, i)
 	rng := rand.New(rand.NewPCG(seed, uint64(i)))
+	// The vehicle has its own generator, so that its journey does not depend on network timing.
+	veh := newVehicle(rand.New(rand.NewPCG(seed^0x9e3779b97f4a7c15, uint64(i))), classOf(i))
+	veh.eventRate = max(0, f.cfg.EventRate)
 	return &device{
 		f:      f,
 		idx:    k,
@@ -70,7 +73,7 @@ func newDevice(f *Fleet, k int, seed uint64) *device {
 		token:  Token(f.cfg.TokenSeed, id),
 		dialer: f.dialers[k%len(f.dialers)],
 		rng:    rng,
-		veh:    newVehicle(rng, classOf(i)),
+		veh:    veh,
 		out:    newOutbox(f.cfg.Outbox),
 		wake:   make(chan struct{}, 1),
 	}
@@ -83,6 +86,7 @@ const (
 	endAckTimeout = "ack_timeout"
 	endWrite      = "write"
 	endProtocol   = "protocol"
+	endStampede   = "stampede"
 )
 
 // run is the device's writer goroutine: it lives as long as the device.
@@ -356,6 +360,7 @@ func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC 
 		}
 	}()
 
+	stampede := f.stampedeSignal()
 	var ackCheck <-chan time.Time
 	if cfg.Rate > 0 {
 		t := time.NewTicker(max(cfg.AckTimeout/4, 5*time.Millisecond))
@@ -397,6 +402,10 @@ loop:
 		case <-tick:
 			d.generate()
 		case <-d.wake:
+		case <-stampede:
+			// The outage: the connection is cut, no close frame.
+			reason = endStampede
+			break loop
 		case readerErr = <-readerDone:
 			readerExited = true
 			reason = disconnectReason(readerErr)
@@ -434,6 +443,11 @@ loop:
 
 	d.mu.Lock()
 	progress = d.gotAck || f.since()-start >= cfg.BackoffMax
+	// A server that says "try again later" or "rate limit" asks for backoff, however
+	// long the connection lasted before it said so.
+	if reason == strconv.Itoa(websocket.CloseTryAgainLater) || reason == strconv.Itoa(websocket.ClosePolicyViolation) {
+		progress = false
+	}
 	f.c.inFlight.Add(-int64(d.next))
 	d.next = 0
 	d.frames = d.frames[:0]

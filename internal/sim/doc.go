@@ -22,6 +22,19 @@
 // handles reconnects) and a reader of acks. Frames are built into reused protobuf messages and
 // buffers, so a steady device allocates little per frame.
 //
+// # What a simulated vehicle does
+//
+// Each device rides in a vehicle of its class (truck, bus, car, round-robin by index) that drives
+// a real Southern African corridor (routes.go: N1, N3, N4 Maputo Corridor, Trans-Kalahari,
+// Gaborone–Johannesburg, Beitbridge–Harare, Harare–Lusaka, Lusaka–Lilongwe) back and forth along
+// great circles between its waypoints, or, for some buses and cars, a loop in one of the cities.
+// It accelerates and brakes within its class's profile, stops (traffic with the engine idling;
+// rest, fuel and end-of-route stops with the ignition off, refuelling), and has occasional harsh
+// brakings, speedings and overheatings, marked in the readings' extra map (ExtraHarshBraking,
+// ExtraSpeeding, ExtraOverheating). A vehicle's journey depends only on Config.Seed and its index.
+// Config.StampedeEvery (or Fleet.Stampede) drops every connection at once: a reconnect storm.
+// See docs/simulator.md.
+//
 // # Measurements
 //
 // Ack latency is measured per reading from the moment its frame is first handed to the socket

@@ -33,6 +33,9 @@ type Fleet struct {
 	endTime time.Time // when Run ended, zero while running
 
 	c counters
+	// stampedeC is closed to make every connected device drop its connection (then replaced).
+	// Under mu.
+	stampedeC chan struct{}
 	// noted holds the kinds of trouble already logged at warning level; repeats go to debug, so
 	// that a fleet of 10,000 devices losing its frontend logs one line, not 10,000.
 	noted sync.Map
@@ -51,6 +54,7 @@ type counters struct {
 	inFlight    atomic.Int64
 	outbox      atomic.Int64
 	devicesDone atomic.Int64
+	stampedes   atomic.Uint64
 
 	mu              sync.Mutex
 	disconnects     map[string]uint64
@@ -78,7 +82,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Fleet, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Fleet{cfg: cfg, log: logger, done: make(chan struct{})}
+	f := &Fleet{cfg: cfg, log: logger, done: make(chan struct{}), stampedeC: make(chan struct{})}
 	for _, s := range cfg.URLs {
 		u, _ := ingestURL(s) // checked by Validate
 		f.urls = append(f.urls, u)
@@ -151,7 +155,27 @@ func (f *Fleet) run(ctx context.Context) {
 	for _, d := range f.devices {
 		wg.Go(func() { d.run(ctx) })
 	}
+	devicesDone := make(chan struct{})
+	stampederDone := make(chan struct{})
+	go func() {
+		defer close(stampederDone)
+		if f.cfg.StampedeEvery <= 0 {
+			return
+		}
+		t := time.NewTicker(f.cfg.StampedeEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-devicesDone:
+				return
+			case <-t.C:
+				f.Stampede()
+			}
+		}
+	}()
 	wg.Wait()
+	close(devicesDone)
+	<-stampederDone
 	f.mu.Lock()
 	f.endTime = time.Now()
 	f.mu.Unlock()
@@ -178,6 +202,25 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Fleet, error)
 func (f *Fleet) Wait() Summary {
 	<-f.done
 	return f.Summary()
+}
+
+// Stampede makes every connected device drop its connection at once, without a close frame, as
+// in a network outage: they reconnect with their usual jittered backoff and resend what was not
+// acked. Config.StampedeEvery calls it periodically; it may be called any time.
+func (f *Fleet) Stampede() {
+	f.mu.Lock()
+	close(f.stampedeC)
+	f.stampedeC = make(chan struct{})
+	f.mu.Unlock()
+	n := f.c.stampedes.Add(1)
+	f.log.Info("sim stampede: every device drops its connection", "stampede", n, "connected", f.c.connected.Load())
+}
+
+// stampedeSignal returns the channel the next stampede closes.
+func (f *Fleet) stampedeSignal() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stampedeC
 }
 
 // Done is closed when Run has returned.
@@ -237,8 +280,11 @@ type Stats struct {
 	// close code the server sent ("1001", "1013", "4000"; "1006" when the connection ended without
 	// a close frame), "error" (a network error while reading), "write" (a frame's write failed, the
 	// server having sent no close), "ack_timeout", "protocol" (an undecodable downlink or an ack
-	// of unsent readings) and "error_N" (a downlink Error of code N).
+	// of unsent readings), "error_N" (a downlink Error of code N) and "stampede" (dropped by a
+	// stampede).
 	Disconnects map[string]uint64
+	// Stampedes counts stampedes: every device dropping its connection at once.
+	Stampedes uint64
 	// Generated counts readings taken (given a seq).
 	Generated uint64
 	// Sent counts readings written to sockets, resends included; Resent counts those that had
@@ -277,6 +323,7 @@ func (f *Fleet) Stats() Stats {
 		Outbox:      c.outbox.Load(),
 		OutboxDrops: c.drops.Load(),
 		Errors:      c.errors.Load(),
+		Stampedes:   c.stampedes.Load(),
 		AckLatency:  c.latency.snapshot().latency(),
 	}
 	c.mu.Lock()

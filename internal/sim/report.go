@@ -34,6 +34,8 @@ type Summary struct {
 	Unacked     int64  `json:"unacked"`
 	OutboxDrops uint64 `json:"outbox_drops"`
 	Errors      uint64 `json:"errors"`
+	// Stampedes counts stampedes (every device dropping its connection at once).
+	Stampedes uint64 `json:"stampedes,omitempty"`
 	// SentPerSecond and AckedPerSecond are averages over Seconds.
 	SentPerSecond  float64 `json:"sent_per_second"`
 	AckedPerSecond float64 `json:"acked_per_second"`
@@ -58,6 +60,8 @@ type SummaryConfig struct {
 	BackoffMax    string   `json:"backoff_max"`
 	LocalAddrs    []string `json:"local_addrs,omitempty"`
 	Outbox        int      `json:"outbox"`
+	EventRate     float64  `json:"event_rate"`
+	StampedeEvery string   `json:"stampede_every,omitempty"`
 }
 
 // LatencyMs is a Latency in milliseconds.
@@ -92,7 +96,7 @@ func (f *Fleet) Summary() Summary {
 			FrameReadings: c.FrameReadings, Window: c.Window, Readings: c.Readings,
 			Duration: durStr(c.Duration), Drain: durStr(c.Drain), JSON: c.JSON, ConnectRate: c.ConnectRate,
 			BackoffMin: c.BackoffMin.String(), BackoffMax: c.BackoffMax.String(), LocalAddrs: c.LocalAddrs,
-			Outbox: c.Outbox,
+			Outbox: c.Outbox, EventRate: max(0, c.EventRate), StampedeEvery: durStr(c.StampedeEvery),
 		},
 		Seconds:         math.Round(s.Elapsed.Seconds()*1000) / 1000,
 		Devices:         s.Devices,
@@ -108,6 +112,7 @@ func (f *Fleet) Summary() Summary {
 		Unacked:         s.Outbox,
 		OutboxDrops:     s.OutboxDrops,
 		Errors:          s.Errors,
+		Stampedes:       s.Stampedes,
 		AckLatencyMs: LatencyMs{
 			Count: s.AckLatency.Count, P50: ms(s.AckLatency.P50), P90: ms(s.AckLatency.P90),
 			P99: ms(s.AckLatency.P99), P999: ms(s.AckLatency.P999), Max: ms(s.AckLatency.Max),
@@ -149,6 +154,9 @@ func (f *Fleet) Progress(w io.Writer, every time.Duration) {
 		fmt.Fprintf(w, "sim %s: connected %d/%d, sent %.0f/s, acked %.0f/s, in-flight %d, outbox %d, ack p50 %s p99 %s, drops %d, errors %d\n",
 			s.Elapsed.Round(time.Second), s.Connected, s.Devices, rate(s.Sent, prev.Sent), rate(s.Acked, prev.Acked),
 			s.InFlight, s.Outbox, roundDur(lat.P50), roundDur(lat.P99), s.OutboxDrops, s.Errors)
+		if s.Stampedes > prev.Stampedes {
+			fmt.Fprintf(w, "sim %s: stampede (%d so far)\n", s.Elapsed.Round(time.Second), s.Stampedes)
+		}
 		prev, prevHist = s, h
 	}
 	for {
@@ -186,13 +194,14 @@ var (
 	descInFlight   = prometheus.NewDesc("drover_sim_readings_in_flight", "Readings sent on current connections and not yet acked.", nil, nil)
 	descOutbox     = prometheus.NewDesc("drover_sim_outbox_readings", "Readings held in device outboxes, not yet acked.", nil, nil)
 	descErrors     = prometheus.NewDesc("drover_sim_errors_total", "Connection failures, protocol violations, downlink errors and local failures.", nil, nil)
+	descStampedes  = prometheus.NewDesc("drover_sim_stampedes_total", "Stampedes: every simulated device dropping its connection at once.", nil, nil)
 	descAckLatency = prometheus.NewDesc("drover_sim_ack_latency_seconds", "Time from a reading's first write to the socket to the ack covering it.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descConnFail, descDisconn, descReadings,
-		descInFlight, descOutbox, descErrors, descAckLatency} {
+		descInFlight, descOutbox, descErrors, descStampedes, descAckLatency} {
 		ch <- d
 	}
 }
@@ -215,6 +224,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(s.InFlight))
 	ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(s.Outbox))
 	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(s.Errors))
+	ch <- prometheus.MustNewConstMetric(descStampedes, prometheus.CounterValue, float64(s.Stampedes))
 	h := c.f.c.latency.snapshot()
 	ch <- prometheus.MustNewConstSummary(descAckLatency, h.total, float64(h.sum)/1e9, map[float64]float64{
 		0.5: h.quantile(0.5).Seconds(), 0.9: h.quantile(0.9).Seconds(), 0.99: h.quantile(0.99).Seconds(),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"net"
 	"path/filepath"
 	"runtime"
@@ -332,6 +333,41 @@ func TestFailover(t *testing.T) {
 	checkDelivered(t, f, good, cfg.Readings)
 }
 
+// TestStampede runs a fleet whose devices all drop their connections every so often, and checks
+// that they come back, resend and get every reading acked once, and that stampedes are counted.
+func TestStampede(t *testing.T) {
+	s := newFakeFrontend(t, nil)
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Rate, cfg.Readings, cfg.StampedeEvery = 6, 200, 300, 250*time.Millisecond
+	f, _ := startFleet(t, cfg)
+	waitDone(t, f, 15*time.Second)
+	st := checkDelivered(t, f, s, cfg.Readings)
+	if st.Stampedes < 2 || st.Disconnects[endStampede] < uint64(cfg.Devices) || st.Connects < uint64(2*cfg.Devices) {
+		t.Errorf("stampedes %d, disconnects %v, connects %d: want every device dropped and back, twice or more",
+			st.Stampedes, st.Disconnects, st.Connects)
+	}
+	if sum := f.Summary(); sum.Stampedes != st.Stampedes || sum.Config.StampedeEvery != "250ms" {
+		t.Errorf("summary: stampedes %d, config %q", sum.Stampedes, sum.Config.StampedeEvery)
+	}
+}
+
+// TestStampedeIdle drops idle connections by hand: they all come back.
+func TestStampedeIdle(t *testing.T) {
+	s := newFakeFrontend(t, nil)
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Rate = 5, 0
+	f, _ := startFleet(t, cfg)
+	waitFor(t, 5*time.Second, "connections", func() bool { return f.Stats().Connected == 5 })
+	f.Stampede()
+	waitFor(t, 5*time.Second, "reconnections", func() bool {
+		st := f.Stats()
+		return st.Connected == 5 && st.Connects >= 10
+	})
+	if st := f.Stats(); st.Stampedes != 1 || st.Disconnects[endStampede] != 5 {
+		t.Errorf("stampedes %d, disconnects %v", st.Stampedes, st.Disconnects)
+	}
+}
+
 // TestLocalAddrs checks that devices dial from the given source addresses.
 func TestLocalAddrs(t *testing.T) {
 	s := newFakeFrontend(t, nil)
@@ -486,6 +522,8 @@ func TestConfigValidate(t *testing.T) {
 		"idle readings":  func(c *Config) { c.Rate, c.Readings = 0, 5 },
 		"backoff order":  func(c *Config) { c.BackoffMin, c.BackoffMax = time.Second, time.Millisecond },
 		"bad local addr": func(c *Config) { c.LocalAddrs = []string{"localhost"} },
+		"nan event rate": func(c *Config) { c.EventRate = math.NaN() },
+		"neg stampede":   func(c *Config) { c.StampedeEvery = -time.Second },
 	} {
 		c := good
 		c.Rate = 1

@@ -68,36 +68,225 @@ func TestHistogramQuantiles(t *testing.T) {
 }
 
 // TestVehicleReadingsValid drives every class of vehicle for a simulated day at 1 Hz and a
-// minute at 1 kHz, and checks that every reading passes the frontend's validation.
+// few seconds at 1 kHz, and checks that every reading passes the frontend's validation, that the
+// vehicles drive their routes with stops and refuelling, and that events happen and are marked.
 func TestVehicleReadingsValid(t *testing.T) {
+	// Not parallel with the other tests: it would steal the CPU their timing needs.
 	now := time.Now()
 	for i, class := range classes {
-		for _, dt := range []float64{1, 0.001} {
-			v := newVehicle(rand.New(rand.NewPCG(uint64(i), 7)), class)
-			fr := newFrameReading()
-			var s sample
-			lat0, lon0 := v.lat, v.lon
-			maxSpeed := 0.0
-			for n := range 86400 / int(max(1, 60*dt)) {
-				v.step(dt, &s)
-				s.seq, s.timeMs = uint64(n+1), now.UnixMilli()
-				r := fr.fill(&s)
-				if err := telemetry.ValidateReading(r, now, telemetry.Limits{}); err != nil {
-					t.Fatalf("%s dt=%v step %d: %v\n%v", class, dt, n, err, r)
-				}
-				lat, lon, _ := r.Position()
-				if lat < minLat-0.01 || lat > maxLat+0.01 || lon < minLon-0.01 || lon > maxLon+0.01 {
-					t.Fatalf("%s left Southern Africa: %v %v", class, lat, lon)
-				}
-				if (r.PneumaticPressureKpa != nil) != (class != "car") {
-					t.Fatalf("%s: pneumatic %v", class, r.PneumaticPressureKpa)
-				}
-				maxSpeed = max(maxSpeed, float64(s.speedKmh))
+		t.Run(class, func(t *testing.T) {
+			t.Parallel()
+			vehicleDay(t, now, i, class)
+		})
+	}
+}
+
+// vehicleDay drives a vehicle of class for a day at 1 Hz and ten seconds at 1 kHz.
+func vehicleDay(t *testing.T, now time.Time, i int, class string) {
+	for _, dt := range []float64{1, 0.001} {
+		v := newVehicle(rand.New(rand.NewPCG(uint64(i), 7)), class)
+		v.eventRate = 2
+		fr := newFrameReading()
+		var s sample
+		lat0, lon0, odo0 := v.lat, v.lon, v.odo
+		maxSpeed := 0.0
+		var (
+			prev                                  *sample
+			offs, idles, refuels, maxOff, offRun  int
+			harsh, overheat, speeding, harshDrops int
+		)
+		steps := 86400 // a day at 1 Hz
+		if dt < 1 {
+			steps = 10_000 // ten seconds at 1 kHz
+		}
+		for n := range steps {
+			v.step(dt, &s)
+			s.seq, s.timeMs = uint64(n+1), now.UnixMilli()
+			r := fr.fill(&s)
+			if err := telemetry.ValidateReading(r, now, telemetry.Limits{}); err != nil {
+				t.Fatalf("%s dt=%v step %d: %v\n%v", class, dt, n, err, r)
 			}
-			if dt == 1 && (v.lat == lat0 && v.lon == lon0 || maxSpeed < 30) {
-				t.Errorf("%s did not move: max speed %v", class, maxSpeed)
+			lat, lon, _ := r.Position()
+			if lat < minLat-0.01 || lat > maxLat+0.01 || lon < minLon-0.01 || lon > maxLon+0.01 {
+				t.Fatalf("%s left Southern Africa: %v %v", class, lat, lon)
+			}
+			if (r.PneumaticPressureKpa != nil) != (class != "car") {
+				t.Fatalf("%s: pneumatic %v", class, r.PneumaticPressureKpa)
+			}
+			limit := v.limit()
+			switch {
+			case r.Extra[ExtraSpeeding] == 1 && float64(s.speedKmh) <= limit:
+				t.Fatalf("%s step %d: speeding marked at %v km/h, limit %v", class, n, s.speedKmh, limit)
+			case r.Extra[ExtraSpeeding] == 0 && float64(s.speedKmh) > limit+0.01:
+				t.Fatalf("%s step %d: %v km/h over the limit %v unmarked", class, n, s.speedKmh, limit)
+			case (r.Extra[ExtraOverheating] == 1) != (s.engTempC > overheatC):
+				t.Fatalf("%s step %d: overheating marker %v at %v °C", class, n, r.Extra, s.engTempC)
+			}
+			if r.Extra[ExtraHarshBraking] == 1 {
+				harsh++
+				if prev != nil && prev.speedKmh-s.speedKmh > 10 {
+					harshDrops++
+				}
+			}
+			if r.Extra[ExtraOverheating] == 1 {
+				overheat++
+			}
+			if r.Extra[ExtraSpeeding] == 1 {
+				speeding++
+			}
+			if !s.ignition {
+				offs++
+				offRun++
+				maxOff = max(maxOff, offRun)
+				if s.rpm != 0 || s.speedKmh != 0 {
+					t.Fatalf("%s step %d: ignition off at %v rpm, %v km/h", class, n, s.rpm, s.speedKmh)
+				}
+			} else {
+				offRun = 0
+				if s.speedKmh == 0 {
+					idles++
+				}
+			}
+			if prev != nil {
+				if s.odoKm < prev.odoKm {
+					t.Fatalf("%s step %d: odometer went back", class, n)
+				}
+				if s.fuelPct > prev.fuelPct+0.01 {
+					refuels++
+					if s.ignition {
+						t.Fatalf("%s step %d: refuelled with the engine running", class, n)
+					}
+				}
+			}
+			maxSpeed = max(maxSpeed, float64(s.speedKmh))
+			ps := s
+			prev = &ps
+		}
+		if dt != 1 {
+			continue
+		}
+		if v.lat == lat0 && v.lon == lon0 || maxSpeed < 30 {
+			t.Errorf("%s did not move: max speed %v", class, maxSpeed)
+		}
+		km := v.odo - odo0
+		t.Logf("%s on %s: %.0f km, max %.0f km/h, %d s off (longest %d), %d s idling, %d s refuelling, "+
+			"events: harsh %d (%d with a drop), overheating %d, speeding %d",
+			class, v.rt.name, km, maxSpeed, offs, maxOff, idles, refuels, harsh, harshDrops, overheat, speeding)
+		if km < 300 || offs == 0 || idles == 0 || maxOff < 600 || refuels == 0 {
+			t.Errorf("%s: a day of %.0f km, %d s off (longest %d), %d s idling, %d s refuelling: want a journey with stops",
+				class, km, offs, maxOff, idles, refuels)
+		}
+		if harshDrops == 0 || overheat == 0 || speeding == 0 {
+			t.Errorf("%s: no event of some kind: harsh brakings %d, overheating %d, speeding %d",
+				class, harshDrops, overheat, speeding)
+		}
+	}
+}
+
+// TestEventMarkersOnTheWire checks that event markers survive encoding and the frontend's
+// decoding, binary and JSON.
+func TestEventMarkersOnTheWire(t *testing.T) {
+	v := newVehicle(rand.New(rand.NewPCG(5, 5)), "bus")
+	v.eventRate = 200
+	now := time.Now()
+	seen := map[string]bool{}
+	for n := 0; n < 20000 && len(seen) < 3; n++ {
+		var s sample
+		v.step(1, &s)
+		s.seq, s.timeMs = uint64(n+1), now.UnixMilli()
+		if s.events == 0 {
+			continue
+		}
+		r := newFrameReading().fill(&s)
+		for _, js := range []bool{false, true} {
+			b, err := telemetry.AppendUplink(nil, &telemetry.Uplink{Readings: []*telemetry.Reading{r}}, js)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := telemetry.DecodeUplink(b, js, now, telemetry.DefaultLimits())
+			if err != nil {
+				t.Fatalf("json %v: %v", js, err)
+			}
+			got := u.Readings[0].GetExtra()
+			if len(got) == 0 || len(got) != len(r.Extra) {
+				t.Fatalf("json %v: extra %v, sent %v", js, got, r.Extra)
+			}
+			for k := range got {
+				seen[k] = true
 			}
 		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("markers seen: %v", seen)
+	}
+}
+
+// TestVehicleDeterministic checks that a device's journey depends on the seed and its index only.
+func TestVehicleDeterministic(t *testing.T) {
+	cfg := Config{URLs: []string{"ws://127.0.0.1:1"}, Devices: 3, Rate: 1, Seed: 42}
+	run := func(seed uint64) []sample {
+		cfg.Seed = seed
+		f, err := New(cfg, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []sample
+		for _, d := range f.devices {
+			d.rng.Uint64() // network jitter must not change the journey
+			for range 2000 {
+				var s sample
+				d.veh.step(1, &s)
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	a, b, c := run(42), run(42), run(43)
+	if !slices.Equal(a, b) {
+		t.Error("same seed, different journeys")
+	}
+	if slices.Equal(a, c) {
+		t.Error("different seeds, same journeys")
+	}
+}
+
+// TestRoutes checks the route table: every corridor and town loop stays in Southern Africa, has
+// plausible lengths, and a vehicle on it moves along the segments' bearing.
+func TestRoutes(t *testing.T) {
+	for _, rt := range append(append([]*route(nil), corridorRoutes...), townRoutes...) {
+		for _, p := range rt.pts {
+			if p.lat < minLat || p.lat > maxLat || p.lon < minLon || p.lon > maxLon {
+				t.Errorf("%s: waypoint %v outside the region", rt.name, p)
+			}
+		}
+		for i, d := range rt.seg {
+			if d <= 0 || d > 700 {
+				t.Errorf("%s: segment %d of %.1f km", rt.name, i, d)
+			}
+		}
+		if !rt.loop && (rt.km < 250 || rt.km > 1800) {
+			t.Errorf("%s: %.0f km", rt.name, rt.km)
+		}
+	}
+	// Johannesburg to Durban is about 570 km by the N3; Cape Town to Johannesburg about 1400 by the N1.
+	if km := corridorRoutes[1].km; km < 500 || km > 620 {
+		t.Errorf("N3: %.0f km", km)
+	}
+	if km := corridorRoutes[0].km; km < 1250 || km > 1450 {
+		t.Errorf("N1: %.0f km", km)
+	}
+	// Driving north from Pretoria on the N1 heads north; the heading follows the segment.
+	v := newVehicle(rand.New(rand.NewPCG(1, 1)), "truck")
+	v.rt, v.seg, v.pos, v.dir = corridorRoutes[5], 0, 0, 1
+	v.place()
+	if v.heading > 10 && v.heading < 350 {
+		t.Errorf("Pretoria to Bela-Bela: heading %.1f, want about north", v.heading)
+	}
+	lat0 := v.lat
+	v.advance(10)
+	v.place()
+	if d := (lat0 - v.lat) * 111.32; d > -9 || d < -11 {
+		t.Errorf("10 km north moved %.2f km in latitude", -d)
 	}
 }
 
