@@ -261,8 +261,9 @@ func BenchmarkLiveLatency(b *testing.B) {
 }
 
 // TestLatencySmoke is a small run of the latency measurement, so that the
-// benchmark's machinery stays working; its bound is loose (shared machine,
-// -race).
+// benchmark's machinery stays working. It asserts behaviour (every client
+// gets updates, none is disconnected), not a time: latency is measured by
+// BenchmarkLiveLatency, never by a timed unit test on a shared machine.
 func TestLatencySmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
@@ -270,11 +271,11 @@ func TestLatencySmoke(t *testing.T) {
 	noLeaks(t)
 	res := measureLatency(t, latencyRun{vehicles: 200, clients: 40, duration: 2 * time.Second, warmUp: time.Second, fleets: 4})
 	t.Logf("200 vehicles at 1 Hz, 40 clients, 2 s: %v", res)
-	if res.p99 > 250*time.Millisecond {
-		t.Errorf("p99 %v, want under 250 ms even here", res.p99)
-	}
 	if res.perClientMin == 0 {
 		t.Errorf("a client received no update")
+	}
+	if res.slowDropped != 0 {
+		t.Errorf("%v clients disconnected as too slow at 200 vehicles", res.slowDropped)
 	}
 }
 
