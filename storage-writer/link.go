@@ -23,7 +23,6 @@ const (
 	routerDownAfter = 3 * heartbeat
 	sendTimeout     = 2 * time.Second
 	dialRetry       = 250 * time.Millisecond
-	dialTimeout     = 2 * time.Second
 )
 
 // link is the writer's connection to one router endpoint: one DEALER (a
@@ -72,15 +71,7 @@ func socketIdentity(name string) string {
 // any time.
 func (l *link) start() {
 	l.ctx, l.cancel = context.WithCancel(context.Background())
-	l.sock = zmq4.NewDealer(l.ctx,
-		zmq4.WithID(zmq4.SocketIdentity(socketIdentity(l.w.cfg.Name))),
-		zmq4.WithTimeout(sendTimeout),
-		zmq4.WithDialerRetry(dialRetry),
-		zmq4.WithDialerTimeout(dialTimeout),
-		zmq4.WithDialerMaxRetries(-1),
-		zmq4.WithAutomaticReconnect(true),
-		zmq4.WithLogger(slog.NewLogLogger(l.log.Handler(), slog.LevelWarn)),
-	)
+	l.sock = forward.NewDealer(l.ctx, socketIdentity(l.w.cfg.Name), sendTimeout, dialRetry, l.log)
 	l.wg.Add(3)
 	go l.dial()
 	go l.sendLoop()

@@ -60,15 +60,7 @@ func newLink(d *Drainer, idx int, endpoint string) *link {
 func (l *link) start() {
 	cfg := l.d.cfg
 	l.ctx, l.cancel = context.WithCancel(context.Background())
-	l.sock = zmq4.NewDealer(l.ctx,
-		zmq4.WithID(zmq4.SocketIdentity(l.d.identity)),
-		zmq4.WithTimeout(sendTimeout(cfg.Heartbeat)),
-		zmq4.WithDialerRetry(dialRetry(cfg.Heartbeat)),
-		zmq4.WithDialerTimeout(dialTimeout),
-		zmq4.WithDialerMaxRetries(-1),
-		zmq4.WithAutomaticReconnect(true),
-		zmq4.WithLogger(slog.NewLogLogger(l.log.Handler(), slog.LevelWarn)),
-	)
+	l.sock = NewDealer(l.ctx, l.d.identity, sendTimeout(cfg.Heartbeat), dialRetry(cfg.Heartbeat), l.log)
 	l.wg.Add(3)
 	go l.dial()
 	go l.sendLoop()
