@@ -97,9 +97,9 @@ func TestChaos(t *testing.T) {
 		in, store, live := "tcp://"+freeAddr(t), "tcp://"+freeAddr(t), "tcp://"+freeAddr(t)
 		routerEPs, storeEPs, liveEPs = append(routerEPs, in), append(storeEPs, store), append(liveEPs, live)
 		routers = append(routers, newProc(t, fmt.Sprintf("router-%d", i), "router",
-			"-id", fmt.Sprintf("router-%d", i), "-listen", in, "-live-pub", live, "-store-listen", store,
+			"-id", uid(fmt.Sprintf("router-%d", i)), "-listen", in, "-live-pub", live, "-store-listen", store,
 			"-queue-dir", filepath.Join(dir, fmt.Sprintf("router-%d", i)), "-registry", registry,
-			"-subscribers", "lake,influx"))
+			"-subscribers", uid("lake")+","+uid("influx")))
 	}
 	var fronts []*proc
 	var frontURLs []string
@@ -107,23 +107,23 @@ func TestChaos(t *testing.T) {
 		addr := freeAddr(t)
 		frontURLs = append(frontURLs, "ws://"+addr)
 		fronts = append(fronts, newProc(t, fmt.Sprintf("frontend-%d", i), "frontend",
-			"-id", fmt.Sprintf("frontend-%d", i), "-listen", addr, "-routers", strings.Join(routerEPs, ","),
+			"-id", uid(fmt.Sprintf("frontend-%d", i)), "-listen", addr, "-routers", strings.Join(routerEPs, ","),
 			"-queue-dir", filepath.Join(dir, fmt.Sprintf("frontend-%d", i)), "-registry", registry,
 			"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s"))
 	}
 	wInflux := newProc(t, "writer-influx", "storage-writer",
-		"-sink", "influx", "-name", "influx", "-routers", strings.Join(storeEPs, ","),
+		"-sink", "influx", "-name", uid("influx"), "-routers", strings.Join(storeEPs, ","),
 		"-queue-dir", filepath.Join(dir, "writer-influx"), "-queue-max-bytes", "-1",
 		"-influx-url", inf.URL, "-influx-database", inf.Database, "-influx-timeout", "5s",
 		"-batch-records", "5000", "-batch-interval", "200ms")
 	wLake := newProc(t, "writer-lake", "storage-writer",
-		"-sink", "lake", "-name", "lake", "-routers", strings.Join(storeEPs, ","),
+		"-sink", "lake", "-name", uid("lake"), "-routers", strings.Join(storeEPs, ","),
 		"-queue-dir", filepath.Join(dir, "writer-lake"), "-queue-max-bytes", "-1",
 		"-lake-dir", lakeDir, "-batch-records", "5000", "-batch-interval", "200ms")
 	const devToken = "e2e-chaos-token-0123456789"
 	lfAddr := freeAddr(t)
 	lf := newProc(t, "livefeed", "livefeed",
-		"-id", "livefeed-1", "-listen", lfAddr, "-routers", strings.Join(liveEPs, ","), "-dev-token", devToken)
+		"-id", uid("livefeed-1"), "-listen", lfAddr, "-routers", strings.Join(liveEPs, ","), "-dev-token", devToken)
 
 	for _, p := range routers {
 		p.start(ctx)
@@ -396,9 +396,9 @@ func chaosWaitDrained(t *testing.T, ctx context.Context, timeout time.Duration, 
 		qs = append(qs, q{p, "frontend"})
 	}
 	for _, p := range routers {
-		qs = append(qs, q{p, "router"}, q{p, "sub-influx"}, q{p, "sub-lake"})
+		qs = append(qs, q{p, "router"}, q{p, "sub-" + uid("influx")}, q{p, "sub-" + uid("lake")})
 	}
-	qs = append(qs, q{wInflux, "writer-influx"}, q{wLake, "writer-lake"})
+	qs = append(qs, q{wInflux, "writer-" + uid("influx")}, q{wLake, "writer-" + uid("lake")})
 	deadline := time.Now().Add(timeout)
 	var last string
 	for good := 0; good < 3; {

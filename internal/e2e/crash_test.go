@@ -39,11 +39,11 @@ func crashIngest(t *testing.T, victim string, kills int) {
 	routerAddr, frontAddr := freeAddr(t), freeAddr(t)
 	routerDir := filepath.Join(dir, "router")
 	rt := newProc(t, "router", "router",
-		"-id", "router-1", "-listen", "tcp://"+routerAddr,
+		"-id", uid("router-1"), "-listen", "tcp://"+routerAddr,
 		"-live-pub", "tcp://"+freeAddr(t), "-store-pub", "tcp://"+freeAddr(t),
 		"-queue-dir", routerDir)
 	fe := newProc(t, "frontend", "frontend",
-		"-id", "frontend-1", "-listen", frontAddr, "-routers", "tcp://"+routerAddr,
+		"-id", uid("frontend-1"), "-listen", frontAddr, "-routers", "tcp://"+routerAddr,
 		"-queue-dir", filepath.Join(dir, "frontend"), "-registry", registryPath,
 		"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s")
 	rt.start(ctx)

@@ -3,6 +3,8 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -24,12 +26,30 @@ import (
 // droverBin is the binary under test, built once by TestMain.
 var droverBin string
 
+// runID is random per test process. Every component id and subscriber name
+// carries it (see uid): tests of other packages, or other copies of this
+// one, run at the same time on loopback ports that a killed process frees
+// for a moment, and a component that reached a stranger's process under the
+// same name (a frontend "frontend-1" at another test's router, a writer
+// "lake" at another test's router) would make that process's deduplication
+// or subscriber queue act on our data — lost from this test's view.
+var runID string
+
+// uid returns name made unique to this test process.
+func uid(name string) string { return name + "-" + runID }
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "drover-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	var rb [3]byte
+	if _, err := rand.Read(rb[:]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	runID = hex.EncodeToString(rb[:])
 	droverBin = filepath.Join(dir, "drover")
 	build := exec.Command("go", "build", "-o", droverBin, "../../cmd/drover")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr

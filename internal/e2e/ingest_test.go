@@ -52,7 +52,7 @@ func TestIngestEndToEnd(t *testing.T) {
 	reg := prometheus.NewRegistry()
 
 	rc := router.DefaultConfig()
-	rc.ID = "router-1"
+	rc.ID = uid("router-1")
 	rc.Listen = "tcp://" + freeAddr(t)
 	rc.LivePub = "tcp://" + freeAddr(t)
 	rc.StorePub = "tcp://" + freeAddr(t)
@@ -75,7 +75,7 @@ func TestIngestEndToEnd(t *testing.T) {
 	}
 
 	fc := frontend.DefaultConfig()
-	fc.ID = "frontend-1"
+	fc.ID = uid("frontend-1")
 	fc.Listen = "127.0.0.1:0"
 	fc.QueueDir = filepath.Join(dir, "frontend")
 	fc.Routers = []string{rc.Listen}

@@ -63,21 +63,21 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 
 	routerAddr, frontAddr, storeAddr, liveAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	p.rt = newProc(t, "router", "router",
-		"-id", "router-1", "-listen", "tcp://"+routerAddr,
+		"-id", uid("router-1"), "-listen", "tcp://"+routerAddr,
 		"-live-pub", "tcp://"+liveAddr, "-store-listen", "tcp://"+storeAddr,
 		"-queue-dir", filepath.Join(p.dir, "router"), "-registry", p.registry,
-		"-subscribers", "lake,influx")
+		"-subscribers", uid("lake")+","+uid("influx"))
 	p.fe = newProc(t, "frontend", "frontend",
-		"-id", "frontend-1", "-listen", frontAddr, "-routers", "tcp://"+routerAddr,
+		"-id", uid("frontend-1"), "-listen", frontAddr, "-routers", "tcp://"+routerAddr,
 		"-queue-dir", filepath.Join(p.dir, "frontend"), "-registry", p.registry,
 		"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s")
 	p.wInflux = newProc(t, "writer-influx", "storage-writer",
-		"-sink", "influx", "-name", "influx", "-routers", "tcp://"+storeAddr,
+		"-sink", "influx", "-name", uid("influx"), "-routers", "tcp://"+storeAddr,
 		"-queue-dir", filepath.Join(p.dir, "writer-influx"), "-queue-max-bytes", "-1",
 		"-influx-url", p.inf.URL, "-influx-database", p.inf.Database, "-influx-timeout", "5s",
 		"-batch-records", "5000", "-batch-interval", "200ms")
 	p.wLake = newProc(t, "writer-lake", "storage-writer",
-		"-sink", "lake", "-name", "lake", "-routers", "tcp://"+storeAddr,
+		"-sink", "lake", "-name", uid("lake"), "-routers", "tcp://"+storeAddr,
 		"-queue-dir", filepath.Join(p.dir, "writer-lake"), "-queue-max-bytes", "-1",
 		"-lake-dir", p.lakeDir,
 		"-batch-records", "5000", "-batch-interval", "200ms")
@@ -87,7 +87,7 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 	if o.livefeed {
 		lfAddr := freeAddr(t)
 		p.lf = newProc(t, "livefeed", "livefeed",
-			"-id", "livefeed-1", "-listen", lfAddr, "-routers", "tcp://"+liveAddr,
+			"-id", uid("livefeed-1"), "-listen", lfAddr, "-routers", "tcp://"+liveAddr,
 			"-dev-token", p.devToken)
 		p.lf.start(ctx)
 		p.liveURL = "ws://" + lfAddr + "/v1/live"
@@ -127,10 +127,10 @@ func (p *pipeline) waitDrained(timeout time.Duration, want uint64) {
 		atLeast := func(v float64) bool { return v >= float64(want) }
 		check(p.fe, "drover_queue_depth_entries", map[string]string{"queue": "frontend"}, zero)
 		check(p.rt, "drover_queue_depth_entries", map[string]string{"queue": "router"}, zero)
-		check(p.rt, "drover_queue_depth_entries", map[string]string{"queue": "sub-influx"}, zero)
-		check(p.rt, "drover_queue_depth_entries", map[string]string{"queue": "sub-lake"}, zero)
-		check(p.wInflux, "drover_queue_depth_entries", map[string]string{"queue": "writer-influx"}, zero)
-		check(p.wLake, "drover_queue_depth_entries", map[string]string{"queue": "writer-lake"}, zero)
+		check(p.rt, "drover_queue_depth_entries", map[string]string{"queue": "sub-" + uid("influx")}, zero)
+		check(p.rt, "drover_queue_depth_entries", map[string]string{"queue": "sub-" + uid("lake")}, zero)
+		check(p.wInflux, "drover_queue_depth_entries", map[string]string{"queue": "writer-" + uid("influx")}, zero)
+		check(p.wLake, "drover_queue_depth_entries", map[string]string{"queue": "writer-" + uid("lake")}, zero)
 		check(p.wInflux, "drover_writer_records_written_total", nil, atLeast)
 		check(p.wLake, "drover_writer_records_written_total", nil, atLeast)
 		last = b.String()

@@ -145,7 +145,7 @@ func TestStorageFaults(t *testing.T) {
 		return ok && v == 1
 	})
 	pause(time.Until(outStart.Add(outage))) // the deliberate outage
-	backlog, _ := p.gauge(p.wInflux, "drover_queue_depth_entries", map[string]string{"queue": "writer-influx"})
+	backlog, _ := p.gauge(p.wInflux, "drover_queue_depth_entries", map[string]string{"queue": "writer-" + uid("influx")})
 	p.restartInflux()
 	outEnd := time.Now()
 	note("influxd restarted after %v down (acked %d, influx writer backlog %.0f entries)", outEnd.Sub(outStart).Round(time.Millisecond), total(), backlog)
