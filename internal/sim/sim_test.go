@@ -93,8 +93,12 @@ func TestEveryReadingAckedOnce(t *testing.T) {
 		{name: "close 4000", setup: func(s *fakeFrontend) { s.dropEvery, s.dropHow = 6, "4000"; s.dropBudget.Store(8) },
 			check: func(t *testing.T, st Stats, s *fakeFrontend) {
 				wantResends(t, st, s)
-				if st.Disconnects["4000"] != 8 {
-					t.Errorf("4000 disconnects: %v", st.Disconnects)
+				// The server closes 8 times with 4000. A device that is writing at
+				// that moment sees the close as a failed write (connection reset)
+				// or an abnormal closure instead of the close frame.
+				seen := st.Disconnects["4000"] + st.Disconnects["write"] + st.Disconnects["1006"]
+				if seen != 8 || st.Disconnects["4000"] == 0 {
+					t.Errorf("4000 disconnects: %v, want 8 in all (4000, or write/1006 when a write raced the close)", st.Disconnects)
 				}
 			}},
 		{name: "ack delay", setup: func(s *fakeFrontend) { s.ackDelay = 30 * time.Millisecond },
