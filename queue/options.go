@@ -27,17 +27,6 @@ func (p SyncPolicy) String() string {
 	return fmt.Sprintf("SyncPolicy(%d)", int(p))
 }
 
-// ParseSyncPolicy parses "always" or "never".
-func ParseSyncPolicy(s string) (SyncPolicy, error) {
-	switch s {
-	case "always", "":
-		return SyncAlways, nil
-	case "never":
-		return SyncNever, nil
-	}
-	return 0, fmt.Errorf("unknown sync policy %q (want always or never)", s)
-}
-
 // Options configure a Queue. The zero value of a field means its default.
 type Options struct {
 	// Name labels the queue's metrics (queue="...") and logs. Default "queue".

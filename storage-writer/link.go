@@ -90,18 +90,7 @@ func (l *link) stop() {
 // dial connects once; zmq4 then reconnects by itself.
 func (l *link) dial() {
 	defer l.wg.Done()
-	for {
-		err := l.sock.Dial(l.endpoint)
-		if err == nil || l.ctx.Err() != nil {
-			return
-		}
-		l.log.Warn("storage-writer: connect to router failed; retrying", "err", err)
-		select {
-		case <-time.After(dialRetry):
-		case <-l.ctx.Done():
-			return
-		}
-	}
+	forward.Dial(l.ctx, l.sock, l.endpoint, dialRetry, l.log)
 }
 
 // send hands a message to the send goroutine; it never blocks.

@@ -25,3 +25,22 @@ func NewDealer(ctx context.Context, identity string, sendTimeout, dialRetry time
 		zmq4.WithLogger(slog.NewLogLogger(logger.Handler(), slog.LevelWarn)),
 	)
 }
+
+// Dial connects sock to endpoint once; zmq4 then reconnects by itself. With
+// unlimited retries Dial fails only when the ZMTP handshake does (the peer
+// going down in the middle of it, something that is not a drover peer), so
+// try again every retry until it works or ctx ends.
+func Dial(ctx context.Context, sock zmq4.Socket, endpoint string, retry time.Duration, logger *slog.Logger) {
+	for {
+		err := sock.Dial(endpoint)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		logger.Warn("connect to router failed; retrying", "endpoint", endpoint, "err", err)
+		select {
+		case <-time.After(retry):
+		case <-ctx.Done():
+			return
+		}
+	}
+}

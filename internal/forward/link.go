@@ -84,19 +84,7 @@ func (l *link) stop() {
 // in the middle of it, something that is not a router), so try again.
 func (l *link) dial() {
 	defer l.wg.Done()
-	retry := dialRetry(l.d.cfg.Heartbeat)
-	for {
-		err := l.sock.Dial(l.endpoint)
-		if err == nil || l.ctx.Err() != nil {
-			return
-		}
-		l.log.Warn("forward: connect to router failed; retrying", "err", err)
-		select {
-		case <-time.After(retry):
-		case <-l.ctx.Done():
-			return
-		}
-	}
+	Dial(l.ctx, l.sock, l.endpoint, dialRetry(l.d.cfg.Heartbeat), l.log)
 }
 
 // enqueue hands a message to the send goroutine; it never blocks.
