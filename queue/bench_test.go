@@ -25,6 +25,9 @@ func BenchmarkAppend(b *testing.B) {
 				lat := appendN(b, q, appenders, b.N, 200)
 				b.StopTimer()
 				reportLatency(b, lat)
+				if f := testutilCounter(q.m.fsyncs); f > 0 {
+					b.ReportMetric(float64(b.N)/f, "entries/fsync")
+				}
 			})
 		}
 	}
