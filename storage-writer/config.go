@@ -49,6 +49,8 @@ type Config struct {
 	// BatchInterval is how long the writer waits for more records after
 	// the first of a sink write before it writes what it has.
 	BatchInterval time.Duration
+	// SinkWriters is how many sink writes may be in flight at once.
+	SinkWriters int
 	// DeadLetterDir is the folder of the dead-letter file, which receives
 	// the records the sink refuses for good. Empty: QueueDir/dead-letter.
 	DeadLetterDir string
@@ -58,6 +60,12 @@ type Config struct {
 	// the subscriber name.
 	Lake lake.Config
 }
+
+// DefaultSinkWriters is the default of Config.SinkWriters. Measured with
+// scripts/bench-pipeline.sh (docs/performance.md): InfluxDB takes the
+// writes of two to four writers at once much faster than one writer's in
+// turn.
+const DefaultSinkWriters = 4
 
 // DefaultConfig returns the configuration of a writer on a laptop: one
 // router on the same host and the Parquet lake, which needs no server, with
@@ -70,6 +78,7 @@ func DefaultConfig() Config {
 		QueueMaxBytes: 1 << 30,
 		BatchRecords:  5000,
 		BatchInterval: time.Second,
+		SinkWriters:   DefaultSinkWriters,
 		Influx:        influx.DefaultConfig(),
 		Lake:          lake.DefaultConfig(),
 	}
@@ -92,6 +101,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"records (`count`) gathered into one sink write, about; a backlog drains in writes of this size")
 	fs.DurationVar(&c.BatchInterval, "batch-interval", c.BatchInterval,
 		"longest wait (`duration`) for more records before a sink write")
+	fs.IntVar(&c.SinkWriters, "sink-writers", c.SinkWriters,
+		"sink writes (`count`) in flight at once: while the store takes one write, the writer sends the next (the sinks are idempotent, so the order does not matter)")
 	fs.StringVar(&c.DeadLetterDir, "dead-letter-dir", c.DeadLetterDir,
 		"`folder` of the dead-letter file (JSON lines of the records the sink refuses for good; default: QUEUE-DIR/dead-letter)")
 	c.Influx.RegisterFlags(fs, "influx-")
@@ -138,6 +149,9 @@ func (c Config) Validate() error {
 	}
 	if c.BatchRecords < 1 {
 		errs = append(errs, fmt.Errorf("batch-records: %d: want at least 1", c.BatchRecords))
+	}
+	if c.SinkWriters < 1 || c.SinkWriters > 64 {
+		errs = append(errs, fmt.Errorf("sink-writers: %d: want 1 to 64", c.SinkWriters))
 	}
 	if c.BatchInterval <= 0 {
 		errs = append(errs, fmt.Errorf("batch-interval: %v: want more than 0", c.BatchInterval))

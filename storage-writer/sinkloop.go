@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -40,8 +41,29 @@ type badEntry struct {
 }
 
 // sinkLoop reads the queue, writes to the sink and acks the queue until ctx
-// ends; wctx bounds the last write.
+// ends; wctx bounds the last writes. One goroutine gathers batches from the
+// queue; SinkWriters goroutines write them, so that the sink works on one
+// write while the writer encodes the next and the network carries a third
+// (a store like InfluxDB is idle between the writes of a single writer).
+// Writes finish out of order: the queue acks out of order, and removes a
+// record once every record before it is acked; the sinks are idempotent,
+// so the order in which two batches land does not matter.
 func (w *Writer) sinkLoop(ctx, wctx context.Context, q *queue.Queue, s sink.Sink) {
+	work := make(chan gathered)
+	var wg sync.WaitGroup
+	for range w.cfg.SinkWriters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for g := range work {
+				w.finish(ctx, wctx, q, s, g)
+			}
+		}()
+	}
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
 	for {
 		g, err := w.gather(ctx, q)
 		if len(g.batches) == 0 {
@@ -56,19 +78,29 @@ func (w *Writer) sinkLoop(ctx, wctx context.Context, q *queue.Queue, s sink.Sink
 			}
 			continue
 		}
-		if w.store(ctx, wctx, s, g) {
-			for _, b := range g.batches {
-				q.Ack(b)
-			}
-			w.oldest = 0
-			w.m.backlogAge.Set(0)
-		} else {
+		select {
+		case work <- g:
+		case <-ctx.Done():
 			for _, b := range g.batches {
 				q.Nack(b)
 			}
-		}
-		if ctx.Err() != nil {
 			return
+		}
+	}
+}
+
+// finish writes g and acks its batches, or gives them back to the queue
+// when ctx ended first.
+func (w *Writer) finish(ctx, wctx context.Context, q *queue.Queue, s sink.Sink, g gathered) {
+	w.track.start(g.oldest)
+	ok := w.store(ctx, wctx, s, g)
+	w.track.done(g.oldest)
+	w.setBacklogAge()
+	for _, b := range g.batches {
+		if ok {
+			q.Ack(b)
+		} else {
+			q.Nack(b)
 		}
 	}
 }
@@ -99,8 +131,6 @@ func (w *Writer) gather(ctx context.Context, q *queue.Queue) (gathered, error) {
 		}
 		g.add(b)
 	}
-	w.oldest = g.oldest
-	w.setBacklogAge()
 	return g, nil
 }
 
@@ -182,11 +212,7 @@ func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*t
 		err := s.Write(wctx, recs)
 		w.m.writeSeconds.Observe(time.Since(start).Seconds())
 		if err == nil {
-			if w.sinkDown {
-				w.sinkDown = false
-				w.m.sinkDown.Set(0)
-				w.logger.Info("storage-writer: sink is back; draining the backlog", "down_for", time.Since(w.downSince).Round(time.Millisecond))
-			}
+			w.sinkUp()
 			w.sinkOK.Store(true)
 			w.m.sinkWrites.Inc()
 			w.m.recordsWritten.Add(float64(len(recs)))
@@ -201,12 +227,7 @@ func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*t
 		if ctx.Err() != nil {
 			return err
 		}
-		if !w.sinkDown {
-			w.sinkDown = true
-			w.downSince = time.Now()
-			w.m.sinkDown.Set(1)
-			w.logger.Warn("storage-writer: sink write failed; holding the records in the queue and retrying with backoff", "records", len(recs), "err", err)
-		}
+		w.sinkFailed(len(recs), err)
 		if !sleepCtx(ctx, jitter(backoff)) {
 			return err
 		}
@@ -215,12 +236,81 @@ func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*t
 	}
 }
 
-// setBacklogAge sets the backlog-age gauge from the oldest record being
-// written.
-func (w *Writer) setBacklogAge() {
-	if w.oldest > 0 {
-		w.m.backlogAge.Set(max(0, time.Since(time.UnixMilli(w.oldest)).Seconds()))
+// sinkUp records a write that worked: the end of an outage, if one was on.
+func (w *Writer) sinkUp() {
+	w.downMu.Lock()
+	defer w.downMu.Unlock()
+	if w.sinkDown {
+		w.sinkDown = false
+		w.m.sinkDown.Set(0)
+		w.logger.Info("storage-writer: sink is back; draining the backlog", "down_for", time.Since(w.downSince).Round(time.Millisecond))
 	}
+}
+
+// sinkFailed records a write that failed transiently: an outage begins, and
+// is logged once, whichever of the concurrent writes sees it first.
+func (w *Writer) sinkFailed(records int, err error) {
+	w.downMu.Lock()
+	defer w.downMu.Unlock()
+	if !w.sinkDown {
+		w.sinkDown = true
+		w.downSince = time.Now()
+		w.m.sinkDown.Set(1)
+		w.logger.Warn("storage-writer: sink write failed; holding the records in the queue and retrying with backoff", "records", records, "err", err)
+	}
+}
+
+// setBacklogAge sets the backlog-age gauge from the oldest record being
+// written, 0 when nothing is.
+func (w *Writer) setBacklogAge() {
+	if ms := w.track.oldest(); ms > 0 {
+		w.m.backlogAge.Set(max(0, time.Since(time.UnixMilli(ms)).Seconds()))
+		return
+	}
+	w.m.backlogAge.Set(0)
+}
+
+// writing tracks the ReceivedMs of the oldest record of each write in
+// flight, for the backlog-age gauge.
+type writing struct {
+	mu sync.Mutex
+	ms map[int64]int // ReceivedMs -> writes in flight with it as oldest
+}
+
+func (t *writing) start(ms int64) {
+	if ms <= 0 {
+		return
+	}
+	t.mu.Lock()
+	if t.ms == nil {
+		t.ms = map[int64]int{}
+	}
+	t.ms[ms]++
+	t.mu.Unlock()
+}
+
+func (t *writing) done(ms int64) {
+	if ms <= 0 {
+		return
+	}
+	t.mu.Lock()
+	if t.ms[ms]--; t.ms[ms] <= 0 {
+		delete(t.ms, ms)
+	}
+	t.mu.Unlock()
+}
+
+// oldest returns the lowest ReceivedMs of the writes in flight, 0 if none.
+func (t *writing) oldest() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var o int64
+	for ms := range t.ms {
+		if o == 0 || ms < o {
+			o = ms
+		}
+	}
+	return o
 }
 
 // retryDeadLetter runs write until it works or ctx ends, reporting whether

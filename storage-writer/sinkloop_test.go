@@ -181,3 +181,96 @@ func TestDeadLetter(t *testing.T) {
 		}
 	}
 }
+
+// gateSink holds every write until want writes are in flight at once (or
+// its release channel is closed), and records the most it saw.
+type gateSink struct {
+	fakeSink
+	want    int
+	mu      sync.Mutex
+	now     int
+	most    int
+	release chan struct{}
+}
+
+func (g *gateSink) open() (sink.Sink, error) { return g, nil }
+
+func (g *gateSink) Write(ctx context.Context, recs []*telemetry.EnrichedRecord) error {
+	g.mu.Lock()
+	g.now++
+	g.most = max(g.most, g.now)
+	if g.now >= g.want {
+		select {
+		case <-g.release:
+		default:
+			close(g.release)
+		}
+	}
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.now--
+		g.mu.Unlock()
+	}()
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.fakeSink.Write(ctx, recs)
+}
+
+func (g *gateSink) inFlight() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.now
+}
+
+func (g *gateSink) maxInFlight() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.most
+}
+
+// TestSinkWritesConcurrent: the writer keeps SinkWriters writes in flight
+// at once (the store works on one while the next is on its way), and
+// every record still lands once the writes finish, in whatever order.
+func TestSinkWritesConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	rt := startFakeRouter(t, "router-w")
+	cfg := testWriterConfig(dir, rt.addr)
+	cfg.SinkWriters = 3
+	cfg.BatchRecords = 20
+	gs := &gateSink{want: cfg.SinkWriters, release: make(chan struct{})}
+	r := startWriter(t, cfg, func(w *Writer) { w.newSink = gs.open })
+	waitFor(t, 10*time.Second, "subscribe", func() bool { return rt.subscriber() != "" })
+
+	recs := makeRecords(400, 8, 1)
+	ents := entriesOf(t, "router-w", recs, 20)
+	// One entry at a time until the gate is full: a queue read takes all
+	// there is, so entries sent together would make one write.
+	for i := range cfg.SinkWriters - 1 {
+		rt.deliver(uint64(i+1), ents[i:i+1])
+		waitFor(t, 10*time.Second, "a write in flight", func() bool { return gs.inFlight() == i+1 })
+	}
+	rt.deliver(uint64(cfg.SinkWriters), ents[cfg.SinkWriters-1:])
+	waitFor(t, 20*time.Second, "every record written", func() bool {
+		return r.metric(r.w.m.recordsWritten) == float64(len(recs))
+	})
+	if got := gs.maxInFlight(); got != cfg.SinkWriters {
+		t.Errorf("at most %d sink writes in flight at once, want %d", got, cfg.SinkWriters)
+	}
+	seen := map[string]int{}
+	for _, rec := range gs.written() {
+		seen[recKey(rec)]++
+	}
+	for _, rec := range recs {
+		if seen[recKey(rec)] != 1 {
+			t.Fatalf("record %s written %d times, want 1", recKey(rec), seen[recKey(rec)])
+		}
+	}
+	waitFor(t, 10*time.Second, "queue emptied", func() bool {
+		n, _ := r.w.q.Load().Depth()
+		return n == 0
+	})
+}

@@ -75,10 +75,11 @@ type Writer struct {
 
 	dl *deadLetter
 
-	// Owned by the sink loop.
+	// The sink's outage state, shared by the sink writers.
+	downMu    sync.Mutex
 	sinkDown  bool
 	downSince time.Time
-	oldest    int64 // ReceivedMs of the oldest record being written, 0: none
+	track     writing // writes in flight, for the backlog age
 }
 
 // New checks cfg and returns a writer that logs to logger and registers its

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -23,6 +24,10 @@ type stored struct {
 	count   map[key]int
 	entries int
 	records int
+	// senders holds, per sender, the sender's queue sequences the router
+	// stored: a gap between two of them (other than a restart's
+	// reservation jump) is a batch the sender removed unstored.
+	senders map[string]*forward.SeqSet
 }
 
 // readRouterQueue opens a stopped router's queue directory and counts the
@@ -34,7 +39,7 @@ func readRouterQueue(t testing.TB, dir string) stored {
 		t.Fatalf("open router queue %s: %v", dir, err)
 	}
 	defer q.Close()
-	s := stored{count: map[key]int{}}
+	s := stored{count: map[key]int{}, senders: map[string]*forward.SeqSet{}}
 	for {
 		b, err := q.TryRead(4 << 20)
 		if err != nil {
@@ -52,6 +57,12 @@ func readRouterQueue(t testing.TB, dir string) stored {
 				t.Fatalf("router queue entry %d: batch header sender=%q seq=%d last_seq=%d", e.Seq, batch.GetSender(), batch.GetSeq(), batch.GetLastSeq())
 			}
 			s.entries++
+			ss := s.senders[batch.GetSender()]
+			if ss == nil {
+				ss = forward.NewSeqSet(0)
+				s.senders[batch.GetSender()] = ss
+			}
+			ss.Add(batch.GetSeq(), batch.GetLastSeq())
 			for _, r := range batch.GetRecords() {
 				s.records++
 				s.count[key{r.GetDeviceId(), r.GetReading().GetSeq()}]++
@@ -83,6 +94,13 @@ func checkAcked(t testing.TB, s stored, acked map[string]uint64) (ackedN, dups i
 	}
 	if len(missing) > 0 {
 		sort.Strings(missing)
+		for name, ss := range s.senders {
+			ivs := ss.Intervals()
+			if len(ivs) > 50 {
+				ivs = ivs[:50]
+			}
+			t.Logf("sender %s: the router holds its queue sequences %v", name, ivs)
+		}
 		t.Fatalf("acked readings missing from the router's queue (first %d shown): %v", len(missing), missing)
 	}
 	return ackedN, dups

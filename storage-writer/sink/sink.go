@@ -24,7 +24,9 @@ type Sink interface {
 	// Permanent means the store refuses these records for good (a retry
 	// cannot succeed): the writer bisects the batch to find the records at
 	// fault and dead-letters them. Any other error is transient: the writer
-	// retries the same batch with backoff. Write must honour ctx.
+	// retries the same batch with backoff. Write must honour ctx, and be
+	// safe for concurrent use: the writer has several writes in flight
+	// (-sink-writers), which may finish in any order.
 	Write(ctx context.Context, recs []*telemetry.EnrichedRecord) error
 	// Close flushes and releases the sink. Records given to Write before
 	// are durable or were reported as failed.
