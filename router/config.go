@@ -60,8 +60,15 @@ type Config struct {
 	// Subscribers are the durable subscribers (storage writers' names) the
 	// router keeps data for from its first start, connected or not. Unknown
 	// names are also registered when they first subscribe, and kept from
-	// then on (persisted in QueueDir/subs/subscribers).
+	// then on (persisted in QueueDir/subs/subscribers), unless
+	// FixedSubscribers.
 	Subscribers []string
+	// FixedSubscribers refuses a subscribe under a name that is neither in
+	// Subscribers nor already registered: a writer started with a typo in
+	// its name, or one that reached the wrong router, is told no (an error
+	// log, drover_router_bad_messages_total{reason="subscriber_unknown"})
+	// instead of making the router keep a copy of everything for it.
+	FixedSubscribers bool
 	// SubscriberRetention: a durable subscriber not heard from for longer
 	// is dropped and its queue deleted (an error log and
 	// drover_router_subscribers_dropped_total). The operator's choice of
@@ -131,6 +138,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
+	fs.BoolVar(&c.FixedSubscribers, "fixed-subscribers", c.FixedSubscribers,
+		"refuse a subscribe under a name not in -subscribers (nor registered before): a misnamed or misdirected writer is refused and logged instead of being kept a copy of everything")
 	fs.DurationVar(&c.SubscriberRetention, "subscriber-retention", c.SubscriberRetention,
 		"a durable subscriber not heard from for this `duration` is dropped and its queue at the router deleted (logged, counted)")
 	fs.Int64Var(&c.SubscriberQueueMaxBytes, "subscriber-queue-max-bytes", c.SubscriberQueueMaxBytes,

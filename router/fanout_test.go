@@ -557,3 +557,39 @@ func TestSubscriberQueueFull(t *testing.T) {
 		return fe.depth() == 0 && rt.mainDepth() == 0 && rt.subDepth("influx") == 0
 	})
 }
+
+// TestFixedSubscribers: with FixedSubscribers, a writer subscribing under a
+// name the router was not given is refused (counted) and gets nothing; the
+// main queue goes to the listed subscriber only, and no queue is kept for
+// the stranger.
+func TestFixedSubscribers(t *testing.T) {
+	noLeaks(t)
+	dir := t.TempDir()
+	cfg := testConfig(filepath.Join(dir, "router"), "router-f")
+	cfg.Subscribers = []string{"lake"}
+	cfg.FixedSubscribers = true
+	cfg.RegistryStore = testRegistry(t)
+	rt := startRouter(t, cfg, withFastLanes)
+	stranger := startSub(t, rt.StoreAddr(), "laek", true)
+	waitFor(t, 10*time.Second, "the stranger refused", func() bool {
+		return metric(t, rt.reg, "drover_router_bad_messages_total", "reason", "subscriber_unknown") > 0
+	})
+	fe := openFrontend(t, filepath.Join(dir, "frontend"), queue.SyncAlways)
+	startDrainer(t, testDrainerConfig("frontend-1", rt.Addr()), fe.q)
+	const n = 200
+	fe.appendN(t, n, 20, rand.New(rand.NewPCG(5, 5)))
+	waitFor(t, 30*time.Second, "the router to hold every entry for lake", func() bool {
+		return fe.depth() == 0 && rt.mainDepth() == 0 && rt.subDepth("lake") > 0
+	})
+	lake := startSub(t, rt.StoreAddr(), "lake", true)
+	waitFor(t, 30*time.Second, "lake to receive every reading", func() bool {
+		d, _ := lake.counts()
+		return d == n*recordsPerEntry
+	})
+	if d, _ := stranger.counts(); d != 0 {
+		t.Errorf("the unknown subscriber received %d readings", d)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.QueueDir, "subs", "laek")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a queue for the unknown subscriber: %v; want none", err)
+	}
+}

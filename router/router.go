@@ -59,6 +59,7 @@ type Router struct {
 	stores      sync.WaitGroup
 	replies     replyQueue
 	busyLogged  atomic.Bool
+	unknownSubs sync.Map // names refused by FixedSubscribers, logged once each
 
 	// The lanes, set by Run.
 	registry  *registry.Store

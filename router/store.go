@@ -136,6 +136,15 @@ func (r *Router) subscribe(id []byte, name string) {
 		return
 	}
 	s := r.subs[name]
+	if s == nil && r.cfg.FixedSubscribers {
+		r.subsMu.Unlock()
+		r.m.badMessages.WithLabelValues("subscriber_unknown").Inc()
+		if _, logged := r.unknownSubs.LoadOrStore(name, true); !logged { // once per name
+			r.logger.Error("router: subscribe refused: unknown durable subscriber (-fixed-subscribers); add it to -subscribers if it is meant to be one",
+				"subscriber", name, "peer", string(id), "known", r.cfg.Subscribers)
+		}
+		return
+	}
 	if s == nil && len(r.subs) >= maxSubscribers {
 		r.subsMu.Unlock()
 		r.m.badMessages.WithLabelValues("subscribers").Inc()

@@ -99,7 +99,7 @@ func TestChaos(t *testing.T) {
 		routers = append(routers, newProc(t, fmt.Sprintf("router-%d", i), "router",
 			"-id", uid(fmt.Sprintf("router-%d", i)), "-listen", in, "-live-pub", live, "-store-listen", store,
 			"-queue-dir", filepath.Join(dir, fmt.Sprintf("router-%d", i)), "-registry", registry,
-			"-subscribers", uid("lake")+","+uid("influx")))
+			"-subscribers", uid("lake")+","+uid("influx"), "-fixed-subscribers"))
 	}
 	var fronts []*proc
 	var frontURLs []string

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"testing"
 
@@ -28,45 +31,80 @@ type stored struct {
 	// stored: a gap between two of them (other than a restart's
 	// reservation jump) is a batch the sender removed unstored.
 	senders map[string]*forward.SeqSet
+	// subscribers names the durable subscribers the router registered.
+	subscribers []string
 }
 
 // readRouterQueue opens a stopped router's queue directory and counts the
-// readings in it, without removing anything.
+// readings in it, without removing anything: its main queue and, should a
+// durable subscriber have registered (a storage writer of another test that
+// reached this router's store lane on a port it had known, say), the queues
+// the router keeps for it, to which the fan-out moved what it took from the
+// main queue.
 func readRouterQueue(t testing.TB, dir string) stored {
+	t.Helper()
+	s := stored{count: map[key]int{}, senders: map[string]*forward.SeqSet{}}
+	readQueue(t, dir, func(seq uint64, data []byte) {
+		var batch telemetry.Batch
+		if err := proto.Unmarshal(data, &batch); err != nil {
+			t.Fatalf("router queue entry %d is not a Batch: %v", seq, err)
+		}
+		if batch.GetSender() == "" || batch.GetSeq() == 0 || batch.GetLastSeq() < batch.GetSeq() {
+			t.Fatalf("router queue entry %d: batch header sender=%q seq=%d last_seq=%d", seq, batch.GetSender(), batch.GetSeq(), batch.GetLastSeq())
+		}
+		s.entries++
+		ss := s.senders[batch.GetSender()]
+		if ss == nil {
+			ss = forward.NewSeqSet(0)
+			s.senders[batch.GetSender()] = ss
+		}
+		ss.Add(batch.GetSeq(), batch.GetLastSeq())
+		for _, r := range batch.GetRecords() {
+			s.records++
+			s.count[key{r.GetDeviceId(), r.GetReading().GetSeq()}]++
+		}
+	})
+	subs, err := os.ReadDir(filepath.Join(dir, "subs"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	for _, d := range subs {
+		if !d.IsDir() {
+			continue
+		}
+		s.subscribers = append(s.subscribers, d.Name())
+		readQueue(t, filepath.Join(dir, "subs", d.Name()), func(seq uint64, data []byte) {
+			var pb telemetry.PublishBatch
+			if err := proto.Unmarshal(data, &pb); err != nil {
+				t.Fatalf("subscriber %s queue entry %d is not a PublishBatch: %v", d.Name(), seq, err)
+			}
+			for _, r := range pb.GetRecords() {
+				s.records++
+				s.count[key{r.GetRecord().GetDeviceId(), r.GetRecord().GetReading().GetSeq()}]++
+			}
+		})
+	}
+	return s
+}
+
+// readQueue calls fn with every entry of the queue in dir, removing nothing.
+func readQueue(t testing.TB, dir string, fn func(seq uint64, data []byte)) {
 	t.Helper()
 	q, err := queue.Open(dir, queue.Options{Name: "check", MaxBytes: -1}, nil, nil)
 	if err != nil {
-		t.Fatalf("open router queue %s: %v", dir, err)
+		t.Fatalf("open queue %s: %v", dir, err)
 	}
 	defer q.Close()
-	s := stored{count: map[key]int{}, senders: map[string]*forward.SeqSet{}}
 	for {
 		b, err := q.TryRead(4 << 20)
 		if err != nil {
-			t.Fatalf("read router queue: %v", err)
+			t.Fatalf("read queue %s: %v", dir, err)
 		}
 		if len(b.Entries) == 0 {
-			return s
+			return
 		}
 		for _, e := range b.Entries {
-			var batch telemetry.Batch
-			if err := proto.Unmarshal(e.Data, &batch); err != nil {
-				t.Fatalf("router queue entry %d is not a Batch: %v", e.Seq, err)
-			}
-			if batch.GetSender() == "" || batch.GetSeq() == 0 || batch.GetLastSeq() < batch.GetSeq() {
-				t.Fatalf("router queue entry %d: batch header sender=%q seq=%d last_seq=%d", e.Seq, batch.GetSender(), batch.GetSeq(), batch.GetLastSeq())
-			}
-			s.entries++
-			ss := s.senders[batch.GetSender()]
-			if ss == nil {
-				ss = forward.NewSeqSet(0)
-				s.senders[batch.GetSender()] = ss
-			}
-			ss.Add(batch.GetSeq(), batch.GetLastSeq())
-			for _, r := range batch.GetRecords() {
-				s.records++
-				s.count[key{r.GetDeviceId(), r.GetReading().GetSeq()}]++
-			}
+			fn(e.Seq, e.Data)
 		}
 	}
 }
@@ -94,6 +132,7 @@ func checkAcked(t testing.TB, s stored, acked map[string]uint64) (ackedN, dups i
 	}
 	if len(missing) > 0 {
 		sort.Strings(missing)
+		t.Logf("durable subscribers registered at the router: %v", s.subscribers)
 		for name, ss := range s.senders {
 			ivs := ss.Intervals()
 			if len(ivs) > 50 {

@@ -66,7 +66,7 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 		"-id", uid("router-1"), "-listen", "tcp://"+routerAddr,
 		"-live-pub", "tcp://"+liveAddr, "-store-listen", "tcp://"+storeAddr,
 		"-queue-dir", filepath.Join(p.dir, "router"), "-registry", p.registry,
-		"-subscribers", uid("lake")+","+uid("influx"))
+		"-subscribers", uid("lake")+","+uid("influx"), "-fixed-subscribers")
 	p.fe = newProc(t, "frontend", "frontend",
 		"-id", uid("frontend-1"), "-listen", frontAddr, "-routers", "tcp://"+routerAddr,
 		"-queue-dir", filepath.Join(p.dir, "frontend"), "-registry", p.registry,
