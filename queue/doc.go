@@ -39,6 +39,17 @@
 // reservation kept in DIR/seq (reserved in steps of 1<<20, one extra fsync per
 // million entries). Downstream hops use them to drop duplicates.
 //
+// A new queue — an empty directory, or one whose reservation is unreadable
+// and whose segments hold nothing — starts at a random base between 2^20
+// and 2^62 rather than at 1. Consumers deduplicate by (producer name,
+// sequence) and remember what they stored; a producer whose directory was
+// wiped (a lost volume, a subscriber queue deleted after its retention and
+// registered again) keeps its name, and restarting at 1 would make its new
+// entries look like ones stored long ago: acked, and dropped. With a random
+// base the new numbers land far from the old ones (a collision needs the
+// new base within the old range: odds about 2^-22 per wipe for a queue that
+// went through a trillion entries).
+//
 // # When fsync happens (SyncAlways, the default)
 //
 // Appenders hand their entries to a single committer goroutine. While it is

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -217,7 +218,10 @@ func (q *Queue) open() error {
 	if err != nil {
 		q.log.Warn("queue: sequence reservation unreadable; using what the segments hold", "err", err)
 	}
-	next := max(reserved, res.maxSeq, q.nextSeq, 1)
+	next := max(reserved, res.maxSeq, q.nextSeq)
+	if next == 0 {
+		next = newQueueBase() // a new queue (doc.go: sequence numbers)
+	}
 
 	q.dqMu.Lock()
 	if q.dq != nil {
@@ -596,6 +600,12 @@ func lockDir(path string) (*os.File, error) {
 		return nil, fmt.Errorf("lock queue: %w", err)
 	}
 	return f, nil
+}
+
+// newQueueBase returns the first sequence number of a new queue: a random
+// multiple of 2^20 between 2^20 and 2^62.
+func newQueueBase() uint64 {
+	return (1 + rand.Uint64N(1<<42-1)) << 20
 }
 
 func readSeqFile(path string) (uint64, error) {

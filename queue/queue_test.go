@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -128,6 +129,39 @@ func TestSequenceSurvivesEmptyQueue(t *testing.T) {
 	}
 	if s <= last {
 		t.Fatalf("sequence reused after the queue emptied: %d <= %d", s, last)
+	}
+}
+
+// TestWipedQueueStartsElsewhere: a queue made anew in a wiped directory
+// does not number its entries where its predecessor did, so that a
+// consumer deduplicating by (producer, sequence) does not take them for
+// entries it stored before.
+func TestWipedQueueStartsElsewhere(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	q := openT(t, dir, Options{})
+	first, err := q.Append(ctx, payload(0), payload(1), payload(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first < 1<<20 {
+		t.Errorf("a new queue starts at %d; want a random base of at least 2^20", first)
+	}
+	q.Close()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	q = openT(t, dir, Options{})
+	defer q.Close()
+	again, err := q.Append(ctx, payload(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again >= first && again <= first+2 {
+		t.Fatalf("the wiped queue reuses sequence %d of its predecessor (%d..%d)", again, first, first+2)
+	}
+	if again == first {
+		t.Fatalf("both queues start at %d", first)
 	}
 }
 
