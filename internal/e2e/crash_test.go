@@ -87,14 +87,21 @@ func crashIngest(t *testing.T, victim string, kills int) {
 		t.Fatalf("acked %d of %d readings by the end: %+v", st.Acked, devices*perDevice, st)
 	}
 
-	waitFor(t, 2*time.Minute, "frontend queue drained into the router", func() bool {
+	drained := func() bool {
 		m, err := fe.metrics(ctx)
 		if err != nil {
 			return false
 		}
 		v, ok := metricValue(m, "drover_queue_depth_entries", map[string]string{"queue": "frontend"})
 		return ok && v == 0
-	})
+	}
+	for deadline := time.Now().Add(2 * time.Minute); !drained(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			fe.postMortem(ctx)
+			rt.postMortem(ctx)
+			t.Fatalf("timed out after 2m waiting for the frontend queue to drain into the router")
+		}
+	}
 	fe.stop(30 * time.Second)
 	rt.stop(30 * time.Second)
 

@@ -97,7 +97,24 @@ func newProc(t testing.TB, name, target string, args ...string) *proc {
 		p.kill()
 		if t.Failed() {
 			b, _ := os.ReadFile(p.logPath)
+			// The whole log outlives the test's temp dir, for the post-mortem.
+			keep := filepath.Join(artifactsDir(t), p.name+".log")
+			if err := os.WriteFile(keep, b, 0o644); err == nil {
+				t.Logf("%s: whole log kept in %s", p.name, keep)
+			}
 			lines := strings.Split(string(b), "\n")
+			var loud []string // every error and warning, wherever it is
+			for _, l := range lines {
+				if strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN") {
+					loud = append(loud, l)
+				}
+			}
+			if len(loud) > 40 {
+				loud = append(loud[:20], loud[len(loud)-20:]...)
+			}
+			if len(loud) > 0 {
+				t.Logf("--- errors and warnings of %s ---\n%s", p.name, strings.Join(loud, "\n"))
+			}
 			if len(lines) > 60 {
 				lines = lines[len(lines)-60:]
 			}
@@ -105,6 +122,19 @@ func newProc(t testing.TB, name, target string, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// artifactsDir is where a failed test keeps what it wants looked at:
+// $DROVER_ARTIFACTS/<test>, or drover-e2e-artifacts/<test> in the system's
+// temp dir.
+func artifactsDir(t testing.TB) string {
+	base := os.Getenv("DROVER_ARTIFACTS")
+	if base == "" {
+		base = filepath.Join(os.TempDir(), "drover-e2e-artifacts")
+	}
+	dir := filepath.Join(base, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
+	_ = os.MkdirAll(dir, 0o755)
+	return dir
 }
 
 // start starts the process and waits until /readyz answers 200.
@@ -208,6 +238,34 @@ func (p *proc) stop(timeout time.Duration) {
 	if p.status != nil {
 		p.t.Fatalf("%s exited with %v after SIGTERM (log %s)", p.name, p.status, p.logPath)
 	}
+}
+
+// postMortem logs what a process that does not get where it should is
+// doing: its drover_* metrics and the stacks of its goroutines (from its
+// /debug/pprof), appended to its log file, which the test prints on failure.
+func (p *proc) postMortem(ctx context.Context) {
+	f, err := os.OpenFile(p.logPath, os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	for _, path := range []string{"/metrics", "/debug/pprof/goroutine?debug=2"} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.opsAddr+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			fmt.Fprintf(f, "=== post-mortem %s: %v\n", path, err)
+			continue
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+		resp.Body.Close()
+		fmt.Fprintf(f, "=== post-mortem %s\n", path)
+		for _, l := range strings.Split(string(b), "\n") {
+			if path != "/metrics" || strings.HasPrefix(l, "drover_") {
+				fmt.Fprintln(f, l)
+			}
+		}
+	}
+	p.t.Logf("%s: post-mortem (metrics, goroutines) appended to %s", p.name, p.logPath)
 }
 
 // metrics scrapes the process's /metrics.
