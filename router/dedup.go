@@ -117,6 +117,14 @@ func (d *dedup) stored(sender string, ivs []forward.Interval) {
 	}
 }
 
+// holds reports whether every sequence of sender's first..last is known
+// stored.
+func (d *dedup) holds(sender string, first, last uint64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sender(sender).stored.Contains(first, last)
+}
+
 // finish ends op: batches waiting for it go on, and see err.
 func (d *dedup) finish(op *appendOp, err error) {
 	d.mu.Lock()

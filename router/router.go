@@ -544,6 +544,13 @@ func (r *Router) store(id []byte, m forward.Message) {
 	switch {
 	case err == nil:
 		r.busyLogged.Store(false)
+		if !r.dd.holds(m.Sender, m.First, m.Last) {
+			// Cannot happen: every part is stored by this batch or one it
+			// waited for. Said loudly: the sender removes what is acked.
+			r.m.badMessages.WithLabelValues("invariant").Inc()
+			r.logger.Error("router: BUG: acking a batch not all stored", "sender", m.Sender, "first", m.First, "last", m.Last,
+				"own", p.op != nil, "deps", len(p.deps), "dups", p.dups)
+		}
 		r.reply(id, forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
 	case errors.Is(err, queue.ErrFull):
 		r.refuse(id, m, "queue_full", err)

@@ -473,6 +473,17 @@ func (d *Drainer) trySend(now time.Time) {
 
 // complete removes a fully acked batch from the queue.
 func (d *Drainer) complete(b *fbatch) {
+	for _, r := range b.runs {
+		if !d.acked.Contains(r.first, r.last) {
+			// Cannot happen: a run is acked only by a router ack that
+			// covers it. Said loudly, with what would be lost, because the
+			// entries are removed all the same (the alternative is a queue
+			// that never drains).
+			d.m.badMessages.WithLabelValues("invariant").Inc()
+			d.log.Error("forward: BUG: removing a queue batch that no router ack covers", "first", r.first, "last", r.last,
+				"runs", len(b.runs), "link", b.link != nil, "acked_intervals", d.acked.Len())
+		}
+	}
 	d.q.Ack(b.qb)
 	d.m.queueReleased.Add(float64(len(b.qb.Entries)))
 	d.tokens <- struct{}{}
