@@ -7,6 +7,7 @@
 #
 #   DURATION=5m scripts/bench-pipeline.sh      (default 5m)
 #
+# SINK_WRITERS (4) sets each writer's -sink-writers (concurrent sink writes).
 # Offered load: DEVICES (1,000) × RATE (50 readings/s) = 50,000 readings/s, frames of FRAME (50)
 # readings. Every SAMPLE (5s) it records each writer's drover_writer_records_written_total and
 # process_cpu_seconds_total and the queue depths (bench-out/pipeline/samples.tsv). When the
@@ -28,6 +29,7 @@ frame="${FRAME:-50}"
 sample="${SAMPLE:-5}"
 warmup="${WARMUP:-10}"
 drain_timeout="${DRAIN_TIMEOUT:-120}"
+sink_writers="${SINK_WRITERS:-4}"
 rm -rf "$out"; mkdir -p "$out"
 work="$(mktemp -d)"
 pids=()
@@ -101,11 +103,11 @@ rops=$(freeport); fops=$(freeport); iops=$(freeport); lops=$(freeport)
 pids+=($!)
 "$drover" storage-writer -sink influx -name influx -routers "tcp://127.0.0.1:$sport" \
 	-queue-dir "$work/writer-influx" -queue-max-bytes -1 \
-	-influx-url "http://127.0.0.1:$iport" -influx-database drover \
+	-influx-url "http://127.0.0.1:$iport" -influx-database drover -sink-writers "$sink_writers" \
 	-ops-listen "127.0.0.1:$iops" 2>"$out/writer-influx.log" &
 pids+=($!)
 "$drover" storage-writer -sink lake -name lake -routers "tcp://127.0.0.1:$sport" \
-	-queue-dir "$work/writer-lake" -queue-max-bytes -1 -lake-dir "$work/lake" \
+	-queue-dir "$work/writer-lake" -queue-max-bytes -1 -lake-dir "$work/lake" -sink-writers "$sink_writers" \
 	-ops-listen "127.0.0.1:$lops" 2>"$out/writer-lake.log" &
 pids+=($!)
 "$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \

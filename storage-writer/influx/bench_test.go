@@ -3,11 +3,13 @@ package influx
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/drover-telemetry/drover/internal/testenv"
+	"github.com/drover-telemetry/drover/telemetry"
 )
 
 // BenchmarkWrite writes batches of new readings (full sensor set, two
@@ -37,6 +39,52 @@ func BenchmarkWrite(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "points/s")
 			b.ReportMetric(testutil.ToFloat64(s.metrics.bytes)/float64(b.N*size), "B/point")
+		})
+	}
+}
+
+// BenchmarkWriteConcurrent is BenchmarkWrite's 5,000-point batches with 1,
+// 2 and 4 writes in flight at once, as the storage writer's -sink-writers
+// makes them: the ratio of points/s between the sub-benchmarks of one run
+// is what concurrency buys against this InfluxDB.
+//
+//	go test -run='^$' -bench=WriteConcurrent -benchtime=40x ./storage-writer/influx/
+func BenchmarkWriteConcurrent(b *testing.B) {
+	inf := testenv.InfluxD(b)
+	const size = 5000
+	for _, writers := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			s, _ := newTestSink(b, inf.URL, inf.Database)
+			// Every batch its own sequences: new points, not overwrites.
+			batches := make([][]*telemetry.EnrichedRecord, b.N)
+			for i := range batches {
+				batches[i] = fleetBatch(size, 100, uint64(writers)*1_000_000_000+uint64(i*size/100))
+			}
+			next := make(chan []*telemetry.EnrichedRecord)
+			go func() {
+				for _, recs := range batches {
+					next <- recs
+				}
+				close(next)
+			}()
+			b.ReportAllocs()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for recs := range next {
+						if err := s.Write(context.Background(), recs); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "points/s")
 		})
 	}
 }
