@@ -135,7 +135,7 @@ sample_line >>"$out/samples.tsv"
 echo "bench-pipeline: $devices devices x $rate readings/s (frames of $frame) for $duration; results in $out" >&2
 ${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench \
 	-rate "$rate" -frame-readings "$frame" -window 8 -duration "$duration" \
-	-summary "$out/sim.json" -progress 10s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
+	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 10s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!
 pids+=($simpid)
 while kill -0 "$simpid" 2>/dev/null; do
