@@ -28,8 +28,11 @@ type Summary struct {
 	Disconnects     map[string]uint64 `json:"disconnects,omitempty"`
 	// Generated, Sent, Resent, Acked, OutboxDrops and Errors are counts of readings (Errors
 	// excepted) as in Stats. Unacked is what the outboxes still held at the end.
-	Generated   uint64 `json:"generated"`
-	Sent        uint64 `json:"sent"`
+	Generated uint64 `json:"generated"`
+	Sent      uint64 `json:"sent"`
+	// FramesSent and BytesSent are the frames written and their encoded size (resends included).
+	FramesSent  uint64 `json:"frames_sent"`
+	BytesSent   uint64 `json:"bytes_sent"`
 	Resent      uint64 `json:"resent"`
 	Acked       uint64 `json:"acked"`
 	Unacked     int64  `json:"unacked"`
@@ -109,6 +112,8 @@ func (f *Fleet) Summary() Summary {
 		Generated:       s.Generated,
 		Sent:            s.Sent,
 		Resent:          s.Resent,
+		FramesSent:      s.FramesSent,
+		BytesSent:       s.BytesSent,
 		Acked:           s.Acked,
 		Unacked:         s.Outbox,
 		OutboxDrops:     s.OutboxDrops,
@@ -255,8 +260,9 @@ type TimelinePoint struct {
 func (f *Fleet) Timeline(w io.Writer, every time.Duration) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	prev := f.Stats()
-	prevHist := f.c.latency.snapshot()
+	// From zero, not from now: the lines add up to the totals even when the fleet started first.
+	var prev Stats
+	prevHist := &histSnapshot{}
 	enc := json.NewEncoder(w)
 	line := func() error {
 		s := f.Stats()

@@ -472,6 +472,10 @@ func TestTimeline(t *testing.T) {
 		lastT = p.T
 		points = append(points, p)
 	}
+	// 150 readings in frames of 2 (the last of each device's 50 alone when a frame went early).
+	if sum.FramesSent < 75 || sum.FramesSent > sum.Sent || sum.BytesSent < sum.FramesSent*10 {
+		t.Errorf("summary: %d frames, %d bytes sent for %d readings", sum.FramesSent, sum.BytesSent, sum.Sent)
+	}
 	if acked != sum.Acked || sent != sum.Sent || sum.Acked != 150 {
 		t.Errorf("timeline adds up to %d acked, %d sent; summary %d acked, %d sent (want 150)", acked, sent, sum.Acked, sum.Sent)
 	}
