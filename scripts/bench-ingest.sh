@@ -7,14 +7,15 @@
 #   scripts/bench-ingest.sh latency      1,000 devices x 10 readings/s = 10,000 readings/s
 #   scripts/bench-ingest.sh idle         10,000 idle device connections: heap per connection
 #
-# Results go to bench-out/<scenario>/: the simulator's JSON summary and per-second timeline, the
-# frontend's and router's metrics, a 10 s CPU profile of the frontend and its
-# top functions. DURATION (default 30s) sets the length of a run.
+# Results go to bench-out/<scenario>/ (OUT sets bench-out): the simulator's JSON
+# summary and per-second timeline, the frontend's and router's metrics, a 10 s
+# CPU profile of the frontend and its top functions. DURATION (default 30s) sets
+# the length of a run.
 set -euo pipefail
 
 scenario="${1:-throughput}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="$root/bench-out/$scenario"
+out="${OUT:-$root/bench-out}/$scenario"
 duration="${DURATION:-30s}"
 rm -rf "$out"; mkdir -p "$out"
 work="$(mktemp -d)"

@@ -9,13 +9,13 @@
 #
 # Latency is from a reading's device timestamp (time_ms: the simulator's clock, the same host)
 # and from the frontend's receipt (recv_ms) to the update's arrival at the client, in whole
-# milliseconds. Results go to bench-out/live/: live.json and live-timeline.jsonl (the client's
-# summary and per-second timeline), sim.json, the livefeed's metrics
+# milliseconds. Results go to bench-out/live/ (OUT sets bench-out): live.json and
+# live-timeline.jsonl (the client's summary and per-second timeline), sim.json, the livefeed's metrics
 # (drover_livefeed_ingest_delay_seconds, drover_livefeed_send_delay_seconds) and every log.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="$root/bench-out/live"
+out="${OUT:-$root/bench-out}/live"
 duration="${DURATION:-30s}"
 devices="${DEVICES:-1000}"
 rate="${RATE:-1}"
