@@ -34,6 +34,7 @@ func TestGenerate(t *testing.T) {
 		t.Errorf("the text around the markers changed, or the old section stayed:\n%s", got)
 	}
 	for _, want := range []string{
+		"1-minute load average 1.5 at the start and 2.3 at the end",
 		"DURATION=15s per scenario, 15s for the end-to-end run",
 		"| ingest throughput | readings durably acked (frontend queue fsynced) through one frontend, 1,000 devices, frames of 50, window 8 | **300,000 readings/s** (900,000 in 3.0 s), ack p50 12.5 ms, p99 55.3 ms |",
 		"| end to end | sim → frontend → router → InfluxDB and the lake | not run |",
