@@ -249,6 +249,9 @@ func run(ctx context.Context, c config) error {
 		})
 	}
 
+	// The timeline runs until every publish is settled, as the simulator's does, so that its
+	// lines add up to the summary's acked.
+	settled := make(chan struct{})
 	var tlErr error
 	tlDone := make(chan struct{})
 	go func() {
@@ -265,28 +268,42 @@ func run(ctx context.Context, c config) error {
 		}
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
-		var prev uint64
+		var (
+			prev     uint64
+			prevTime = start
+		)
+		line := func(now time.Time) error {
+			n := acked.Load()
+			lat := latency(rec.interval())
+			dt := now.Sub(prevTime).Seconds()
+			p := Point{T: math.Round(now.Sub(start).Seconds()*1000) / 1000, Acked: n - prev,
+				AckP50Ms: lat.P50, AckP99Ms: lat.P99}
+			if dt > 0 {
+				p.AckedReadingsPerSecond = math.Round(float64((n-prev)*uint64(c.readings))/dt*10) / 10
+			}
+			prev, prevTime = n, now
+			if enc == nil {
+				return nil
+			}
+			if err := enc.Encode(p); err != nil {
+				return fmt.Errorf("write timeline: %w", err)
+			}
+			return nil
+		}
 		for {
 			select {
-			case <-pctx.Done():
+			case <-settled:
+				tlErr = line(time.Now())
 				return
 			case now := <-t.C:
-				n := acked.Load()
-				lat := latency(rec.interval())
-				if enc != nil {
-					p := Point{T: math.Round(now.Sub(start).Seconds()*1000) / 1000, Acked: n - prev,
-						AckedReadingsPerSecond: float64((n - prev) * uint64(c.readings)),
-						AckP50Ms:               lat.P50, AckP99Ms: lat.P99}
-					if err := enc.Encode(p); err != nil {
-						tlErr = fmt.Errorf("write timeline: %w", err)
-						return
-					}
+				if tlErr = line(now); tlErr != nil {
+					return
 				}
-				prev = n
 			}
 		}
 	}()
 	wg.Wait() // every publish sent before the end is acked, failed or timed out
+	close(settled)
 	<-tlDone
 	if tlErr != nil {
 		return tlErr
