@@ -89,8 +89,10 @@ fmt-check:
 		echo "gofmt: these files need 'make fmt':"; echo "$$unformatted"; exit 1; \
 	fi
 
+# bench/natspeer is its own module (the NATS peer benchmark): ./... does not reach it.
 vet:
 	$(GO) vet ./...
+	cd bench/natspeer && $(GO) vet ./...
 
 # drover all with 1,000 simulated vehicles, a local InfluxDB and the lake.
 run:
