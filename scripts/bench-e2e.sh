@@ -78,7 +78,8 @@ d=$(secs "$duration"); pd=$(secs "$pipeline_duration")
 for s in $scenarios; do
 	case "$s" in
 	throughput|latency|idle) run_scenario "$s" $((d + 180)) env DURATION="$duration" scripts/bench-ingest.sh "$s" ;;
-	pipeline) run_scenario pipeline $((pd + 420)) env DURATION="$pipeline_duration" scripts/bench-pipeline.sh ;;
+	# The pipeline's warm-up (excluded from its sustained rates): 10 s, or a third of a short run.
+	pipeline) run_scenario pipeline $((pd + 420)) env DURATION="$pipeline_duration" WARMUP="${WARMUP:-$(( pd < 30 ? pd / 3 : 10 ))}" scripts/bench-pipeline.sh ;;
 	live) run_scenario live $((d + 180)) env DURATION="$duration" scripts/bench-live.sh ;;
 	nats) ;; # below, after the others: it needs the frame size the throughput run measured
 	esac

@@ -123,6 +123,7 @@ type results struct {
 	Pipeline             *simRun
 	PipelineSum          *pipelineSummary
 	Live                 *liveSummary
+	LiveSim              *simRun
 	LiveTimeline         []livePoint
 	Idle                 map[string]float64
 	NATSAlways, NATSDflt *natsRun
@@ -253,6 +254,9 @@ func load(dir string) (*results, error) {
 		return nil, err
 	} else if found {
 		r.Live = &ls
+		if r.LiveSim, err = loadSim(filepath.Join(dir, "live")); err != nil {
+			return nil, err
+		}
 		if r.LiveTimeline, err = readJSONL[livePoint](filepath.Join(dir, "live", "live-timeline.jsonl")); err != nil {
 			return nil, err
 		}
@@ -351,7 +355,11 @@ func tables(r *results) string {
 		if l.Disconnected {
 			res += "; **the client was disconnected**"
 		}
-		row("live latency", "a reading's device timestamp → its update read by a WebSocket client of the livefeed (all vehicles), 1,000 vehicles at 1 Hz", res)
+		fleet := ""
+		if ls := r.LiveSim; ls != nil {
+			fleet = fmt.Sprintf(", %s vehicles × %g readings/s", num(float64(ls.Summary.Config.Devices)), ls.Summary.Config.Rate)
+		}
+		row("live latency", "a reading's device timestamp → its update read by a WebSocket client of the livefeed (all vehicles)"+fleet, res)
 	} else {
 		row("live latency", "device timestamp → livefeed WebSocket client", notRun)
 	}
