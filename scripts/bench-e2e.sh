@@ -35,7 +35,9 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 work="$(mktemp -d)"
 pids=()
+current= # the running scenario's timeout process: it passes a TERM on to the scenario's script
 cleanup() {
+	[[ -n "$current" ]] && kill -TERM "$current" 2>/dev/null || true
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$work"
@@ -65,10 +67,16 @@ run_scenario() {
 	local name=$1 limit=$2; shift 2
 	log "$name: $* (at most ${limit}s)"
 	local start; start=$(date +%s)
-	if timeout -k 30 "$limit" env OUT="$out" "$@" >"$out/$name.log" 2>&1; then
+	# In the background and waited for, so that cleanup can stop it on an interrupt.
+	timeout -k 30 "$limit" env OUT="$out" "$@" >"$out/$name.log" 2>&1 &
+	current=$!
+	local rc=0
+	wait "$current" || rc=$?
+	current=
+	if [[ $rc == 0 ]]; then
 		log "$name: done in $(( $(date +%s) - start ))s; $(grep -E '^(acked/s|live:|heap per|sustained|offered)' "$out/$name.log" | tr '\n' ' ')"
 	else
-		log "$name: FAILED (exit $?) after $(( $(date +%s) - start ))s; see $out/$name.log"
+		log "$name: FAILED (exit $rc) after $(( $(date +%s) - start ))s; see $out/$name.log"
 		tail -n 5 "$out/$name.log" >&2 || true
 		failed+=("$name")
 	fi
@@ -117,7 +125,10 @@ CONF
 	local rc=0
 	timeout -k 10 $((d + 120)) "$work/natspeer" -url "nats://127.0.0.1:$port" -publishers "$publishers" -size "$size" \
 		-readings "$readings" -window 8 -duration "$duration" -label "$label" \
-		-summary "$dir/nats.json" -timeline "$dir/timeline.jsonl" 2>"$dir/natspeer.log" || rc=$?
+		-summary "$dir/nats.json" -timeline "$dir/timeline.jsonl" 2>"$dir/natspeer.log" &
+	current=$!
+	wait "$current" || rc=$?
+	current=
 	du -sh "$store" >"$dir/store-size.txt" 2>/dev/null || true
 	kill -TERM "$spid" 2>/dev/null || true
 	wait "$spid" 2>/dev/null || true
