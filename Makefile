@@ -7,6 +7,8 @@
 #   make chaos       the 10-minute chaos proof (random kill -9, nothing acked lost)
 #   make fuzz        longer fuzz runs of the frame decoders
 #   make bench       benchmarks with allocations
+#   make bench-e2e   every end-to-end benchmark (ingest, pipeline, latency, live, idle,
+#                    NATS JetStream peer) into docs/performance.md and docs/img (DURATION, SCENARIOS)
 #   make proto   regenerate the protobuf Go code (scripts/gen-proto.sh)
 #   make run     drover all with a simulated fleet, a local InfluxDB and the live map
 #
@@ -24,7 +26,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # .tools), bin/, data/ and npm's node_modules/.
 GOFILES = $(shell find . \( -name '.?*' -o -path ./bin -o -path ./data -o -name node_modules \) -prune -o -type f -name '*.go' -print)
 
-.PHONY: all build test test-unit test-fuzz test-chaos test-crash chaos fuzz tools bench proto fmt fmt-check vet run clean
+.PHONY: all build test test-unit test-fuzz test-chaos test-crash chaos fuzz tools bench bench-e2e proto fmt fmt-check vet run clean
 
 all: build
 
@@ -73,6 +75,11 @@ chaos:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
+# The end-to-end benchmarks with real processes (scripts/bench-e2e.sh; docs/performance.md says
+# what each measures). DURATION, PIPELINE_DURATION, SCENARIOS and OUT pass through the environment.
+bench-e2e:
+	scripts/bench-e2e.sh
+
 proto:
 	scripts/gen-proto.sh
 
@@ -86,8 +93,10 @@ fmt-check:
 		echo "gofmt: these files need 'make fmt':"; echo "$$unformatted"; exit 1; \
 	fi
 
+# bench/natspeer is its own module (the NATS peer benchmark): ./... does not reach it.
 vet:
 	$(GO) vet ./...
+	cd bench/natspeer && $(GO) vet ./...
 
 # drover all with 1,000 simulated vehicles, a local InfluxDB and the lake.
 run:

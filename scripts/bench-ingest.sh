@@ -7,14 +7,15 @@
 #   scripts/bench-ingest.sh latency      1,000 devices x 10 readings/s = 10,000 readings/s
 #   scripts/bench-ingest.sh idle         10,000 idle device connections: heap per connection
 #
-# Results go to bench-out/<scenario>/: the simulator's JSON summary, the
-# frontend's and router's metrics, a 10 s CPU profile of the frontend and its
-# top functions. DURATION (default 30s) sets the length of a run.
+# Results go to bench-out/<scenario>/ (OUT sets bench-out): the simulator's JSON
+# summary and per-second timeline, the frontend's and router's metrics, a 10 s
+# CPU profile of the frontend and its top functions. DURATION (default 30s) sets
+# the length of a run.
 set -euo pipefail
 
 scenario="${1:-throughput}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="$root/bench-out/$scenario"
+out="${OUT:-$root/bench-out}/$scenario"
 duration="${DURATION:-30s}"
 rm -rf "$out"; mkdir -p "$out"
 work="$(mktemp -d)"
@@ -63,7 +64,7 @@ waitready "127.0.0.1:$rops"; waitready "127.0.0.1:$fops"
 
 heap0=$(metric "127.0.0.1:$fops" go_memstats_heap_inuse_bytes)
 ${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench "${simargs[@]}" \
-	-summary "$out/sim.json" -progress 5s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
+	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 5s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!
 pids+=($simpid)
 

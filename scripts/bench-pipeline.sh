@@ -16,12 +16,12 @@
 #   - the backlog at the end of the load (router subscriber queues sub-*, writer queues writer-*)
 #     and whether it returned to zero within DRAIN_TIMEOUT (120s), and how long that took;
 #   - each writer's CPU seconds per reading (its process_cpu_seconds_total / records written).
-# Results go to bench-out/pipeline/: summary.txt, samples.tsv, the simulator's JSON summary, the
-# metrics and logs of every process.
+# Results go to bench-out/pipeline/ (OUT sets bench-out): summary.txt and summary.json,
+# samples.tsv, the simulator's JSON summary and timeline, the metrics and logs of every process.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="$root/bench-out/pipeline"
+out="${OUT:-$root/bench-out}/pipeline"
 duration="${DURATION:-5m}"
 devices="${DEVICES:-1000}"
 rate="${RATE:-50}"
@@ -137,7 +137,7 @@ sample_line >>"$out/samples.tsv"
 echo "bench-pipeline: $devices devices x $rate readings/s (frames of $frame) for $duration; results in $out" >&2
 ${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench \
 	-rate "$rate" -frame-readings "$frame" -window 8 -duration "$duration" \
-	-summary "$out/sim.json" -progress 10s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
+	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 10s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!
 pids+=($simpid)
 while kill -0 "$simpid" 2>/dev/null; do
@@ -212,6 +212,12 @@ for w in ("influx", "lake"):
 n = last[C["influx_written"]]
 if n and influxd_cpu:
     print(f"influxd itself: {influxd_cpu:.1f} CPU s in all, {influxd_cpu / n * 1e6:.2f} CPU µs per reading written")
+json.dump({
+    "load_seconds": round(span, 1), "warmup_seconds": warmup,
+    "influx_per_second": round(rate_of("influx_written"), 1), "lake_per_second": round(rate_of("lake_written"), 1),
+    "backlog_end": {c[:-2]: b[C[c]] for c in q}, "drained": drained == "yes", "drain_seconds": float(drain_secs),
+    "influx_written": last[C["influx_written"]], "lake_written": last[C["lake_written"]],
+}, open(f"{out}/summary.json", "w"), indent=2)
 PY
 echo "bench-pipeline: results in $out"
 [[ "$drained" == yes ]]

@@ -21,6 +21,7 @@ type simOptions struct {
 	registryOnly  bool          // write the registry and stop
 	summary       string        // write the JSON summary here at the end ("-": stdout)
 	progress      time.Duration // progress line interval; 0: none
+	timeline      string        // write a JSON line per second here (empty: none)
 }
 
 func defaultSimOptions() simOptions {
@@ -37,6 +38,8 @@ func (o *simOptions) registerFlags(fs *flag.FlagSet) {
 		"write the JSON summary to this `file` when the fleet stops (- for standard output, empty for none)")
 	fs.DurationVar(&o.progress, "progress", o.progress,
 		"print a progress line to standard error this often (`duration`); 0 for none")
+	fs.StringVar(&o.timeline, "timeline", o.timeline,
+		"write a JSON line per second to this `file`: sent and acked readings, ack p50 and p99, connected (empty for none)")
 }
 
 // newSim returns the simulator's unit: a fleet that runs until ctx ends or,
@@ -62,7 +65,27 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		if o.progress > 0 {
 			go fleet.Progress(os.Stderr, o.progress)
 		}
+		timelineDone := make(chan error, 1)
+		if o.timeline != "" {
+			tf, err := os.Create(o.timeline)
+			if err != nil {
+				return fmt.Errorf("sim: create timeline: %w", err)
+			}
+			go func() {
+				err := fleet.Timeline(tf, time.Second)
+				if cerr := tf.Close(); err == nil && cerr != nil {
+					err = fmt.Errorf("close timeline: %w", cerr)
+				}
+				timelineDone <- err
+			}()
+		} else {
+			timelineDone <- nil
+		}
 		err := fleet.Run(ctx)
+		// Run has closed Done: the timeline writes its last line and returns.
+		if terr := <-timelineDone; terr != nil {
+			logger.Error("sim: timeline", "err", terr)
+		}
 		if o.summary != "" {
 			b, jerr := json.MarshalIndent(fleet.Summary(), "", "  ")
 			if jerr == nil {

@@ -536,6 +536,8 @@ func (d *device) sendAvailable(conn *websocket.Conn) error {
 			return fmt.Errorf("write frame: %w", err)
 		}
 		f.c.sent.Add(uint64(k))
+		f.c.frames.Add(1)
+		f.c.bytes.Add(uint64(len(d.wbuf)))
 		if resent > 0 {
 			f.c.resent.Add(uint64(resent))
 		}

@@ -48,6 +48,8 @@ type counters struct {
 	generated   atomic.Uint64
 	sent        atomic.Uint64
 	resent      atomic.Uint64
+	frames      atomic.Uint64
+	bytes       atomic.Uint64
 	acked       atomic.Uint64
 	drops       atomic.Uint64
 	errors      atomic.Uint64
@@ -290,6 +292,9 @@ type Stats struct {
 	// Sent counts readings written to sockets, resends included; Resent counts those that had
 	// been sent before.
 	Sent, Resent uint64
+	// FramesSent and BytesSent count frames written to sockets and their encoded bytes
+	// (WebSocket framing excluded), resends included.
+	FramesSent, BytesSent uint64
 	// Acked counts readings newly acked: each seq once, however often it was sent.
 	Acked uint64
 	// InFlight is the readings sent on current connections and not yet acked.
@@ -318,6 +323,8 @@ func (f *Fleet) Stats() Stats {
 		Generated:   c.generated.Load(),
 		Sent:        c.sent.Load(),
 		Resent:      c.resent.Load(),
+		FramesSent:  c.frames.Load(),
+		BytesSent:   c.bytes.Load(),
 		Acked:       c.acked.Load(),
 		InFlight:    c.inFlight.Load(),
 		Outbox:      c.outbox.Load(),

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -27,8 +28,11 @@ type Summary struct {
 	Disconnects     map[string]uint64 `json:"disconnects,omitempty"`
 	// Generated, Sent, Resent, Acked, OutboxDrops and Errors are counts of readings (Errors
 	// excepted) as in Stats. Unacked is what the outboxes still held at the end.
-	Generated   uint64 `json:"generated"`
-	Sent        uint64 `json:"sent"`
+	Generated uint64 `json:"generated"`
+	Sent      uint64 `json:"sent"`
+	// FramesSent and BytesSent are the frames written and their encoded size (resends included).
+	FramesSent  uint64 `json:"frames_sent"`
+	BytesSent   uint64 `json:"bytes_sent"`
 	Resent      uint64 `json:"resent"`
 	Acked       uint64 `json:"acked"`
 	Unacked     int64  `json:"unacked"`
@@ -108,6 +112,8 @@ func (f *Fleet) Summary() Summary {
 		Generated:       s.Generated,
 		Sent:            s.Sent,
 		Resent:          s.Resent,
+		FramesSent:      s.FramesSent,
+		BytesSent:       s.BytesSent,
 		Acked:           s.Acked,
 		Unacked:         s.Outbox,
 		OutboxDrops:     s.OutboxDrops,
@@ -229,4 +235,63 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstSummary(descAckLatency, h.total, float64(h.sum)/1e9, map[float64]float64{
 		0.5: h.quantile(0.5).Seconds(), 0.9: h.quantile(0.9).Seconds(), 0.99: h.quantile(0.99).Seconds(),
 	})
+}
+
+// TimelinePoint is one line of a fleet's timeline: what it did over one interval, for plots.
+// Counts are over the interval; rates and latency percentiles too.
+type TimelinePoint struct {
+	// T is the end of the interval, in seconds since the fleet started; Seconds its length.
+	T       float64 `json:"t"`
+	Seconds float64 `json:"seconds"`
+	// Sent (resends included) and Acked count readings.
+	Sent           uint64  `json:"sent"`
+	Acked          uint64  `json:"acked"`
+	SentPerSecond  float64 `json:"sent_per_second"`
+	AckedPerSecond float64 `json:"acked_per_second"`
+	// AckP50Ms and AckP99Ms are over the readings acked in the interval (0 when none was).
+	AckP50Ms  float64 `json:"ack_p50_ms"`
+	AckP99Ms  float64 `json:"ack_p99_ms"`
+	Connected int64   `json:"connected"`
+}
+
+// Timeline writes a TimelinePoint to w as a JSON line every interval, and a last one when the
+// fleet has stopped; then it returns, or at the first write error. The lines' Acked add up to
+// the final Summary's Acked. Run it in its own goroutine, like Progress.
+func (f *Fleet) Timeline(w io.Writer, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	// From zero, not from now: the lines add up to the totals even when the fleet started first.
+	var prev Stats
+	prevHist := &histSnapshot{}
+	enc := json.NewEncoder(w)
+	line := func() error {
+		s := f.Stats()
+		h := f.c.latency.snapshot()
+		lat := h.sub(prevHist).latency()
+		p := TimelinePoint{
+			T:       math.Round(s.Elapsed.Seconds()*1000) / 1000,
+			Seconds: math.Round((s.Elapsed-prev.Elapsed).Seconds()*1000) / 1000,
+			Sent:    s.Sent - prev.Sent, Acked: s.Acked - prev.Acked,
+			AckP50Ms: ms(lat.P50), AckP99Ms: ms(lat.P99), Connected: s.Connected,
+		}
+		if dt := (s.Elapsed - prev.Elapsed).Seconds(); dt > 0 {
+			p.SentPerSecond = math.Round(float64(p.Sent)/dt*10) / 10
+			p.AckedPerSecond = math.Round(float64(p.Acked)/dt*10) / 10
+		}
+		prev, prevHist = s, h
+		if err := enc.Encode(p); err != nil {
+			return fmt.Errorf("write timeline: %w", err)
+		}
+		return nil
+	}
+	for {
+		select {
+		case <-f.done:
+			return line()
+		case <-t.C:
+			if err := line(); err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -428,6 +428,62 @@ func TestDurationDrainSummaryProgress(t *testing.T) {
 	}
 }
 
+// TestTimeline runs a fleet with a timeline and checks that the lines account for every reading:
+// their acked counts add up to the summary's, their times rise, and their latencies are the
+// frontend's ack delay.
+func TestTimeline(t *testing.T) {
+	s := newFakeFrontend(t, func(s *fakeFrontend) { s.ackDelay = 20 * time.Millisecond })
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Rate, cfg.Duration, cfg.Drain, cfg.FrameReadings = 3, 100, 500*time.Millisecond, 5*time.Second, 2
+	f, _ := startFleet(t, cfg)
+	var (
+		buf lockedBuffer
+		err error
+		wg  sync.WaitGroup
+	)
+	wg.Go(func() { err = f.Timeline(&buf, 100*time.Millisecond) })
+	waitDone(t, f, 10*time.Second)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDelivered(t, f, s, 50)
+	sum := f.Summary()
+
+	var (
+		acked, sent uint64
+		lastT       float64
+		points      []TimelinePoint
+	)
+	for i, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var p TimelinePoint
+		if err := json.Unmarshal([]byte(l), &p); err != nil {
+			t.Fatalf("line %d %q: %v", i+1, l, err)
+		}
+		if p.T < lastT || p.Seconds < 0 {
+			t.Errorf("line %d: %+v after t=%v", i+1, p, lastT)
+		}
+		if p.Acked > 0 && (p.AckP50Ms < 20 || p.AckP99Ms < p.AckP50Ms || p.AckedPerSecond <= 0) {
+			t.Errorf("line %d: %d acked with p50 %v ms, p99 %v ms, %v/s; want p50 >= the 20 ms ack delay",
+				i+1, p.Acked, p.AckP50Ms, p.AckP99Ms, p.AckedPerSecond)
+		}
+		acked += p.Acked
+		sent += p.Sent
+		lastT = p.T
+		points = append(points, p)
+	}
+	// 150 readings in frames of 2 (the last of each device's 50 alone when a frame went early).
+	if sum.FramesSent < 75 || sum.FramesSent > sum.Sent || sum.BytesSent < sum.FramesSent*10 {
+		t.Errorf("summary: %d frames, %d bytes sent for %d readings", sum.FramesSent, sum.BytesSent, sum.Sent)
+	}
+	if acked != sum.Acked || sent != sum.Sent || sum.Acked != 150 {
+		t.Errorf("timeline adds up to %d acked, %d sent; summary %d acked, %d sent (want 150)", acked, sent, sum.Acked, sum.Sent)
+	}
+	if len(points) < 5 || points[len(points)-1].Connected != 0 || lastT < sum.Seconds-0.001 {
+		t.Errorf("%d lines, last %+v; summary seconds %v", len(points), points[len(points)-1], sum.Seconds)
+	}
+}
+
 type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
