@@ -248,6 +248,9 @@ func TestMaxConnections(t *testing.T) {
 	})
 	a := e.connect(t, 0, false)
 	e.connect(t, 1, false)
+	// The client's handshake ends before the server counts the connection:
+	// wait for both, so that "one left" below means a's slot is free.
+	waitFor(t, 5*time.Second, "both connections counted", func() bool { return e.metric(e.f.m.connections) == 2 })
 	for range 5 {
 		ws, resp, err := e.dial(2, tokenOf(2), false)
 		if err == nil {
