@@ -20,19 +20,28 @@ const chromiumInstallHint = "run scripts/install-chromium.sh (apt-get install ch
 // binary.
 var chromiumSkipWarning sync.Once
 
+// debianChromium is the browser binary of Debian's chromium package.
+const debianChromium = "/usr/lib/chromium/chromium"
+
 // chromiumNames are the commands looked for on PATH, in order.
 var chromiumNames = []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"}
 
 // ChromiumPath returns the browser to drive: $DROVER_CHROMIUM if set, else
-// the first of chromium, chromium-browser, google-chrome and
-// google-chrome-stable on PATH (Debian's package installs
-// /usr/bin/chromium).
+// Debian's /usr/lib/chromium/chromium, else the first of chromium,
+// chromium-browser, google-chrome and google-chrome-stable on PATH.
 func ChromiumPath() (string, error) {
 	if p := os.Getenv("DROVER_CHROMIUM"); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return "", fmt.Errorf("DROVER_CHROMIUM=%s: %w", p, err)
 		}
 		return p, nil
+	}
+	// Debian's /usr/bin/chromium is a shell wrapper whose /etc/chromium.d
+	// snippets break when the environment surprises them (dev-shm: "[:
+	// unexpected operator" when findmnt lists /dev/shm twice, seen here).
+	// ChromiumArgs passes what they would add, so run the browser itself.
+	if _, err := os.Stat(debianChromium); err == nil {
+		return debianChromium, nil
 	}
 	for _, name := range chromiumNames {
 		if p, err := exec.LookPath(name); err == nil {
