@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	case "append":
 		crashChild()
 		os.Exit(0)
+	case "window":
+		crashChild()
+		os.Exit(0)
 	case "diskfull":
 		diskFullChild()
 		os.Exit(0)
@@ -116,6 +119,9 @@ func crashChild() {
 		}()
 	}
 	rng := rand.New(rand.NewPCG(uint64(run), 7))
+	if os.Getenv(crashChildEnv) == "window" {
+		windowConsumer(q, rng, say)
+	}
 	for {
 		b, err := q.Read(ctx, 1+rng.IntN(4096))
 		if err != nil {
@@ -134,7 +140,45 @@ func crashChild() {
 	}
 }
 
-func TestCrashKill9(t *testing.T) {
+// windowConsumer consumes as forward's drainer does: up to 16 batches in
+// flight, acked in random order, some given back (Nack) to be read again.
+func windowConsumer(q *Queue, rng *rand.Rand, say func(string)) {
+	var held []Batch
+	for {
+		if len(held) < 16 && rng.IntN(3) != 0 {
+			b, err := q.TryRead(1 + rng.IntN(4096))
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "read: %v\n", err)
+				os.Exit(5)
+			}
+			if len(b.Entries) > 0 {
+				held = append(held, b)
+				continue
+			}
+		}
+		if len(held) == 0 {
+			time.Sleep(100 * time.Microsecond)
+			continue
+		}
+		i := rng.IntN(len(held))
+		b := held[i]
+		held = append(held[:i], held[i+1:]...)
+		if rng.IntN(8) == 0 {
+			q.Nack(b)
+			continue
+		}
+		say(fmt.Sprintf("C %d %d\n", b.Entries[0].Seq, b.Entries[len(b.Entries)-1].Seq))
+		q.Ack(b)
+	}
+}
+
+func TestCrashKill9(t *testing.T) { crashKill9(t, "append") }
+
+// TestCrashKill9Window is TestCrashKill9 with a consumer like the drainer's:
+// many batches in flight, acked out of order, some given back.
+func TestCrashKill9Window(t *testing.T) { crashKill9(t, "window") }
+
+func crashKill9(t *testing.T, mode string) {
 	kills := 60
 	if testing.Short() {
 		kills = 15
@@ -148,7 +192,7 @@ func TestCrashKill9(t *testing.T) {
 	totalAcked := 0
 	for run := 1; run <= kills; run++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"=append", "DROVER_QUEUE_DIR="+dir, "DROVER_QUEUE_RUN="+strconv.Itoa(run))
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+mode, "DROVER_QUEUE_DIR="+dir, "DROVER_QUEUE_RUN="+strconv.Itoa(run))
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

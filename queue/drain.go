@@ -203,6 +203,13 @@ func (q *Queue) nextRecord() (*inflight, error) {
 			return nil, err
 		}
 		if hdr == nil {
+			if limit >= 0 {
+				// The committed end of the tail segment lies inside a
+				// delete marker whose write was under way: the rest of it,
+				// and what follows, comes with a later commit. Never leave
+				// the tail segment here.
+				return nil, nil
+			}
 			// End of a finished segment (only delete markers can follow).
 			q.cursor = pos{q.cursor.seg + 1, 0}
 			continue

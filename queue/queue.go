@@ -459,13 +459,31 @@ func (q *Queue) commit(groups []*group) error {
 		r.raw = nil // dque keeps the object; the bytes are on disk
 	}
 	_, last := q.dq.SegmentNumbers()
-	q.dqMu.Unlock()
-
+	var nf *os.File
 	if last != q.tailNum {
-		nf, err := os.Open(segmentFile(q.segDir, last))
-		if err != nil {
+		var err error
+		if nf, err = os.Open(segmentFile(q.segDir, last)); err != nil {
+			q.dqMu.Unlock()
 			return fmt.Errorf("open new tail segment: %w", err)
 		}
+	}
+	// The committed end is the tail's size taken under dqMu: the remover
+	// writes its delete markers to the same file under dqMu, and a stat
+	// racing one that straddles a page boundary sees only part of it.
+	tf := q.tailF
+	if nf != nil {
+		tf = nf
+	}
+	st, err := tf.Stat()
+	q.dqMu.Unlock()
+	if err != nil {
+		if nf != nil {
+			nf.Close()
+		}
+		return fmt.Errorf("stat segment %d: %w", last, err)
+	}
+
+	if nf != nil {
 		if q.opts.Sync == SyncAlways {
 			// Records of this round may be in the old tail too.
 			if err := q.tailF.Sync(); err != nil {
@@ -485,10 +503,6 @@ func (q *Queue) commit(groups []*group) error {
 			return fmt.Errorf("sync segment %d: %w", q.tailNum, err)
 		}
 		q.m.fsyncs.Inc()
-	}
-	st, err := q.tailF.Stat()
-	if err != nil {
-		return fmt.Errorf("stat segment %d: %w", q.tailNum, err)
 	}
 	q.m.fsyncSeconds.Observe(time.Since(start).Seconds())
 	q.m.records.Add(float64(len(recs)))

@@ -322,3 +322,37 @@ func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// TestReaderStaysOnTailAtPartialMarker: the committer publishes the tail
+// segment's size as the committed end. A delete marker (4 bytes, written by
+// the remover) that straddles a page boundary can be seen by a concurrent
+// stat(2) with only its first bytes in the file, so the committed end may
+// lie 1 to 3 bytes into a marker. The reader must then wait at the tail
+// for the rest, not take the short header for the end of a finished
+// segment and move on to the next one: that skipped every record appended
+// to the tail afterwards (never sent, yet removed from dque's head in place
+// of the records acked after them).
+func TestReaderStaysOnTailAtPartialMarker(t *testing.T) {
+	q := openT(t, t.TempDir(), Options{Sync: SyncNever})
+	defer q.Close()
+	if _, err := q.Append(context.Background(), payload(1)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, q); len(got) != 1 {
+		t.Fatalf("read %d entries, want 1", len(got))
+	}
+	// What a stat racing a straddling marker's write(2) publishes.
+	q.rmu.Lock()
+	q.committed.off += 3
+	q.rmu.Unlock()
+	if got := readAll(t, q); len(got) != 0 {
+		t.Fatalf("read %d entries from a partial marker", len(got))
+	}
+	if _, err := q.Append(context.Background(), payload(2)); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, q)
+	if len(got) != 1 || !bytes.Equal(got[0].Data, payload(2)) {
+		t.Fatalf("after the partial marker the reader got %d entries, want entry 2: the tail was skipped", len(got))
+	}
+}
