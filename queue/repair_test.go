@@ -268,3 +268,60 @@ func dqueDrains(t *testing.T, dir string, perSeg int) bool {
 		}
 	}
 }
+
+// TestRepairLoneConsumedSegment: a crash between dque writing the last
+// delete marker of a lone, full segment and deleting the file leaves a
+// consumed segment and nothing else. The queue must go on removing what is
+// acked after the restart (else every acked entry comes back after the next
+// one).
+func TestRepairLoneConsumedSegment(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	opts := Options{ItemsPerSegment: 4}
+	q, err := Open(dir, opts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if _, err := q.Append(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.Close()
+	// What dque leaves when it is killed after the fourth marker: the
+	// segment with its four records and four delete markers.
+	segs, _ := filepath.Glob(filepath.Join(dir, "*", "*.dque"))
+	if len(segs) != 1 {
+		t.Fatalf("segments: %v, want one", segs)
+	}
+	f, err := os.OpenFile(segs[0], os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(make([]byte, 16))
+	f.Close()
+
+	q, err = Open(dir, opts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Append(ctx, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := q.Read(ctx, 1<<20)
+	if err != nil || len(b.Entries) != 1 || string(b.Entries[0].Data) != "after" {
+		t.Fatalf("read %v, %v; want the one entry appended after the restart", b.Entries, err)
+	}
+	q.Ack(b)
+	waitFor(t, 5*time.Second, func() bool { n, _ := q.Depth(); return n == 0 })
+	q.Close()
+
+	q, err = Open(dir, opts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if n, _ := q.Depth(); n != 0 {
+		t.Fatalf("depth %d after a restart; want 0: the acked entry was not removed", n)
+	}
+}

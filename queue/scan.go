@@ -213,6 +213,31 @@ func repairSegments(dir, quarantineDir string, itemsPerSegment, maxItemBytes int
 		changedDir = true
 	}
 
+	// A lone segment that is full and fully consumed: dque removes the last
+	// item of a full segment by writing its delete marker, then deleting
+	// the file and starting the next; a crash between the two leaves it.
+	// dque would keep it as its head, empty, and append to a new tail:
+	// every later removal would find the head empty. Start the next
+	// segment here, as dque would have.
+	if len(nums) == 1 {
+		s := scans[nums[0]]
+		if len(s.live()) == 0 && len(s.items) >= itemsPerSegment {
+			next := nums[0] + 1
+			if err := writeFileSync(segmentFile(dir, next), nil); err != nil {
+				return nil, fmt.Errorf("start the next segment: %w", err)
+			}
+			if err := os.Remove(segmentFile(dir, nums[0])); err != nil {
+				return nil, fmt.Errorf("remove consumed segment: %w", err)
+			}
+			lg.Info("queue: replaced a consumed segment left by a crash with the next one", "segment", segmentFile(dir, nums[0]))
+			res.repairs[repairConsumed]++
+			delete(scans, nums[0])
+			scans[next] = &segScan{num: next}
+			nums = []int{next}
+			changedDir = true
+		}
+	}
+
 	// Every segment before the last must hold itemsPerSegment items, or dque
 	// stops draining there; fill gaps and short segments with filler records.
 	first, last := nums[0], nums[len(nums)-1]
