@@ -199,9 +199,7 @@ func TestBrowserLiveMap(t *testing.T) {
 	}
 
 	// The fleet filter: only metro-bus, then all again.
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`button.chip[data-fleet="metro-bus"]`))); err != nil {
-		t.Fatalf("click the fleet chip: %v", err)
-	}
+	clickChip(t, bctx, `button.chip[data-fleet="metro-bus"]`)
 	waitState("only metro-bus", func(s mapState) bool {
 		if len(s.Vehicles) == 0 || len(s.ActiveFleets) != 1 {
 			return false
@@ -213,9 +211,7 @@ func TestBrowserLiveMap(t *testing.T) {
 		}
 		return true
 	})
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`button.chip:first-child`))); err != nil {
-		t.Fatalf("click all fleets: %v", err)
-	}
+	clickChip(t, bctx, `button.chip:first-child`)
 	s := waitState("every fleet back", func(s mapState) bool { return len(s.Vehicles) == n && s.Drawn == n })
 
 	// Click a moving vehicle near the middle: its panel opens. The canvas
@@ -334,5 +330,29 @@ func TestBrowserLiveMap(t *testing.T) {
 	defer jsMu.Unlock()
 	if len(jsErrs) > 0 {
 		t.Errorf("JavaScript errors on the page:\n%s", strings.Join(jsErrs, "\n"))
+	}
+}
+
+// clickChip clicks the element sel selects, looked up and clicked in one
+// step in the page. The chip bar is rebuilt as fleets come and go, so a node
+// found by one DevTools call may be gone by the next (chromedp.Click: "Could
+// not find node with given id"); a user's click always lands on what is
+// there. Polls until the element exists.
+func clickChip(t *testing.T, ctx context.Context, sel string) {
+	t.Helper()
+	js := fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e) return false; e.click(); return true; })()`, sel)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js))
+		if err != nil {
+			t.Fatalf("click %s: %v", sel, err)
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("click %s: no such element within 10s", sel)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

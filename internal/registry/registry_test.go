@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -52,6 +53,12 @@ func TestStoreReloadsOnChangeAndSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.interval = 10 * time.Millisecond
+	// The test's own subscription: a SIGHUP that reaches the process before
+	// or after the store's subscription must not take the default action
+	// (exit), which would end the whole test binary ("signal: hangup").
+	guard := make(chan os.Signal, 4)
+	signal.Notify(guard, syscall.SIGHUP)
+	defer signal.Stop(guard)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error)
