@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/drover-telemetry/drover/internal/sim"
 )
 
 func main() {
@@ -49,25 +51,14 @@ type Summary struct {
 	URL     string  `json:"url"`
 	Seconds float64 `json:"seconds"`
 	// Updates counts vehicle states received in update messages (snapshots are not counted).
-	Updates         uint64  `json:"updates"`
-	Vehicles        int     `json:"vehicles"`
-	UpdatesPerSec   float64 `json:"updates_per_second"`
-	Messages        uint64  `json:"messages"`
-	Disconnected    bool    `json:"disconnected,omitempty"`
-	FromDeviceMs    Dist    `json:"from_device_ms"`
-	FromFrontendMs  Dist    `json:"from_frontend_ms"`
-	ClockResolution string  `json:"clock_resolution"`
-}
-
-// Dist is a latency distribution in milliseconds.
-type Dist struct {
-	Count uint64  `json:"count"`
-	P50   float64 `json:"p50"`
-	P90   float64 `json:"p90"`
-	P99   float64 `json:"p99"`
-	P999  float64 `json:"p999"`
-	Max   float64 `json:"max"`
-	Mean  float64 `json:"mean"`
+	Updates         uint64        `json:"updates"`
+	Vehicles        int           `json:"vehicles"`
+	UpdatesPerSec   float64       `json:"updates_per_second"`
+	Messages        uint64        `json:"messages"`
+	Disconnected    bool          `json:"disconnected,omitempty"`
+	FromDeviceMs    sim.LatencyMs `json:"from_device_ms"`
+	FromFrontendMs  sim.LatencyMs `json:"from_frontend_ms"`
+	ClockResolution string        `json:"clock_resolution"`
 }
 
 // Point is one timeline line: the updates received in one second and their latency from the
@@ -80,10 +71,11 @@ type Point struct {
 	P99Ms         float64 `json:"p99_ms"`
 }
 
-// dist summarises samples (sorted in place).
-func dist(s []int64) Dist {
+// dist summarises samples in milliseconds (sorted in place), exactly: every
+// sample is kept, in the simulator's summary form.
+func dist(s []int64) sim.LatencyMs {
 	if len(s) == 0 {
-		return Dist{}
+		return sim.LatencyMs{}
 	}
 	slices.Sort(s)
 	q := func(p float64) float64 {
@@ -94,7 +86,7 @@ func dist(s []int64) Dist {
 	for _, v := range s {
 		sum += v
 	}
-	return Dist{Count: uint64(len(s)), P50: q(0.5), P90: q(0.9), P99: q(0.99), P999: q(0.999),
+	return sim.LatencyMs{Count: uint64(len(s)), P50: q(0.5), P90: q(0.9), P99: q(0.99), P999: q(0.999),
 		Max: float64(s[len(s)-1]), Mean: math.Round(float64(sum)/float64(len(s))*100) / 100}
 }
 
