@@ -20,25 +20,13 @@ duration="${DURATION:-30s}"
 rm -rf "$out"; mkdir -p "$out"
 work="$(mktemp -d)"
 pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh" # cleanup, freeport, waitready
 trap cleanup EXIT
 
 cd "$root"
 go build -o "$work/drover" ./cmd/drover
 drover="$work/drover"
 
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-waitready() { # addr
-	for _ in $(seq 1 300); do
-		curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "bench-ingest: $1 never became ready" >&2; return 1
-}
 metric() { # ops-addr name [label-filter]
 	curl -fs "http://$1/metrics" | grep -E "^$2(\{[^}]*${3:-}[^}]*\})? " | awk '{s+=$2} END {printf "%.0f\n", s}'
 }

@@ -23,11 +23,7 @@ warmup=3
 rm -rf "$out"; mkdir -p "$out"
 work="$(mktemp -d)"
 pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh" # cleanup, freeport, waitready
 trap cleanup EXIT
 
 cd "$root"
@@ -35,14 +31,6 @@ go build -o "$work/drover" ./cmd/drover
 go build -o "$work/livelat" ./internal/bench/livelat
 drover="$work/drover"
 
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-waitready() { # addr
-	for _ in $(seq 1 300); do
-		curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "bench-live: $1 never became ready" >&2; return 1
-}
 secs() { python3 -c "import re,sys; v=sys.argv[1]; m={'ms':.001,'s':1,'m':60,'h':3600}; print(sum(float(n)*m[u] for n,u in re.findall(r'([0-9.]+)(ms|s|m|h)',v)))" "$1"; }
 
 rport=$(freeport); lpub=$(freeport); fport=$(freeport); lport=$(freeport)

@@ -33,11 +33,7 @@ sink_writers="${SINK_WRITERS:-4}"
 rm -rf "$out"; mkdir -p "$out"
 work="$(mktemp -d)"
 pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh" # cleanup, freeport, waitready
 trap cleanup EXIT
 
 cd "$root"
@@ -46,14 +42,6 @@ influxd="${DROVER_INFLUXD:-$root/.tools/bin/influxd}"
 go build -o "$work/drover" ./cmd/drover
 drover="$work/drover"
 
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-waitready() { # addr
-	for _ in $(seq 1 300); do
-		curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "bench-pipeline: $1 never became ready" >&2; return 1
-}
 metric() { # ops-addr name [label-filter]: the sum of the matching series (0 when none)
 	curl -fs "http://$1/metrics" | grep -E "^$2(\{[^}]*${3:-}[^}]*\})? " | awk '{s+=$2} END {printf "%.6f\n", s+0}'
 }
