@@ -145,31 +145,47 @@ func crashChild() {
 func windowConsumer(q *Queue, rng *rand.Rand, say func(string)) {
 	var held []Batch
 	for {
-		if len(held) < 16 && rng.IntN(3) != 0 {
-			b, err := q.TryRead(1 + rng.IntN(4096))
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "read: %v\n", err)
-				os.Exit(5)
-			}
-			if len(b.Entries) > 0 {
-				held = append(held, b)
-				continue
-			}
+		did, err := windowStep(q, rng, &held, 4096, 8, func(b Batch) {
+			say(fmt.Sprintf("C %d %d\n", b.Entries[0].Seq, b.Entries[len(b.Entries)-1].Seq))
+			q.Ack(b)
+		})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "read: %v\n", err)
+			os.Exit(5)
 		}
-		if len(held) == 0 {
+		if !did {
 			time.Sleep(100 * time.Microsecond)
-			continue
 		}
-		i := rng.IntN(len(held))
-		b := held[i]
-		held = append(held[:i], held[i+1:]...)
-		if rng.IntN(8) == 0 {
-			q.Nack(b)
-			continue
-		}
-		say(fmt.Sprintf("C %d %d\n", b.Entries[0].Seq, b.Entries[len(b.Entries)-1].Seq))
-		q.Ack(b)
 	}
+}
+
+// windowStep is one step of a drainer-like consumer: two times in three,
+// while fewer than 16 batches are held, it reads another; otherwise it
+// settles a held batch picked at random: Nack one time in nackOneIn, else
+// ack. It reports whether there was anything to do.
+func windowStep(q *Queue, rng *rand.Rand, held *[]Batch, maxRead, nackOneIn int, ack func(Batch)) (bool, error) {
+	if len(*held) < 16 && rng.IntN(3) != 0 {
+		b, err := q.TryRead(1 + rng.IntN(maxRead))
+		if err != nil {
+			return false, err
+		}
+		if len(b.Entries) > 0 {
+			*held = append(*held, b)
+			return true, nil
+		}
+	}
+	if len(*held) == 0 {
+		return false, nil
+	}
+	i := rng.IntN(len(*held))
+	b := (*held)[i]
+	*held = append((*held)[:i], (*held)[i+1:]...)
+	if rng.IntN(nackOneIn) == 0 {
+		q.Nack(b)
+	} else {
+		ack(b)
+	}
+	return true, nil
 }
 
 func TestCrashKill9(t *testing.T) { crashKill9(t, "append") }

@@ -120,27 +120,12 @@ func windowStress(t *testing.T, opts Options, appenders, maxEntry, maxRead int) 
 		}
 		deadline := time.Now().Add(time.Duration(50+rng.IntN(150)) * time.Millisecond)
 		for time.Now().Before(deadline) {
-			if len(held) < 16 && rng.IntN(3) != 0 {
-				b, err := q.TryRead(1 + rng.IntN(maxRead))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(b.Entries) > 0 {
-					held = append(held, b)
-					continue
-				}
+			did, err := windowStep(q, rng, &held, maxRead, 6, ack)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if len(held) == 0 {
+			if !did {
 				time.Sleep(50 * time.Microsecond)
-				continue
-			}
-			i := rng.IntN(len(held))
-			b := held[i]
-			held = append(held[:i], held[i+1:]...)
-			if rng.IntN(6) == 0 {
-				q.Nack(b)
-			} else {
-				ack(b)
 			}
 		}
 		stop()
