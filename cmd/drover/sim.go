@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,7 +89,9 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 			logger.Error("sim: timeline", "err", terr)
 		}
 		if o.summary != "" {
-			b, jerr := json.MarshalIndent(fleet.Summary(), "", "  ")
+			sum := fleet.Summary()
+			sum.ProcessCPUSeconds = processCPUSeconds()
+			b, jerr := json.MarshalIndent(sum, "", "  ")
 			if jerr == nil {
 				b = append(b, '\n')
 				if o.summary == "-" {
@@ -103,4 +107,14 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		return err
 	}
 	return []unit{{name: "sim", run: run, ready: fleet.Ready}}, nil
+}
+
+// processCPUSeconds is this process's CPU time so far (user + system), 0 if unknown.
+func processCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return math.Round((tv(ru.Utime)+tv(ru.Stime))*1000) / 1000
 }

@@ -45,6 +45,10 @@ type Summary struct {
 	AckedPerSecond float64 `json:"acked_per_second"`
 	// AckLatencyMs is the ack latency distribution over the run, in milliseconds.
 	AckLatencyMs LatencyMs `json:"ack_latency_ms"`
+	// ProcessCPUSeconds is the CPU time (user + system) of the whole process the fleet ran in,
+	// when the caller filled it in (drover sim does): the load generator's share of a machine
+	// it shares with what it measures.
+	ProcessCPUSeconds float64 `json:"process_cpu_seconds,omitempty"`
 }
 
 // SummaryConfig is the part of Config a summary records (not the token seed).
