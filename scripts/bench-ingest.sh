@@ -9,8 +9,9 @@
 #
 # Results go to bench-out/<scenario>/ (OUT sets bench-out): the simulator's JSON
 # summary and per-second timeline, the frontend's and router's metrics, a 10 s
-# CPU profile of the frontend and its top functions. DURATION (default 30s) sets
-# the length of a run.
+# CPU profile of the frontend and its top functions (PROFILE=0: none, so that the
+# profiler's signals do not touch the latencies). DURATION (default 30s) sets the
+# length of a run.
 set -euo pipefail
 
 scenario="${1:-throughput}"
@@ -70,7 +71,7 @@ if [[ "$scenario" == idle ]]; then
 	gor=$(metric "127.0.0.1:$fops" go_goroutines)
 	echo "connections=$c heap_before=$heap0 heap_after=$heap1 stack=$stack rss=$rss goroutines=$gor" | tee "$out/idle.txt"
 	python3 -c "c=$c; h=($heap1-$heap0)/c; s=$stack/c; print(f'heap per connection: {h:.0f} B, stack per connection: {s:.0f} B, total {(h+s)/1024:.1f} KiB')" | tee -a "$out/idle.txt"
-else
+elif [[ "${PROFILE:-1}" != 0 ]]; then
 	sleep 8
 	curl -fs "http://127.0.0.1:$fops/debug/pprof/profile?seconds=10" -o "$out/frontend-cpu.pprof"
 	go tool pprof -top -nodecount=25 "$work/drover" "$out/frontend-cpu.pprof" >"$out/frontend-cpu.txt" 2>/dev/null || true

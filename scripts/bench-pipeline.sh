@@ -143,7 +143,9 @@ deadline=$(( $(date +%s) + drain_timeout ))
 while (( $(date +%s) < deadline )); do
 	line=$(sample_line); echo "$line" >>"$out/samples.tsv"
 	if awk -F'\t' '{exit !($6==0 && $7==0 && $8==0 && $9==0 && $10==0 && $11==0)}' <<<"$line"; then
-		drained=yes; break
+		# One more sample: this one read the writers' counters before their queue depths, so a
+		# write that ended in between is in the depths and not yet in the counters.
+		drained=yes; sample_line >>"$out/samples.tsv"; break
 	fi
 	sleep 0.5
 done
@@ -200,11 +202,28 @@ for w in ("influx", "lake"):
 n = last[C["influx_written"]]
 if n and influxd_cpu:
     print(f"influxd itself: {influxd_cpu:.1f} CPU s in all, {influxd_cpu / n * 1e6:.2f} CPU µs per reading written")
+# Every process's CPU over the whole run (load and drain), per acked reading: where the 2 cores go.
+def proc_cpu(name):
+    try:
+        for l in open(f"{out}/{name}.metrics"):
+            if l.startswith("process_cpu_seconds_total "):
+                return float(l.split()[1])
+    except OSError:
+        pass
+    return 0.0
+cpu = {"simulator": float(s.get("process_cpu_seconds", 0) or 0), "frontend": proc_cpu("frontend"),
+       "router": proc_cpu("router"), "writer influx": last[C["influx_cpu_s"]],
+       "writer lake": last[C["lake_cpu_s"]], "influxd": influxd_cpu}
+if isinstance(acked, (int, float)) and acked:
+    total = sum(cpu.values())
+    print("CPU per acked reading, whole run: " + ", ".join(f"{k} {v / acked * 1e6:.2f} µs" for k, v in cpu.items()) +
+          f"; total {total / acked * 1e6:.2f} µs = {total / acked * devices * rate:.2f} cores at the offered rate")
 json.dump({
     "load_seconds": round(span, 1), "warmup_seconds": warmup,
     "influx_per_second": round(rate_of("influx_written"), 1), "lake_per_second": round(rate_of("lake_written"), 1),
     "backlog_end": {c[:-2]: b[C[c]] for c in q}, "drained": drained == "yes", "drain_seconds": float(drain_secs),
     "influx_written": last[C["influx_written"]], "lake_written": last[C["lake_written"]],
+    "cpu_seconds": cpu,
 }, open(f"{out}/summary.json", "w"), indent=2)
 PY
 echo "bench-pipeline: results in $out"
