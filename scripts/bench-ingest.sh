@@ -11,7 +11,8 @@
 # summary and per-second timeline, the frontend's and router's metrics, a 10 s
 # CPU profile of the frontend and its top functions (PROFILE=0: none, so that the
 # profiler's signals do not touch the latencies). DURATION (default 30s) sets the
-# length of a run.
+# length of a run. The latency run reports the whole run and, apart, the steady state
+# after WARMUP (default 2s: the second in which 1,000 devices connect at once).
 set -euo pipefail
 
 scenario="${1:-throughput}"
@@ -35,7 +36,7 @@ metric() { # ops-addr name [label-filter]
 rport=$(freeport); fport=$(freeport); rops=$(freeport); fops=$(freeport)
 case "$scenario" in
 	throughput) devices=1000; simargs=(-rate 1000 -frame-readings 50 -window 8 -duration "$duration") ;;
-	latency)    devices=1000; simargs=(-rate 10 -frame-readings 1 -window 8 -duration "$duration") ;;
+	latency)    devices=1000; simargs=(-rate 10 -frame-readings 1 -window 8 -duration "$duration" -warmup "${WARMUP:-2s}") ;;
 	idle)       devices=10000; simargs=(-rate 0 -connect-rate 5000 -duration "$duration") ;;
 	*) echo "usage: $0 throughput|latency|idle" >&2; exit 2 ;;
 esac
@@ -86,6 +87,10 @@ s = json.load(open(sys.argv[1]))
 lat = s.get("ack_latency_ms", {})
 print(f"acked/s {s.get('acked_per_second', 0):,.0f}  sent/s {s.get('sent_per_second', 0):,.0f}  "
       f"ack p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms  max {lat.get('max')} ms")
+st = s.get("ack_latency_steady_ms")
+if st:
+    print(f"after the first {s.get('warmup_seconds')} s (connects): ack p50 {st.get('p50')} ms  p99 {st.get('p99')} ms  "
+          f"p99.9 {st.get('p999')} ms  max {st.get('max')} ms")
 PY
 fi
 echo "bench-ingest: results in $out"

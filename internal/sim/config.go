@@ -53,6 +53,10 @@ type Config struct {
 	// Drain is how long, after Duration, devices go on sending what their outboxes hold before
 	// they stop (default 0: stop at once).
 	Drain time.Duration
+	// Warmup is how long from the start the ack latency is left out of the steady-state
+	// distribution (Summary.AckLatencySteadyMs), e.g. the seconds in which every device connects
+	// at once; 0: no steady-state distribution, only the whole run's.
+	Warmup time.Duration
 	// JSON makes devices send protojson text frames instead of binary protobuf.
 	JSON bool
 	// ConnectRate is how many devices per second connect for the first time at start; 0 lets
@@ -122,6 +126,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Readings, "readings", c.Readings, "readings per device in all (`number`); 0: no limit")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long devices take readings (`duration`); 0: until stopped")
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "after -duration, how long devices go on sending their outboxes (`duration`)")
+	fs.DurationVar(&c.Warmup, "warmup", c.Warmup, "leave the first `duration` out of the steady-state ack latency (summary: ack_latency_steady_ms)")
 	fs.BoolVar(&c.JSON, "json", c.JSON, "send JSON text frames instead of binary protobuf")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", c.ConnectRate, "first connections per second at start (`number`); 0: all at once")
 	fs.DurationVar(&c.BackoffMin, "backoff-min", c.BackoffMin, "shortest reconnect backoff (`duration`)")

@@ -37,6 +37,9 @@ type fakeFrontend struct {
 	dropHow    string
 	dropBudget atomic.Int64
 	ackDelay   time.Duration
+	// Frames received before slowUntil are acked after slowAckDelay instead of ackDelay.
+	slowUntil    time.Time
+	slowAckDelay time.Duration
 	// withholdBudget connections (counted down) receive and store frames but never ack them.
 	withholdBudget atomic.Int64
 	// stall makes the server accept connections and then never read from them.
@@ -203,7 +206,11 @@ func (s *fakeFrontend) serve(id string, conn *websocket.Conn) {
 			continue
 		}
 		b, _ := telemetry.EncodeDownlink(telemetry.NewAck(u.LastSeq()), text)
-		out <- downlink{data: b, due: time.Now().Add(s.ackDelay), mt: mt}
+		delay := s.ackDelay
+		if time.Now().Before(s.slowUntil) {
+			delay = s.slowAckDelay
+		}
+		out <- downlink{data: b, due: time.Now().Add(delay), mt: mt}
 	}
 }
 

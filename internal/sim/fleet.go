@@ -31,6 +31,8 @@ type Fleet struct {
 	// any device goroutine starts and never changed after, so that devices read it without mu.
 	epoch   time.Time
 	endTime time.Time // when Run ended, zero while running
+	// warm is the ack latency histogram at the end of Config.Warmup, nil before. Under mu.
+	warm *histSnapshot
 
 	c counters
 	// stampedeC is closed to make every connected device drop its connection (then replaced).
@@ -153,6 +155,15 @@ func (f *Fleet) run(ctx context.Context) {
 	f.log.Info("sim fleet starting", "devices", len(f.devices), "first", f.devices[0].id,
 		"frontends", len(f.urls), "rate", f.cfg.Rate, "frame_readings", f.cfg.FrameReadings,
 		"window", f.cfg.Window, "json", f.cfg.JSON, "connect_rate", f.cfg.ConnectRate)
+	if f.cfg.Warmup > 0 {
+		t := time.AfterFunc(f.cfg.Warmup, func() {
+			h := f.c.latency.snapshot()
+			f.mu.Lock()
+			f.warm = h
+			f.mu.Unlock()
+		})
+		defer t.Stop()
+	}
 	var wg sync.WaitGroup
 	for _, d := range f.devices {
 		wg.Go(func() { d.run(ctx) })

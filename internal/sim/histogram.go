@@ -62,7 +62,8 @@ func (h *histogram) recordN(d time.Duration, n uint64) {
 }
 
 // histSnapshot is a copy of a histogram at one moment. Counts of two snapshots subtract, to get
-// the distribution over an interval (its max is then the max of the whole run so far).
+// the distribution over an interval (its max is then the top of its highest bucket, capped at
+// the max of the whole run so far: within 1/16 of the interval's true max).
 type histSnapshot struct {
 	counts [numBuckets]uint64
 	total  uint64
@@ -81,9 +82,12 @@ func (h *histogram) snapshot() *histSnapshot {
 
 // sub returns s minus an earlier snapshot of the same histogram.
 func (s *histSnapshot) sub(prev *histSnapshot) *histSnapshot {
-	d := &histSnapshot{total: s.total - prev.total, sum: s.sum - prev.sum, max: s.max}
+	d := &histSnapshot{total: s.total - prev.total, sum: s.sum - prev.sum}
 	for i := range s.counts {
 		d.counts[i] = s.counts[i] - prev.counts[i]
+		if d.counts[i] != 0 {
+			d.max = min(bucketUpper(i), s.max)
+		}
 	}
 	return d
 }

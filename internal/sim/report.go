@@ -45,6 +45,12 @@ type Summary struct {
 	AckedPerSecond float64 `json:"acked_per_second"`
 	// AckLatencyMs is the ack latency distribution over the run, in milliseconds.
 	AckLatencyMs LatencyMs `json:"ack_latency_ms"`
+	// AckLatencySteadyMs is the same after Config.Warmup (acks received from then on): the
+	// steady state without the first connections. Absent when no warm-up was set or it has not
+	// ended.
+	AckLatencySteadyMs *LatencyMs `json:"ack_latency_steady_ms,omitempty"`
+	// WarmupSeconds is Config.Warmup.
+	WarmupSeconds float64 `json:"warmup_seconds,omitempty"`
 	// ProcessCPUSeconds is the CPU time (user + system) of the whole process the fleet ran in,
 	// when the caller filled it in (drover sim does): the load generator's share of a machine
 	// it shares with what it measures.
@@ -81,6 +87,11 @@ type LatencyMs struct {
 	P999  float64 `json:"p999"`
 	Max   float64 `json:"max"`
 	Mean  float64 `json:"mean"`
+}
+
+func latencyMs(l Latency) LatencyMs {
+	return LatencyMs{Count: l.Count, P50: ms(l.P50), P90: ms(l.P90), P99: ms(l.P99), P999: ms(l.P999),
+		Max: ms(l.Max), Mean: ms(l.Mean)}
 }
 
 func ms(d time.Duration) float64 {
@@ -123,15 +134,17 @@ func (f *Fleet) Summary() Summary {
 		OutboxDrops:     s.OutboxDrops,
 		Errors:          s.Errors,
 		Stampedes:       s.Stampedes,
-		AckLatencyMs: LatencyMs{
-			Count: s.AckLatency.Count, P50: ms(s.AckLatency.P50), P90: ms(s.AckLatency.P90),
-			P99: ms(s.AckLatency.P99), P999: ms(s.AckLatency.P999), Max: ms(s.AckLatency.Max),
-			Mean: ms(s.AckLatency.Mean),
-		},
+		AckLatencyMs:    latencyMs(s.AckLatency),
+		WarmupSeconds:   c.Warmup.Seconds(),
 	}
 	f.mu.Lock()
 	sum.Start = f.epoch
+	warm := f.warm
 	f.mu.Unlock()
+	if warm != nil {
+		steady := latencyMs(f.c.latency.snapshot().sub(warm).latency())
+		sum.AckLatencySteadyMs = &steady
+	}
 	if sec := s.Elapsed.Seconds(); sec > 0 {
 		sum.SentPerSecond = math.Round(float64(s.Sent)/sec*10) / 10
 		sum.AckedPerSecond = math.Round(float64(s.Acked)/sec*10) / 10

@@ -428,6 +428,36 @@ func TestDurationDrainSummaryProgress(t *testing.T) {
 	}
 }
 
+// TestWarmupSteadyLatency checks that the steady-state ack latency leaves out the warm-up: the
+// frontend acks slowly for its first 200 ms and fast after, and the steady distribution, from
+// 500 ms on, has only the fast acks while the whole run's has both.
+func TestWarmupSteadyLatency(t *testing.T) {
+	s := newFakeFrontend(t, func(s *fakeFrontend) {
+		s.ackDelay, s.slowAckDelay, s.slowUntil = 5*time.Millisecond, 150*time.Millisecond, time.Now().Add(200*time.Millisecond)
+	})
+	cfg := testConfig(s.url())
+	cfg.Devices, cfg.Rate, cfg.Duration, cfg.Drain, cfg.Warmup = 3, 50, time.Second, 5*time.Second, 500*time.Millisecond
+	f, _ := startFleet(t, cfg)
+	waitDone(t, f, 10*time.Second)
+	checkDelivered(t, f, s, 50)
+	sum := f.Summary()
+	all, steady := sum.AckLatencyMs, sum.AckLatencySteadyMs
+	if steady == nil {
+		t.Fatalf("no steady-state latency in %+v", sum)
+	}
+	if all.Max < 150 || steady.Count == 0 || steady.Count >= all.Count || steady.Max >= 150 || steady.P50 < 5 ||
+		sum.WarmupSeconds != 0.5 {
+		t.Errorf("whole run %+v, steady %+v (warm-up %vs): want the 150 ms acks only in the whole run", all, *steady, sum.WarmupSeconds)
+	}
+	// Without a warm-up there is no steady-state distribution.
+	cfg.Warmup, cfg.Duration = 0, 100*time.Millisecond
+	f, _ = startFleet(t, cfg)
+	waitDone(t, f, 10*time.Second)
+	if sum := f.Summary(); sum.AckLatencySteadyMs != nil {
+		t.Errorf("steady-state latency without a warm-up: %+v", *sum.AckLatencySteadyMs)
+	}
+}
+
 // TestTimeline runs a fleet with a timeline and checks that the lines account for every reading:
 // their acked counts add up to the summary's, their times rise, and their latencies are the
 // frontend's ack delay.

@@ -61,6 +61,14 @@ func TestHistogramQuantiles(t *testing.T) {
 	if iv.Count != 3 || iv.P50 != time.Hour || iv.Mean != time.Hour {
 		t.Errorf("interval: %+v", iv)
 	}
+	// An interval's max is its own (within a bucket), not the run's: a warm-up spike does not
+	// leak into the steady state after it.
+	before = h.snapshot()
+	h.recordN(2*time.Millisecond, 5)
+	iv = h.snapshot().sub(before).latency()
+	if iv.Count != 5 || iv.Max < 2*time.Millisecond || float64(iv.Max) > float64(2*time.Millisecond)*1.0625 {
+		t.Errorf("interval after an hour-long sample: max %s, want ~2ms", iv.Max)
+	}
 	var empty histogram
 	if l := empty.snapshot().latency(); l != (Latency{}) {
 		t.Errorf("empty: %+v", l)
