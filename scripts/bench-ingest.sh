@@ -13,6 +13,8 @@
 # profiler's signals do not touch the latencies). DURATION (default 30s) sets the
 # length of a run. The latency run reports the whole run and, apart, the steady state
 # after WARMUP (default 2s: the second in which 1,000 devices connect at once).
+# SIM_ARGS adds flags to the simulator (e.g. SIM_ARGS="-connect-rate 1000" to spread
+# the connects over a second instead of all at once); SIM_NICE runs it niced.
 set -euo pipefail
 
 scenario="${1:-throughput}"
@@ -53,7 +55,7 @@ pids+=($!)
 waitready "127.0.0.1:$rops"; waitready "127.0.0.1:$fops"
 
 heap0=$(metric "127.0.0.1:$fops" go_memstats_heap_inuse_bytes)
-${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench "${simargs[@]}" \
+${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench "${simargs[@]}" ${SIM_ARGS:-} \
 	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 5s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!
 pids+=($simpid)
