@@ -25,6 +25,11 @@ type Config struct {
 	// frontends and stable across restarts, so that a router recognises the
 	// frontend's resent batches.
 	ID string
+	// DrainLinger is how long the drainer waits after sending a small batch
+	// before it reads the queue again, so that light load reaches the
+	// routers in fewer, larger batches (fewer router fsyncs). It delays the
+	// router's copy, never the device's ack. 0 or less: none.
+	DrainLinger time.Duration
 
 	// Registry is the path of the device registry file (JSON, see
 	// internal/registry). It is reloaded on SIGHUP and when it changes.
@@ -92,6 +97,7 @@ func DefaultConfig() Config {
 		QueueDir:            "data/frontend",
 		Routers:             []string{"tcp://127.0.0.1:5555"},
 		ID:                  daemon.DefaultID("frontend"),
+		DrainLinger:         2 * time.Millisecond,
 		Registry:            "registry.json",
 		QueueMaxBytes:       1 << 30,
 		MaxConnections:      10000,
@@ -122,6 +128,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"comma-separated ZeroMQ `endpoints` of every router (tcp://host:port); one connection each")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this frontend towards the routers, unique and stable across restarts; the host name unless set")
+	fs.DurationVar(&c.DrainLinger, "drain-linger", c.DrainLinger,
+		"after forwarding a small batch, wait this long before reading the queue again, so routers fsync fewer, larger batches; delays the router's copy, not the device's ack; 0: none (`duration`)")
 	fs.StringVar(&c.Registry, "registry", c.Registry,
 		"device registry `file` (JSON); reloaded on SIGHUP and when it changes")
 	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes,

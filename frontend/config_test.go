@@ -47,6 +47,7 @@ func TestRegisterFlags(t *testing.T) {
 		"-idle-timeout", "1m",
 		"-write-timeout", "3s",
 		"-shutdown-grace", "15s",
+		"-drain-linger", "5ms",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -56,6 +57,7 @@ func TestRegisterFlags(t *testing.T) {
 		QueueDir:            "/var/lib/drover/frontend",
 		Routers:             []string{"tcp://router-0:5555", "tcp://router-1:5555"},
 		ID:                  "frontend-3",
+		DrainLinger:         5 * time.Millisecond,
 		Registry:            "/etc/drover/registry.json",
 		QueueMaxBytes:       5000000,
 		MaxConnections:      50000,

@@ -16,12 +16,18 @@ type drainer interface {
 }
 
 // forwardDrainer is the default newDrainer: a forward.Drainer towards every
-// router, named by the frontend's ID, with forward's defaults for batch size,
-// in-flight window, ack timeout and heartbeats.
+// router, named by the frontend's ID, lingering DrainLinger after a small
+// batch, with forward's defaults for batch size, in-flight window, ack
+// timeout and heartbeats.
 func (f *Frontend) forwardDrainer(q *queue.Queue) (drainer, error) {
+	linger := f.cfg.DrainLinger
+	if linger <= 0 {
+		linger = -1 // forward's "none"; its zero means its default
+	}
 	d, err := forward.NewDrainer(forward.DrainerConfig{
 		Sender:  f.cfg.ID,
 		Routers: f.cfg.Routers,
+		Linger:  linger,
 	}, q, f.logger, f.reg)
 	if err != nil {
 		return nil, fmt.Errorf("new drainer: %w", err)

@@ -26,6 +26,7 @@ const (
 	DefaultAckTimeout    = 5 * time.Second
 	DefaultHeartbeat     = time.Second
 	DefaultDownAfter     = 3 * time.Second
+	DefaultLinger        = 2 * time.Millisecond
 )
 
 const (
@@ -80,6 +81,14 @@ type DrainerConfig struct {
 	// DownAfter is how long without a pong makes a router count as down.
 	// Default 3 s; at least two heartbeats.
 	DownAfter time.Duration
+	// Linger is how long the drainer waits, after reading a batch smaller
+	// than half of MaxBatchBytes, before it reads the queue again. Under
+	// light load it turns one batch per frontend group commit into one per
+	// Linger, so each router fsyncs less often and spends less CPU per
+	// reading; under heavy load batches are full and nothing waits. It adds
+	// at most Linger to a reading's way to the router, never to the device's
+	// ack. Default 2 ms; negative means none.
+	Linger time.Duration
 }
 
 func (c DrainerConfig) withDefaults() DrainerConfig {
@@ -97,6 +106,9 @@ func (c DrainerConfig) withDefaults() DrainerConfig {
 	}
 	if c.DownAfter == 0 {
 		c.DownAfter = DefaultDownAfter
+	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
 	}
 	return c
 }
@@ -330,6 +342,7 @@ func (d *Drainer) settle(grace time.Duration) {
 
 // readLoop reads queue batches while the loop has room for them.
 func (d *Drainer) readLoop(ctx context.Context) {
+	var linger *time.Timer
 	for {
 		select {
 		case <-d.tokens:
@@ -348,6 +361,18 @@ func (d *Drainer) readLoop(ctx context.Context) {
 		case <-ctx.Done():
 			d.q.Nack(b)
 			return
+		}
+		if d.cfg.Linger > 0 && 2*b.Bytes < d.cfg.MaxBatchBytes {
+			if linger == nil {
+				linger = time.NewTimer(d.cfg.Linger)
+			} else {
+				linger.Reset(d.cfg.Linger)
+			}
+			select {
+			case <-linger.C:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}
 }

@@ -437,3 +437,47 @@ func TestDrainerTimeoutFailsOver(t *testing.T) {
 		t.Errorf("%d routers up; a slow router is backed off, not down", up)
 	}
 }
+
+// TestDrainerLinger: after a small batch the drainer waits Linger before it
+// reads again, so what arrives meanwhile goes in one batch; batches at least
+// half of MaxBatchBytes (a backlog) never wait.
+func TestDrainerLinger(t *testing.T) {
+	noLeaks(t)
+	t.Run("small batches gather", func(t *testing.T) {
+		q := openQueue(t, t.TempDir())
+		fr := startFakeRouter(t)
+		cfg := fastConfig(fr.addr)
+		cfg.AckTimeout = time.Minute
+		cfg.Linger = time.Hour // the test ends (cancelling it) long before
+		runDrainer(t, cfg, q)
+		first := appendEntries(t, q, "a")
+		b := fr.next(5 * time.Second)
+		if b.First != first || b.Last != first {
+			t.Fatalf("first batch %d..%d, want %d..%d", b.First, b.Last, first, first)
+		}
+		fr.reply(b.peer, Message{Type: TypeAck, First: b.First, Last: b.Last})
+		appendEntries(t, q, "b")
+		appendEntries(t, q, "c")
+		fr.none(200 * time.Millisecond) // lingering: b and c wait
+	})
+	t.Run("full batches do not wait", func(t *testing.T) {
+		q := openQueue(t, t.TempDir())
+		base := appendEntries(t, q, "xxxx")
+		appendEntries(t, q, "yyyy")
+		appendEntries(t, q, "zzzz")
+		fr := startFakeRouter(t)
+		cfg := fastConfig(fr.addr)
+		cfg.AckTimeout = time.Minute
+		cfg.MaxBatchBytes = 4 // each record fills a batch
+		cfg.Linger = time.Hour
+		runDrainer(t, cfg, q)
+		for i := range uint64(3) {
+			b := fr.next(5 * time.Second)
+			if b.First != base+i || b.Last != base+i {
+				t.Fatalf("batch %d..%d, want %d", b.First, b.Last, base+i)
+			}
+			fr.reply(b.peer, Message{Type: TypeAck, First: b.First, Last: b.Last})
+		}
+		waitFor(t, 5*time.Second, "the queue to empty", func() bool { n, _ := q.Depth(); return n == 0 })
+	})
+}
