@@ -57,14 +57,19 @@ func TestStoragePipeline(t *testing.T) {
 // influxOutage is how long TestStorageFaults keeps influxd down:
 // $DROVER_E2E_INFLUX_OUTAGE (e.g. 30s, what the issue asks for), default
 // 10 s so that the default run (make test) stays well under 2.5 minutes.
+// maxPause is the longest gap between two acks, or two live updates, that
+// TestStorageFaults accepts during the InfluxDB outage: half the shortest
+// outage, so that lanes waiting for InfluxDB fail it whatever the load.
+const maxPause = 5 * time.Second
+
 func influxOutage(t *testing.T) time.Duration {
 	v := os.Getenv("DROVER_E2E_INFLUX_OUTAGE")
 	if v == "" {
 		return 10 * time.Second
 	}
 	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		t.Fatalf("DROVER_E2E_INFLUX_OUTAGE=%q: want a positive duration", v)
+	if err != nil || d < 2*maxPause {
+		t.Fatalf("DROVER_E2E_INFLUX_OUTAGE=%q: want a duration of at least %v", v, 2*maxPause)
 	}
 	return d
 }
@@ -75,7 +80,7 @@ func influxOutage(t *testing.T) time.Duration {
 //  1. stops influxd for influxOutage (default 10 s, DROVER_E2E_INFLUX_OUTAGE=30s
 //     for the issue's figure) and starts it again on the same data and port:
 //     meanwhile the simulator's acked count must keep growing and the live
-//     client keep receiving updates (longest gap of each < 3 s);
+//     client keep receiving updates (longest gap of each under maxPause);
 //  2. kills -9 the influx writer, the lake writer and the router, once each,
 //     restarting each on the same directories and ports.
 //
@@ -185,11 +190,15 @@ func TestStorageFaults(t *testing.T) {
 		outEnd.Sub(outStart).Round(time.Millisecond), ackGap.Round(time.Millisecond), liveGap.Round(time.Millisecond), liveMsgs.Load())
 	t.Logf("whole run (router kill included): longest ack gap %v, longest live gap %v",
 		acks.longestGap(start, runEnd).Round(time.Millisecond), live.longestGap(start.Add(time.Second), runEnd).Round(time.Millisecond))
-	if ackGap >= 3*time.Second {
-		t.Errorf("ingest paused during the influx outage: %v without a new ack", ackGap)
+	// A lane that waited for InfluxDB would stand still for the whole
+	// outage (10 s or more); a lane that does not, moves every few hundred
+	// milliseconds here, but a loaded machine (the race suite beside this
+	// one) can hold a process for a few seconds. maxPause tells the two apart.
+	if ackGap >= maxPause {
+		t.Errorf("ingest paused during the influx outage: %v without a new ack (limit %v)", ackGap, maxPause)
 	}
-	if liveGap >= 3*time.Second {
-		t.Errorf("live lane paused during the influx outage: %v without an update", liveGap)
+	if liveGap >= maxPause {
+		t.Errorf("live lane paused during the influx outage: %v without an update (limit %v)", liveGap, maxPause)
 	}
 
 	// Writers restarted from kill -9 count records written from 0 again:
