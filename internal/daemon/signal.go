@@ -20,7 +20,10 @@ var exit = os.Exit
 // cancels the context; call it when the process no longer needs them.
 //
 // SIGHUP is not handled here: a component that reloads on SIGHUP subscribes
-// to it itself.
+// to it itself, once it runs. Until then (a queue repair at start can take
+// a while) SIGHUP's default action would end the process, so SignalContext
+// subscribes to SIGHUP too, with a channel nobody reads: an operator's
+// reload signal is never fatal, whatever the moment.
 func SignalContext(parent context.Context, logger *slog.Logger) (ctx context.Context, stop context.CancelFunc) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -28,6 +31,8 @@ func SignalContext(parent context.Context, logger *slog.Logger) (ctx context.Con
 	ctx, cancel := context.WithCancelCause(parent)
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	hups := make(chan os.Signal, 1) // never read: the signal package drops what does not fit
+	signal.Notify(hups, syscall.SIGHUP)
 	quit := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -50,6 +55,7 @@ func SignalContext(parent context.Context, logger *slog.Logger) (ctx context.Con
 	stop = func() {
 		once.Do(func() {
 			signal.Stop(sigs)
+			signal.Stop(hups)
 			close(quit)
 			<-finished
 			cancel(context.Canceled)

@@ -70,3 +70,30 @@ func TestSignalContextParentCancel(t *testing.T) {
 	cancel()
 	recv(t, ctx.Done(), 5*time.Second, "the context to follow its parent")
 }
+
+// TestSignalContextSIGHUPNotFatal: a SIGHUP that arrives before any component
+// subscribes to it (while a frontend still opens its queue) neither ends the
+// process (the test binary would die with "signal: hangup") nor stops it.
+func TestSignalContextSIGHUPNotFatal(t *testing.T) {
+	codes := stubExit(t)
+	ctx, stop := SignalContext(context.Background(), nil)
+	defer stop()
+	for range 3 {
+		if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A SIGTERM sent after them is handled, so they were delivered first.
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, ctx.Done(), 5*time.Second, "the context to end after SIGTERM")
+	if cause := context.Cause(ctx); cause == nil || !strings.Contains(cause.Error(), "terminated") {
+		t.Errorf("cause = %v, want SIGTERM's: SIGHUP must not stop the process", cause)
+	}
+	select {
+	case code := <-codes:
+		t.Fatalf("exited with %d", code)
+	default:
+	}
+}
