@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestAuthenticate(t *testing.T) {
@@ -48,39 +50,70 @@ func TestStoreReloadsOnChangeAndSIGHUP(t *testing.T) {
 	if err := Write(path, []Device{{ID: "a", TokenSHA256: HashToken("1")}}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewStore(path, slog.New(slog.DiscardHandler), nil)
+	// Two stores of the same file: one polls it every 10 ms, the other only
+	// hears SIGHUP (its poll is an hour away), so each trigger is tested alone.
+	polling, err := NewStore(path, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.interval = 10 * time.Millisecond
+	polling.interval = 10 * time.Millisecond
+	hup, err := NewStore(path, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hup.interval = time.Hour
 	// The test's own subscription: a SIGHUP that reaches the process before
-	// or after the store's subscription must not take the default action
-	// (exit), which would end the whole test binary ("signal: hangup").
+	// the stores subscribe must not take the default action (exit), which
+	// would end the whole test binary ("signal: hangup").
 	guard := make(chan os.Signal, 4)
 	signal.Notify(guard, syscall.SIGHUP)
 	defer signal.Stop(guard)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := make(chan error)
-	go func() { done <- s.Run(ctx) }()
+	done := make(chan error, 2)
+	go func() { done <- polling.Run(ctx) }()
+	go func() { done <- hup.Run(ctx) }()
+	reloads := func(s *Store, result string) float64 { return testutil.ToFloat64(s.reloads.WithLabelValues(result)) }
 
+	// A changed file is picked up by polling.
 	if err := Write(path, []Device{{ID: "a", TokenSHA256: HashToken("1")}, {ID: "b", TokenSHA256: HashToken("2")}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { _, ok := s.Current().Lookup("b"); return ok })
+	waitFor(t, func() bool { _, ok := polling.Current().Lookup("b"); return ok })
 
-	// A broken file keeps the previous registry.
-	os.WriteFile(path, []byte("{not json"), 0o644)
-	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	waitFor(t, func() bool { return true })
-	if _, ok := s.Current().Lookup("b"); !ok {
-		t.Fatal("broken file replaced the registry")
+	// SIGHUP reloads; until hup has subscribed, a SIGHUP may reach only the
+	// guard, so send it until hup has reloaded.
+	waitFor(t, func() bool {
+		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+		time.Sleep(5 * time.Millisecond)
+		_, ok := hup.Current().Lookup("b")
+		return ok
+	})
+
+	// A broken file keeps the registry in force, in both stores.
+	okBefore, errBefore := reloads(hup, "ok"), reloads(hup, "error")
+	if err := os.WriteFile(path, []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	// SIGHUP picks up a fixed file even if mtime and size look unchanged.
-	Write(path, []Device{{ID: "c", TokenSHA256: HashToken("3")}})
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	waitFor(t, func() bool { _, ok := s.Current().Lookup("c"); return ok })
+	waitFor(t, func() bool { return reloads(hup, "error") > errBefore && reloads(polling, "error") > 0 })
+	for name, s := range map[string]*Store{"polling": polling, "hup": hup} {
+		if _, ok := s.Current().Lookup("b"); !ok {
+			t.Errorf("%s: the broken file replaced the registry", name)
+		}
+	}
+	if got := reloads(hup, "ok"); got != okBefore {
+		t.Errorf("hup store: %v ok reloads after the broken file, want %v", got, okBefore)
+	}
+
+	// SIGHUP picks up the fixed file.
+	if err := Write(path, []Device{{ID: "c", TokenSHA256: HashToken("3")}}); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitFor(t, func() bool { _, ok := hup.Current().Lookup("c"); return ok })
 	cancel()
+	<-done
 	<-done
 }
 
