@@ -127,3 +127,43 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestStoreSeesFileRenamedOver: a new file renamed over the registry (an
+// atomic writer, a Kubernetes ConfigMap update) is picked up even with the
+// same size and modification time as the one it replaces.
+func TestStoreSeesFileRenamedOver(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "devices.json")
+	if err := Write(path, []Device{{ID: "b", TokenSHA256: HashToken("1")}}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStore(path, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.interval = 10 * time.Millisecond
+	old, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := filepath.Join(dir, "devices.json.new")
+	if err := Write(next, []Device{{ID: "c", TokenSHA256: HashToken("1")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(next, old.ModTime(), old.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(next); err != nil || st.Size() != old.Size() || !st.ModTime().Equal(old.ModTime()) {
+		t.Fatalf("the replacement differs in size or time (%v, %v): the test needs them equal", st, err)
+	}
+	if err := os.Rename(next, path); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitFor(t, func() bool { _, ok := s.Current().Lookup("c"); return ok })
+	cancel()
+	<-done
+}

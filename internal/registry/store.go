@@ -17,11 +17,10 @@ import (
 // when the file changes. A file that fails to load is logged and counted;
 // the previous registry stays in force.
 type Store struct {
-	path    string
-	log     *slog.Logger
-	cur     atomic.Pointer[Registry]
-	modTime time.Time
-	size    int64
+	path   string
+	log    *slog.Logger
+	cur    atomic.Pointer[Registry]
+	loaded os.FileInfo // the file last read, loaded or not
 
 	reloads  *prometheus.CounterVec
 	devices  prometheus.Gauge
@@ -75,7 +74,7 @@ func (s *Store) reload() error {
 		s.reloads.WithLabelValues("error").Inc()
 		return err
 	}
-	s.modTime, s.size = st.ModTime(), st.Size()
+	s.loaded = st
 	s.cur.Store(r)
 	s.reloads.WithLabelValues("ok").Inc()
 	s.devices.Set(float64(r.Len()))
@@ -101,11 +100,20 @@ func (s *Store) Run(ctx context.Context) error {
 			s.reloadAndLog("SIGHUP")
 		case <-t.C:
 			st, err := os.Stat(s.path)
-			if err == nil && (!st.ModTime().Equal(s.modTime) || st.Size() != s.size) {
+			if err == nil && s.changed(st) {
 				s.reloadAndLog("file changed")
 			}
 		}
 	}
+}
+
+// changed reports whether st is not the file last read: another
+// modification time or size, or another file (a new one renamed over it, as
+// atomic writers and Kubernetes ConfigMap updates do, possibly with the same
+// size and a coarse modification time).
+func (s *Store) changed(st os.FileInfo) bool {
+	return s.loaded == nil || !st.ModTime().Equal(s.loaded.ModTime()) || st.Size() != s.loaded.Size() ||
+		!os.SameFile(st, s.loaded)
 }
 
 func (s *Store) reloadAndLog(why string) {
@@ -113,7 +121,7 @@ func (s *Store) reloadAndLog(why string) {
 		s.log.Error("registry: reload failed; keeping the previous one", "path", s.path, "trigger", why, "err", err)
 		// Do not retry the same broken file every tick.
 		if st, e := os.Stat(s.path); e == nil {
-			s.modTime, s.size = st.ModTime(), st.Size()
+			s.loaded = st
 		}
 		return
 	}
