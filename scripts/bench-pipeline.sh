@@ -8,6 +8,9 @@
 #   DURATION=5m scripts/bench-pipeline.sh      (default 5m)
 #
 # SINK_WRITERS (4) sets each writer's -sink-writers (concurrent sink writes).
+# InfluxDB tuning, to measure what an operator can change on their side: INFLUXD_GOGC sets
+# influxd's GOGC (default: Go's 100), INFLUXD_DATA adds lines to its [data] section (e.g.
+# INFLUXD_DATA='cache-snapshot-memory-size = "100m"').
 # Offered load: DEVICES (1,000) × RATE (50 readings/s) = 50,000 readings/s, frames of FRAME (50)
 # readings. Every SAMPLE (5s) it records each writer's drover_writer_records_written_total and
 # process_cpu_seconds_total and the queue depths (bench-out/pipeline/samples.tsv). When the
@@ -60,6 +63,7 @@ bind-address = "127.0.0.1:$irpc"
   dir = "$idir/data"
   wal-dir = "$idir/wal"
   query-log-enabled = false
+${INFLUXD_DATA:-}
 [monitor]
   store-enabled = false
 [http]
@@ -70,7 +74,7 @@ bind-address = "127.0.0.1:$irpc"
   level = "warn"
   suppress-logo = true
 CONF
-"$influxd" run -config "$idir/influxdb.conf" >"$out/influxd.log" 2>&1 &
+${INFLUXD_GOGC:+env GOGC="$INFLUXD_GOGC"} "$influxd" run -config "$idir/influxdb.conf" >"$out/influxd.log" 2>&1 &
 influxpid=$!
 pids+=($influxpid)
 for _ in $(seq 1 300); do
