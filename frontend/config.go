@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
 )
 
@@ -97,7 +98,7 @@ func DefaultConfig() Config {
 		QueueDir:            "data/frontend",
 		Routers:             []string{"tcp://127.0.0.1:5555"},
 		ID:                  daemon.DefaultID("frontend"),
-		DrainLinger:         2 * time.Millisecond,
+		DrainLinger:         forward.DefaultLinger,
 		Registry:            "registry.json",
 		QueueMaxBytes:       1 << 30,
 		MaxConnections:      10000,

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drover-telemetry/drover/internal/daemon"
 )
 
 // AllFleets in a client's fleets gives it every fleet, present and future.
@@ -248,19 +250,11 @@ func (s *authStore) run(ctx context.Context) {
 		case <-hup:
 			s.reloadAndLog("SIGHUP")
 		case <-t.C:
-			if st, err := os.Stat(s.path); err == nil && s.changed(st) {
+			if st, err := os.Stat(s.path); err == nil && daemon.FileChanged(s.loaded, st) {
 				s.reloadAndLog("file changed")
 			}
 		}
 	}
-}
-
-// changed reports whether st is not the file last loaded: another
-// modification time or size, or another file (a new one renamed over it, as
-// atomic writers and Kubernetes ConfigMap updates do).
-func (s *authStore) changed(st os.FileInfo) bool {
-	return s.loaded == nil || !st.ModTime().Equal(s.loaded.ModTime()) || st.Size() != s.loaded.Size() ||
-		!os.SameFile(st, s.loaded)
 }
 
 func (s *authStore) reloadAndLog(why string) {

@@ -68,11 +68,8 @@ func TestStoreReloadsOnChangeAndSIGHUP(t *testing.T) {
 	guard := make(chan os.Signal, 4)
 	signal.Notify(guard, syscall.SIGHUP)
 	defer signal.Stop(guard)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 2)
-	go func() { done <- polling.Run(ctx) }()
-	go func() { done <- hup.Run(ctx) }()
+	runStore(t, polling)
+	runStore(t, hup)
 	reloads := func(s *Store, result string) float64 { return testutil.ToFloat64(s.reloads.WithLabelValues(result)) }
 
 	// A changed file is picked up by polling.
@@ -85,7 +82,6 @@ func TestStoreReloadsOnChangeAndSIGHUP(t *testing.T) {
 	// guard, so send it until hup has reloaded.
 	waitFor(t, func() bool {
 		syscall.Kill(os.Getpid(), syscall.SIGHUP)
-		time.Sleep(5 * time.Millisecond)
 		_, ok := hup.Current().Lookup("b")
 		return ok
 	})
@@ -112,9 +108,19 @@ func TestStoreReloadsOnChangeAndSIGHUP(t *testing.T) {
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
 	waitFor(t, func() bool { _, ok := hup.Current().Lookup("c"); return ok })
-	cancel()
-	<-done
-	<-done
+}
+
+// runStore runs s until the test ends.
+func runStore(t *testing.T, s *Store) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 }
 
 func waitFor(t *testing.T, cond func() bool) {
@@ -159,11 +165,6 @@ func TestStoreSeesFileRenamedOver(t *testing.T) {
 	if err := os.Rename(next, path); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	runStore(t, s)
 	waitFor(t, func() bool { _, ok := s.Current().Lookup("c"); return ok })
-	cancel()
-	<-done
 }

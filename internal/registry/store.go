@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drover-telemetry/drover/internal/daemon"
 )
 
 // Store holds the current registry of a file and reloads it on SIGHUP and
@@ -100,20 +102,11 @@ func (s *Store) Run(ctx context.Context) error {
 			s.reloadAndLog("SIGHUP")
 		case <-t.C:
 			st, err := os.Stat(s.path)
-			if err == nil && s.changed(st) {
+			if err == nil && daemon.FileChanged(s.loaded, st) {
 				s.reloadAndLog("file changed")
 			}
 		}
 	}
-}
-
-// changed reports whether st is not the file last read: another
-// modification time or size, or another file (a new one renamed over it, as
-// atomic writers and Kubernetes ConfigMap updates do, possibly with the same
-// size and a coarse modification time).
-func (s *Store) changed(st os.FileInfo) bool {
-	return s.loaded == nil || !st.ModTime().Equal(s.loaded.ModTime()) || st.Size() != s.loaded.Size() ||
-		!os.SameFile(st, s.loaded)
 }
 
 func (s *Store) reloadAndLog(why string) {
