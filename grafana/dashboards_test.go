@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/testenv"
-	"github.com/drover-telemetry/drover/storage-writer/influx"
+	"github.com/drover-telemetry/drover/storagewriter/influx"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 

@@ -20,11 +20,11 @@ type Config struct {
 	// LivePub is the endpoint the PUB socket of the best-effort live. lane
 	// binds (flag -live-pub).
 	LivePub string
-	// StorePub is the endpoint the ROUTER socket of the durable store lane
-	// binds (flag -store-listen, alias -store-pub): storage writers connect
-	// a DEALER to it and speak the store-lane protocol of internal/forward.
-	// It is not a PUB socket (see doc.go); the field keeps its old name.
-	StorePub string
+	// StoreListen is the endpoint the ROUTER socket of the durable store lane
+	// binds (flag -store-listen): storage writers connect a DEALER to it and
+	// speak the store-lane protocol of internal/forward. It is not a PUB
+	// socket (see doc.go).
+	StoreListen string
 	// QueueDir is the directory of the router's durable queue; it must
 	// survive restarts (a volume in Kubernetes).
 	QueueDir string
@@ -91,7 +91,7 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:   "tcp://*:5555",
 		LivePub:  "tcp://*:5556",
-		StorePub: "tcp://*:5557",
+		StoreListen: "tcp://*:5557",
 		QueueDir: "data/router",
 		ID:       daemon.DefaultID("router"),
 
@@ -113,10 +113,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"ZeroMQ `endpoint` bound for frontends (tcp://host:port; * for every interface)")
 	fs.StringVar(&c.LivePub, "live-pub", c.LivePub,
 		"ZeroMQ `endpoint` bound for the best-effort live. lane (livefeeds subscribe here)")
-	fs.StringVar(&c.StorePub, "store-listen", c.StorePub,
+	fs.StringVar(&c.StoreListen, "store-listen", c.StoreListen,
 		"ZeroMQ `endpoint` bound (ROUTER) for the durable store lane (storage writers connect here)")
-	fs.StringVar(&c.StorePub, "store-pub", c.StorePub,
-		"alias of -store-listen (deprecated)")
 	fs.StringVar(&c.QueueDir, "queue-dir", c.QueueDir,
 		"`directory` of the durable queue; must survive restarts")
 	fs.StringVar(&c.ID, "id", c.ID,
@@ -155,7 +153,7 @@ func (c Config) Validate() error {
 	var errs []error
 	endpoints := map[string]string{}
 	for _, ep := range []struct{ flag, value string }{
-		{"listen", c.Listen}, {"live-pub", c.LivePub}, {"store-listen", c.StorePub},
+		{"listen", c.Listen}, {"live-pub", c.LivePub}, {"store-listen", c.StoreListen},
 	} {
 		if err := daemon.ValidateEndpoint(ep.value, true); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", ep.flag, err))

@@ -47,7 +47,7 @@ func TestRegisterFlags(t *testing.T) {
 	want := Config{
 		Listen:   "tcp://127.0.0.1:0",
 		LivePub:  "tcp://127.0.0.1:6001",
-		StorePub: "ipc:///run/drover/store.sock",
+		StoreListen: "ipc:///run/drover/store.sock",
 		QueueDir: "/var/lib/drover/router",
 		ID:       "router-1",
 
@@ -74,8 +74,8 @@ func TestValidateRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
 		"listen":                     func(c *Config) { c.Listen = "127.0.0.1:5555" },
 		"live-pub":                   func(c *Config) { c.LivePub = "udp://*:5556" },
-		"store-listen":               func(c *Config) { c.StorePub = "" },
-		"store-listen equal":         func(c *Config) { c.StorePub = c.LivePub },
+		"store-listen":               func(c *Config) { c.StoreListen = "" },
+		"store-listen equal":         func(c *Config) { c.StoreListen = c.LivePub },
 		"subscribers name":           func(c *Config) { c.Subscribers = []string{"Lake"} },
 		"subscribers twice":          func(c *Config) { c.Subscribers = []string{"lake", "lake"} },
 		"subscriber-retention":       func(c *Config) { c.SubscriberRetention = 0 },

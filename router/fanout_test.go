@@ -399,7 +399,7 @@ func TestFanoutRestart(t *testing.T) {
 	cfg.Subscribers = []string{"lake"}
 	cfg.RegistryStore = testRegistry(t)
 	rt := startRouter(t, cfg, withFastLanes)
-	cfg.Listen, cfg.StorePub, cfg.LivePub = rt.Addr(), rt.StoreAddr(), rt.LiveAddr()
+	cfg.Listen, cfg.StoreListen, cfg.LivePub = rt.Addr(), rt.StoreAddr(), rt.LiveAddr()
 	lake := startSub(t, rt.StoreAddr(), "lake", true)
 	dyn := startSub(t, rt.StoreAddr(), "dyn", true) // not in -subscribers
 	waitFor(t, 10*time.Second, "subscribers connected", func() bool {

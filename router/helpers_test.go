@@ -91,7 +91,7 @@ func testConfig(dir, id string) Config {
 	cfg := DefaultConfig()
 	cfg.Listen = "tcp://127.0.0.1:0"
 	cfg.LivePub = "tcp://127.0.0.1:0"
-	cfg.StorePub = "tcp://127.0.0.1:0"
+	cfg.StoreListen = "tcp://127.0.0.1:0"
 	cfg.QueueDir = dir
 	cfg.ID = id
 	return cfg

@@ -45,8 +45,8 @@ type Router struct {
 	state   atomic.Int32
 	addr    atomic.Pointer[string]
 
-	// admit orders taking a batch (stores.Add) before the shutdown's
-	// stores.Wait: once stopping is set, no store starts.
+	// admit orders taking a batch (ingests.Add) before the shutdown's
+	// ingests.Wait: once stopping is set, no ingest starts.
 	admit    sync.Mutex
 	stopping bool
 
@@ -56,7 +56,7 @@ type Router struct {
 	sock        zmq4.Socket
 	incarnation uint64
 	slots       chan struct{}
-	stores      sync.WaitGroup
+	ingests     sync.WaitGroup
 	replies     replyQueue
 	busyLogged  atomic.Bool
 	unknownSubs sync.Map // names refused by FixedSubscribers, logged once each
@@ -292,7 +292,7 @@ func (r *Router) Run(ctx context.Context) error {
 	r.admit.Lock()
 	r.stopping = true
 	r.admit.Unlock()
-	r.stores.Wait()
+	r.ingests.Wait()
 	r.replies.close()
 	<-writerDone
 	closeSock()
@@ -468,8 +468,8 @@ func (r *Router) onBatch(id []byte, m forward.Message) {
 		return
 	}
 	r.m.pending.Inc()
-	r.stores.Add(1)
-	go r.store(id, m)
+	r.ingests.Add(1)
+	go r.ingest(id, m)
 }
 
 // refuse answers busy: the sender keeps the batch and resends it later.
@@ -500,12 +500,12 @@ func (r *Router) reply(id []byte, m forward.Message) {
 	r.replies.push(append([][]byte{id}, frames...))
 }
 
-// store stores the new part of one batch and answers it.
-func (r *Router) store(id []byte, m forward.Message) {
+// ingest appends the new part of one batch to the main queue and answers it.
+func (r *Router) ingest(id []byte, m forward.Message) {
 	defer func() {
 		<-r.slots
 		r.m.pending.Dec()
-		r.stores.Done()
+		r.ingests.Done()
 	}()
 	records, size := 0, 0
 	for i, e := range m.Entries {

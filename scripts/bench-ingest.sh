@@ -48,7 +48,7 @@ esac
 "$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -token-seed bench -ops-listen 127.0.0.1:0 2>/dev/null
 
 "$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
-	-store-pub "tcp://127.0.0.1:$(freeport)" -queue-dir "${ROUTER_QUEUE_DIR:-$work/router}" -queue-max-bytes -1 \
+	-store-listen "tcp://127.0.0.1:$(freeport)" -queue-dir "${ROUTER_QUEUE_DIR:-$work/router}" -queue-max-bytes -1 \
 	-ops-listen "127.0.0.1:$rops" 2>"$out/router.log" &
 pids+=($!)
 "$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \

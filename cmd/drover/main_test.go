@@ -116,10 +116,10 @@ func TestCommandHelpShowsFlagsAndEnv(t *testing.T) {
 	common := []string{"ops-listen", "log-level", "log-format", "shutdown-timeout"}
 	for cmd, own := range map[string][]string{
 		"frontend":       {"listen", "queue-dir", "routers", "id"},
-		"router":         {"listen", "live-pub", "store-pub", "queue-dir", "id"},
+		"router":         {"listen", "live-pub", "store-listen", "queue-dir", "id"},
 		"storage-writer": {"routers", "sink", "queue-dir", "name"},
 		"livefeed":       {"listen", "routers"},
-		"all":            {"data", "sinks", "simulate", "frontend.listen", "router.store-pub", "livefeed.listen"},
+		"all":            {"data", "sinks", "simulate", "frontend.listen", "router.store-listen", "livefeed.listen"},
 		"sim":            {"frontends", "devices", "rate", "write-registry"},
 	} {
 		r := runDrover(t, nil, cmd, "-h")

@@ -48,7 +48,7 @@ func TestTargetsStartAndStopCleanly(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"router", []string{"router", "-listen", router, "-live-pub", "tcp://" + freeAddr(t), "-store-pub", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "router")}},
+		{"router", []string{"router", "-listen", router, "-live-pub", "tcp://" + freeAddr(t), "-store-listen", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "router")}},
 		{"frontend", []string{"frontend", "-listen", freeAddr(t), "-routers", router, "-queue-dir", filepath.Join(dir, "frontend"), "-registry", reg}},
 		{"livefeed", []string{"livefeed", "-listen", freeAddr(t), "-routers", live, "-dev-token", "dev-token-1"}},
 		{"storage-writer", []string{"storage-writer", "-sink", "lake", "-routers", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "writer"), "-lake-dir", filepath.Join(dir, "lake")}},

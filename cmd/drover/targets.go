@@ -18,7 +18,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/sim"
 	"github.com/drover-telemetry/drover/livefeed"
 	"github.com/drover-telemetry/drover/router"
-	storagewriter "github.com/drover-telemetry/drover/storage-writer"
+	"github.com/drover-telemetry/drover/storagewriter"
 )
 
 // Default ops ports: one per target so that split processes on one host do
@@ -172,7 +172,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		if lf.Routers[0], err = loopbackEndpoint("router.live-pub", rt.LivePub); err != nil {
 			return nil, err
 		}
-		storeEndpoint, err := loopbackEndpoint("router.store-listen", rt.StorePub)
+		storeEndpoint, err := loopbackEndpoint("router.store-listen", rt.StoreListen)
 		if err != nil {
 			return nil, err
 		}

@@ -47,7 +47,7 @@ func crashIngest(t *testing.T, victim string, kills int) {
 	routerDir := filepath.Join(dir, "router")
 	rt := newProc(t, "router", "router",
 		"-id", uid("router-1"), "-listen", "tcp://"+routerAddr,
-		"-live-pub", "tcp://"+freeAddr(t), "-store-pub", "tcp://"+freeAddr(t),
+		"-live-pub", "tcp://"+freeAddr(t), "-store-listen", "tcp://"+freeAddr(t),
 		"-queue-dir", routerDir, "-fixed-subscribers")
 	fe := newProc(t, "frontend", "frontend",
 		"-id", uid("frontend-1"), "-listen", frontAddr, "-routers", "tcp://"+routerAddr,

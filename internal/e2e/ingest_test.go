@@ -55,7 +55,7 @@ func TestIngestEndToEnd(t *testing.T) {
 	rc.ID = uid("router-1")
 	rc.Listen = "tcp://" + freeAddr(t)
 	rc.LivePub = "tcp://" + freeAddr(t)
-	rc.StorePub = "tcp://" + freeAddr(t)
+	rc.StoreListen = "tcp://" + freeAddr(t)
 	rc.QueueDir = filepath.Join(dir, "router")
 	r, err := router.New(rc, logger, reg)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 // file. rows/s is the figure to compare with the storage writer's intake;
 // B/row is the compressed size on disk.
 //
-//	go test -run='^$' -bench=BenchmarkWrite -benchmem ./storage-writer/lake/
+//	go test -run='^$' -bench=BenchmarkWrite -benchmem ./storagewriter/lake/
 func BenchmarkWrite(b *testing.B) {
 	for _, codec := range []string{CompressionZstd, CompressionSnappy} {
 		for _, size := range []int{500, 5000} {

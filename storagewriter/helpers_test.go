@@ -21,7 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/drover-telemetry/drover/internal/forward"
-	"github.com/drover-telemetry/drover/storage-writer/lake"
+	"github.com/drover-telemetry/drover/storagewriter/lake"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 

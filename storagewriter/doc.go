@@ -22,8 +22,7 @@
 // the sink returned nil. Transient sink errors are retried with jittered
 // exponential backoff; records the sink refuses for good are isolated by
 // bisection and written to a dead-letter file (see [DeadLetter] and
-// [ReplayDeadLetters]). docs/storage-writer.md is the operator's guide. The folder is storage-writer/ and the package is
-// storagewriter; import it by that name.
+// [ReplayDeadLetters]). docs/storage-writer.md is the operator's guide.
 //
 // The package is a library: cmd/drover builds a [Writer] from a [Config] with
 // [New] and runs it with [Writer.Run].

@@ -14,9 +14,9 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
-	"github.com/drover-telemetry/drover/storage-writer/influx"
-	"github.com/drover-telemetry/drover/storage-writer/lake"
-	"github.com/drover-telemetry/drover/storage-writer/sink"
+	"github.com/drover-telemetry/drover/storagewriter/influx"
+	"github.com/drover-telemetry/drover/storagewriter/lake"
+	"github.com/drover-telemetry/drover/storagewriter/sink"
 )
 
 // Limits of the writer.

@@ -16,7 +16,7 @@ import (
 // extras, 100 devices) to a real InfluxDB 1.8.10 and reports points/s: the
 // sink's encoding, the HTTP round trip and InfluxDB's WAL append.
 //
-//	go test -run='^$' -bench=Write -benchmem ./storage-writer/influx/
+//	go test -run='^$' -bench=Write -benchmem ./storagewriter/influx/
 func BenchmarkWrite(b *testing.B) {
 	inf := testenv.InfluxD(b)
 	for _, size := range []int{500, 5000} {
@@ -48,7 +48,7 @@ func BenchmarkWrite(b *testing.B) {
 // makes them: the ratio of points/s between the sub-benchmarks of one run
 // is what concurrency buys against this InfluxDB.
 //
-//	go test -run='^$' -bench=WriteConcurrent -benchtime=40x ./storage-writer/influx/
+//	go test -run='^$' -bench=WriteConcurrent -benchtime=40x ./storagewriter/influx/
 func BenchmarkWriteConcurrent(b *testing.B) {
 	inf := testenv.InfluxD(b)
 	const size = 5000

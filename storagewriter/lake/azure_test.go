@@ -12,7 +12,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
 	"github.com/drover-telemetry/drover/internal/testenv"
-	"github.com/drover-telemetry/drover/storage-writer/sink"
+	"github.com/drover-telemetry/drover/storagewriter/sink"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 

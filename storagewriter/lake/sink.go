@@ -21,7 +21,7 @@ import (
 	"github.com/parquet-go/parquet-go/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/drover-telemetry/drover/storage-writer/sink"
+	"github.com/drover-telemetry/drover/storagewriter/sink"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/drover-telemetry/drover/storage-writer/sink"
+	"github.com/drover-telemetry/drover/storagewriter/sink"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 

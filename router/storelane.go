@@ -43,11 +43,11 @@ func (r *Router) openStoreLane(ctx context.Context) (string, error) {
 		zmq4.WithTimeout(storeSendTimeout),
 		zmq4.WithLogger(slogLogLogger(r.logger)),
 	)
-	if err := r.storeSock.Listen(r.cfg.StorePub); err != nil {
+	if err := r.storeSock.Listen(r.cfg.StoreListen); err != nil {
 		_ = r.storeSock.Close()
-		return "", fmt.Errorf("router: store lane: listen on %s: %w", r.cfg.StorePub, err)
+		return "", fmt.Errorf("router: store lane: listen on %s: %w", r.cfg.StoreListen, err)
 	}
-	addr := r.cfg.StorePub
+	addr := r.cfg.StoreListen
 	if a := r.storeSock.Addr(); a != nil && strings.HasPrefix(addr, "tcp://") {
 		addr = "tcp://" + a.String()
 	}

@@ -10,8 +10,8 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/forward"
-	"github.com/drover-telemetry/drover/storage-writer/influx"
-	"github.com/drover-telemetry/drover/storage-writer/lake"
+	"github.com/drover-telemetry/drover/storagewriter/influx"
+	"github.com/drover-telemetry/drover/storagewriter/lake"
 )
 
 // The sinks a writer can write to.

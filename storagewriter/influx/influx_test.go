@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/drover-telemetry/drover/internal/testenv"
-	"github.com/drover-telemetry/drover/storage-writer/sink"
+	"github.com/drover-telemetry/drover/storagewriter/sink"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
