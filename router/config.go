@@ -89,11 +89,11 @@ type Config struct {
 // ./data, and the host name as ID.
 func DefaultConfig() Config {
 	return Config{
-		Listen:   "tcp://*:5555",
-		LivePub:  "tcp://*:5556",
+		Listen:      "tcp://*:5555",
+		LivePub:     "tcp://*:5556",
 		StoreListen: "tcp://*:5557",
-		QueueDir: "data/router",
-		ID:       daemon.DefaultID("router"),
+		QueueDir:    "data/router",
+		ID:          daemon.DefaultID("router"),
 
 		QueueMaxBytes:     1 << 30,
 		MaxPendingBatches: 1024,

@@ -45,11 +45,11 @@ func TestRegisterFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Listen:   "tcp://127.0.0.1:0",
-		LivePub:  "tcp://127.0.0.1:6001",
+		Listen:      "tcp://127.0.0.1:0",
+		LivePub:     "tcp://127.0.0.1:6001",
 		StoreListen: "ipc:///run/drover/store.sock",
-		QueueDir: "/var/lib/drover/router",
-		ID:       "router-1",
+		QueueDir:    "/var/lib/drover/router",
+		ID:          "router-1",
 
 		QueueMaxBytes:     1 << 20,
 		MaxPendingBatches: 64,
