@@ -109,6 +109,7 @@ type client struct {
 	reason      string
 	force       *time.Timer
 	expiry      *time.Timer // closes the client when its token expires; nil: never
+	released    bool        // the client has ended: no expiry timer any more
 }
 
 func newClient(f *Feed, ws *websocket.Conn, who *principal) *client {
@@ -260,7 +261,7 @@ func (c *client) setExpiry(t time.Time) {
 		c.expiry.Stop()
 		c.expiry = nil
 	}
-	if t.IsZero() || c.stopping {
+	if t.IsZero() || c.stopping || c.released {
 		return
 	}
 	c.expiry = time.AfterFunc(time.Until(t), func() {
@@ -270,10 +271,12 @@ func (c *client) setExpiry(t time.Time) {
 	})
 }
 
-// stopExpiry stops the expiry timer of an ended client.
+// stopExpiry stops the expiry timer of an ended client, for good: a
+// reload racing with the end cannot set another.
 func (c *client) stopExpiry() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.released = true
 	if c.expiry != nil {
 		c.expiry.Stop()
 		c.expiry = nil
