@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
@@ -76,6 +77,21 @@ type Config struct {
 	// recently seen is forgotten first. Connected devices are always kept.
 	MaxIdleDevices int
 
+	// AuthLimit limits failed authentications per client address (an IPv6
+	// client per /64): past AuthLimit.Failures within AuthLimit.Window the
+	// address is answered 429 with a Retry-After, before any work, for
+	// AuthLimit.Block, doubling with each repeat up to AuthLimit.MaxBlock.
+	AuthLimit auth.LimitConfig
+	// AuthDeviceFailures is the same limit per device id (with AuthLimit's
+	// window, blocks and key bound), against guessing one device's token
+	// from many addresses; 0: none. Ids are counted whether they exist or
+	// not, so a 429 tells nothing of which do.
+	AuthDeviceFailures int
+	// TrustedProxies are the addresses or prefixes of proxies (load
+	// balancers) whose X-Forwarded-For names the client; empty: the TCP
+	// peer is the client.
+	TrustedProxies []string
+
 	// PingInterval is how often the server pings each connection.
 	PingInterval time.Duration
 	// IdleTimeout closes a connection from which nothing (no message, no
@@ -111,6 +127,8 @@ func DefaultConfig() Config {
 		BacklogBurst:        50000,
 		BacklogAge:          2 * time.Minute,
 		MaxIdleDevices:      100000,
+		AuthLimit:           auth.DefaultLimitConfig(),
+		AuthDeviceFailures:  10,
 		PingInterval:        30 * time.Second,
 		IdleTimeout:         90 * time.Second,
 		WriteTimeout:        10 * time.Second,
@@ -155,6 +173,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"device-time age from which a reading counts as backlog (store-and-forward flush), not live (`duration`)")
 	fs.IntVar(&c.MaxIdleDevices, "max-idle-devices", c.MaxIdleDevices,
 		"per-device state (acked seq, rate budget) kept for disconnected devices, least recent forgotten first (`number`)")
+	c.AuthLimit.RegisterFlags(fs, "client address")
+	fs.IntVar(&c.AuthDeviceFailures, "auth-device-failures", c.AuthDeviceFailures,
+		"failed authentications of one device id within -auth-window after which the id is answered 429, as for an address (`number`); 0: no limit")
+	fs.Var((*daemon.StringList)(&c.TrustedProxies), "trusted-proxies",
+		"comma-separated `addresses or prefixes` (10.0.0.0/8) of proxies whose X-Forwarded-For names the client; empty: none is believed")
 	fs.DurationVar(&c.PingInterval, "ping-interval", c.PingInterval,
 		"how often the server pings each device (`duration`)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout,
@@ -214,6 +237,13 @@ func (c Config) Validate() error {
 	if c.BacklogBurst < c.MaxReadingsPerFrame {
 		errs = append(errs, fmt.Errorf("backlog-burst: %d: want at least max-readings-per-frame (%d)", c.BacklogBurst, c.MaxReadingsPerFrame))
 	}
+	if err := c.AuthLimit.Validate("auth-"); err != nil {
+		errs = append(errs, err)
+	}
+	want(c.AuthDeviceFailures >= 0, "auth-device-failures", c.AuthDeviceFailures, "0 (no limit) or more")
+	if _, err := auth.ParseProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("trusted-proxies: %w", err))
+	}
 	want(c.PingInterval > 0, "ping-interval", c.PingInterval, "more than 0")
 	want(c.IdleTimeout > c.PingInterval, "idle-timeout", c.IdleTimeout, "more than ping-interval, so that a pong can arrive in time")
 	if err := errors.Join(errs...); err != nil {
@@ -228,5 +258,6 @@ const maxFrameBytesCap = 16 << 20
 
 func (c Config) clone() Config {
 	c.Routers = slices.Clone(c.Routers)
+	c.TrustedProxies = slices.Clone(c.TrustedProxies)
 	return c
 }

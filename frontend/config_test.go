@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/auth"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -48,6 +50,9 @@ func TestRegisterFlags(t *testing.T) {
 		"-write-timeout", "3s",
 		"-shutdown-grace", "15s",
 		"-drain-linger", "5ms",
+		"-auth-failures", "5", "-auth-window", "2m", "-auth-block", "10s", "-auth-block-max", "1h", "-auth-keys", "4096",
+		"-auth-device-failures", "3",
+		"-trusted-proxies", "10.0.0.0/8, 192.168.1.1",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -74,12 +79,19 @@ func TestRegisterFlags(t *testing.T) {
 		IdleTimeout:         time.Minute,
 		WriteTimeout:        3 * time.Second,
 		ShutdownGrace:       15 * time.Second,
+		AuthLimit:           auth.LimitConfig{Failures: 5, Window: 2 * time.Minute, Block: 10 * time.Second, MaxBlock: time.Hour, MaxKeys: 4096},
+		AuthDeviceFailures:  3,
+		TrustedProxies:      []string{"10.0.0.0/8", "192.168.1.1"},
 	}
 	if !slices.Equal(cfg.Routers, want.Routers) {
 		t.Errorf("routers %v, want %v", cfg.Routers, want.Routers)
 	}
 	got := cfg
 	got.Routers, want.Routers = nil, nil
+	if !slices.Equal(got.TrustedProxies, want.TrustedProxies) {
+		t.Errorf("trusted proxies %v, want %v", got.TrustedProxies, want.TrustedProxies)
+	}
+	got.TrustedProxies, want.TrustedProxies = nil, nil
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("parsed %+v, want %+v", got, want)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -60,6 +62,11 @@ type Frontend struct {
 	upgrader websocket.Upgrader
 	devs     *devices
 
+	// Failed authentications, per client address and per device id.
+	proxies  auth.Proxies
+	srcLimit *auth.Limiter
+	devLimit *auth.Limiter
+
 	started atomic.Bool
 	ready   atomic.Pointer[error]
 	addr    atomic.Pointer[net.Addr]
@@ -100,6 +107,17 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Frontend,
 		m:      m,
 		limits: telemetry.Limits{MaxFrameBytes: cfg.MaxFrameBytes, MaxReadingsPerFrame: cfg.MaxReadingsPerFrame},
 		conns:  make(map[*conn]struct{}),
+	}
+	f.proxies, _ = auth.ParseProxies(cfg.TrustedProxies) // checked by Validate
+	f.srcLimit = auth.NewLimiter(cfg.AuthLimit)
+	devLimit := cfg.AuthLimit
+	devLimit.Failures = cfg.AuthDeviceFailures
+	f.devLimit = auth.NewLimiter(devLimit)
+	if err := auth.RegisterMetrics(reg, "drover_frontend", "source", f.srcLimit); err != nil {
+		return nil, err
+	}
+	if err := auth.RegisterMetrics(reg, "drover_frontend", "device", f.devLimit); err != nil {
+		return nil, err
 	}
 	f.newDrainer = f.forwardDrainer
 	f.devs = newDevices(cfg.MaxIdleDevices, func(n int) { m.devices.Set(float64(n)) })
@@ -373,8 +391,15 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusBadRequest, reasonNotWebSocket, "expected a WebSocket upgrade", "")
 		return
 	}
-	// The cheapest check first: during a reconnect stampede most requests
-	// end here, before any hashing or upgrade.
+	// The cheapest checks first: an address that failed too often, then
+	// the connection limit (during a reconnect stampede most requests end
+	// there), all before any hashing or upgrade.
+	now := time.Now()
+	src := auth.SourceKey(f.proxies.ClientAddr(r))
+	if left, blocked := f.srcLimit.Blocked(src, now); blocked {
+		f.refuseRateLimited(w, left, "")
+		return
+	}
 	if ok, reason := f.admit(); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(f.retryAfter()))
 		f.refuseHTTP(w, http.StatusServiceUnavailable, reason, "server busy, retry later", "")
@@ -383,18 +408,27 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	id, token := credentials(r)
 	if id == "" || token == "" {
 		f.unadmit()
+		f.authFailed(src, "", now)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
 		f.refuseHTTP(w, http.StatusUnauthorized, reasonNoCredentials, "device id and token required", id)
 		return
 	}
+	if left, blocked := f.devLimit.Blocked(id, now); blocked {
+		f.unadmit()
+		f.refuseRateLimited(w, left, id)
+		return
+	}
 	if _, err := f.store.Current().Authenticate(id, token); err != nil {
 		f.unadmit()
-		reason, text := reasonBadToken, "bad token"
+		f.authFailed(src, id, now)
+		// One answer for an unknown device and a bad token, so that nobody
+		// can learn which ids exist; the metric and the log keep the reason.
+		reason := reasonBadToken
 		if errors.Is(err, registry.ErrUnknownDevice) {
-			reason, text = reasonUnknownDevice, "unknown device"
+			reason = reasonUnknownDevice
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
-		f.refuseHTTP(w, http.StatusUnauthorized, reason, text, id)
+		f.refuseHTTP(w, http.StatusUnauthorized, reason, textUnauthorized, id)
 		return
 	}
 	ws, err := f.upgrader.Upgrade(w, r, nil)
@@ -434,13 +468,38 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	go c.readLoop()
 }
 
+// textUnauthorized is the body of every 401 for a wrong id or token.
+const textUnauthorized = "unknown device or bad token"
+
+// authFailed counts a failed authentication against the client's address
+// and, when one was given, the device id, and logs the block either one
+// reaches (once per block, not per refusal).
+func (f *Frontend) authFailed(src, id string, now time.Time) {
+	if d := f.srcLimit.Fail(src, now); d > 0 {
+		f.logger.Warn("frontend: too many failed authentications from one address; refusing it", "source", src, "for", d)
+	}
+	if id == "" {
+		return
+	}
+	if d := f.devLimit.Fail(id, now); d > 0 {
+		f.logger.Warn("frontend: too many failed authentications for one device id; refusing it", "device", id, "for", d)
+	}
+}
+
+// refuseRateLimited answers 429 to a client address or device id blocked
+// for failing to authenticate, with the whole seconds left as Retry-After.
+func (f *Frontend) refuseRateLimited(w http.ResponseWriter, left time.Duration, device string) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(left.Seconds()))))
+	f.refuseHTTP(w, http.StatusTooManyRequests, reasonAuthRateLimit, "too many failed authentications, retry later", device)
+}
+
 // refuseHTTP answers a request refused before the upgrade, counts and logs it.
 func (f *Frontend) refuseHTTP(w http.ResponseWriter, status int, reason, text, device string) {
 	f.m.refusals.WithLabelValues(reason).Inc()
 	f.m.connectionsRefused.Inc()
 	level := slog.LevelInfo
-	if status == http.StatusServiceUnavailable {
-		level = slog.LevelDebug // a stampede would flood the log; the metric counts it
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		level = slog.LevelDebug // a stampede or an attack would flood the log; the metric counts it
 	}
 	f.logger.Log(context.Background(), level, "frontend: connection refused", "device", device, "status", status, "reason", reason)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -461,17 +520,8 @@ func (f *Frontend) retryAfter() int {
 // and token query parameters.
 func credentials(r *http.Request) (id, token string) {
 	id = r.Header.Get(HeaderDevice)
-	if auth := r.Header.Get("Authorization"); auth != "" {
-		if scheme, t, ok := strings.Cut(auth, " "); ok && strings.EqualFold(scheme, "Bearer") {
-			token = strings.TrimSpace(t)
-		}
-	}
-	q := r.URL.Query()
 	if id == "" {
-		id = q.Get(QueryDevice)
+		id = r.URL.Query().Get(QueryDevice)
 	}
-	if token == "" {
-		token = q.Get(QueryToken)
-	}
-	return id, token
+	return id, auth.RequestToken(r, QueryToken)
 }

@@ -98,9 +98,9 @@ func TestAuthRefused(t *testing.T) {
 		body    string
 	}{
 		{"no token", 1, "", false, reasonNoCredentials, "device id and token required"},
-		{"unknown device", 99, tokenOf(99), false, reasonUnknownDevice, "unknown device"},
-		{"bad token", 1, "token-2", false, reasonBadToken, "bad token"},
-		{"bad token in query", 1, "nope", true, reasonBadToken, "bad token"},
+		{"unknown device", 99, tokenOf(99), false, reasonUnknownDevice, textUnauthorized},
+		{"bad token", 1, "token-2", false, reasonBadToken, textUnauthorized},
+		{"bad token in query", 1, "nope", true, reasonBadToken, textUnauthorized},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.refusals(tc.reason)

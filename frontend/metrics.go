@@ -11,8 +11,9 @@ import (
 // range, time, sequence, ...).
 const (
 	reasonNoCredentials  = "no_credentials"  // 401: no device id or no token
-	reasonUnknownDevice  = "unknown_device"  // 401
-	reasonBadToken       = "bad_token"       // 401
+	reasonUnknownDevice  = "unknown_device"  // 401, answered as bad_token
+	reasonBadToken       = "bad_token"       // 401, answered as unknown_device
+	reasonAuthRateLimit  = "auth_rate_limit" // 429: too many failed authentications
 	reasonNotWebSocket   = "not_websocket"   // 400: a plain HTTP request
 	reasonBadUpgrade     = "bad_upgrade"     // 4xx written by the upgrader
 	reasonMaxConnections = "max_connections" // 503
@@ -54,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		connectionsRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_frontend_connections_refused_total",
-			Help: "Device connections refused before the upgrade (401, 503, 400); reasons in drover_frontend_refusals_total.",
+			Help: "Device connections refused before the upgrade (401, 429, 503, 400); reasons in drover_frontend_refusals_total.",
 		}),
 		connectionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_frontend_connections_closed_total",

@@ -220,7 +220,6 @@ func TestPipelineMetricsAreExported(t *testing.T) {
 		"-router.live-pub", "tcp://" + freeAddr(t),
 		"-router.store-listen", "tcp://" + freeAddr(t),
 		"-livefeed.listen", freeAddr(t),
-		"-livefeed.dev-token", "grafana-test-token",
 		"-shutdown-timeout", "10s",
 	}
 	cmd := exec.Command(bin, args...)

@@ -28,6 +28,10 @@ const (
 	// CloseRevoked: the client's token was removed from the clients file or
 	// its fleets changed. Reconnect (with a valid token).
 	CloseRevoked = 4003
+	// CloseExpired: the client's token reached its expiry (the clients
+	// file's "expires") while connected. Reconnect with a new token; the
+	// old one is refused with 401.
+	CloseExpired = 4004
 )
 
 const (
@@ -104,6 +108,8 @@ type client struct {
 	closeText   string
 	reason      string
 	force       *time.Timer
+	expiry      *time.Timer // closes the client when its token expires; nil: never
+	released    bool        // the client has ended: no expiry timer any more
 }
 
 func newClient(f *Feed, ws *websocket.Conn, who *principal) *client {
@@ -243,6 +249,38 @@ func (c *client) sendError(e *clientError) {
 	c.f.m.clientErrors.WithLabelValues(e.code).Inc()
 	b, _ := json.Marshal(errorMsg{Type: "error", Code: e.code, Message: e.msg, ID: e.id})
 	c.queueControl(b)
+}
+
+// setExpiry closes the client with CloseExpired at t (zero: never),
+// replacing an expiry set before: a token's expiry may move when the
+// clients file is reloaded.
+func (c *client) setExpiry(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.expiry != nil {
+		c.expiry.Stop()
+		c.expiry = nil
+	}
+	if t.IsZero() || c.stopping || c.released {
+		return
+	}
+	c.expiry = time.AfterFunc(time.Until(t), func() {
+		if c.kill(CloseExpired, "token expired", reasonExpired) {
+			c.log(slog.LevelInfo, "livefeed: client token expired; closing")
+		}
+	})
+}
+
+// stopExpiry stops the expiry timer of an ended client, for good: a
+// reload racing with the end cannot set another.
+func (c *client) stopExpiry() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.released = true
+	if c.expiry != nil {
+		c.expiry.Stop()
+		c.expiry = nil
+	}
 }
 
 // kill asks the writer to close the connection with code and text (code 0:

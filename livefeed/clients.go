@@ -3,8 +3,6 @@ package livefeed
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -12,13 +10,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/daemon"
 )
 
@@ -34,22 +32,24 @@ type ClientEntry struct {
 	// Fleets are the fleets the client may see, at least one; "*" is every
 	// fleet.
 	Fleets []string `json:"fleets"`
+	// Expires, when set, is when the token stops being accepted (RFC 3339
+	// in the file, e.g. "2026-07-01T00:00:00Z"): refused from then on, and
+	// a client connected with it is closed with CloseExpired at that time.
+	Expires time.Time `json:"expires,omitzero"`
 }
 
 // ClientsFile is the clients file's shape:
 //
-//	{"clients": [{"name": "acme-dispatch", "token_sha256": "9f86d0…", "fleets": ["acme"]},
+//	{"clients": [{"name": "acme-dispatch", "token_sha256": "9f86d0…", "fleets": ["acme"],
+//	              "expires": "2026-07-01T00:00:00Z"},
 //	             {"name": "ops", "token_sha256": "…", "fleets": ["*"]}]}
 type ClientsFile struct {
 	Clients []ClientEntry `json:"clients"`
 }
 
 // HashToken returns the hex SHA-256 of a token, as the clients file stores
-// it.
-func HashToken(token string) string {
-	h := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(h[:])
-}
+// it (see auth.HashHex).
+func HashToken(token string) string { return auth.HashHex(token) }
 
 // WriteClientsFile writes a clients file atomically (temp file, then rename).
 func WriteClientsFile(path string, clients []ClientEntry) error {
@@ -113,26 +113,27 @@ func (s *scope) equal(o *scope) bool { return slices.Equal(s.list, o.list) }
 
 // principal is an authenticated client identity.
 type principal struct {
-	name  string
-	hash  [sha256.Size]byte
-	scope *scope
+	name    string
+	hash    auth.Digest
+	scope   *scope
+	expires time.Time // zero: never
 }
 
 // credentials is a loaded set of principals, keyed by token hash. Immutable.
 type credentials struct {
-	byHash map[[sha256.Size]byte]*principal
+	byHash map[auth.Digest]*principal
 }
 
 // newCredentials checks a clients file's entries. The dev token, if any,
 // joins them with every fleet.
 func newCredentials(entries []ClientEntry, devToken string) (*credentials, error) {
-	c := &credentials{byHash: make(map[[sha256.Size]byte]*principal, len(entries)+1)}
+	c := &credentials{byHash: make(map[auth.Digest]*principal, len(entries)+1)}
 	for i, e := range entries {
 		if e.Name == "" || len(e.Name) > 128 {
 			return nil, fmt.Errorf("client %d: name %q: want 1-128 characters", i, e.Name)
 		}
-		b, err := hex.DecodeString(e.TokenSHA256)
-		if err != nil || len(b) != sha256.Size {
+		h, err := auth.ParseDigest(e.TokenSHA256)
+		if err != nil {
 			return nil, fmt.Errorf("client %q: token_sha256 must be 64 hex characters", e.Name)
 		}
 		if len(e.Fleets) == 0 {
@@ -143,28 +144,40 @@ func newCredentials(entries []ClientEntry, devToken string) (*credentials, error
 				return nil, fmt.Errorf("client %q: empty fleet name", e.Name)
 			}
 		}
-		p := &principal{name: e.Name, scope: newScope(e.Fleets)}
-		copy(p.hash[:], b)
+		p := &principal{name: e.Name, hash: h, scope: newScope(e.Fleets), expires: e.Expires}
 		if _, dup := c.byHash[p.hash]; dup {
 			return nil, fmt.Errorf("client %q: the same token hash is listed twice", e.Name)
 		}
 		c.byHash[p.hash] = p
 	}
 	if devToken != "" {
-		p := &principal{name: "dev-token", hash: sha256.Sum256([]byte(devToken)), scope: newScope([]string{AllFleets})}
+		p := &principal{name: "dev-token", hash: auth.Hash(devToken), scope: newScope([]string{AllFleets})}
 		c.byHash[p.hash] = p
 	}
 	return c, nil
 }
 
-// authenticate returns the principal of a token, or nil. The token is
-// hashed first: the map lookup compares hashes, which tells an attacker
-// nothing about the token.
-func (c *credentials) authenticate(token string) *principal {
+// authenticate returns the principal of a token valid at now, or nil and
+// why not: reasonBadToken or reasonExpired. The token is hashed first: the
+// map lookup compares hashes, which tells an attacker nothing about the
+// token.
+func (c *credentials) authenticate(token string, now time.Time) (*principal, string) {
 	if token == "" {
-		return nil
+		return nil, reasonNoToken
 	}
-	return c.byHash[sha256.Sum256([]byte(token))]
+	p := c.byHash[auth.Hash(token)]
+	switch {
+	case p == nil:
+		return nil, reasonBadToken
+	case p.expired(now):
+		return nil, reasonExpired
+	}
+	return p, ""
+}
+
+// expired reports whether the principal's token has expired at now.
+func (p *principal) expired(now time.Time) bool {
+	return !p.expires.IsZero() && !now.Before(p.expires)
 }
 
 // loadClientsFile reads and parses a clients file.
@@ -267,16 +280,4 @@ func (s *authStore) reloadAndLog(why string) {
 	if s.onChange != nil {
 		s.onChange(s.current())
 	}
-}
-
-// bearerToken returns a request's client token: from "Authorization:
-// Bearer", else from the token query parameter (browsers cannot set headers
-// on a WebSocket).
-func bearerToken(auth, query string) string {
-	if scheme, t, ok := strings.Cut(auth, " "); ok && strings.EqualFold(scheme, "Bearer") {
-		if t = strings.TrimSpace(t); t != "" {
-			return t
-		}
-	}
-	return query
 }

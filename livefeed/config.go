@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/daemon"
 )
 
@@ -26,10 +27,23 @@ type Config struct {
 	// tokens and the fleets each may see (see docs/live-api.md). It is
 	// reloaded on SIGHUP and when it changes. Empty: no file.
 	Clients string
-	// DevToken is a token that may see every fleet, for local runs. When
-	// neither Clients nor DevToken is set, Run makes up a random one and logs
-	// the map's URL with it, so that a laptop run is usable and never open.
+	// DevToken is a token that may see every fleet and never expires, for
+	// local runs and tests. As a flag it is a secret (see
+	// daemon.SecretVar): from the environment or a file.
 	DevToken string
+	// Dev is for development: when neither Clients nor DevToken is set, Run
+	// makes up a random all-fleets token and logs the map's URL with it,
+	// so that a laptop run is usable and never open. Without Dev, a
+	// livefeed with neither refuses every client (and says so at start).
+	Dev bool
+
+	// AuthLimit limits failed authentications per client address (IPv6
+	// per /64), as the frontend does: past the limit, 429 with a
+	// Retry-After and no work.
+	AuthLimit auth.LimitConfig
+	// TrustedProxies are the proxies whose X-Forwarded-For names the
+	// client; empty: the TCP peer is the client.
+	TrustedProxies []string
 
 	// MaxClients bounds the client connections open at once; past it new
 	// ones are answered 503.
@@ -82,6 +96,7 @@ func DefaultConfig() Config {
 		IdleTimeout:         75 * time.Second,
 		VehicleTTL:          24 * time.Hour,
 		ShutdownGrace:       5 * time.Second,
+		AuthLimit:           auth.DefaultLimitConfig(),
 	}
 }
 
@@ -96,8 +111,13 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
 	fs.StringVar(&c.Clients, "clients", c.Clients,
 		"`path` of the clients file (token SHA-256 hashes and the fleets each may see); reloaded on SIGHUP and change")
-	fs.StringVar(&c.DevToken, "dev-token", c.DevToken,
-		"client `token` allowed to see every fleet, for local runs (without it and -clients, a random one is logged)")
+	daemon.SecretVar(fs, &c.DevToken, "dev-token",
+		"client `token` allowed to see every fleet, never expiring, for local runs and tests")
+	fs.BoolVar(&c.Dev, "dev", c.Dev,
+		"development: with no -clients file and no dev token, make up an all-fleets token and log the map's URL with it (without either and without -dev, every client is refused)")
+	c.AuthLimit.RegisterFlags(fs, "client address")
+	fs.Var((*daemon.StringList)(&c.TrustedProxies), "trusted-proxies",
+		"comma-separated `addresses or prefixes` (10.0.0.0/8) of proxies whose X-Forwarded-For names the client; empty: none is believed")
 	fs.IntVar(&c.MaxClients, "max-clients", c.MaxClients,
 		"most client `connections` open at once; past it new ones get 503")
 	fs.Float64Var(&c.MaxRate, "max-rate", c.MaxRate,
@@ -136,6 +156,12 @@ func (c Config) Validate() error {
 	}
 	if c.DevToken != "" && len(c.DevToken) < 8 {
 		errs = append(errs, errors.New("dev-token: shorter than 8 characters"))
+	}
+	if err := c.AuthLimit.Validate("auth-"); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := auth.ParseProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("trusted-proxies: %w", err))
 	}
 	positive := []struct {
 		name string
@@ -179,5 +205,6 @@ func (c Config) Validate() error {
 
 func (c Config) clone() Config {
 	c.Routers = slices.Clone(c.Routers)
+	c.TrustedProxies = slices.Clone(c.TrustedProxies)
 	return c
 }

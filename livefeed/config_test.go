@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,14 +28,20 @@ func TestRegisterFlags(t *testing.T) {
 			t.Errorf("flag -%s has no real usage text: %q", f.Name, f.Usage)
 		}
 	})
+	tokenFile := filepath.Join(t.TempDir(), "dev-token")
+	if err := os.WriteFile(tokenFile, []byte("local-dev-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := fs.Parse([]string{"-listen", "127.0.0.1:0", "-routers", "tcp://r0:5556,tcp://r1:5556",
-		"-clients", "/etc/drover/clients.json", "-dev-token", "local-dev-token", "-max-clients", "50",
-		"-max-rate", "2.5", "-snapshot-max", "100", "-slow-backlog", "10", "-slow-timeout", "3s"}); err != nil {
+		"-clients", "/etc/drover/clients.json", "-dev-token-file", tokenFile, "-dev", "-max-clients", "50",
+		"-max-rate", "2.5", "-snapshot-max", "100", "-slow-backlog", "10", "-slow-timeout", "3s",
+		"-auth-failures", "7", "-trusted-proxies", "10.0.0.0/8"}); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Listen != "127.0.0.1:0" || !slices.Equal(cfg.Routers, []string{"tcp://r0:5556", "tcp://r1:5556"}) ||
-		cfg.Clients != "/etc/drover/clients.json" || cfg.DevToken != "local-dev-token" || cfg.MaxClients != 50 ||
-		cfg.MaxRate != 2.5 || cfg.SnapshotMax != 100 || cfg.SlowBacklog != 10 || cfg.SlowTimeout != 3*time.Second {
+		cfg.Clients != "/etc/drover/clients.json" || cfg.DevToken != "local-dev-token" || !cfg.Dev || cfg.MaxClients != 50 ||
+		cfg.MaxRate != 2.5 || cfg.SnapshotMax != 100 || cfg.SlowBacklog != 10 || cfg.SlowTimeout != 3*time.Second ||
+		cfg.AuthLimit.Failures != 7 || !slices.Equal(cfg.TrustedProxies, []string{"10.0.0.0/8"}) {
 		t.Errorf("parsed %+v", cfg)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -44,17 +51,19 @@ func TestRegisterFlags(t *testing.T) {
 
 func TestValidateRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
-		"listen":       func(c *Config) { c.Listen = "" },
-		"routers":      func(c *Config) { c.Routers = []string{"tcp://r0:5556", "tcp://r0:5556"} },
-		"id":           func(c *Config) { c.ID = "a/b" },
-		"dev-token":    func(c *Config) { c.DevToken = "short" },
-		"max-clients":  func(c *Config) { c.MaxClients = 0 },
-		"max-rate":     func(c *Config) { c.MaxRate = 0 },
-		"snapshot-max": func(c *Config) { c.SnapshotMax = -1 },
-		"slow-backlog": func(c *Config) { c.SlowBacklog = 0 },
-		"slow-timeout": func(c *Config) { c.SlowTimeout = 0 },
-		"idle-timeout": func(c *Config) { c.IdleTimeout = c.PingInterval },
-		"vehicle-ttl":  func(c *Config) { c.VehicleTTL = -time.Second },
+		"listen":          func(c *Config) { c.Listen = "" },
+		"routers":         func(c *Config) { c.Routers = []string{"tcp://r0:5556", "tcp://r0:5556"} },
+		"id":              func(c *Config) { c.ID = "a/b" },
+		"dev-token":       func(c *Config) { c.DevToken = "short" },
+		"max-clients":     func(c *Config) { c.MaxClients = 0 },
+		"max-rate":        func(c *Config) { c.MaxRate = 0 },
+		"snapshot-max":    func(c *Config) { c.SnapshotMax = -1 },
+		"slow-backlog":    func(c *Config) { c.SlowBacklog = 0 },
+		"slow-timeout":    func(c *Config) { c.SlowTimeout = 0 },
+		"idle-timeout":    func(c *Config) { c.IdleTimeout = c.PingInterval },
+		"vehicle-ttl":     func(c *Config) { c.VehicleTTL = -time.Second },
+		"auth-window":     func(c *Config) { c.AuthLimit.Window = 0 },
+		"trusted-proxies": func(c *Config) { c.TrustedProxies = []string{"not-an-ip"} },
 	} {
 		cfg := DefaultConfig()
 		mutate(&cfg)

@@ -11,6 +11,16 @@
 // The package is a library: cmd/drover builds a [Feed] from a [Config] with
 // [New] and runs it with [Feed.Run].
 //
+// # Who may connect
+//
+// Clients present a token (internal/auth: bearer header or query); the
+// clients file holds its SHA-256, the fleets it may see and, optionally,
+// when it expires: an expired token is refused, and a connected client is
+// closed with [CloseExpired] when its token expires. Without a clients file
+// or a dev token, every client is refused, unless Config.Dev makes up a
+// token for a development run. Failed authentications are limited per
+// client address, as in the frontend.
+//
 // # How an update travels
 //
 // One goroutine per router endpoint reads its zmq4 SUB socket (ingest.go),

@@ -157,6 +157,12 @@ type running struct {
 // the dev token, and returns once every publisher reaches it.
 func startFeed(t testing.TB, mutate func(*Config), pubs ...*publisher) *running {
 	t.Helper()
+	return startFeedLogged(t, testLogger(), mutate, pubs...)
+}
+
+// startFeedLogged is startFeed with the feed logging to logger.
+func startFeedLogged(t testing.TB, logger *slog.Logger, mutate func(*Config), pubs ...*publisher) *running {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.ID = "livefeed-test"
@@ -169,7 +175,7 @@ func startFeed(t testing.TB, mutate func(*Config), pubs ...*publisher) *running 
 		mutate(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	f, err := New(cfg, testLogger(), reg)
+	f, err := New(cfg, logger, reg)
 	if err != nil {
 		t.Fatal(err)
 	}

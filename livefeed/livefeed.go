@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drover-telemetry/drover/internal/auth"
 )
 
 // LivePath is the URL path of the client WebSocket API.
@@ -48,6 +52,10 @@ type Feed struct {
 	addr       atomic.Pointer[net.Addr]
 	subscribed atomic.Int32 // router endpoints subscribed to at least once
 	auth       atomic.Pointer[authStore]
+
+	// Failed authentications per client address.
+	proxies  auth.Proxies
+	srcLimit *auth.Limiter
 
 	// clientsPoll is how often the clients file is checked for changes;
 	// tests shorten it.
@@ -93,6 +101,11 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 		byFleet:     make(map[string]map[*client]struct{}),
 		all:         make(map[*client]struct{}),
 		conns:       make(map[*client]struct{}),
+	}
+	f.proxies, _ = auth.ParseProxies(cfg.TrustedProxies) // checked by Validate
+	f.srcLimit = auth.NewLimiter(cfg.AuthLimit)
+	if err := auth.RegisterMetrics(reg, "drover_livefeed", "source", f.srcLimit); err != nil {
+		return nil, err
 	}
 	f.upgrader = websocket.Upgrader{
 		HandshakeTimeout: cfg.WriteTimeout,
@@ -145,7 +158,7 @@ func (f *Feed) Run(ctx context.Context) error {
 		return errRanTwice
 	}
 	devToken, generated := f.cfg.DevToken, false
-	if devToken == "" && f.cfg.Clients == "" {
+	if devToken == "" && f.cfg.Clients == "" && f.cfg.Dev {
 		var b [16]byte
 		_, _ = rand.Read(b[:])
 		devToken, generated = hex.EncodeToString(b[:]), true
@@ -201,9 +214,15 @@ func (f *Feed) Run(ctx context.Context) error {
 	url := "http://" + browsable(addr) + "/"
 	f.logger.Info("livefeed: serving clients", "addr", addr.String(), "path", LivePath, "map", url,
 		"routers", strings.Join(f.cfg.Routers, ","))
-	if generated {
-		f.logger.Warn("livefeed: no -clients file and no -dev-token: made up a dev token that sees every fleet; "+
+	switch {
+	case generated:
+		// Development only (-dev): the one place a secret is logged, so
+		// that a laptop run is usable and never open.
+		f.logger.Warn("livefeed: -dev: no clients file and no dev token, so made up a dev token that sees every fleet; "+
 			"open the map with it", "map", url+"?token="+devToken)
+	case devToken == "" && f.cfg.Clients == "":
+		f.logger.Warn("livefeed: no -clients file and no dev token: every client is refused; give -clients FILE " +
+			"(docs/live-api.md), or -dev on a laptop")
 	}
 
 	var runErr error
@@ -335,6 +354,7 @@ func (f *Feed) release(c *client) {
 		}
 	}
 	f.hubMu.Unlock()
+	c.stopExpiry()
 	f.mu.Lock()
 	delete(f.conns, c)
 	f.active--
@@ -394,6 +414,10 @@ func (f *Feed) credentialsChanged(cr *credentials) {
 		case !p.scope.equal(c.who.scope):
 			c.log(slog.LevelInfo, "livefeed: client fleets changed; closing so that it reconnects with them")
 			c.kill(CloseRevoked, "token fleets changed; reconnect", reasonRevoked)
+		case !p.expires.Equal(c.who.expires):
+			// Moved (or removed): the timer follows; one already passed
+			// fires at once.
+			c.setExpiry(p.expires)
 		}
 	}
 }
@@ -406,23 +430,36 @@ func (f *Feed) serveLive(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusBadRequest, reasonNotWebSocket, "expected a WebSocket upgrade")
 		return
 	}
+	now := time.Now()
+	src := auth.SourceKey(f.proxies.ClientAddr(r))
+	if left, blocked := f.srcLimit.Blocked(src, now); blocked {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(left.Seconds()))))
+		f.refuseHTTP(w, http.StatusTooManyRequests, reasonAuthLimit, "too many failed authentications, retry later")
+		return
+	}
 	if ok, reason := f.admit(); !ok {
 		w.Header().Set("Retry-After", "5")
 		f.refuseHTTP(w, http.StatusServiceUnavailable, reason, "server busy, retry later")
 		return
 	}
-	token := bearerToken(r.Header.Get("Authorization"), r.URL.Query().Get(QueryToken))
-	if token == "" {
-		f.unadmit()
-		w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
-		f.refuseHTTP(w, http.StatusUnauthorized, reasonNoToken, "client token required")
-		return
-	}
-	who := f.auth.Load().current().authenticate(token)
+	who, why := f.auth.Load().current().authenticate(auth.RequestToken(r, QueryToken), now)
 	if who == nil {
 		f.unadmit()
-		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
-		f.refuseHTTP(w, http.StatusUnauthorized, reasonBadToken, "bad token")
+		if d := f.srcLimit.Fail(src, now); d > 0 {
+			f.logger.Warn("livefeed: too many failed authentications from one address; refusing it", "source", src, "for", d)
+		}
+		switch why {
+		case reasonNoToken:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
+			f.refuseHTTP(w, http.StatusUnauthorized, why, "client token required")
+		case reasonExpired:
+			// Only the holder of a token that was valid learns this.
+			w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token", error_description="token expired"`)
+			f.refuseHTTP(w, http.StatusUnauthorized, why, "token expired")
+		default:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
+			f.refuseHTTP(w, http.StatusUnauthorized, why, "bad token")
+		}
 		return
 	}
 	ws, err := f.upgrader.Upgrade(w, r, nil)
@@ -444,6 +481,7 @@ func (f *Feed) serveLive(w http.ResponseWriter, r *http.Request) {
 		f.unadmit()
 		return
 	}
+	c.setExpiry(who.expires)
 	c.log(slog.LevelDebug, "livefeed: client connected", "fleets", strings.Join(who.scope.list, ","))
 	c.hello()
 	go c.readLoop()
@@ -454,8 +492,8 @@ func (f *Feed) serveLive(w http.ResponseWriter, r *http.Request) {
 func (f *Feed) refuseHTTP(w http.ResponseWriter, status int, reason, text string) {
 	f.m.refusals.WithLabelValues(reason).Inc()
 	level := slog.LevelInfo
-	if status == http.StatusServiceUnavailable {
-		level = slog.LevelDebug // a stampede would flood the log; the metric counts it
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		level = slog.LevelDebug // a stampede or an attack would flood the log; the metric counts it
 	}
 	f.logger.Log(context.Background(), level, "livefeed: client refused", "status", status, "reason", reason)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -19,6 +19,8 @@ const (
 	reasonWriteTimeout = "write_timeout"   // a write took longer than WriteTimeout
 	reasonIdle         = "idle"            // 4001
 	reasonRevoked      = "revoked"         // 4003
+	reasonExpired      = "expired"         // 401 before, 4004 after the upgrade
+	reasonAuthLimit    = "auth_rate_limit" // 429: too many failed authentications
 	reasonClientClosed = "client_closed"   // the client closed or vanished
 	reasonWriteError   = "write_error"     // a write failed
 	reasonTooBig       = "message_too_big" // 1009

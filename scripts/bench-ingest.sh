@@ -33,6 +33,9 @@ trap cleanup EXIT
 cd "$root"
 go build -o "$work/drover" ./cmd/drover
 drover="$work/drover"
+# The simulated devices' tokens derive from this seed, a secret: drover takes secrets from the
+# environment or a file, never from the command line.
+export DROVER_SIM_TOKEN_SEED=bench
 
 metric() { # ops-addr name [label-filter]
 	curl -fs "http://$1/metrics" | grep -E "^$2(\{[^}]*${3:-}[^}]*\})? " | awk '{s+=$2} END {printf "%.0f\n", s}'
@@ -45,7 +48,7 @@ case "$scenario" in
 	idle)       devices=10000; simargs=(-rate 0 -connect-rate 5000 -duration "$duration") ;;
 	*) echo "usage: $0 throughput|latency|idle" >&2; exit 2 ;;
 esac
-"$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -token-seed bench -ops-listen 127.0.0.1:0 2>/dev/null
+"$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -ops-listen 127.0.0.1:0 2>/dev/null
 
 "$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
 	-store-listen "tcp://127.0.0.1:$(freeport)" -queue-dir "${ROUTER_QUEUE_DIR:-$work/router}" -queue-max-bytes -1 \
@@ -53,12 +56,12 @@ esac
 pids+=($!)
 "$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
 	-queue-dir "$work/frontend" -registry "$work/registry.json" -rate 5000 -rate-burst 10000 \
-	-max-connections 20000 -ops-listen "127.0.0.1:$fops" 2>"$out/frontend.log" &
+	-max-connections 20000 -ops-listen "127.0.0.1:$fops" -pprof 2>"$out/frontend.log" &
 pids+=($!)
 waitready "127.0.0.1:$rops"; waitready "127.0.0.1:$fops"
 
 heap0=$(metric "127.0.0.1:$fops" go_memstats_heap_inuse_bytes)
-${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench "${simargs[@]}" ${SIM_ARGS:-} \
+${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" "${simargs[@]}" ${SIM_ARGS:-} \
 	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 5s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!
 pids+=($simpid)

@@ -30,13 +30,16 @@ cd "$root"
 go build -o "$work/drover" ./cmd/drover
 go build -o "$work/livelat" ./internal/bench/livelat
 drover="$work/drover"
+# The simulated devices' tokens derive from this seed, a secret: drover takes secrets from the
+# environment or a file, never from the command line.
+export DROVER_SIM_TOKEN_SEED=bench
 
 secs() { python3 -c "import re,sys; v=sys.argv[1]; m={'ms':.001,'s':1,'m':60,'h':3600}; print(sum(float(n)*m[u] for n,u in re.findall(r'([0-9.]+)(ms|s|m|h)',v)))" "$1"; }
 
 rport=$(freeport); lpub=$(freeport); fport=$(freeport); lport=$(freeport)
 rops=$(freeport); fops=$(freeport); lops=$(freeport); sport=$(freeport); wops=$(freeport)
 token=bench-live-token
-"$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -token-seed bench -ops-listen 127.0.0.1:0 2>/dev/null
+"$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -ops-listen 127.0.0.1:0 2>/dev/null
 
 "$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$lpub" \
 	-store-listen "tcp://127.0.0.1:$sport" -queue-dir "$work/router" -queue-max-bytes -1 \
@@ -47,8 +50,8 @@ pids+=($!)
 	-queue-dir "$work/writer-lake" -queue-max-bytes -1 -lake-dir "$work/lake" \
 	-ops-listen "127.0.0.1:$wops" 2>"$out/writer-lake.log" &
 pids+=($!)
-"$drover" livefeed -id livefeed-1 -listen "127.0.0.1:$lport" -routers "tcp://127.0.0.1:$lpub" \
-	-dev-token "$token" -ops-listen "127.0.0.1:$lops" 2>"$out/livefeed.log" &
+DROVER_LIVEFEED_DEV_TOKEN="$token" "$drover" livefeed -id livefeed-1 -listen "127.0.0.1:$lport" -routers "tcp://127.0.0.1:$lpub" \
+	-ops-listen "127.0.0.1:$lops" 2>"$out/livefeed.log" &
 pids+=($!)
 "$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
 	-queue-dir "$work/frontend" -registry "$work/registry.json" -rate 5000 -rate-burst 10000 \
@@ -59,7 +62,7 @@ for a in "$rops" "$wops" "$lops" "$fops"; do waitready "127.0.0.1:$a"; done
 simdur="$(secs "$duration")"
 simdur="$(python3 -c "print(f'{$simdur + $warmup + 2:g}s')")"
 echo "bench-live: $devices vehicles x $rate readings/s, measured for $duration after ${warmup}s; results in $out" >&2
-"$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench \
+"$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" \
 	-rate "$rate" -frame-readings 1 -window 8 -duration "$simdur" \
 	-summary "$out/sim.json" -progress 10s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!

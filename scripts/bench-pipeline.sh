@@ -44,6 +44,9 @@ influxd="${DROVER_INFLUXD:-$root/.tools/bin/influxd}"
 [[ -x "$influxd" ]] || "$root/scripts/install-influxd.sh"
 go build -o "$work/drover" ./cmd/drover
 drover="$work/drover"
+# The simulated devices' tokens derive from this seed, a secret: drover takes secrets from the
+# environment or a file, never from the command line.
+export DROVER_SIM_TOKEN_SEED=bench
 
 metric() { # ops-addr name [label-filter]: the sum of the matching series (0 when none)
 	curl -fs "http://$1/metrics" | grep -E "^$2(\{[^}]*${3:-}[^}]*\})? " | awk '{s+=$2} END {printf "%.6f\n", s+0}'
@@ -84,7 +87,7 @@ for _ in $(seq 1 300); do
 done
 curl -fsS -o /dev/null -XPOST "http://127.0.0.1:$iport/query" --data-urlencode 'q=CREATE DATABASE drover'
 
-"$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -token-seed bench -ops-listen 127.0.0.1:0 2>/dev/null
+"$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -ops-listen 127.0.0.1:0 2>/dev/null
 
 rport=$(freeport); sport=$(freeport); fport=$(freeport)
 rops=$(freeport); fops=$(freeport); iops=$(freeport); lops=$(freeport)
@@ -127,7 +130,7 @@ echo -e "$header" >"$out/samples.tsv"
 sample_line >>"$out/samples.tsv"
 
 echo "bench-pipeline: $devices devices x $rate readings/s (frames of $frame) for $duration; results in $out" >&2
-${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -token-seed bench \
+${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" \
 	-rate "$rate" -frame-readings "$frame" -window 8 -duration "$duration" \
 	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 10s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!

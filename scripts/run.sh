@@ -38,9 +38,11 @@ token="$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 # drover and influxd run in sessions of their own, so that Ctrl-C reaches only this script,
 # which then stops each of them once, gracefully (a second signal would make drover exit at once).
 
-setsid bin/drover all -data "$data" -simulate "$simulate" -sinks lake,influx \
+# The map's token is a secret: drover takes it from the environment (or a file), never from the
+# command line, where every user of the host could read it.
+DROVER_ALL_LIVEFEED_DEV_TOKEN="$token" setsid bin/drover all -data "$data" -simulate "$simulate" -sinks lake,influx \
 	-influx-url "http://127.0.0.1:$influx_port" -influx-database drover \
-	-livefeed.listen ":$map_port" -livefeed.dev-token "$token" -ops-listen ":$ops_port" \
+	-livefeed.listen ":$map_port" -livefeed.dev -ops-listen "127.0.0.1:$ops_port" \
 	2>"$data/drover.log" &
 drover_pid=$!
 
@@ -69,7 +71,7 @@ cat >&2 <<MSG
   drover is running with $simulate simulated vehicles.
 
   live map      http://localhost:$map_port/?token=$token
-  metrics       http://localhost:$ops_port/metrics   (health: /healthz, /readyz)
+  metrics       http://127.0.0.1:$ops_port/metrics   (health: /healthz, /readyz; loopback only)
   InfluxDB      http://127.0.0.1:$influx_port, database drover, measurement telemetry
   lake          $data/lake/date=YYYY-MM-DD/hour=HH/*.parquet
   Grafana       grafana/run-grafana.sh, or see grafana/README.md for the provisioning

@@ -50,7 +50,7 @@ func TestTargetsStartAndStopCleanly(t *testing.T) {
 	}{
 		{"router", []string{"router", "-listen", router, "-live-pub", "tcp://" + freeAddr(t), "-store-listen", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "router")}},
 		{"frontend", []string{"frontend", "-listen", freeAddr(t), "-routers", router, "-queue-dir", filepath.Join(dir, "frontend"), "-registry", reg}},
-		{"livefeed", []string{"livefeed", "-listen", freeAddr(t), "-routers", live, "-dev-token", "dev-token-1"}},
+		{"livefeed", []string{"livefeed", "-listen", freeAddr(t), "-routers", live, "-dev"}},
 		{"storage-writer", []string{"storage-writer", "-sink", "lake", "-routers", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "writer"), "-lake-dir", filepath.Join(dir, "lake")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -32,7 +32,7 @@ type buildFunc func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, err
 type target struct {
 	name      string
 	summary   string
-	opsListen string // default ops address, distinct per target
+	opsListen string // default ops address: loopback, a port per target
 	help      string // more about the command for -h, if the summary is not enough
 	// setup defines the target's flags in fs and returns what builds it.
 	setup func(fs *flag.FlagSet) buildFunc
@@ -49,9 +49,8 @@ func envPrefix(command string) string {
 func (t target) main(_ string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("drover "+t.name, flag.ContinueOnError)
 	build := t.setup(fs)
-	opsListen := t.opsListen
-	fs.StringVar(&opsListen, "ops-listen", opsListen,
-		"`address` (host:port) of the ops HTTP server: /metrics, /healthz, /readyz")
+	opsCfg := daemon.OpsConfig{Listen: t.opsListen}
+	opsCfg.RegisterFlags(fs)
 	logCfg := daemon.DefaultLogConfig()
 	logCfg.RegisterFlags(fs)
 	shutdownTimeout := daemon.DefaultShutdownTimeout
@@ -63,7 +62,7 @@ func (t target) main(_ string, args []string, stdout, stderr io.Writer) int {
 
 	logger, err := logCfg.NewLogger(stderr)
 	if err == nil {
-		err = daemon.ValidateListenAddr(opsListen)
+		err = opsCfg.Validate()
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "drover %s: %v\n", t.name, err)
@@ -86,7 +85,11 @@ func (t target) main(_ string, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	ops := daemon.NewOps(opsListen, reg, logger)
+	ops, err := daemon.NewOps(opsCfg, reg, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "drover %s: %v\n", t.name, err)
+		return 2
+	}
 	group := daemon.Group{Logger: logger, ShutdownTimeout: shutdownTimeout}
 	// Added first, so stopped last: metrics and probes answer while the
 	// components drain.
@@ -136,6 +139,10 @@ func parseFlags(fs *flag.FlagSet, name, summary, help string, args []string, std
 		return 2, false
 	case fs.NArg() > 0:
 		fmt.Fprintf(stderr, "drover %s: unexpected arguments %q\n", name, fs.Args())
+		return 2, false
+	}
+	if err := daemon.CheckSecrets(fs); err != nil {
+		fmt.Fprintf(stderr, "drover %s: %v\n", name, err)
 		return 2, false
 	}
 	return 0, true

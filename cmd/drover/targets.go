@@ -22,15 +22,16 @@ import (
 )
 
 // Default ops ports: one per target so that split processes on one host do
-// not collide, and clear of Prometheus's own 9090.
+// not collide, and clear of Prometheus's own 9090; on loopback, so that only
+// the host sees them unless -ops-listen says otherwise.
 func targets() []target {
 	return []target{
-		{name: "frontend", summary: "device WebSocket server: acks after fsync, drains to every router", opsListen: ":9180", setup: setupFrontend},
-		{name: "router", summary: "fan-in from frontends: durable queue, enrichment, live. and store. lanes", opsListen: ":9181", setup: setupRouter},
-		{name: "storage-writer", summary: "durable subscriber writing the store. lane to InfluxDB or the Parquet lake", opsListen: ":9182", setup: setupStorageWriter},
-		{name: "livefeed", summary: "live WebSocket API and map for web and mobile clients", opsListen: ":9183", setup: setupLivefeed},
-		{name: "all", summary: "every component in one process, wired on loopback, queues under -data (start here)", opsListen: ":9184", setup: setupAll, help: allHelp},
-		{name: "sim", summary: "simulated fleet of devices sending readings to frontends", opsListen: ":9185", setup: setupSim},
+		{name: "frontend", summary: "device WebSocket server: acks after fsync, drains to every router", opsListen: "127.0.0.1:9180", setup: setupFrontend},
+		{name: "router", summary: "fan-in from frontends: durable queue, enrichment, live. and store. lanes", opsListen: "127.0.0.1:9181", setup: setupRouter},
+		{name: "storage-writer", summary: "durable subscriber writing the store. lane to InfluxDB or the Parquet lake", opsListen: "127.0.0.1:9182", setup: setupStorageWriter},
+		{name: "livefeed", summary: "live WebSocket API and map for web and mobile clients", opsListen: "127.0.0.1:9183", setup: setupLivefeed},
+		{name: "all", summary: "every component in one process, wired on loopback, queues under -data (start here)", opsListen: "127.0.0.1:9184", setup: setupAll, help: allHelp},
+		{name: "sim", summary: "simulated fleet of devices sending readings to frontends", opsListen: "127.0.0.1:9185", setup: setupSim},
 	}
 }
 
@@ -100,7 +101,9 @@ DROVER_ALL_FRONTEND_LISTEN). What all wires itself has no flag: every queue
 lives under -data, the frontend and the router share one device registry,
 the router keeps a durable subscriber queue for each sink, and the writers
 and the livefeed connect to the router's -router.store-listen and
--router.live-pub on loopback.`
+-router.live-pub on loopback. With -simulate, the livefeed runs as with
+-livefeed.dev: without a clients file or dev token it makes up a token
+and logs the live map's URL with it.`
 
 // setupAll wires one router, one frontend, one storage writer per sink, one
 // livefeed and optionally a simulated fleet in one process.
@@ -126,7 +129,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	lf := livefeed.DefaultConfig()
 	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, "routers")
 	simOpts := defaultSimOptions()
-	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed")
+	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed", "token-seed-file")
 
 	return func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
 		if dataDir == "" {
@@ -146,6 +149,9 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			registryPath = filepath.Join(dataDir, "registry.json")
 		}
 		if simDevices > 0 {
+			// A simulated fleet is a development run: the livefeed may make
+			// up a dev token (and log the map's URL with it).
+			lf.Dev = true
 			simOpts.fleet.Devices = simDevices
 			simOpts.fleet.URLs = []string{frontendURL}
 			simOpts.fleet.TokenSeed = "drover-all"

@@ -5,8 +5,11 @@
 //   - flags with environment fallback ([BindEnv]) and list-valued flags
 //     ([StringList]), because every endpoint is a list;
 //   - structured logging set from flags ([LogConfig]);
-//   - the operations HTTP server ([Ops]) with /metrics, /healthz, /readyz and
-//     /debug/pprof/;
+//   - secret flags ([SecretVar]): taken from the environment or a file,
+//     refused on the command line ([CheckSecrets]), never shown by -h;
+//   - the operations HTTP server ([Ops]) with /metrics, /healthz, /readyz and,
+//     when asked, /debug/pprof/; on loopback by default, /metrics and pprof
+//     behind an optional bearer token;
 //   - a run group ([Group]) that starts components together and stops them in
 //     reverse order under a shutdown deadline;
 //   - signal handling ([SignalContext]): the first SIGINT or SIGTERM starts a

@@ -27,11 +27,18 @@ func EnvName(prefix, name string) string {
 // the environment, which wins over the default.
 //
 // A value that the flag cannot parse is an error that names the variable;
-// every such variable is reported, not only the first.
+// every such variable is reported, not only the first. A secret flag (see
+// [SecretVar]) is set the same way, and its usage says how to give it.
 func BindEnv(fs *flag.FlagSet, prefix string) error {
 	var errs []string
 	fs.VisitAll(func(f *flag.Flag) {
 		env := EnvName(prefix, f.Name)
+		if handled, err := bindSecret(fs, f, env); handled {
+			if err != nil {
+				errs = append(errs, fmt.Sprintf("environment variable %s: %v", env, err))
+			}
+			return // its value is never echoed, nor its variable in [$VAR] again
+		}
 		f.Usage += " [$" + env + "]"
 		v, ok := os.LookupEnv(env)
 		if !ok {

@@ -43,6 +43,15 @@ func startOps(t *testing.T, o *Ops) (base string, stop func() error) {
 	return "http://" + o.Addr(), stop
 }
 
+func newOps(t *testing.T, cfg OpsConfig, reg *prometheus.Registry) *Ops {
+	t.Helper()
+	o, err := NewOps(cfg, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -63,7 +72,7 @@ func TestOpsServesHealthMetricsAndReadiness(t *testing.T) {
 	reg.MustRegister(c)
 	c.Add(3)
 
-	o := NewOps("127.0.0.1:0", reg, nil)
+	o := newOps(t, OpsConfig{Listen: "127.0.0.1:0"}, reg)
 	if o.Addr() != "" {
 		t.Fatalf("Addr before listen = %q, want empty", o.Addr())
 	}
@@ -115,7 +124,7 @@ func TestOpsServesHealthMetricsAndReadiness(t *testing.T) {
 }
 
 func TestOpsListenThenRun(t *testing.T) {
-	o := NewOps("127.0.0.1:0", nil, nil)
+	o := newOps(t, OpsConfig{Listen: "127.0.0.1:0"}, nil)
 	if err := o.Listen(); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +152,7 @@ func TestOpsListenErrorNamesAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	o := NewOps(ln.Addr().String(), nil, nil)
+	o := newOps(t, OpsConfig{Listen: ln.Addr().String()}, nil)
 	err = o.Run(t.Context())
 	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()) {
 		t.Errorf("Run on a taken port = %v, want an error naming %s", err, ln.Addr())

@@ -123,7 +123,7 @@ func TestChaos(t *testing.T) {
 	const devToken = "e2e-chaos-token-0123456789"
 	lfAddr := freeAddr(t)
 	lf := newProc(t, "livefeed", "livefeed",
-		"-id", uid("livefeed-1"), "-listen", lfAddr, "-routers", strings.Join(liveEPs, ","), "-dev-token", devToken)
+		"-id", uid("livefeed-1"), "-listen", lfAddr, "-routers", strings.Join(liveEPs, ","), "-dev-token-file", secretFile(t, devToken))
 
 	for _, p := range routers {
 		p.start(ctx)

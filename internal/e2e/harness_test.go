@@ -89,6 +89,17 @@ type proc struct {
 	starts int
 }
 
+// secretFile writes a secret to a file of the test's own and returns its
+// path, for a -...-file flag: drover takes no secret on the command line.
+func secretFile(t testing.TB, secret string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func newProc(t testing.TB, name, target string, args ...string) *proc {
 	p := &proc{t: t, name: name, opsAddr: freeAddr(t)}
 	p.args = append([]string{target, "-ops-listen", p.opsAddr, "-log-format", "text"}, args...)

@@ -88,7 +88,7 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 		lfAddr := freeAddr(t)
 		p.lf = newProc(t, "livefeed", "livefeed",
 			"-id", uid("livefeed-1"), "-listen", lfAddr, "-routers", "tcp://"+liveAddr,
-			"-dev-token", p.devToken)
+			"-dev-token-file", secretFile(t, p.devToken))
 		p.lf.start(ctx)
 		p.liveURL = "ws://" + lfAddr + "/v1/live"
 	}

@@ -7,15 +7,14 @@
 package registry
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/drover-telemetry/drover/internal/auth"
 )
 
 // Device is one registered device.
@@ -45,7 +44,7 @@ type Registry struct {
 
 type entry struct {
 	Device
-	hash [sha256.Size]byte
+	hash auth.Digest
 }
 
 // Errors of Authenticate.
@@ -54,11 +53,9 @@ var (
 	ErrBadToken      = errors.New("bad token")
 )
 
-// HashToken returns the hex SHA-256 of a token, as the file stores it.
-func HashToken(token string) string {
-	h := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(h[:])
-}
+// HashToken returns the hex SHA-256 of a token, as the file stores it
+// (see [auth.HashHex]).
+func HashToken(token string) string { return auth.HashHex(token) }
 
 // New builds a registry from devices, checking ids and hashes.
 func New(devices []Device) (*Registry, error) {
@@ -70,13 +67,11 @@ func New(devices []Device) (*Registry, error) {
 		if _, dup := r.byID[d.ID]; dup {
 			return nil, fmt.Errorf("device %q listed twice", d.ID)
 		}
-		b, err := hex.DecodeString(d.TokenSHA256)
-		if err != nil || len(b) != sha256.Size {
+		h, err := auth.ParseDigest(d.TokenSHA256)
+		if err != nil {
 			return nil, fmt.Errorf("device %q: token_sha256 must be 64 hex characters", d.ID)
 		}
-		e := &entry{Device: d}
-		copy(e.hash[:], b)
-		r.byID[d.ID] = e
+		r.byID[d.ID] = &entry{Device: d, hash: h}
 	}
 	return r, nil
 }
@@ -136,15 +131,26 @@ func (r *Registry) Lookup(id string) (Device, bool) {
 	return e.Device, true
 }
 
-// Authenticate checks a device's token in constant time.
+// Authenticate checks a device's token in constant time. An unknown device
+// costs the same work as a known one (the token is hashed and compared
+// with a stand-in), so that the time of an answer does not tell which ids
+// exist; the error still does, for metrics: callers must answer both alike.
 func (r *Registry) Authenticate(id, token string) (Device, error) {
 	e, ok := r.byID[id]
-	h := sha256.Sum256([]byte(token))
-	if !ok {
-		return Device{}, ErrUnknownDevice
+	want := unknownDigest
+	if ok {
+		want = e.hash
 	}
-	if subtle.ConstantTimeCompare(h[:], e.hash[:]) != 1 {
+	if !want.Matches(token) || !ok {
+		if !ok {
+			return Device{}, ErrUnknownDevice
+		}
 		return Device{}, ErrBadToken
 	}
 	return e.Device, nil
 }
+
+// unknownDigest stands in for the hash of an unknown device's token, only
+// so that the work is the same: an unknown device is refused whatever the
+// token.
+var unknownDigest = auth.Hash("drover: no such device")

@@ -118,7 +118,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Devices, "devices", c.Devices, "`number` of simulated devices")
 	fs.IntVar(&c.DeviceOffset, "device-offset", c.DeviceOffset, "`index` of the first device, to split a fleet over processes")
 	fs.StringVar(&c.IDPrefix, "id-prefix", c.IDPrefix, "`prefix` of device ids")
-	fs.StringVar(&c.TokenSeed, "token-seed", c.TokenSeed, "`secret` device tokens derive from (the registry must be written with the same)")
+	daemon.SecretVar(fs, &c.TokenSeed, "token-seed", "`secret` device tokens derive from (the registry must be written with the same)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "readings per second per device (`number`); 0: connect and hold")
 	fs.IntVar(&c.FrameReadings, "frame-readings", c.FrameReadings, "most readings per frame (`number`, 1-1000)")
 	fs.IntVar(&c.Window, "window", c.Window, "most un-acked frames in flight per device (`number`)")

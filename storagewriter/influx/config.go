@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/daemon"
 )
 
 // Config is the InfluxDB sink's configuration. Start from [DefaultConfig].
@@ -25,7 +27,9 @@ type Config struct {
 	// means the database's default one.
 	RetentionPolicy string
 	// Token authenticates the writes: "user:password" for InfluxDB 1.8 with
-	// authentication on, an API token for InfluxDB 2.x and 3, or empty.
+	// authentication on, an API token for InfluxDB 2.x and 3, or empty. As
+	// a flag it is a secret (see daemon.SecretVar): from the environment or
+	// a file, never the command line.
 	Token string
 	// Measurement is the measurement every reading is written to.
 	Measurement string
@@ -58,8 +62,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 		"InfluxDB `database` to write to (with InfluxDB 2.x/3: the bucket or DBRP database); it must exist")
 	fs.StringVar(&c.RetentionPolicy, prefix+"retention-policy", c.RetentionPolicy,
 		"InfluxDB retention `policy` of the database (default: the database's default policy)")
-	fs.StringVar(&c.Token, prefix+"token", c.Token,
-		"InfluxDB credentials: `user:password` for InfluxDB 1.8 with auth, an API token for 2.x/3; prefer the environment to the command line")
+	daemon.SecretVar(fs, &c.Token, prefix+"token",
+		"InfluxDB credentials: `user:password` for InfluxDB 1.8 with auth, an API token for 2.x/3")
 	fs.StringVar(&c.Measurement, prefix+"measurement", c.Measurement,
 		"InfluxDB `measurement` that readings are written to")
 	fs.DurationVar(&c.Timeout, prefix+"timeout", c.Timeout,
@@ -74,7 +78,11 @@ func (c Config) Validate() error {
 	if u, err := url.Parse(c.URL); err != nil {
 		errs = append(errs, fmt.Errorf("url: %w", err))
 	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("url: %q: want http://host:port or https://host:port", c.URL))
+		errs = append(errs, fmt.Errorf("url: %q: want http://host:port or https://host:port", u.Redacted()))
+	} else if u.User != nil {
+		// A URL is a flag, logged and shown in /debug/pprof/cmdline:
+		// credentials go where secrets go.
+		errs = append(errs, fmt.Errorf("url: %q: credentials in the URL; give them as the token (from the environment or a file)", u.Redacted()))
 	}
 	if c.Database == "" {
 		errs = append(errs, errors.New("database: empty"))

@@ -3,6 +3,8 @@ package influx
 import (
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,11 +26,15 @@ func TestRegisterFlags(t *testing.T) {
 			t.Errorf("flag -%s: want the prefix and a real usage text (%q)", f.Name, f.Usage)
 		}
 	})
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("writer:secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	err := fs.Parse([]string{
 		"-influx-url", "https://influx.example:8086",
 		"-influx-database", "fleet",
 		"-influx-retention-policy", "one_year",
-		"-influx-token", "writer:secret",
+		"-influx-token-file", tokenFile,
 		"-influx-measurement", "readings",
 		"-influx-timeout", "5s",
 		"-influx-gzip",
@@ -46,6 +52,17 @@ func TestRegisterFlags(t *testing.T) {
 	}
 	if cfg.bucket() != "fleet/one_year" {
 		t.Errorf("bucket = %q", cfg.bucket())
+	}
+}
+
+// Credentials in the URL would be on the command line and in logs: refused,
+// and the error does not repeat the password.
+func TestValidateRefusesCredentialsInURL(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.URL = "http://writer:pa55word@localhost:8086"
+	err := cfg.Validate()
+	if err == nil || !strings.Contains(err.Error(), "credentials in the URL") || strings.Contains(err.Error(), "pa55word") {
+		t.Fatalf("Validate = %v, want a refusal without the password", err)
 	}
 }
 

@@ -33,13 +33,16 @@ type Config struct {
 	// is accepted and served through the Blob endpoint); or an account URL
 	// with AzureContainer. Azurite's URLs are path style:
 	// http://127.0.0.1:10000/devstoreaccount1/CONTAINER. A SAS in the query
-	// authenticates.
+	// is refused: a URL is a flag, and flags are shown on the command line;
+	// give the SAS in the connection string.
 	AzureURL string
 	// AzureContainer is the container when AzureURL is an account URL.
 	AzureContainer string
-	// AzureConnectionString and AzureAccountKey authenticate to Azure. They
-	// are not flags: empty means the environment variables
-	// EnvAzureConnectionString and EnvAzureAccountKey.
+	// AzureConnectionString and AzureAccountKey authenticate to Azure (a
+	// SAS goes in the connection string, SharedAccessSignature=...). As
+	// flags they are secrets (see daemon.SecretVar): from the environment
+	// or a file, never the command line. Empty also reads the environment
+	// variables EnvAzureConnectionString and EnvAzureAccountKey.
 	AzureConnectionString string
 	AzureAccountKey       string
 
@@ -91,9 +94,13 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 		"`folder` of the Parquet lake; with an Azure URL, the local folder for files being built")
 	fs.StringVar(&c.AzureURL, prefix+"azure-url", c.AzureURL,
 		"Azure Blob `URL` of the lake: https://ACCOUNT.blob.core.windows.net/CONTAINER[/FOLDER] (or abfss://CONTAINER@ACCOUNT.dfs.core.windows.net[/FOLDER]), or an account URL with -"+prefix+
-			"azure-container; credentials from $"+EnvAzureConnectionString+", $"+EnvAzureAccountKey+" or a SAS in the URL (default: the local folder)")
+			"azure-container; credentials from -"+prefix+"azure-connection-string or -"+prefix+"azure-account-key (default: the local folder)")
 	fs.StringVar(&c.AzureContainer, prefix+"azure-container", c.AzureContainer,
 		"Azure Blob `container` when the Azure URL is an account URL")
+	daemon.SecretVar(fs, &c.AzureConnectionString, prefix+"azure-connection-string",
+		"Azure storage connection `string` (AccountName and AccountKey, or SharedAccessSignature); also read from $"+EnvAzureConnectionString)
+	daemon.SecretVar(fs, &c.AzureAccountKey, prefix+"azure-account-key",
+		"Azure storage account `key` of the URL's account; also read from $"+EnvAzureAccountKey)
 	fs.StringVar(&c.Compression, prefix+"compression", c.Compression,
 		"Parquet `codec`: zstd or snappy")
 	fs.Func(prefix+"target-file-size", fmt.Sprintf("`size` of compacted files, e.g. 128MiB (default %s)", formatSize(c.TargetFileSize)),
@@ -158,6 +165,8 @@ func (c Config) Validate() error {
 		t, err := parseAzureURL(c.AzureURL, c.AzureContainer)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("azure-url: %w", err))
+		} else if t.sas != "" {
+			errs = append(errs, errors.New("azure-url: holds a SAS (a secret) in its query: give it in the connection string instead (SharedAccessSignature=...), from the environment or a file"))
 		} else if _, err := newContainerClient(t, c.connectionString(), c.accountKey()); err != nil {
 			errs = append(errs, fmt.Errorf("azure credentials: %w", err))
 		}

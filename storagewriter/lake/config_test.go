@@ -57,7 +57,11 @@ func TestValidate(t *testing.T) {
 		"azure with key": {func(c *Config) {
 			c.AzureURL, c.AzureAccountKey = "https://acct.blob.core.windows.net/c", "a2V5"
 		}, nil},
-		"azure with sas": {func(c *Config) { c.AzureURL = "https://acct.blob.core.windows.net/c?sv=2023-01-03&sig=abc" }, nil},
+		"azure with a sas in the url": {func(c *Config) { c.AzureURL = "https://acct.blob.core.windows.net/c?sv=2023-01-03&sig=abc" },
+			[]string{"holds a SAS", "connection string"}},
+		"azure with a sas in the connection string": {func(c *Config) {
+			c.AzureURL, c.AzureConnectionString = "https://acct.blob.core.windows.net/c", "SharedAccessSignature=sv=2023-01-03&sig=abc"
+		}, nil},
 		"azure connection string for another account": {func(c *Config) {
 			c.AzureURL = "https://acct.blob.core.windows.net/c"
 			c.AzureConnectionString = "AccountName=other;AccountKey=a2V5"
