@@ -387,6 +387,14 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusUnauthorized, reasonNoCredentials, "device id and token required", id)
 		return
 	}
+	// An id outside the one definition is in no registry: refuse it with the
+	// rule before hashing the token or looking it up. Saying so tells an
+	// attacker nothing about which ids are registered.
+	if err := telemetry.ValidateDeviceID(id); err != nil {
+		f.unadmit()
+		f.refuseHTTP(w, http.StatusBadRequest, reasonBadDeviceID, err.Error(), id[:min(len(id), telemetry.MaxDeviceIDLen)])
+		return
+	}
 	if _, err := f.store.Current().Authenticate(id, token); err != nil {
 		f.unadmit()
 		reason, text := reasonBadToken, "bad token"
