@@ -167,6 +167,16 @@ func joinInts(v []int) string {
 // JSON, an unknown field) is an error; entries that break a rule are
 // refused one by one, as Build does, and listed by Rejected.
 func Load(path string) (*Registry, error) {
+	devs, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Build(devs), nil
+}
+
+// ReadFile reads the entries of a registry file as written, refused ones
+// included (for tools that edit the file; Load is what serves devices).
+func ReadFile(path string) ([]Device, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read registry: %w", err)
@@ -177,10 +187,12 @@ func Load(path string) (*Registry, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("parse registry %s: %w", path, err)
 	}
-	return Build(f.Devices), nil
+	return f.Devices, nil
 }
 
-// Write writes a registry file atomically (temp file, then rename).
+// Write writes a registry file atomically (temp file, then rename). A file it
+// replaces keeps its permissions (a frontend running as another user must
+// still read it); a new one is readable by its owner only.
 func Write(path string, devices []Device) error {
 	b, err := json.MarshalIndent(File{Devices: devices}, "", "  ")
 	if err != nil {
@@ -191,6 +203,12 @@ func Write(path string, devices []Device) error {
 		return fmt.Errorf("write registry: %w", err)
 	}
 	defer os.Remove(tmp.Name())
+	if st, err := os.Stat(path); err == nil {
+		if err := tmp.Chmod(st.Mode().Perm()); err != nil {
+			tmp.Close()
+			return fmt.Errorf("write registry: %w", err)
+		}
+	}
 	if _, err := tmp.Write(append(b, '\n')); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write registry: %w", err)

@@ -367,3 +367,29 @@ func TestStoreSeesFileRenamedOver(t *testing.T) {
 	runStore(t, s)
 	waitFor(t, func() bool { _, ok := s.Current().Lookup("c"); return ok })
 }
+
+// TestWriteKeepsPermissions: rewriting a registry keeps the mode of the file
+// it replaces, so that a frontend running as another user can still read it.
+func TestWriteKeepsPermissions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "devices.json")
+	devs := []Device{{ID: "a", TokenSHA256: HashToken("1")}}
+	if err := Write(path, devs); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Errorf("new file mode %v, want 0600", st.Mode().Perm())
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(path, append(devs, Device{ID: "b", TokenSHA256: HashToken("2")})); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o644 {
+		t.Errorf("rewritten file mode %v, want 0644 as before", st.Mode().Perm())
+	}
+	got, err := ReadFile(path)
+	if err != nil || len(got) != 2 {
+		t.Errorf("ReadFile: %v %v", got, err)
+	}
+}
