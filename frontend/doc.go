@@ -22,13 +22,15 @@
 // # Refusals
 //
 // Bad input gets a clear answer and is counted
-// (drover_frontend_refusals_total{reason}): before the upgrade, HTTP 401 for
-// an unknown device or a bad token (one answer for both, so that device ids
-// cannot be enumerated; the metric keeps the reason), HTTP 429 with a
-// Retry-After for a client address or device id that failed to authenticate
-// too often (internal/auth's limiter, checked before any hashing), and HTTP
-// 503 with a jittered Retry-After when the connection limit is reached;
-// after it, a WebSocket close code with
+// (drover_frontend_refusals_total{reason}): before the upgrade, HTTP 400 for
+// a device id that breaks the one definition (telemetry.ValidateDeviceID,
+// checked before any registry lookup), HTTP 401 for an unknown device or a
+// bad token (one answer for both, so that device ids cannot be enumerated;
+// the metric keeps the reason), HTTP 429 with a Retry-After for a client
+// address or device id that failed to authenticate too often (internal/auth's
+// limiter, checked before any hashing), and HTTP 503 with a jittered
+// Retry-After when the connection limit is reached; after it, a WebSocket
+// close code with
 // a reason: 1007 invalid frame, 1008 rate limit, 1009 frame too large, 1013
 // queue or disk full (nothing is acked, nothing is dropped), 1011 internal
 // error, 4000 replaced by a newer connection of the same device, 4001 idle.

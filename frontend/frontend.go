@@ -413,6 +413,16 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusUnauthorized, reasonNoCredentials, "device id and token required", id)
 		return
 	}
+	// An id outside the one definition is in no registry: refuse it with the
+	// rule before hashing the token or looking it up. Saying so tells an
+	// attacker nothing about which ids are registered; it still counts as a
+	// failure of the source address.
+	if err := telemetry.ValidateDeviceID(id); err != nil {
+		f.unadmit()
+		f.authFailed(src, "", now)
+		f.refuseHTTP(w, http.StatusBadRequest, reasonBadDeviceID, err.Error(), id[:min(len(id), telemetry.MaxDeviceIDLen)])
+		return
+	}
 	if left, blocked := f.devLimit.Blocked(id, now); blocked {
 		f.unadmit()
 		f.refuseRateLimited(w, left, id)

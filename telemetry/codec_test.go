@@ -26,7 +26,7 @@ func TestUplinkRoundTrip(t *testing.T) {
 		"extra":      {Readings: []*Reading{withExtra}},
 		"no fix":     {Readings: []*Reading{noFix}},
 		"zeros":      {Readings: []*Reading{zeros}},
-		"max values": {Readings: []*Reading{{Seq: math.MaxUint64, TimeMs: testNow.UnixMilli(), LatE7: i32(MinLatE7), LonE7: i32(MaxLonE7)}}},
+		"max values": {Readings: []*Reading{{Seq: MaxSeq, TimeMs: testNow.UnixMilli(), LatE7: i32(MinLatE7), LonE7: i32(MaxLonE7)}}},
 	}
 	for name, u := range frames {
 		for _, text := range []bool{false, true} {

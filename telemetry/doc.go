@@ -10,6 +10,15 @@
 // whole or not at all. The device side (and drover's simulator) builds frames with EncodeUplink
 // and reads the frontend's answers with DecodeDownlink.
 //
+// Validation is the one definition of what drover stores: a reading that passes it is stored
+// unchanged by every sink (the InfluxDB writer and the Parquet lake), and whatever a sink would
+// refuse or alter is refused here, before the device gets an ack. So seq stops at MaxSeq
+// (2^63−1, the sinks' signed integers), time_ms at [MinTimeMs, MaxTimeMs] (InfluxDB's time range
+// once the writer adds the sequence as nanoseconds), extra keys carry no control character and
+// no backslash (each becomes an InfluxDB field key), and values are finite. Names follow the same
+// rule: ValidateDeviceID is the one definition of a device id and ValidateLabel of a fleet,
+// vehicle class or region, which the registry enforces. docs/wire-format.md has the table.
+//
 // Versioning rule: fields are only ever added. A field number or name, once published, is never
 // reused or renumbered, and its type and meaning never change; retired fields are reserved. A
 // change that cannot follow this rule becomes a new protobuf package (drover.telemetry.v2)

@@ -1,8 +1,12 @@
 package telemetry
 
 import (
+	"math"
+	"math/big"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
@@ -24,9 +28,13 @@ func fuzzSeedFrames() []*Uplink {
 		{Readings: []*Reading{withExtra, noFix}},
 		{Readings: []*Reading{edge}},
 		{Readings: []*Reading{{Seq: 1, TimeMs: testNow.UnixMilli()}}},
-		// Refused ones: seq order, range.
+		// The largest seq every sink stores.
+		{Readings: []*Reading{{Seq: MaxSeq, TimeMs: testNow.UnixMilli(), Extra: map[string]float64{"tyre.fl-kpa": -0.5}}}},
+		// Refused ones: seq order, range, seq beyond the sinks' int64, a backslash in a key.
 		{Readings: []*Reading{{Seq: 2, TimeMs: testNow.UnixMilli()}, {Seq: 2, TimeMs: testNow.UnixMilli()}}},
 		{Readings: []*Reading{{Seq: 1, TimeMs: testNow.UnixMilli(), LatE7: i32(951_000_000), LonE7: i32(0)}}},
+		{Readings: []*Reading{{Seq: MaxSeq + 1, TimeMs: testNow.UnixMilli()}}},
+		{Readings: []*Reading{{Seq: 1, TimeMs: testNow.UnixMilli(), Extra: map[string]float64{`tail\`: 1}}}},
 	}
 }
 
@@ -50,6 +58,11 @@ func checkDecoded(t *testing.T, u *Uplink, err error) {
 	if u == nil || len(u.Readings) == 0 {
 		t.Fatalf("accepted frame without readings: %v", u)
 	}
+	for i, r := range u.Readings {
+		if why := unstorable(r); why != "" {
+			t.Fatalf("accepted reading %d would be refused by a sink: %s: %v", i, why, r)
+		}
+	}
 	// JSON of an accepted binary frame may exceed the binary frame limit: re-decode without it.
 	big := Limits{MaxFrameBytes: 1 << 30}
 	for _, text := range []bool{false, true} {
@@ -68,6 +81,29 @@ func checkDecoded(t *testing.T, u *Uplink, err error) {
 			t.Fatalf("re-decoded frame no longer validates: %v", err)
 		}
 	}
+}
+
+// unstorable says why a sink would refuse r for good, or "" when both store it unchanged. It
+// restates the sinks' limits apart from the validation code: InfluxDB integers and the lake's seq
+// column are int64; the InfluxDB writer's timestamp time_ms×10^6 + seq mod 10^6 must be within
+// InfluxDB's ±(2^63−2) ns; extra keys become InfluxDB field keys x_<key>, where a backslash or a
+// control character cannot be carried; values are finite.
+func unstorable(r *Reading) string {
+	if r.Seq == 0 || r.Seq > math.MaxInt64 {
+		return "seq"
+	}
+	ns := new(big.Int).Mul(big.NewInt(r.TimeMs), big.NewInt(1e6))
+	ns.Add(ns, new(big.Int).SetUint64(r.Seq%1e6))
+	if ns.Cmp(big.NewInt(math.MinInt64+2)) < 0 || ns.Cmp(big.NewInt(math.MaxInt64-1)) > 0 {
+		return "time_ms"
+	}
+	for k, v := range r.Extra {
+		if strings.ContainsFunc(k, func(c rune) bool { return c == '\\' || unicode.IsControl(c) }) ||
+			!utf8.ValidString(k) || math.IsNaN(v) || math.IsInf(v, 0) {
+			return "extra " + strconv.Quote(k)
+		}
+	}
+	return ""
 }
 
 func FuzzDecodeUplinkBinary(f *testing.F) {
@@ -98,6 +134,9 @@ func FuzzDecodeUplinkJSON(f *testing.F) {
 		`{"readings":[{"seq":1,"timeMs":1763899200000,"headingDeg":1e39}]}`,
 		`{"readings":[{"seq":1,"timeMs":1763899200000}],"readings":[]}`,
 		`{"readings":[{"seq":18446744073709551616,"timeMs":1763899200000}]}`,
+		`{"readings":[{"seq":"9223372036854775808","timeMs":"1763899200000"}]}`,
+		`{"readings":[{"seq":"9223372036854775807","timeMs":"1763899200000","extra":{"a.b-c:d e":1.7976931348623157e308}}]}`,
+		`{"readings":[{"seq":1,"timeMs":1763899200000,"extra":{"tail\\":1}}]}`,
 	} {
 		f.Add(s)
 	}

@@ -37,14 +37,17 @@ const (
 // device does not send means "no such sensor / no value", which is not the same as 0.
 type Reading struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The device's own sequence number for this reading, > 0. It grows by at least one from one
-	// reading to the next (gaps are allowed, e.g. when the device's buffer overflowed) and is never
-	// reused by the device. Readings in one frame must be in strictly increasing seq order. The
-	// server acknowledges the highest seq it has stored; (device, seq) is the reading's identity,
-	// so a reading resent after a lost ack is stored once.
+	// The device's own sequence number for this reading, in [1, 2^63-1]: the wire type is
+	// unsigned, but the sinks store it as a signed 64-bit integer, so larger values are refused.
+	// It grows by at least one from one reading to the next (gaps are allowed, e.g. when the
+	// device's buffer overflowed) and is never reused by the device. Readings in one frame must be
+	// in strictly increasing seq order. The server acknowledges the highest seq it has stored;
+	// (device, seq) is the reading's identity, so a reading resent after a lost ack is stored once.
 	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// When the device took the reading: Unix time in milliseconds, from the device's clock (GNSS
-	// time when it has a fix). Required.
+	// time when it has a fix). Required; what the frontend accepts is a window around its own
+	// clock (by default 30 days back, 5 minutes ahead), and never outside 1677-09-21 to 2262-04-11,
+	// what InfluxDB can store.
 	TimeMs int64 `protobuf:"varint,2,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
 	// Position of the fix, in degrees × 10^7 (WGS 84), as GNSS receivers report it (1e-7° ≈ 1.1 cm).
 	// Integers, not doubles, because devices send over GPRS and satellite links priced per byte:
@@ -79,8 +82,9 @@ type Reading struct {
 	// with air brakes carry it.
 	PneumaticPressureKpa *float32 `protobuf:"fixed32,16,opt,name=pneumatic_pressure_kpa,json=pneumaticPressureKpa,proto3,oneof" json:"pneumatic_pressure_kpa,omitempty"`
 	// Sensors this schema does not name yet: name → value. Names are 1..64 bytes of UTF-8 without
-	// control characters; values are finite numbers. When a sensor becomes common it gets a field
-	// of its own (a new number) and devices move to it.
+	// control characters or backslashes, stored unchanged (the InfluxDB field x_<name>, the lake's
+	// extra map); values are finite numbers. When a sensor becomes common it gets a field of its
+	// own (a new number) and devices move to it.
 	Extra         map[string]float64 `protobuf:"bytes,17,rep,name=extra,proto3" json:"extra,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -333,7 +337,8 @@ func (x *Ack) GetSeq() uint64 {
 type Error struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// See the ErrCode constants of the Go package (docs/wire-format.md): 1 invalid frame,
-	// 2 overloaded (retry later), 3 internal error (retry later). 0 is not used.
+	// 2 overloaded (retry later), 3 internal error (retry later). 0 is not used. Frontends of
+	// this version never send Error: they close the WebSocket with 1007, 1013 or 1011 instead.
 	Code uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
 	// Human-readable detail, for logs.
 	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`

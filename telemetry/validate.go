@@ -3,6 +3,7 @@ package telemetry
 import (
 	"math"
 	"strconv"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -20,7 +21,8 @@ type Limits struct {
 	MaxReadingsPerFrame int
 	// MaxExtra is the most entries a reading's extra map may have.
 	MaxExtra int
-	// MaxExtraKeyLen is the longest extra key, in bytes.
+	// MaxExtraKeyLen is the longest extra key, in bytes. Values above MaxExtraKeyLenCap are
+	// taken as MaxExtraKeyLenCap.
 	MaxExtraKeyLen int
 	// MaxFutureSkew is how far ahead of the server clock a reading's time may be.
 	MaxFutureSkew time.Duration
@@ -58,6 +60,7 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxExtraKeyLen <= 0 {
 		l.MaxExtraKeyLen = d.MaxExtraKeyLen
 	}
+	l.MaxExtraKeyLen = min(l.MaxExtraKeyLen, MaxExtraKeyLenCap)
 	if l.MaxFutureSkew <= 0 {
 		l.MaxFutureSkew = d.MaxFutureSkew
 	}
@@ -88,6 +91,24 @@ const (
 	MaxBatteryAbsA  = 3000         // largest battery current, A, either sign (megawatt charging); in [-3000, 3000]
 	MaxOdometerKm   = 100_000_000  // highest odometer, km; in [0, 1e8]
 	MaxFuelPct      = 100          // highest fuel level, %; in [0, 100]
+)
+
+// What every sink can store, whatever the Limits. A reading that passes validation is never
+// refused by a sink (docs/wire-format.md, "What is refused, and why"): these bounds are the
+// sinks' own, narrowed where drover's encoding narrows them.
+const (
+	// MaxSeq is the largest seq: InfluxDB's integers and the lake's seq column are signed
+	// 64-bit, so seq is in [1, 2^63-1] although the wire type is uint64.
+	MaxSeq = math.MaxInt64
+	// MinTimeMs is the earliest time_ms, 1677-09-21T00:12:43.146Z. The InfluxDB writer
+	// stores a reading at time_ms × 10^6 + seq mod 10^6 nanoseconds, and InfluxDB takes
+	// timestamps in ±(2^63 − 2) ns; the lake takes years 1 to 9999.
+	MinTimeMs = -9_223_372_036_854
+	// MaxTimeMs is the latest time_ms, 2262-04-11T23:47:16.853Z (see MinTimeMs).
+	MaxTimeMs = 9_223_372_036_853
+	// MaxExtraKeyLenCap is the most Limits.MaxExtraKeyLen can be: an InfluxDB point's
+	// series key and field key together are at most 65,535 bytes.
+	MaxExtraKeyLenCap = 1024
 )
 
 // ValidateReading checks one reading against the rules DecodeUplink applies to every reading of
@@ -157,6 +178,10 @@ func validateReading(r *Reading, i int, nowMs int64, lim Limits) *FrameError {
 	}
 	if r.Seq == 0 {
 		return readingErr(i, KindSequence, "seq", "seq missing (must be > 0)")
+	}
+	if r.Seq > MaxSeq {
+		return readingErr(i, KindSequence, "seq", "seq "+strconv.FormatUint(r.Seq, 10)+
+			" out of range [1, 9223372036854775807]")
 	}
 	if fe := checkTime(r.TimeMs, i, nowMs, lim); fe != nil {
 		return fe
@@ -239,6 +264,12 @@ func checkTime(ms int64, i int, nowMs int64, lim Limits) *FrameError {
 		return readingErr(i, KindTime, "time_ms", "time_ms "+strconv.FormatInt(ms, 10)+" is "+
 			fmtMsDelta(nowMs, ms)+" old (limit "+fmtDuration(lim.MaxAge)+")")
 	}
+	// Only reached with very wide limits or a server clock far off: the window above holds
+	// the bounds of the sinks with any sane clock.
+	if ms < MinTimeMs || ms > MaxTimeMs {
+		return readingErr(i, KindTime, "time_ms", "time_ms "+strconv.FormatInt(ms, 10)+
+			" outside years 1677 to 2262 [-9223372036854, 9223372036853]")
+	}
 	return nil
 }
 
@@ -261,6 +292,8 @@ func checkExtra(extra map[string]float64, i int, lim Limits) *FrameError {
 			return readingErr(i, KindExtra, "extra", "extra key not valid UTF-8")
 		case hasControl(k):
 			return readingErr(i, KindExtra, "extra", "extra key "+strconv.Quote(k)+" has a control character")
+		case strings.IndexByte(k, '\\') >= 0:
+			return readingErr(i, KindExtra, "extra", "extra key "+strconv.Quote(k)+" has a backslash")
 		}
 		if bad := nonFinite(v); bad != "" {
 			return readingErr(i, KindRange, "extra", "extra "+strconv.Quote(k)+" is "+bad)
@@ -281,7 +314,8 @@ func nonFinite(v float64) string {
 }
 
 // hasControl reports whether s has a control character (C0, DEL, C1): sinks such as InfluxDB line
-// protocol cannot carry newlines in a field key.
+// protocol cannot carry newlines in a field key. (Nor backslashes, checked apart: a key is an
+// InfluxDB field key x_<key>, where a backslash escapes the character after it.)
 func hasControl(s string) bool {
 	for _, c := range s {
 		if unicode.IsControl(c) {

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"math"
+	"math/big"
 	"strconv"
 	"strings"
 	"testing"
@@ -33,7 +34,9 @@ func TestValidateReadingRules(t *testing.T) {
 
 		{"seq 0", func(r *Reading) { r.Seq = 0 }, KindSequence, "seq", "seq missing"},
 		{"seq 1", func(r *Reading) { r.Seq = 1 }, 0, "", ""},
-		{"seq max", func(r *Reading) { r.Seq = math.MaxUint64 }, 0, "", ""},
+		{"seq 2^63-1", func(r *Reading) { r.Seq = MaxSeq }, 0, "", ""},
+		{"seq 2^63", func(r *Reading) { r.Seq = MaxSeq + 1 }, KindSequence, "seq", "seq 9223372036854775808 out of range [1, 9223372036854775807]"},
+		{"seq max uint64", func(r *Reading) { r.Seq = math.MaxUint64 }, KindSequence, "seq", "seq 18446744073709551615 out of range"},
 
 		{"time 0", func(r *Reading) { r.TimeMs = 0 }, KindTime, "time_ms", "time_ms missing"},
 		{"time at future skew", func(r *Reading) { r.TimeMs = nowMs + lim.MaxFutureSkew.Milliseconds() }, 0, "", ""},
@@ -131,7 +134,15 @@ func TestValidateReadingRules(t *testing.T) {
 		{"extra key bad UTF-8", func(r *Reading) { r.Extra = map[string]float64{"a\xffb": 1} }, KindExtra, "extra", "not valid UTF-8"},
 		{"extra key newline", func(r *Reading) { r.Extra = map[string]float64{"a\nb": 1} }, KindExtra, "extra", `extra key "a\nb" has a control character`},
 		{"extra key DEL", func(r *Reading) { r.Extra = map[string]float64{"a\x7f": 1} }, KindExtra, "extra", "control character"},
+		{"extra key C1", func(r *Reading) { r.Extra = map[string]float64{"a\u0085": 1} }, KindExtra, "extra", "control character"},
+		{"extra key trailing backslash", func(r *Reading) { r.Extra = map[string]float64{`tail\`: 1} }, KindExtra, "extra", `extra key "tail\\" has a backslash`},
+		{"extra key inner backslash", func(r *Reading) { r.Extra = map[string]float64{`a\,b`: 1} }, KindExtra, "extra", "has a backslash"},
+		{"extra key punctuation", func(r *Reading) { r.Extra = map[string]float64{`tyre.fl-kpa:1 "a,b=c" #x/y`: 1} }, 0, "", ""},
+		{"extra key 1 byte", func(r *Reading) { r.Extra = map[string]float64{"k": 1} }, 0, "", ""},
 		{"extra value huge", func(r *Reading) { r.Extra = map[string]float64{"x": -math.MaxFloat64} }, 0, "", ""},
+		{"extra value max", func(r *Reading) { r.Extra = map[string]float64{"x": math.MaxFloat64} }, 0, "", ""},
+		{"extra value tiny", func(r *Reading) { r.Extra = map[string]float64{"x": math.SmallestNonzeroFloat64} }, 0, "", ""},
+		{"extra value -0", func(r *Reading) { r.Extra = map[string]float64{"x": math.Copysign(0, -1)} }, 0, "", ""},
 		{"extra value NaN", func(r *Reading) { r.Extra = map[string]float64{"x": math.NaN()} }, KindRange, "extra", `extra "x" is NaN`},
 		{"extra value Inf", func(r *Reading) { r.Extra = map[string]float64{"x": math.Inf(1)} }, KindRange, "extra", `extra "x" is infinite`},
 	}
@@ -466,5 +477,88 @@ func TestFrameErrorKindString(t *testing.T) {
 	}
 	if got := FrameErrorKind(0).String(); got != "kind_0" {
 		t.Errorf("unknown kind label %q", got)
+	}
+}
+
+// TestValidateTimeWhatSinksStore: whatever the limits and the server clock, time_ms stays within
+// what InfluxDB can store once the writer adds seq mod 10^6 nanoseconds (±(2^63 − 2) ns), which
+// is narrower than the lake's years 1 to 9999.
+func TestValidateTimeWhatSinksStore(t *testing.T) {
+	const influxMaxNs = math.MaxInt64 - 1 // InfluxDB 1.8: models.MaxNanoTime
+	const influxMinNs = math.MinInt64 + 2 // models.MinNanoTime
+	// The bounds hold for every seq: the largest sub-millisecond part at the top, none at the
+	// bottom, and one millisecond more breaks them.
+	if hi := big.NewInt(MaxTimeMs); hi.Mul(hi, big.NewInt(1e6)).Add(hi, big.NewInt(999_999)).Cmp(big.NewInt(influxMaxNs)) > 0 {
+		t.Errorf("MaxTimeMs×1e6 + 999999 = %v is beyond InfluxDB's %d", hi, int64(influxMaxNs))
+	}
+	if hi := big.NewInt(MaxTimeMs + 1); hi.Mul(hi, big.NewInt(1e6)).Add(hi, big.NewInt(999_999)).Cmp(big.NewInt(influxMaxNs)) <= 0 {
+		t.Errorf("MaxTimeMs is not the largest: MaxTimeMs+1 fits too")
+	}
+	if lo := big.NewInt(MinTimeMs); lo.Mul(lo, big.NewInt(1e6)).Cmp(big.NewInt(influxMinNs)) < 0 {
+		t.Errorf("MinTimeMs×1e6 = %v is below InfluxDB's %d", lo, int64(influxMinNs))
+	}
+	if lo := big.NewInt(MinTimeMs - 1); lo.Mul(lo, big.NewInt(1e6)).Cmp(big.NewInt(influxMinNs)) >= 0 {
+		t.Errorf("MinTimeMs is not the smallest: MinTimeMs-1 fits too")
+	}
+	if got := time.UnixMilli(MinTimeMs).UTC().Format(time.RFC3339Nano); got != "1677-09-21T00:12:43.146Z" {
+		t.Errorf("MinTimeMs is %s", got)
+	}
+	if got := time.UnixMilli(MaxTimeMs).UTC().Format(time.RFC3339Nano); got != "2262-04-11T23:47:16.853Z" {
+		t.Errorf("MaxTimeMs is %s", got)
+	}
+
+	// A server clock at the reading's own time, so that the window of the limits lets it
+	// through: only the absolute bounds remain.
+	for _, c := range []struct {
+		ms    int64
+		valid bool
+	}{
+		{MinTimeMs, true}, {MaxTimeMs, true}, {-1, true}, {1, true},
+		{MinTimeMs - 1, false}, {MaxTimeMs + 1, false}, {math.MinInt64, false}, {math.MaxInt64, false},
+	} {
+		err := ValidateReading(&Reading{Seq: MaxSeq, TimeMs: c.ms}, time.UnixMilli(c.ms), DefaultLimits())
+		if c.valid {
+			if err != nil {
+				t.Errorf("time_ms %d: %v", c.ms, err)
+			}
+			continue
+		}
+		fe := asFrameError(t, err)
+		if fe.Kind != KindTime || fe.Field != "time_ms" || !strings.Contains(fe.Reason, "outside years 1677 to 2262") {
+			t.Errorf("time_ms %d: kind %v field %q reason %q", c.ms, fe.Kind, fe.Field, fe.Reason)
+		}
+	}
+	// A server clock far in the future (year 2300): the window alone would let 2262+ through.
+	future := time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)
+	_, err := DecodeUplink(mustEncode(t, &Uplink{Readings: []*Reading{{Seq: 1, TimeMs: future.UnixMilli()}}}, false), false, future, DefaultLimits())
+	if fe := asFrameError(t, err); fe.Reason != "reading 0: time_ms 10413792000000 outside years 1677 to 2262 [-9223372036854, 9223372036853]" {
+		t.Errorf("clock in 2300: reason %q", fe.Reason)
+	}
+}
+
+func TestExtraKeyLenCap(t *testing.T) {
+	r := &Reading{Seq: 1, TimeMs: testNow.UnixMilli(), Extra: map[string]float64{strings.Repeat("k", MaxExtraKeyLenCap): 1}}
+	huge := Limits{MaxExtraKeyLen: 1 << 20}
+	if err := ValidateReading(r, testNow, huge); err != nil {
+		t.Fatalf("key of MaxExtraKeyLenCap bytes: %v", err)
+	}
+	r.Extra = map[string]float64{strings.Repeat("k", MaxExtraKeyLenCap+1): 1}
+	if fe := asFrameError(t, ValidateReading(r, testNow, huge)); fe.Kind != KindExtra || !strings.Contains(fe.Reason, "limit 1024") {
+		t.Errorf("key over the cap: kind %v reason %q", fe.Kind, fe.Reason)
+	}
+}
+
+// TestSeqOverWireInJSON: a JSON device sends seq as a decimal string; 2^63 decodes (the wire type
+// is uint64) and is refused by validation, 2^63 − 1 is accepted.
+func TestSeqOverWireInJSON(t *testing.T) {
+	ms := strconv.FormatInt(testNow.UnixMilli(), 10)
+	_, err := DecodeUplink([]byte(`{"readings":[{"seq":"9223372036854775808","timeMs":"`+ms+`"}]}`), true, testNow, DefaultLimits())
+	if fe := asFrameError(t, err); fe.Kind != KindSequence || fe.Index != 0 ||
+		fe.CloseReason() != "reading 0: seq 9223372036854775808 out of range [1, 9223372036854775807]" {
+		t.Errorf("seq 2^63: kind %v index %d reason %q", fe.Kind, fe.Index, fe.CloseReason())
+	}
+	u, err := DecodeUplink([]byte(`{"readings":[{"seq":"9223372036854775807","timeMs":"`+ms+`"}]}`), true, testNow, DefaultLimits())
+	if err != nil || u.LastSeq() != MaxSeq {
+		t.Errorf("seq 2^63-1: %v %v", u, err)
 	}
 }

@@ -33,6 +33,7 @@ func commands() []command {
 	for _, t := range targets() {
 		cmds = append(cmds, command{name: t.name, summary: t.summary, run: t.main})
 	}
+	cmds = append(cmds, command{name: "registry", summary: registrySummary, run: runRegistry})
 	return append(cmds, command{name: "version", summary: "print the version, commit and Go version", run: runVersion})
 }
 

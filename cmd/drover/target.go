@@ -39,8 +39,10 @@ type target struct {
 }
 
 // envPrefix is the environment prefix of a command's flags: DROVER_FRONTEND,
-// DROVER_STORAGE_WRITER.
+// DROVER_STORAGE_WRITER. The commands of one group share theirs: "registry
+// add" reads DROVER_REGISTRY_FILE, as "registry check" does.
 func envPrefix(command string) string {
+	command, _, _ = strings.Cut(command, " ")
 	return daemon.EnvName("DROVER", command)
 }
 

@@ -46,6 +46,9 @@ type pipeline struct {
 type pipelineOpts struct {
 	sim      sim.Config // devices, readings, rate ... (URLs and TokenSeed are filled in)
 	livefeed bool
+	// writeRegistry, if set, writes the registry file instead of the
+	// simulator's devices.
+	writeRegistry func(path string) error
 }
 
 func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline, sim.Config) {
@@ -57,7 +60,11 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 	sc := o.sim
 	sc.TokenSeed = "storage"
 	p.registry = filepath.Join(p.dir, "registry.json")
-	if err := sim.WriteRegistry(p.registry, sc); err != nil {
+	write := func(path string) error { return sim.WriteRegistry(path, sc) }
+	if o.writeRegistry != nil {
+		write = o.writeRegistry
+	}
+	if err := write(p.registry); err != nil {
 		t.Fatal(err)
 	}
 

@@ -1,9 +1,18 @@
 // Package registry is drover's device registry: which devices may connect,
 // with which token, and what is known of them (fleet, vehicle class,
-// region). For now it is a JSON file that operators edit or generate; the
-// frontend authenticates devices against it and the router enriches
+// region). For now it is a JSON file that operators edit or generate
+// (docs/registry.md: its format, the rules, how a device gets its token);
+// the frontend authenticates devices against it and the router enriches
 // readings with it. Only SHA-256 hashes of tokens are stored, and tokens are
 // compared in constant time.
+//
+// Each entry is checked on its own (Validate): a device id by
+// telemetry.ValidateDeviceID, the labels by telemetry.ValidateLabel, the
+// token hash as 64 hex characters. An entry that breaks a rule, and every
+// entry of an id listed twice, is refused alone: its device cannot connect,
+// and the others can. A file that does not parse is refused whole. Refused
+// entries are listed by Registry.Rejected, logged and counted by Store
+// (drover_registry_rejected_entries), and printed by drover registry check.
 package registry
 
 import (
@@ -12,18 +21,24 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/drover-telemetry/drover/internal/auth"
+	"github.com/drover-telemetry/drover/telemetry"
 )
 
 // Device is one registered device.
 type Device struct {
-	// ID is the device's identity as it presents itself.
+	// ID is the device's identity as it presents itself: 1 to 128 bytes of
+	// A-Z a-z 0-9 . _ - :, starting with a letter or a digit
+	// (telemetry.ValidateDeviceID).
 	ID string `json:"id"`
 	// TokenSHA256 is the hex SHA-256 of the device's secret token.
 	TokenSHA256 string `json:"token_sha256"`
-	// Fleet, Class and Region are what the router adds to each reading.
+	// Fleet, Class and Region are what the router adds to each reading:
+	// each empty, or up to 128 bytes of UTF-8 without control characters or
+	// backslashes (telemetry.ValidateLabel).
 	Fleet  string `json:"fleet,omitempty"`
 	Class  string `json:"class,omitempty"`
 	Region string `json:"region,omitempty"`
@@ -39,7 +54,8 @@ type File struct {
 
 // Registry is an immutable, loaded registry.
 type Registry struct {
-	byID map[string]*entry
+	byID     map[string]*entry
+	rejected []Rejection
 }
 
 type entry struct {
@@ -53,31 +69,109 @@ var (
 	ErrBadToken      = errors.New("bad token")
 )
 
+// Rejection is a registry entry refused at load: its device cannot connect.
+type Rejection struct {
+	// Index is the entry's position in the file's list of devices,
+	// counting from 0.
+	Index int
+	// ID is the entry's id as written.
+	ID string
+	// Reason names the rule the entry breaks.
+	Reason string
+}
+
+// String formats the rejection for logs and drover registry check:
+// device 3 "tail\\": invalid device id: ...
+func (r Rejection) String() string {
+	return fmt.Sprintf("device %d %q: %s", r.Index, r.ID, r.Reason)
+}
+
 // HashToken returns the hex SHA-256 of a token, as the file stores it
 // (see [auth.HashHex]).
 func HashToken(token string) string { return auth.HashHex(token) }
 
-// New builds a registry from devices, checking ids and hashes.
-func New(devices []Device) (*Registry, error) {
+// Validate checks one entry by itself: its id (telemetry.ValidateDeviceID),
+// its token hash (64 hex characters) and its labels
+// (telemetry.ValidateLabel). Whether the id is listed twice is a matter of
+// the whole list (see Build).
+func Validate(d Device) error {
+	if err := telemetry.ValidateDeviceID(d.ID); err != nil {
+		return err
+	}
+	if _, err := auth.ParseDigest(d.TokenSHA256); err != nil {
+		return errors.New("token_sha256 must be 64 hex characters (the SHA-256 of the token)")
+	}
+	for _, l := range [...]struct{ name, v string }{{"fleet", d.Fleet}, {"class", d.Class}, {"region", d.Region}} {
+		if err := telemetry.ValidateLabel(l.v); err != nil {
+			return fmt.Errorf("%s: %w", l.name, err)
+		}
+	}
+	return nil
+}
+
+// Build builds a registry from devices. An entry that Validate refuses, and
+// every entry of an id listed more than once (which of them is the device
+// cannot be told), is left out and listed in Rejected; the other devices are
+// in the registry.
+func Build(devices []Device) *Registry {
 	r := &Registry{byID: make(map[string]*entry, len(devices))}
+	where := make(map[string][]int, len(devices))
 	for i, d := range devices {
-		if d.ID == "" || len(d.ID) > 128 || strings.ContainsAny(d.ID, " \t\r\n") {
-			return nil, fmt.Errorf("device %d: id %q: want 1-128 characters without spaces", i, d.ID)
+		where[d.ID] = append(where[d.ID], i)
+	}
+	for i, d := range devices {
+		if err := Validate(d); err != nil {
+			r.rejected = append(r.rejected, Rejection{Index: i, ID: d.ID, Reason: err.Error()})
+			continue
 		}
-		if _, dup := r.byID[d.ID]; dup {
-			return nil, fmt.Errorf("device %q listed twice", d.ID)
+		if at := where[d.ID]; len(at) > 1 {
+			r.rejected = append(r.rejected, Rejection{Index: i, ID: d.ID, Reason: fmt.Sprintf(
+				"id listed %d times (devices %s): every entry of it is refused", len(at), joinInts(at))})
+			continue
 		}
-		h, err := auth.ParseDigest(d.TokenSHA256)
-		if err != nil {
-			return nil, fmt.Errorf("device %q: token_sha256 must be 64 hex characters", d.ID)
-		}
+		h, _ := auth.ParseDigest(d.TokenSHA256) // checked by Validate
 		r.byID[d.ID] = &entry{Device: d, hash: h}
+	}
+	return r
+}
+
+// New builds a registry from devices and fails, naming every refused entry,
+// when Build would refuse any: for registries built in code, where a bad
+// entry is a bug.
+func New(devices []Device) (*Registry, error) {
+	r := Build(devices)
+	if len(r.rejected) > 0 {
+		errs := make([]error, len(r.rejected))
+		for i, rj := range r.rejected {
+			errs[i] = errors.New(rj.String())
+		}
+		return nil, errors.Join(errs...)
 	}
 	return r, nil
 }
 
-// Load reads a registry file.
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
+}
+
+// Load reads a registry file. A file that cannot be read or parsed (bad
+// JSON, an unknown field) is an error; entries that break a rule are
+// refused one by one, as Build does, and listed by Rejected.
 func Load(path string) (*Registry, error) {
+	devs, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Build(devs), nil
+}
+
+// ReadFile reads the entries of a registry file as written, refused ones
+// included (for tools that edit the file; Load is what serves devices).
+func ReadFile(path string) ([]Device, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read registry: %w", err)
@@ -88,14 +182,12 @@ func Load(path string) (*Registry, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("parse registry %s: %w", path, err)
 	}
-	r, err := New(f.Devices)
-	if err != nil {
-		return nil, fmt.Errorf("registry %s: %w", path, err)
-	}
-	return r, nil
+	return f.Devices, nil
 }
 
-// Write writes a registry file atomically (temp file, then rename).
+// Write writes a registry file atomically (temp file, then rename). A file it
+// replaces keeps its permissions (a frontend running as another user must
+// still read it); a new one is readable by its owner only.
 func Write(path string, devices []Device) error {
 	b, err := json.MarshalIndent(File{Devices: devices}, "", "  ")
 	if err != nil {
@@ -106,6 +198,12 @@ func Write(path string, devices []Device) error {
 		return fmt.Errorf("write registry: %w", err)
 	}
 	defer os.Remove(tmp.Name())
+	if st, err := os.Stat(path); err == nil {
+		if err := tmp.Chmod(st.Mode().Perm()); err != nil {
+			tmp.Close()
+			return fmt.Errorf("write registry: %w", err)
+		}
+	}
 	if _, err := tmp.Write(append(b, '\n')); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write registry: %w", err)
@@ -118,6 +216,10 @@ func Write(path string, devices []Device) error {
 	}
 	return nil
 }
+
+// Rejected returns the entries refused when the registry was built, in
+// file order. The caller must not modify it.
+func (r *Registry) Rejected() []Rejection { return r.rejected }
 
 // Len returns the number of devices.
 func (r *Registry) Len() int { return len(r.byID) }

@@ -1,16 +1,22 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -33,15 +39,208 @@ func TestAuthenticate(t *testing.T) {
 func TestNewRejectsBadEntries(t *testing.T) {
 	good := HashToken("x")
 	for name, devs := range map[string][]Device{
-		"empty id":  {{ID: "", TokenSHA256: good}},
-		"space":     {{ID: "a b", TokenSHA256: good}},
-		"duplicate": {{ID: "a", TokenSHA256: good}, {ID: "a", TokenSHA256: good}},
-		"bad hash":  {{ID: "a", TokenSHA256: "xyz"}},
+		"empty id":       {{ID: "", TokenSHA256: good}},
+		"space":          {{ID: "a b", TokenSHA256: good}},
+		"trailing \\":    {{ID: `tail\`, TokenSHA256: good}},
+		"duplicate":      {{ID: "a", TokenSHA256: good}, {ID: "a", TokenSHA256: good}},
+		"bad hash":       {{ID: "a", TokenSHA256: "xyz"}},
+		"fleet with \\n": {{ID: "a", TokenSHA256: good, Fleet: "acme\n"}},
 	} {
 		if _, err := New(devs); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	if _, err := New([]Device{{ID: "a", TokenSHA256: good, Fleet: "Acme Haulage, JHB"}}); err != nil {
+		t.Errorf("good entry: %v", err)
+	}
+}
+
+// TestBuildRefusesEntriesAlone: each bad entry is refused on its own, with
+// its index, id and the rule it breaks; the other devices stay in.
+func TestBuildRefusesEntriesAlone(t *testing.T) {
+	good := HashToken("x")
+	devs := []Device{
+		{ID: "truck-0001", TokenSHA256: good, Fleet: "acme"},          // 0 ok
+		{ID: "a b", TokenSHA256: good},                                // 1 space
+		{ID: `tail\`, TokenSHA256: good},                              // 2 trailing backslash
+		{ID: "tail_", TokenSHA256: good},                              // 3 ok: never meets tail\ in a sink
+		{ID: "twice", TokenSHA256: good},                              // 4 duplicate
+		{ID: "00:1A:2B:3C:4D:5E", TokenSHA256: strings.ToUpper(good)}, // 5 ok: hex in upper case
+		{ID: "twice", TokenSHA256: HashToken("y")},                    // 6 duplicate
+		{ID: "short-hash", TokenSHA256: good[:62]},                    // 7 bad hash
+		{ID: "label", TokenSHA256: good, Region: `west\`},             // 8 bad label
+		{ID: "", TokenSHA256: good},                                   // 9 empty id
+		{ID: strings.Repeat("x", 129), TokenSHA256: good},             // 10 too long
+	}
+	r := Build(devs)
+	if r.Len() != 3 {
+		t.Errorf("Len = %d, want 3", r.Len())
+	}
+	for _, id := range []string{"truck-0001", "tail_", "00:1A:2B:3C:4D:5E"} {
+		if _, err := r.Authenticate(id, "x"); err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
+	}
+	want := []struct {
+		index int
+		in    string
+	}{
+		{1, `device 1 "a b": invalid device id: byte 1 (' ') is not one of A-Z a-z 0-9 . _ - :`},
+		{2, `device 2 "tail\\": invalid device id: byte 4 ('\\') is not one of A-Z a-z 0-9 . _ - :`},
+		{4, `device 4 "twice": id listed 2 times (devices 4, 6): every entry of it is refused`},
+		{6, `device 6 "twice": id listed 2 times (devices 4, 6)`},
+		{7, `device 7 "short-hash": token_sha256 must be 64 hex characters`},
+		{8, `device 8 "label": region: invalid label: "west\\" has a backslash`},
+		{9, `device 9 "": invalid device id: empty`},
+		{10, `invalid device id: 129 bytes, at most 128`},
+	}
+	got := r.Rejected()
+	if len(got) != len(want) {
+		t.Fatalf("rejected %v, want %d entries", got, len(want))
+	}
+	for i, w := range want {
+		if got[i].Index != w.index || got[i].ID != devs[w.index].ID || !strings.Contains(got[i].String(), w.in) {
+			t.Errorf("rejection %d: %q (index %d), want index %d and %q", i, got[i], got[i].Index, w.index, w.in)
+		}
+	}
+	for _, id := range []string{"twice", "a b", `tail\`} {
+		if _, err := r.Authenticate(id, "x"); !errors.Is(err, ErrUnknownDevice) {
+			t.Errorf("refused %q: Authenticate = %v, want ErrUnknownDevice", id, err)
+		}
+	}
+}
+
+// TestLoadOlderRegistry: a file an older drover accepted, with ids the one
+// definition now refuses, still loads: those devices are refused, by name
+// and rule, and the rest connect. A file that does not parse is refused
+// whole.
+func TestLoadOlderRegistry(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "devices.json")
+	h := HashToken("x")
+	file := `{"devices": [
+  {"id": "truck-1", "token_sha256": "` + h + `", "fleet": "acme"},
+  {"id": "trück-2", "token_sha256": "` + h + `"},
+  {"id": "depot/3", "token_sha256": "` + h + `"},
+  {"id": "tail\\", "token_sha256": "` + h + `"},
+  {"id": "tail_", "token_sha256": "` + h + `"}
+]}`
+	if err := os.WriteFile(path, []byte(file), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Len() != 2 {
+		t.Errorf("Len = %d, want 2", r.Len())
+	}
+	var ids []string
+	for _, rj := range r.Rejected() {
+		ids = append(ids, rj.ID)
+		if !strings.Contains(rj.Reason, "is not one of A-Z a-z 0-9 . _ - :") {
+			t.Errorf("%v: reason does not state the rule", rj)
+		}
+	}
+	if want := []string{"trück-2", "depot/3", `tail\`}; !slices.Equal(ids, want) {
+		t.Errorf("rejected %q, want %q", ids, want)
+	}
+
+	for name, bad := range map[string]string{
+		"not JSON":      "{not json",
+		"unknown field": `{"devices": [{"id": "a", "token_sha256": "` + h + `", "token": "plain"}]}`,
+	} {
+		if err := os.WriteFile(path, []byte(bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: Load = %v, want an error naming the file", name, err)
+		}
+	}
+}
+
+// TestStoreCountsAndLogsRejected: the gauge and the log say which entries
+// are refused, at the first load and at every reload; a reload that both
+// revokes a device and carries a bad entry revokes the device.
+func TestStoreCountsAndLogsRejected(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "devices.json")
+	h := HashToken("x")
+	if err := Write(path, []Device{{ID: "a", TokenSHA256: h}, {ID: "b", TokenSHA256: h}, {ID: "c d", TokenSHA256: h}}); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	reg := prometheus.NewRegistry()
+	s, err := NewStore(path, slog.New(slog.NewTextHandler(&logs, nil)), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rejected := func() float64 {
+		v, err := testutil.GatherAndCount(reg, "drover_registry_rejected_entries")
+		if err != nil || v != 1 {
+			t.Fatalf("gauge not registered: %d, %v", v, err)
+		}
+		return testutil.ToFloat64(s.rejected)
+	}
+	if got := rejected(); got != 1 {
+		t.Errorf("rejected entries = %v, want 1", got)
+	}
+	if l := logs.String(); !strings.Contains(l, `device="c d"`) || !strings.Contains(l, "is not one of A-Z") {
+		t.Errorf("log does not name the refused device and the rule:\n%s", l)
+	}
+
+	// Revoke b and add a bad entry in the same edit: b is out.
+	s.interval = 10 * time.Millisecond
+	runStore(t, s)
+	if err := Write(path, []Device{{ID: "a", TokenSHA256: h}, {ID: "c d", TokenSHA256: h}, {ID: "e\n", TokenSHA256: h}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, ok := s.Current().Lookup("b"); return !ok })
+	if got := rejected(); got != 2 {
+		t.Errorf("rejected entries = %v, want 2", got)
+	}
+	if _, err := s.Current().Authenticate("a", "x"); err != nil {
+		t.Errorf("a: %v", err)
+	}
+}
+
+// TestStoreLogsRejectedBounded: a file whose every entry is refused logs a
+// bounded number of lines, and says how many more there are.
+func TestStoreLogsRejectedBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "devices.json")
+	devs := make([]Device, 1000)
+	for i := range devs {
+		devs[i] = Device{ID: "bad id " + strconv.Itoa(i), TokenSHA256: HashToken("x")}
+	}
+	if err := Write(path, devs); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	if _, err := NewStore(path, slog.New(slog.NewTextHandler(&logs, nil)), nil); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Count(logs.String(), "\n")
+	if lines != maxRejectedLogged+1 || !strings.Contains(logs.String(), "more=980") {
+		t.Errorf("%d log lines, want %d ending with more=980:\n%s", lines, maxRejectedLogged+1, logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestStoreReloadsOnChangeAndSIGHUP(t *testing.T) {
@@ -167,4 +366,30 @@ func TestStoreSeesFileRenamedOver(t *testing.T) {
 	}
 	runStore(t, s)
 	waitFor(t, func() bool { _, ok := s.Current().Lookup("c"); return ok })
+}
+
+// TestWriteKeepsPermissions: rewriting a registry keeps the mode of the file
+// it replaces, so that a frontend running as another user can still read it.
+func TestWriteKeepsPermissions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "devices.json")
+	devs := []Device{{ID: "a", TokenSHA256: HashToken("1")}}
+	if err := Write(path, devs); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Errorf("new file mode %v, want 0600", st.Mode().Perm())
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(path, append(devs, Device{ID: "b", TokenSHA256: HashToken("2")})); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o644 {
+		t.Errorf("rewritten file mode %v, want 0644 as before", st.Mode().Perm())
+	}
+	got, err := ReadFile(path)
+	if err != nil || len(got) != 2 {
+		t.Errorf("ReadFile: %v %v", got, err)
+	}
 }

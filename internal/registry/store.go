@@ -17,7 +17,9 @@ import (
 
 // Store holds the current registry of a file and reloads it on SIGHUP and
 // when the file changes. A file that fails to load is logged and counted;
-// the previous registry stays in force.
+// the previous registry stays in force. A file that loads with refused
+// entries is put in force without them: each refused entry is logged at
+// every load, and drover_registry_rejected_entries counts them.
 type Store struct {
 	path   string
 	log    *slog.Logger
@@ -26,11 +28,15 @@ type Store struct {
 
 	reloads  *prometheus.CounterVec
 	devices  prometheus.Gauge
+	rejected prometheus.Gauge
 	interval time.Duration
 }
 
 // NewStore loads path and returns a Store serving it. reg may be nil.
 func NewStore(path string, logger *slog.Logger, reg prometheus.Registerer) (*Store, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	s := &Store{
 		path:     path,
 		log:      logger,
@@ -41,9 +47,13 @@ func NewStore(path string, logger *slog.Logger, reg prometheus.Registerer) (*Sto
 		devices: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "drover_registry_devices", Help: "Devices in the registry in force.",
 		}),
+		rejected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drover_registry_rejected_entries",
+			Help: "Entries of the registry file in force that were refused (bad id, token hash or label, id listed twice): their devices cannot connect. The log names each, and why.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.reloads, s.devices} {
+		for _, c := range []prometheus.Collector{s.reloads, s.devices, s.rejected} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register registry metrics: %w", err)
 			}
@@ -80,7 +90,27 @@ func (s *Store) reload() error {
 	s.cur.Store(r)
 	s.reloads.WithLabelValues("ok").Inc()
 	s.devices.Set(float64(r.Len()))
+	s.rejected.Set(float64(len(r.Rejected())))
+	s.logRejected(r.Rejected())
 	return nil
+}
+
+// maxRejectedLogged bounds the log lines of one load: a generated file with
+// a systematic mistake could refuse every one of 200,000 entries.
+const maxRejectedLogged = 20
+
+// logRejected logs the refused entries of a load, one line each up to
+// maxRejectedLogged, then how many more.
+func (s *Store) logRejected(rej []Rejection) {
+	for i, rj := range rej {
+		if i == maxRejectedLogged {
+			s.log.Warn("registry: more entries refused; drover registry check lists them all",
+				"path", s.path, "more", len(rej)-i, "refused", len(rej))
+			return
+		}
+		s.log.Warn("registry: entry refused; its device cannot connect",
+			"path", s.path, "entry", rj.Index, "device", rj.ID, "reason", rj.Reason)
+	}
 }
 
 // Run reloads on SIGHUP and on file change until ctx ends.

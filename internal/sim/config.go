@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/telemetry"
 )
 
 // IngestPath is the frontend's device endpoint. A URL given without a path gets it appended.
@@ -117,7 +118,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"comma-separated WebSocket `URLs` of the frontends devices connect to (ws://host:port; path "+IngestPath+" when none)")
 	fs.IntVar(&c.Devices, "devices", c.Devices, "`number` of simulated devices")
 	fs.IntVar(&c.DeviceOffset, "device-offset", c.DeviceOffset, "`index` of the first device, to split a fleet over processes")
-	fs.StringVar(&c.IDPrefix, "id-prefix", c.IDPrefix, "`prefix` of device ids")
+	fs.StringVar(&c.IDPrefix, "id-prefix", c.IDPrefix, "`prefix` of device ids, which are the prefix and a number: letters, digits and . _ - :, starting with a letter or a digit")
 	daemon.SecretVar(fs, &c.TokenSeed, "token-seed", "`secret` device tokens derive from (the registry must be written with the same)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "readings per second per device (`number`); 0: connect and hold")
 	fs.IntVar(&c.FrameReadings, "frame-readings", c.FrameReadings, "most readings per frame (`number`, 1-1000)")
@@ -199,6 +200,15 @@ func (c Config) Validate() error {
 	}
 	if c.DeviceOffset < 0 {
 		errs = append(errs, fmt.Errorf("device-offset: %d: want 0 or more", c.DeviceOffset))
+	} else if c.Devices >= 1 {
+		// The first and the longest id: the digits after the prefix are
+		// always valid, so these two stand for every id of the fleet.
+		for _, i := range []int{c.DeviceOffset, c.DeviceOffset + c.Devices - 1} {
+			if err := telemetry.ValidateDeviceID(DeviceID(c.IDPrefix, i)); err != nil {
+				errs = append(errs, fmt.Errorf("id-prefix: %q gives device id %q: %w", c.IDPrefix, DeviceID(c.IDPrefix, i), err))
+				break
+			}
+		}
 	}
 	if math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) || c.Rate < 0 {
 		errs = append(errs, fmt.Errorf("rate: %v: want 0 or more", c.Rate))

@@ -60,8 +60,14 @@ func classOf(i int) string { return classes[i%len(classes)] }
 
 // WriteRegistry writes a registry file holding cfg's devices (see Devices), so that a frontend
 // started with it accepts the simulated fleet.
+// Entries the registry would refuse (an id prefix outside the device id rule) are an error, and
+// nothing is written.
 func WriteRegistry(path string, cfg Config) error {
-	if err := registry.Write(path, Devices(cfg)); err != nil {
+	devs := Devices(cfg)
+	if _, err := registry.New(devs); err != nil {
+		return fmt.Errorf("write sim registry: %w", err)
+	}
+	if err := registry.Write(path, devs); err != nil {
 		return fmt.Errorf("write sim registry: %w", err)
 	}
 	return nil

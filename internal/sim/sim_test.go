@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"math"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -593,6 +594,15 @@ func TestRegistry(t *testing.T) {
 	if _, err := reg.Authenticate("dev-000009", Token("s", "dev-000009")); err == nil {
 		t.Error("device before the offset registered")
 	}
+	// A prefix that makes ids the registry would refuse writes nothing.
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	cfg.IDPrefix = `tail\`
+	if err := WriteRegistry(bad, cfg); err == nil || !strings.Contains(err.Error(), "invalid device id") {
+		t.Errorf("WriteRegistry with prefix %q: %v, want an invalid device id error", cfg.IDPrefix, err)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Errorf("a registry was written anyway (%v)", err)
+	}
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -614,6 +624,9 @@ func TestConfigValidate(t *testing.T) {
 		"bad local addr": func(c *Config) { c.LocalAddrs = []string{"localhost"} },
 		"nan event rate": func(c *Config) { c.EventRate = math.NaN() },
 		"neg stampede":   func(c *Config) { c.StampedeEvery = -time.Second },
+		"space in id":    func(c *Config) { c.IDPrefix = "dev " },
+		"dash first":     func(c *Config) { c.IDPrefix = "-dev" },
+		"id too long":    func(c *Config) { c.IDPrefix = strings.Repeat("d", 122) + "-" },
 	} {
 		c := good
 		c.Rate = 1

@@ -59,11 +59,23 @@ type InfluxOption func(*influxOptions)
 
 type influxOptions struct {
 	flux bool
+	// data holds extra lines of the [data] section.
+	data string
 }
 
 // WithFlux turns on Flux (/api/v2/query, what the v2 client's QueryAPI
 // uses). It is off by default because it adds about 4 s to the server's start.
 func WithFlux() InfluxOption { return func(o *influxOptions) { o.flux = true } }
+
+// WithSeriesLimits sets the [data] limits max-values-per-tag and
+// max-series-per-database (InfluxDB 1.8's defaults: 100,000 and 1,000,000;
+// 0 means no limit), for tests of what the writer does when InfluxDB refuses
+// points for its own limits.
+func WithSeriesLimits(maxValuesPerTag, maxSeriesPerDatabase int) InfluxOption {
+	return func(o *influxOptions) {
+		o.data += fmt.Sprintf("  max-values-per-tag = %d\n  max-series-per-database = %d\n", maxValuesPerTag, maxSeriesPerDatabase)
+	}
+}
 
 // InfluxD starts a fresh influxd on loopback (HTTP and RPC on random free
 // ports, everything stored under t.TempDir(), usage reporting and the
@@ -181,7 +193,7 @@ bind-address = "%[2]s"
   wal-dir = "%[1]s/wal"
   query-log-enabled = false
   trace-logging-enabled = false
-
+%[5]s
 [monitor]
   store-enabled = false
 
@@ -216,7 +228,7 @@ func startInflux(t testing.TB, bin string, o influxOptions) (*Influx, error) {
 	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	rpcAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
 	cfg := filepath.Join(dir, "influxdb.conf")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, influxConfig, dir, rpcAddr, httpAddr, o.flux), 0o644); err != nil {
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, influxConfig, dir, rpcAddr, httpAddr, o.flux, o.data), 0o644); err != nil {
 		return nil, fmt.Errorf("write influxd config: %w", err)
 	}
 

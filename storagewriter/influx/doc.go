@@ -18,11 +18,22 @@
 //     engine_temp_c, engine_rpm, fuel_level_pct, odometer_km,
 //     battery_voltage_v, battery_current_a, pneumatic_pressure_kpa (floats);
 //     satellites (integer); ignition (boolean); and each extra sensor value
-//     as the float field x_<key>, the key's bytes outside [A-Za-z0-9_]
-//     replaced by '_' (see [ExtraField]);
-//   - a value the reading does not carry is no field at all, never 0. A
-//     non-finite value (which validation refuses upstream) is left out and
-//     counted in drover_influx_fields_dropped_total.
+//     as the float field x_<key>, the key unchanged (see [ExtraField]: a
+//     key with characters outside [A-Za-z0-9_] needs double quotes in
+//     InfluxQL), so that two keys are never one field;
+//   - a value the reading does not carry is no field at all, never 0.
+//
+// Every tag value and field key is stored unchanged. Validation at the
+// frontend refuses what line protocol cannot carry unchanged (a device id
+// outside telemetry.ValidateDeviceID, a label outside
+// telemetry.ValidateLabel, an extra key with a backslash or a control
+// character, a non-finite value, seq above 2^63-1, time_ms outside
+// [telemetry.MinTimeMs, telemetry.MaxTimeMs]), so such a record can only
+// come from an older drover: a tag value that would have to change fails
+// the record for good (it is dead-lettered, never written under a changed
+// id, where it could meet another device's series), and an extra value
+// that cannot be carried is left out and counted in
+// drover_influx_fields_dropped_total.
 //
 // Field types never change, so that the sink cannot cause a field type
 // conflict; one can still happen if something else wrote the same field
@@ -66,10 +77,13 @@
 //   - transient: 5xx, 429, 408, timeouts (Config.Timeout per request),
 //     refused or broken connections;
 //   - transient too, though InfluxDB said 4xx: 401, 403 and 404 (bad
-//     credentials, missing database or retention policy). They are not
-//     the records' fault, and dead-lettering everything while an operator
-//     fixes the configuration would lose data; they are logged at error
-//     level and counted as result="config";
+//     credentials, missing database or retention policy), and a 400 for a
+//     series limit of InfluxDB's own configuration (max-values-per-tag,
+//     whose default of 100,000 is below a large fleet's device count, and
+//     max-series-per-database). They are not the records' fault, and
+//     dead-lettering everything while an operator fixes the configuration
+//     would lose data; they are logged at error level and counted as
+//     result="config";
 //   - the caller's context ending: its error, wrapped.
 //
 // Errors from an HTTP answer wrap an [*HTTPError] carrying the status and
@@ -81,6 +95,11 @@
 // by result (ok, permanent, transient, config, canceled),
 // drover_influx_write_duration_seconds, drover_influx_write_bytes_total and
 // drover_influx_fields_dropped_total.
+//
+// A point older than the retention policy's duration is refused for good
+// ("points beyond retention policy"), and dead-lettered: a finite retention
+// policy must keep more than the frontend's oldest accepted reading (30
+// days by default) plus the longest sink outage to ride out.
 //
 // # Against InfluxDB 2.x and 3
 //

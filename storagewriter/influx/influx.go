@@ -86,8 +86,8 @@ func (s *Sink) Name() string { return Name }
 // append). A refusal for good (HTTP 400 such as a field type conflict or a
 // partial write, 413, other 4xx about the request) is wrapped with
 // [sink.Permanent], and so is a record that cannot be encoded; anything else
-// (5xx, 429, 408, 401/403/404, a timeout, a connection error, ctx ending) is
-// transient. Re-writing records is harmless: each lands on its own point.
+// (5xx, 429, 408, 401/403/404, a series limit of InfluxDB's configuration, a
+// timeout, a connection error, ctx ending) is transient. Re-writing records is harmless: each lands on its own point.
 func (s *Sink) Write(ctx context.Context, recs []*telemetry.EnrichedRecord) error {
 	if len(recs) == 0 {
 		return nil
@@ -134,7 +134,7 @@ func (s *Sink) Write(ctx context.Context, recs []*telemetry.EnrichedRecord) erro
 	case ResultConfig:
 		// The records are fine and will be retried, but nothing will get
 		// through until an operator acts: say so loudly.
-		s.logger.Error("InfluxDB refuses the writer: check the database, retention policy and credentials",
+		s.logger.Error("InfluxDB refuses the writer: check the database, retention policy, credentials and series limits",
 			"url", s.cfg.URL, "bucket", s.cfg.bucket(), "err", err)
 	default:
 		s.logger.Debug("write failed", "result", result, "points", len(recs), "bytes", len(body),
@@ -173,6 +173,8 @@ func (s *Sink) classify(ctx, wctx context.Context, err error) (string, error) {
 			return ResultTransient, herr
 		case code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusNotFound:
 			return ResultConfig, herr
+		case code == http.StatusBadRequest && seriesLimit(herr.Message):
+			return ResultConfig, herr
 		case code >= 400:
 			return ResultPermanent, sink.Permanent(herr)
 		default: // 1xx, 3xx: nothing sensible was stored
@@ -186,6 +188,16 @@ func (s *Sink) classify(ctx, wctx context.Context, err error) (string, error) {
 		return ResultTransient, fmt.Errorf("influx write: no answer within %v: %w", s.cfg.Timeout, err)
 	}
 	return ResultTransient, fmt.Errorf("influx write: %w", err)
+}
+
+// seriesLimit reports whether InfluxDB refused points for a limit of its own
+// configuration, not for anything in them: max-values-per-tag (InfluxDB
+// 1.8's default of 100,000 device ids is below a large fleet) or
+// max-series-per-database. Raising the limit lets the same points in, so
+// they must be retried, not dead-lettered.
+func seriesLimit(msg string) bool {
+	return strings.Contains(msg, "max-values-per-tag limit exceeded") ||
+		strings.Contains(msg, "max-series-per-database limit exceeded")
 }
 
 // httpMessage is InfluxDB's reason for an HTTP error: the JSON "error" of

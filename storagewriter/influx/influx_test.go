@@ -52,7 +52,7 @@ func TestRealInflux(t *testing.T) {
 			"lat": 45.7640434, "lon": 4.8356728, "altitude_m": 173.4, "heading_deg": 187.25,
 			"speed_kmh": 87.6, "engine_temp_c": 88.5, "engine_rpm": 1450.0, "fuel_level_pct": 63.2,
 			"odometer_km": 412_873.4, "battery_voltage_v": 27.6, "battery_current_a": -12.4,
-			"pneumatic_pressure_kpa": 815.0, "x_tyre_fl_kpa": 830.5, "x_cargo_temp_c": -18.0,
+			"pneumatic_pressure_kpa": 815.0, "x_tyre.fl-kpa": 830.5, "x_cargo_temp_c": -18.0,
 		} {
 			got, ok := row[col]
 			if !ok {

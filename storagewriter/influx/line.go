@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -30,10 +31,6 @@ const (
 	ExtraPrefix = "x_"
 )
 
-// maxTimeMs is the largest |time_ms| whose nanosecond timestamp InfluxDB
-// accepts (its range is ±(2^63 − 2) ns).
-const maxTimeMs = (math.MaxInt64 - 2 - seqSpread) / 1_000_000
-
 // seqSpread is the sub-millisecond room for the sequence number: a point's
 // timestamp is time_ms·1e6 + seq mod seqSpread nanoseconds.
 const seqSpread = 1_000_000
@@ -54,7 +51,7 @@ var errEncode = errors.New("cannot encode record")
 type encoder struct {
 	measurement string // escaped
 	// dropped counts field values left out of a point (non-finite values,
-	// extra keys that collide once sanitised).
+	// extra keys line protocol cannot carry: the frontend refuses both).
 	dropped func(n int)
 }
 
@@ -76,21 +73,29 @@ func (e *encoder) appendRecord(b []byte, rec *telemetry.EnrichedRecord) ([]byte,
 	if r.GetDeviceId() == "" {
 		return b, fmt.Errorf("%w: no device id", errEncode)
 	}
-	if rd.GetSeq() > math.MaxInt64 {
+	// Validation at the frontend refuses all of these (telemetry.MaxSeq,
+	// MinTimeMs, MaxTimeMs); a record here is from elsewhere or older.
+	if rd.GetSeq() > telemetry.MaxSeq {
 		return b, fmt.Errorf("%w: seq %d is beyond InfluxDB's integers", errEncode, rd.GetSeq())
 	}
-	if t := rd.GetTimeMs(); t > maxTimeMs || t < -maxTimeMs {
+	if t := rd.GetTimeMs(); t > telemetry.MaxTimeMs || t < telemetry.MinTimeMs {
 		return b, fmt.Errorf("%w: time_ms %d is beyond InfluxDB's time range", errEncode, t)
 	}
 
 	// Tags, sorted by key as InfluxDB prefers; empty ones are left out
 	// (line protocol has no empty tag values).
 	en := rec.GetEnrichment()
+	start := len(b)
 	b = append(b, e.measurement...)
-	b = appendTag(b, TagClass, en.GetVehicleClass())
-	b = appendTag(b, TagDevice, r.GetDeviceId())
-	b = appendTag(b, TagFleet, en.GetFleet())
-	b = appendTag(b, TagRegion, en.GetRegion())
+	var err error
+	for _, tag := range [...]struct{ key, value string }{
+		{TagClass, en.GetVehicleClass()}, {TagDevice, r.GetDeviceId()},
+		{TagFleet, en.GetFleet()}, {TagRegion, en.GetRegion()},
+	} {
+		if b, err = appendTag(b, tag.key, tag.value); err != nil {
+			return b[:start], err
+		}
+	}
 
 	// Fields. seq always comes first, so every point has a field.
 	b = append(b, ' ')
@@ -142,9 +147,11 @@ func (e *encoder) appendRecord(b []byte, rec *telemetry.EnrichedRecord) ([]byte,
 	return b, nil
 }
 
-// appendExtra appends each extra value as field x_<sanitised key>, in key
-// order so that the same reading always gives the same line. When two keys
-// sanitise to the same field key, the first in key order wins.
+// appendExtra appends each extra value as field x_<key>, in key order so
+// that the same reading always gives the same line. The key is written
+// unchanged (escaped), so that two keys are never one field. A key line
+// protocol cannot carry unchanged (a backslash, a control character: the
+// frontend refuses both) is left out and counted, like a non-finite value.
 func (e *encoder) appendExtra(b []byte, extra map[string]float64) []byte {
 	if len(extra) == 0 {
 		return b
@@ -156,27 +163,14 @@ func (e *encoder) appendExtra(b []byte, extra map[string]float64) []byte {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	var spanArr [32][2]int // where each field key written so far is in b
-	spans := spanArr[:0]
-next:
 	for _, k := range keys {
 		v := extra[k]
-		if !finite(v) {
+		if !finite(v) || !carriable(k) {
 			e.dropped(1)
 			continue
 		}
-		mark := len(b)
 		b = append(b, ',')
-		start := len(b)
 		b = appendExtraField(b, k)
-		for _, sp := range spans {
-			if string(b[sp[0]:sp[1]]) == string(b[start:]) {
-				b = b[:mark]
-				e.dropped(1)
-				continue next
-			}
-		}
-		spans = append(spans, [2]int{start, len(b)})
 		b = append(b, '=')
 		b = appendNumber(b, v, 64)
 	}
@@ -184,24 +178,36 @@ next:
 }
 
 // ExtraField returns the field key of the extra sensor value named key:
-// "x_" and the key with every byte outside [A-Za-z0-9_] replaced by '_', so
-// that it needs no quoting in InfluxQL or Flux ("x_tyre_fl_kpa" for
-// "tyre.fl-kpa").
-func ExtraField(key string) string {
-	return string(appendExtraField(make([]byte, 0, len(ExtraPrefix)+len(key)), key))
-}
+// "x_" and the key unchanged ("x_tyre.fl-kpa" for "tyre.fl-kpa"). A key
+// with characters outside [A-Za-z0-9_] needs double quotes in InfluxQL
+// (SELECT "x_tyre.fl-kpa" FROM telemetry).
+func ExtraField(key string) string { return ExtraPrefix + key }
 
+// appendExtraField appends the field key x_<key>, with the commas, equals
+// signs and spaces of key escaped; key has no backslash (see carriable).
 func appendExtraField(b []byte, key string) []byte {
 	b = append(b, ExtraPrefix...)
 	for i := 0; i < len(key); i++ {
-		c := key[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' {
-			b = append(b, c)
+		if c := key[i]; c == ',' || c == '=' || c == ' ' {
+			b = append(b, '\\', c)
 		} else {
-			b = append(b, '_')
+			b = append(b, c)
 		}
 	}
 	return b
+}
+
+// carriable reports whether line protocol carries s unchanged as a key or a
+// tag value: no control character (a line break ends the point) and no
+// backslash (it escapes the character after it, and a trailing one the
+// separator).
+func carriable(s string) bool {
+	for _, c := range s {
+		if c == '\\' || unicode.IsControl(c) {
+			return false
+		}
+	}
+	return true
 }
 
 // appendFloat32 appends ",key=value" for a present, finite float32 value,
@@ -238,36 +244,38 @@ func appendNumber(b []byte, v float64, bits int) []byte {
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
-// appendTag appends ",key=value" unless value is empty.
-func appendTag(b []byte, key, value string) []byte {
+// appendTag appends ",key=value" unless value is empty. A value line
+// protocol would have to change is an error (errEncode), never a substitute:
+// a changed device id could meet another device's series.
+func appendTag(b []byte, key, value string) ([]byte, error) {
 	if value == "" {
-		return b
+		return b, nil
 	}
 	b = append(b, ',')
 	b = append(b, key...)
 	b = append(b, '=')
-	return appendTagValue(b, value)
+	return appendTagValue(b, key, value)
 }
 
 // appendTagValue escapes a tag value: commas, equals signs and spaces get a
 // backslash. Line protocol cannot carry line breaks or other control
 // characters in a tag, nor a backslash at the end (it would escape the
-// separator that follows): those become '_'.
-func appendTagValue(b []byte, v string) []byte {
+// separator that follows): a value with one is refused (telemetry's
+// ValidateDeviceID and ValidateLabel refuse them where ids and labels
+// enter). A backslash inside a value is stored as it is.
+func appendTagValue(b []byte, key, v string) ([]byte, error) {
+	if strings.HasSuffix(v, `\`) || strings.ContainsFunc(v, unicode.IsControl) {
+		return b, fmt.Errorf("%w: tag %s %q cannot be stored unchanged (a control character or a trailing backslash)", errEncode, key, v)
+	}
 	for i := 0; i < len(v); i++ {
 		c := v[i]
-		switch {
-		case c == ',' || c == '=' || c == ' ':
+		if c == ',' || c == '=' || c == ' ' {
 			b = append(b, '\\', c)
-		case c < 0x20 || c == 0x7f:
-			b = append(b, '_')
-		case c == '\\' && i == len(v)-1:
-			b = append(b, '_')
-		default:
+		} else {
 			b = append(b, c)
 		}
 	}
-	return b
+	return b, nil
 }
 
 // escapeMeasurement escapes a measurement name: commas and spaces.

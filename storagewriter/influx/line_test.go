@@ -1,6 +1,7 @@
 package influx
 
 import (
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -21,7 +22,7 @@ func TestEncodeFullRecord(t *testing.T) {
 		"altitude_m=173.4,heading_deg=187.25,speed_kmh=87.6,satellites=11i,ignition=true," +
 		"engine_temp_c=88.5,engine_rpm=1450,fuel_level_pct=63.2,odometer_km=412873.4," +
 		"battery_voltage_v=27.6,battery_current_a=-12.4,pneumatic_pressure_kpa=815," +
-		"x_cargo_temp_c=-18,x_tyre_fl_kpa=830.5 " +
+		"x_cargo_temp_c=-18,x_tyre.fl-kpa=830.5 " +
 		"1763900000123000042\n"
 	if string(got) != want {
 		t.Errorf("line:\n got %q\nwant %q", got, want)
@@ -64,30 +65,58 @@ func TestTimestamp(t *testing.T) {
 
 func TestTagEscaping(t *testing.T) {
 	for in, want := range map[string]string{
-		"plain":       "plain",
-		"a,b=c d":     `a\,b\=c\ d`,
-		"tab\there":   "tab_here",
-		"line\nbreak": "line_break",
-		`back\slash`:  `back\slash`,
-		`trailing\`:   `trailing_`,
-		"ünïcode":     "ünïcode",
+		"plain":      "plain",
+		"a,b=c d":    `a\,b\=c\ d`,
+		`back\slash`: `back\slash`,
+		"ünïcode":    "ünïcode",
 	} {
-		if got := string(appendTagValue(nil, in)); got != want {
-			t.Errorf("appendTagValue(%q) = %q, want %q", in, got, want)
+		got, err := appendTagValue(nil, "fleet", in)
+		if err != nil || string(got) != want {
+			t.Errorf("appendTagValue(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	// What line protocol would have to change is refused, never replaced:
+	// "tail\\" written as "tail_" met the device "tail_" (issue 14).
+	for _, in := range []string{"tab\there", "line\nbreak", `trailing\`, "del\x7f", "c1\u0085"} {
+		got, err := appendTagValue([]byte("x"), "device", in)
+		if !errors.Is(err, errEncode) || string(got) != "x" {
+			t.Errorf("appendTagValue(%q) = %q, %v; want errEncode and the buffer unchanged", in, got, err)
 		}
 	}
 }
 
 func TestExtraField(t *testing.T) {
 	for in, want := range map[string]string{
-		"tyre.fl-kpa": "x_tyre_fl_kpa",
+		"tyre.fl-kpa": "x_tyre.fl-kpa",
 		"CargoTemp":   "x_CargoTemp",
-		"a b,c=d":     "x_a_b_c_d",
-		"ü":           "x___", // two UTF-8 bytes
+		"a b,c=d":     "x_a b,c=d",
+		"ü":           "x_ü",
 	} {
 		if got := ExtraField(in); got != want {
 			t.Errorf("ExtraField(%q) = %q, want %q", in, got, want)
 		}
+	}
+	if got := string(appendExtraField(nil, "a b,c=d")); got != `x_a\ b\,c\=d` {
+		t.Errorf("escaped field key %q", got)
+	}
+}
+
+// TestEncodeKeepsExtraKeysApart: keys that a sanitising writer would have
+// merged ("a.b", "a-b", "a_b" all as x_a_b) are three fields.
+func TestEncodeKeepsExtraKeysApart(t *testing.T) {
+	dropped := 0
+	e := newEncoder("telemetry", func(n int) { dropped += n })
+	r := minimalRecord("d", 1, time.UnixMilli(1))
+	r.Record.Reading.Extra = map[string]float64{"a.b": 1, "a-b": 2, "a_b": 3, "a b": 4, "é": 5}
+	got, err := e.appendRecord(nil, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `telemetry,device=d seq=1i,x_a\ b=4,x_a-b=2,x_a.b=1,x_a_b=3,x_é=5 1000001` + "\n"; string(got) != want {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if dropped != 0 {
+		t.Errorf("dropped %d values", dropped)
 	}
 }
 
@@ -98,32 +127,58 @@ func TestEncodeDropsWhatLineProtocolCannotCarry(t *testing.T) {
 	r.Record.Reading.SpeedKmh = f32(float32(math.Inf(1)))
 	r.Record.Reading.OdometerKm = f64(math.NaN())
 	r.Record.Reading.EngineRpm = f32(1e6)
-	r.Record.Reading.Extra = map[string]float64{"a.b": 1, "a-b": 2, "nan": math.NaN()}
+	// Only a record from before the frontend refused these can carry them.
+	r.Record.Reading.Extra = map[string]float64{"ok": 1, `tail\`: 2, "a\nb": 3, "nan": math.NaN()}
 	got, err := e.appendRecord(nil, r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// "a-b" sorts before "a.b": it wins x_a_b.
-	if want := "telemetry,device=d seq=1i,engine_rpm=1e+06,x_a_b=2 1000001\n"; string(got) != want {
+	if want := "telemetry,device=d seq=1i,engine_rpm=1e+06,x_ok=1 1000001\n"; string(got) != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
-	if dropped != 4 {
-		t.Errorf("dropped %d values, want 4", dropped)
+	if dropped != 5 {
+		t.Errorf("dropped %d values, want 5", dropped)
 	}
 }
 
 func TestEncodeRefuses(t *testing.T) {
 	e := newEncoder("telemetry", nil)
 	for name, rec := range map[string]*telemetry.EnrichedRecord{
-		"nil record":   {},
-		"no reading":   {Record: &telemetry.Record{DeviceId: "d"}},
-		"no device":    minimalRecord("", 1, time.UnixMilli(1)),
-		"huge seq":     {Record: &telemetry.Record{DeviceId: "d", Reading: &telemetry.Reading{Seq: math.MaxUint64, TimeMs: 1}}},
-		"time too far": {Record: &telemetry.Record{DeviceId: "d", Reading: &telemetry.Reading{Seq: 1, TimeMs: math.MaxInt64 / 1000}}},
+		"nil record":      {},
+		"no reading":      {Record: &telemetry.Record{DeviceId: "d"}},
+		"no device":       minimalRecord("", 1, time.UnixMilli(1)),
+		"seq 2^63":        {Record: &telemetry.Record{DeviceId: "d", Reading: &telemetry.Reading{Seq: telemetry.MaxSeq + 1, TimeMs: 1}}},
+		"huge seq":        {Record: &telemetry.Record{DeviceId: "d", Reading: &telemetry.Reading{Seq: math.MaxUint64, TimeMs: 1}}},
+		"time too far":    {Record: &telemetry.Record{DeviceId: "d", Reading: &telemetry.Reading{Seq: 1, TimeMs: math.MaxInt64 / 1000}}},
+		"time past max":   {Record: &telemetry.Record{DeviceId: "d", Reading: &telemetry.Reading{Seq: 1, TimeMs: telemetry.MaxTimeMs + 1}}},
+		"time before min": {Record: &telemetry.Record{DeviceId: "d", Reading: &telemetry.Reading{Seq: 1, TimeMs: telemetry.MinTimeMs - 1}}},
+		"device tail\\":   minimalRecord(`tail\`, 1, time.UnixMilli(1)),
+		"fleet newline": {Record: &telemetry.Record{DeviceId: "d", Reading: &telemetry.Reading{Seq: 1, TimeMs: 1}},
+			Enrichment: &telemetry.Enrichment{Fleet: "a\nb"}},
 	} {
 		got, err := e.appendRecord([]byte("x"), rec)
 		if err == nil || string(got) != "x" {
 			t.Errorf("%s: got %q, %v; want the buffer unchanged and an error", name, got, err)
+		}
+	}
+}
+
+// TestEncodeTimeBounds: the extreme times validation lets through encode to
+// timestamps InfluxDB accepts (±(2^63 − 2) ns), whatever the seq.
+func TestEncodeTimeBounds(t *testing.T) {
+	e := newEncoder("telemetry", nil)
+	for _, c := range []struct {
+		ms   int64
+		seq  uint64
+		want string
+	}{
+		{telemetry.MaxTimeMs, telemetry.MaxSeq, " 9223372036853775807\n"},
+		{telemetry.MaxTimeMs, 999_999, " 9223372036853999999\n"},
+		{telemetry.MinTimeMs, 1_000_000, " -9223372036854000000\n"},
+	} {
+		got, err := e.appendRecord(nil, minimalRecord("d", c.seq, time.UnixMilli(c.ms)))
+		if err != nil || !strings.HasSuffix(string(got), c.want) {
+			t.Errorf("time_ms %d seq %d: %q, %v; want it to end in %q", c.ms, c.seq, got, err, c.want)
 		}
 	}
 }

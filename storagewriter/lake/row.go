@@ -71,7 +71,9 @@ var (
 var errBadRecord = errors.New("record cannot be stored")
 
 // rowOf converts an enriched record into a row. It fails only for a record
-// that validation upstream should have refused.
+// that validation upstream refuses (telemetry.MaxSeq, telemetry.MinTimeMs
+// and MaxTimeMs are within what a row holds), so only a record from
+// elsewhere or from an older drover.
 func rowOf(er *telemetry.EnrichedRecord) (Row, error) {
 	rec := er.GetRecord()
 	r := rec.GetReading()
@@ -82,7 +84,7 @@ func rowOf(er *telemetry.EnrichedRecord) (Row, error) {
 		return Row{}, fmt.Errorf("%w: device %q: no reading", errBadRecord, rec.GetDeviceId())
 	case rec.GetDeviceId() == "":
 		return Row{}, fmt.Errorf("%w: seq %d: empty device id", errBadRecord, r.GetSeq())
-	case r.GetSeq() == 0 || r.GetSeq() > math.MaxInt64:
+	case r.GetSeq() == 0 || r.GetSeq() > telemetry.MaxSeq:
 		return Row{}, fmt.Errorf("%w: device %q: seq %d out of range 1..2^63-1", errBadRecord, rec.GetDeviceId(), r.GetSeq())
 	case r.GetTimeMs() < minTimeMs || r.GetTimeMs() > maxTimeMs:
 		return Row{}, fmt.Errorf("%w: device %q seq %d: time_ms %d outside years 1..9999", errBadRecord, rec.GetDeviceId(), r.GetSeq(), r.GetTimeMs())
