@@ -61,6 +61,7 @@ FUZZTIME ?= 200000x
 test-fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeUplinkBinary$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./telemetry/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeUplinkJSON$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./telemetry/
+	$(GO) test -run='^$$' -fuzz='^FuzzValidReadingEncodes$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./storagewriter/influx/
 
 fuzz:
 	$(MAKE) test-fuzz FUZZTIME=10000000x
