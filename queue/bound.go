@@ -163,14 +163,15 @@ func fillRatio(held, bound int64) float64 {
 	return float64(held) / float64(bound)
 }
 
-// refreshVolumeFree sets drover_queue_volume_free_bytes.
+// refreshVolumeFree sets drover_queue_volume_{free,size}_bytes.
 func (q *Queue) refreshVolumeFree() {
-	free, _, err := statVolume(q.dir)
+	free, size, err := statVolume(q.dir)
 	if err != nil {
 		q.log.Debug("queue: statfs", "err", err)
 		return
 	}
 	q.m.volumeFree.Set(float64(free))
+	q.m.volumeSize.Set(float64(size))
 }
 
 // diskBytes returns the size of the queue's segment files.

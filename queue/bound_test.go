@@ -64,6 +64,9 @@ func TestAutoBound(t *testing.T) {
 	if g := testutil.ToFloat64(q1.m.volumeFree); !near(int64(g), free) {
 		t.Errorf("drover_queue_volume_free_bytes = %v, want about %d", g, free)
 	}
+	if _, size, _ := statVolume(dir); testutil.ToFloat64(q1.m.volumeSize) != float64(size) {
+		t.Errorf("drover_queue_volume_size_bytes = %v, want %d", testutil.ToFloat64(q1.m.volumeSize), size)
+	}
 
 	// A second queue on the volume: both get (n+1)-ths.
 	q2, err := Open(filepath.Join(dir, "b"), Options{Name: "b"}, nil, reg)

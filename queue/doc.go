@@ -146,7 +146,7 @@
 //
 // Metrics of fill: drover_queue_depth_bytes, drover_queue_max_bytes (-1 when
 // unbounded), drover_queue_fill_ratio (their ratio; 1 is full) and
-// drover_queue_volume_free_bytes (statfs, every 10 s).
+// drover_queue_volume_{free,size}_bytes (statfs, every 10 s).
 // A write or sync error (disk full, EFBIG, EIO) fails the appends of that group
 // with ErrStorage (errors.Is(err, ErrDiskFull) when the disk is full), and the
 // queue repairs its tail and retries in the background; until that works,

@@ -26,6 +26,7 @@ type metrics struct {
 	maxBytes      prometheus.Gauge
 	fillRatio     prometheus.Gauge
 	volumeFree    prometheus.Gauge
+	volumeSize    prometheus.Gauge
 }
 
 func newMetrics(name string, reg prometheus.Registerer) *metrics {
@@ -51,6 +52,7 @@ func newMetrics(name string, reg prometheus.Registerer) *metrics {
 		maxBytes:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_queue_max_bytes", Help: "Bound on the entry bytes held (set, or sized from the volume); -1 when unbounded.", ConstLabels: cl}),
 		fillRatio:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_queue_fill_ratio", Help: "drover_queue_depth_bytes / drover_queue_max_bytes: 1 is full (appends refused: back-pressure); 0 when unbounded.", ConstLabels: cl}),
 		volumeFree:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_queue_volume_free_bytes", Help: "Bytes available on the filesystem holding the queue (statfs, refreshed every 10 s).", ConstLabels: cl}),
+		volumeSize:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_queue_volume_size_bytes", Help: "Size of the filesystem holding the queue (statfs).", ConstLabels: cl}),
 	}
 	if reg == nil {
 		return m
@@ -83,5 +85,6 @@ func newMetrics(name string, reg prometheus.Registerer) *metrics {
 	m.maxBytes = register(m.maxBytes).(prometheus.Gauge)
 	m.fillRatio = register(m.fillRatio).(prometheus.Gauge)
 	m.volumeFree = register(m.volumeFree).(prometheus.Gauge)
+	m.volumeSize = register(m.volumeSize).(prometheus.Gauge)
 	return m
 }
