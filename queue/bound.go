@@ -213,5 +213,5 @@ func deviceOf(dir string) (uint64, error) {
 	if err := syscall.Stat(filepath.Clean(dir), &st); err != nil {
 		return 0, fmt.Errorf("stat %s: %w", dir, err)
 	}
-	return uint64(st.Dev), nil //nolint:unconvert // int32 on some systems
+	return uint64(st.Dev), nil // a conversion: int32 on some systems
 }
