@@ -43,7 +43,8 @@ type Config struct {
 	RegistryStore *registry.Store `json:"-"`
 	// QueueMaxBytes bounds the bytes the queue holds (stored, not yet acked
 	// by a router). When it is reached, devices are told to try again later
-	// (close 1013) and nothing is acked.
+	// (close 1013) and nothing is acked. 0 (the default): a share of the
+	// volume at start (queue.Options.MaxBytes; docs/reliability.md).
 	QueueMaxBytes int64
 
 	// MaxConnections is the most device connections served at once; more are
@@ -116,7 +117,6 @@ func DefaultConfig() Config {
 		ID:                  daemon.DefaultID("frontend"),
 		DrainLinger:         forward.DefaultLinger,
 		Registry:            "registry.json",
-		QueueMaxBytes:       1 << 30,
 		MaxConnections:      10000,
 		RetryAfter:          10 * time.Second,
 		MaxFrameBytes:       64 << 10,
@@ -152,7 +152,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Registry, "registry", c.Registry,
 		"device registry `file` (JSON); reloaded on SIGHUP and when it changes")
 	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes,
-		"`bytes` the queue may hold; when full, devices are told to retry later (close 1013) and nothing is acked")
+		"`bytes` the queue may hold; when full, devices are told to retry later (close 1013) and nothing is acked; 0: a share of the volume (docs/reliability.md)")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections,
 		"most device connections at once; more get HTTP 503 with a jittered Retry-After (`number`)")
 	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter,
@@ -211,7 +211,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %v: want %s", name, v, what))
 		}
 	}
-	want(c.QueueMaxBytes > 0, "queue-max-bytes", c.QueueMaxBytes, "more than 0")
+	want(c.QueueMaxBytes >= 0, "queue-max-bytes", c.QueueMaxBytes, "0 (a share of the volume) or more")
 	want(c.MaxConnections > 0, "max-connections", c.MaxConnections, "more than 0")
 	want(c.RetryAfter >= time.Second, "retry-after", c.RetryAfter, "at least 1s")
 	want(c.MaxIdleDevices >= 0, "max-idle-devices", c.MaxIdleDevices, "0 or more")

@@ -108,7 +108,7 @@ func TestValidateRejects(t *testing.T) {
 		"routers bad":            func(c *Config) { c.Routers = []string{"tcp://*:5555"} },
 		"id":                     func(c *Config) { c.ID = "" },
 		"registry":               func(c *Config) { c.Registry = "" },
-		"queue-max-bytes":        func(c *Config) { c.QueueMaxBytes = 0 },
+		"queue-max-bytes":        func(c *Config) { c.QueueMaxBytes = -1 },
 		"max-connections":        func(c *Config) { c.MaxConnections = 0 },
 		"retry-after":            func(c *Config) { c.RetryAfter = 100 * time.Millisecond },
 		"max-frame-bytes":        func(c *Config) { c.MaxFrameBytes = 100 },
@@ -144,7 +144,7 @@ func TestValidateReportsAllProblems(t *testing.T) {
 	if err == nil {
 		t.Fatal("empty config accepted")
 	}
-	for _, field := range []string{"listen:", "queue-dir:", "routers:", "id:", "registry:", "queue-max-bytes:", "rate:"} {
+	for _, field := range []string{"listen:", "queue-dir:", "routers:", "id:", "registry:", "rate:"} {
 		if !strings.Contains(err.Error(), field) {
 			t.Errorf("error lacks %s: %v", field, err)
 		}

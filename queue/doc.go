@@ -87,6 +87,13 @@
 // After a restart everything not removed is read again: downstream hops see
 // it twice and drop it by sequence number or by key.
 //
+// A Tail (Queue.Tail) follows what is committed from the moment it is made
+// with a cursor of its own, outside the consumer's window: it holds and
+// removes nothing, so it goes on while the consumer waits on its own
+// downstream (the router's live lane follows the main queue this way while
+// its durable fan-out is blocked). It is best effort: each committed record
+// at most once, and segments removed before it read them are skipped.
+//
 // # What a crash can leave, and how Open repairs it
 //
 // Open takes DIR/LOCK (a second process gets ErrLocked), then scans every
@@ -118,6 +125,28 @@
 // Options.MaxBytes and Options.MaxEntries bound the live content (appended
 // and not yet removed). An Append that would cross a bound fails at once with
 // ErrFull; the caller turns that into back-pressure (stop acking upstream).
+//
+// MaxBytes 0 (the default) sizes the queue from its volume at Open: the
+// auto-bounded queues open in one process on one filesystem split
+//
+//	share × (free + held)
+//
+// equally, with a floor of MinAutoBytes (64 MiB) each: free is what statfs
+// says is available there, held what those queues' files hold already (so
+// a queue reopened in the middle of an outage keeps its bound), share is
+// Options.DiskShare (DefaultDiskShare, 0.8). The split is redone when an
+// auto-bounded queue opens or closes on that volume (a router registering a
+// subscriber gives every queue on its volume a smaller share). Other
+// processes, explicitly bounded queues and other files on the volume are not
+// counted: the volume can still fill first, and a full disk is the same
+// back-pressure (ErrDiskFull). Bounds count entry bytes; the files hold a
+// little more (record framing, and the consumed records of the head segment
+// until that whole segment is consumed), which the share's headroom covers.
+// Queue.MaxBytes returns the bound in effect.
+//
+// Metrics of fill: drover_queue_depth_bytes, drover_queue_max_bytes (-1 when
+// unbounded), drover_queue_fill_ratio (their ratio; 1 is full) and
+// drover_queue_volume_{free,size}_bytes (statfs, every 10 s).
 // A write or sync error (disk full, EFBIG, EIO) fails the appends of that group
 // with ErrStorage (errors.Is(err, ErrDiskFull) when the disk is full), and the
 // queue repairs its tail and retries in the background; until that works,

@@ -80,7 +80,7 @@ func (q *Queue) readLocked(maxBytes int) (Batch, error) {
 		q.peeked = nil
 		if r == nil {
 			var err error
-			r, err = q.nextRecord()
+			r, err = q.rd.next(q.committed)
 			if err != nil {
 				return b, err
 			}
@@ -175,30 +175,43 @@ func (q *Queue) kickRemover() {
 	}
 }
 
-// nextRecord reads the record at the cursor, if one is committed there.
-func (q *Queue) nextRecord() (*inflight, error) {
-	for q.cursor.before(q.committed) {
-		if q.rf == nil || q.rfNum != q.cursor.seg {
-			if q.rf != nil {
-				q.rf.Close()
-				q.rf = nil
+// segReader reads records sequentially from the segment files, up to a
+// committed end it is given. The consumer's cursor is one (Queue.rd); each
+// Tail has its own. It is not safe for concurrent use.
+type segReader struct {
+	segDir  string
+	cursor  pos // next byte to look at
+	rf      *os.File
+	rfNum   int
+	rbuf    []byte
+	rbufOff int64
+}
+
+// next reads the record at the cursor, if one is committed there (before
+// committed).
+func (s *segReader) next(committed pos) (*inflight, error) {
+	for s.cursor.before(committed) {
+		if s.rf == nil || s.rfNum != s.cursor.seg {
+			if s.rf != nil {
+				s.rf.Close()
+				s.rf = nil
 			}
-			f, err := os.Open(segmentFile(q.segDir, q.cursor.seg))
-			if errors.Is(err, os.ErrNotExist) && q.cursor.seg < q.committed.seg {
+			f, err := os.Open(segmentFile(s.segDir, s.cursor.seg))
+			if errors.Is(err, os.ErrNotExist) && s.cursor.seg < committed.seg {
 				// Consumed and deleted (everything in it was read).
-				q.cursor = pos{q.cursor.seg + 1, 0}
+				s.cursor = pos{s.cursor.seg + 1, 0}
 				continue
 			}
 			if err != nil {
 				return nil, fmt.Errorf("queue read: open segment: %w", err)
 			}
-			q.rf, q.rfNum, q.rbuf, q.rbufOff = f, q.cursor.seg, q.rbuf[:0], 0
+			s.rf, s.rfNum, s.rbuf, s.rbufOff = f, s.cursor.seg, s.rbuf[:0], 0
 		}
 		limit := int64(-1)
-		if q.cursor.seg == q.committed.seg {
-			limit = q.committed.off
+		if s.cursor.seg == committed.seg {
+			limit = committed.off
 		}
-		hdr, err := q.readAt(q.cursor.off, 4, limit)
+		hdr, err := s.readAt(s.cursor.off, 4, limit)
 		if err != nil {
 			return nil, err
 		}
@@ -211,20 +224,20 @@ func (q *Queue) nextRecord() (*inflight, error) {
 				return nil, nil
 			}
 			// End of a finished segment (only delete markers can follow).
-			q.cursor = pos{q.cursor.seg + 1, 0}
+			s.cursor = pos{s.cursor.seg + 1, 0}
 			continue
 		}
 		l := int(binary.LittleEndian.Uint32(hdr))
 		if l == 0 {
-			q.cursor.off += 4
+			s.cursor.off += 4
 			continue
 		}
-		body, err := q.readAt(q.cursor.off+4, l, limit)
+		body, err := s.readAt(s.cursor.off+4, l, limit)
 		if err != nil {
 			return nil, err
 		}
 		if body == nil {
-			return nil, fmt.Errorf("queue read: segment %d offset %d: record of %d bytes cut short", q.cursor.seg, q.cursor.off, l)
+			return nil, fmt.Errorf("queue read: segment %d offset %d: record of %d bytes cut short", s.cursor.seg, s.cursor.off, l)
 		}
 		rr, err := parseItem(body)
 		var ents [][]byte
@@ -232,9 +245,9 @@ func (q *Queue) nextRecord() (*inflight, error) {
 			ents, err = rr.entries()
 		}
 		if err != nil {
-			return nil, fmt.Errorf("queue read: segment %d offset %d: %w", q.cursor.seg, q.cursor.off, err)
+			return nil, fmt.Errorf("queue read: segment %d offset %d: %w", s.cursor.seg, s.cursor.off, err)
 		}
-		q.cursor.off += 4 + int64(l)
+		s.cursor.off += 4 + int64(l)
 		data := append([]byte(nil), rr.data...) // keep one allocation per record
 		r := &inflight{bytes: rr.payloadBytes(), entries: make([]Entry, len(ents))}
 		base := 0
@@ -251,31 +264,39 @@ func (q *Queue) nextRecord() (*inflight, error) {
 
 // readAt returns n bytes of the reader's segment at off, or nil if they are
 // not all there before limit (-1: end of file).
-func (q *Queue) readAt(off int64, n int, limit int64) ([]byte, error) {
+func (s *segReader) readAt(off int64, n int, limit int64) ([]byte, error) {
 	if limit >= 0 && off+int64(n) > limit {
 		return nil, nil
 	}
-	if off >= q.rbufOff && off+int64(n) <= q.rbufOff+int64(len(q.rbuf)) {
-		s := off - q.rbufOff
-		return q.rbuf[s : s+int64(n)], nil
+	if off >= s.rbufOff && off+int64(n) <= s.rbufOff+int64(len(s.rbuf)) {
+		o := off - s.rbufOff
+		return s.rbuf[o : o+int64(n)], nil
 	}
 	want := max(n, readChunk)
 	if limit >= 0 {
 		want = int(min(int64(want), limit-off))
 	}
-	if cap(q.rbuf) < want {
-		q.rbuf = make([]byte, want)
+	if cap(s.rbuf) < want {
+		s.rbuf = make([]byte, want)
 	}
-	buf := q.rbuf[:want]
-	got, err := q.rf.ReadAt(buf, off)
+	buf := s.rbuf[:want]
+	got, err := s.rf.ReadAt(buf, off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("queue read: segment %d: %w", q.rfNum, err)
+		return nil, fmt.Errorf("queue read: segment %d: %w", s.rfNum, err)
 	}
-	q.rbuf, q.rbufOff = buf[:got], off
+	s.rbuf, s.rbufOff = buf[:got], off
 	if got < n {
 		return nil, nil
 	}
-	return q.rbuf[:n], nil
+	return s.rbuf[:n], nil
+}
+
+// close releases the reader's file.
+func (s *segReader) close() {
+	if s.rf != nil {
+		s.rf.Close()
+		s.rf = nil
+	}
 }
 
 // removeLoop removes acked records from the head of dque, in order, and
@@ -287,8 +308,13 @@ func (q *Queue) removeLoop() {
 	var syncTimer <-chan time.Time
 	var retry <-chan time.Time
 	stopping := false
+	statTick := time.NewTicker(volumeStatInterval)
+	defer statTick.Stop()
 	for {
 		select {
+		case <-statTick.C:
+			q.refreshVolumeFree()
+			continue
 		case <-q.removeKick:
 		case <-retry:
 			retry = nil
@@ -333,11 +359,10 @@ func (q *Queue) removeLoop() {
 				q.mu.Lock()
 				q.liveEntries -= b.entries
 				q.liveBytes -= b.bytes
-				live, liveB := q.liveEntries, q.liveBytes
+				live, liveB, bound := q.liveEntries, q.liveBytes, q.maxBytes
 				q.mu.Unlock()
 				q.m.removed.Add(float64(b.entries))
-				q.m.depthEntries.Set(float64(live))
-				q.m.depthBytes.Set(float64(liveB))
+				q.setDepth(live, liveB, bound)
 				if syncTimer == nil {
 					syncTimer = time.After(q.opts.RemovalSyncInterval)
 				}

@@ -23,6 +23,10 @@ type metrics struct {
 	quarantined   prometheus.Counter
 	repairs       *prometheus.CounterVec
 	storageErrors prometheus.Counter
+	maxBytes      prometheus.Gauge
+	fillRatio     prometheus.Gauge
+	volumeFree    prometheus.Gauge
+	volumeSize    prometheus.Gauge
 }
 
 func newMetrics(name string, reg prometheus.Registerer) *metrics {
@@ -45,6 +49,10 @@ func newMetrics(name string, reg prometheus.Registerer) *metrics {
 		quarantined:   prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_queue_quarantined_segments_total", Help: "Damaged segments copied into quarantine/ at open.", ConstLabels: cl}),
 		repairs:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_queue_repairs_total", Help: "Repairs made at open, by kind (torn_tail, quarantine, excess_markers, consumed_segment, missing_segment, padding).", ConstLabels: cl}, []string{"kind"}),
 		storageErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_queue_storage_errors_total", Help: "Write, sync or remove errors from the disk.", ConstLabels: cl}),
+		maxBytes:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_queue_max_bytes", Help: "Bound on the entry bytes held (set, or sized from the volume); -1 when unbounded.", ConstLabels: cl}),
+		fillRatio:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_queue_fill_ratio", Help: "drover_queue_depth_bytes / drover_queue_max_bytes: 1 is full (appends refused: back-pressure); 0 when unbounded.", ConstLabels: cl}),
+		volumeFree:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_queue_volume_free_bytes", Help: "Bytes available on the filesystem holding the queue (statfs, refreshed every 10 s).", ConstLabels: cl}),
+		volumeSize:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_queue_volume_size_bytes", Help: "Size of the filesystem holding the queue (statfs).", ConstLabels: cl}),
 	}
 	if reg == nil {
 		return m
@@ -74,5 +82,9 @@ func newMetrics(name string, reg prometheus.Registerer) *metrics {
 	m.quarantined = register(m.quarantined).(prometheus.Counter)
 	m.repairs = register(m.repairs).(*prometheus.CounterVec)
 	m.storageErrors = register(m.storageErrors).(prometheus.Counter)
+	m.maxBytes = register(m.maxBytes).(prometheus.Gauge)
+	m.fillRatio = register(m.fillRatio).(prometheus.Gauge)
+	m.volumeFree = register(m.volumeFree).(prometheus.Gauge)
+	m.volumeSize = register(m.volumeSize).(prometheus.Gauge)
 	return m
 }

@@ -32,8 +32,15 @@ type Options struct {
 	// Name labels the queue's metrics (queue="...") and logs. Default "queue".
 	Name string
 	// MaxBytes bounds the entry bytes held (appended, not yet removed).
-	// Default 1 GiB. Negative: unbounded.
+	// Negative: unbounded (the disk is the bound). 0, the default: a share
+	// of the queue's volume, set at Open from the space it has (see
+	// doc.go, "Bounds and back-pressure"; [Queue.MaxBytes] tells the
+	// result).
 	MaxBytes int64
+	// DiskShare is, for a queue sized from its volume (MaxBytes 0), the
+	// share of the volume's space the auto-bounded queues of the process on
+	// it may hold together. Default DefaultDiskShare; at most 1.
+	DiskShare float64
 	// MaxEntries bounds the entries held. Default 0: unbounded (MaxBytes rules).
 	MaxEntries int64
 	// MaxRecordBytes caps one record, which is what one Append may carry and
@@ -60,8 +67,8 @@ func (o Options) withDefaults() Options {
 	if o.Name == "" {
 		o.Name = "queue"
 	}
-	if o.MaxBytes == 0 {
-		o.MaxBytes = 1 << 30
+	if o.DiskShare == 0 {
+		o.DiskShare = DefaultDiskShare
 	}
 	if o.MaxRecordBytes == 0 {
 		o.MaxRecordBytes = 512 << 10
@@ -85,6 +92,9 @@ func (o Options) validate() error {
 	}
 	if o.ItemsPerSegment < 2 {
 		errs = append(errs, fmt.Errorf("items per segment %d: want at least 2", o.ItemsPerSegment))
+	}
+	if !(o.DiskShare > 0 && o.DiskShare <= 1) {
+		errs = append(errs, fmt.Errorf("disk share %v: want more than 0, at most 1", o.DiskShare))
 	}
 	if o.Sync != SyncAlways && o.Sync != SyncNever {
 		errs = append(errs, fmt.Errorf("sync policy %d unknown", o.Sync))

@@ -34,6 +34,7 @@ type Queue struct {
 	log    *slog.Logger
 	m      *metrics
 	lockF  *os.File
+	dev    uint64 // the volume's device number, for auto bounds
 
 	dqMu sync.Mutex // serialises every call into dq, and its replacement
 	dq   *dque.DQue
@@ -42,6 +43,7 @@ type Queue struct {
 	mu          sync.Mutex
 	closed      bool
 	failed      error // non-nil while the disk fails: appends fail fast
+	maxBytes    int64 // bound on liveBytes+pendBytes; negative: none (bound.go)
 	pending     *group
 	sealed      []*group
 	liveEntries int64 // committed, not removed
@@ -60,12 +62,8 @@ type Queue struct {
 	// Read side, guarded by rmu.
 	rmu       sync.Mutex
 	rclosed   bool
-	committed pos // end of the last committed record
-	cursor    pos // next byte the reader looks at
-	rf        *os.File
-	rfNum     int
-	rbuf      []byte
-	rbufOff   int64
+	committed pos       // end of the last committed record
+	rd        segReader // the consumer's cursor
 	peeked    *inflight // read from disk, did not fit the last batch
 	window    []*inflight
 	resend    int   // records in window waiting to be read again
@@ -145,6 +143,7 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		opts:          opts,
 		dir:           dir,
 		segDir:        filepath.Join(dir, segmentsName),
+		rd:            segReader{segDir: filepath.Join(dir, segmentsName)},
 		qDir:          filepath.Join(dir, "quarantine"),
 		log:           logger,
 		m:             newMetrics(opts.Name, reg),
@@ -160,10 +159,22 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		return nil, err
 	}
 	q.lockF = lockF
+	q.maxBytes = opts.MaxBytes
 	if err := q.open(); err != nil {
 		lockF.Close()
 		return nil, err
 	}
+	if q.auto() {
+		if err := q.joinVolume(); err != nil {
+			_ = q.dq.Close()
+			q.tailF.Close()
+			lockF.Close()
+			return nil, fmt.Errorf("size queue %s from its volume (give it a bound instead): %w", dir, err)
+		}
+	} else {
+		q.setBound(opts.MaxBytes)
+	}
+	q.refreshVolumeFree()
 	go q.commitLoop()
 	go q.removeLoop()
 	return q, nil
@@ -237,13 +248,13 @@ func (q *Queue) open() error {
 
 	q.rmu.Lock()
 	q.committed = pos{last, st.Size()}
-	if q.cursor.seg == 0 {
+	if q.rd.cursor.seg == 0 {
 		// First open: read from the first live record. (After a storage
 		// failure the reader keeps its place: a repair only cuts beyond
 		// what was committed.)
-		q.cursor = pos{first, res.headOff}
+		q.rd.cursor = pos{first, res.headOff}
 		if res.first == 0 {
-			q.cursor = pos{first, 0}
+			q.rd.cursor = pos{first, 0}
 		}
 	}
 	q.rmu.Unlock()
@@ -251,9 +262,9 @@ func (q *Queue) open() error {
 	q.mu.Lock()
 	q.liveEntries, q.liveBytes = res.liveEntries, res.liveBytes
 	q.failed = nil
+	bound := q.maxBytes
 	q.mu.Unlock()
-	q.m.depthEntries.Set(float64(res.liveEntries))
-	q.m.depthBytes.Set(float64(res.liveBytes))
+	q.setDepth(res.liveEntries, res.liveBytes, bound)
 	q.m.degraded.Set(0)
 	q.log.Debug("queue: open", "dir", q.dir, "segments", fmt.Sprintf("%d..%d", first, last), "entries", res.liveEntries, "bytes", res.liveBytes, "next_seq", next)
 	return nil
@@ -322,9 +333,9 @@ func (q *Queue) admitLocked(n, size int64) error {
 	case q.failed != nil:
 		q.m.rejected.WithLabelValues("storage").Inc()
 		return q.failed
-	case q.opts.MaxBytes > 0 && q.liveBytes+q.pendBytes+size > q.opts.MaxBytes:
+	case q.maxBytes > 0 && q.liveBytes+q.pendBytes+size > q.maxBytes:
 		q.m.rejected.WithLabelValues("full").Inc()
-		return fmt.Errorf("%w: %d of %d bytes held", ErrFull, q.liveBytes+q.pendBytes, q.opts.MaxBytes)
+		return fmt.Errorf("%w: %d of %d bytes held", ErrFull, q.liveBytes+q.pendBytes, q.maxBytes)
 	case q.opts.MaxEntries > 0 && q.liveEntries+q.pendEntries+n > q.opts.MaxEntries:
 		q.m.rejected.WithLabelValues("full").Inc()
 		return fmt.Errorf("%w: %d of %d entries held", ErrFull, q.liveEntries+q.pendEntries, q.opts.MaxEntries)
@@ -412,13 +423,12 @@ func (q *Queue) account(groups []*group, err error) {
 		q.liveEntries += n
 		q.liveBytes += b
 	}
-	live, liveB := q.liveEntries, q.liveBytes
+	live, liveB, bound := q.liveEntries, q.liveBytes, q.maxBytes
 	q.mu.Unlock()
 	if err == nil {
 		q.m.appendedTotal.Add(float64(n))
 		q.m.appendedBytes.Add(float64(b))
-		q.m.depthEntries.Set(float64(live))
-		q.m.depthBytes.Set(float64(liveB))
+		q.setDepth(live, liveB, bound)
 	}
 }
 
@@ -564,6 +574,7 @@ func (q *Queue) Close() error {
 		q.mu.Lock()
 		q.closed = true
 		q.mu.Unlock()
+		q.leaveVolume()
 		close(q.stop)
 		<-q.committerDone
 		<-q.removerDone
@@ -571,10 +582,7 @@ func (q *Queue) Close() error {
 		q.rclosed = true
 		close(q.avail)
 		q.avail = make(chan struct{})
-		if q.rf != nil {
-			q.rf.Close()
-			q.rf = nil
-		}
+		q.rd.close()
 		q.rmu.Unlock()
 		var errs []error
 		q.dqMu.Lock()

@@ -33,7 +33,10 @@ type Config struct {
 	ID string
 	// QueueMaxBytes bounds the entry bytes the router's queue holds; past it
 	// the router answers "busy" and frontends keep their data and back off.
-	// Negative: unbounded (the disk is then the bound).
+	// 0 (the default): sized from the volume at start, a share of it split
+	// with the subscriber queues (queue.Options.MaxBytes; the formula is in
+	// docs/reliability.md). Negative: unbounded (the disk is then the
+	// bound).
 	QueueMaxBytes int64
 	// MaxPendingBatches bounds the batches being stored at once (each holds
 	// its bytes in memory until its append is durable); past it the router
@@ -75,9 +78,12 @@ type Config struct {
 	// how long a dead writer may hold data at the router.
 	SubscriberRetention time.Duration
 	// SubscriberQueueMaxBytes bounds each subscriber's queue at the router.
-	// When one is full the fan-out waits (back-pressure up to the
-	// frontends) until it drains or its subscriber is dropped. At least
-	// 64 KiB; negative: unbounded (the disk is then the bound).
+	// When one is full the fan-out waits (the live lane goes on; the main
+	// queue holds what arrives, then back-pressure reaches the frontends)
+	// until it drains or its subscriber is dropped. 0 (the default): sized
+	// from the volume like QueueMaxBytes, each subscriber queue one share.
+	// Else at least 64 KiB; negative: unbounded (the disk is then the
+	// bound).
 	SubscriberQueueMaxBytes int64
 	// LiveBuffer is how many batches may wait to be published on the live
 	// lane; past it they are dropped and counted.
@@ -95,14 +101,12 @@ func DefaultConfig() Config {
 		QueueDir:    "data/router",
 		ID:          daemon.DefaultID("router"),
 
-		QueueMaxBytes:     1 << 30,
 		MaxPendingBatches: 1024,
 		MaxBatchBytes:     4 << 20,
 		DedupIntervals:    4096,
 
-		SubscriberRetention:     24 * time.Hour,
-		SubscriberQueueMaxBytes: 1 << 30,
-		LiveBuffer:              1024,
+		SubscriberRetention: 24 * time.Hour,
+		LiveBuffer:          1024,
 	}
 }
 
@@ -120,7 +124,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this router, unique and stable across restarts; the host name unless set")
 	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes,
-		"`bytes` of entries the queue may hold before the router answers busy (back-pressure); negative: unbounded")
+		"`bytes` of entries the queue may hold before the router answers busy (back-pressure); 0: a share of the volume, split with the subscriber queues (docs/reliability.md); negative: unbounded")
 	fs.IntVar(&c.MaxPendingBatches, "max-pending-batches", c.MaxPendingBatches,
 		"`number` of batches stored at once (held in memory until durable); past it the router answers busy")
 	fs.IntVar(&c.MaxBatchBytes, "max-batch-bytes", c.MaxBatchBytes,
@@ -141,7 +145,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SubscriberRetention, "subscriber-retention", c.SubscriberRetention,
 		"a durable subscriber not heard from for this `duration` is dropped and its queue at the router deleted (logged, counted)")
 	fs.Int64Var(&c.SubscriberQueueMaxBytes, "subscriber-queue-max-bytes", c.SubscriberQueueMaxBytes,
-		"`bytes` each durable subscriber's queue at the router may hold; when one is full the fan-out waits (back-pressure to frontends); negative: unbounded")
+		"`bytes` each durable subscriber's queue at the router may hold; when one is full the fan-out waits (the live lane goes on, the main queue fills, then frontends are told busy); 0: a share of the volume like -queue-max-bytes; negative: unbounded")
 	fs.IntVar(&c.LiveBuffer, "live-buffer", c.LiveBuffer,
 		"`number` of batches waiting to be published on the live lane; past it they are dropped and counted")
 	fs.IntVar(&c.DedupIntervals, "dedup-intervals", c.DedupIntervals,
@@ -173,9 +177,6 @@ func (c Config) Validate() error {
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))
 	}
-	if c.QueueMaxBytes == 0 {
-		errs = append(errs, errors.New("queue-max-bytes: 0; want a positive bound, or negative for none"))
-	}
 	if c.MaxPendingBatches < 1 {
 		errs = append(errs, fmt.Errorf("max-pending-batches: %d; want at least 1", c.MaxPendingBatches))
 	}
@@ -195,8 +196,8 @@ func (c Config) Validate() error {
 	if c.SubscriberRetention <= 0 {
 		errs = append(errs, fmt.Errorf("subscriber-retention: %s; want a positive duration", c.SubscriberRetention))
 	}
-	if c.SubscriberQueueMaxBytes >= 0 && c.SubscriberQueueMaxBytes < 64<<10 {
-		errs = append(errs, fmt.Errorf("subscriber-queue-max-bytes: %d; want at least 64 KiB, or negative for none", c.SubscriberQueueMaxBytes))
+	if c.SubscriberQueueMaxBytes > 0 && c.SubscriberQueueMaxBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("subscriber-queue-max-bytes: %d; want at least 64 KiB, 0 for a share of the volume, or negative for none", c.SubscriberQueueMaxBytes))
 	}
 	if c.LiveBuffer < 1 {
 		errs = append(errs, fmt.Errorf("live-buffer: %d; want at least 1", c.LiveBuffer))

@@ -10,8 +10,13 @@ import (
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
-	if err := DefaultConfig().Validate(); err != nil {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err != nil {
 		t.Fatalf("DefaultConfig().Validate() = %v", err)
+	}
+	// Both queue bounds default to a share of the volume (queue.Options).
+	if cfg.QueueMaxBytes != 0 || cfg.SubscriberQueueMaxBytes != 0 {
+		t.Errorf("default queue bounds %d and %d, want 0 (sized from the volume)", cfg.QueueMaxBytes, cfg.SubscriberQueueMaxBytes)
 	}
 }
 
@@ -79,11 +84,10 @@ func TestValidateRejects(t *testing.T) {
 		"subscribers name":           func(c *Config) { c.Subscribers = []string{"Lake"} },
 		"subscribers twice":          func(c *Config) { c.Subscribers = []string{"lake", "lake"} },
 		"subscriber-retention":       func(c *Config) { c.SubscriberRetention = 0 },
-		"subscriber-queue-max-bytes": func(c *Config) { c.SubscriberQueueMaxBytes = 0 },
+		"subscriber-queue-max-bytes": func(c *Config) { c.SubscriberQueueMaxBytes = 1000 },
 		"live-buffer":                func(c *Config) { c.LiveBuffer = 0 },
 		"queue-dir":                  func(c *Config) { c.QueueDir = "" },
 		"id":                         func(c *Config) { c.ID = "router/1" },
-		"queue-max-bytes":            func(c *Config) { c.QueueMaxBytes = 0 },
 		"max-pending-batches":        func(c *Config) { c.MaxPendingBatches = 0 },
 		"max-batch-bytes":            func(c *Config) { c.MaxBatchBytes = -1 },
 		"dedup-intervals":            func(c *Config) { c.DedupIntervals = 0 },

@@ -20,23 +20,41 @@
 //
 // # Fan-out
 //
-// One goroutine reads the main queue (up to 1 MiB at a time) and, for each
-// main entry, decodes its records, enriches each (unknown device: an empty
-// Enrichment, counted in drover_router_enrichment_misses_total) and builds
-// one telemetry.PublishBatch{Router: ID, Seq: main entry's sequence,
-// Records}. It appends the lot to EVERY subscriber queue
-// (QUEUE_DIR/subs/<name>/, concurrently: each queue's group commit covers
-// the lot), offers each batch to the live lane, and only then acks the main
-// entries. A subscriber queue that refuses (full at
-// -subscriber-queue-max-bytes, disk failing) makes the fan-out wait and
-// retry (drover_router_fanout_blocked = 1, a warning): the main queue then
-// fills and the router answers frontends busy: back-pressure reaches the
-// devices. That is deliberate (never a silent drop); the way out for a dead
-// writer is -subscriber-retention. While no durable subscriber is known at
-// all, the fan-out waits too: nothing leaves the main queue without a
-// durable home. A crash between the appends and the main ack fans the same
-// entries out again after the restart: duplicates, which writers and sinks
-// drop by (router, seq) and (device, reading seq).
+// Each main entry is decoded, each record enriched (unknown device: an
+// empty Enrichment, counted in drover_router_enrichment_misses_total) and
+// the lot serialized as one telemetry.PublishBatch{Router: ID, Seq: main
+// entry's sequence, Records} (split in several with the same Seq when it
+// would be too large). Two goroutines take the main queue:
+//
+//   - the live lane's follows it with a queue.Tail: it offers each entry to
+//     the live lane as soon as it is committed, once, whatever the durable
+//     fan-out is doing, and hands what it built to the fan-out (within
+//     8 MiB) so that an entry is built once. What the main queue holds when
+//     the router starts is not offered live (live is about now);
+//   - the durable fan-out reads it (up to 1 MiB at a time) as its consumer,
+//     appends the PublishBatches to EVERY subscriber queue
+//     (QUEUE_DIR/subs/<name>/, concurrently: each queue's group commit
+//     covers the lot), and only then acks the main entries.
+//
+// A subscriber queue that refuses (full at -subscriber-queue-max-bytes,
+// disk failing) makes the fan-out wait and retry
+// (drover_router_fanout_blocked = 1, a warning). The live lane goes on; the
+// main queue holds what arrives until it is full (-queue-max-bytes); then
+// the router answers frontends busy, their queues fill, and last the
+// devices are told to try again later (close 1013): back-pressure, never a
+// silent drop, and the main queue is acked only when every subscriber queue
+// holds it. The way out for a dead writer is -subscriber-retention. While
+// no durable subscriber is known at all, the fan-out waits too: nothing
+// leaves the main queue without a durable home. A crash between the
+// appends and the main ack fans the same entries out again after the
+// restart: duplicates, which writers and sinks drop by (router, seq) and
+// (device, reading seq).
+//
+// Queue bounds: -queue-max-bytes and -subscriber-queue-max-bytes default to
+// 0, a share of the volume at start (queue.Options.MaxBytes): the main
+// queue and the subscriber queues split 0.8 × (free + what they hold)
+// equally, at least 64 MiB each. docs/reliability.md turns that into hours
+// of sink outage.
 //
 // # Durable subscribers
 //
@@ -80,22 +98,26 @@
 // # The live lane
 //
 // Messages are two frames: "live." (exactly those five bytes, [LiveTopic])
-// and a serialized PublishBatch. The fan-out offers each batch to a
-// bounded channel (-live-buffer) that one goroutine publishes from; when it
-// is full the batch is dropped and counted (drover_router_live_dropped_total):
-// a slow live subscriber never blocks the fan-out. zmq4's PUB socket may
-// also drop (its HWM) or be held to the slowest SUB's pace without telling
-// us; drover_router_live_published_total counts what was handed to it.
+// and a serialized PublishBatch. The live lane's goroutine (see "Fan-out")
+// offers each batch to a bounded channel (-live-buffer) that one goroutine
+// publishes from; when it is full the batch is dropped and counted
+// (drover_router_live_dropped_total): a slow live subscriber never blocks
+// the fan-out, nor does the fan-out block the live lane. zmq4's PUB socket
+// may also drop (its HWM) or be held to the slowest SUB's pace without
+// telling us; drover_router_live_published_total counts what was handed to
+// it.
 // Checked against libzmq (pyzmq): TestLiveLaneLibzmq.
 //
 // Metrics: drover_router_fanout_{entries,records,bad_entries}_total,
 // drover_router_fanout_blocked, drover_router_enrichment_misses_total,
-// drover_router_live_{published,dropped}_total, drover_router_subscribers,
+// drover_router_live_{published,dropped}_total,
+// drover_router_live_read_errors_total, drover_router_subscribers,
 // drover_router_subscribers_{registered,dropped}_total,
 // drover_router_subscriber_{sent,acked,resent}_batches_total{subscriber},
 // drover_router_subscriber_busy_total{subscriber},
 // drover_router_subscriber_connected{subscriber}, and each subscriber
-// queue's drover_queue_* with queue="sub-<name>".
+// queue's drover_queue_* with queue="sub-<name>" (depth, bound, fill
+// ratio, the volume's free bytes).
 //
 // # Receiving
 //
@@ -163,9 +185,10 @@
 // # Stopping
 //
 // When Run's context ends the router stops answering pings and subscribes
-// (frontends and writers see it down), stops the fan-out (it finishes the
-// appends under way; main entries not yet in every subscriber queue are
-// given back), publishes what the live lane holds and closes it, stops the
+// (frontends and writers see it down), stops the fan-out and the live
+// lane's reader (the fan-out finishes the appends under way; main entries
+// not yet in every subscriber queue are given back), publishes what the
+// live lane holds and closes it, stops the
 // subscriber senders (what they have in flight is sent again after a
 // restart) and closes their queues, answers new batches busy, waits for the
 // appends under way and sends their acks, closes its sockets, writes a

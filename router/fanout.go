@@ -26,17 +26,28 @@ const (
 	// fanoutRetry is how often the fan-out retries appends refused by a
 	// full subscriber queue, and looks for a first subscriber.
 	fanoutRetry = 100 * time.Millisecond
+	// builtCacheBytes bounds the PublishBatches the live lane keeps for the
+	// durable fan-out, so that each main entry is decoded, enriched and
+	// serialized once. Past it (the fan-out blocked, or far behind) the
+	// fan-out builds them again itself when it gets there.
+	builtCacheBytes = 8 << 20
 )
 
 func slogLogLogger(l *slog.Logger) *log.Logger {
 	return slog.NewLogLogger(l.Handler(), slog.LevelWarn)
 }
 
-// fanoutLoop moves the main queue to every subscriber queue and to the live
-// lane, acking a main entry only once every subscriber queue holds it. With
-// no durable subscriber known it waits: nothing leaves the main queue
-// without a durable home.
+// fanoutLoop moves the main queue to every subscriber queue, acking a main
+// entry only once every subscriber queue holds it. With no durable
+// subscriber known it waits: nothing leaves the main queue without a
+// durable home. Beside it, liveLoop offers every entry committed to the
+// main queue to the live lane at once, whatever the fan-out is waiting for
+// (see doc.go, "Fan-out"); it ends when fanoutLoop returns.
 func (r *Router) fanoutLoop(ctx context.Context) {
+	cache := &builtCache{max: builtCacheBytes}
+	liveDone := make(chan struct{})
+	go func() { defer close(liveDone); r.liveLoop(ctx, cache) }()
+	defer func() { <-liveDone }()
 	waiting := false
 	for {
 		if len(r.snapshotSubs()) == 0 {
@@ -69,54 +80,190 @@ func (r *Router) fanoutLoop(ctx context.Context) {
 			}
 			continue
 		}
-		pbs, records := r.publishBatches(b)
+		pbs, records := r.publishBatches(b, cache)
 		if !r.appendAll(ctx, pbs) {
 			r.q.Nack(b)
 			return
 		}
-		for _, pb := range pbs {
-			r.live.offer(pb)
-		}
 		r.q.Ack(b)
+		cache.done(b.Entries[len(b.Entries)-1].Seq)
 		r.m.fanoutEntries.Add(float64(len(b.Entries)))
 		r.m.fanoutRecords.Add(float64(records))
 	}
 }
 
+// liveLoop offers each entry committed to the main queue from now on to
+// the live lane, as soon as it is committed: it follows the queue with a
+// Tail, so neither a blocked fan-out nor the main queue's backlog holds it
+// back, and it offers each entry once (a Tail returns each record once; the
+// fan-out never offers). It keeps what it built in cache for the fan-out.
+// What the main queue holds when the router starts is not offered: live is
+// about now, and a backlog of hours would only push the present out of the
+// live buffer.
+func (r *Router) liveLoop(ctx context.Context, cache *builtCache) {
+	tail := r.q.Tail()
+	defer func() { tail.Close() }()
+	for {
+		entries, err := tail.Next(ctx, fanoutReadBytes)
+		for _, e := range entries {
+			bt, ok := r.buildEntry(e, false)
+			if !ok {
+				continue // the fan-out says so when it gets there
+			}
+			cache.put(e.Seq, bt)
+			pbs := bt.pbs
+			for _, pb := range pbs {
+				r.live.offer(pb)
+			}
+		}
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
+			return
+		}
+		// A record the Tail cannot read (the fan-out's own read says more):
+		// go on from what is committed next.
+		r.m.liveTapErrors.Inc()
+		r.logger.Error("router: live lane: read main queue; going on from its end", "err", err)
+		tail.Close()
+		tail = r.q.Tail()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // publishBatches turns main-queue entries into serialized PublishBatches,
-// enriched.
-func (r *Router) publishBatches(b queue.Batch) ([][]byte, int) {
+// enriched, taking those the live lane built already from cache.
+func (r *Router) publishBatches(b queue.Batch, cache *builtCache) ([][]byte, int) {
+	out := make([][]byte, 0, len(b.Entries))
+	records := 0
+	for _, e := range b.Entries {
+		bt, ok := cache.take(e.Seq)
+		if !ok {
+			if bt, ok = r.buildEntry(e, true); !ok {
+				continue
+			}
+		}
+		// Counted here, where each entry passes once.
+		r.m.enrichMisses.Add(float64(bt.misses))
+		records += bt.records
+		out = append(out, bt.pbs...)
+	}
+	return out, records
+}
+
+// built is one main-queue entry made ready for the lanes.
+type built struct {
+	pbs     [][]byte // serialized PublishBatches (several when split)
+	records int
+	misses  int // records of devices the registry does not know
+	size    int // bytes of pbs
+}
+
+// buildEntry decodes one main-queue entry, enriches its records and
+// serializes them as one or more PublishBatches. loud says whether a bad
+// entry is counted and logged (by the fan-out, not by the live lane too).
+func (r *Router) buildEntry(e queue.Entry, loud bool) (built, bool) {
+	var in telemetry.Batch
+	if err := proto.Unmarshal(e.Data, &in); err != nil {
+		if loud {
+			// Checked on ingest, so a bug or a damaged disk: say so loudly.
+			r.m.fanoutBad.Inc()
+			r.logger.Error("router: fan-out: main queue entry is not a Batch; skipped", "seq", e.Seq, "err", err)
+		}
+		return built{}, false
+	}
 	var reg *registry.Registry
 	if r.registry != nil {
 		reg = r.registry.Current()
 	}
-	out := make([][]byte, 0, len(b.Entries))
-	records := 0
-	for _, e := range b.Entries {
-		var in telemetry.Batch
-		if err := proto.Unmarshal(e.Data, &in); err != nil {
-			// Checked on ingest, so a bug or a damaged disk: say so loudly.
-			r.m.fanoutBad.Inc()
-			r.logger.Error("router: fan-out: main queue entry is not a Batch; skipped", "seq", e.Seq, "err", err)
-			continue
-		}
-		pb := &telemetry.PublishBatch{Router: r.cfg.ID, Seq: e.Seq, Records: make([]*telemetry.EnrichedRecord, len(in.Records))}
-		for i, rec := range in.Records {
-			er := &telemetry.EnrichedRecord{Record: rec}
-			if reg != nil {
-				if d, ok := reg.Lookup(rec.GetDeviceId()); ok {
-					er.Enrichment = &telemetry.Enrichment{Fleet: d.Fleet, VehicleClass: d.Class, Region: d.Region}
-				} else {
-					er.Enrichment = &telemetry.Enrichment{}
-					r.m.enrichMisses.Inc()
-				}
+	bt := built{records: len(in.Records)}
+	pb := &telemetry.PublishBatch{Router: r.cfg.ID, Seq: e.Seq, Records: make([]*telemetry.EnrichedRecord, len(in.Records))}
+	for i, rec := range in.Records {
+		er := &telemetry.EnrichedRecord{Record: rec}
+		if reg != nil {
+			if d, ok := reg.Lookup(rec.GetDeviceId()); ok {
+				er.Enrichment = &telemetry.Enrichment{Fleet: d.Fleet, VehicleClass: d.Class, Region: d.Region}
+			} else {
+				er.Enrichment = &telemetry.Enrichment{}
+				bt.misses++
 			}
-			pb.Records[i] = er
 		}
-		records += len(in.Records)
-		out = append(out, r.marshalSplit(pb)...)
+		pb.Records[i] = er
 	}
-	return out, records
+	bt.pbs = r.marshalSplit(pb)
+	for _, b := range bt.pbs {
+		bt.size += len(b)
+	}
+	return bt, true
+}
+
+// builtCache hands the PublishBatches the live lane built to the durable
+// fan-out, oldest first, within max bytes. Main-queue sequences only grow,
+// so it is a FIFO in sequence order.
+type builtCache struct {
+	mu    sync.Mutex
+	max   int
+	bytes int
+	items []builtEntry
+	upTo  uint64 // the fan-out is past every sequence up to this one
+}
+
+type builtEntry struct {
+	seq uint64
+	built
+}
+
+// put keeps what the live lane built for seq, unless the fan-out is past
+// it or the cache is full.
+func (c *builtCache) put(seq uint64, bt built) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if seq <= c.upTo || c.bytes+bt.size > c.max {
+		return
+	}
+	c.items = append(c.items, builtEntry{seq: seq, built: bt})
+	c.bytes += bt.size
+}
+
+// take returns what was built for seq, dropping what is older.
+func (c *builtCache) take(seq uint64) (built, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := 0
+	for i < len(c.items) && c.items[i].seq < seq {
+		c.bytes -= c.items[i].size
+		i++
+	}
+	var it builtEntry
+	ok := i < len(c.items) && c.items[i].seq == seq
+	if ok {
+		it = c.items[i]
+		c.bytes -= it.size
+		i++
+	}
+	clear(c.items[:i])
+	c.items = c.items[i:]
+	return it.built, ok
+}
+
+// done says the fan-out is past every sequence up to seq: what the live
+// lane builds for those later is not kept.
+func (c *builtCache) done(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.upTo = max(c.upTo, seq)
+	i := 0
+	for i < len(c.items) && c.items[i].seq <= seq {
+		c.bytes -= c.items[i].size
+		i++
+	}
+	clear(c.items[:i])
+	c.items = c.items[i:]
 }
 
 // publishLimit is the largest PublishBatch built, and the most bytes one
@@ -193,7 +340,7 @@ func (r *Router) appendAll(ctx context.Context, entries [][]byte) bool {
 				if !blocked {
 					blocked = true
 					r.m.fanoutBlocked.Set(1)
-					r.logger.Warn("router: fan-out waits: a subscriber queue refuses appends (back-pressure reaches the frontends until it drains or -subscriber-retention drops it)",
+					r.logger.Warn("router: fan-out waits: a subscriber queue refuses appends; the live lane goes on, the main queue holds what arrives, and back-pressure reaches the frontends when it is full (until the subscriber drains, or -subscriber-retention drops it)",
 						"subscriber", s.name, "err", err)
 				}
 			}

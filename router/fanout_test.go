@@ -311,9 +311,10 @@ func TestFanout(t *testing.T) {
 		if !slices.IsSorted(s.order) {
 			t.Errorf("%s received batches out of order", s.name)
 		}
+		batches := s.batches // resends may still arrive: read it under the lock
 		s.mu.Unlock()
 		_, dups := s.counts()
-		t.Logf("%s: %d batches, %d duplicate readings", s.name, s.batches, dups)
+		t.Logf("%s: %d batches, %d duplicate readings", s.name, batches, dups)
 	}
 	waitFor(t, 10*time.Second, "live messages", func() bool { return live.got.Load() > 0 })
 	if live.bad.Load() > 0 {

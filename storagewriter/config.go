@@ -37,7 +37,8 @@ type Config struct {
 	QueueDir string
 	// QueueMaxBytes bounds the writer's queue (entry bytes held). When it
 	// is reached the writer answers routers "busy" and they keep the
-	// entries. Negative: unbounded.
+	// entries. 0 (the default): a share of the volume at start
+	// (queue.Options.MaxBytes; docs/reliability.md). Negative: unbounded.
 	QueueMaxBytes int64
 	// Name is the durable subscriber's name, under which the routers keep
 	// what it has acked: unique among writers and stable across restarts.
@@ -75,7 +76,6 @@ func DefaultConfig() Config {
 		Routers:       []string{"tcp://127.0.0.1:5557"},
 		Sink:          SinkLake,
 		QueueDir:      "data/storage-writer",
-		QueueMaxBytes: 1 << 30,
 		BatchRecords:  5000,
 		BatchInterval: time.Second,
 		SinkWriters:   DefaultSinkWriters,
@@ -94,7 +94,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.QueueDir, "queue-dir", c.QueueDir,
 		"`directory` of this writer's own durable queue; must survive restarts")
 	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes,
-		"most entry `bytes` the writer's queue holds (a sink outage fills it); when full, routers are told busy and keep the data (negative: unbounded)")
+		"most entry `bytes` the writer's queue holds (a sink outage fills it); when full, routers are told busy and keep the data; 0: a share of the volume (docs/reliability.md); negative: unbounded")
 	fs.StringVar(&c.Name, "name", c.Name,
 		"durable subscriber `name`, unique among writers and stable across restarts: a-z, 0-9, '_', '-' (default: the sink, e.g. lake)")
 	fs.IntVar(&c.BatchRecords, "batch-records", c.BatchRecords,
@@ -138,9 +138,6 @@ func (c Config) Validate() error {
 	}
 	if c.QueueDir == "" {
 		errs = append(errs, errors.New("queue-dir: empty"))
-	}
-	if c.QueueMaxBytes == 0 {
-		errs = append(errs, errors.New("queue-max-bytes: 0 (want a bound, or negative for none)"))
 	}
 	if c.Name != "" {
 		if err := forward.ValidateSubscriberName(c.Name); err != nil {

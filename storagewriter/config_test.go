@@ -45,15 +45,14 @@ func TestRegisterFlags(t *testing.T) {
 
 func TestValidateRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
-		"routers":         func(c *Config) { c.Routers = []string{} },
-		"sink":            func(c *Config) { c.Sink = "postgres" },
-		"queue-dir":       func(c *Config) { c.QueueDir = "" },
-		"name":            func(c *Config) { c.Name = "has space" },
-		"batch-records":   func(c *Config) { c.BatchRecords = 0 },
-		"batch-interval":  func(c *Config) { c.BatchInterval = 0 },
-		"queue-max-bytes": func(c *Config) { c.QueueMaxBytes = 0 },
-		"lake":            func(c *Config) { c.Lake.Dir = "" },
-		"influx":          func(c *Config) { c.Sink = SinkInflux; c.Influx.URL = "" },
+		"routers":        func(c *Config) { c.Routers = []string{} },
+		"sink":           func(c *Config) { c.Sink = "postgres" },
+		"queue-dir":      func(c *Config) { c.QueueDir = "" },
+		"name":           func(c *Config) { c.Name = "has space" },
+		"batch-records":  func(c *Config) { c.BatchRecords = 0 },
+		"batch-interval": func(c *Config) { c.BatchInterval = 0 },
+		"lake":           func(c *Config) { c.Lake.Dir = "" },
+		"influx":         func(c *Config) { c.Sink = SinkInflux; c.Influx.URL = "" },
 	} {
 		cfg := DefaultConfig()
 		mutate(&cfg)

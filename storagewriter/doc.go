@@ -10,7 +10,10 @@
 //     drop duplicates exactly.
 //
 // A dead sink grows only its own writer's queue: ingest, the other sinks and
-// the live feed go on.
+// the live feed go on, until that queue (-queue-max-bytes, by default a
+// share of its volume) and the router's queue for this writer are full too;
+// docs/reliability.md ("Sink outages") says how long that is and what comes
+// next.
 //
 // The writer opens one ZeroMQ DEALER per router, subscribes under its
 // durable name (forward.TypeSubscribe, every second), drops entries it has
