@@ -3,12 +3,12 @@ package storagewriter
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/backoff"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/storagewriter/sink"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -72,7 +72,7 @@ func (w *Writer) sinkLoop(ctx, wctx context.Context, q *queue.Queue, s sink.Sink
 			}
 			if err != nil {
 				w.logger.Error("storage-writer: read queue", "err", err)
-				if !sleepCtx(ctx, time.Second) {
+				if !backoff.Sleep(ctx, time.Second) {
 					return
 				}
 			}
@@ -206,7 +206,7 @@ func (w *Writer) writeIsolating(ctx, wctx context.Context, s sink.Sink, recs []*
 // exponential backoff until it works, the sink refuses for good (returned),
 // or ctx ends (the last error returned).
 func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*telemetry.EnrichedRecord) error {
-	backoff := minRetryBackoff
+	retry := backoff.New(minRetryBackoff, maxRetryBackoff, nil)
 	for {
 		start := time.Now()
 		err := s.Write(wctx, recs)
@@ -228,11 +228,10 @@ func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*t
 			return err
 		}
 		w.sinkFailed(len(recs), err)
-		if !sleepCtx(ctx, jitter(backoff)) {
+		if !backoff.Sleep(ctx, retry.Next()) {
 			return err
 		}
 		w.setBacklogAge()
-		backoff = min(2*backoff, maxRetryBackoff)
 	}
 }
 
@@ -317,7 +316,7 @@ func (t *writing) oldest() int64 {
 // it worked. A dead-letter file that cannot be written is an outage like a
 // sink's: the records stay queued.
 func (w *Writer) retryDeadLetter(ctx context.Context, write func() error) bool {
-	backoff := minRetryBackoff
+	retry := backoff.New(minRetryBackoff, maxRetryBackoff, nil)
 	logged := false
 	for {
 		err := write()
@@ -329,26 +328,8 @@ func (w *Writer) retryDeadLetter(ctx context.Context, write func() error) bool {
 			w.logger.Error("storage-writer: cannot write the dead-letter file; retrying", "err", err)
 			logged = true
 		}
-		if !sleepCtx(ctx, jitter(backoff)) {
+		if !backoff.Sleep(ctx, retry.Next()) {
 			return false
 		}
-		backoff = min(2*backoff, maxRetryBackoff)
-	}
-}
-
-// jitter returns d ± 25%.
-func jitter(d time.Duration) time.Duration {
-	return d*3/4 + rand.N(d/2+1)
-}
-
-// sleepCtx sleeps d or until ctx ends, reporting whether it slept it all.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
