@@ -14,8 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/drover-telemetry/drover/internal/atomicfile"
 )
 
 // Device is one registered device.
@@ -100,25 +101,15 @@ func Load(path string) (*Registry, error) {
 	return r, nil
 }
 
-// Write writes a registry file atomically (temp file, then rename).
+// Write writes a registry file atomically and durably
+// (internal/atomicfile: temp file, fsync, rename, folder fsync), readable by
+// its owner only: it holds token hashes.
 func Write(path string, devices []Device) error {
 	b, err := json.MarshalIndent(File{Devices: devices}, "", "  ")
 	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".registry-*")
-	if err != nil {
 		return fmt.Errorf("write registry: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write registry: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write registry: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write registry: %w", err)
 	}
 	return nil
