@@ -3,6 +3,7 @@ package storagewriter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -160,13 +161,13 @@ func (g *gathered) add(b queue.Batch) {
 // ctx ended first (the records stay queued).
 func (w *Writer) store(ctx, wctx context.Context, s sink.Sink, g gathered) bool {
 	for _, be := range g.bad {
-		w.logger.Error("storage-writer: queue entry is not a PublishBatch; dead-lettered", "err", be.err, "file", w.dl.path())
 		if !w.retryDeadLetter(ctx, func() error {
 			return w.dl.writeEntries("", "undecodable entry: "+be.err.Error(), [][]byte{be.data})
 		}) {
 			return false
 		}
 		w.m.undecodable.Inc()
+		w.logger.Error("storage-writer: queue entry is not a PublishBatch; dead-lettered", "err", be.err, "file", w.dl.path())
 	}
 	if len(g.recs) == 0 {
 		return true
@@ -187,12 +188,13 @@ func (w *Writer) writeIsolating(ctx, wctx context.Context, s sink.Sink, recs []*
 	}
 	if len(recs) == 1 {
 		r := recs[0].GetRecord()
-		w.logger.Warn("storage-writer: record dead-lettered", "device", r.GetDeviceId(), "seq", r.GetReading().GetSeq(),
-			"router", routers[0], "reason", err, "file", w.dl.path())
 		if !w.retryDeadLetter(ctx, func() error { return w.dl.writeRecord(routers[0], err.Error(), recs[0]) }) {
 			return ctx.Err()
 		}
 		w.m.deadLettered.Inc()
+		w.dlRecords.Add(1)
+		w.logger.Warn("storage-writer: record dead-lettered", "device", r.GetDeviceId(), "seq", r.GetReading().GetSeq(),
+			"router", routers[0], "reason", err, "file", w.dl.path())
 		return nil
 	}
 	mid := len(recs) / 2
@@ -207,6 +209,7 @@ func (w *Writer) writeIsolating(ctx, wctx context.Context, s sink.Sink, recs []*
 // or ctx ends (the last error returned).
 func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*telemetry.EnrichedRecord) error {
 	retry := backoff.New(minRetryBackoff, maxRetryBackoff, nil)
+	var failingSince time.Time
 	for {
 		start := time.Now()
 		err := s.Write(wctx, recs)
@@ -226,6 +229,12 @@ func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*t
 		w.m.sinkErrors.WithLabelValues("transient").Inc()
 		if ctx.Err() != nil {
 			return err
+		}
+		if failingSince.IsZero() {
+			failingSince = start
+		}
+		if w.retryFor > 0 && time.Since(failingSince) >= w.retryFor {
+			return fmt.Errorf("sink failing for %v; giving up: %w", time.Since(failingSince).Round(time.Second), err)
 		}
 		w.sinkFailed(len(recs), err)
 		if !backoff.Sleep(ctx, retry.Next()) {

@@ -35,6 +35,9 @@ const (
 	// pingInterval is how often the writer asks a sink that has not
 	// answered yet (readiness).
 	pingInterval = 2 * time.Second
+	// dlMaintainInterval is how often the dead-letter store closes an aged
+	// file and applies its bounds.
+	dlMaintainInterval = time.Minute
 )
 
 // errNotRunning is what Ready says before Run has opened the queue.
@@ -73,7 +76,13 @@ type Writer struct {
 	appendWG  sync.WaitGroup
 	appendCtx context.Context
 
-	dl *deadLetter
+	dl              *deadLetter
+	dlMaintainEvery time.Duration // dlMaintainInterval; tests shorten it
+	dlRecords       atomic.Int64  // records dead-lettered, for a replay's report
+	// retryFor, when positive, is how long a transient sink failure is
+	// retried before the write gives up (a replay; the writer retries
+	// until it stops).
+	retryFor time.Duration
 
 	// The sink's outage state, shared by the sink writers.
 	downMu    sync.Mutex
@@ -106,14 +115,15 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 		return nil, err
 	}
 	w := &Writer{
-		cfg:       cfg,
-		logger:    logger.With("component", "storage-writer", "writer", cfg.Name, "sink", cfg.Sink),
-		reg:       reg,
-		m:         m,
-		routers:   make(map[string]*routerSeqs),
-		appendSem: make(chan struct{}, maxAppenders),
+		cfg:             cfg,
+		logger:          logger.With("component", "storage-writer", "writer", cfg.Name, "sink", cfg.Sink),
+		reg:             reg,
+		m:               m,
+		routers:         make(map[string]*routerSeqs),
+		appendSem:       make(chan struct{}, maxAppenders),
+		dlMaintainEvery: dlMaintainInterval,
 	}
-	w.dl = newDeadLetter(cfg.deadLetterDir(), cfg.Name, cfg.Sink)
+	w.dl = newDeadLetter(cfg.deadLetterDir(), cfg.Name, cfg.Sink, cfg.deadLetterLimits(), w.logger, m)
 	return w, nil
 }
 
@@ -136,6 +146,12 @@ func (w *Writer) Run(ctx context.Context) error {
 	}, w.logger, w.reg)
 	if err != nil {
 		return fmt.Errorf("storage-writer: open queue: %w", err)
+	}
+	if err := w.dl.open(); err != nil {
+		if cerr := q.Close(); cerr != nil {
+			w.logger.Error("storage-writer: close queue", "err", cerr)
+		}
+		return fmt.Errorf("storage-writer: %w", err)
 	}
 	s, err := w.openSink()
 	if err != nil {
@@ -171,6 +187,20 @@ func (w *Writer) Run(ctx context.Context) error {
 	go func() {
 		defer bg.Done()
 		w.watchSink(ctx, s)
+	}()
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		t := time.NewTicker(w.dlMaintainEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				w.dl.maintain()
+			}
+		}
 	}()
 
 	appendCtx, appendCancel := context.WithCancel(context.Background())

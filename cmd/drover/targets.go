@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -27,7 +28,8 @@ func targets() []target {
 	return []target{
 		{name: "frontend", summary: "device WebSocket server: acks after fsync, drains to every router", opsListen: ":9180", setup: setupFrontend},
 		{name: "router", summary: "fan-in from frontends: durable queue, enrichment, live. and store. lanes", opsListen: ":9181", setup: setupRouter},
-		{name: "storage-writer", summary: "durable subscriber writing the store. lane to InfluxDB or the Parquet lake", opsListen: ":9182", setup: setupStorageWriter},
+		{name: "storage-writer", summary: "durable subscriber writing the store. lane to InfluxDB or the Parquet lake", opsListen: ":9182", setup: setupStorageWriter,
+			help: storageWriterHelp, subcommands: map[string]func([]string, io.Writer, io.Writer) int{"replay": runReplay}},
 		{name: "livefeed", summary: "live WebSocket API and map for web and mobile clients", opsListen: ":9183", setup: setupLivefeed},
 		{name: "all", summary: "every component in one process, wired on loopback, queues under -data (start here)", opsListen: ":9184", setup: setupAll, help: allHelp},
 		{name: "sim", summary: "simulated fleet of devices sending readings to frontends", opsListen: ":9185", setup: setupSim},
@@ -89,6 +91,11 @@ func setupSim(fs *flag.FlagSet) buildFunc {
 		return newSim(cfg, logger, reg)
 	}
 }
+
+const storageWriterHelp = `
+Records the sink refuses for good go to dead-letter files; once the cause is
+fixed, 'drover storage-writer replay' (with this writer's flags) writes them
+again: see 'drover storage-writer replay -h'.`
 
 const allHelp = `
 Runs one router, one frontend, one storage writer per entry of -sinks, one
