@@ -216,7 +216,6 @@ func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*t
 		w.m.writeSeconds.Observe(time.Since(start).Seconds())
 		if err == nil {
 			w.sinkUp()
-			w.sinkOK.Store(true)
 			w.m.sinkWrites.Inc()
 			w.m.recordsWritten.Add(float64(len(recs)))
 			w.m.writeRecords.Observe(float64(len(recs)))
@@ -241,30 +240,6 @@ func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*t
 			return err
 		}
 		w.setBacklogAge()
-	}
-}
-
-// sinkUp records a write that worked: the end of an outage, if one was on.
-func (w *Writer) sinkUp() {
-	w.downMu.Lock()
-	defer w.downMu.Unlock()
-	if w.sinkDown {
-		w.sinkDown = false
-		w.m.sinkDown.Set(0)
-		w.logger.Info("storage-writer: sink is back; draining the backlog", "down_for", time.Since(w.downSince).Round(time.Millisecond))
-	}
-}
-
-// sinkFailed records a write that failed transiently: an outage begins, and
-// is logged once, whichever of the concurrent writes sees it first.
-func (w *Writer) sinkFailed(records int, err error) {
-	w.downMu.Lock()
-	defer w.downMu.Unlock()
-	if !w.sinkDown {
-		w.sinkDown = true
-		w.downSince = time.Now()
-		w.m.sinkDown.Set(1)
-		w.logger.Warn("storage-writer: sink write failed; holding the records in the queue and retrying with backoff", "records", records, "err", err)
 	}
 }
 
