@@ -99,15 +99,24 @@ again: see 'drover storage-writer replay -h'.`
 
 const allHelp = `
 Runs one router, one frontend, one storage writer per entry of -sinks, one
-livefeed and, with -simulate N, a fleet of N simulated vehicles, all in this
-process and connected over loopback ZeroMQ and WebSocket, exactly as they
-would be in separate processes. Each component keeps its own flags under its
-name as a prefix: the frontend's -listen is -frontend.listen here (env
-DROVER_ALL_FRONTEND_LISTEN). What all wires itself has no flag: every queue
-lives under -data, the frontend and the router share one device registry,
-the router keeps a durable subscriber queue for each sink, and the writers
-and the livefeed connect to the router's -router.store-listen and
--router.live-pub on loopback.`
+livefeed and, with -simulate N, a fleet of N simulated vehicles (started
+once the frontend listens), all in this process and connected over loopback
+ZeroMQ and WebSocket, exactly as they would be in separate processes. Each
+component keeps its own flags under its name as a prefix: the frontend's
+-listen is -frontend.listen here (env DROVER_ALL_FRONTEND_LISTEN); the
+storage writers share the -storage-writer.* flags (-storage-writer.influx-url,
+-storage-writer.lake-compact-interval, ...). What all wires itself has no
+flag: every queue and the lake live under -data, the frontend and the router
+share one device registry, the router keeps a durable subscriber queue for
+each sink, each writer is named after its sink, and the writers and the
+livefeed connect to the router's -router.store-listen and -router.live-pub
+on loopback. Unlike drover storage-writer, all creates a missing InfluxDB
+database (-storage-writer.influx-create-database).
+
+Every -status-interval (5s) a status line on standard output says what
+happened meanwhile: devices connected, readings acked per second, records
+written per second by each sink, live clients, and what waits in the
+queues (the log goes to standard error).`
 
 // setupAll wires one router, one frontend, one storage writer per sink, one
 // livefeed and optionally a simulated fleet in one process.
@@ -123,9 +132,17 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	registryPath := ""
 	fs.StringVar(&registryPath, "registry", registryPath,
 		"device registry `file` shared by the frontend and the router; default DIR/registry.json, written from the fleet with -simulate")
-	influxCfg := storagewriter.DefaultConfig().Influx
-	fs.StringVar(&influxCfg.URL, "influx-url", influxCfg.URL, "InfluxDB `URL` for the influx sink")
-	fs.StringVar(&influxCfg.Database, "influx-database", influxCfg.Database, "InfluxDB `database` for the influx sink")
+	statusEvery := DefaultStatusInterval
+	fs.DurationVar(&statusEvery, "status-interval", statusEvery,
+		"print a status line to standard output this often (`duration`): readings acked/s, written/s by sink, live clients, queues; 0 for none")
+	// The writers' flags, but what all wires itself (allWiredWriterFlags).
+	// On a laptop, a missing InfluxDB database is created.
+	sw := storagewriter.DefaultConfig()
+	sw.Influx.CreateDatabase = true
+	registerPrefixed(fs, "storage-writer.", sw.RegisterFlags, allWiredWriterFlags...)
+	// The short forms all had before it exposed every writer flag.
+	fs.Var(fs.Lookup("storage-writer.influx-url").Value, "influx-url", "InfluxDB `URL` for the influx sink: short for -storage-writer.influx-url")
+	fs.Var(fs.Lookup("storage-writer.influx-database").Value, "influx-database", "InfluxDB `database` for the influx sink: short for -storage-writer.influx-database")
 	fe := frontend.DefaultConfig()
 	registerPrefixed(fs, "frontend.", fe.RegisterFlags, "queue-dir", "routers", "registry")
 	rt := router.DefaultConfig()
@@ -190,11 +207,10 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		units := []unit{{name: "registry", run: store.Run, ready: func() error { return nil }}}
 		var writers []*storagewriter.Writer
 		for _, sink := range sinks {
-			cfg := storagewriter.DefaultConfig()
-			cfg.Sink = sink
+			cfg := sw
+			cfg.Sink, cfg.Name = sink, ""
 			cfg.Routers = []string{storeEndpoint}
 			cfg.QueueDir = filepath.Join(dataDir, "storage-writer-"+sink)
-			cfg.Influx.URL, cfg.Influx.Database = influxCfg.URL, influxCfg.Database
 			cfg.Lake.Dir = filepath.Join(dataDir, "lake")
 			w, err := storagewriter.New(cfg, logger, reg)
 			if err != nil {
@@ -222,15 +238,29 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		}
 		units = append(units, unit{name: "frontend", run: f.Run, ready: f.Ready})
 		if simDevices > 0 {
+			simOpts.waitFor = f.Ready
 			su, err := newSim(simOpts, logger, reg)
 			if err != nil {
 				return nil, err
 			}
 			units = append(units, su...)
 		}
+		if g, ok := reg.(prometheus.Gatherer); ok && statusEvery > 0 {
+			names := make([]string, len(writers))
+			for i, w := range writers {
+				names[i] = w.Name()
+			}
+			st := &status{g: g, w: os.Stdout, every: statusEvery, sinks: names, logger: logger}
+			units = append(units, unit{name: "status", run: st.run, ready: func() error { return nil }})
+		}
 		return units, nil
 	}
 }
+
+// allWiredWriterFlags are the storage writer's flags that drover all sets
+// itself: one writer per -sinks entry, named after its sink, its queue and
+// the lake under -data, connected to the router of the same process.
+var allWiredWriterFlags = []string{"routers", "sink", "name", "queue-dir", "lake-dir"}
 
 // loopbackEndpoint turns an endpoint that is bound on every interface
 // (tcp://*:5555) into one to connect to on loopback (tcp://127.0.0.1:5555).
