@@ -11,6 +11,7 @@
 #   make bench-e2e   every end-to-end benchmark (ingest, pipeline, latency, live, idle,
 #                    NATS JetStream peer) into docs/performance.md and docs/img (DURATION, SCENARIOS)
 #   make proto   regenerate the protobuf Go code (scripts/gen-proto.sh)
+#   make tidy    go mod tidy in drover's module and in the nested ones (NESTED_MODULES)
 #   make run     drover all with a simulated fleet, a local InfluxDB and the live map
 #
 # The recipes use bash's pipefail so that a failing command in a pipe fails.
@@ -27,7 +28,14 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # .tools), bin/, data/ and npm's node_modules/.
 GOFILES = $(shell find . \( -name '.?*' -o -path ./bin -o -path ./data -o -name node_modules \) -prune -o -type f -name '*.go' -print)
 
-.PHONY: all build test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet run clean
+# Go modules nested in this repository, each with its own go.mod and a replace
+# directive to the root, so that what only they need (the NATS client, the
+# plotting library, the browser driver) stays out of drover's go.mod and out of
+# what a user's go get pulls in. ./... does not reach them: vet and test-unit
+# run them one by one.
+NESTED_MODULES := bench/natspeer internal/bench/benchreport internal/browsertest
+
+.PHONY: all build test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet tidy run clean
 
 all: build
 
@@ -47,6 +55,7 @@ test: vet fmt-check tools test-unit test-fuzz test-chaos
 # TestChaos runs on its own after (test-chaos): it is a load of its own.
 test-unit:
 	$(GO) test -race -count=1 -timeout 20m -skip '^TestChaos$$' ./...
+	for m in $(NESTED_MODULES); do (cd $$m && $(GO) test -race -count=1 -timeout 20m ./...); done
 
 # The 2-minute chaos proof, without the race detector (its 2,000 simulated
 # devices run in the test process) and alone, so that what it measures is
@@ -105,10 +114,15 @@ fmt-check:
 		echo "gofmt: these files need 'make fmt':"; echo "$$unformatted"; exit 1; \
 	fi
 
-# bench/natspeer is its own module (the NATS peer benchmark): ./... does not reach it.
 vet:
 	$(GO) vet ./...
-	cd bench/natspeer && $(GO) vet ./...
+	for m in $(NESTED_MODULES); do (cd $$m && $(GO) vet ./...); done
+
+# go mod tidy in drover's module and in each nested one (after a dependency
+# change in drover's go.mod, the nested modules need their go.sum updated).
+tidy:
+	$(GO) mod tidy
+	for m in $(NESTED_MODULES); do (cd $$m && $(GO) mod tidy); done
 
 # drover all with 1,000 simulated vehicles, a local InfluxDB and the lake.
 run:

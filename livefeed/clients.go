@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"syscall"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/internal/atomicfile"
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/daemon"
 )
@@ -51,25 +51,15 @@ type ClientsFile struct {
 // it (see auth.HashHex).
 func HashToken(token string) string { return auth.HashHex(token) }
 
-// WriteClientsFile writes a clients file atomically (temp file, then rename).
+// WriteClientsFile writes a clients file atomically and durably
+// (internal/atomicfile: temp file, fsync, rename, folder fsync), readable by
+// its owner only: it holds token hashes.
 func WriteClientsFile(path string, clients []ClientEntry) error {
 	b, err := json.MarshalIndent(ClientsFile{Clients: clients}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("write clients file: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".clients-*")
-	if err != nil {
-		return fmt.Errorf("write clients file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write clients file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write clients file: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write clients file: %w", err)
 	}
 	return nil

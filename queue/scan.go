@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/atomicfile"
 )
 
 var segmentName = regexp.MustCompile(`^([0-9]+)\.dque$`)
@@ -366,15 +368,9 @@ func truncateSync(path string, size int64) error {
 	return nil
 }
 
+// replaceFile replaces path with data atomically and durably.
 func replaceFile(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := writeFileSync(tmp, data); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("replace %s: %w", path, err)
-	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.WriteFile(path, data, 0o644)
 }
 
 func writeFileSync(path string, data []byte) error {
@@ -420,14 +416,5 @@ func copyFile(src, dst string) error {
 	return syncDir(filepath.Dir(dst))
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open dir for sync: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
-}
+// syncDir fsyncs a folder after entries were added to or removed from it.
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/atomicfile"
 	"github.com/drover-telemetry/drover/internal/forward"
 )
 
@@ -344,14 +345,7 @@ func (j *journal) rewrite(state map[string][]forward.Interval) error {
 			n++
 		}
 	}
-	tmp := j.path + ".tmp"
-	if err := writeFileSync(tmp, b); err != nil {
-		return fmt.Errorf("rewrite dedup journal: %w", err)
-	}
-	if err := os.Rename(tmp, j.path); err != nil {
-		return fmt.Errorf("rewrite dedup journal: %w", err)
-	}
-	if err := syncDir(filepath.Dir(j.path)); err != nil {
+	if err := atomicfile.WriteFile(j.path, b, 0o644); err != nil {
 		return fmt.Errorf("rewrite dedup journal: %w", err)
 	}
 	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0)
@@ -429,32 +423,4 @@ func (j *journal) close(state map[string][]forward.Interval) error {
 		err = fmt.Errorf("close dedup journal: %w", cerr)
 	}
 	return err
-}
-
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }

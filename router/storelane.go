@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/drover-telemetry/drover/internal/atomicfile"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -261,29 +262,13 @@ func (r *Router) closeSubscribers() error {
 	return errors.Join(errs...)
 }
 
-// persistSubsLocked writes the subscriber set durably (temporary file,
-// fsync, rename, directory fsync).
+// persistSubsLocked writes the subscriber set atomically and durably
+// (internal/atomicfile: temporary file, fsync, rename, directory fsync).
 func (r *Router) persistSubsLocked() error {
 	names := slices.Sorted(mapsKeys(r.subs))
 	path := filepath.Join(r.subsDir(), subsFile)
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
+	if err := atomicfile.WriteFile(path, []byte(strings.Join(names, "\n")+"\n"), 0o644); err != nil {
 		return fmt.Errorf("write subscriber set: %w", err)
-	}
-	_, err = f.WriteString(strings.Join(names, "\n") + "\n")
-	err = errors.Join(err, f.Sync(), f.Close())
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		var d *os.File
-		if d, err = os.Open(r.subsDir()); err == nil {
-			err = errors.Join(d.Sync(), d.Close())
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("write subscriber set %s: %w", path, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/internal/backoff"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -49,7 +50,8 @@ func defaultStoreTiming() storeTiming {
 // writers decode with forward.Decode, which reads both forms.
 const storePacked = true
 
-// Backoff after a busy answer or an ack timeout, doubled each time.
+// Backoff after a busy answer or an ack timeout, doubled each time, with
+// jitter (internal/backoff).
 const (
 	minSubBackoff = 50 * time.Millisecond
 	maxSubBackoff = 5 * time.Second
@@ -157,7 +159,7 @@ func (s *subscriber) run(ctx context.Context) {
 		inflight     []*srun
 		identity     []byte
 		up           bool
-		backoff      time.Duration
+		retry        = backoff.New(minSubBackoff, maxSubBackoff, nil)
 		backoffUntil time.Time
 	)
 	tick := time.NewTicker(t.tick)
@@ -172,8 +174,7 @@ func (s *subscriber) run(ctx context.Context) {
 			}
 			if rn.sent && now.Sub(rn.sentAt) > t.ackTimeout {
 				rn.sent, rn.why = false, "timeout"
-				backoff = min(max(2*backoff, minSubBackoff), maxSubBackoff)
-				backoffUntil = now.Add(backoff)
+				backoffUntil = now.Add(retry.Next())
 			}
 			if rn.sent {
 				continue
@@ -232,11 +233,13 @@ loop:
 				case identity != nil && !bytes.Equal(identity, ev.id):
 					s.log.Info("router: subscriber connected anew (new writer process or socket); resending what it has in flight", "in_flight", len(inflight))
 					resendAll("reconnect")
-					backoff, backoffUntil = 0, time.Time{}
+					retry.Reset()
+					backoffUntil = time.Time{}
 				case !up && identity != nil:
 					s.log.Info("router: subscriber is back; resending what it has in flight", "in_flight", len(inflight))
 					resendAll("reconnect")
-					backoff, backoffUntil = 0, time.Time{}
+					retry.Reset()
+					backoffUntil = time.Time{}
 				case identity == nil:
 					s.log.Info("router: subscriber connected", "peer", string(ev.id))
 				}
@@ -257,7 +260,8 @@ loop:
 					}
 				}
 				if n > 0 {
-					backoff, backoffUntil = 0, time.Time{}
+					retry.Reset()
+					backoffUntil = time.Time{}
 					kept := inflight[:0]
 					for _, rn := range inflight {
 						if !rn.acked {
@@ -274,8 +278,7 @@ loop:
 						rn.sent, rn.why = false, "busy"
 					}
 				}
-				backoff = min(max(2*backoff, minSubBackoff), maxSubBackoff)
-				backoffUntil = now.Add(backoff)
+				backoffUntil = now.Add(retry.Next())
 			}
 			sendDue(now)
 		case now := <-tick.C:

@@ -172,7 +172,9 @@ r["loadavg_end"] = float(open("/proc/loadavg").read().split()[0])
 json.dump(r, open(sys.argv[1], "w"), indent=2)
 PY
 if [[ "${REPORT:-yes}" != no ]]; then
-	go run ./internal/bench/benchreport -results "$out" -doc docs/performance.md -img docs/img
+	# Its own module (its plotting library stays out of drover's go.mod): build it there.
+	(cd internal/bench/benchreport && go build -o "$work/benchreport" .)
+	"$work/benchreport" -results "$out" -doc docs/performance.md -img docs/img
 	log "wrote docs/performance.md (bench-e2e section) and docs/img/bench-e2e-*.png"
 fi
 log "results in $out"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install-chromium.sh: make sure a headless-capable Chromium is present for the live map's
-# browser end-to-end test (livefeed: TestBrowserLiveMap).
+# browser end-to-end tests (internal/browsertest: TestBrowserLiveMap, TestLiveMapFromSimulatedFleet).
 #
 # Uses Debian's `chromium` package. Idempotent: when a chromium is already on PATH (or
 # $DROVER_CHROMIUM names one) it only prints its version. Otherwise it runs

@@ -29,7 +29,6 @@ else
 		sleep 0.1
 	done
 fi
-curl -fsS -o /dev/null -XPOST "http://127.0.0.1:$influx_port/query" --data-urlencode 'q=CREATE DATABASE drover'
 
 echo "run: building drover" >&2
 go build -o bin/drover ./cmd/drover
@@ -37,6 +36,8 @@ token="$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
 # drover and influxd run in sessions of their own, so that Ctrl-C reaches only this script,
 # which then stops each of them once, gracefully (a second signal would make drover exit at once).
+# drover all creates the InfluxDB database if it is missing; its log goes to drover.log, its
+# status line (every 5 s) to this terminal.
 
 # The map's token is a secret: drover takes it from the environment (or a file), never from the
 # command line, where every user of the host could read it.
@@ -77,6 +78,7 @@ cat >&2 <<MSG
   Grafana       grafana/run-grafana.sh, or see grafana/README.md for the provisioning
   log           $data/drover.log
 
+  Below, a status line every 5 s: readings acked/s, written/s to each sink, live clients, queues.
   Ctrl-C stops everything.
 MSG
 wait "$drover_pid"

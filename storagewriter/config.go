@@ -52,9 +52,22 @@ type Config struct {
 	BatchInterval time.Duration
 	// SinkWriters is how many sink writes may be in flight at once.
 	SinkWriters int
-	// DeadLetterDir is the folder of the dead-letter file, which receives
+	// DeadLetterDir is the folder of the dead-letter files, which receive
 	// the records the sink refuses for good. Empty: QueueDir/dead-letter.
 	DeadLetterDir string
+	// DeadLetterFileBytes and DeadLetterFileAge bound one dead-letter
+	// file: past either, the writer starts a new one (as it does at every
+	// start), so that the closed ones can be replayed or moved.
+	DeadLetterFileBytes int64
+	DeadLetterFileAge   time.Duration
+	// DeadLetterMaxBytes and DeadLetterMaxAge, when positive, bound the
+	// dead-letter store: past them the oldest closed files are removed,
+	// each removal logged and counted with the records it drops. Zero (the
+	// default) removes nothing: dead letters are kept until an operator
+	// replays or removes them, and a full disk stops the writer (its queue
+	// then holds the records) rather than losing any.
+	DeadLetterMaxBytes int64
+	DeadLetterMaxAge   time.Duration
 	// Influx configures the InfluxDB sink (Sink == SinkInflux).
 	Influx influx.Config
 	// Lake configures the lake sink (Sink == SinkLake). Its Name is set to
@@ -81,6 +94,9 @@ func DefaultConfig() Config {
 		SinkWriters:   DefaultSinkWriters,
 		Influx:        influx.DefaultConfig(),
 		Lake:          lake.DefaultConfig(),
+
+		DeadLetterFileBytes: 64 << 20,
+		DeadLetterFileAge:   24 * time.Hour,
 	}
 }
 
@@ -104,7 +120,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.SinkWriters, "sink-writers", c.SinkWriters,
 		"sink writes (`count`) in flight at once: while the store takes one write, the writer sends the next (the sinks are idempotent, so the order does not matter)")
 	fs.StringVar(&c.DeadLetterDir, "dead-letter-dir", c.DeadLetterDir,
-		"`folder` of the dead-letter file (JSON lines of the records the sink refuses for good; default: QUEUE-DIR/dead-letter)")
+		"`folder` of the dead-letter files (JSON lines of the records the sink refuses for good; default: QUEUE-DIR/dead-letter)")
+	fs.Int64Var(&c.DeadLetterFileBytes, "dead-letter-file-bytes", c.DeadLetterFileBytes,
+		"size (`bytes`) past which the writer starts a new dead-letter file")
+	fs.DurationVar(&c.DeadLetterFileAge, "dead-letter-file-age", c.DeadLetterFileAge,
+		"age (`duration`) past which the writer closes its dead-letter file, so that it can be replayed")
+	fs.Int64Var(&c.DeadLetterMaxBytes, "dead-letter-max-bytes", c.DeadLetterMaxBytes,
+		"if positive, `bytes` of dead letters kept: past it the oldest files are removed, logged and counted (0: keep everything)")
+	fs.DurationVar(&c.DeadLetterMaxAge, "dead-letter-max-age", c.DeadLetterMaxAge,
+		"if positive, dead-letter files last written longer ago (`duration`) are removed, logged and counted (0: keep them)")
 	c.Influx.RegisterFlags(fs, "influx-")
 	c.Lake.RegisterFlags(fs, "lake-")
 }
@@ -116,6 +140,12 @@ func (c Config) SubscriberName() string {
 		return c.Name
 	}
 	return c.Sink
+}
+
+// deadLetterLimits returns the dead-letter store's bounds.
+func (c Config) deadLetterLimits() deadLetterLimits {
+	return deadLetterLimits{fileBytes: c.DeadLetterFileBytes, fileAge: c.DeadLetterFileAge,
+		maxBytes: c.DeadLetterMaxBytes, maxAge: c.DeadLetterMaxAge}
 }
 
 // deadLetterDir returns DeadLetterDir or its default.
@@ -152,6 +182,18 @@ func (c Config) Validate() error {
 	}
 	if c.BatchInterval <= 0 {
 		errs = append(errs, fmt.Errorf("batch-interval: %v: want more than 0", c.BatchInterval))
+	}
+	if c.DeadLetterFileBytes <= 0 {
+		errs = append(errs, fmt.Errorf("dead-letter-file-bytes: %d: want more than 0", c.DeadLetterFileBytes))
+	}
+	if c.DeadLetterFileAge <= 0 {
+		errs = append(errs, fmt.Errorf("dead-letter-file-age: %v: want more than 0", c.DeadLetterFileAge))
+	}
+	if c.DeadLetterMaxBytes < 0 || (c.DeadLetterMaxBytes > 0 && c.DeadLetterMaxBytes < c.DeadLetterFileBytes) {
+		errs = append(errs, fmt.Errorf("dead-letter-max-bytes: %d: want 0 (no bound) or at least -dead-letter-file-bytes (%d)", c.DeadLetterMaxBytes, c.DeadLetterFileBytes))
+	}
+	if c.DeadLetterMaxAge < 0 {
+		errs = append(errs, fmt.Errorf("dead-letter-max-age: %v: want 0 (no bound) or more", c.DeadLetterMaxAge))
 	}
 	switch c.Sink {
 	case SinkInflux:

@@ -24,8 +24,12 @@
 // or Config.BatchInterval worth, writes them, and acks the queue only when
 // the sink returned nil. Transient sink errors are retried with jittered
 // exponential backoff; records the sink refuses for good are isolated by
-// bisection and written to a dead-letter file (see [DeadLetter] and
-// [ReplayDeadLetters]). docs/storage-writer.md is the operator's guide.
+// bisection and written to the dead-letter store (see [DeadLetter]): JSON
+// lines fsynced before the records leave the queue, in files rotated by
+// size and age, removed only past an explicit bound (each removal logged
+// and counted). [Replay] (drover storage-writer replay) writes them to the
+// sink again once the cause is fixed. docs/storage-writer.md is the
+// operator's guide.
 //
 // The package is a library: cmd/drover builds a [Writer] from a [Config] with
 // [New] and runs it with [Writer.Run].

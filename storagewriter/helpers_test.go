@@ -278,8 +278,15 @@ type running struct {
 // startWriter starts a writer; prepare may change it before Run.
 func startWriter(t testing.TB, cfg Config, prepare func(*Writer)) *running {
 	t.Helper()
+	return startWriterLogged(t, cfg, prepare, testLogWriter{t})
+}
+
+// startWriterLogged is startWriter with the log (info and up) written to
+// logs.
+func startWriterLogged(t testing.TB, cfg Config, prepare func(*Writer), logs io.Writer) *running {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	w, err := New(cfg, slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), reg)
+	w, err := New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})), reg)
 	if err != nil {
 		t.Fatal(err)
 	}

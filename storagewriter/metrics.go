@@ -25,9 +25,16 @@ type metrics struct {
 	sinkDown        prometheus.Gauge
 	deadLettered    prometheus.Counter
 	undecodable     prometheus.Counter
-	writeSeconds    prometheus.Histogram
-	writeRecords    prometheus.Histogram
-	backlogAge      prometheus.Gauge
+	// The dead-letter store.
+	deadLetteredBytes prometheus.Counter
+	dlFiles           prometheus.Gauge
+	dlBytes           prometheus.Gauge
+	dlDroppedFiles    prometheus.Counter
+	dlDroppedRecords  prometheus.Counter
+	dlDroppedBytes    prometheus.Counter
+	writeSeconds      prometheus.Histogram
+	writeRecords      prometheus.Histogram
+	backlogAge        prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -46,9 +53,16 @@ func newMetrics() *metrics {
 		sinkDown:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_writer_sink_down", Help: "1 while the sink fails transiently (an outage: the queue grows), else 0."}),
 		deadLettered:    prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_dead_lettered_records_total", Help: "Records the sink refused for good, written to the dead-letter file."}),
 		undecodable:     prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_undecodable_entries_total", Help: "Queue entries that are not a PublishBatch, written to the dead-letter file."}),
-		writeSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_writer_sink_write_duration_seconds", Help: "Duration of one sink write attempt.", Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12)}),
-		writeRecords:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_writer_sink_write_records", Help: "Records per successful sink write (grows while a backlog drains).", Buckets: prometheus.ExponentialBuckets(1, 4, 9)}),
-		backlogAge:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_writer_backlog_age_seconds", Help: "Seconds since the frontend received the oldest record the writer is writing and has not stored yet; 0 when caught up."}),
+
+		deadLetteredBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_dead_lettered_bytes_total", Help: "Bytes appended (and fsynced) to the dead-letter files."}),
+		dlFiles:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_writer_dead_letter_files", Help: "Dead-letter files held in the dead-letter folder (replay or remove them: drover storage-writer replay)."}),
+		dlBytes:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_writer_dead_letter_bytes", Help: "Bytes of the dead-letter files held."}),
+		dlDroppedFiles:    prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_dead_letter_dropped_files_total", Help: "Dead-letter files removed because -dead-letter-max-bytes or -dead-letter-max-age said so."}),
+		dlDroppedRecords:  prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_dead_letter_dropped_records_total", Help: "Dead letters (lines) in the files removed past a bound: records lost for good."}),
+		dlDroppedBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_dead_letter_dropped_bytes_total", Help: "Bytes of the dead-letter files removed past a bound."}),
+		writeSeconds:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_writer_sink_write_duration_seconds", Help: "Duration of one sink write attempt.", Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12)}),
+		writeRecords:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_writer_sink_write_records", Help: "Records per successful sink write (grows while a backlog drains).", Buckets: prometheus.ExponentialBuckets(1, 4, 9)}),
+		backlogAge:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_writer_backlog_age_seconds", Help: "Seconds since the frontend received the oldest record the writer is writing and has not stored yet; 0 when caught up."}),
 	}
 }
 
@@ -58,6 +72,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 		m.batchesReceived, m.entriesReceived, m.recordsReceived, m.duplicates, m.appended, m.busy,
 		m.badMessages, m.routersUp, m.recordsWritten, m.sinkWrites, m.sinkErrors, m.sinkDown,
 		m.deadLettered, m.undecodable, m.writeSeconds, m.writeRecords, m.backlogAge,
+		m.deadLetteredBytes, m.dlFiles, m.dlBytes, m.dlDroppedFiles, m.dlDroppedRecords, m.dlDroppedBytes,
 	} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)

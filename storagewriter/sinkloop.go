@@ -3,12 +3,13 @@ package storagewriter
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
+	"fmt"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/backoff"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/storagewriter/sink"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -72,7 +73,7 @@ func (w *Writer) sinkLoop(ctx, wctx context.Context, q *queue.Queue, s sink.Sink
 			}
 			if err != nil {
 				w.logger.Error("storage-writer: read queue", "err", err)
-				if !sleepCtx(ctx, time.Second) {
+				if !backoff.Sleep(ctx, time.Second) {
 					return
 				}
 			}
@@ -160,13 +161,13 @@ func (g *gathered) add(b queue.Batch) {
 // ctx ended first (the records stay queued).
 func (w *Writer) store(ctx, wctx context.Context, s sink.Sink, g gathered) bool {
 	for _, be := range g.bad {
-		w.logger.Error("storage-writer: queue entry is not a PublishBatch; dead-lettered", "err", be.err, "file", w.dl.path())
 		if !w.retryDeadLetter(ctx, func() error {
 			return w.dl.writeEntries("", "undecodable entry: "+be.err.Error(), [][]byte{be.data})
 		}) {
 			return false
 		}
 		w.m.undecodable.Inc()
+		w.logger.Error("storage-writer: queue entry is not a PublishBatch; dead-lettered", "err", be.err, "file", w.dl.path())
 	}
 	if len(g.recs) == 0 {
 		return true
@@ -187,12 +188,13 @@ func (w *Writer) writeIsolating(ctx, wctx context.Context, s sink.Sink, recs []*
 	}
 	if len(recs) == 1 {
 		r := recs[0].GetRecord()
-		w.logger.Warn("storage-writer: record dead-lettered", "device", r.GetDeviceId(), "seq", r.GetReading().GetSeq(),
-			"router", routers[0], "reason", err, "file", w.dl.path())
 		if !w.retryDeadLetter(ctx, func() error { return w.dl.writeRecord(routers[0], err.Error(), recs[0]) }) {
 			return ctx.Err()
 		}
 		w.m.deadLettered.Inc()
+		w.dlRecords.Add(1)
+		w.logger.Warn("storage-writer: record dead-lettered", "device", r.GetDeviceId(), "seq", r.GetReading().GetSeq(),
+			"router", routers[0], "reason", err, "file", w.dl.path())
 		return nil
 	}
 	mid := len(recs) / 2
@@ -206,14 +208,14 @@ func (w *Writer) writeIsolating(ctx, wctx context.Context, s sink.Sink, recs []*
 // exponential backoff until it works, the sink refuses for good (returned),
 // or ctx ends (the last error returned).
 func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*telemetry.EnrichedRecord) error {
-	backoff := minRetryBackoff
+	retry := backoff.New(minRetryBackoff, maxRetryBackoff, nil)
+	var failingSince time.Time
 	for {
 		start := time.Now()
 		err := s.Write(wctx, recs)
 		w.m.writeSeconds.Observe(time.Since(start).Seconds())
 		if err == nil {
 			w.sinkUp()
-			w.sinkOK.Store(true)
 			w.m.sinkWrites.Inc()
 			w.m.recordsWritten.Add(float64(len(recs)))
 			w.m.writeRecords.Observe(float64(len(recs)))
@@ -227,36 +229,17 @@ func (w *Writer) writeRetrying(ctx, wctx context.Context, s sink.Sink, recs []*t
 		if ctx.Err() != nil {
 			return err
 		}
+		if failingSince.IsZero() {
+			failingSince = start
+		}
+		if w.retryFor > 0 && time.Since(failingSince) >= w.retryFor {
+			return fmt.Errorf("sink failing for %v; giving up: %w", time.Since(failingSince).Round(time.Second), err)
+		}
 		w.sinkFailed(len(recs), err)
-		if !sleepCtx(ctx, jitter(backoff)) {
+		if !backoff.Sleep(ctx, retry.Next()) {
 			return err
 		}
 		w.setBacklogAge()
-		backoff = min(2*backoff, maxRetryBackoff)
-	}
-}
-
-// sinkUp records a write that worked: the end of an outage, if one was on.
-func (w *Writer) sinkUp() {
-	w.downMu.Lock()
-	defer w.downMu.Unlock()
-	if w.sinkDown {
-		w.sinkDown = false
-		w.m.sinkDown.Set(0)
-		w.logger.Info("storage-writer: sink is back; draining the backlog", "down_for", time.Since(w.downSince).Round(time.Millisecond))
-	}
-}
-
-// sinkFailed records a write that failed transiently: an outage begins, and
-// is logged once, whichever of the concurrent writes sees it first.
-func (w *Writer) sinkFailed(records int, err error) {
-	w.downMu.Lock()
-	defer w.downMu.Unlock()
-	if !w.sinkDown {
-		w.sinkDown = true
-		w.downSince = time.Now()
-		w.m.sinkDown.Set(1)
-		w.logger.Warn("storage-writer: sink write failed; holding the records in the queue and retrying with backoff", "records", records, "err", err)
 	}
 }
 
@@ -317,7 +300,7 @@ func (t *writing) oldest() int64 {
 // it worked. A dead-letter file that cannot be written is an outage like a
 // sink's: the records stay queued.
 func (w *Writer) retryDeadLetter(ctx context.Context, write func() error) bool {
-	backoff := minRetryBackoff
+	retry := backoff.New(minRetryBackoff, maxRetryBackoff, nil)
 	logged := false
 	for {
 		err := write()
@@ -329,26 +312,8 @@ func (w *Writer) retryDeadLetter(ctx context.Context, write func() error) bool {
 			w.logger.Error("storage-writer: cannot write the dead-letter file; retrying", "err", err)
 			logged = true
 		}
-		if !sleepCtx(ctx, jitter(backoff)) {
+		if !backoff.Sleep(ctx, retry.Next()) {
 			return false
 		}
-		backoff = min(2*backoff, maxRetryBackoff)
-	}
-}
-
-// jitter returns d ± 25%.
-func jitter(d time.Duration) time.Duration {
-	return d*3/4 + rand.N(d/2+1)
-}
-
-// sleepCtx sleeps d or until ctx ends, reporting whether it slept it all.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

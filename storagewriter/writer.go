@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/drover-telemetry/drover/internal/backoff"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
@@ -35,14 +36,24 @@ const (
 	// pingInterval is how often the writer asks a sink that has not
 	// answered yet (readiness).
 	pingInterval = 2 * time.Second
+	// dlMaintainInterval is how often the dead-letter store closes an aged
+	// file and applies its bounds.
+	dlMaintainInterval = time.Minute
 )
 
 // errNotRunning is what Ready says before Run has opened the queue.
 var errNotRunning = errors.New("storage-writer: not running (queue not open)")
 
-// pinger is a sink that can say whether its store answers (InfluxDB).
-type pinger interface {
-	Ping(ctx context.Context) error
+// checker is a sink that can say whether its writes will go through
+// (InfluxDB: the server answers, the database exists).
+type checker interface {
+	Check(ctx context.Context) error
+}
+
+// stater is a sink that can say why its store refuses the writer now (a
+// database that does not exist), cheaply.
+type stater interface {
+	State() error
 }
 
 // routerSeqs is what the writer knows of one router's queue sequences.
@@ -61,9 +72,11 @@ type Writer struct {
 	// newSink, when set (tests), replaces the configured sink.
 	newSink func() (sink.Sink, error)
 
-	running atomic.Bool
-	q       atomic.Pointer[queue.Queue]
-	sinkOK  atomic.Bool
+	running   atomic.Bool
+	q         atomic.Pointer[queue.Queue]
+	sinkOK    atomic.Bool            // the sink's first check passed
+	sinkWhy   atomic.Pointer[string] // why the first check fails, for Ready
+	sinkState atomic.Pointer[stater] // the open sink, when it reports a state
 
 	mu      sync.Mutex
 	routers map[string]*routerSeqs
@@ -73,13 +86,16 @@ type Writer struct {
 	appendWG  sync.WaitGroup
 	appendCtx context.Context
 
-	dl *deadLetter
+	dl              *deadLetter
+	dlMaintainEvery time.Duration // dlMaintainInterval; tests shorten it
+	dlRecords       atomic.Int64  // records dead-lettered, for a replay's report
+	// retryFor, when positive, is how long a transient sink failure is
+	// retried before the write gives up (a replay; the writer retries
+	// until it stops).
+	retryFor time.Duration
 
-	// The sink's outage state, shared by the sink writers.
-	downMu    sync.Mutex
-	sinkDown  bool
-	downSince time.Time
-	track     writing // writes in flight, for the backlog age
+	out   outage  // the sink's outage state, shared by the sink writers
+	track writing // writes in flight, for the backlog age
 }
 
 // New checks cfg and returns a writer that logs to logger and registers its
@@ -106,14 +122,16 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 		return nil, err
 	}
 	w := &Writer{
-		cfg:       cfg,
-		logger:    logger.With("component", "storage-writer", "writer", cfg.Name, "sink", cfg.Sink),
-		reg:       reg,
-		m:         m,
-		routers:   make(map[string]*routerSeqs),
-		appendSem: make(chan struct{}, maxAppenders),
+		cfg:             cfg,
+		logger:          logger.With("component", "storage-writer", "writer", cfg.Name, "sink", cfg.Sink),
+		reg:             reg,
+		m:               m,
+		routers:         make(map[string]*routerSeqs),
+		appendSem:       make(chan struct{}, maxAppenders),
+		dlMaintainEvery: dlMaintainInterval,
+		out:             outage{every: outageSummaryInterval},
 	}
-	w.dl = newDeadLetter(cfg.deadLetterDir(), cfg.Name, cfg.Sink)
+	w.dl = newDeadLetter(cfg.deadLetterDir(), cfg.Name, cfg.Sink, cfg.deadLetterLimits(), w.logger, m)
 	return w, nil
 }
 
@@ -137,6 +155,12 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("storage-writer: open queue: %w", err)
 	}
+	if err := w.dl.open(); err != nil {
+		if cerr := q.Close(); cerr != nil {
+			w.logger.Error("storage-writer: close queue", "err", cerr)
+		}
+		return fmt.Errorf("storage-writer: %w", err)
+	}
 	s, err := w.openSink()
 	if err != nil {
 		if cerr := q.Close(); cerr != nil {
@@ -146,6 +170,10 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 	w.q.Store(q)
 	defer w.q.Store(nil)
+	if st, ok := s.(stater); ok {
+		w.sinkState.Store(&st)
+		defer w.sinkState.Store(nil)
+	}
 
 	// The sink write in flight at shutdown gets shutdownGrace to finish.
 	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -171,6 +199,20 @@ func (w *Writer) Run(ctx context.Context) error {
 	go func() {
 		defer bg.Done()
 		w.watchSink(ctx, s)
+	}()
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		t := time.NewTicker(w.dlMaintainEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				w.dl.maintain()
+			}
+		}
 	}()
 
 	appendCtx, appendCancel := context.WithCancel(context.Background())
@@ -255,42 +297,59 @@ func (w *Writer) openSink() (sink.Sink, error) {
 	return nil, fmt.Errorf("unknown sink %q", w.cfg.Sink)
 }
 
-// watchSink marks the sink as answering: at once for a sink that cannot be
-// pinged, after its first successful ping otherwise.
+// watchSink marks the sink as ready: at once for a sink that cannot be
+// checked, after its first successful check otherwise (InfluxDB answers and
+// the database exists, or was created). A failing check is an outage like a
+// failing write: logged once, then summarised.
 func (w *Writer) watchSink(ctx context.Context, s sink.Sink) {
-	p, ok := s.(pinger)
+	c, ok := s.(checker)
 	if !ok {
 		w.sinkOK.Store(true)
 		return
 	}
 	for {
-		pctx, cancel := context.WithTimeout(ctx, pingInterval)
-		err := p.Ping(pctx)
+		cctx, cancel := context.WithTimeout(ctx, pingInterval)
+		err := c.Check(cctx)
 		cancel()
 		if err == nil {
 			w.sinkOK.Store(true)
+			w.sinkUp()
 			return
 		}
-		w.logger.Debug("storage-writer: sink does not answer yet", "err", err)
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return
-		case <-time.After(pingInterval):
+		}
+		why := err.Error()
+		w.sinkWhy.Store(&why)
+		w.sinkFailed(0, err)
+		if !backoff.Sleep(ctx, pingInterval) {
+			return
 		}
 	}
 }
 
-// Ready reports whether the writer accepts and acks batches: nil once its
-// queue is open and its sink has answered once (InfluxDB: a ping), an error
-// saying why not otherwise. A sink that fails later does not make it
-// unready: the queue takes the data meanwhile. It is cheap and never
-// blocks, for /readyz.
+// Ready reports whether the writer accepts and acks batches and its sink
+// can take them: nil once its queue is open and its sink has passed its
+// first check (InfluxDB: it answers and the database exists), an error
+// saying why not otherwise. Later, it is an error again while the store
+// refuses the writer itself (InfluxDB: the database does not exist, the
+// credentials are refused), which only an operator can fix; a store that
+// is merely down does not make the writer unready: the queue takes the
+// data meanwhile. It is cheap and never blocks, for /readyz.
 func (w *Writer) Ready() error {
 	if w.q.Load() == nil {
 		return errNotRunning
 	}
 	if !w.sinkOK.Load() {
+		if why := w.sinkWhy.Load(); why != nil {
+			return fmt.Errorf("storage-writer: sink %s not ready: %s", w.cfg.Sink, *why)
+		}
 		return fmt.Errorf("storage-writer: sink %s has not answered yet", w.cfg.Sink)
+	}
+	if st := w.sinkState.Load(); st != nil {
+		if err := (*st).State(); err != nil {
+			return fmt.Errorf("storage-writer: sink %s: %w", w.cfg.Sink, err)
+		}
 	}
 	return nil
 }

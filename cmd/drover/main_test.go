@@ -117,9 +117,9 @@ func TestCommandHelpShowsFlagsAndEnv(t *testing.T) {
 	for cmd, own := range map[string][]string{
 		"frontend":       {"listen", "queue-dir", "routers", "id"},
 		"router":         {"listen", "live-pub", "store-listen", "queue-dir", "id"},
-		"storage-writer": {"routers", "sink", "queue-dir", "name"},
+		"storage-writer": {"routers", "sink", "queue-dir", "name", "dead-letter-max-bytes", "dead-letter-file-age"},
 		"livefeed":       {"listen", "routers"},
-		"all":            {"data", "sinks", "simulate", "frontend.listen", "router.store-listen", "livefeed.listen"},
+		"all":            {"data", "sinks", "simulate", "frontend.listen", "router.store-listen", "livefeed.listen", "storage-writer.influx-measurement", "storage-writer.lake-compact-interval", "status-interval"},
 		"sim":            {"frontends", "devices", "rate", "write-registry"},
 	} {
 		r := runDrover(t, nil, cmd, "-h")

@@ -24,6 +24,9 @@ type simOptions struct {
 	summary       string        // write the JSON summary here at the end ("-": stdout)
 	progress      time.Duration // progress line interval; 0: none
 	timeline      string        // write a JSON line per second here (empty: none)
+	// waitFor, when set, must return nil before the devices start (drover
+	// all: the frontend listens), so that no first connect is refused.
+	waitFor func() error
 }
 
 func defaultSimOptions() simOptions {
@@ -64,6 +67,9 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		return nil, fmt.Errorf("sim: %w", err)
 	}
 	run := func(ctx context.Context) error {
+		if o.waitFor != nil && !waitReady(ctx, o.waitFor) {
+			return nil // stopped before the frontend was ready
+		}
 		if o.progress > 0 {
 			go fleet.Progress(os.Stderr, o.progress)
 		}
@@ -107,6 +113,20 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		return err
 	}
 	return []unit{{name: "sim", run: run, ready: fleet.Ready}}, nil
+}
+
+// waitReady polls ready until it returns nil (true) or ctx ends (false).
+func waitReady(ctx context.Context, ready func() error) bool {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for ready() != nil {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
 }
 
 // processCPUSeconds is this process's CPU time so far (user + system), 0 if unknown.

@@ -36,6 +36,9 @@ type target struct {
 	help      string // more about the command for -h, if the summary is not enough
 	// setup defines the target's flags in fs and returns what builds it.
 	setup func(fs *flag.FlagSet) buildFunc
+	// subcommands are one-shot commands under the target's name (drover
+	// storage-writer replay), run instead of the daemon when named first.
+	subcommands map[string]func(args []string, stdout, stderr io.Writer) int
 }
 
 // envPrefix is the environment prefix of a command's flags: DROVER_FRONTEND,
@@ -49,6 +52,11 @@ func envPrefix(command string) string {
 // main parses args, builds the target's units, serves /metrics, /healthz and
 // /readyz, runs until a signal or a failure, and returns the exit status.
 func (t target) main(_ string, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		if sub, ok := t.subcommands[args[0]]; ok {
+			return sub(args[1:], stdout, stderr)
+		}
+	}
 	fs := flag.NewFlagSet("drover "+t.name, flag.ContinueOnError)
 	build := t.setup(fs)
 	opsCfg := daemon.OpsConfig{Listen: t.opsListen}
@@ -115,9 +123,13 @@ func (t target) main(_ string, args []string, stdout, stderr io.Writer) int {
 // command's usage to stdout; an error prints it to stderr. When ok is false
 // the command must return code.
 func parseFlags(fs *flag.FlagSet, name, summary, help string, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	return parseFlagsEnv(fs, name, envPrefix(name), summary, help, args, stdout, stderr)
+}
+
+// parseFlagsEnv is parseFlags with the environment prefix given.
+func parseFlagsEnv(fs *flag.FlagSet, name, prefix, summary, help string, args []string, stdout, stderr io.Writer) (code int, ok bool) {
 	var out bytes.Buffer
 	fs.SetOutput(&out)
-	prefix := envPrefix(name)
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprintf(w, "Usage: drover %s [flags]\n\n%s.\n", name, upperFirst(summary))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -28,7 +29,8 @@ func targets() []target {
 	return []target{
 		{name: "frontend", summary: "device WebSocket server: acks after fsync, drains to every router", opsListen: "127.0.0.1:9180", setup: setupFrontend},
 		{name: "router", summary: "fan-in from frontends: durable queue, enrichment, live. and store. lanes", opsListen: "127.0.0.1:9181", setup: setupRouter},
-		{name: "storage-writer", summary: "durable subscriber writing the store. lane to InfluxDB or the Parquet lake", opsListen: "127.0.0.1:9182", setup: setupStorageWriter},
+		{name: "storage-writer", summary: "durable subscriber writing the store. lane to InfluxDB or the Parquet lake", opsListen: "127.0.0.1:9182", setup: setupStorageWriter,
+			help: storageWriterHelp, subcommands: map[string]func([]string, io.Writer, io.Writer) int{"replay": runReplay}},
 		{name: "livefeed", summary: "live WebSocket API and map for web and mobile clients", opsListen: "127.0.0.1:9183", setup: setupLivefeed},
 		{name: "all", summary: "every component in one process, wired on loopback, queues under -data (start here)", opsListen: "127.0.0.1:9184", setup: setupAll, help: allHelp},
 		{name: "sim", summary: "simulated fleet of devices sending readings to frontends", opsListen: "127.0.0.1:9185", setup: setupSim},
@@ -91,19 +93,34 @@ func setupSim(fs *flag.FlagSet) buildFunc {
 	}
 }
 
+const storageWriterHelp = `
+Records the sink refuses for good go to dead-letter files; once the cause is
+fixed, 'drover storage-writer replay' (with this writer's flags) writes them
+again: see 'drover storage-writer replay -h'.`
+
 const allHelp = `
 Runs one router, one frontend, one storage writer per entry of -sinks, one
-livefeed and, with -simulate N, a fleet of N simulated vehicles, all in this
-process and connected over loopback ZeroMQ and WebSocket, exactly as they
-would be in separate processes. Each component keeps its own flags under its
-name as a prefix: the frontend's -listen is -frontend.listen here (env
-DROVER_ALL_FRONTEND_LISTEN). What all wires itself has no flag: every queue
-lives under -data, the frontend and the router share one device registry,
-the router keeps a durable subscriber queue for each sink, and the writers
-and the livefeed connect to the router's -router.store-listen and
--router.live-pub on loopback. With -simulate, the livefeed runs as with
--livefeed.dev: without a clients file or dev token it makes up a token
-and logs the live map's URL with it.`
+livefeed and, with -simulate N, a fleet of N simulated vehicles (started
+once the frontend listens), all in this process and connected over loopback
+ZeroMQ and WebSocket, exactly as they would be in separate processes. Each
+component keeps its own flags under its name as a prefix: the frontend's
+-listen is -frontend.listen here (env DROVER_ALL_FRONTEND_LISTEN); the
+storage writers share the -storage-writer.* flags (-storage-writer.influx-url,
+-storage-writer.lake-compact-interval, ...). What all wires itself has no
+flag: every queue and the lake live under -data, the frontend and the router
+share one device registry, the router keeps a durable subscriber queue for
+each sink, each writer is named after its sink, and the writers and the
+livefeed connect to the router's -router.store-listen and -router.live-pub
+on loopback. Unlike drover storage-writer, all creates a missing InfluxDB
+database (-storage-writer.influx-create-database).
+
+Every -status-interval (5s) a status line on standard output says what
+happened meanwhile: devices connected, readings acked per second, records
+written per second by each sink, live clients, and what waits in the
+queues (the log goes to standard error).
+
+With -simulate, the livefeed runs as with -livefeed.dev: without a clients
+file or dev token it makes up a token and logs the live map's URL with it.`
 
 // setupAll wires one router, one frontend, one storage writer per sink, one
 // livefeed and optionally a simulated fleet in one process.
@@ -119,9 +136,17 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	registryPath := ""
 	fs.StringVar(&registryPath, "registry", registryPath,
 		"device registry `file` shared by the frontend and the router; default DIR/registry.json, written from the fleet with -simulate")
-	influxCfg := storagewriter.DefaultConfig().Influx
-	fs.StringVar(&influxCfg.URL, "influx-url", influxCfg.URL, "InfluxDB `URL` for the influx sink")
-	fs.StringVar(&influxCfg.Database, "influx-database", influxCfg.Database, "InfluxDB `database` for the influx sink")
+	statusEvery := DefaultStatusInterval
+	fs.DurationVar(&statusEvery, "status-interval", statusEvery,
+		"print a status line to standard output this often (`duration`): readings acked/s, written/s by sink, live clients, queues; 0 for none")
+	// The writers' flags, but what all wires itself (allWiredWriterFlags).
+	// On a laptop, a missing InfluxDB database is created.
+	sw := storagewriter.DefaultConfig()
+	sw.Influx.CreateDatabase = true
+	registerPrefixed(fs, "storage-writer.", sw.RegisterFlags, allWiredWriterFlags...)
+	// The short forms all had before it exposed every writer flag.
+	fs.Var(fs.Lookup("storage-writer.influx-url").Value, "influx-url", "InfluxDB `URL` for the influx sink: short for -storage-writer.influx-url")
+	fs.Var(fs.Lookup("storage-writer.influx-database").Value, "influx-database", "InfluxDB `database` for the influx sink: short for -storage-writer.influx-database")
 	fe := frontend.DefaultConfig()
 	registerPrefixed(fs, "frontend.", fe.RegisterFlags, "queue-dir", "routers", "registry")
 	rt := router.DefaultConfig()
@@ -189,11 +214,10 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		units := []unit{{name: "registry", run: store.Run, ready: func() error { return nil }}}
 		var writers []*storagewriter.Writer
 		for _, sink := range sinks {
-			cfg := storagewriter.DefaultConfig()
-			cfg.Sink = sink
+			cfg := sw
+			cfg.Sink, cfg.Name = sink, ""
 			cfg.Routers = []string{storeEndpoint}
 			cfg.QueueDir = filepath.Join(dataDir, "storage-writer-"+sink)
-			cfg.Influx.URL, cfg.Influx.Database = influxCfg.URL, influxCfg.Database
 			cfg.Lake.Dir = filepath.Join(dataDir, "lake")
 			w, err := storagewriter.New(cfg, logger, reg)
 			if err != nil {
@@ -221,15 +245,29 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		}
 		units = append(units, unit{name: "frontend", run: f.Run, ready: f.Ready})
 		if simDevices > 0 {
+			simOpts.waitFor = f.Ready
 			su, err := newSim(simOpts, logger, reg)
 			if err != nil {
 				return nil, err
 			}
 			units = append(units, su...)
 		}
+		if g, ok := reg.(prometheus.Gatherer); ok && statusEvery > 0 {
+			names := make([]string, len(writers))
+			for i, w := range writers {
+				names[i] = w.Name()
+			}
+			st := &status{g: g, w: os.Stdout, every: statusEvery, sinks: names, logger: logger}
+			units = append(units, unit{name: "status", run: st.run, ready: func() error { return nil }})
+		}
 		return units, nil
 	}
 }
+
+// allWiredWriterFlags are the storage writer's flags that drover all sets
+// itself: one writer per -sinks entry, named after its sink, its queue and
+// the lake under -data, connected to the router of the same process.
+var allWiredWriterFlags = []string{"routers", "sink", "name", "queue-dir", "lake-dir"}
 
 // loopbackEndpoint turns an endpoint that is bound on every interface
 // (tcp://*:5555) into one to connect to on loopback (tcp://127.0.0.1:5555).

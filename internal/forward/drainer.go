@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,7 +164,6 @@ type Drainer struct {
 	inflight map[*fbatch]struct{}
 	byFirst  map[uint64]*run // runs in flight, by first sequence
 	acked    *SeqSet         // ranges some router acked, late acks included
-	rnd      *rand.Rand
 }
 
 // fbatch is one queue batch on its way: its runs of consecutive sequences,
@@ -231,7 +229,6 @@ func NewDrainer(cfg DrainerConfig, q *queue.Queue, logger *slog.Logger, reg prom
 		inflight: make(map[*fbatch]struct{}),
 		byFirst:  make(map[uint64]*run),
 		acked:    NewSeqSet(ackedIntervals),
-		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	h := fnv.New32a()
 	h.Write([]byte(cfg.Sender))
@@ -568,8 +565,9 @@ func (d *Drainer) onPong(l *link, m Message, now time.Time) {
 
 func (d *Drainer) onAck(l *link, m Message, now time.Time) {
 	d.acked.Add(m.First, m.Last)
-	if l.backoff != 0 {
-		l.backoff, l.busyUntil = 0, time.Time{}
+	if l.backoff.Active() {
+		l.backoff.Reset()
+		l.busyUntil = time.Time{}
 		l.log.Info("forward: router accepts batches again", "router", l.router)
 	}
 	if r := d.byFirst[m.First]; r != nil && r.last == m.Last && r.b.link == l {
@@ -629,11 +627,10 @@ func (d *Drainer) onRefused(l *link, m Message, now time.Time) {
 // routers that are up get the batches meanwhile. It returns the wait and
 // whether l was not backing off already.
 func (d *Drainer) backOff(l *link, now time.Time) (time.Duration, bool) {
-	entering := l.backoff == 0
-	l.backoff = min(max(2*l.backoff, minBusyBackoff), maxBusyBackoff)
-	// Jitter: half to all of the backoff, so that frontends refused at the
-	// same moment do not come back at the same moment.
-	wait := l.backoff/2 + time.Duration(d.rnd.Int64N(int64(l.backoff/2)+1))
+	entering := !l.backoff.Active()
+	// Jittered (internal/backoff), so that frontends refused at the same
+	// moment do not come back at the same moment.
+	wait := l.backoff.Next()
 	l.busyUntil = now.Add(wait)
 	return wait, entering
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+
+	"github.com/drover-telemetry/drover/internal/backoff"
 )
 
 // link is the drainer's connection to one router: one DEALER socket (a
@@ -35,7 +37,7 @@ type link struct {
 	incarnation uint64
 	router      string
 	busyUntil   time.Time
-	backoff     time.Duration
+	backoff     backoff.Backoff
 	inflight    int // batches sent here and not settled
 }
 
@@ -52,6 +54,7 @@ func newLink(d *Drainer, idx int, endpoint string) *link {
 		endpoint: endpoint,
 		log:      d.log.With("router_endpoint", endpoint),
 		outKick:  make(chan struct{}, 1),
+		backoff:  backoff.New(minBusyBackoff, maxBusyBackoff, nil),
 	}
 }
 

@@ -20,10 +20,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/drover-telemetry/drover/internal/atomicfile"
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -185,33 +185,21 @@ func ReadFile(path string) ([]Device, error) {
 	return f.Devices, nil
 }
 
-// Write writes a registry file atomically (temp file, then rename). A file it
+// Write writes a registry file atomically and durably
+// (internal/atomicfile: temp file, fsync, rename, folder fsync). A file it
 // replaces keeps its permissions (a frontend running as another user must
-// still read it); a new one is readable by its owner only.
+// still read it); a new one is readable by its owner only: it holds token
+// hashes.
 func Write(path string, devices []Device) error {
 	b, err := json.MarshalIndent(File{Devices: devices}, "", "  ")
 	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".registry-*")
-	if err != nil {
 		return fmt.Errorf("write registry: %w", err)
 	}
-	defer os.Remove(tmp.Name())
+	perm := os.FileMode(0o600)
 	if st, err := os.Stat(path); err == nil {
-		if err := tmp.Chmod(st.Mode().Perm()); err != nil {
-			tmp.Close()
-			return fmt.Errorf("write registry: %w", err)
-		}
+		perm = st.Mode().Perm()
 	}
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write registry: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write registry: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), perm); err != nil {
 		return fmt.Errorf("write registry: %w", err)
 	}
 	return nil

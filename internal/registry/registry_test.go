@@ -286,7 +286,7 @@ func TestStoreReloadsOnChangeAndSIGHUP(t *testing.T) {
 	})
 
 	// A broken file keeps the registry in force, in both stores.
-	okBefore, errBefore := reloads(hup, "ok"), reloads(hup, "error")
+	errBefore := reloads(hup, "error")
 	if err := os.WriteFile(path, []byte("{not json"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -297,6 +297,13 @@ func TestStoreReloadsOnChangeAndSIGHUP(t *testing.T) {
 			t.Errorf("%s: the broken file replaced the registry", name)
 		}
 	}
+	// A reload of the broken file never counts as ok. Counted from here:
+	// a SIGHUP of the loop above may have been handled after the snapshot
+	// of the counters, reading the good file; from here on, every reload
+	// reads the broken one.
+	okBefore, errNow := reloads(hup, "ok"), reloads(hup, "error")
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitFor(t, func() bool { return reloads(hup, "error") > errNow })
 	if got := reloads(hup, "ok"); got != okBefore {
 		t.Errorf("hup store: %v ok reloads after the broken file, want %v", got, okBefore)
 	}

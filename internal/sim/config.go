@@ -64,7 +64,8 @@ type Config struct {
 	// them all connect at once (a stampede).
 	ConnectRate float64
 	// BackoffMin and BackoffMax bound the reconnect backoff (defaults 100 ms and 10 s). The n-th
-	// failure in a row waits a random time in [d/2, d] with d = min(BackoffMax, BackoffMin·2^n).
+	// failure in a row waits a random time in [d/2, d] with d = min(BackoffMax, BackoffMin·2^(n-1))
+	// (internal/backoff).
 	BackoffMin, BackoffMax time.Duration
 	// HandshakeTimeout bounds dialing and the WebSocket upgrade (default 10 s).
 	HandshakeTimeout time.Duration

@@ -17,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/drover-telemetry/drover/internal/backoff"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
@@ -124,8 +125,9 @@ func (d *device) run(ctx context.Context) {
 		d.generate()
 	}
 
-	failures := 0 // failures in a row, for backoff
-	lastURL := -1 // the frontend of the last attempt, avoided at the next one
+	// The failures in a row, and the frontend of the last attempt (avoided at the next one).
+	retry := backoff.New(cfg.BackoffMin, cfg.BackoffMax, d.rng)
+	lastURL := -1
 	var wait time.Duration
 	for {
 		if wait > 0 {
@@ -156,8 +158,7 @@ func (d *device) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			failures++
-			wait = d.backoff(failures)
+			wait = retry.Next()
 			if retryAfter > 0 {
 				// Honour Retry-After, spread over half as much again so that the refused
 				// devices do not all come back in the same instant.
@@ -174,21 +175,10 @@ func (d *device) run(ctx context.Context) {
 			return
 		}
 		if progress {
-			failures = 0
+			retry.Reset()
 		}
-		failures++
-		wait = d.backoff(failures)
+		wait = retry.Next()
 	}
-}
-
-// backoff returns the wait after the n-th failure in a row (n ≥ 1): a random time in [b/2, b]
-// with b = min(BackoffMax, BackoffMin·2^(n-1)).
-func (d *device) backoff(n int) time.Duration {
-	cfg := d.f.cfg
-	b := float64(cfg.BackoffMin) * math.Pow(2, float64(min(n-1, 62)))
-	b = math.Min(b, float64(cfg.BackoffMax))
-	half := int64(b / 2)
-	return time.Duration(half + d.rng.Int64N(half+1))
 }
 
 // pickURL picks a frontend at random, another than last when there is a choice.

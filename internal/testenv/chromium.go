@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"testing"
-
-	"github.com/chromedp/chromedp"
 )
 
 // chromiumInstallHint says how to get a browser; skips and failures quote it.
@@ -73,7 +70,7 @@ func Chromium(t testing.TB) string {
 }
 
 // ChromiumArgs returns the command-line switches drover's browser tests
-// start Chromium with: headless, no sandbox (containers and root), no GPU,
+// (internal/browsertest, a module of its own) start Chromium with: headless, no sandbox (containers and root), no GPU,
 // and nothing that talks to the network on its own (updates, sync,
 // first-run pages, QUIC), with a fresh profile in userDataDir. Each is
 // "--name" or "--name=value", without the program name.
@@ -94,20 +91,4 @@ func ChromiumArgs(userDataDir string) []string {
 		"--mute-audio",
 		"--user-data-dir=" + userDataDir,
 	}
-}
-
-// ChromedpOptions returns chromedp's allocator options for the Chromium at
-// path, started with [ChromiumArgs] and a fresh profile in userDataDir, in
-// a window of width × height.
-func ChromedpOptions(path, userDataDir string, width, height int) []chromedp.ExecAllocatorOption {
-	opts := []chromedp.ExecAllocatorOption{chromedp.ExecPath(path), chromedp.WindowSize(width, height)}
-	for _, a := range ChromiumArgs(userDataDir) {
-		name, value, hasValue := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		if hasValue {
-			opts = append(opts, chromedp.Flag(name, value))
-		} else {
-			opts = append(opts, chromedp.Flag(name, true))
-		}
-	}
-	return opts
 }

@@ -8,5 +8,7 @@
 // standard error, verbose or not.
 //
 // [Azurite] starts the Azure Blob Storage emulator for the lake's tests, and
-// [DuckDBNode] finds the DuckDB that reads the lake back.
+// [DuckDBNode] finds the DuckDB that reads the lake back. [Chromium] finds
+// the browser of the live map's tests (internal/browsertest, a module of its
+// own so that its browser driver stays out of drover's go.mod).
 package testenv

@@ -39,6 +39,14 @@ type Config struct {
 	// GZip compresses request bodies: worth it over a slow or metered
 	// network, a waste of CPU on loopback.
 	GZip bool
+	// CreateDatabase makes the sink create Database (InfluxQL CREATE
+	// DATABASE, InfluxDB 1.x) when InfluxDB says it does not exist, at start
+	// and whenever a write finds it missing. Convenient on a laptop (drover
+	// all turns it on); in production create the database yourself, with
+	// the retention policy you want, and leave this off: the writer then
+	// holds the records and says so (/readyz, a metric, one log line) until
+	// the database exists.
+	CreateDatabase bool
 }
 
 // DefaultConfig returns the configuration of a sink writing to an InfluxDB
@@ -70,6 +78,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 		"longest `duration` of one InfluxDB write request before it counts as failed (and is retried)")
 	fs.BoolVar(&c.GZip, prefix+"gzip", c.GZip,
 		"gzip InfluxDB write requests (worth it over a slow network)")
+	fs.BoolVar(&c.CreateDatabase, prefix+"create-database", c.CreateDatabase,
+		"create the database if InfluxDB says it does not exist (InfluxDB 1.x; needs admin rights when auth is on); in production create it yourself, with its retention policy")
 }
 
 // Validate reports every problem of the configuration at once.

@@ -77,13 +77,17 @@
 //   - transient: 5xx, 429, 408, timeouts (Config.Timeout per request),
 //     refused or broken connections;
 //   - transient too, though InfluxDB said 4xx: 401, 403 and 404 (bad
-//     credentials, missing database or retention policy), and a 400 for a
-//     series limit of InfluxDB's own configuration (max-values-per-tag,
-//     whose default of 100,000 is below a large fleet's device count, and
-//     max-series-per-database). They are not the records' fault, and
-//     dead-lettering everything while an operator fixes the configuration
-//     would lose data; they are logged at error level and counted as
-//     result="config";
+//     credentials, missing database), the 500 of a missing retention
+//     policy, and a 400 for a series limit of InfluxDB's own configuration
+//     (max-values-per-tag, whose default of 100,000 is below a large
+//     fleet's device count, and max-series-per-database). They are not the records' fault, and dead-lettering
+//     everything while an operator fixes the configuration would lose
+//     data. They are wrapped with [sink.Misconfigured] and a sentence
+//     saying what to do, counted as result="config", and reported by
+//     [Sink.State] (the writer's /readyz) until a write works; the writer
+//     logs the outage once. With Config.CreateDatabase a missing database
+//     is created ([Sink.Check] at start, and on a write that finds it
+//     missing);
 //   - the caller's context ending: its error, wrapped.
 //
 // Errors from an HTTP answer wrap an [*HTTPError] carrying the status and
@@ -93,8 +97,9 @@
 //
 // drover_influx_points_written_total, drover_influx_write_requests_total
 // by result (ok, permanent, transient, config, canceled),
-// drover_influx_write_duration_seconds, drover_influx_write_bytes_total and
-// drover_influx_fields_dropped_total.
+// drover_influx_write_duration_seconds, drover_influx_write_bytes_total,
+// drover_influx_fields_dropped_total, drover_influx_database_missing and
+// drover_influx_databases_created_total.
 //
 // A point older than the retention policy's duration is refused for good
 // ("points beyond retention policy"), and dead-lettered: a finite retention
@@ -104,7 +109,9 @@
 // # Against InfluxDB 2.x and 3
 //
 // The same requests work: Config.Database is the bucket (or the database of
-// a DBRP mapping) and Config.Token an API token. The database must exist;
-// with InfluxDB 1.8: influx -execute 'CREATE DATABASE drover', or
+// a DBRP mapping) and Config.Token an API token. The database must exist
+// (Config.CreateDatabase runs InfluxQL CREATE DATABASE, which only 1.x
+// serves); with InfluxDB 1.8: influx -execute 'CREATE DATABASE drover', or
 // curl -XPOST localhost:8086/query --data-urlencode 'q=CREATE DATABASE drover'.
+// docs/influxdb.md is the schema and setup for operators and Grafana users.
 package influx

@@ -36,8 +36,10 @@ type Sink struct {
 	client  influxdb2.Client
 	write   api.WriteAPIBlocking
 	enc     *encoder
-	bufs    sync.Pool // *[]byte line-protocol buffers
+	bufs    sync.Pool    // *[]byte line-protocol buffers
+	http    *http.Client // the client's, for Check and CREATE DATABASE
 	closed  atomic.Bool
+	refused atomic.Pointer[refusal] // see State
 }
 
 var _ sink.Sink = (*Sink)(nil)
@@ -66,6 +68,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Sink, err
 		SetApplicationName("drover")
 	client := influxdb2.NewClientWithOptions(cfg.URL, cfg.Token, opts)
 	s := &Sink{
+		http:    opts.HTTPClient(),
 		cfg:     cfg,
 		logger:  logger.With("sink", Name),
 		metrics: m,
@@ -126,20 +129,25 @@ func (s *Sink) Write(ctx context.Context, recs []*telemetry.EnrichedRecord) erro
 	if err == nil {
 		s.metrics.requests.WithLabelValues(ResultOK).Inc()
 		s.metrics.points.Add(float64(len(recs)))
+		if s.refused.Load() != nil {
+			s.setRefused(nil)
+		}
 		return nil
 	}
 	result, err := s.classify(ctx, wctx, err)
 	s.metrics.requests.WithLabelValues(result).Inc()
-	switch result {
-	case ResultConfig:
-		// The records are fine and will be retried, but nothing will get
-		// through until an operator acts: say so loudly.
-		s.logger.Error("InfluxDB refuses the writer: check the database, retention policy, credentials and series limits",
-			"url", s.cfg.URL, "bucket", s.cfg.bucket(), "err", err)
-	default:
-		s.logger.Debug("write failed", "result", result, "points", len(recs), "bytes", len(body),
-			"took", took, "err", err)
+	if result == ResultConfig {
+		// The records are fine and will be retried, but nothing gets
+		// through until an operator acts (or the database is created).
+		// The writer logs the outage once and says so in /readyz; no
+		// line per retry here.
+		err = s.createIfMissing(ctx, err)
+		if err == nil {
+			err = errors.New("influx write: InfluxDB database created; retrying")
+		}
 	}
+	s.logger.Debug("write failed", "result", result, "points", len(recs), "bytes", len(body),
+		"took", took, "err", err)
 	return err
 }
 
@@ -169,12 +177,13 @@ func (s *Sink) classify(ctx, wctx context.Context, err error) (string, error) {
 	if errors.As(err, &he) && he.StatusCode != 0 {
 		herr := &HTTPError{StatusCode: he.StatusCode, Message: httpMessage(he), err: err}
 		switch code := he.StatusCode; {
+		case code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusNotFound ||
+			strings.Contains(herr.Message, "retention policy not found"): // 1.8 says 500
+			return ResultConfig, s.refuse(herr)
 		case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
 			return ResultTransient, herr
-		case code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusNotFound:
-			return ResultConfig, herr
 		case code == http.StatusBadRequest && seriesLimit(herr.Message):
-			return ResultConfig, herr
+			return ResultConfig, s.refuse(herr)
 		case code >= 400:
 			return ResultPermanent, sink.Permanent(herr)
 		default: // 1xx, 3xx: nothing sensible was stored

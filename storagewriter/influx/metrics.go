@@ -33,6 +33,8 @@ type metrics struct {
 	duration      prometheus.Histogram
 	bytes         prometheus.Counter
 	fieldsDropped prometheus.Counter
+	dbMissing     prometheus.Gauge
+	dbCreated     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -58,6 +60,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drover_influx_fields_dropped_total",
 			Help: "Field values left out of points: non-finite numbers, extra keys that collide once sanitised.",
 		}),
+		dbMissing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drover_influx_database_missing",
+			Help: "1 while InfluxDB says the database does not exist (the writer holds the records until it does), else 0.",
+		}),
+		dbCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_influx_databases_created_total",
+			Help: "Databases the sink created because InfluxDB said they did not exist (-influx-create-database).",
+		}),
 	}
 	for _, r := range []string{ResultOK, ResultPermanent, ResultTransient, ResultConfig, ResultCanceled} {
 		m.requests.WithLabelValues(r)
@@ -65,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.points, m.requests, m.duration, m.bytes, m.fieldsDropped} {
+	for _, c := range []prometheus.Collector{m.points, m.requests, m.duration, m.bytes, m.fieldsDropped, m.dbMissing, m.dbCreated} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/parquet-go/parquet-go"
+
+	"github.com/drover-telemetry/drover/internal/atomicfile"
 )
 
 // compactRowGroupRows is the row group size of compacted files: 256 Ki rows,
@@ -350,20 +352,10 @@ func (s *Sink) writeJournal(j journal) (string, error) {
 		return "", fmt.Errorf("encode journal: %w", err)
 	}
 	final := filepath.Join(dir, fmt.Sprintf("%019d.json", time.Now().UnixNano()))
-	tmp := final + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+	// A crash before the rename leaves a ".NAME.*.tmp" file, which
+	// recoverJournals removes.
+	if err := atomicfile.WriteFile(final, data, 0o644); err != nil {
 		return "", fmt.Errorf("write journal: %w", err)
-	}
-	if err := syncFile(tmp); err != nil {
-		os.Remove(tmp)
-		return "", err
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("rename journal: %w", err)
-	}
-	if err := syncDir(dir); err != nil {
-		return "", err
 	}
 	return final, nil
 }

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/drover-telemetry/drover/internal/atomicfile"
 )
 
 // destination is where finished files go: a local folder or an Azure Blob
@@ -81,7 +83,9 @@ func (d *localDest) fire(point string) {
 // commit fsyncs the temp file, renames it into its partition folder (which
 // it creates, fsyncing each parent it adds an entry to) and fsyncs that
 // folder. rename(2) is atomic: the final name shows the complete file or
-// nothing.
+// nothing. It is internal/atomicfile's sequence for a file the Parquet
+// writer streamed into the scratch folder, with failpoints between the
+// steps and a refusal to replace an existing file (errExists).
 func (d *localDest) commit(ctx context.Context, tmpPath, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -226,34 +230,8 @@ func (d *localDest) remove(_ context.Context, names []string) error {
 }
 
 // syncFile fsyncs the file at p.
-func syncFile(p string) error {
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("open for fsync: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync file: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close file: %w", err)
-	}
-	return nil
-}
+func syncFile(p string) error { return atomicfile.SyncFile(p) }
 
 // syncDir fsyncs a folder, making the entries added to or removed from it
 // durable.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open folder for fsync: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync folder %s: %w", dir, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close folder: %w", err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }

@@ -42,3 +42,16 @@ func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err)
 
 // IsPermanent reports whether err is a refusal for good.
 func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
+
+// ErrMisconfigured is what Misconfigured errors wrap.
+var ErrMisconfigured = errors.New("store refuses the writer's configuration")
+
+// Misconfigured marks a transient err that no retry will cure until an
+// operator acts: the store refuses the writer itself (a database that does
+// not exist, bad credentials), not the records. The writer keeps the records
+// and retries like any transient error, but logs the outage at error level
+// and says why it is not ready.
+func Misconfigured(err error) error { return fmt.Errorf("%w: %w", ErrMisconfigured, err) }
+
+// IsMisconfigured reports whether err says an operator must act.
+func IsMisconfigured(err error) bool { return errors.Is(err, ErrMisconfigured) }

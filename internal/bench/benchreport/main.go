@@ -2,7 +2,12 @@
 // markdown tables between the bench-e2e markers of docs/performance.md (the rest of the
 // document is left as it is) and PNG plots of throughput and latency over time in docs/img/.
 //
-//	go run ./internal/bench/benchreport -results bench-out/e2e -doc docs/performance.md -img docs/img
+//	(cd internal/bench/benchreport && go build -o /tmp/benchreport .)
+//	/tmp/benchreport -results bench-out/e2e -doc docs/performance.md -img docs/img
+//
+// It is a Go module of its own (go.mod here, replace directive to the
+// repository root), as bench/natspeer is: its plotting library, gonum/plot,
+// stays out of drover's go.mod. make test vets and tests it.
 //
 // Scenarios that were not run (SCENARIOS picks a subset) are marked as such in the tables.
 package main

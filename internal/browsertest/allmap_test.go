@@ -1,4 +1,4 @@
-package e2e
+package browsertest
 
 import (
 	"context"
@@ -37,13 +37,12 @@ func TestLiveMapFromSimulatedFleet(t *testing.T) {
 	defer cancel()
 	mapAddr := freeAddr(t)
 	const token = "e2e-map-token"
-	all := newProc(t, "all", "all", "-data", t.TempDir(), "-simulate", "40",
+	all := startDrover(t, ctx, "all", "-data", t.TempDir(), "-simulate", "40", "-status-interval", "0",
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
 		"-livefeed.listen", mapAddr, "-livefeed.dev-token-file", secretFile(t, token))
-	all.start(ctx)
 
-	opts := testenv.ChromedpOptions(chromium, t.TempDir(), 1280, 800)
+	opts := chromedpOptions(chromium, t.TempDir(), 1280, 800)
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
 	defer cancelAlloc()
 	bctx, cancelBrowser := chromedp.NewContext(actx)
@@ -93,7 +92,11 @@ func TestLiveMapFromSimulatedFleet(t *testing.T) {
 		t.Fatal(err)
 	}
 	if os.Getenv("DROVER_UPDATE_DOCS") == "1" {
-		if err := os.WriteFile("../../docs/img/make-run-map.png", png, 0o644); err != nil {
+		root, err := testenv.ModuleRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "docs", "img", "make-run-map.png"), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

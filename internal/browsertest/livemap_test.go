@@ -1,4 +1,4 @@
-package livefeed
+package browsertest
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/drover-telemetry/drover/internal/testenv"
+	"github.com/drover-telemetry/drover/livefeed"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
@@ -37,8 +38,8 @@ type mapState struct {
 	ActiveFleets  []string `json:"activeFleets"`
 	Tiles         string   `json:"tiles"`
 	View          struct {
-		Zoom float64 `json:"zoom"`
-		BBox BBox    `json:"bbox"`
+		Zoom float64       `json:"zoom"`
+		BBox livefeed.BBox `json:"bbox"`
 	} `json:"view"`
 }
 
@@ -112,7 +113,7 @@ func TestBrowserLiveMap(t *testing.T) {
 	chromium := testenv.Chromium(t)
 	noLeaks(t)
 	pub := newPublisher(t, "r0")
-	rf := startFeed(t, nil, pub)
+	rf := startFeed(t, pub)
 	sim := newFleetSim(pub)
 	sim.step(0)
 	rf.waitVehicles(t, len(sim.vehicles))
@@ -133,7 +134,7 @@ func TestBrowserLiveMap(t *testing.T) {
 	})
 	defer func() { close(stopSim); simWG.Wait() }()
 
-	opts := testenv.ChromedpOptions(chromium, t.TempDir(), 1280, 800)
+	opts := chromedpOptions(chromium, t.TempDir(), 1280, 800)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)

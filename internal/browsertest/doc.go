@@ -1,0 +1,12 @@
+// Package browsertest holds drover's tests that drive a real Chromium: the
+// live map served by the livefeed, fed by a moving fleet
+// (TestBrowserLiveMap), and the map of `drover all -simulate`, as make run
+// shows it (TestLiveMapFromSimulatedFleet).
+//
+// It is a Go module of its own (go.mod here, with a replace directive to
+// the repository root) so that the browser driver, chromedp and its
+// DevTools protocol bindings, stays out of drover's go.mod: a user's `go
+// get` of drover never pulls it in. make test runs these tests like the
+// others (see the Makefile's NESTED_MODULES). Without a Chromium they fail
+// under CI=true and are skipped, loudly, otherwise (testenv.Chromium).
+package browsertest

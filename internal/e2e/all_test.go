@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/drover-telemetry/drover/internal/testenv"
+)
+
+// statusLine matches drover all's status line (cmd/drover/status.go).
+var statusLine = regexp.MustCompile(`drover all: ([\d,]+) devices, ([\d,]+) readings/s acked \| written/s: lake ([\d,]+), influx ([\d,]+) \| live clients: ([\d,]+) \| waiting: `)
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(strings.ReplaceAll(s, ",", ""))
+	return n
+}
+
+// TestAllAsNewUser runs `drover all -simulate 200` with both sinks and a
+// real InfluxDB, as make run does: the simulated devices start once the
+// frontend listens (no first connect is refused, no warning greets the
+// user); the writer creates its missing InfluxDB database; the writers'
+// flags reach them (-storage-writer.influx-measurement); and a status line
+// with real numbers appears every -status-interval.
+func TestAllAsNewUser(t *testing.T) {
+	inf := testenv.InfluxD(t)
+	const devices = 200
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	all := newProc(t, "all", "all", "-data", t.TempDir(), "-simulate", strconv.Itoa(devices), "-sinks", "lake,influx",
+		"-influx-url", inf.URL, "-storage-writer.influx-database", "all_e2e", "-storage-writer.influx-measurement", "vehicles",
+		"-status-interval", "1s",
+		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
+		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
+		"-livefeed.listen", freeAddr(t), "-livefeed.dev-token", "e2e-all-token")
+	all.start(ctx)
+
+	var last []string
+	waitFor(t, 60*time.Second, "status lines with every device connected and both sinks writing", func() bool {
+		b, _ := os.ReadFile(all.logPath)
+		m := statusLine.FindAllStringSubmatch(string(b), -1)
+		if len(m) < 2 {
+			return false
+		}
+		last = m[len(m)-1]
+		return atoi(last[1]) == devices && atoi(last[2]) > 0 && atoi(last[3]) > 0 && atoi(last[4]) > 0
+	})
+	t.Logf("status line: %s", last[0])
+
+	fams, err := all.metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := metricValue(fams, "drover_sim_connect_failures_total", nil); ok && n > 0 {
+		t.Errorf("%v first connects failed: the simulated devices started before the frontend listened", n)
+	}
+	if n, _ := metricValue(fams, "drover_frontend_connections", nil); n != devices {
+		t.Errorf("drover_frontend_connections = %v, want %d", n, devices)
+	}
+	if n, _ := metricValue(fams, "drover_influx_databases_created_total", nil); n != 1 {
+		t.Errorf("drover_influx_databases_created_total = %v, want 1 (drover all creates the database)", n)
+	}
+	b, _ := os.ReadFile(all.logPath)
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+			t.Errorf("a new user is greeted by: %s", l)
+		}
+	}
+	rows := inf.WithDatabase(t, "all_e2e").Query(t, `SELECT count(seq) FROM vehicles`)
+	if len(rows) != 1 {
+		t.Fatalf("no points in measurement vehicles of database all_e2e: %v", rows)
+	}
+	if n, _ := testenv.Float(rows[0][1]); n == 0 {
+		t.Error("no points in measurement vehicles")
+	}
+	all.stop(30 * time.Second)
+}
