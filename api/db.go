@@ -288,6 +288,18 @@ func nullInt(v int64) any {
 	return v
 }
 
+// bulkPlaceholders is placeholders for the long statements of a bulk
+// write, whose values are bound in order: SQLite gets anonymous "?" there,
+// because it resolves each "$N" by a linear search of the names seen so
+// far (quadratic: 2,800 placeholders took longer to parse than to run).
+// A second dialect difference, for speed only.
+func (s *store) bulkPlaceholders(from, n int) string {
+	if s.driver == DriverSQLite {
+		return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+	}
+	return placeholders(from, n)
+}
+
 // placeholders returns "$from, $from+1, ..." for n values.
 func placeholders(from, n int) string {
 	var b strings.Builder

@@ -153,7 +153,7 @@ func parseCSV(body io.Reader) ([]ImportRow, error) {
 	cr.TrimLeadingSpace = true
 	header, err := cr.Read()
 	if err != nil {
-		return nil, errBadRequest("csv: header line: %v", asParseErr(err))
+		return nil, csvError("csv: header line", err)
 	}
 	cols := make([]int, len(header))
 	seen := map[string]bool{}
@@ -183,7 +183,7 @@ func parseCSV(body io.Reader) ([]ImportRow, error) {
 			return rows, nil
 		}
 		if err != nil {
-			return nil, errBadRequest("csv: %v", asParseErr(err))
+			return nil, csvError("csv", err)
 		}
 		var row ImportRow
 		for i, v := range rec {
@@ -220,12 +220,14 @@ func parseCSV(body io.Reader) ([]ImportRow, error) {
 	}
 }
 
-func asParseErr(err error) error {
+// csvError is a refused CSV body: 413 when it was cut at the body limit,
+// 400 otherwise.
+func csvError(what string, err error) error {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return fmt.Errorf("request body over %d bytes", mbe.Limit)
+		return errTooLarge(mbe.Limit)
 	}
-	return err
+	return errBadRequest("%s: %v", what, err)
 }
 
 // applyImport checks every row and, when all pass, writes them. It
@@ -306,7 +308,7 @@ VALUES ($1, $1, '', $2, $3, $3)`, ref, v, t.ms()); err != nil {
 			known[ref] = true
 		}
 	}
-	existing, err := existingDevices(t.ctx, t, ids)
+	existing, err := existingDevices(t.ctx, t, s.db.bulkPlaceholders, ids)
 	if err != nil {
 		return res, nil, err
 	}
@@ -348,7 +350,7 @@ func catalogIDs(ctx context.Context, q querier, table string) (map[string]bool, 
 }
 
 // existingDevices returns the fleet of each id that exists.
-func existingDevices(ctx context.Context, q querier, ids []string) (map[string]string, error) {
+func existingDevices(ctx context.Context, q querier, bulk func(from, n int) string, ids []string) (map[string]string, error) {
 	out := map[string]string{}
 	const chunk = 500
 	for len(ids) > 0 {
@@ -357,7 +359,7 @@ func existingDevices(ctx context.Context, q querier, ids []string) (map[string]s
 		for i, id := range ids[:n] {
 			args[i] = id
 		}
-		rows, err := q.QueryContext(ctx, `SELECT id, COALESCE(fleet, '') FROM devices WHERE id IN (`+placeholders(1, n)+`)`, args...)
+		rows, err := q.QueryContext(ctx, `SELECT id, COALESCE(fleet, '') FROM devices WHERE id IN (`+bulk(1, n)+`)`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("import: read devices: %w", err)
 		}

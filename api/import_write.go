@@ -1,6 +1,7 @@
 package api
 
 import (
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -20,43 +21,69 @@ func (s *Server) writeImport(t *tx, r *http.Request, p *principal, rows []Import
 	var inserts []any
 	var audits []any
 	nIns, nAud := 0, 0
-	flushInserts := func() error {
-		if nIns == 0 {
-			return nil
-		}
+	insertSQL := func(rows int) string {
 		var b strings.Builder
 		b.WriteString(`INSERT INTO devices (id, name, fleet, class, region, labels, state, state_changed_at, state_changed_by,
  state_reason, token_hash, token_issued_at, version, created_at, updated_at) VALUES `)
-		for i := range nIns {
+		for i := range rows {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			fmt.Fprintf(&b, "(%s, '', %s)", placeholders(i*14+1, 9), placeholders(i*14+10, 5))
+			fmt.Fprintf(&b, "(%s, '', %s)", s.db.bulkPlaceholders(i*14+1, 9), s.db.bulkPlaceholders(i*14+10, 5))
 		}
-		if _, err := t.ExecContext(t.ctx, b.String(), inserts...); err != nil {
-			return fmt.Errorf("import: insert devices: %w", err)
-		}
-		inserts, nIns = inserts[:0], 0
-		return nil
+		return b.String()
 	}
-	flushAudits := func() error {
-		if nAud == 0 {
-			return nil
-		}
+	auditSQL := func(rows int) string {
 		var b strings.Builder
 		b.WriteString(`INSERT INTO audit (id, at, actor, key_id, action, object_type, object_id, fleet, fleet_before, before_json,
  after_json, request_id, remote_addr) VALUES `)
-		for i := range nAud {
+		for i := range rows {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			fmt.Fprintf(&b, "(%s)", placeholders(i*13+1, 13))
+			fmt.Fprintf(&b, "(%s)", s.db.bulkPlaceholders(i*13+1, 13))
 		}
-		if _, err := t.ExecContext(t.ctx, b.String(), audits...); err != nil {
-			return fmt.Errorf("import: audit: %w", err)
+		return b.String()
+	}
+	// Full chunks reuse one prepared statement each: parsing a statement
+	// of 2,800 placeholders costs more than running it.
+	var fullInsert, fullAudit *sql.Stmt
+	defer func() {
+		for _, st := range []*sql.Stmt{fullInsert, fullAudit} {
+			if st != nil {
+				st.Close()
+			}
 		}
-		audits, nAud = audits[:0], 0
+	}()
+	flush := func(n int, args []any, full **sql.Stmt, build func(int) string, what string) error {
+		if n == 0 {
+			return nil
+		}
+		var err error
+		if n == importChunk {
+			if *full == nil {
+				if *full, err = t.PrepareContext(t.ctx, build(n)); err != nil {
+					return fmt.Errorf("import: %s: %w", what, err)
+				}
+			}
+			_, err = (*full).ExecContext(t.ctx, args...)
+		} else {
+			_, err = t.ExecContext(t.ctx, build(n), args...)
+		}
+		if err != nil {
+			return fmt.Errorf("import: %s: %w", what, err)
+		}
 		return nil
+	}
+	flushInserts := func() error {
+		err := flush(nIns, inserts, &fullInsert, insertSQL, "insert devices")
+		inserts, nIns = inserts[:0], 0
+		return err
+	}
+	flushAudits := func() error {
+		err := flush(nAud, audits, &fullAudit, auditSQL, "audit")
+		audits, nAud = audits[:0], 0
+		return err
 	}
 	now := t.ms()
 	for _, row := range rows {
