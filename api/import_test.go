@@ -24,9 +24,9 @@ func TestImport100kAllOrNothing(t *testing.T) {
 			fmt.Fprintf(&csv, "veh-%06d,Vehicle %d,acme,depot=d%d\n", i, i, i%7)
 		}
 		good := csv.String()
-		bad := strings.Replace(good, "veh-000010,", "veh 000010,", 1)               // a space in the id
+		bad := strings.Replace(good, "veh-000010,", "veh 000010,", 1)                       // a space in the id
 		bad = strings.Replace(bad, "veh-050000,Vehicle 50000,acme", "veh-050000,x,nope", 1) // unknown fleet
-		bad = strings.Replace(bad, "veh-099999,", "veh-000000,", 1)                 // a duplicate of row 1
+		bad = strings.Replace(bad, "veh-099999,", "veh-000000,", 1)                         // a duplicate of row 1
 		r := e.do(req{method: "POST", path: "/v1/imports/devices", key: e.adminKey, body: bad, contentType: "text/csv"})
 		if r.status != 422 || r.errCode() != "import_refused" {
 			t.Fatalf("bad import: %d %.500s", r.status, r.body)

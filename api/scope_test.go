@@ -138,8 +138,10 @@ var scopeCases = map[string]scopeCase{
 			{method: "POST", path: "/v1/operators", body: map[string]any{"name": "mole", "role": "admin", "fleets": []string{"*"}}},
 			{method: "POST", path: "/v1/operators", body: map[string]any{"name": "mole", "role": "follower", "fleets": []string{"*"}}}}
 	},
-	"GET /v1/operators/{id}":    func(f *fixture) []req { return []req{{method: "GET", path: "/v1/operators/" + f.opB}} },
-	"PATCH /v1/operators/{id}":  func(f *fixture) []req { return []req{{method: "PATCH", path: "/v1/operators/" + f.opB, body: map[string]any{"disabled": true}}} },
+	"GET /v1/operators/{id}": func(f *fixture) []req { return []req{{method: "GET", path: "/v1/operators/" + f.opB}} },
+	"PATCH /v1/operators/{id}": func(f *fixture) []req {
+		return []req{{method: "PATCH", path: "/v1/operators/" + f.opB, body: map[string]any{"disabled": true}}}
+	},
 	"DELETE /v1/operators/{id}": func(f *fixture) []req { return []req{{method: "DELETE", path: "/v1/operators/" + f.opB}} },
 	"GET /v1/operators/{id}/keys": func(f *fixture) []req {
 		return []req{{method: "GET", path: "/v1/operators/" + f.opB + "/keys"}}
