@@ -75,10 +75,8 @@ func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request, p *principa
 	in := struct {
 		OverlapSeconds *int64 `json:"overlap_seconds"`
 	}{}
-	if r.ContentLength != 0 {
-		if err := decodeJSON(r, &in); err != nil {
-			return err
-		}
+	if err := decodeOptionalJSON(r, &in); err != nil {
+		return err
 	}
 	overlap := time.Hour
 	if in.OverlapSeconds != nil {

@@ -94,10 +94,19 @@ func startEnv(t testing.TB, b backend, mod ...func(*Config)) *env {
 	return runEnv(t, cfg)
 }
 
-func runEnv(t testing.TB, cfg Config) *env {
+func runEnv(t testing.TB, cfg Config) *env { return runEnvLog(t, cfg, nil) }
+
+// runEnvLog is runEnv with the server's log (info and up) also written to
+// logs.
+func runEnvLog(t testing.TB, cfg Config, logs io.Writer) *env {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var w io.Writer = testWriter{t}
+	level := slog.LevelWarn
+	if logs != nil {
+		w, level = io.MultiWriter(w, logs), slog.LevelInfo
+	}
+	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	srv, err := New(cfg, logger, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -138,6 +147,24 @@ func runEnv(t testing.TB, cfg Config) *env {
 }
 
 type testWriter struct{ t testing.TB }
+
+// lockedBuffer is a bytes.Buffer for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Logf("%s", bytes.TrimRight(b, "\n"))

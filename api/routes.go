@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -97,6 +98,24 @@ func decodeJSON(r *http.Request, v any) error {
 		return errBadRequest("body: data after the JSON object")
 	}
 	return nil
+}
+
+// decodeOptionalJSON is decodeJSON for a body that may be absent (then v
+// keeps its defaults).
+func decodeOptionalJSON(r *http.Request, v any) error {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errTooLarge(mbe.Limit)
+		}
+		return errBadRequest("body: %v", err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	return decodeJSON(r, v)
 }
 
 // etag is an object's entity tag: its change version.
