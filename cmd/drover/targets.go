@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/frontend"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/registry"
@@ -31,6 +32,7 @@ func targets() []target {
 		{name: "livefeed", summary: "live WebSocket API and map for web and mobile clients", opsListen: ":9183", setup: setupLivefeed},
 		{name: "all", summary: "every component in one process, wired on loopback, queues under -data (start here)", opsListen: ":9184", setup: setupAll, help: allHelp},
 		{name: "sim", summary: "simulated fleet of devices sending readings to frontends", opsListen: ":9185", setup: setupSim},
+		{name: "api", summary: "control plane: REST API for devices, credentials, fleets, operators, and the change feed", opsListen: "127.0.0.1:9186", setup: setupAPI},
 	}
 }
 
@@ -82,6 +84,18 @@ func setupLivefeed(fs *flag.FlagSet) buildFunc {
 	}
 }
 
+func setupAPI(fs *flag.FlagSet) buildFunc {
+	cfg := api.DefaultConfig()
+	cfg.RegisterFlags(fs)
+	return func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
+		a, err := api.New(cfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		return []unit{{name: "api", run: a.Run, ready: a.Ready}}, nil
+	}
+}
+
 func setupSim(fs *flag.FlagSet) buildFunc {
 	cfg := defaultSimOptions()
 	cfg.registerFlags(fs)
@@ -100,7 +114,8 @@ DROVER_ALL_FRONTEND_LISTEN). What all wires itself has no flag: every queue
 lives under -data, the frontend and the router share one device registry,
 the router keeps a durable subscriber queue for each sink, and the writers
 and the livefeed connect to the router's -router.store-listen and
--router.live-pub on loopback.`
+-router.live-pub on loopback. The control plane (drover api) keeps its
+SQLite file and first admin key under DIR/api; drover ctl talks to it.`
 
 // setupAll wires one router, one frontend, one storage writer per sink, one
 // livefeed and optionally a simulated fleet in one process.
@@ -127,6 +142,8 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, "routers")
 	simOpts := defaultSimOptions()
 	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed")
+	apiCfg := api.DefaultConfig()
+	registerPrefixed(fs, "api.", apiCfg.RegisterFlags, "data-dir")
 
 	return func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
 		if dataDir == "" {
@@ -209,6 +226,14 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			return nil, err
 		}
 		units = append(units, unit{name: "livefeed", run: l.Run, ready: l.Ready})
+		// The control plane, SQLite under DIR/api. Phase 1: the data path
+		// does not follow it yet (the registry file still rules).
+		apiCfg.DataDir = filepath.Join(dataDir, "api")
+		a, err := api.New(apiCfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		units = append(units, unit{name: "api", run: a.Run, ready: a.Ready})
 		f, err := frontend.New(fe, logger, reg)
 		if err != nil {
 			return nil, err

@@ -40,7 +40,7 @@ func TestLiveMapFromSimulatedFleet(t *testing.T) {
 	all := newProc(t, "all", "all", "-data", t.TempDir(), "-simulate", "40",
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
-		"-livefeed.listen", mapAddr, "-livefeed.dev-token", token)
+		"-livefeed.listen", mapAddr, "-livefeed.dev-token", token, "-api.listen", freeAddr(t))
 	all.start(ctx)
 
 	opts := testenv.ChromedpOptions(chromium, t.TempDir(), 1280, 800)
