@@ -283,4 +283,3 @@ Commands:
 	fs.PrintDefaults()
 	fmt.Fprint(w, "\nRun 'drover ctl <command> -h' for a command's flags.\n")
 }
-
