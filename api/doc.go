@@ -13,8 +13,9 @@
 // connection because SQLite has one writer), PostgreSQL (pgx) for several
 // replicas. One schema and one text per statement for both
 // (migrations/, applied at start by goose; $1 placeholders, which both
-// drivers accept); the one dialect difference is how a write transaction
-// locks the feed row (db.go).
+// drivers accept). The dialect differences are named where they are: how a
+// write transaction locks the feed row (db.go, the one that matters for
+// correctness), and two for the speed of bulk imports (db.go, db_bulk.go).
 //
 // # Contracts
 //

@@ -1,90 +1,28 @@
 package api
 
 import (
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
 )
 
-// importChunk is how many rows one multi-row INSERT carries: 200 rows of
-// 14 values stay far below both databases' parameter limits (SQLite
-// 32,766, PostgreSQL 65,535), and one statement per 200 rows is what makes
-// 100,000 rows take seconds, not minutes.
-const importChunk = 200
+// deviceBulkCols and auditBulkCols are the columns an import writes.
+var (
+	deviceBulkCols = []bulkColumn{{"id", "text"}, {"name", "text"}, {"fleet", "text"}, {"class", "text"}, {"region", "text"},
+		{"labels", "text"}, {"state", "text"}, {"state_changed_at", "bigint"}, {"state_changed_by", "text"}, {"state_reason", "text"},
+		{"token_hash", "text"}, {"token_issued_at", "bigint"}, {"version", "bigint"}, {"created_at", "bigint"}, {"updated_at", "bigint"}}
+	auditBulkCols = []bulkColumn{{"id", "bigint"}, {"at", "bigint"}, {"actor", "text"}, {"key_id", "text"}, {"action", "text"},
+		{"object_type", "text"}, {"object_id", "text"}, {"fleet", "text"}, {"fleet_before", "text"}, {"before_json", "text"},
+		{"after_json", "text"}, {"request_id", "text"}, {"remote_addr", "text"}}
+)
 
-// writeImport writes checked rows: inserts for new ids, updates for
-// existing ones (upsert), one audit entry per device, all in t.
+// writeImport writes checked rows: inserts for new ids (in bulk), updates
+// for existing ones (upsert), one audit entry per device (in bulk), all in
+// t.
 func (s *Server) writeImport(t *tx, r *http.Request, p *principal, rows []ImportRow, existing map[string]string, issue bool, res *ImportResult) error {
 	actor := actorOf(r, p)
-	var inserts []any
-	var audits []any
-	nIns, nAud := 0, 0
-	insertSQL := func(rows int) string {
-		var b strings.Builder
-		b.WriteString(`INSERT INTO devices (id, name, fleet, class, region, labels, state, state_changed_at, state_changed_by,
- state_reason, token_hash, token_issued_at, version, created_at, updated_at) VALUES `)
-		for i := range rows {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "(%s, '', %s)", s.db.bulkPlaceholders(i*14+1, 9), s.db.bulkPlaceholders(i*14+10, 5))
-		}
-		return b.String()
-	}
-	auditSQL := func(rows int) string {
-		var b strings.Builder
-		b.WriteString(`INSERT INTO audit (id, at, actor, key_id, action, object_type, object_id, fleet, fleet_before, before_json,
- after_json, request_id, remote_addr) VALUES `)
-		for i := range rows {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "(%s)", s.db.bulkPlaceholders(i*13+1, 13))
-		}
-		return b.String()
-	}
-	// Full chunks reuse one prepared statement each: parsing a statement
-	// of 2,800 placeholders costs more than running it.
-	var fullInsert, fullAudit *sql.Stmt
-	defer func() {
-		for _, st := range []*sql.Stmt{fullInsert, fullAudit} {
-			if st != nil {
-				st.Close()
-			}
-		}
-	}()
-	flush := func(n int, args []any, full **sql.Stmt, build func(int) string, what string) error {
-		if n == 0 {
-			return nil
-		}
-		var err error
-		if n == importChunk {
-			if *full == nil {
-				if *full, err = t.PrepareContext(t.ctx, build(n)); err != nil {
-					return fmt.Errorf("import: %s: %w", what, err)
-				}
-			}
-			_, err = (*full).ExecContext(t.ctx, args...)
-		} else {
-			_, err = t.ExecContext(t.ctx, build(n), args...)
-		}
-		if err != nil {
-			return fmt.Errorf("import: %s: %w", what, err)
-		}
-		return nil
-	}
-	flushInserts := func() error {
-		err := flush(nIns, inserts, &fullInsert, insertSQL, "insert devices")
-		inserts, nIns = inserts[:0], 0
-		return err
-	}
-	flushAudits := func() error {
-		err := flush(nAud, audits, &fullAudit, auditSQL, "audit")
-		audits, nAud = audits[:0], 0
-		return err
-	}
+	inserts := make([][]any, 0, len(rows))
+	audits := make([][]any, 0, len(rows))
 	now := t.ms()
 	for _, row := range rows {
 		state := row.State
@@ -130,28 +68,19 @@ func (s *Server) writeImport(t *tx, r *http.Request, p *principal, rows []Import
 			if hash != "" {
 				issued = now
 			}
-			inserts = append(inserts, row.ID, row.Name, nullString(row.Fleet), nullString(row.Class), nullString(row.Region),
-				string(lj), state, now, p.actor(), nullString(hash), issued, v, now, now)
-			nIns++
+			inserts = append(inserts, []any{row.ID, row.Name, nullString(row.Fleet), nullString(row.Class), nullString(row.Region),
+				string(lj), state, now, p.actor(), "", nullString(hash), issued, v, now, now})
 			res.Created++
-			if nIns == importChunk {
-				if err := flushInserts(); err != nil {
-					return err
-				}
-			}
 		}
 		after, _ := json.Marshal(view)
-		audits = append(audits, t.next(), now, actor.actor, actor.keyID, action, "device", row.ID, nullString(row.Fleet),
-			nullString(fleetBefore), nil, string(after), actor.requestID, actor.remote)
-		nAud++
-		if nAud == importChunk {
-			if err := flushAudits(); err != nil {
-				return err
-			}
-		}
+		audits = append(audits, []any{t.next(), now, actor.actor, actor.keyID, action, "device", row.ID, nullString(row.Fleet),
+			nullString(fleetBefore), nil, string(after), actor.requestID, actor.remote})
 	}
-	if err := flushInserts(); err != nil {
-		return err
+	if err := s.db.bulkInsert(t, "devices", deviceBulkCols, inserts); err != nil {
+		return fmt.Errorf("import: %w", err)
 	}
-	return flushAudits()
+	if err := s.db.bulkInsert(t, "audit", auditBulkCols, audits); err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	return nil
 }
