@@ -254,3 +254,18 @@ func TestBootstrapKey(t *testing.T) {
 		t.Errorf("after a second start: %d operators, key file changed: %v", len(ops.Items), e2.adminKey != e.adminKey)
 	}
 }
+
+// TestSQLiteFileModes: the database and its WAL are the owner's only.
+func TestSQLiteFileModes(t *testing.T) {
+	e := startEnv(t, backends[0])
+	e.makeFleet("f") // a write, so the WAL exists
+	for _, name := range []string{"api.db", "api.db-wal"} {
+		st, err := os.Stat(filepath.Join(e.cfg.DataDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", name, st.Mode().Perm())
+		}
+	}
+}

@@ -54,6 +54,14 @@ func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (*store, er
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, fmt.Errorf("open sqlite: %w", err)
 		}
+		// Created 0600 before SQLite opens it: SQLite gives its -wal and
+		// -shm files the database file's mode, and the registry and audit
+		// log are nobody else's business on the host.
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("open sqlite: %w", err)
+		}
+		f.Close()
 		// WAL: readers never block the writer nor the writer readers.
 		// synchronous FULL: a commit is fsynced (the control plane writes
 		// little; an acknowledged change must survive power loss).
