@@ -228,7 +228,8 @@ func (s *Server) touchKey(keyID string, now time.Time) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if _, err := s.db.wdb.ExecContext(ctx, `UPDATE api_keys SET last_used_at = $1 WHERE id = $2`, now.UnixMilli(), keyID); err != nil {
+		if _, err := s.db.wdb.ExecContext(ctx, `UPDATE api_keys SET last_used_at = $1 WHERE id = $2`, now.UnixMilli(), keyID); err != nil &&
+			!errors.Is(err, sql.ErrConnDone) && !strings.Contains(err.Error(), "database is closed") {
 			s.log.Warn("api: record key use", "key", keyID, "err", err)
 		}
 	}()

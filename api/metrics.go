@@ -22,7 +22,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "drover_api_requests_total", Help: "API requests answered, by route, method and status code.",
+			Name: "drover_api_requests_total", Help: "API requests answered, by route (method and pattern) and status code.",
 		}, []string{"route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "drover_api_request_duration_seconds", Help: "Time to answer an API request, by route (long polls included).",

@@ -126,8 +126,12 @@ func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		// A whole request body (an import of 100,000 rows) within 5
+		// minutes; no WriteTimeout: long polls and snapshots stream for
+		// longer, and end with the server's context.
+		ReadTimeout: 5 * time.Minute,
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	// Long polls end with the server's context, so that Shutdown does not
 	// wait for them.
