@@ -31,14 +31,7 @@ func TestAPIAndCtl(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-		}
-	})
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // a no-op once it has stopped
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if resp, err := http.Get("http://" + ops + "/readyz"); err == nil {
@@ -48,6 +41,8 @@ func TestAPIAndCtl(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-done
 			t.Fatalf("drover api not ready:\n%s", stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -125,7 +120,21 @@ func TestAPIAndCtl(t *testing.T) {
 	if r := runDrover(t, []string{"DROVER_CTL_API=http://" + addr, "DROVER_API_KEY="}, "ctl", "list"); r.code != 2 || !strings.Contains(r.stderr, "DROVER_API_KEY") {
 		t.Errorf("ctl without a key: exit %d %s", r.code, r.stderr)
 	}
-	if strings.Contains(stderr.String(), strings.TrimSpace(string(key))) {
+	// Stop it, then read its log (written until it exits).
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("drover api after SIGTERM: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("drover api did not stop within 20s of SIGTERM")
+	}
+	log := stderr.String()
+	if strings.Contains(log, strings.TrimSpace(string(key))) {
 		t.Error("the api logged its admin key")
+	}
+	if !strings.Contains(log, keyFile) || !strings.Contains(log, "msg=stopped target=api") {
+		t.Errorf("the log names no key file, or no clean stop:\n%s", log)
 	}
 }
