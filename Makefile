@@ -42,10 +42,10 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/drover
 
-# The real dependencies tests start (InfluxDB, Azurite); each script is
+# The real dependencies tests start (InfluxDB, Azurite, PostgreSQL, ...); each script is
 # idempotent and cached under .tools/.
 tools:
-	@for s in scripts/install-influxd.sh scripts/install-azurite.sh scripts/install-chromium.sh scripts/install-pyzmq.sh; do \
+	@for s in scripts/install-influxd.sh scripts/install-azurite.sh scripts/install-chromium.sh scripts/install-pyzmq.sh scripts/install-postgres.sh; do \
 		if [[ -x $$s ]]; then $$s; fi; \
 	done
 

@@ -14,6 +14,7 @@ data="${DATA:-data}"
 influx_port="${INFLUXD_PORT:-8086}"
 map_port="${MAP_PORT:-8081}"
 ops_port="${OPS_PORT:-9184}"
+api_port="${API_PORT:-8090}"
 mkdir -p "$data"
 
 scripts/install-influxd.sh >/dev/null
@@ -43,7 +44,8 @@ token="$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 # command line, where every user of the host could read it.
 DROVER_ALL_LIVEFEED_DEV_TOKEN="$token" setsid bin/drover all -data "$data" -simulate "$simulate" -sinks lake,influx \
 	-influx-url "http://127.0.0.1:$influx_port" -influx-database drover \
-	-livefeed.listen ":$map_port" -livefeed.dev -ops-listen "127.0.0.1:$ops_port" \
+	-livefeed.listen "127.0.0.1:$map_port" -livefeed.dev -ops-listen "127.0.0.1:$ops_port" \
+	-api.listen "127.0.0.1:$api_port" \
 	2>"$data/drover.log" &
 drover_pid=$!
 
@@ -67,6 +69,12 @@ for _ in $(seq 1 300); do
 	sleep 0.1
 done
 
+# The control plane's first start writes an admin key (mode 0600); a later start keeps the key of
+# the first (the file stays until you delete it).
+api_key_file="$data/api/api-admin-key"
+api_key="(none: $api_key_file is gone; use a key you created)"
+[[ -r "$api_key_file" ]] && api_key="$(cat "$api_key_file")"
+
 cat >&2 <<MSG
 
   drover is running with $simulate simulated vehicles.
@@ -77,6 +85,14 @@ cat >&2 <<MSG
   lake          $data/lake/date=YYYY-MM-DD/hour=HH/*.parquet
   Grafana       grafana/run-grafana.sh, or see grafana/README.md for the provisioning
   log           $data/drover.log
+
+  control plane http://127.0.0.1:$api_port/v1/  (docs/api.md; OpenAPI: /v1/openapi.json)
+  admin key     $api_key
+                (from $api_key_file: keep it secret; create named operators and keys with it)
+  drover ctl    export DROVER_API_KEY="\$(cat $api_key_file)"
+                bin/drover ctl whoami
+                bin/drover ctl add truck-0001 -token       # register a device, print its token once
+                bin/drover ctl list
 
   Below, a status line every 5 s: readings acked/s, written/s to each sink, live clients, queues.
   Ctrl-C stops everything.

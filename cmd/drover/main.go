@@ -1,7 +1,8 @@
 // Command drover is the one binary of the drover telemetry pipeline. Each
 // component is a subcommand: drover frontend, router, storage-writer,
 // livefeed; drover all runs them all in one process, drover sim drives a
-// simulated fleet, and drover version says what was built.
+// simulated fleet, drover api is the control plane and drover ctl its
+// command-line client, and drover version says what was built.
 //
 // Every flag of a subcommand can also come from the environment, as
 // DROVER_<COMMAND>_<FLAG> in upper case with "-" and "." turned into "_"
@@ -15,6 +16,8 @@ import (
 	"io"
 	"os"
 	"text/tabwriter"
+
+	"github.com/drover-telemetry/drover/api/ctl"
 )
 
 func main() {
@@ -34,6 +37,8 @@ func commands() []command {
 		cmds = append(cmds, command{name: t.name, summary: t.summary, run: t.main})
 	}
 	cmds = append(cmds, command{name: "registry", summary: registrySummary, run: runRegistry})
+	cmds = append(cmds, command{name: "ctl", summary: "operator tasks against drover api: add, import, export, list, suspend devices; rotate tokens; live-client tokens",
+		run: func(_ string, args []string, stdout, stderr io.Writer) int { return ctl.Main(args, stdout, stderr) }})
 	return append(cmds, command{name: "version", summary: "print the version, commit and Go version", run: runVersion})
 }
 

@@ -69,7 +69,7 @@ func runDrover(t *testing.T, env []string, args ...string) result {
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
 
-var allCommands = []string{"frontend", "router", "storage-writer", "livefeed", "all", "sim", "version"}
+var allCommands = []string{"frontend", "router", "storage-writer", "livefeed", "all", "sim", "api", "ctl", "version"}
 
 func TestHelpListsCommands(t *testing.T) {
 	for _, arg := range []string{"-h", "--help", "help"} {
@@ -119,8 +119,9 @@ func TestCommandHelpShowsFlagsAndEnv(t *testing.T) {
 		"router":         {"listen", "live-pub", "store-listen", "queue-dir", "id"},
 		"storage-writer": {"routers", "sink", "queue-dir", "name", "dead-letter-max-bytes", "dead-letter-file-age"},
 		"livefeed":       {"listen", "routers"},
-		"all":            {"data", "sinks", "simulate", "frontend.listen", "router.store-listen", "livefeed.listen", "storage-writer.influx-measurement", "storage-writer.lake-compact-interval", "status-interval"},
+		"all":            {"data", "sinks", "simulate", "frontend.listen", "router.store-listen", "livefeed.listen", "storage-writer.influx-measurement", "storage-writer.lake-compact-interval", "status-interval", "api.listen"},
 		"sim":            {"frontends", "devices", "rate", "write-registry"},
+		"api":            {"listen", "data-dir", "db", "postgres-url-file", "tls-cert", "tls-key", "cors-origins"},
 	} {
 		r := runDrover(t, nil, cmd, "-h")
 		if r.code != 0 {
@@ -169,6 +170,10 @@ func TestBadFlagsAreUsageErrors(t *testing.T) {
 		{"livefeed", "-log-level", "loud"},
 		{"router", "-ops-listen", "9181"},
 		{"all", "-router.listen", "tcp://*:0"},
+		{"api", "-db", "mysql"},
+		{"api", "-tls-cert", "c.pem"},
+		{"ctl", "frobnicate"},
+		{"ctl", "add"},
 		{"version", "extra"},
 	} {
 		r := runDrover(t, nil, args...)

@@ -52,6 +52,7 @@ func TestTargetsStartAndStopCleanly(t *testing.T) {
 		{"frontend", []string{"frontend", "-listen", freeAddr(t), "-routers", router, "-queue-dir", filepath.Join(dir, "frontend"), "-registry", reg}},
 		{"livefeed", []string{"livefeed", "-listen", freeAddr(t), "-routers", live, "-dev"}},
 		{"storage-writer", []string{"storage-writer", "-sink", "lake", "-routers", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "writer"), "-lake-dir", filepath.Join(dir, "lake")}},
+		{"api", []string{"api", "-listen", freeAddr(t), "-data-dir", filepath.Join(dir, "api")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ops := freeAddr(t)

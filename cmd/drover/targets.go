@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/frontend"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/registry"
@@ -34,6 +35,7 @@ func targets() []target {
 		{name: "livefeed", summary: "live WebSocket API and map for web and mobile clients", opsListen: "127.0.0.1:9183", setup: setupLivefeed},
 		{name: "all", summary: "every component in one process, wired on loopback, queues under -data (start here)", opsListen: "127.0.0.1:9184", setup: setupAll, help: allHelp},
 		{name: "sim", summary: "simulated fleet of devices sending readings to frontends", opsListen: "127.0.0.1:9185", setup: setupSim},
+		{name: "api", summary: "control plane: REST API for devices, credentials, fleets, operators, and the change feed", opsListen: "127.0.0.1:9186", setup: setupAPI},
 	}
 }
 
@@ -85,6 +87,18 @@ func setupLivefeed(fs *flag.FlagSet) buildFunc {
 	}
 }
 
+func setupAPI(fs *flag.FlagSet) buildFunc {
+	cfg := api.DefaultConfig()
+	cfg.RegisterFlags(fs)
+	return func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
+		a, err := api.New(cfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		return []unit{{name: "api", run: a.Run, ready: a.Ready}}, nil
+	}
+}
+
 func setupSim(fs *flag.FlagSet) buildFunc {
 	cfg := defaultSimOptions()
 	cfg.registerFlags(fs)
@@ -120,7 +134,10 @@ written per second by each sink, live clients, and what waits in the
 queues (the log goes to standard error).
 
 With -simulate, the livefeed runs as with -livefeed.dev: without a clients
-file or dev token it makes up a token and logs the live map's URL with it.`
+file or dev token it makes up a token and logs the live map's URL with it.
+
+The control plane (drover api) keeps its SQLite file and first admin key
+under DIR/api; drover ctl talks to it.`
 
 // setupAll wires one router, one frontend, one storage writer per sink, one
 // livefeed and optionally a simulated fleet in one process.
@@ -155,6 +172,8 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, "routers")
 	simOpts := defaultSimOptions()
 	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed", "token-seed-file")
+	apiCfg := api.DefaultConfig()
+	registerPrefixed(fs, "api.", apiCfg.RegisterFlags, "data-dir")
 
 	return func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
 		if dataDir == "" {
@@ -239,6 +258,14 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			return nil, err
 		}
 		units = append(units, unit{name: "livefeed", run: l.Run, ready: l.Ready})
+		// The control plane, SQLite under DIR/api. Phase 1: the data path
+		// does not follow it yet (the registry file still rules).
+		apiCfg.DataDir = filepath.Join(dataDir, "api")
+		a, err := api.New(apiCfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		units = append(units, unit{name: "api", run: a.Run, ready: a.Ready})
 		f, err := frontend.New(fe, logger, reg)
 		if err != nil {
 			return nil, err

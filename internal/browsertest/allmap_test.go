@@ -40,7 +40,8 @@ func TestLiveMapFromSimulatedFleet(t *testing.T) {
 	all := startDrover(t, ctx, "all", "-data", t.TempDir(), "-simulate", "40", "-status-interval", "0",
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
-		"-livefeed.listen", mapAddr, "-livefeed.dev-token-file", secretFile(t, token))
+		"-livefeed.listen", mapAddr, "-livefeed.dev-token-file", secretFile(t, token),
+		"-api.listen", freeAddr(t))
 
 	opts := chromedpOptions(chromium, t.TempDir(), 1280, 800)
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)

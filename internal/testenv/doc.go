@@ -7,6 +7,13 @@
 // never quietly: the skip names the install script and is also printed on
 // standard error, verbose or not.
 //
+// [Postgres] starts a private PostgreSQL server per test binary (Debian's
+// postgresql package, installed by scripts/install-postgres.sh): initdb and
+// postgres in a temp dir on a random loopback port, as the postgres user
+// when the tests run as root; [PG.NewDatabase] gives each test its own
+// database. Packages that use it call [StopPostgres] from TestMain. Missing
+// PostgreSQL is handled like missing influxd.
+//
 // [Azurite] starts the Azure Blob Storage emulator for the lake's tests, and
 // [DuckDBNode] finds the DuckDB that reads the lake back. [Chromium] finds
 // the browser of the live map's tests (internal/browsertest, a module of its

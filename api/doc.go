@@ -1,0 +1,55 @@
+// Package api is drover's control plane: `drover api`, a REST API (JSON
+// over HTTP, under /v1/) for the device registry, device credentials,
+// fleets, vehicle classes, regions, live-client tokens, operators and API
+// keys, the audit log, and the change feed that frontends and routers
+// follow. The operator's guide is docs/api.md; the contract is
+// openapi.yaml (served at /v1/openapi.json, and every API test's request
+// and answer is validated against it).
+//
+// # Storage
+//
+// SQLite by default (modernc.org/sqlite, pure Go: one file under the data
+// directory, WAL, synchronous=FULL, writes through a pool of one
+// connection because SQLite has one writer), PostgreSQL (pgx) for several
+// replicas. One schema and one text per statement for both
+// (migrations/, applied at start by goose; $1 placeholders, which both
+// drivers accept). The dialect differences are named where they are: how a
+// write transaction locks the feed row (db.go, the one that matters for
+// correctness), and two for the speed of bulk imports (db.go, db_bulk.go).
+//
+// # Contracts
+//
+//   - Versions. Every change takes a version from the one row of
+//     feed_state, which every write transaction locks first: transactions
+//     commit in version order, versions only grow, and a follower that has
+//     applied every change up to V holds exactly the registry at V.
+//   - Change feed. GET /v1/feed/snapshot streams every device (NDJSON,
+//     header with the version V it includes at least, trailer with the
+//     count); GET /v1/feed/changes?since=V&wait=30s answers the devices
+//     changed after V as whole states, in version order, or 410
+//     resync_required when V is older than the kept tombstones. A change
+//     committed on any replica wakes long polls on every replica within
+//     -feed-poll (each replica reads the version; LISTEN/NOTIFY was not
+//     used: it needs a dedicated connection and breaks behind
+//     transaction-pooling proxies, and polling one row is cheap).
+//   - Secrets. Device tokens, live-client tokens and API key secrets are
+//     256-bit random, shown once, stored as hex SHA-256 (the registry's
+//     and the clients file's format), compared in constant time, never
+//     logged. API keys are drv_<key id>_<secret>: the id is the primary
+//     key, so authentication is one lookup.
+//   - Authorization. A key's operator has a role (admin, operator,
+//     viewer, follower) and fleets (or "*"). An object outside the
+//     caller's fleets answers 404, exactly like one that does not exist;
+//     a role that may not act answers 403.
+//   - Failed authentications are counted per source address and per key
+//     id; past -auth-failures within -auth-window both are refused (429,
+//     before the key is even looked at) for a backoff that doubles. 401
+//     is one answer for every failure.
+//   - Audit. Every change writes an audit entry (who, what, before,
+//     after, when) in the same transaction as the change.
+//   - Bulk import is one transaction: all rows or none, with a report of
+//     every refused row.
+//   - Bootstrap. A start that finds no operator creates an admin of every
+//     fleet and writes its key to a 0600 file (-bootstrap-key-file),
+//     logging the path, never the key.
+package api

@@ -1,0 +1,374 @@
+package api
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/telemetry"
+)
+
+// The change feed: what frontends (authentication) and routers
+// (enrichment) follow. Protocol in docs/api.md; the invariant behind it is
+// in db.go: write transactions commit in version order, so "every change
+// up to V" is a well-defined state a follower can hold.
+
+// FeedDevice is one device as followers see it: everything a frontend
+// needs to authenticate it and a router to enrich its readings, and
+// nothing else. Short keys: a snapshot carries a million of these.
+type FeedDevice struct {
+	// V is the version of the device's last change.
+	V  int64  `json:"v"`
+	ID string `json:"id"`
+	// Del marks a deleted device (a tombstone): forget it.
+	Del    bool   `json:"del,omitempty"`
+	State  string `json:"s,omitempty"`
+	Fleet  string `json:"f,omitempty"`
+	Class  string `json:"c,omitempty"`
+	Region string `json:"r,omitempty"`
+	// H is the hex SHA-256 of the current token; PH of the previous one,
+	// valid until PU (unix milliseconds), the end of a rotation's overlap.
+	H  string `json:"h,omitempty"`
+	PH string `json:"ph,omitempty"`
+	PU int64  `json:"pu,omitempty"`
+}
+
+const feedCols = `id, state, fleet, class, region, token_hash, prev_token_hash, prev_token_expires_at, version`
+
+func scanFeedDevice(sc scanner) (FeedDevice, error) {
+	var d FeedDevice
+	var fleet, class, region, h, ph sql.NullString
+	var pu sql.NullInt64
+	if err := sc.Scan(&d.ID, &d.State, &fleet, &class, &region, &h, &ph, &pu, &d.V); err != nil {
+		return d, err
+	}
+	d.Fleet, d.Class, d.Region, d.H = fleet.String, class.String, region.String, h.String
+	if ph.Valid && pu.Valid {
+		d.PH, d.PU = ph.String, pu.Int64
+	}
+	return d, nil
+}
+
+// snapshotBatch is how many devices one snapshot query reads: keyset
+// pages keep each query short instead of one cursor held for minutes.
+const snapshotBatch = 5000
+
+// feedSnapshot answers GET /v1/feed/snapshot: every device, as NDJSON, one
+// object per line: a header {"snapshot":{"version":V,"format":1}}, the
+// devices in id order, and a trailer {"end":{"devices":N}} (a snapshot
+// without its trailer was cut: take it again). The devices reflect at
+// least every change up to V (some may be newer); a follower then asks
+// for changes since V, which are whole states, so applying them in order
+// converges.
+func (s *Server) feedSnapshot(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	ctx := r.Context()
+	var version int64
+	if err := s.db.rdb.QueryRowContext(ctx, `SELECT version FROM feed_state WHERE id = 1`).Scan(&version); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	var out *bufio.Writer
+	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Add("Vary", "Accept-Encoding")
+		gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+		defer gz.Close()
+		out = bufio.NewWriterSize(gz, 64<<10)
+	} else {
+		out = bufio.NewWriterSize(w, 64<<10)
+	}
+	defer out.Flush()
+	enc := json.NewEncoder(out)
+	_ = enc.Encode(map[string]any{"snapshot": map[string]int64{"version": version, "format": 1}})
+	n, last := 0, ""
+	for {
+		rows, err := s.db.rdb.QueryContext(ctx, `SELECT `+feedCols+` FROM devices WHERE id > $1 ORDER BY id LIMIT `+
+			strconv.Itoa(snapshotBatch), last)
+		if err != nil {
+			// Headers are gone: cut the stream; the missing trailer tells the
+			// follower.
+			s.log.Error("api: snapshot cut", "err", err, "devices_sent", n)
+			return nil
+		}
+		got := 0
+		for rows.Next() {
+			d, err := scanFeedDevice(rows)
+			if err != nil {
+				rows.Close()
+				s.log.Error("api: snapshot cut", "err", err, "devices_sent", n)
+				return nil
+			}
+			if err := enc.Encode(d); err != nil {
+				rows.Close()
+				return nil // the follower went away
+			}
+			last, got, n = d.ID, got+1, n+1
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			s.log.Error("api: snapshot cut", "err", err, "devices_sent", n)
+			return nil
+		}
+		if got < snapshotBatch {
+			break
+		}
+	}
+	_ = enc.Encode(map[string]any{"end": map[string]int{"devices": n}})
+	return nil
+}
+
+// FeedChanges is the answer of GET /v1/feed/changes.
+type FeedChanges struct {
+	// Version is what the follower has seen after applying Changes: its
+	// next since.
+	Version int64        `json:"version"`
+	Changes []FeedDevice `json:"changes"`
+	// More says Changes was cut at the limit: ask again at once.
+	More bool `json:"more"`
+}
+
+const (
+	defaultChangesLimit = 1000
+	maxChangesLimit     = 10000
+)
+
+// feedChanges answers GET /v1/feed/changes?since=V[&wait=30s][&limit=N]:
+// the devices changed after V in version order (whole states, tombstones
+// for deletes). With wait, it answers as soon as there is a change, or
+// after wait with none. 410 resync_required when V is older than what the
+// feed keeps (or newer than the database: a follower of another database).
+func (s *Server) feedChanges(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	q := r.URL.Query()
+	since, err := strconv.ParseInt(q.Get("since"), 10, 64)
+	if err != nil || since < 0 {
+		return errBadRequest("since: %q, want the version of your snapshot or of the last changes answer (>= 0)", q.Get("since"))
+	}
+	limit := defaultChangesLimit
+	if l := q.Get("limit"); l != "" {
+		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > maxChangesLimit {
+			return errBadRequest("limit: %q, want 1 to %d", l, maxChangesLimit)
+		}
+	}
+	var wait time.Duration
+	if ws := q.Get("wait"); ws != "" {
+		if wait, err = time.ParseDuration(ws); err != nil || wait < 0 {
+			return errBadRequest("wait: %q, want a duration such as 30s", ws)
+		}
+		wait = min(wait, s.cfg.FeedMaxWait)
+	}
+	ctx := r.Context()
+	cur, horizon, err := s.feedState(ctx)
+	if err != nil {
+		return err
+	}
+	if since < horizon || since > cur {
+		return errGone(since, horizon)
+	}
+	if since == cur && wait > 0 {
+		s.metrics.followers.Inc()
+		timer := time.NewTimer(wait)
+		select {
+		case <-s.db.wait(since):
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+		timer.Stop()
+		s.metrics.followers.Dec()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if cur, horizon, err = s.feedState(ctx); err != nil {
+			return err
+		}
+		if since < horizon {
+			return errGone(since, horizon)
+		}
+	}
+	resp := FeedChanges{Version: cur, Changes: []FeedDevice{}}
+	if cur > since {
+		if resp, err = s.readChanges(ctx, since, cur, limit); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) feedState(ctx context.Context) (version, horizon int64, err error) {
+	if err := s.db.rdb.QueryRowContext(ctx, `SELECT version, horizon FROM feed_state WHERE id = 1`).Scan(&version, &horizon); err != nil {
+		return 0, 0, fmt.Errorf("read feed state: %w", err)
+	}
+	s.db.observe(version)
+	return version, horizon, nil
+}
+
+// readChanges merges device rows and tombstones with since < version <= cur,
+// in version order, up to limit.
+func (s *Server) readChanges(ctx context.Context, since, cur int64, limit int) (FeedChanges, error) {
+	lim := strconv.Itoa(limit + 1)
+	rows, err := s.db.rdb.QueryContext(ctx, `SELECT `+feedCols+` FROM devices WHERE version > $1 AND version <= $2 ORDER BY version LIMIT `+lim, since, cur)
+	if err != nil {
+		return FeedChanges{}, fmt.Errorf("read changes: %w", err)
+	}
+	var devs []FeedDevice
+	for rows.Next() {
+		d, err := scanFeedDevice(rows)
+		if err != nil {
+			rows.Close()
+			return FeedChanges{}, fmt.Errorf("read changes: %w", err)
+		}
+		devs = append(devs, d)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return FeedChanges{}, fmt.Errorf("read changes: %w", err)
+	}
+	trows, err := s.db.rdb.QueryContext(ctx, `SELECT version, id FROM feed_tombstones WHERE version > $1 AND version <= $2 ORDER BY version LIMIT `+lim, since, cur)
+	if err != nil {
+		return FeedChanges{}, fmt.Errorf("read changes: %w", err)
+	}
+	var dels []FeedDevice
+	for trows.Next() {
+		d := FeedDevice{Del: true}
+		if err := trows.Scan(&d.V, &d.ID); err != nil {
+			trows.Close()
+			return FeedChanges{}, fmt.Errorf("read changes: %w", err)
+		}
+		dels = append(dels, d)
+	}
+	trows.Close()
+	if err := trows.Err(); err != nil {
+		return FeedChanges{}, fmt.Errorf("read changes: %w", err)
+	}
+	merged := make([]FeedDevice, 0, min(limit+1, len(devs)+len(dels)))
+	i, j := 0, 0
+	for len(merged) <= limit && (i < len(devs) || j < len(dels)) {
+		if j >= len(dels) || (i < len(devs) && devs[i].V < dels[j].V) {
+			merged = append(merged, devs[i])
+			i++
+		} else {
+			merged = append(merged, dels[j])
+			j++
+		}
+	}
+	resp := FeedChanges{Version: cur, Changes: merged}
+	if len(merged) > limit {
+		resp.Changes, resp.More = merged[:limit], true
+		resp.Version = merged[limit-1].V
+	}
+	return resp, nil
+}
+
+// PresenceReport is one device's presence, as a frontend reports it.
+type PresenceReport struct {
+	ID         string    `json:"id"`
+	SeenAt     time.Time `json:"seen_at"`
+	RemoteAddr string    `json:"remote_addr"`
+	Connected  bool      `json:"connected"`
+}
+
+const maxPresenceReports = 10000
+
+// feedPresence answers POST /v1/feed/presence: a frontend's batch of
+// presence reports. A report older than the one stored is ignored (two
+// frontends may report one device that moved); unknown devices are
+// skipped and counted in the answer.
+func (s *Server) feedPresence(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	var in struct {
+		Frontend string           `json:"frontend"`
+		Reports  []PresenceReport `json:"reports"`
+	}
+	if err := decodeJSON(r, &in); err != nil {
+		return err
+	}
+	if err := daemon.ValidateID(in.Frontend); err != nil {
+		return errInvalid("frontend", "frontend: the reporting frontend's id: %v", err)
+	}
+	if len(in.Reports) > maxPresenceReports {
+		return errInvalid("reports", "reports: %d, at most %d per request", len(in.Reports), maxPresenceReports)
+	}
+	for i, rep := range in.Reports {
+		if err := telemetry.ValidateDeviceID(rep.ID); err != nil {
+			return errInvalid("reports", "report %d: %v", i, err)
+		}
+		if len(rep.RemoteAddr) > 128 {
+			return errInvalid("reports", "report %d: remote_addr over 128 bytes", i)
+		}
+	}
+	ctx := r.Context()
+	t, err := s.db.wdb.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("presence: %w", err)
+	}
+	defer t.Rollback()
+	stmt, err := t.PrepareContext(ctx, `
+INSERT INTO device_presence (device_id, last_seen_at, frontend, remote_addr, connected)
+SELECT $1, CAST($2 AS BIGINT), $3, $4, CAST($5 AS INTEGER) WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
+ON CONFLICT (device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at, frontend = excluded.frontend,
+ remote_addr = excluded.remote_addr, connected = excluded.connected
+WHERE excluded.last_seen_at >= device_presence.last_seen_at`)
+	if err != nil {
+		return fmt.Errorf("presence: %w", err)
+	}
+	defer stmt.Close()
+	stored := 0
+	for _, rep := range in.Reports {
+		res, err := stmt.ExecContext(ctx, rep.ID, rep.SeenAt.UnixMilli(), in.Frontend, rep.RemoteAddr, boolInt(rep.Connected))
+		if err != nil {
+			return fmt.Errorf("presence %s: %w", rep.ID, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			stored++
+		}
+	}
+	if err := t.Commit(); err != nil {
+		return fmt.Errorf("presence: %w", err)
+	}
+	s.metrics.presence.Add(float64(len(in.Reports)))
+	writeJSON(w, http.StatusOK, map[string]int{"received": len(in.Reports), "stored": stored})
+	return nil
+}
+
+// pruneTombstones drops tombstones older than the retention, hourly, and
+// raises the feed's horizon past them.
+func (s *Server) pruneTombstones(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if err := s.pruneOnce(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			s.log.Warn("api: prune tombstones", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) pruneOnce(ctx context.Context, now time.Time) error {
+	cutoff := now.Add(-s.cfg.TombstoneRetention).UnixMilli()
+	return s.db.write(ctx, func(t *tx) error {
+		var top sql.NullInt64
+		if err := t.QueryRowContext(ctx, `SELECT MAX(version) FROM feed_tombstones WHERE at < $1`, cutoff).Scan(&top); err != nil {
+			return err
+		}
+		if !top.Valid {
+			return nil
+		}
+		if _, err := t.ExecContext(ctx, `DELETE FROM feed_tombstones WHERE version <= $1`, top.Int64); err != nil {
+			return err
+		}
+		_, err := t.ExecContext(ctx, `UPDATE feed_state SET horizon = $1 WHERE id = 1 AND horizon < $1`, top.Int64)
+		return err
+	})
+}

@@ -1,0 +1,63 @@
+package api
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the api's Prometheus metrics.
+type metrics struct {
+	requests     *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	authFailures *prometheus.CounterVec
+	importRows   *prometheus.CounterVec
+	feedVersion  prometheus.Gauge
+	followers    prometheus.Gauge
+	presence     prometheus.Counter
+	tlsReloads   *prometheus.CounterVec
+	refused      *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_requests_total", Help: "API requests answered, by route (method and pattern) and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "drover_api_request_duration_seconds", Help: "Time to answer an API request, by route (long polls included).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"route"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_auth_failures_total",
+			Help: "Failed API authentications, by reason (missing, malformed, unknown_key, bad_secret, revoked, expired, disabled, throttled).",
+		}, []string{"reason"}),
+		importRows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_import_rows_total", Help: "Device import rows, by result (imported, refused).",
+		}, []string{"result"}),
+		feedVersion: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drover_api_feed_version", Help: "Last change version this replica has seen.",
+		}),
+		followers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drover_api_feed_waiting_followers", Help: "Change feed long polls waiting now.",
+		}),
+		presence: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_presence_reports_total", Help: "Device presence records received from frontends.",
+		}),
+		tlsReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_tls_reloads_total", Help: "TLS certificate reloads, by result (ok, error).",
+		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_refused_total", Help: "Requests refused as bad input, by error code (bad_request, invalid, conflict, too_large, ...).",
+		}, []string{"code"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
+			m.followers, m.presence, m.tlsReloads, m.refused} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register api metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,249 @@
+package api
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// The tenant boundary, proved for every endpoint: a key of fleet A — an
+// admin, an operator or a viewer of A — can neither see nor change
+// anything of fleet B. The table below has one case per route of
+// routeTable; a route without a case fails the test, so a new endpoint
+// cannot ship without its scope check.
+
+// fixture is two tenants and everything each has.
+type fixture struct {
+	e                          *env
+	adminA, operatorA, viewerA string // keys
+	follower                   string
+	opB, keyB, ltB, ltA        string // ids
+}
+
+// bravo markers: strings that belong to fleet B only. None may reach a key
+// of fleet A, unless the request itself carried it (an id echoed in a 404).
+var bravoMarkers = []string{"fleet-bravo", "bravo-dev-1", "bravo-secret-name", "bravo-live", "bravo-admin"}
+
+func newFixture(t *testing.T, b backend) *fixture {
+	e := startEnv(t, b)
+	f := &fixture{e: e}
+	e.makeFleet("fleet-alpha")
+	e.makeFleet("fleet-bravo")
+	e.must(201, req{method: "POST", path: "/v1/classes", key: e.adminKey, body: map[string]string{"id": "van"}}, nil)
+	e.must(201, req{method: "POST", path: "/v1/devices", key: e.adminKey, body: map[string]any{
+		"id": "alpha-dev-1", "name": "alpha truck", "fleet": "fleet-alpha", "issue_token": true}}, nil)
+	e.must(201, req{method: "POST", path: "/v1/devices", key: e.adminKey, body: map[string]any{
+		"id": "bravo-dev-1", "name": "bravo-secret-name", "fleet": "fleet-bravo", "class": "van", "issue_token": true}}, nil)
+	e.must(201, req{method: "POST", path: "/v1/devices", key: e.adminKey, body: map[string]any{
+		"id": "bravo-dev-2", "name": "bravo-secret-name", "fleet": "fleet-bravo", "state": "suspended"}}, nil)
+	e.must(200, req{method: "POST", path: "/v1/devices/bravo-dev-2/state", key: e.adminKey, body: map[string]any{"state": "decommissioned"}}, nil)
+	_, f.adminA = e.makeOperator("alpha-admin", RoleAdmin, "fleet-alpha")
+	_, f.operatorA = e.makeOperator("alpha-operator", RoleOperator, "fleet-alpha")
+	_, f.viewerA = e.makeOperator("alpha-viewer", RoleViewer, "fleet-alpha")
+	_, f.follower = e.makeOperator("frontends", RoleFollower, "*")
+	var opB Operator
+	e.must(201, req{method: "POST", path: "/v1/operators", key: e.adminKey,
+		body: map[string]any{"name": "bravo-admin", "role": RoleAdmin, "fleets": []string{"fleet-bravo"}}}, &opB)
+	f.opB = opB.ID
+	var kB APIKey
+	e.must(201, req{method: "POST", path: "/v1/operators/" + opB.ID + "/keys", key: e.adminKey, body: map[string]any{"name": "k"}}, &kB)
+	f.keyB = kB.ID
+	var lt LiveToken
+	e.must(201, req{method: "POST", path: "/v1/live-tokens", key: e.adminKey, body: map[string]any{"name": "bravo-live", "fleets": []string{"fleet-bravo"}}}, &lt)
+	f.ltB = lt.ID
+	e.must(201, req{method: "POST", path: "/v1/live-tokens", key: e.adminKey, body: map[string]any{"name": "alpha-live", "fleets": []string{"fleet-alpha"}}}, &lt)
+	f.ltA = lt.ID
+	return f
+}
+
+// bravoState is fleet B as an all-fleet admin sees it: what must not
+// change whatever a key of A does.
+func (f *fixture) bravoState(t *testing.T) string {
+	e := f.e
+	var parts []string
+	for _, p := range []string{
+		"/v1/devices?fleet=fleet-bravo", "/v1/fleets/fleet-bravo", "/v1/operators/" + f.opB, "/v1/operators/" + f.opB + "/keys",
+		"/v1/live-tokens/" + f.ltB, "/v1/classes/van",
+	} {
+		parts = append(parts, string(e.must(200, req{method: "GET", path: p, key: e.adminKey}, nil).body))
+	}
+	return strings.Join(parts, "\n")
+}
+
+// scopeCase is how a route is attacked from fleet A: the requests to send.
+type scopeCase func(f *fixture) []req
+
+func one(method, path string, body any) scopeCase {
+	return func(*fixture) []req { return []req{{method: method, path: path, body: body}} }
+}
+
+var scopeCases = map[string]scopeCase{
+	"GET /v1/openapi.json": one("GET", "/v1/openapi.json", nil),
+	"GET /v1/me":           one("GET", "/v1/me", nil),
+	"GET /v1/devices": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/devices"}, {method: "GET", path: "/v1/devices?fleet=fleet-bravo"},
+			{method: "GET", path: "/v1/devices?q=bravo"}, {method: "GET", path: "/v1/devices?class=van"}}
+	},
+	"POST /v1/devices": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/devices", body: map[string]any{"id": "new-in-bravo", "fleet": "fleet-bravo"}},
+			{method: "POST", path: "/v1/devices", body: map[string]any{"id": "no-fleet"}}}
+	},
+	"GET /v1/devices/{id}": one("GET", "/v1/devices/bravo-dev-1", nil),
+	"PATCH /v1/devices/{id}": func(*fixture) []req {
+		return []req{{method: "PATCH", path: "/v1/devices/bravo-dev-1", body: map[string]any{"name": "pwned"}},
+			// Moving one's own device into B is refused too.
+			{method: "PATCH", path: "/v1/devices/alpha-dev-1", body: map[string]any{"fleet": "fleet-bravo"}}}
+	},
+	"DELETE /v1/devices/{id}":            one("DELETE", "/v1/devices/bravo-dev-2", nil),
+	"POST /v1/devices/{id}/state":        one("POST", "/v1/devices/bravo-dev-1/state", map[string]any{"state": "suspended"}),
+	"POST /v1/devices/{id}/token":        one("POST", "/v1/devices/bravo-dev-2/token", nil),
+	"POST /v1/devices/{id}/token/rotate": one("POST", "/v1/devices/bravo-dev-1/token/rotate", map[string]any{"overlap_seconds": 0}),
+	"DELETE /v1/devices/{id}/token":      one("DELETE", "/v1/devices/bravo-dev-1/token", nil),
+	"POST /v1/imports/devices": func(*fixture) []req {
+		return []req{
+			{method: "POST", path: "/v1/imports/devices", body: map[string]any{"devices": []map[string]any{{"id": "new-in-bravo", "fleet": "fleet-bravo"}}}},
+			{method: "POST", path: "/v1/imports/devices?mode=upsert", body: map[string]any{"devices": []map[string]any{{"id": "bravo-dev-1", "fleet": "fleet-alpha"}}}},
+			{method: "POST", path: "/v1/imports/devices?create_missing=true", body: map[string]any{"devices": []map[string]any{{"id": "x9", "fleet": "fleet-charlie"}}}},
+		}
+	},
+	"GET /v1/exports/registry": one("GET", "/v1/exports/registry", nil),
+
+	"GET /v1/fleets":           one("GET", "/v1/fleets", nil),
+	"POST /v1/fleets":          one("POST", "/v1/fleets", map[string]any{"id": "fleet-charlie"}),
+	"GET /v1/fleets/{id}":      one("GET", "/v1/fleets/fleet-bravo", nil),
+	"PATCH /v1/fleets/{id}":    one("PATCH", "/v1/fleets/fleet-bravo", map[string]any{"name": "pwned"}),
+	"DELETE /v1/fleets/{id}":   one("DELETE", "/v1/fleets/fleet-bravo", nil),
+	"GET /v1/classes":          one("GET", "/v1/classes", nil),
+	"POST /v1/classes":         one("POST", "/v1/classes", map[string]any{"id": "tank"}),
+	"GET /v1/classes/{id}":     one("GET", "/v1/classes/van", nil),
+	"PATCH /v1/classes/{id}":   one("PATCH", "/v1/classes/van", map[string]any{"name": "pwned"}),
+	"DELETE /v1/classes/{id}":  one("DELETE", "/v1/classes/van", nil),
+	"GET /v1/regions":          one("GET", "/v1/regions", nil),
+	"POST /v1/regions":         one("POST", "/v1/regions", map[string]any{"id": "mars"}),
+	"GET /v1/regions/{id}":     one("GET", "/v1/regions/mars", nil),
+	"PATCH /v1/regions/{id}":   one("PATCH", "/v1/regions/mars", map[string]any{"name": "x"}),
+	"DELETE /v1/regions/{id}":  one("DELETE", "/v1/regions/mars", nil),
+	"GET /v1/live-tokens":      one("GET", "/v1/live-tokens", nil),
+	"GET /v1/live-tokens/{id}": func(f *fixture) []req { return []req{{method: "GET", path: "/v1/live-tokens/" + f.ltB}} },
+	"POST /v1/live-tokens": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/live-tokens", body: map[string]any{"name": "x", "fleets": []string{"fleet-bravo"}}},
+			{method: "POST", path: "/v1/live-tokens", body: map[string]any{"name": "x", "fleets": []string{"*"}}},
+			{method: "POST", path: "/v1/live-tokens", body: map[string]any{"name": "x", "fleets": []string{"fleet-alpha"}, "devices": []string{"bravo-dev-1"}}}}
+	},
+	"DELETE /v1/live-tokens/{id}": func(f *fixture) []req { return []req{{method: "DELETE", path: "/v1/live-tokens/" + f.ltB}} },
+
+	"GET /v1/operators": one("GET", "/v1/operators", nil),
+	"POST /v1/operators": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/operators", body: map[string]any{"name": "mole", "role": "admin", "fleets": []string{"fleet-bravo"}}},
+			{method: "POST", path: "/v1/operators", body: map[string]any{"name": "mole", "role": "admin", "fleets": []string{"*"}}},
+			{method: "POST", path: "/v1/operators", body: map[string]any{"name": "mole", "role": "follower", "fleets": []string{"*"}}}}
+	},
+	"GET /v1/operators/{id}": func(f *fixture) []req { return []req{{method: "GET", path: "/v1/operators/" + f.opB}} },
+	"PATCH /v1/operators/{id}": func(f *fixture) []req {
+		return []req{{method: "PATCH", path: "/v1/operators/" + f.opB, body: map[string]any{"disabled": true}}}
+	},
+	"DELETE /v1/operators/{id}": func(f *fixture) []req { return []req{{method: "DELETE", path: "/v1/operators/" + f.opB}} },
+	"GET /v1/operators/{id}/keys": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/operators/" + f.opB + "/keys"}}
+	},
+	"POST /v1/operators/{id}/keys": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/operators/" + f.opB + "/keys", body: map[string]any{"name": "backdoor"}}}
+	},
+	"DELETE /v1/operators/{id}/keys/{key}": func(f *fixture) []req {
+		return []req{{method: "DELETE", path: "/v1/operators/" + f.opB + "/keys/" + f.keyB}}
+	},
+	"GET /v1/audit": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/audit"}, {method: "GET", path: "/v1/audit?object_type=device&object_id=bravo-dev-1"},
+			{method: "GET", path: "/v1/audit?object_type=fleet"}}
+	},
+	"GET /v1/feed/snapshot":  one("GET", "/v1/feed/snapshot", nil),
+	"GET /v1/feed/changes":   one("GET", "/v1/feed/changes?since=0", nil),
+	"POST /v1/feed/presence": one("POST", "/v1/feed/presence", map[string]any{"frontend": "fe", "reports": []map[string]any{{"id": "bravo-dev-1", "seen_at": "2025-01-01T00:00:00Z"}}}),
+}
+
+func TestScopeEveryEndpoint(t *testing.T) {
+	s := &Server{}
+	for _, rt := range s.routeTable() {
+		if scopeCases[rt.method+" "+rt.pattern] == nil {
+			t.Errorf("route %s %s has no case in scopeCases: add how a key of another fleet attacks it", rt.method, rt.pattern)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	forEachBackend(t, func(t *testing.T, b backend) {
+		f := newFixture(t, b)
+		before := f.bravoState(t)
+		for _, rt := range s.routeTable() {
+			name := rt.method + " " + rt.pattern
+			for _, who := range []struct{ role, key string }{{"admin", f.adminA}, {"operator", f.operatorA}, {"viewer", f.viewerA}} {
+				for _, r := range scopeCases[name](f) {
+					r.key = who.key
+					res := f.e.do(r)
+					sent := r.path + jsonString(r.body)
+					for _, m := range bravoMarkers {
+						if strings.Contains(string(res.body), m) && !strings.Contains(sent, m) {
+							t.Errorf("%s as %s of A: %s %s leaks %q: %d %.500s", name, who.role, r.method, r.path, m, res.status, res.body)
+						}
+					}
+					if res.status >= 200 && res.status < 300 && r.method != "GET" {
+						t.Errorf("%s as %s of A: %s %s succeeded (%d): %.300s", name, who.role, r.method, r.path, res.status, res.body)
+					}
+					if res.status >= 500 {
+						t.Errorf("%s as %s of A: %s %s: %d %s", name, who.role, r.method, r.path, res.status, res.body)
+					}
+				}
+			}
+		}
+		if after := f.bravoState(t); after != before {
+			t.Errorf("fleet B changed under keys of fleet A:\nbefore %s\nafter  %s", before, after)
+		}
+		// Nothing was created in B's name either.
+		if r := f.e.do(req{method: "GET", path: "/v1/devices/new-in-bravo", key: f.e.adminKey}); r.status != 404 {
+			t.Errorf("a device was created in fleet B: %d", r.status)
+		}
+	})
+}
+
+// TestRoles: what each role may call, spelled out (403 for the rest,
+// whatever the object).
+func TestRoles(t *testing.T) {
+	reads := func(route string) bool {
+		return strings.HasPrefix(route, "GET ") && !strings.Contains(route, "/operators") && !strings.Contains(route, "/feed/") &&
+			route != "GET /v1/exports/registry"
+	}
+	allowed := map[string]func(route string) bool{
+		"viewer": reads,
+		"operator": func(route string) bool {
+			if reads(route) || route == "GET /v1/exports/registry" {
+				return true
+			}
+			return strings.HasPrefix(route, "POST /v1/devices") || strings.HasPrefix(route, "PATCH /v1/devices") ||
+				route == "DELETE /v1/devices/{id}/token" || route == "POST /v1/imports/devices" ||
+				route == "POST /v1/live-tokens" || route == "DELETE /v1/live-tokens/{id}"
+		},
+		"follower": func(route string) bool {
+			return strings.Contains(route, "/v1/feed/") || route == "GET /v1/me" || route == "GET /v1/openapi.json"
+		},
+	}
+	e := startEnv(t, backends[0])
+	e.makeFleet("f1")
+	keys := map[string]string{}
+	_, keys["viewer"] = e.makeOperator("v", RoleViewer, "f1")
+	_, keys["operator"] = e.makeOperator("o", RoleOperator, "f1")
+	_, keys["follower"] = e.makeOperator("fo", RoleFollower, "*")
+	s := &Server{}
+	for role, ok := range allowed {
+		for _, rt := range s.routeTable() {
+			name := rt.method + " " + rt.pattern
+			path := strings.NewReplacer("{id}", "nope", "{key}", "nope").Replace(rt.pattern)
+			res := e.do(req{method: rt.method, path: path, key: keys[role], body: map[string]any{}, invalid: true})
+			if ok(name) && res.status == http.StatusForbidden {
+				t.Errorf("%s may call %s, got 403: %s", role, name, res.body)
+			}
+			if !ok(name) && res.status != http.StatusForbidden {
+				t.Errorf("%s may not call %s, got %d: %.200s", role, name, res.status, res.body)
+			}
+		}
+	}
+}

@@ -1,0 +1,12 @@
+package testenv
+
+import (
+	"os"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	StopPostgres()
+	os.Exit(code)
+}
