@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/auth"
 )
 
 // Roles. A role says what a key may do; its fleets say where.
@@ -126,15 +126,39 @@ func (pm perm) String() string {
 	return [...]string{"any key", "admin, operator or viewer", "admin or operator", "admin", "admin of every fleet", "follower"}[pm]
 }
 
-// authLimiter throttles failed authentications. The API keeps its own
-// small one here, behind this interface, until drover has one shared
-// implementation for devices, live clients and the API.
-type authLimiter interface {
-	// allow reports whether an attempt from source for keyID may be
-	// checked now; when not, it says for how long both stay refused.
-	allow(source, keyID string, now time.Time) (retryAfter time.Duration, ok bool)
-	// fail records a failed attempt.
-	fail(source, keyID string, now time.Time)
+// authLimiter throttles failed authentications per client address and
+// per API key id, with internal/auth's limiter (the one the frontend and
+// the livefeed use).
+type authLimiter struct {
+	proxies auth.Proxies
+	source  *auth.Limiter
+	key     *auth.Limiter
+}
+
+func newAuthLimiter(cfg Config) *authLimiter {
+	p, _ := auth.ParseProxies(cfg.TrustedProxies) // checked by Validate
+	return &authLimiter{proxies: p, source: auth.NewLimiter(cfg.AuthLimit), key: auth.NewLimiter(cfg.AuthLimit)}
+}
+
+// allow reports whether an attempt from source for keyID may be checked
+// now; when not, it says for how long.
+func (l *authLimiter) allow(source, keyID string, now time.Time) (time.Duration, bool) {
+	wait, blocked := l.source.Blocked(source, now)
+	if keyID != "" {
+		if w, b := l.key.Blocked(keyID, now); b {
+			wait, blocked = max(wait, w), true
+		}
+	}
+	return wait, !blocked
+}
+
+// fail records a failed attempt of source (and of keyID, when the bearer
+// named one).
+func (l *authLimiter) fail(source, keyID string, now time.Time) {
+	l.source.Fail(source, now)
+	if keyID != "" {
+		l.key.Fail(keyID, now)
+	}
 }
 
 // dummyHash is compared against when a key id is unknown, so that an
@@ -147,7 +171,7 @@ var dummyHash = hashSecret("no such key")
 // failure.
 func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	now := time.Now()
-	source := sourceAddr(r)
+	source := auth.SourceKey(s.limiter.proxies.ClientAddr(r))
 	bearer, hasBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	keyID, secret, parsed := parseAPIKey(strings.TrimSpace(bearer))
 	if retry, ok := s.limiter.allow(source, keyID, now); !ok {
@@ -233,122 +257,4 @@ func (s *Server) touchKey(keyID string, now time.Time) {
 			s.log.Warn("api: record key use", "key", keyID, "err", err)
 		}
 	}()
-}
-
-// sourceAddr is the request's TCP peer address, without the port: what
-// failed authentications are counted by. (A proxy in front makes every
-// caller one source: put the limit there, or give the API its own port.)
-func sourceAddr(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
-// failLimiter counts failures per source address and per key id within a
-// window; past the limit, the source or id is refused for a backoff that
-// doubles with each further failure, up to a maximum. Memory is bounded:
-// past maxEntries, expired entries are swept, and if that is not enough
-// the oldest half is dropped (an attacker spraying addresses can at worst
-// shorten its own refusals; it can never lock out others).
-type failLimiter struct {
-	limit              int
-	window             time.Duration
-	backoff, maxBackof time.Duration
-	maxEntries         int
-
-	mu      sync.Mutex
-	entries map[string]*failEntry
-}
-
-type failEntry struct {
-	start    time.Time // of the counting window
-	count    int
-	until    time.Time // refused until
-	backoff  time.Duration
-	lastSeen time.Time
-}
-
-func newFailLimiter(cfg Config) *failLimiter {
-	return &failLimiter{
-		limit: cfg.AuthFailures, window: cfg.AuthWindow, backoff: cfg.AuthBackoff, maxBackof: cfg.AuthMaxBackoff,
-		maxEntries: 100_000, entries: map[string]*failEntry{},
-	}
-}
-
-func (l *failLimiter) keys(source, keyID string) []string {
-	k := []string{"addr " + source}
-	if keyID != "" {
-		k = append(k, "key "+keyID)
-	}
-	return k
-}
-
-func (l *failLimiter) allow(source, keyID string, now time.Time) (time.Duration, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var wait time.Duration
-	for _, k := range l.keys(source, keyID) {
-		if e := l.entries[k]; e != nil && now.Before(e.until) {
-			wait = max(wait, e.until.Sub(now))
-		}
-	}
-	return wait, wait == 0
-}
-
-func (l *failLimiter) fail(source, keyID string, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, k := range l.keys(source, keyID) {
-		e := l.entries[k]
-		if e == nil {
-			if len(l.entries) >= l.maxEntries {
-				l.sweep(now)
-			}
-			e = &failEntry{start: now}
-			l.entries[k] = e
-		}
-		if now.Sub(e.start) > l.window && now.After(e.until) {
-			// A quiet window: start counting again, and forget the backoff
-			// once a whole window passed after the last refusal.
-			e.start, e.count = now, 0
-			if now.Sub(e.until) > l.window {
-				e.backoff = 0
-			}
-		}
-		e.count++
-		e.lastSeen = now
-		if e.count >= l.limit {
-			if e.backoff == 0 {
-				e.backoff = l.backoff
-			} else {
-				e.backoff = min(2*e.backoff, l.maxBackof)
-			}
-			e.until = now.Add(e.backoff)
-		}
-	}
-}
-
-func (l *failLimiter) sweep(now time.Time) {
-	for k, e := range l.entries {
-		if now.After(e.until) && now.Sub(e.lastSeen) > l.window {
-			delete(l.entries, k)
-		}
-	}
-	if len(l.entries) < l.maxEntries {
-		return
-	}
-	type kv struct {
-		k string
-		t time.Time
-	}
-	all := make([]kv, 0, len(l.entries))
-	for k, e := range l.entries {
-		all = append(all, kv{k, e.lastSeen})
-	}
-	slices.SortFunc(all, func(a, b kv) int { return a.t.Compare(b.t) })
-	for _, x := range all[:len(all)/2] {
-		delete(l.entries, x.k)
-	}
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/drover-telemetry/drover/internal/auth"
 )
 
 // TestUnauthorizedIsOneAnswer: no key, a malformed key, an unknown key id,
@@ -27,7 +29,7 @@ import (
 // reason.
 func TestUnauthorizedIsOneAnswer(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		e := startEnv(t, b, func(c *Config) { c.AuthFailures = 1000 })
+		e := startEnv(t, b, func(c *Config) { c.AuthLimit.Failures = 1000 })
 		e.makeFleet("f")
 		opID, key := e.makeOperator("alice", RoleViewer, "f")
 		keyID, _, _ := parseAPIKey(key)
@@ -94,7 +96,7 @@ func TestUnauthorizedIsOneAnswer(t *testing.T) {
 // under attack is refused from any address.
 func TestAuthThrottle(t *testing.T) {
 	e := startEnv(t, backends[0], func(c *Config) {
-		c.AuthFailures, c.AuthWindow, c.AuthBackoff, c.AuthMaxBackoff = 3, time.Minute, 500*time.Millisecond, 2*time.Second
+		c.AuthLimit.Failures, c.AuthLimit.Window, c.AuthLimit.Block, c.AuthLimit.MaxBlock = 3, time.Minute, 500*time.Millisecond, 2*time.Second
 	})
 	for i := range 3 {
 		if r := e.do(req{method: "GET", path: "/v1/me", key: "drv_key_nope_" + strings.Repeat("y", 43)}); r.status != 401 {
@@ -115,9 +117,10 @@ func TestAuthThrottle(t *testing.T) {
 		return e.do(req{method: "GET", path: "/v1/me", key: e.adminKey}).status == 200
 	})
 
-	// The limiter alone: per key id from many addresses, and the backoff
-	// doubling up to its maximum.
-	l := newFailLimiter(Config{AuthFailures: 2, AuthWindow: time.Minute, AuthBackoff: time.Second, AuthMaxBackoff: 4 * time.Second})
+	// The limiter alone: per key id from many addresses, and the block
+	// doubling up to its maximum each time the key reaches the limit again
+	// (internal/auth's semantics: a block resets the count).
+	l := newAuthLimiter(Config{AuthLimit: auth.LimitConfig{Failures: 2, Window: time.Minute, Block: time.Second, MaxBlock: 4 * time.Second, MaxKeys: 1024}})
 	now := time.Now()
 	l.fail("10.0.0.1", "key_x", now)
 	l.fail("10.0.0.2", "key_x", now)
@@ -132,10 +135,14 @@ func TestAuthThrottle(t *testing.T) {
 		wait, _ := l.allow("10.0.0.9", "key_x", now)
 		now = now.Add(wait)
 		l.fail("10.0.0.9", "key_x", now)
+		if _, ok := l.allow("10.0.0.9", "key_x", now); !ok {
+			t.Fatal("one failure after a block ended blocks again")
+		}
+		l.fail("10.0.0.9", "key_x", now)
 		w, _ := l.allow("10.0.0.9", "key_x", now)
 		waits = append(waits, w)
 	}
-	if waits[0] != 2*time.Second || waits[1] != 4*time.Second || waits[3] != 4*time.Second {
+	if waits[0] != 2*time.Second || waits[1] != 4*time.Second || waits[2] != 4*time.Second || waits[3] != 4*time.Second {
 		t.Errorf("backoffs %v, want doubling from 2s up to 4s", waits)
 	}
 }

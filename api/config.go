@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/daemon"
 )
 
@@ -73,18 +74,32 @@ type Config struct {
 	// feed; a follower further behind must take a new snapshot.
 	TombstoneRetention time.Duration
 
-	// AuthFailures is how many failed authentications a source address
-	// or a key id may make within AuthWindow before it is refused (429)
-	// for AuthBackoff, doubling at each further failure up to
-	// AuthMaxBackoff.
-	AuthFailures   int
-	AuthWindow     time.Duration
-	AuthBackoff    time.Duration
-	AuthMaxBackoff time.Duration
+	// AuthLimit limits failed authentications per client address (an IPv6
+	// client per /64) and, with the same settings, per API key id: past
+	// AuthLimit.Failures within AuthLimit.Window the address or key id is
+	// answered 429 with a Retry-After, before the key is looked at, for
+	// AuthLimit.Block, doubling with each repeat up to AuthLimit.MaxBlock
+	// (internal/auth's limiter, shared with the frontend and the
+	// livefeed).
+	AuthLimit auth.LimitConfig
+	// TrustedProxies are the addresses or prefixes of proxies whose
+	// X-Forwarded-For names the client; without them the TCP peer is the
+	// client.
+	TrustedProxies []string
 
 	// ShutdownGrace bounds how long a stop waits for requests in flight
 	// (long polls are ended at once).
 	ShutdownGrace time.Duration
+}
+
+// apiAuthLimit is the API's failure limit: stricter than a device edge's
+// (an operator's script fails a few times, not thirty; no carrier-grade NAT
+// puts thousands of operators behind one address), with a short first block
+// so that a typo costs a second, not half a minute.
+func apiAuthLimit() auth.LimitConfig {
+	l := auth.DefaultLimitConfig()
+	l.Failures, l.Block, l.MaxBlock = 10, time.Second, 5*time.Minute
+	return l
 }
 
 // DefaultConfig returns the configuration of a single replica on a laptop:
@@ -100,10 +115,7 @@ func DefaultConfig() Config {
 		FeedPoll:           250 * time.Millisecond,
 		FeedMaxWait:        60 * time.Second,
 		TombstoneRetention: 7 * 24 * time.Hour,
-		AuthFailures:       10,
-		AuthWindow:         time.Minute,
-		AuthBackoff:        time.Second,
-		AuthMaxBackoff:     5 * time.Minute,
+		AuthLimit:          apiAuthLimit(),
 		ShutdownGrace:      10 * time.Second,
 	}
 }
@@ -135,12 +147,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.FeedMaxWait, "feed-max-wait", c.FeedMaxWait, "longest `duration` a follower's changes long poll may wait")
 	fs.DurationVar(&c.TombstoneRetention, "tombstone-retention", c.TombstoneRetention,
 		"how long (`duration`) deleted devices stay in the change feed; followers further behind resync")
-	fs.IntVar(&c.AuthFailures, "auth-failures", c.AuthFailures,
-		"failed authentications (`count`) a source address or key id may make per -auth-window before being refused")
-	fs.DurationVar(&c.AuthWindow, "auth-window", c.AuthWindow, "`duration` over which failed authentications are counted")
-	fs.DurationVar(&c.AuthBackoff, "auth-backoff", c.AuthBackoff,
-		"first refusal period (`duration`) after too many failures; doubles with each further failure")
-	fs.DurationVar(&c.AuthMaxBackoff, "auth-max-backoff", c.AuthMaxBackoff, "longest refusal period (`duration`)")
+	c.AuthLimit.RegisterFlags(fs, "client address or API key id")
+	fs.Var((*daemon.StringList)(&c.TrustedProxies), "trusted-proxies",
+		"comma-separated `addresses or prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) requests in flight may take to finish")
 }
@@ -182,7 +191,7 @@ func (c *Config) Validate() error {
 		v    int64
 	}{
 		{"db-max-conns", int64(c.MaxConns)}, {"max-body-bytes", c.MaxBodyBytes},
-		{"max-import-rows", int64(c.MaxImportRows)}, {"auth-failures", int64(c.AuthFailures)},
+		{"max-import-rows", int64(c.MaxImportRows)},
 	} {
 		if p.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %d, want > 0", p.name, p.v))
@@ -193,15 +202,17 @@ func (c *Config) Validate() error {
 		v    time.Duration
 	}{
 		{"feed-poll", c.FeedPoll}, {"feed-max-wait", c.FeedMaxWait}, {"tombstone-retention", c.TombstoneRetention},
-		{"auth-window", c.AuthWindow}, {"auth-backoff", c.AuthBackoff}, {"auth-max-backoff", c.AuthMaxBackoff},
 		{"shutdown-grace", c.ShutdownGrace},
 	} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %v, want > 0", d.name, d.v))
 		}
 	}
-	if c.AuthMaxBackoff < c.AuthBackoff {
-		errs = append(errs, fmt.Errorf("auth-max-backoff: %v, want at least auth-backoff (%v)", c.AuthMaxBackoff, c.AuthBackoff))
+	if err := c.AuthLimit.Validate("auth-"); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := auth.ParseProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("trusted-proxies: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("api config: %w", err)

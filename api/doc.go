@@ -42,7 +42,8 @@
 //     caller's fleets answers 404, exactly like one that does not exist;
 //     a role that may not act answers 403.
 //   - Failed authentications are counted per source address and per key
-//     id; past -auth-failures within -auth-window both are refused (429,
+//     id (internal/auth's limiter); past -auth-failures within
+//     -auth-window both are refused (429,
 //     before the key is even looked at) for a backoff that doubles. 401
 //     is one answer for every failure.
 //   - Audit. Every change writes an audit entry (who, what, before,

@@ -19,6 +19,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/cors"
+
+	"github.com/drover-telemetry/drover/internal/auth"
 )
 
 // Server is the control plane's REST API: one replica. Build it with
@@ -27,7 +29,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
-	limiter authLimiter
+	limiter *authLimiter
 	certs   *certStore // nil without TLS
 
 	db      *store
@@ -57,8 +59,16 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg, log: logger, metrics: m, limiter: newFailLimiter(cfg),
+		cfg: cfg, log: logger, metrics: m, limiter: newAuthLimiter(cfg),
 		started: make(chan struct{}), touched: map[string]time.Time{},
+	}
+	if reg != nil {
+		if err := auth.RegisterMetrics(reg, "drover_api", "source", s.limiter.source); err != nil {
+			return nil, err
+		}
+		if err := auth.RegisterMetrics(reg, "drover_api", "key", s.limiter.key); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.TLSCert != "" {
 		if s.certs, err = newCertStore(cfg.TLSCert, cfg.TLSKey, m); err != nil {
