@@ -8,11 +8,21 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 )
 
-func TestDefaultConfigIsValid(t *testing.T) {
-	if err := DefaultConfig().Validate(); err != nil {
-		t.Fatalf("DefaultConfig().Validate() = %v", err)
+// TestDefaultConfigNeedsLinks: the defaults are valid once the links are
+// chosen (a cluster key file, or -insecure-links said out loud), and
+// refused, naming -cluster-key-file, before.
+func TestDefaultConfigNeedsLinks(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "cluster-key-file: required") {
+		t.Fatalf("DefaultConfig().Validate() = %v, want cluster-key-file required", err)
+	}
+	cfg.Links.KeyFile = "/etc/drover/cluster.key"
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("with a key file: Validate() = %v", err)
 	}
 }
 
@@ -48,6 +58,7 @@ func TestRegisterFlags(t *testing.T) {
 		"-write-timeout", "3s",
 		"-shutdown-grace", "15s",
 		"-drain-linger", "5ms",
+		"-cluster-key-file", "/etc/drover/cluster.key",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +85,7 @@ func TestRegisterFlags(t *testing.T) {
 		IdleTimeout:         time.Minute,
 		WriteTimeout:        3 * time.Second,
 		ShutdownGrace:       15 * time.Second,
+		Links:               clusterlink.Config{KeyFile: "/etc/drover/cluster.key"},
 	}
 	if !slices.Equal(cfg.Routers, want.Routers) {
 		t.Errorf("routers %v, want %v", cfg.Routers, want.Routers)
@@ -112,8 +124,10 @@ func TestValidateRejects(t *testing.T) {
 		"idle-timeout":           func(c *Config) { c.IdleTimeout = c.PingInterval },
 		"write-timeout":          func(c *Config) { c.WriteTimeout = 0 },
 		"shutdown-grace":         func(c *Config) { c.ShutdownGrace = 0 },
+		"cluster-key-file":       func(c *Config) { c.Links = clusterlink.Config{} },
 	} {
 		cfg := DefaultConfig()
+		cfg.Links = testLinks
 		mutate(&cfg)
 		err := cfg.Validate()
 		field, _, _ := strings.Cut(name, " ")
@@ -141,6 +155,7 @@ func TestValidateReportsAllProblems(t *testing.T) {
 
 func TestNewCopiesConfig(t *testing.T) {
 	cfg := DefaultConfig()
+	cfg.Links = testLinks
 	f, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)

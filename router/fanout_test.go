@@ -20,6 +20,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
@@ -95,7 +96,7 @@ type fakeSub struct {
 	batches  int
 }
 
-func startSub(t testing.TB, endpoint, name string, ack bool) *fakeSub {
+func startSub(t testing.TB, endpoint, name string, ack bool, links ...clusterlink.Config) *fakeSub {
 	t.Helper()
 	var rnd [4]byte
 	_, _ = crand.Read(rnd[:])
@@ -106,7 +107,7 @@ func startSub(t testing.TB, endpoint, name string, ack bool) *fakeSub {
 			zmq4.WithAutomaticReconnect(true)),
 	}
 	s.acking.Store(ack)
-	if err := s.sock.Dial(endpoint); err != nil {
+	if err := s.sock.Dial(linkEndpoint(t, clusterlink.RoleStorageWriter, clusterlink.LinkStore, endpoint, links...)); err != nil {
 		t.Fatalf("subscriber %s: dial %s: %v", name, endpoint, err)
 	}
 	s.wg.Add(2)
@@ -245,7 +246,7 @@ func startLiveSub(t testing.TB, endpoint, router string) *liveSub {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &liveSub{cancel: cancel, done: make(chan struct{}),
 		sock: zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))}
-	if err := l.sock.Dial(endpoint); err != nil {
+	if err := l.sock.Dial(linkEndpoint(t, clusterlink.RoleLivefeed, clusterlink.LinkLive, endpoint)); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.sock.SetOption(zmq4.OptionSubscribe, LiveTopic); err != nil {
@@ -397,6 +398,7 @@ func TestFanoutRestart(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
 	cfg.Subscribers = []string{"lake"}
+	cfg.FixedSubscribers = false // holders of the cluster key may register
 	cfg.RegistryStore = testRegistry(t)
 	rt := startRouter(t, cfg, withFastLanes)
 	cfg.Listen, cfg.StoreListen, cfg.LivePub = rt.Addr(), rt.StoreAddr(), rt.LiveAddr()
@@ -457,10 +459,14 @@ func TestLiveLaneLibzmq(t *testing.T) {
 	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
 	cfg.Subscribers = []string{"lake"}
 	cfg.RegistryStore = testRegistry(t)
+	// libzmq has no TLS transport: plain ZMTP, as -insecure-links runs it.
+	cfg.Links = clusterlink.Config{Insecure: true}
 	rt := startRouter(t, cfg, withFastLanes)
-	startSub(t, rt.StoreAddr(), "lake", true)
+	startSub(t, rt.StoreAddr(), "lake", true, cfg.Links)
 	fe := openFrontend(t, filepath.Join(dir, "frontend"), queue.SyncAlways)
-	startDrainer(t, testDrainerConfig("frontend-1", rt.Addr()), fe.q)
+	dc := testDrainerConfig("frontend-1", rt.Addr())
+	dc.Links = cfg.Links
+	startDrainer(t, dc, fe.q)
 
 	const want = 20
 	out := filepath.Join(dir, "live.hex")

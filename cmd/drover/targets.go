@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/frontend"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/internal/sim"
@@ -100,7 +101,10 @@ DROVER_ALL_FRONTEND_LISTEN). What all wires itself has no flag: every queue
 lives under -data, the frontend and the router share one device registry,
 the router keeps a durable subscriber queue for each sink, and the writers
 and the livefeed connect to the router's -router.store-listen and
--router.live-pub on loopback.`
+-router.live-pub on loopback. The links between the components are mutual
+TLS under a cluster key made up in memory at each start, so that even
+another user of this machine cannot reach them; there is no key file to
+give, and -insecure-links does not exist here.`
 
 // setupAll wires one router, one frontend, one storage writer per sink, one
 // livefeed and optionally a simulated fleet in one process.
@@ -119,12 +123,13 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	influxCfg := storagewriter.DefaultConfig().Influx
 	fs.StringVar(&influxCfg.URL, "influx-url", influxCfg.URL, "InfluxDB `URL` for the influx sink")
 	fs.StringVar(&influxCfg.Database, "influx-database", influxCfg.Database, "InfluxDB `database` for the influx sink")
+	links := []string{"cluster-key-file", "insecure-links"} // all makes its own key
 	fe := frontend.DefaultConfig()
-	registerPrefixed(fs, "frontend.", fe.RegisterFlags, "queue-dir", "routers", "registry")
+	registerPrefixed(fs, "frontend.", fe.RegisterFlags, append(links, "queue-dir", "routers", "registry")...)
 	rt := router.DefaultConfig()
-	registerPrefixed(fs, "router.", rt.RegisterFlags, "queue-dir", "registry", "subscribers")
+	registerPrefixed(fs, "router.", rt.RegisterFlags, append(links, "queue-dir", "registry", "subscribers", "fixed-subscribers")...)
 	lf := livefeed.DefaultConfig()
-	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, "routers")
+	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, append(links, "routers")...)
 	simOpts := defaultSimOptions()
 	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed")
 
@@ -138,6 +143,11 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		if err := os.MkdirAll(dataDir, 0o755); err != nil {
 			return nil, fmt.Errorf("data: %w", err)
 		}
+		key, err := clusterlink.GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		linkCfg := clusterlink.Config{Keys: []clusterlink.Key{key}}
 		frontendURL, err := loopbackURL("frontend.listen", fe.Listen)
 		if err != nil {
 			return nil, err
@@ -162,8 +172,12 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		rt.QueueDir = filepath.Join(dataDir, "router")
 		rt.RegistryStore = store
 		rt.Subscribers = nil
+		rt.FixedSubscribers = true
+		rt.Links, fe.Links, lf.Links = linkCfg, linkCfg, linkCfg
 		fe.QueueDir = filepath.Join(dataDir, "frontend")
 		fe.RegistryStore, fe.Registry = store, registryPath
+		// The components connect on loopback, and the router binds there
+		// too: nothing outside this process holds the key anyway.
 		fe.Routers = make([]string, 1)
 		if fe.Routers[0], err = loopbackEndpoint("router.listen", rt.Listen); err != nil {
 			return nil, err
@@ -176,6 +190,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		if err != nil {
 			return nil, err
 		}
+		rt.Listen, rt.LivePub, rt.StoreListen = fe.Routers[0], lf.Routers[0], storeEndpoint
 
 		// Added in start order; the group stops them in reverse: the fleet
 		// and the frontend first, the router (which the frontend drains to)
@@ -189,6 +204,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			cfg.QueueDir = filepath.Join(dataDir, "storage-writer-"+sink)
 			cfg.Influx.URL, cfg.Influx.Database = influxCfg.URL, influxCfg.Database
 			cfg.Lake.Dir = filepath.Join(dataDir, "lake")
+			cfg.Links = linkCfg
 			w, err := storagewriter.New(cfg, logger, reg)
 			if err != nil {
 				return nil, err
