@@ -107,7 +107,12 @@ func startSub(t testing.TB, endpoint, name string, ack bool, links ...clusterlin
 			zmq4.WithAutomaticReconnect(true)),
 	}
 	s.acking.Store(ack)
-	if err := s.sock.Dial(linkEndpoint(t, clusterlink.RoleStorageWriter, clusterlink.LinkStore, endpoint, links...)); err != nil {
+	ep := linkEndpoint(t, clusterlink.RoleStorageWriter, clusterlink.LinkStore, endpoint, links...)
+	if len(links) > 0 {
+		// Maybe another key: zmq4 retries a refused handshake until the
+		// socket closes.
+		s.wg.Go(func() { _ = s.sock.Dial(ep) })
+	} else if err := s.sock.Dial(ep); err != nil {
 		t.Fatalf("subscriber %s: dial %s: %v", name, endpoint, err)
 	}
 	s.wg.Add(2)
@@ -241,16 +246,25 @@ type liveSub struct {
 	bad    atomic.Int64
 }
 
-func startLiveSub(t testing.TB, endpoint, router string) *liveSub {
+func startLiveSub(t testing.TB, endpoint, router string, links ...clusterlink.Config) *liveSub {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &liveSub{cancel: cancel, done: make(chan struct{}),
-		sock: zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))}
-	if err := l.sock.Dial(linkEndpoint(t, clusterlink.RoleLivefeed, clusterlink.LinkLive, endpoint)); err != nil {
-		t.Fatal(err)
-	}
+		sock: zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true), zmq4.WithDialerRetry(20*time.Millisecond))}
 	if err := l.sock.SetOption(zmq4.OptionSubscribe, LiveTopic); err != nil {
 		t.Fatal(err)
+	}
+	ep := linkEndpoint(t, clusterlink.RoleLivefeed, clusterlink.LinkLive, endpoint, links...)
+	dialed := make(chan struct{})
+	if len(links) > 0 {
+		// Maybe another key: zmq4 retries a refused handshake until the
+		// socket closes.
+		go func() { defer close(dialed); _ = l.sock.Dial(ep) }()
+	} else {
+		if err := l.sock.Dial(ep); err != nil {
+			t.Fatal(err)
+		}
+		close(dialed)
 	}
 	go func() {
 		defer close(l.done)
@@ -273,7 +287,7 @@ func startLiveSub(t testing.TB, endpoint, router string) *liveSub {
 			l.got.Add(1)
 		}
 	}()
-	t.Cleanup(func() { l.cancel(); _ = l.sock.Close(); <-l.done })
+	t.Cleanup(func() { l.cancel(); _ = l.sock.Close(); <-l.done; <-dialed })
 	return l
 }
 

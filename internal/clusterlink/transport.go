@@ -98,6 +98,24 @@ func (s *Security) Listen(link Link, endpoint string) (net.Listener, error) {
 	return t.Listen(context.Background(), addr)
 }
 
+// Dial connects to endpoint (tcp://host:port or ipc://path) as the client
+// of link and runs the TLS handshake (unless insecure), for code that
+// speaks ZMTP itself on zmq4.Open.
+func (s *Security) Dial(ctx context.Context, link Link, endpoint string) (net.Conn, error) {
+	t, rest, err := s.transport(link, endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		return nil, fmt.Errorf("clusterlink: %s: only tcp:// and ipc:// endpoints can be dialled here", endpoint)
+	}
+	addr, err := t.Addr(rest)
+	if err != nil {
+		return nil, fmt.Errorf("clusterlink: %s: %w", endpoint, err)
+	}
+	return t.Dial(ctx, &net.Dialer{Timeout: s.handshakeTimeout}, addr)
+}
+
 func (s *Security) transport(link Link, endpoint string) (*linkTransport, string, error) {
 	if s.role != link.Server && s.role != link.Client {
 		return nil, "", fmt.Errorf("clusterlink: a %s has no side on the %s link", s.role, link.Name)
