@@ -12,7 +12,9 @@
 // A dead sink grows only its own writer's queue: ingest, the other sinks and
 // the live feed go on.
 //
-// The writer opens one ZeroMQ DEALER per router, subscribes under its
+// The writer opens one ZeroMQ DEALER per router (a forward.Dealer, over the
+// store link's mutual TLS under the cluster key: Config.Links,
+// -cluster-key-file; docs/security.md), subscribes under its
 // durable name (forward.TypeSubscribe, every second), drops entries it has
 // appended before (a forward.SeqSet per router), appends the rest in
 // goroutines so that the receive loop never waits on fsync, and answers

@@ -45,9 +45,9 @@ const (
 // sendTimeout bounds one zmq4 Send. It must be short: when a connection
 // dies under a write, zmq4 reconnects from inside that write while the
 // socket's writer lock is held, and the new connection is added only once
-// the Send has timed out. A timed-out write goes on in the background;
-// every message is sent with SendMulti, one writev(2) that the net package
-// never interleaves with another, so a later message cannot corrupt it.
+// the Send has timed out. A timed-out write goes on in the background; the
+// cluster link's connection writes each message whole, under a lock, so a
+// later message cannot corrupt it.
 func sendTimeout(heartbeat time.Duration) time.Duration {
 	return min(max(2*heartbeat, 250*time.Millisecond), 2*time.Second)
 }
