@@ -458,7 +458,8 @@ func TestFanoutRestart(t *testing.T) {
 }
 
 // TestLiveLaneLibzmq: a libzmq subscriber (pyzmq, Debian's python3-zmq)
-// receives live. messages from the zmq4 PUB; Go decodes what it got.
+// receives live. messages from the router's publisher (ZMTP on zmq4.Open,
+// with -insecure-links: libzmq has no TLS); Go decodes what it got.
 func TestLiveLaneLibzmq(t *testing.T) {
 	const py = "/usr/bin/python3"
 	if err := exec.Command(py, "-c", "import zmq").Run(); err != nil {

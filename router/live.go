@@ -218,7 +218,10 @@ func (l *live) close() {
 	}
 	deadline := time.Now().Add(liveCloseGrace)
 	for s := range l.subs {
+		s.mu.Lock()
+		s.stopAt = deadline
 		_ = s.nc.SetWriteDeadline(deadline)
+		s.mu.Unlock()
 		close(s.closing)
 	}
 	l.mu.Unlock()
@@ -240,8 +243,9 @@ type liveSubscriber struct {
 	ring     [][]byte       // queued batches: ring[head], ... (n of them)
 	head, n  int
 	bytes    int64
-	dropping bool // dropping since the buffer last emptied
-	episode  int  // batches dropped in this episode
+	dropping bool      // dropping since the buffer last emptied
+	episode  int       // batches dropped in this episode
+	stopAt   time.Time // set when the lane closes: the last write deadline
 
 	sent, dropped prometheus.Counter
 }
@@ -329,9 +333,11 @@ func (s *liveSubscriber) writeLoop(gone <-chan struct{}) string {
 			if pb == nil {
 				break
 			}
-			if !closing {
+			s.mu.Lock()
+			if s.stopAt.IsZero() { // else close set the deadline
 				_ = s.nc.SetWriteDeadline(time.Now().Add(s.l.stall))
 			}
+			s.mu.Unlock()
 			if err := s.conn.SendMsg(zmq4.NewMsgFrom(s.l.topic, pb)); err != nil {
 				var ne net.Error
 				switch {
