@@ -88,8 +88,8 @@
 // drover_link_refused_total{link, side, reason} (reasons: not_tls,
 // no_certificate, unknown_authority, wrong_role, expired, peer_refused,
 // not_zmtp, protocol, too_large, timeout, too_many, closed, other) and
-// logged at warning level, at most once per peer address, link and side
-// every 10 minutes, with a hint of what to check; it never stops the
-// process. Completed handshakes are counted in
+// logged at warning level, at most once per peer address, link, side and
+// reason every 10 minutes, with a hint of what to check; it never stops
+// the process. Completed handshakes are counted in
 // drover_link_handshakes_total{link, side}.
 package clusterlink

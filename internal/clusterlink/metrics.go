@@ -53,7 +53,7 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	return c
 }
 
-// Rate of refusal log lines: one per source and link per window, so that a
+// Rate of refusal log lines: one per source, link and reason per window, so that a
 // peer retrying every 250 ms with the wrong key (or a scanner) does not
 // flood the log; the metric counts every one.
 const (
@@ -95,24 +95,30 @@ func (rl *refusalLog) allow(source string) bool {
 	return true
 }
 
-// logRefusal logs one refusal, at most once per source and link per window.
+// logRefusal logs one refusal, at most once per source, link and reason per
+// window.
 func (s *Security) logRefusal(link Link, side, source, reason string, err error) {
-	if !s.refusals.allow(link.Name + " " + side + " " + source) {
+	if !s.refusals.allow(link.Name + " " + side + " " + source + " " + reason) {
 		return
 	}
 	msg := "cluster link: connection refused"
 	if side == sideClient {
-		msg = "cluster link: cannot connect: the peer is not an authenticated drover " + string(link.Server)
+		msg = "cluster link: cannot connect to the " + string(link.Server) + ": handshake refused"
 	}
 	s.log.Warn(msg, "link", link.Name, "side", side, "peer", source, "reason", reason, "err", err,
-		"hint", hint(reason), "next_log_for_this_peer_after", refusalLogWindow)
+		"hint", hint(reason, side), "next_log_for_this_peer_after", refusalLogWindow)
 }
 
 // hint says what an operator should check for a reason.
-func hint(reason string) string {
+func hint(reason, side string) string {
 	switch reason {
-	case "unknown_authority", "peer_refused":
+	case "unknown_authority":
 		return "the two processes do not share a cluster key: compare the fingerprints each logs at start (-cluster-key-file)"
+	case "peer_refused":
+		if side == sideServer {
+			return "the connecting process refused this process's certificate: it does not hold this cluster key (compare the fingerprints each logs at start)"
+		}
+		return "the peer refused this process's certificate: they do not share a cluster key (compare the fingerprints each logs at start), or this endpoint is not for this role (the peer's log says which)"
 	case "not_tls", "not_zmtp":
 		return "the peer speaks plain ZeroMQ (-insecure-links, or not drover) or not ZeroMQ at all"
 	case "no_certificate":
