@@ -68,8 +68,8 @@ func TestLinkRefusesOutsiders(t *testing.T) {
 	k := newKey(t)
 	router := newSide(t, Config{Keys: []Key{k}}, RoleRouter, "router-1")
 	// Long enough that an accept loop opening connections one at a time
-	// behind the stalled ones would keep the good peer out for 5 × 3 s.
-	router.handshakeTimeout = 3 * time.Second
+	// behind the stalled ones would keep the good peer out for 5 × 5 s.
+	router.handshakeTimeout = 5 * time.Second
 	srv := startServer(t, router, LinkIngest)
 	hostport := strings.TrimPrefix(srv.addr, "tcp://")
 
@@ -90,7 +90,7 @@ func TestLinkRefusesOutsiders(t *testing.T) {
 	}()
 	// A legitimate peer gets through at once, stalled peers or not.
 	good := newSide(t, Config{Keys: []Key{k}}, RoleFrontend, "frontend-1")
-	if err := dialClient(t, good, LinkIngest, srv.addr).exchange(t, 1500*time.Millisecond); err != nil {
+	if err := dialClient(t, good, LinkIngest, srv.addr).exchange(t, 4*time.Second); err != nil {
 		t.Fatalf("a good peer behind stalled handshakes: %v", err)
 	}
 
@@ -114,7 +114,7 @@ func TestLinkRefusesOutsiders(t *testing.T) {
 		}
 	}
 	for _, reason := range []string{"peer_refused", "not_tls", "wrong_role", "timeout"} {
-		waitFor(t, 5*time.Second, reason+" refusals counted", func() bool {
+		waitFor(t, 10*time.Second, reason+" refusals counted", func() bool {
 			return metric(t, router.reg, "drover_link_refused_total", "link", "ingest", "side", "server", "reason", reason) > 0
 		})
 	}
