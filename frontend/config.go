@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/auth"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
@@ -103,6 +104,10 @@ type Config struct {
 	// ShutdownGrace is how long a stopping frontend lets connections finish
 	// the frame they are storing before it closes them by force.
 	ShutdownGrace time.Duration
+
+	// Links secures the connections to the routers: a cluster key file
+	// (mutual TLS 1.3) or, for development, -insecure-links.
+	Links clusterlink.Config
 }
 
 // DefaultConfig returns the configuration of a frontend on a laptop: devices
@@ -186,6 +191,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"deadline of every write to a device: acks, pings, closes (`duration`)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, time left to connections to finish storing and acking their frame before they are closed by force (`duration`)")
+	c.Links.RegisterFlags(fs)
 }
 
 // Validate reports every problem of the configuration at once.
@@ -199,6 +205,9 @@ func (c Config) Validate() error {
 	}
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))

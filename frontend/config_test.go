@@ -10,11 +10,20 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/auth"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 )
 
-func TestDefaultConfigIsValid(t *testing.T) {
-	if err := DefaultConfig().Validate(); err != nil {
-		t.Fatalf("DefaultConfig().Validate() = %v", err)
+// TestDefaultConfigNeedsLinks: the defaults are valid once the links are
+// chosen (a cluster key file, or -insecure-links said out loud), and
+// refused, naming -cluster-key-file, before.
+func TestDefaultConfigNeedsLinks(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "cluster-key-file: required") {
+		t.Fatalf("DefaultConfig().Validate() = %v, want cluster-key-file required", err)
+	}
+	cfg.Links.KeyFile = "/etc/drover/cluster.key"
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("with a key file: Validate() = %v", err)
 	}
 }
 
@@ -53,6 +62,7 @@ func TestRegisterFlags(t *testing.T) {
 		"-auth-failures", "5", "-auth-window", "2m", "-auth-block", "10s", "-auth-block-max", "1h", "-auth-keys", "4096",
 		"-auth-device-failures", "3",
 		"-trusted-proxies", "10.0.0.0/8, 192.168.1.1",
+		"-cluster-key-file", "/etc/drover/cluster.key",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +92,7 @@ func TestRegisterFlags(t *testing.T) {
 		AuthLimit:           auth.LimitConfig{Failures: 5, Window: 2 * time.Minute, Block: 10 * time.Second, MaxBlock: time.Hour, MaxKeys: 4096},
 		AuthDeviceFailures:  3,
 		TrustedProxies:      []string{"10.0.0.0/8", "192.168.1.1"},
+		Links:               clusterlink.Config{KeyFile: "/etc/drover/cluster.key"},
 	}
 	if !slices.Equal(cfg.Routers, want.Routers) {
 		t.Errorf("routers %v, want %v", cfg.Routers, want.Routers)
@@ -124,8 +135,10 @@ func TestValidateRejects(t *testing.T) {
 		"idle-timeout":           func(c *Config) { c.IdleTimeout = c.PingInterval },
 		"write-timeout":          func(c *Config) { c.WriteTimeout = 0 },
 		"shutdown-grace":         func(c *Config) { c.ShutdownGrace = 0 },
+		"cluster-key-file":       func(c *Config) { c.Links = clusterlink.Config{} },
 	} {
 		cfg := DefaultConfig()
+		cfg.Links = testLinks
 		mutate(&cfg)
 		err := cfg.Validate()
 		field, _, _ := strings.Cut(name, " ")
@@ -153,6 +166,7 @@ func TestValidateReportsAllProblems(t *testing.T) {
 
 func TestNewCopiesConfig(t *testing.T) {
 	cfg := DefaultConfig()
+	cfg.Links = testLinks
 	f, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -3,8 +3,10 @@
 // to a local durable queue, and acks each device with the highest sequence
 // that is on disk (after fsync, shared by a group commit). A drainer
 // (internal/forward) sends queued batches to every router over one ZeroMQ
-// DEALER per router and pops a batch only once a router has acked it, which a
-// router does only once the batch is on its own disk.
+// DEALER per router, each a cluster link (mutual TLS 1.3 under the cluster
+// key: Config.Links, -cluster-key-file; docs/security.md), and pops a batch
+// only once a router has acked it, which a router does only once the batch
+// is on its own disk.
 //
 // # How a device talks to it
 //

@@ -28,6 +28,7 @@ func (f *Frontend) forwardDrainer(q *queue.Queue) (drainer, error) {
 		Sender:  f.cfg.ID,
 		Routers: f.cfg.Routers,
 		Linger:  linger,
+		Links:   f.cfg.Links,
 	}, q, f.logger, f.reg)
 	if err != nil {
 		return nil, fmt.Errorf("new drainer: %w", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/internal/auth"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -89,6 +90,13 @@ type Frontend struct {
 func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Frontend, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Links.KeyFile != "" {
+		// The drainer loads it when Run starts; a bad file is a
+		// configuration error, said now.
+		if _, _, err := clusterlink.ReadKeyFile(cfg.Links.KeyFile); err != nil {
+			return nil, fmt.Errorf("frontend config: %w", err)
+		}
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

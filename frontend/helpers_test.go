@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -96,8 +97,19 @@ func testConfig(t testing.TB, devices int) Config {
 	cfg.ID = "frontend-test"
 	cfg.ShutdownGrace = 5 * time.Second
 	cfg.WriteTimeout = 2 * time.Second
+	cfg.Links = testLinks
 	return cfg
 }
+
+// testLinks is a cluster key of the package's tests (their drainer is a
+// fake, so it secures nothing here; the config needs one).
+var testLinks = func() clusterlink.Config {
+	k, err := clusterlink.GenerateKey()
+	if err != nil {
+		panic(err)
+	}
+	return clusterlink.Config{Keys: []clusterlink.Key{k}}
+}()
 
 // start runs a frontend with cfg and waits until it is ready.
 func start(t testing.TB, cfg Config) *env {

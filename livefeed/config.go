@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/auth"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 )
 
@@ -75,6 +76,11 @@ type Config struct {
 	// ShutdownGrace bounds how long a stop waits for clients to take their
 	// close frame (1001) before closing their connections by force.
 	ShutdownGrace time.Duration
+
+	// Links secures the subscriptions to the routers' live lanes: a
+	// cluster key file (mutual TLS 1.3) or, for development,
+	// -insecure-links.
+	Links clusterlink.Config
 }
 
 // DefaultConfig returns the configuration of a livefeed on a laptop: clients
@@ -140,6 +146,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"a vehicle that sends nothing for this `duration` is forgotten and removed from maps; 0 keeps it forever")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) clients get to take their close frame (1001) before being cut")
+	c.Links.RegisterFlags(fs)
 }
 
 // Validate reports every problem of the configuration at once.
@@ -150,6 +157,9 @@ func (c Config) Validate() error {
 	}
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))

@@ -10,11 +10,21 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 )
 
-func TestDefaultConfigIsValid(t *testing.T) {
-	if err := DefaultConfig().Validate(); err != nil {
-		t.Fatalf("DefaultConfig().Validate() = %v", err)
+// TestDefaultConfigNeedsLinks: the defaults are valid once the links are
+// chosen (a cluster key file, or -insecure-links said out loud), and
+// refused, naming -cluster-key-file, before.
+func TestDefaultConfigNeedsLinks(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "cluster-key-file: required") {
+		t.Fatalf("DefaultConfig().Validate() = %v, want cluster-key-file required", err)
+	}
+	cfg.Links.KeyFile = "/etc/drover/cluster.key"
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("with a key file: Validate() = %v", err)
 	}
 }
 
@@ -35,13 +45,15 @@ func TestRegisterFlags(t *testing.T) {
 	if err := fs.Parse([]string{"-listen", "127.0.0.1:0", "-routers", "tcp://r0:5556,tcp://r1:5556",
 		"-clients", "/etc/drover/clients.json", "-dev-token-file", tokenFile, "-dev", "-max-clients", "50",
 		"-max-rate", "2.5", "-snapshot-max", "100", "-slow-backlog", "10", "-slow-timeout", "3s",
-		"-auth-failures", "7", "-trusted-proxies", "10.0.0.0/8"}); err != nil {
+		"-auth-failures", "7", "-trusted-proxies", "10.0.0.0/8",
+		"-cluster-key-file", "/etc/drover/cluster.key"}); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Listen != "127.0.0.1:0" || !slices.Equal(cfg.Routers, []string{"tcp://r0:5556", "tcp://r1:5556"}) ||
 		cfg.Clients != "/etc/drover/clients.json" || cfg.DevToken != "local-dev-token" || !cfg.Dev || cfg.MaxClients != 50 ||
 		cfg.MaxRate != 2.5 || cfg.SnapshotMax != 100 || cfg.SlowBacklog != 10 || cfg.SlowTimeout != 3*time.Second ||
-		cfg.AuthLimit.Failures != 7 || !slices.Equal(cfg.TrustedProxies, []string{"10.0.0.0/8"}) {
+		cfg.AuthLimit.Failures != 7 || !slices.Equal(cfg.TrustedProxies, []string{"10.0.0.0/8"}) ||
+		cfg.Links.KeyFile != "/etc/drover/cluster.key" {
 		t.Errorf("parsed %+v", cfg)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -51,21 +63,23 @@ func TestRegisterFlags(t *testing.T) {
 
 func TestValidateRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
-		"listen":          func(c *Config) { c.Listen = "" },
-		"routers":         func(c *Config) { c.Routers = []string{"tcp://r0:5556", "tcp://r0:5556"} },
-		"id":              func(c *Config) { c.ID = "a/b" },
-		"dev-token":       func(c *Config) { c.DevToken = "short" },
-		"max-clients":     func(c *Config) { c.MaxClients = 0 },
-		"max-rate":        func(c *Config) { c.MaxRate = 0 },
-		"snapshot-max":    func(c *Config) { c.SnapshotMax = -1 },
-		"slow-backlog":    func(c *Config) { c.SlowBacklog = 0 },
-		"slow-timeout":    func(c *Config) { c.SlowTimeout = 0 },
-		"idle-timeout":    func(c *Config) { c.IdleTimeout = c.PingInterval },
-		"vehicle-ttl":     func(c *Config) { c.VehicleTTL = -time.Second },
-		"auth-window":     func(c *Config) { c.AuthLimit.Window = 0 },
-		"trusted-proxies": func(c *Config) { c.TrustedProxies = []string{"not-an-ip"} },
+		"listen":           func(c *Config) { c.Listen = "" },
+		"routers":          func(c *Config) { c.Routers = []string{"tcp://r0:5556", "tcp://r0:5556"} },
+		"id":               func(c *Config) { c.ID = "a/b" },
+		"dev-token":        func(c *Config) { c.DevToken = "short" },
+		"max-clients":      func(c *Config) { c.MaxClients = 0 },
+		"max-rate":         func(c *Config) { c.MaxRate = 0 },
+		"snapshot-max":     func(c *Config) { c.SnapshotMax = -1 },
+		"slow-backlog":     func(c *Config) { c.SlowBacklog = 0 },
+		"slow-timeout":     func(c *Config) { c.SlowTimeout = 0 },
+		"idle-timeout":     func(c *Config) { c.IdleTimeout = c.PingInterval },
+		"vehicle-ttl":      func(c *Config) { c.VehicleTTL = -time.Second },
+		"auth-window":      func(c *Config) { c.AuthLimit.Window = 0 },
+		"trusted-proxies":  func(c *Config) { c.TrustedProxies = []string{"not-an-ip"} },
+		"cluster-key-file": func(c *Config) { c.Links = clusterlink.Config{} },
 	} {
 		cfg := DefaultConfig()
+		cfg.Links = testLinks
 		mutate(&cfg)
 		err := cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), name+":") {
@@ -89,6 +103,7 @@ func TestRunTwice(t *testing.T) {
 func TestRunFailsOnBadClientsFile(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
+	cfg.Links = testLinks
 	cfg.Clients = filepath.Join(t.TempDir(), "missing.json")
 	f, err := New(cfg, nil, nil)
 	if err != nil {

@@ -24,6 +24,8 @@
 // # How an update travels
 //
 // One goroutine per router endpoint reads its zmq4 SUB socket (ingest.go),
+// connected over the live link's mutual TLS under the cluster key
+// (Config.Links, -cluster-key-file; docs/security.md),
 // decodes each telemetry.PublishBatch and applies its records to the vehicle
 // store (state.go): a sharded map of immutable vehicle states, where a
 // reading older than the state (device time, then seq) is ignored. Each new

@@ -563,6 +563,7 @@ func TestReadyNeedsARouter(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DevToken = devToken
+	cfg.Links = testLinks
 	cfg.Routers = []string{"tcp://" + localAddr(t)} // nothing listens there
 	f, err := New(cfg, testLogger(), nil)
 	if err != nil {

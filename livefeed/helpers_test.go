@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
@@ -104,13 +105,31 @@ func newPublisher(t testing.TB, name string) *publisher {
 	t.Helper()
 	sock := zmq4.NewPub(context.Background(), zmq4.WithID(zmq4.SocketIdentity(name)), zmq4.WithTimeout(5*time.Second),
 		zmq4.WithLogger(slog.NewLogLogger(slog.DiscardHandler, slog.LevelWarn)))
-	if err := sock.Listen("tcp://127.0.0.1:0"); err != nil {
+	sec, err := clusterlink.New(testLinks, clusterlink.RoleRouter, name, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := sec.Endpoint(clusterlink.LinkLive, "tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sock.Listen(ep); err != nil {
 		t.Fatalf("publisher listen: %v", err)
 	}
 	p := &publisher{t: t, name: name, sock: sock, ep: "tcp://" + sock.Addr().String()}
-	t.Cleanup(func() { _ = sock.Close() })
+	t.Cleanup(func() { _ = sock.Close(); sec.Close() })
 	return p
 }
+
+// testLinks is the cluster key of the package's tests: the livefeed and the
+// test publishers talk mutual TLS 1.3, as in production.
+var testLinks = func() clusterlink.Config {
+	k, err := clusterlink.GenerateKey()
+	if err != nil {
+		panic(err)
+	}
+	return clusterlink.Config{Keys: []clusterlink.Key{k}}
+}()
 
 // publish sends one batch of records with the next sequence number.
 func (p *publisher) publish(recs ...*telemetry.EnrichedRecord) {
@@ -167,6 +186,7 @@ func startFeedLogged(t testing.TB, logger *slog.Logger, mutate func(*Config), pu
 	cfg.Listen = "127.0.0.1:0"
 	cfg.ID = "livefeed-test"
 	cfg.DevToken = devToken
+	cfg.Links = testLinks
 	cfg.Routers = nil
 	for _, p := range pubs {
 		cfg.Routers = append(cfg.Routers, p.ep)

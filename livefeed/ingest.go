@@ -9,6 +9,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
@@ -55,16 +56,22 @@ func (f *Feed) subscribeRouter(ctx context.Context, i int, ep string) {
 		log.Error("livefeed: subscribe to live. failed", "err", err)
 		return
 	}
+	endpoint, err := f.sec.Endpoint(clusterlink.LinkLive, ep)
+	if err != nil {
+		log.Error("livefeed: router endpoint", "err", err) // New checked it: a bug
+		return
+	}
 	for {
-		err := sock.Dial(ep)
+		err := sock.Dial(endpoint)
 		if ctx.Err() != nil {
 			return
 		}
 		if err == nil {
 			break
 		}
-		// Not a refused connection (those are retried inside Dial) but a
-		// failed handshake or a bad address: try again later.
+		// Not a refused connection nor a refused TLS handshake (those are
+		// retried inside Dial, and the cluster link logs why) but a failed
+		// ZMTP handshake: try again later.
 		log.Warn("livefeed: dial router failed; retrying", "err", err)
 		select {
 		case <-ctx.Done():

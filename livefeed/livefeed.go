@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/internal/auth"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 )
 
 // LivePath is the URL path of the client WebSocket API.
@@ -44,6 +45,7 @@ type Feed struct {
 	reg    prometheus.Registerer
 	m      *metrics
 	store  *store
+	sec    *clusterlink.Security
 
 	upgrader websocket.Upgrader
 
@@ -91,10 +93,22 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 	if err != nil {
 		return nil, err
 	}
+	logger = logger.With("component", "livefeed")
+	sec, err := clusterlink.New(cfg.Links, clusterlink.RoleLivefeed, cfg.ID, logger, reg)
+	if err != nil {
+		return nil, fmt.Errorf("livefeed: %w", err)
+	}
+	for _, ep := range cfg.Routers {
+		if _, err := sec.Endpoint(clusterlink.LinkLive, ep); err != nil {
+			sec.Close()
+			return nil, fmt.Errorf("livefeed: routers: %w", err)
+		}
+	}
 	f := &Feed{
 		cfg:         cfg.clone(),
-		logger:      logger.With("component", "livefeed"),
+		logger:      logger,
 		reg:         reg,
+		sec:         sec,
 		m:           m,
 		store:       newStore(),
 		clientsPoll: 2 * time.Second,
@@ -157,6 +171,7 @@ func (f *Feed) Run(ctx context.Context) error {
 	if !f.started.CompareAndSwap(false, true) {
 		return errRanTwice
 	}
+	defer f.sec.Close()
 	devToken, generated := f.cfg.DevToken, false
 	if devToken == "" && f.cfg.Clients == "" && f.cfg.Dev {
 		var b [16]byte

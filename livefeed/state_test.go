@@ -135,7 +135,9 @@ func TestMergeKeepsLastKnownValues(t *testing.T) {
 // TestOfferTakeConflationAndRate drives one client's pending maps directly,
 // with a made-up clock: conflation, the per-vehicle rate limit, removals.
 func TestOfferTakeConflationAndRate(t *testing.T) {
-	f, err := New(DefaultConfig(), nil, nil)
+	cfg := DefaultConfig()
+	cfg.Links = testLinks
+	f, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

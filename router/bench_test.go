@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -22,18 +23,24 @@ import (
 //
 // sync=never runs the router's queue without fsync: what the hop itself
 // (queue reads, ZeroMQ, dedup, acks) can carry when the disk is not the
-// limit.
+// limit. links=tls is the default (mutual TLS 1.3 under a cluster key);
+// links=insecure is -insecure-links (plain ZMTP): their difference is what
+// authentication and encryption cost the hop.
+//
+//	go test -run='^$' -bench='BenchmarkDrainToRouter/sync=never/inflight=16/.*' -benchtime=200000x -count=5 ./router/
 func BenchmarkDrainToRouter(b *testing.B) {
 	for _, sync := range []queue.SyncPolicy{queue.SyncAlways, queue.SyncNever} {
 		for _, inflight := range []int{1, 4, 16} {
-			b.Run(fmt.Sprintf("sync=%s/inflight=%d/batch=256KiB", sync, inflight), func(b *testing.B) {
-				benchDrain(b, sync, inflight, 256<<10)
-			})
+			for _, links := range []string{"tls", "insecure"} {
+				b.Run(fmt.Sprintf("sync=%s/inflight=%d/batch=256KiB/links=%s", sync, inflight, links), func(b *testing.B) {
+					benchDrain(b, sync, inflight, 256<<10, links == "insecure")
+				})
+			}
 		}
 	}
 }
 
-func benchDrain(b *testing.B, sync queue.SyncPolicy, inflight, batchBytes int) {
+func benchDrain(b *testing.B, sync queue.SyncPolicy, inflight, batchBytes int, insecure bool) {
 	dir := b.TempDir()
 	fe := openFrontend(b, filepath.Join(dir, "frontend"), queue.SyncNever)
 	entry := makeEntry(0)
@@ -49,8 +56,12 @@ func benchDrain(b *testing.B, sync queue.SyncPolicy, inflight, batchBytes int) {
 	// Flush the prefill now: its writeback would compete with the router's
 	// fsyncs.
 	syscall.Sync()
-	rt := startRouter(b, testConfig(filepath.Join(dir, "router"), "router-a"), func(r *Router) { r.queueSync = sync })
-	cfg := forward.DrainerConfig{Sender: "frontend-1", Routers: []string{rt.Addr()}, MaxInflight: inflight, MaxBatchBytes: batchBytes}
+	rcfg := testConfig(filepath.Join(dir, "router"), "router-a")
+	if insecure {
+		rcfg.Links = clusterlink.Config{Insecure: true}
+	}
+	rt := startRouter(b, rcfg, func(r *Router) { r.queueSync = sync })
+	cfg := forward.DrainerConfig{Sender: "frontend-1", Routers: []string{rt.Addr()}, MaxInflight: inflight, MaxBatchBytes: batchBytes, Links: rcfg.Links}
 	b.SetBytes(int64(len(entry)))
 	b.ResetTimer()
 	start := time.Now()

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
@@ -85,19 +86,31 @@ type Config struct {
 	// Else at least 64 KiB; negative: unbounded (the disk is then the
 	// bound).
 	SubscriberQueueMaxBytes int64
-	// LiveBuffer is how many batches may wait to be published on the live
-	// lane; past it they are dropped and counted.
+	// LiveBuffer is how many batches may wait for each live subscriber;
+	// past it (or past LiveBufferBytes) that subscriber loses its oldest,
+	// counted, and the others are not affected.
 	LiveBuffer int
+	// LiveBufferBytes bounds the bytes of the batches waiting for each live
+	// subscriber (a batch larger than that still goes when none waits).
+	LiveBufferBytes int64
+
+	// Links secures every link of the router (frontends, storage writers,
+	// livefeeds): a cluster key file (mutual TLS 1.3) or, for development,
+	// -insecure-links. See docs/security.md.
+	Links clusterlink.Config
 }
 
 // DefaultConfig returns the configuration of a router on a laptop: frontends
-// on port 5555, live lane on 5556, store lane on 5557, the queue under
-// ./data, and the host name as ID.
+// on port 5555, live lane on 5556, store lane on 5557, all on loopback (a
+// router that other hosts reach is given its addresses explicitly), only
+// the listed durable subscribers, the queue under ./data, and the host name
+// as ID. Links has no key: a cluster key file (or -insecure-links) must be
+// given.
 func DefaultConfig() Config {
 	return Config{
-		Listen:      "tcp://*:5555",
-		LivePub:     "tcp://*:5556",
-		StoreListen: "tcp://*:5557",
+		Listen:      "tcp://127.0.0.1:5555",
+		LivePub:     "tcp://127.0.0.1:5556",
+		StoreListen: "tcp://127.0.0.1:5557",
 		QueueDir:    "data/router",
 		ID:          daemon.DefaultID("router"),
 
@@ -105,8 +118,10 @@ func DefaultConfig() Config {
 		MaxBatchBytes:     4 << 20,
 		DedupIntervals:    4096,
 
+		FixedSubscribers:    true,
 		SubscriberRetention: 24 * time.Hour,
 		LiveBuffer:          1024,
+		LiveBufferBytes:     16 << 20,
 	}
 }
 
@@ -114,7 +129,7 @@ func DefaultConfig() Config {
 // current values as defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", c.Listen,
-		"ZeroMQ `endpoint` bound for frontends (tcp://host:port; * for every interface)")
+		"ZeroMQ `endpoint` bound for frontends (tcp://host:port; tcp://*:port for every interface, only when asked)")
 	fs.StringVar(&c.LivePub, "live-pub", c.LivePub,
 		"ZeroMQ `endpoint` bound for the best-effort live. lane (livefeeds subscribe here)")
 	fs.StringVar(&c.StoreListen, "store-listen", c.StoreListen,
@@ -141,15 +156,18 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.BoolVar(&c.FixedSubscribers, "fixed-subscribers", c.FixedSubscribers,
-		"refuse a subscribe under a name not in -subscribers (nor registered before): a misnamed or misdirected writer is refused and logged instead of being kept a copy of everything")
+		"refuse a subscribe under a name not in -subscribers (nor registered before): a misnamed or misdirected writer is refused and logged instead of being kept a copy of everything; =false lets any writer holding the cluster key register itself (not allowed with -insecure-links)")
 	fs.DurationVar(&c.SubscriberRetention, "subscriber-retention", c.SubscriberRetention,
 		"a durable subscriber not heard from for this `duration` is dropped and its queue at the router deleted (logged, counted)")
 	fs.Int64Var(&c.SubscriberQueueMaxBytes, "subscriber-queue-max-bytes", c.SubscriberQueueMaxBytes,
 		"`bytes` each durable subscriber's queue at the router may hold; when one is full the fan-out waits (the live lane goes on, the main queue fills, then frontends are told busy); 0: a share of the volume like -queue-max-bytes; negative: unbounded")
 	fs.IntVar(&c.LiveBuffer, "live-buffer", c.LiveBuffer,
-		"`number` of batches waiting to be published on the live lane; past it they are dropped and counted")
+		"`number` of batches waiting for each live subscriber; past it that subscriber loses its oldest (counted), the others go on")
+	fs.Int64Var(&c.LiveBufferBytes, "live-buffer-bytes", c.LiveBufferBytes,
+		"`bytes` of batches waiting for each live subscriber; past it that subscriber loses its oldest (counted), the others go on")
 	fs.IntVar(&c.DedupIntervals, "dedup-intervals", c.DedupIntervals,
 		"`number` of sequence intervals remembered per frontend to drop resent entries; past it the oldest are forgotten (stored again if resent, never lost)")
+	c.Links.RegisterFlags(fs)
 }
 
 // Validate reports every problem of the configuration at once.
@@ -201,6 +219,15 @@ func (c Config) Validate() error {
 	}
 	if c.LiveBuffer < 1 {
 		errs = append(errs, fmt.Errorf("live-buffer: %d; want at least 1", c.LiveBuffer))
+	}
+	if c.LiveBufferBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("live-buffer-bytes: %d; want at least 64 KiB", c.LiveBufferBytes))
+	}
+	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Links.Insecure && !c.FixedSubscribers {
+		errs = append(errs, errors.New("fixed-subscribers: false with -insecure-links: any peer could register a durable subscriber and be kept a copy of everything; list the writers in -subscribers"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("router config: %w", err)

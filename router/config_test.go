@@ -7,12 +7,33 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 )
 
-func TestDefaultConfigIsValid(t *testing.T) {
+// TestDefaults: a router binds loopback unless told otherwise, serves only
+// the listed durable subscribers, and does not start without a choice about
+// its links: a cluster key, or -insecure-links said out loud.
+func TestDefaults(t *testing.T) {
 	cfg := DefaultConfig()
+	for _, ep := range []string{cfg.Listen, cfg.LivePub, cfg.StoreListen} {
+		if !strings.HasPrefix(ep, "tcp://127.0.0.1:") {
+			t.Errorf("default endpoint %s is not on loopback", ep)
+		}
+	}
+	if !cfg.FixedSubscribers {
+		t.Error("FixedSubscribers is off by default")
+	}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "cluster-key-file: required") {
+		t.Errorf("DefaultConfig without links: Validate() = %v, want cluster-key-file required", err)
+	}
+	cfg.Links.KeyFile = "/etc/drover/cluster.key"
 	if err := cfg.Validate(); err != nil {
-		t.Fatalf("DefaultConfig().Validate() = %v", err)
+		t.Fatalf("DefaultConfig with a key file: Validate() = %v", err)
+	}
+	cfg.Links = clusterlink.Config{Insecure: true}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("DefaultConfig with -insecure-links: Validate() = %v", err)
 	}
 	// Both queue bounds default to a share of the volume (queue.Options).
 	if cfg.QueueMaxBytes != 0 || cfg.SubscriberQueueMaxBytes != 0 {
@@ -45,6 +66,9 @@ func TestRegisterFlags(t *testing.T) {
 		"-subscriber-retention", "2h",
 		"-subscriber-queue-max-bytes", "1048576",
 		"-live-buffer", "8",
+		"-live-buffer-bytes", "1048576",
+		"-fixed-subscribers=false",
+		"-cluster-key-file", "/etc/drover/cluster.key",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -66,6 +90,8 @@ func TestRegisterFlags(t *testing.T) {
 		SubscriberRetention:     2 * time.Hour,
 		SubscriberQueueMaxBytes: 1 << 20,
 		LiveBuffer:              8,
+		LiveBufferBytes:         1 << 20,
+		Links:                   clusterlink.Config{KeyFile: "/etc/drover/cluster.key"},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("parsed %+v, want %+v", cfg, want)
@@ -91,8 +117,13 @@ func TestValidateRejects(t *testing.T) {
 		"max-pending-batches":        func(c *Config) { c.MaxPendingBatches = 0 },
 		"max-batch-bytes":            func(c *Config) { c.MaxBatchBytes = -1 },
 		"dedup-intervals":            func(c *Config) { c.DedupIntervals = 0 },
+		"live-buffer-bytes":          func(c *Config) { c.LiveBufferBytes = 1000 },
+		"cluster-key-file":           func(c *Config) { c.Links = clusterlink.Config{} },
+		"insecure-links":             func(c *Config) { c.Links.KeyFile = "/etc/drover/cluster.key" },
+		"fixed-subscribers":          func(c *Config) { c.FixedSubscribers = false },
 	} {
 		cfg := DefaultConfig()
+		cfg.Links.Insecure = true
 		mutate(&cfg)
 		err := cfg.Validate()
 		field, _, _ := strings.Cut(name, " ")
@@ -106,7 +137,9 @@ func TestValidateRejects(t *testing.T) {
 }
 
 func TestReadyBeforeRun(t *testing.T) {
-	r, err := New(DefaultConfig(), nil, nil)
+	cfg := DefaultConfig()
+	cfg.Links.Insecure = true
+	r, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

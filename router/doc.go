@@ -8,8 +8,14 @@
 //   - the store lane (-store-listen, a ROUTER socket): to each named durable
 //     subscriber (the storage writers) from a queue of its own at the
 //     router, with a window, acks and resends (see "The store lane");
-//   - the live lane (-live-pub, a PUB socket): at once and best effort, for
-//     the live feed; it may drop, and counts what it drops.
+//   - the live lane (-live-pub, a publisher of our own): at once and best
+//     effort, for the live feed; each subscriber has its own bounded buffer,
+//     loses (and counts) what does not fit, and falls behind alone.
+//
+// Every link is mutual TLS 1.3 under the cluster key (Config.Links, flags
+// -cluster-key-file or -insecure-links; internal/clusterlink and
+// docs/security.md): a peer without the key reaches none of the protocols
+// below. The endpoints bind loopback unless given.
 //
 // The package is a library: cmd/drover builds a [Router] from a [Config] with
 // [New] and runs it with [Router.Run]. [Config.RegistryStore] lets one
@@ -59,7 +65,9 @@
 // # Durable subscribers
 //
 // Subscribers are the names in -subscribers (kept from the router's first
-// start, connected or not) and every unknown name that subscribes (loud
+// start, connected or not) and, only with -fixed-subscribers=false (it is
+// on by default, and cannot be turned off with -insecure-links), every
+// unknown name that a holder of the cluster key subscribes under (loud
 // log, drover_router_subscribers_registered_total). The set is persisted in
 // QUEUE_DIR/subs/subscribers, so a restart keeps them; a restart resets
 // their "last heard" clock to the start. A subscriber not heard from for
@@ -98,20 +106,31 @@
 // # The live lane
 //
 // Messages are two frames: "live." (exactly those five bytes, [LiveTopic])
-// and a serialized PublishBatch. The live lane's goroutine (see "Fan-out")
-// offers each batch to a bounded channel (-live-buffer) that one goroutine
-// publishes from; when it is full the batch is dropped and counted
-// (drover_router_live_dropped_total): a slow live subscriber never blocks
-// the fan-out, nor does the fan-out block the live lane. zmq4's PUB socket
-// may also drop (its HWM) or be held to the slowest SUB's pace without
-// telling us; drover_router_live_published_total counts what was handed to
-// it.
-// Checked against libzmq (pyzmq): TestLiveLaneLibzmq.
+// and a serialized PublishBatch. The publisher is our own, on zmq4.Open
+// (ZMTP greeting and handshake per connection, over the live link's TLS
+// listener): zmq4's PUB queues every Send without bound and writes to its
+// subscribers one after another, so one stalled subscriber grew the
+// router's heap and held every livefeed to its pace. Each subscriber
+// connection has a buffer of at most -live-buffer batches and
+// -live-buffer-bytes bytes, and a writer goroutine of its own. The live
+// lane's reader (see "Fan-out") offers each batch once, as soon as its main
+// entry is committed, whatever the durable fan-out waits on; it is appended to the buffer of every subscriber
+// whose subscriptions (counted, prefix-matched, as a PUB does) match
+// "live.", and offering never blocks. A full buffer loses its oldest batch
+// (drover_router_live_subscriber_dropped_total{subscriber} and
+// drover_router_live_dropped_total; a warning per episode). A subscriber
+// that takes nothing for 10 s is disconnected (its buffer freed), at most
+// 256 are served; memory is bounded by subscribers × (-live-buffer-bytes +
+// two batches) (TestLiveLaneBounded). libzmq subscribers interoperate with
+// -insecure-links: TestLiveLaneLibzmq.
 //
 // Metrics: drover_router_fanout_{entries,records,bad_entries}_total,
 // drover_router_fanout_blocked, drover_router_enrichment_misses_total,
 // drover_router_live_{published,dropped}_total,
-// drover_router_live_read_errors_total, drover_router_subscribers,
+// drover_router_live_read_errors_total,
+// drover_router_live_{sent,subscriber_dropped}_total{subscriber},
+// drover_router_live_subscribers, drover_router_live_disconnects_total{reason},
+// drover_link_{handshakes,refused}_total, drover_router_subscribers,
 // drover_router_subscribers_{registered,dropped}_total,
 // drover_router_subscriber_{sent,acked,resent}_batches_total{subscriber},
 // drover_router_subscriber_busy_total{subscriber},
@@ -187,8 +206,9 @@
 // When Run's context ends the router stops answering pings and subscribes
 // (frontends and writers see it down), stops the fan-out and the live
 // lane's reader (the fan-out finishes the appends under way; main entries
-// not yet in every subscriber queue are given back), publishes what the
-// live lane holds and closes it, stops the
+// not yet in every subscriber queue are given back), sends live subscribers
+// what their buffers hold (for up to a second) and closes the live lane,
+// stops the
 // subscriber senders (what they have in flight is sent again after a
 // restart) and closes their queues, answers new batches busy, waits for the
 // appends under way and sends their acks, closes its sockets, writes a

@@ -20,6 +20,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
@@ -95,7 +96,7 @@ type fakeSub struct {
 	batches  int
 }
 
-func startSub(t testing.TB, endpoint, name string, ack bool) *fakeSub {
+func startSub(t testing.TB, endpoint, name string, ack bool, links ...clusterlink.Config) *fakeSub {
 	t.Helper()
 	var rnd [4]byte
 	_, _ = crand.Read(rnd[:])
@@ -106,7 +107,12 @@ func startSub(t testing.TB, endpoint, name string, ack bool) *fakeSub {
 			zmq4.WithAutomaticReconnect(true)),
 	}
 	s.acking.Store(ack)
-	if err := s.sock.Dial(endpoint); err != nil {
+	ep := linkEndpoint(t, clusterlink.RoleStorageWriter, clusterlink.LinkStore, endpoint, links...)
+	if len(links) > 0 {
+		// Maybe another key: zmq4 retries a refused handshake until the
+		// socket closes.
+		s.wg.Go(func() { _ = s.sock.Dial(ep) })
+	} else if err := s.sock.Dial(ep); err != nil {
 		t.Fatalf("subscriber %s: dial %s: %v", name, endpoint, err)
 	}
 	s.wg.Add(2)
@@ -240,16 +246,25 @@ type liveSub struct {
 	bad    atomic.Int64
 }
 
-func startLiveSub(t testing.TB, endpoint, router string) *liveSub {
+func startLiveSub(t testing.TB, endpoint, router string, links ...clusterlink.Config) *liveSub {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &liveSub{cancel: cancel, done: make(chan struct{}),
-		sock: zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))}
-	if err := l.sock.Dial(endpoint); err != nil {
-		t.Fatal(err)
-	}
+		sock: zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true), zmq4.WithDialerRetry(20*time.Millisecond))}
 	if err := l.sock.SetOption(zmq4.OptionSubscribe, LiveTopic); err != nil {
 		t.Fatal(err)
+	}
+	ep := linkEndpoint(t, clusterlink.RoleLivefeed, clusterlink.LinkLive, endpoint, links...)
+	dialed := make(chan struct{})
+	if len(links) > 0 {
+		// Maybe another key: zmq4 retries a refused handshake until the
+		// socket closes.
+		go func() { defer close(dialed); _ = l.sock.Dial(ep) }()
+	} else {
+		if err := l.sock.Dial(ep); err != nil {
+			t.Fatal(err)
+		}
+		close(dialed)
 	}
 	go func() {
 		defer close(l.done)
@@ -272,7 +287,7 @@ func startLiveSub(t testing.TB, endpoint, router string) *liveSub {
 			l.got.Add(1)
 		}
 	}()
-	t.Cleanup(func() { l.cancel(); _ = l.sock.Close(); <-l.done })
+	t.Cleanup(func() { l.cancel(); _ = l.sock.Close(); <-l.done; <-dialed })
 	return l
 }
 
@@ -398,6 +413,7 @@ func TestFanoutRestart(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
 	cfg.Subscribers = []string{"lake"}
+	cfg.FixedSubscribers = false // holders of the cluster key may register
 	cfg.RegistryStore = testRegistry(t)
 	rt := startRouter(t, cfg, withFastLanes)
 	cfg.Listen, cfg.StoreListen, cfg.LivePub = rt.Addr(), rt.StoreAddr(), rt.LiveAddr()
@@ -443,7 +459,8 @@ func TestFanoutRestart(t *testing.T) {
 }
 
 // TestLiveLaneLibzmq: a libzmq subscriber (pyzmq, Debian's python3-zmq)
-// receives live. messages from the zmq4 PUB; Go decodes what it got.
+// receives live. messages from the router's publisher (ZMTP on zmq4.Open,
+// with -insecure-links: libzmq has no TLS); Go decodes what it got.
 func TestLiveLaneLibzmq(t *testing.T) {
 	const py = "/usr/bin/python3"
 	if err := exec.Command(py, "-c", "import zmq").Run(); err != nil {
@@ -458,10 +475,14 @@ func TestLiveLaneLibzmq(t *testing.T) {
 	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
 	cfg.Subscribers = []string{"lake"}
 	cfg.RegistryStore = testRegistry(t)
+	// libzmq has no TLS transport: plain ZMTP, as -insecure-links runs it.
+	cfg.Links = clusterlink.Config{Insecure: true}
 	rt := startRouter(t, cfg, withFastLanes)
-	startSub(t, rt.StoreAddr(), "lake", true)
+	startSub(t, rt.StoreAddr(), "lake", true, cfg.Links)
 	fe := openFrontend(t, filepath.Join(dir, "frontend"), queue.SyncAlways)
-	startDrainer(t, testDrainerConfig("frontend-1", rt.Addr()), fe.q)
+	dc := testDrainerConfig("frontend-1", rt.Addr())
+	dc.Links = cfg.Links
+	startDrainer(t, dc, fe.q)
 
 	const want = 20
 	out := filepath.Join(dir, "live.hex")

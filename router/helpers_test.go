@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -68,6 +69,7 @@ func noLeaks(t testing.TB) {
 					continue
 				}
 				if strings.Contains(g, "go-zeromq/zmq4") || strings.Contains(g, "drover/internal/forward") ||
+					strings.Contains(g, "drover/internal/clusterlink") ||
 					(strings.Contains(g, "drover/router.") && !strings.Contains(g, "testing.tRunner")) ||
 					strings.Contains(g, "drover/queue.") {
 					leaked = append(leaked, g)
@@ -94,7 +96,38 @@ func testConfig(dir, id string) Config {
 	cfg.StoreListen = "tcp://127.0.0.1:0"
 	cfg.QueueDir = dir
 	cfg.ID = id
+	cfg.Links = testLinks
 	return cfg
+}
+
+// testLinks is the cluster key of the package's tests: routers, drainers
+// and the test's own peers talk mutual TLS 1.3, as in production.
+var testLinks = func() clusterlink.Config {
+	k, err := clusterlink.GenerateKey()
+	if err != nil {
+		panic(err)
+	}
+	return clusterlink.Config{Keys: []clusterlink.Key{k}}
+}()
+
+// linkEndpoint turns a router endpoint into the one a test peer of role
+// dials on link, with the test's cluster key (or cfg, when given).
+func linkEndpoint(t testing.TB, role clusterlink.Role, link clusterlink.Link, endpoint string, cfg ...clusterlink.Config) string {
+	t.Helper()
+	c := testLinks
+	if len(cfg) > 0 {
+		c = cfg[0]
+	}
+	sec, err := clusterlink.New(c, role, "test-"+string(role), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sec.Close)
+	ep, err := sec.Endpoint(link, endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ep
 }
 
 // running is a Router run in a goroutine of the test.
@@ -169,6 +202,7 @@ func testDrainerConfig(sender string, routers ...string) forward.DrainerConfig {
 		AckTimeout:    2 * time.Second,
 		Heartbeat:     50 * time.Millisecond,
 		DownAfter:     400 * time.Millisecond,
+		Links:         testLinks,
 	}
 }
 

@@ -30,6 +30,10 @@ type metrics struct {
 	enrichMisses     prometheus.Counter
 	livePublished    prometheus.Counter
 	liveDropped      prometheus.Counter
+	liveSent         *prometheus.CounterVec
+	liveSubDropped   *prometheus.CounterVec
+	liveSubscribers  prometheus.Gauge
+	liveDisconnects  *prometheus.CounterVec
 	subscribers      prometheus.Gauge
 	subsRegistered   prometheus.Counter
 	subsDropped      *prometheus.CounterVec
@@ -70,8 +74,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.fanoutBad = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_bad_entries_total", Help: "Main-queue entries that did not decode and were skipped (a bug or a damaged disk)."})
 	m.fanoutBlocked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_router_fanout_blocked", Help: "1 while the fan-out waits: a subscriber queue is full or failing, or no durable subscriber is known."})
 	m.enrichMisses = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_enrichment_misses_total", Help: "Records of devices unknown to the registry (published with an empty enrichment)."})
-	m.livePublished = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_published_total", Help: "Batches handed to the live lane's PUB socket (which may still drop them at its HWM without telling)."})
-	m.liveDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_dropped_total", Help: "Batches dropped by the live lane: its buffer (-live-buffer) was full, or the send failed."})
+	m.livePublished = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_published_total", Help: "Batches offered to the live lane (each is queued for every live subscriber whose subscriptions match)."})
+	m.liveDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_dropped_total", Help: "Batches the live lane dropped for a subscriber, all subscribers summed: its buffer (-live-buffer, -live-buffer-bytes) was full, or it went away with batches queued."})
+	m.liveSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_live_sent_total", Help: "Batches written to a live subscriber (label: its ZeroMQ identity, else its host)."}, []string{"subscriber"})
+	m.liveSubDropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_live_subscriber_dropped_total", Help: "Batches dropped for one live subscriber (its buffer full: it falls behind alone)."}, []string{"subscriber"})
+	m.liveSubscribers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_router_live_subscribers", Help: "Live subscribers connected."})
+	m.liveDisconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_live_disconnects_total", Help: "Live subscribers disconnected, by reason: stalled (took nothing for 10 s), closed, stopping, too_many (refused past 256)."}, []string{"reason"})
 	m.subscribers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_router_subscribers", Help: "Durable subscribers the router keeps a queue for."})
 	m.subsRegistered = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_subscribers_registered_total", Help: "Durable subscribers registered on their first subscribe (not in -subscribers, not persisted)."})
 	m.subsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscribers_dropped_total", Help: "Durable subscribers dropped (queue deleted) after -subscriber-retention without a subscribe."}, []string{"subscriber"})
@@ -93,8 +101,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	register(reg, &m.batchRecords, &m.appendSeconds)
 	register(reg, &m.pending, &m.dedupSenders)
 	register(reg, &m.fanoutEntries, &m.fanoutRecords, &m.fanoutBad, &m.enrichMisses, &m.livePublished, &m.liveDropped, &m.subsRegistered, &m.subEventsDropped, &m.liveTapErrors)
-	register(reg, &m.fanoutBlocked, &m.subscribers)
-	register(reg, &m.subsDropped, &m.subSent, &m.subAcked, &m.subBusy, &m.subResent)
+	register(reg, &m.fanoutBlocked, &m.subscribers, &m.liveSubscribers)
+	register(reg, &m.subsDropped, &m.subSent, &m.subAcked, &m.subBusy, &m.subResent, &m.liveSent, &m.liveSubDropped, &m.liveDisconnects)
 	register(reg, &m.subConnected)
 	return m
 }

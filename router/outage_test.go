@@ -12,6 +12,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -28,7 +29,7 @@ func startLiveRecorder(t testing.TB, endpoint string) *liveRecorder {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	sock := zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))
-	if err := sock.Dial(endpoint); err != nil {
+	if err := sock.Dial(linkEndpoint(t, clusterlink.RoleLivefeed, clusterlink.LinkLive, endpoint)); err != nil {
 		t.Fatal(err)
 	}
 	if err := sock.SetOption(zmq4.OptionSubscribe, LiveTopic); err != nil {

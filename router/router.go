@@ -15,6 +15,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
@@ -40,6 +41,7 @@ type Router struct {
 	logger *slog.Logger
 	reg    prometheus.Registerer
 	m      *metrics
+	sec    *clusterlink.Security
 
 	started atomic.Bool
 	state   atomic.Int32
@@ -104,10 +106,16 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Router, e
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
+	logger = logger.With("component", "router", "router", cfg.ID)
+	sec, err := clusterlink.New(cfg.Links, clusterlink.RoleRouter, cfg.ID, logger, reg)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
 	return &Router{
 		cfg:    cfg,
-		logger: logger.With("component", "router", "router", cfg.ID),
+		logger: logger,
 		reg:    reg,
+		sec:    sec,
 		m:      newMetrics(reg),
 		timing: defaultStoreTiming(),
 		subs:   map[string]*subscriber{},
@@ -170,6 +178,7 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	r.state.Store(stateStarting)
 	defer r.state.Store(stateStopped)
+	defer r.sec.Close()
 
 	q, err := queue.Open(r.cfg.QueueDir, queue.Options{
 		Name: "router", MaxBytes: r.cfg.QueueMaxBytes, MaxRecordBytes: recordBytes, Sync: r.queueSync,
@@ -221,20 +230,23 @@ func (r *Router) Run(ctx context.Context) error {
 		return errors.Join(err, r.closeSubscribers(), r.dd.close(), r.closeQueue())
 	}
 	r.storeAddr.Store(&storeAddr)
-	lv, liveAddr, err := openLive(sockCtx, r.cfg.LivePub, r.cfg.LiveBuffer, r.m, r.logger)
+	lv, liveAddr, err := openLive(r.sec, r.cfg.LivePub, r.cfg.ID, r.cfg.LiveBuffer, r.cfg.LiveBufferBytes, r.m, r.logger)
 	if err != nil {
 		_ = r.storeSock.Close()
 		return errors.Join(err, r.closeSubscribers(), r.dd.close(), r.closeQueue())
 	}
 	r.live = lv
 	r.liveAddr.Store(&liveAddr)
-	go lv.run()
 	r.sock = zmq4.NewRouter(sockCtx,
 		zmq4.WithID(zmq4.SocketIdentity(r.cfg.ID)),
 		zmq4.WithTimeout(replyTimeout),
 		zmq4.WithLogger(slog.NewLogLogger(r.logger.Handler(), slog.LevelWarn)),
 	)
-	if err := r.sock.Listen(r.cfg.Listen); err != nil {
+	ingest, err := r.sec.Endpoint(clusterlink.LinkIngest, r.cfg.Listen)
+	if err == nil {
+		err = r.sock.Listen(ingest)
+	}
+	if err != nil {
 		_ = r.sock.Close()
 		_ = r.storeSock.Close()
 		lv.close()

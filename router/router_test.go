@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -109,7 +110,7 @@ func dialPeer(t testing.TB, endpoint, id string) *peer {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &peer{t: t, sock: zmq4.NewDealer(ctx, zmq4.WithID(zmq4.SocketIdentity(id)), zmq4.WithTimeout(time.Second)),
 		in: make(chan forward.Message, 100), done: make(chan struct{})}
-	if err := p.sock.Dial(endpoint); err != nil {
+	if err := p.sock.Dial(linkEndpoint(t, clusterlink.RoleFrontend, clusterlink.LinkIngest, endpoint)); err != nil {
 		cancel()
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/drover-telemetry/drover/internal/atomicfile"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -44,7 +45,11 @@ func (r *Router) openStoreLane(ctx context.Context) (string, error) {
 		zmq4.WithTimeout(storeSendTimeout),
 		zmq4.WithLogger(slogLogLogger(r.logger)),
 	)
-	if err := r.storeSock.Listen(r.cfg.StoreListen); err != nil {
+	ep, err := r.sec.Endpoint(clusterlink.LinkStore, r.cfg.StoreListen)
+	if err == nil {
+		err = r.storeSock.Listen(ep)
+	}
+	if err != nil {
 		_ = r.storeSock.Close()
 		return "", fmt.Errorf("router: store lane: listen on %s: %w", r.cfg.StoreListen, err)
 	}

@@ -20,6 +20,8 @@
 #   OUT                results dir (default bench-out/e2e): OUT/<scenario>/, OUT/run.json
 #   REPORT             "no" to leave docs/ alone
 #   NATS_SIZE          message size when throughput is not run (else measured from its frames)
+#   LINKS              "insecure" to run drover's links as plain ZMTP (-insecure-links) instead of
+#                      mutual TLS under a key made for the run: compare the two for TLS's cost
 #
 # Every process a scenario starts is stopped when it ends; each scenario is bounded by timeout.
 # Exits non-zero if a scenario failed (the report still shows those that ran).

@@ -1,5 +1,6 @@
 # bench-lib.sh: what the bench-*.sh scripts share. Source it after setting
 # $work (a temp dir, removed at exit) and pids=() (processes to stop at exit).
+# Sourcing it also gives the run's drover commands their cluster links (see the end).
 
 # cleanup stops every process in pids and removes $work; the scripts trap it on EXIT.
 cleanup() {
@@ -19,3 +20,14 @@ waitready() {
 	done
 	echo "${0##*/}: $1 never became ready" >&2; return 1
 }
+
+# The links between the drover processes of a run: mutual TLS 1.3 under a cluster key made for
+# the run, given to every command through its environment fallback (DROVER_<COMMAND>_CLUSTER_KEY_FILE),
+# so that the command lines stay as they are. LINKS=insecure runs them with -insecure-links instead:
+# the two runs side by side are what authentication and encryption cost (docs/security.md).
+if [[ "${LINKS:-tls}" == insecure ]]; then
+	for t in FRONTEND ROUTER STORAGE_WRITER LIVEFEED; do export "DROVER_${t}_INSECURE_LINKS=true"; done
+else
+	(umask 077 && head -c 32 /dev/urandom | base64 >"$work/cluster.key")
+	for t in FRONTEND ROUTER STORAGE_WRITER LIVEFEED; do export "DROVER_${t}_CLUSTER_KEY_FILE=$work/cluster.key"; done
+fi

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
@@ -73,6 +74,9 @@ type Config struct {
 	// Lake configures the lake sink (Sink == SinkLake). Its Name is set to
 	// the subscriber name.
 	Lake lake.Config
+	// Links secures the connections to the routers' store lanes: a cluster
+	// key file (mutual TLS 1.3) or, for development, -insecure-links.
+	Links clusterlink.Config
 }
 
 // DefaultSinkWriters is the default of Config.SinkWriters. Measured with
@@ -131,6 +135,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"if positive, dead-letter files last written longer ago (`duration`) are removed, logged and counted (0: keep them)")
 	c.Influx.RegisterFlags(fs, "influx-")
 	c.Lake.RegisterFlags(fs, "lake-")
+	c.Links.RegisterFlags(fs)
 }
 
 // SubscriberName returns the name the writer subscribes under: Name, or the
@@ -162,6 +167,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if !slices.Contains(Sinks, c.Sink) {
 		errs = append(errs, fmt.Errorf("sink: %q: want influx or lake", c.Sink))

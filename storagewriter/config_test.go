@@ -7,11 +7,21 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 )
 
-func TestDefaultConfigIsValid(t *testing.T) {
-	if err := DefaultConfig().Validate(); err != nil {
-		t.Fatalf("DefaultConfig().Validate() = %v", err)
+// TestDefaultConfigNeedsLinks: the defaults are valid once the links are
+// chosen (a cluster key file, or -insecure-links said out loud), and
+// refused, naming -cluster-key-file, before.
+func TestDefaultConfigNeedsLinks(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "cluster-key-file: required") {
+		t.Fatalf("DefaultConfig().Validate() = %v, want cluster-key-file required", err)
+	}
+	cfg.Links.KeyFile = "/etc/drover/cluster.key"
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("with a key file: Validate() = %v", err)
 	}
 }
 
@@ -30,12 +40,13 @@ func TestRegisterFlags(t *testing.T) {
 		"-sink", "influx",
 		"-queue-dir", "/var/lib/drover/influx",
 		"-name", "influx-eu",
+		"-insecure-links",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(cfg.Routers, []string{"tcp://router-0:5557", "tcp://router-1:5557"}) ||
-		cfg.Sink != SinkInflux || cfg.QueueDir != "/var/lib/drover/influx" || cfg.Name != "influx-eu" {
+		cfg.Sink != SinkInflux || cfg.QueueDir != "/var/lib/drover/influx" || cfg.Name != "influx-eu" || !cfg.Links.Insecure {
 		t.Errorf("parsed %+v", cfg)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -45,16 +56,18 @@ func TestRegisterFlags(t *testing.T) {
 
 func TestValidateRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
-		"routers":        func(c *Config) { c.Routers = []string{} },
-		"sink":           func(c *Config) { c.Sink = "postgres" },
-		"queue-dir":      func(c *Config) { c.QueueDir = "" },
-		"name":           func(c *Config) { c.Name = "has space" },
-		"batch-records":  func(c *Config) { c.BatchRecords = 0 },
-		"batch-interval": func(c *Config) { c.BatchInterval = 0 },
-		"lake":           func(c *Config) { c.Lake.Dir = "" },
-		"influx":         func(c *Config) { c.Sink = SinkInflux; c.Influx.URL = "" },
+		"routers":          func(c *Config) { c.Routers = []string{} },
+		"sink":             func(c *Config) { c.Sink = "postgres" },
+		"queue-dir":        func(c *Config) { c.QueueDir = "" },
+		"name":             func(c *Config) { c.Name = "has space" },
+		"batch-records":    func(c *Config) { c.BatchRecords = 0 },
+		"batch-interval":   func(c *Config) { c.BatchInterval = 0 },
+		"lake":             func(c *Config) { c.Lake.Dir = "" },
+		"influx":           func(c *Config) { c.Sink = SinkInflux; c.Influx.URL = "" },
+		"cluster-key-file": func(c *Config) { c.Links = clusterlink.Config{} },
 	} {
 		cfg := DefaultConfig()
+		cfg.Links = testLinks
 		mutate(&cfg)
 		err := cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), name+":") {
@@ -68,6 +81,7 @@ func TestValidateRejects(t *testing.T) {
 
 func TestNameDefaultsToSink(t *testing.T) {
 	cfg := DefaultConfig()
+	cfg.Links = testLinks
 	cfg.Sink = SinkInflux
 	w, err := New(cfg, nil, nil)
 	if err != nil {
@@ -83,7 +97,9 @@ func TestNameDefaultsToSink(t *testing.T) {
 }
 
 func TestReadyBeforeRun(t *testing.T) {
-	w, err := New(DefaultConfig(), nil, nil)
+	cfg := DefaultConfig()
+	cfg.Links = testLinks
+	w, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +117,7 @@ func TestSinkFlagsRegistered(t *testing.T) {
 		"-sink", "influx", "-influx-url", "http://influx:8086", "-influx-database", "fleet",
 		"-lake-dir", "/lake", "-batch-records", "100", "-batch-interval", "250ms",
 		"-queue-max-bytes", "1048576", "-dead-letter-dir", "/dl",
+		"-cluster-key-file", "/etc/drover/cluster.key",
 	})
 	if err != nil {
 		t.Fatal(err)

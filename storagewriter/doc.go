@@ -15,7 +15,9 @@
 // docs/reliability.md ("Sink outages") says how long that is and what comes
 // next.
 //
-// The writer opens one ZeroMQ DEALER per router, subscribes under its
+// The writer opens one ZeroMQ DEALER per router (a forward.Dealer, over the
+// store link's mutual TLS under the cluster key: Config.Links,
+// -cluster-key-file; docs/security.md), subscribes under its
 // durable name (forward.TypeSubscribe, every second), drops entries it has
 // appended before (a forward.SeqSet per router), appends the rest in
 // goroutines so that the receive loop never waits on fsync, and answers

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/storagewriter/lake"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -46,7 +47,15 @@ func startFakeRouter(t testing.TB, id string) *fakeRouter {
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &fakeRouter{t: t, id: id, sock: zmq4.NewRouter(ctx, zmq4.WithID(zmq4.SocketIdentity(id))),
 		done: make(chan struct{}), acked: forward.NewSeqSet(0)}
-	if err := f.sock.Listen("tcp://127.0.0.1:0"); err != nil {
+	sec, err := clusterlink.New(testLinks, clusterlink.RoleRouter, id, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := sec.Endpoint(clusterlink.LinkStore, "tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sock.Listen(ep); err != nil {
 		t.Fatal(err)
 	}
 	f.addr = "tcp://" + f.sock.Addr().String()
@@ -88,9 +97,20 @@ func startFakeRouter(t testing.TB, id string) *fakeRouter {
 		cancel()
 		f.sock.Close()
 		<-f.done
+		sec.Close()
 	})
 	return f
 }
+
+// testLinks is the cluster key of the package's tests: writers and fake
+// routers talk mutual TLS 1.3, as in production.
+var testLinks = func() clusterlink.Config {
+	k, err := clusterlink.GenerateKey()
+	if err != nil {
+		panic(err)
+	}
+	return clusterlink.Config{Keys: []clusterlink.Key{k}}
+}()
 
 func (f *fakeRouter) reply(peer []byte, m forward.Message) {
 	frames, err := m.Frames()
@@ -259,6 +279,7 @@ func recKey(r *telemetry.EnrichedRecord) string {
 func testWriterConfig(dir string, routers ...string) Config {
 	cfg := DefaultConfig()
 	cfg.Routers = routers
+	cfg.Links = testLinks
 	cfg.QueueDir = filepath.Join(dir, "queue")
 	cfg.Lake.Dir = filepath.Join(dir, "lake")
 	cfg.Lake.CompactInterval = 0

@@ -1,16 +1,12 @@
 package storagewriter
 
 import (
-	"context"
-	crand "crypto/rand"
-	"encoding/hex"
 	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/go-zeromq/zmq4"
-
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 )
 
@@ -25,24 +21,16 @@ const (
 	dialRetry       = 250 * time.Millisecond
 )
 
-// link is the writer's connection to one router endpoint: one DEALER (a
-// zmq4 DEALER copies each message to all its connections, so it must have
-// exactly one), a goroutine that receives and hands batches to appenders,
-// and one that sends (acks, busy answers and subscribe heartbeats), so that
-// the receive loop never waits on a socket write or an fsync.
+// link is the writer's connection to one router endpoint: a
+// forward.Dealer (the socket; a goroutine that receives and hands batches
+// to appenders; one that sends acks, busy answers and subscribe
+// heartbeats, so that receiving never waits on a socket write or an fsync)
+// and what the writer knows of that router.
 type link struct {
 	w        *Writer
 	endpoint string
 	log      *slog.Logger
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	sock   zmq4.Socket
-	wg     sync.WaitGroup
-
-	outMu   sync.Mutex
-	out     [][][]byte
-	outKick chan struct{}
+	dl       *forward.Dealer
 
 	stateMu     sync.Mutex
 	lastPong    time.Time
@@ -50,110 +38,44 @@ type link struct {
 	incarnation uint64
 }
 
-func newLink(w *Writer, endpoint string) *link {
-	return &link{
-		w:        w,
-		endpoint: endpoint,
-		log:      w.logger.With("router_endpoint", endpoint),
-		outKick:  make(chan struct{}, 1),
+func newLink(w *Writer, endpoint string) (*link, error) {
+	l := &link{w: w, endpoint: endpoint, log: w.logger.With("router_endpoint", endpoint)}
+	dl, err := forward.NewDealer(forward.DealerConfig{
+		Endpoint:    endpoint,
+		Link:        clusterlink.LinkStore,
+		Security:    w.sec,
+		Identity:    forward.SocketIdentity(w.cfg.Name),
+		SendTimeout: sendTimeout,
+		DialRetry:   dialRetry,
+		Heartbeat:   heartbeat,
+		// subscribe, on connect and every heartbeat
+		HeartbeatMessage: func() forward.Message {
+			w.updateRoutersUp()
+			return forward.Message{Type: forward.TypeSubscribe, Name: w.cfg.Name, Nonce: uint64(time.Now().UnixNano())}
+		},
+		Receive: l.receive,
+		Logger:  l.log,
+	})
+	if err != nil {
+		return nil, err
 	}
-}
-
-// socketIdentity is the subscriber name and a random suffix, so that a
-// router never routes to a connection of a previous incarnation.
-func socketIdentity(name string) string {
-	var b [4]byte
-	_, _ = crand.Read(b[:])
-	return name + "." + hex.EncodeToString(b[:])
+	l.dl = dl
+	return l, nil
 }
 
 // start opens the socket and starts connecting; the router may come up at
 // any time.
-func (l *link) start() {
-	l.ctx, l.cancel = context.WithCancel(context.Background())
-	l.sock = forward.NewDealer(l.ctx, socketIdentity(l.w.cfg.Name), sendTimeout, dialRetry, l.log)
-	l.wg.Add(3)
-	go l.dial()
-	go l.sendLoop()
-	go l.recvLoop()
-}
+func (l *link) start() { l.dl.Start() }
 
 // stop closes the socket and waits for the link's goroutines.
-func (l *link) stop() {
-	l.cancel()
-	l.wg.Wait()
-	if err := l.sock.Close(); err != nil {
-		l.log.Debug("storage-writer: close dealer", "err", err)
-	}
-}
+func (l *link) stop() { l.dl.Stop() }
 
-// dial connects once; zmq4 then reconnects by itself.
-func (l *link) dial() {
-	defer l.wg.Done()
-	forward.Dial(l.ctx, l.sock, l.endpoint, dialRetry, l.log)
-}
-
-// send hands a message to the send goroutine; it never blocks.
+// send hands a message to the send goroutine; it never blocks. A message
+// zmq4 drops is resent by the router, which does not see it acked.
 func (l *link) send(m forward.Message) {
-	frames, err := m.Frames()
-	if err != nil {
+	if err := l.dl.SendMessage(m); err != nil {
 		l.log.Error("storage-writer: cannot encode message", "type", m.Type, "err", err)
-		return
 	}
-	l.outMu.Lock()
-	l.out = append(l.out, frames)
-	l.outMu.Unlock()
-	select {
-	case l.outKick <- struct{}{}:
-	default:
-	}
-}
-
-func (l *link) take() [][][]byte {
-	l.outMu.Lock()
-	defer l.outMu.Unlock()
-	out := l.out
-	l.out = nil
-	return out
-}
-
-func (l *link) sendLoop() {
-	defer l.wg.Done()
-	t := time.NewTicker(heartbeat)
-	defer t.Stop()
-	l.subscribe()
-	for {
-		select {
-		case <-l.ctx.Done():
-			return
-		case <-t.C:
-			l.subscribe()
-		case <-l.outKick:
-			for _, frames := range l.take() {
-				// Send returns nil when zmq4 drops a message: the router
-				// resends what it does not see acked.
-				if err := l.sock.SendMulti(zmq4.NewMsgFrom(frames...)); err != nil {
-					if l.ctx.Err() != nil {
-						return
-					}
-					l.log.Debug("storage-writer: answer not sent", "err", err)
-				}
-			}
-		}
-	}
-}
-
-// subscribe sends TypeSubscribe: on connect and every heartbeat.
-func (l *link) subscribe() {
-	frames, err := forward.Message{Type: forward.TypeSubscribe, Name: l.w.cfg.Name, Nonce: uint64(time.Now().UnixNano())}.Frames()
-	if err != nil {
-		l.log.Error("storage-writer: cannot encode subscribe", "err", err)
-		return
-	}
-	if err := l.sock.SendMulti(zmq4.NewMsgFrom(frames...)); err != nil && l.ctx.Err() == nil {
-		l.log.Debug("storage-writer: heartbeat not sent", "err", err)
-	}
-	l.w.updateRoutersUp()
 }
 
 // up reports whether the router answered a recent heartbeat.
@@ -163,39 +85,27 @@ func (l *link) up(now time.Time) bool {
 	return !l.lastPong.IsZero() && now.Sub(l.lastPong) < routerDownAfter
 }
 
-func (l *link) recvLoop() {
-	defer l.wg.Done()
-	for {
-		msg, err := l.sock.Recv()
-		if err != nil {
-			if l.ctx.Err() != nil {
-				return
-			}
-			l.log.Debug("storage-writer: connection to router lost", "err", err)
-			continue
+func (l *link) receive(m forward.Message, err error) {
+	if err != nil {
+		reason := "malformed"
+		switch {
+		case errors.Is(err, forward.ErrVersion):
+			reason = "version"
+		case errors.Is(err, forward.ErrUnknownType):
+			reason = "unknown_type"
 		}
-		m, err := forward.Decode(msg.Frames)
-		if err != nil {
-			reason := "malformed"
-			switch {
-			case errors.Is(err, forward.ErrVersion):
-				reason = "version"
-			case errors.Is(err, forward.ErrUnknownType):
-				reason = "unknown_type"
-			}
-			l.w.m.badMessages.WithLabelValues(reason).Inc()
-			l.log.Debug("storage-writer: bad message from router", "err", err)
-			continue
-		}
-		switch m.Type {
-		case forward.TypePong:
-			l.pong(m)
-		case forward.TypeBatch:
-			l.w.receive(l, m)
-		default:
-			l.w.m.badMessages.WithLabelValues("unexpected_type").Inc()
-			l.log.Debug("storage-writer: unexpected message type from router", "type", m.Type)
-		}
+		l.w.m.badMessages.WithLabelValues(reason).Inc()
+		l.log.Debug("storage-writer: bad message from router", "err", err)
+		return
+	}
+	switch m.Type {
+	case forward.TypePong:
+		l.pong(m)
+	case forward.TypeBatch:
+		l.w.receive(l, m)
+	default:
+		l.w.m.badMessages.WithLabelValues("unexpected_type").Inc()
+		l.log.Debug("storage-writer: unexpected message type from router", "type", m.Type)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/drover-telemetry/drover/internal/backoff"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
@@ -66,6 +67,7 @@ type routerSeqs struct {
 type Writer struct {
 	cfg    Config
 	logger *slog.Logger
+	sec    *clusterlink.Security
 	reg    prometheus.Registerer
 	m      *metrics
 
@@ -116,6 +118,19 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
+	logger = logger.With("component", "storage-writer", "writer", cfg.Name, "sink", cfg.Sink)
+	// The links' metrics are the process's (shared with the other
+	// components of drover all), not labelled with the writer.
+	sec, err := clusterlink.New(cfg.Links, clusterlink.RoleStorageWriter, cfg.Name, logger, reg)
+	if err != nil {
+		return nil, fmt.Errorf("storage-writer: %w", err)
+	}
+	for _, ep := range cfg.Routers {
+		if _, err := sec.Endpoint(clusterlink.LinkStore, ep); err != nil {
+			sec.Close()
+			return nil, fmt.Errorf("storage-writer: routers: %w", err)
+		}
+	}
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"writer": cfg.Name}, reg)
 	m := newMetrics()
 	if err := m.register(reg); err != nil {
@@ -123,7 +138,8 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 	}
 	w := &Writer{
 		cfg:             cfg,
-		logger:          logger.With("component", "storage-writer", "writer", cfg.Name, "sink", cfg.Sink),
+		logger:          logger,
+		sec:             sec,
 		reg:             reg,
 		m:               m,
 		routers:         make(map[string]*routerSeqs),
@@ -147,6 +163,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("storage-writer: Run called twice")
 	}
+	defer w.sec.Close()
 	q, err := queue.Open(w.cfg.QueueDir, queue.Options{
 		Name:           "writer-" + w.cfg.Name,
 		MaxBytes:       w.cfg.QueueMaxBytes,
@@ -220,7 +237,11 @@ func (w *Writer) Run(ctx context.Context) error {
 	w.appendCtx = appendCtx
 	w.mu.Lock()
 	for _, ep := range w.cfg.Routers {
-		l := newLink(w, ep)
+		l, err := newLink(w, ep)
+		if err != nil {
+			w.logger.Error("storage-writer: cannot connect to router", "endpoint", ep, "err", err) // New checked each endpoint: a bug
+			continue
+		}
 		w.links = append(w.links, l)
 		l.start()
 	}

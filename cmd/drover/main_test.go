@@ -115,10 +115,10 @@ func TestUnknownCommand(t *testing.T) {
 func TestCommandHelpShowsFlagsAndEnv(t *testing.T) {
 	common := []string{"ops-listen", "pprof", "ops-token-file", "log-level", "log-format", "shutdown-timeout"}
 	for cmd, own := range map[string][]string{
-		"frontend":       {"listen", "queue-dir", "routers", "id"},
-		"router":         {"listen", "live-pub", "store-listen", "queue-dir", "id"},
-		"storage-writer": {"routers", "sink", "queue-dir", "name", "dead-letter-max-bytes", "dead-letter-file-age"},
-		"livefeed":       {"listen", "routers"},
+		"frontend":       {"listen", "queue-dir", "routers", "id", "cluster-key-file", "insecure-links"},
+		"router":         {"listen", "live-pub", "store-listen", "queue-dir", "id", "cluster-key-file", "insecure-links", "live-buffer-bytes"},
+		"storage-writer": {"routers", "sink", "queue-dir", "name", "dead-letter-max-bytes", "dead-letter-file-age", "cluster-key-file", "insecure-links"},
+		"livefeed":       {"listen", "routers", "cluster-key-file", "insecure-links"},
 		"all":            {"data", "sinks", "simulate", "frontend.listen", "router.store-listen", "livefeed.listen", "storage-writer.influx-measurement", "storage-writer.lake-compact-interval", "status-interval", "api.listen"},
 		"sim":            {"frontends", "devices", "rate", "write-registry"},
 		"api":            {"listen", "data-dir", "db", "postgres-url-file", "tls-cert", "tls-key", "cors-origins"},
@@ -144,11 +144,11 @@ func TestCommandHelpShowsFlagsAndEnv(t *testing.T) {
 func TestEnvAndFlagPrecedence(t *testing.T) {
 	// An invalid value from the environment is rejected, naming the flag's
 	// config field; the same value given by flag wins over a valid env.
-	r := runDrover(t, []string{"DROVER_ROUTER_LIVE_PUB=tcp://*:5557"}, "router")
+	r := runDrover(t, []string{"DROVER_ROUTER_LIVE_PUB=tcp://127.0.0.1:5557"}, "router")
 	if r.code != 2 || !strings.Contains(r.stderr, "live-pub") {
 		t.Errorf("live lane on the store lane's endpoint from env: exit %d, stderr:\n%s", r.code, r.stderr)
 	}
-	r = runDrover(t, []string{"DROVER_ROUTER_LIVE_PUB=tcp://127.0.0.1:6000"}, "router", "-live-pub", "tcp://*:5557")
+	r = runDrover(t, []string{"DROVER_ROUTER_LIVE_PUB=tcp://127.0.0.1:6000"}, "router", "-live-pub", "tcp://127.0.0.1:5557")
 	if r.code != 2 || !strings.Contains(r.stderr, "live-pub") {
 		t.Errorf("flag must win over env: exit %d, stderr:\n%s", r.code, r.stderr)
 	}
@@ -191,6 +191,34 @@ func TestVersion(t *testing.T) {
 	for _, want := range []string{"drover " + testVersion, "commit: " + testCommit, "go: " + runtime.Version()} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("drover version lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+// TestSplitTargetsNeedLinks: a component started on its own refuses to
+// run with neither a cluster key file nor -insecure-links (exit 2, saying
+// how to make a key), and drover all, which makes its own key, offers
+// neither flag.
+func TestSplitTargetsNeedLinks(t *testing.T) {
+	for _, target := range []string{"frontend", "router", "storage-writer", "livefeed"} {
+		r := runDrover(t, nil, target)
+		if r.code != 2 || !strings.Contains(r.stderr, "cluster-key-file: required") || !strings.Contains(r.stderr, "head -c 32 /dev/urandom | base64") {
+			t.Errorf("drover %s without links: exit %d, stderr:\n%s", target, r.code, r.stderr)
+		}
+	}
+	r := runDrover(t, nil, "router", "-cluster-key-file", filepath.Join(t.TempDir(), "missing.key"))
+	if r.code != 2 || !strings.Contains(r.stderr, "missing.key") {
+		t.Errorf("drover router with a missing key file: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	r = runDrover(t, nil, "all", "-h")
+	for line := range strings.SplitSeq(r.stdout, "\n") {
+		if !strings.HasPrefix(line, "  -") {
+			continue // flag lines only: the help text says why there is none
+		}
+		for _, flag := range []string{"cluster-key-file", "insecure-links", "fixed-subscribers"} {
+			if strings.Contains(line, flag) {
+				t.Errorf("drover all -h offers %s: %s", flag, line)
+			}
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/registry"
 )
 
@@ -36,11 +38,28 @@ func TestTargetsStartAndStopCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	router := "tcp://" + freeAddr(t)
+	key, err := clusterlink.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "cluster.key")
+	if err := clusterlink.WriteKeyFile(keyFile, key); err != nil {
+		t.Fatal(err)
+	}
 	// The livefeed is ready once subscribed to a router's live lane: give it
-	// one to subscribe to.
+	// one to subscribe to, with the cluster key.
 	live := "tcp://" + freeAddr(t)
 	pub := zmq4.NewPub(t.Context())
-	if err := pub.Listen(live); err != nil {
+	sec, err := clusterlink.New(clusterlink.Config{Keys: []clusterlink.Key{key}}, clusterlink.RoleRouter, "test", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sec.Close()
+	ep, err := sec.Endpoint(clusterlink.LinkLive, live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Listen(ep); err != nil {
 		t.Fatal(err)
 	}
 	defer pub.Close()
@@ -48,11 +67,13 @@ func TestTargetsStartAndStopCleanly(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"router", []string{"router", "-listen", router, "-live-pub", "tcp://" + freeAddr(t), "-store-listen", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "router")}},
-		{"frontend", []string{"frontend", "-listen", freeAddr(t), "-routers", router, "-queue-dir", filepath.Join(dir, "frontend"), "-registry", reg}},
-		{"livefeed", []string{"livefeed", "-listen", freeAddr(t), "-routers", live, "-dev"}},
-		{"storage-writer", []string{"storage-writer", "-sink", "lake", "-routers", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "writer"), "-lake-dir", filepath.Join(dir, "lake")}},
+		{"router", []string{"router", "-listen", router, "-live-pub", "tcp://" + freeAddr(t), "-store-listen", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "router"), "-cluster-key-file", keyFile}},
+		{"frontend", []string{"frontend", "-listen", freeAddr(t), "-routers", router, "-queue-dir", filepath.Join(dir, "frontend"), "-registry", reg, "-cluster-key-file", keyFile}},
+		{"livefeed", []string{"livefeed", "-listen", freeAddr(t), "-routers", live, "-dev", "-cluster-key-file", keyFile}},
+		{"storage-writer", []string{"storage-writer", "-sink", "lake", "-routers", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "writer"), "-lake-dir", filepath.Join(dir, "lake"), "-cluster-key-file", keyFile}},
 		{"api", []string{"api", "-listen", freeAddr(t), "-data-dir", filepath.Join(dir, "api")}},
+		// Development mode: it runs, and says what it gives up.
+		{"router", []string{"router", "-listen", "tcp://" + freeAddr(t), "-live-pub", "tcp://" + freeAddr(t), "-store-listen", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "router-insecure"), "-insecure-links"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ops := freeAddr(t)
@@ -98,6 +119,13 @@ func TestTargetsStartAndStopCleanly(t *testing.T) {
 			}
 			if !strings.Contains(stderr.String(), "msg=stopped target="+tc.name) {
 				t.Fatalf("%s: no clean-stop log line:\n%s", tc.name, stderr.String())
+			}
+			insecure := slices.Contains(tc.args, "-insecure-links")
+			if warned := strings.Contains(stderr.String(), "cluster links are NOT authenticated"); warned != insecure {
+				t.Errorf("%s: insecure-links warning logged %v, want %v:\n%s", tc.name, warned, insecure, stderr.String())
+			}
+			if secured := strings.Contains(stderr.String(), "cluster links: mutual TLS 1.3"); secured == insecure {
+				t.Errorf("%s: TLS announced %v, want %v", tc.name, secured, !insecure)
 			}
 			t.Logf("%s stopped %v after SIGTERM", tc.name, time.Since(start).Round(time.Millisecond))
 		})

@@ -9,12 +9,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/frontend"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/internal/sim"
@@ -137,7 +139,12 @@ With -simulate, the livefeed runs as with -livefeed.dev: without a clients
 file or dev token it makes up a token and logs the live map's URL with it.
 
 The control plane (drover api) keeps its SQLite file and first admin key
-under DIR/api; drover ctl talks to it.`
+under DIR/api; drover ctl talks to it.
+
+The links between the components are mutual TLS under a cluster key made up
+in memory at each start, so that even another user of this machine cannot
+reach them; there is no key file to give, and -insecure-links does not exist
+here.`
 
 // setupAll wires one router, one frontend, one storage writer per sink, one
 // livefeed and optionally a simulated fleet in one process.
@@ -160,16 +167,17 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	// On a laptop, a missing InfluxDB database is created.
 	sw := storagewriter.DefaultConfig()
 	sw.Influx.CreateDatabase = true
-	registerPrefixed(fs, "storage-writer.", sw.RegisterFlags, allWiredWriterFlags...)
+	registerPrefixed(fs, "storage-writer.", sw.RegisterFlags, append(slices.Clone(allLinkFlags), allWiredWriterFlags...)...)
 	// The short forms all had before it exposed every writer flag.
 	fs.Var(fs.Lookup("storage-writer.influx-url").Value, "influx-url", "InfluxDB `URL` for the influx sink: short for -storage-writer.influx-url")
 	fs.Var(fs.Lookup("storage-writer.influx-database").Value, "influx-database", "InfluxDB `database` for the influx sink: short for -storage-writer.influx-database")
+	links := allLinkFlags // all makes its own key
 	fe := frontend.DefaultConfig()
-	registerPrefixed(fs, "frontend.", fe.RegisterFlags, "queue-dir", "routers", "registry")
+	registerPrefixed(fs, "frontend.", fe.RegisterFlags, append(links, "queue-dir", "routers", "registry")...)
 	rt := router.DefaultConfig()
-	registerPrefixed(fs, "router.", rt.RegisterFlags, "queue-dir", "registry", "subscribers")
+	registerPrefixed(fs, "router.", rt.RegisterFlags, append(links, "queue-dir", "registry", "subscribers", "fixed-subscribers")...)
 	lf := livefeed.DefaultConfig()
-	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, "routers")
+	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, append(links, "routers")...)
 	simOpts := defaultSimOptions()
 	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed", "token-seed-file")
 	apiCfg := api.DefaultConfig()
@@ -185,6 +193,11 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		if err := os.MkdirAll(dataDir, 0o755); err != nil {
 			return nil, fmt.Errorf("data: %w", err)
 		}
+		key, err := clusterlink.GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		linkCfg := clusterlink.Config{Keys: []clusterlink.Key{key}}
 		frontendURL, err := loopbackURL("frontend.listen", fe.Listen)
 		if err != nil {
 			return nil, err
@@ -212,8 +225,12 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		rt.QueueDir = filepath.Join(dataDir, "router")
 		rt.RegistryStore = store
 		rt.Subscribers = nil
+		rt.FixedSubscribers = true
+		rt.Links, fe.Links, lf.Links = linkCfg, linkCfg, linkCfg
 		fe.QueueDir = filepath.Join(dataDir, "frontend")
 		fe.RegistryStore, fe.Registry = store, registryPath
+		// The components connect on loopback, and the router binds there
+		// too: nothing outside this process holds the key anyway.
 		fe.Routers = make([]string, 1)
 		if fe.Routers[0], err = loopbackEndpoint("router.listen", rt.Listen); err != nil {
 			return nil, err
@@ -226,6 +243,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		if err != nil {
 			return nil, err
 		}
+		rt.Listen, rt.LivePub, rt.StoreListen = fe.Routers[0], lf.Routers[0], storeEndpoint
 
 		// Added in start order; the group stops them in reverse: the fleet
 		// and the frontend first, the router (which the frontend drains to)
@@ -238,6 +256,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			cfg.Routers = []string{storeEndpoint}
 			cfg.QueueDir = filepath.Join(dataDir, "storage-writer-"+sink)
 			cfg.Lake.Dir = filepath.Join(dataDir, "lake")
+			cfg.Links = linkCfg
 			w, err := storagewriter.New(cfg, logger, reg)
 			if err != nil {
 				return nil, err
@@ -294,6 +313,10 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 // allWiredWriterFlags are the storage writer's flags that drover all sets
 // itself: one writer per -sinks entry, named after its sink, its queue and
 // the lake under -data, connected to the router of the same process.
+// allLinkFlags are the link flags of every component: drover all makes its
+// own cluster key in memory, so it offers none of them.
+var allLinkFlags = []string{"cluster-key-file", "insecure-links"}
+
 var allWiredWriterFlags = []string{"routers", "sink", "name", "queue-dir", "lake-dir"}
 
 // loopbackEndpoint turns an endpoint that is bound on every interface

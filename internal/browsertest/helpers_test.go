@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/testenv"
 	"github.com/drover-telemetry/drover/livefeed"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -200,6 +201,8 @@ func startFeed(t testing.TB, pubs ...*publisher) *feed {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.ID = "livefeed-browsertest"
 	cfg.DevToken = devToken
+	// The test's publishers are plain zmq4 PUBs: no cluster key.
+	cfg.Links = clusterlink.Config{Insecure: true}
 	cfg.Routers = nil
 	for _, p := range pubs {
 		cfg.Routers = append(cfg.Routers, p.ep)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +22,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 )
 
 // droverBin is the binary under test, built once by TestMain.
@@ -73,6 +76,32 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// clusterKeys holds the cluster key file of each running test.
+var clusterKeys sync.Map // testing.TB → string
+
+// clusterKeyFile returns the cluster key file shared by every process of
+// the test t (newProc gives it to each process that has links), made on
+// first use. A key per test also keeps a process of another test, which
+// may redial a port this test now uses, out of this test's pipeline.
+func clusterKeyFile(t testing.TB) string {
+	if path, ok := clusterKeys.Load(t); ok {
+		return path.(string)
+	}
+	key, err := clusterlink.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "cluster.key")
+	if err := clusterlink.WriteKeyFile(path, key); err != nil {
+		t.Fatal(err)
+	}
+	if prev, loaded := clusterKeys.LoadOrStore(t, path); loaded {
+		return prev.(string)
+	}
+	t.Cleanup(func() { clusterKeys.Delete(t) })
+	return path
+}
+
 // proc is one drover process: a target and its flags. It can be started
 // again after a kill with the same flags (same queue, same ports).
 type proc struct {
@@ -103,6 +132,12 @@ func secretFile(t testing.TB, secret string) string {
 func newProc(t testing.TB, name, target string, args ...string) *proc {
 	p := &proc{t: t, name: name, opsAddr: freeAddr(t)}
 	p.args = append([]string{target, "-ops-listen", p.opsAddr, "-log-format", "text"}, args...)
+	switch target {
+	case "frontend", "router", "storage-writer", "livefeed":
+		if !slices.Contains(args, "-insecure-links") && !slices.Contains(args, "-cluster-key-file") {
+			p.args = append(p.args, "-cluster-key-file", clusterKeyFile(t))
+		}
+	}
 	p.logPath = filepath.Join(t.TempDir(), name+".log")
 	t.Cleanup(func() {
 		p.kill()

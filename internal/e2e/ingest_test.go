@@ -13,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/drover-telemetry/drover/frontend"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/sim"
 	"github.com/drover-telemetry/drover/router"
 )
@@ -57,6 +58,7 @@ func TestIngestEndToEnd(t *testing.T) {
 	rc.LivePub = "tcp://" + freeAddr(t)
 	rc.StoreListen = "tcp://" + freeAddr(t)
 	rc.QueueDir = filepath.Join(dir, "router")
+	rc.Links = clusterlink.Config{KeyFile: clusterKeyFile(t)}
 	r, err := router.New(rc, logger, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -79,6 +81,7 @@ func TestIngestEndToEnd(t *testing.T) {
 	fc.Listen = "127.0.0.1:0"
 	fc.QueueDir = filepath.Join(dir, "frontend")
 	fc.Routers = []string{rc.Listen}
+	fc.Links = rc.Links
 	fc.Registry = registryPath
 	fc.Rate, fc.RateBurst = 1000, 1000
 	f, err := frontend.New(fc, logger, reg)

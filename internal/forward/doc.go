@@ -1,8 +1,21 @@
 // Package forward is the frontend → router hop: the wire protocol both ends
-// speak over ZeroMQ, the frontend's [Drainer], and the helpers the router
-// uses to decode batches and build its queue entries ([Decode],
-// [AppendStored], [ParseStored], [CountRecords], [SeqSet]), so that both
-// ends share one codec.
+// speak over ZeroMQ, the frontend's [Drainer], the [Dealer] (one DEALER
+// connection to one router, which the drainer and the storage writer
+// share), and the helpers the router uses to decode batches and build its
+// queue entries ([Decode], [AppendStored], [ParseStored], [CountRecords],
+// [SeqSet]), so that both ends share one codec.
+//
+// # The links
+//
+// Every connection is a cluster link (internal/clusterlink): ZMTP over
+// mutual TLS 1.3 under the cluster key, DrainerConfig.Links (or plain ZMTP
+// with -insecure-links). A [Dealer] takes the component's Security and the
+// link (clusterlink.LinkIngest for the drainer, LinkStore for a storage
+// writer) and dials the endpoint through it; the endpoints in flags stay
+// tcp://host:port. A router without the cluster key, or with another one,
+// is never connected to: its heartbeats go unanswered and it counts as
+// down, and the refusal is counted (drover_link_refused_total) and logged
+// by the link.
 //
 // # Why the protocol looks like this
 //
@@ -99,8 +112,10 @@
 // subscribe names the durable subscriber (name: 1 to 64 bytes of a-z, 0-9,
 // '_', '-', not starting with '_' or '-'; see [ValidateSubscriberName]) and
 // is sent on connect and then every heartbeat (1 s). The router answers pong
-// (as to a ping) and registers a name it does not know: from then on it
-// keeps a queue for it (QUEUE_DIR/subs/<name>/ at the router) until the
+// (as to a ping). A name it does not know is refused (logged once; it is
+// sent nothing) unless the router runs -fixed-subscribers=false, which only
+// holders of the cluster key can reach; then it registers the name: from
+// then on it keeps a queue for it (QUEUE_DIR/subs/<name>/ at the router) until the
 // subscriber has not been heard from for the router's retention. A
 // subscribe is also what tells the router where (which ZeroMQ identity) to
 // send that subscriber's batches: the router sends nothing to a subscriber
@@ -207,9 +222,11 @@
 //     while the socket's writer lock is held: the new connection is added
 //     only when that Send times out. WithTimeout is therefore short (twice
 //     the heartbeat, 250 ms to 2 s). A timed-out write goes on in the
-//     background; every message is sent with SendMulti, one writev(2), which
-//     the net package does not interleave with another write, so the stream
-//     stays well framed.
+//     background while the next Send starts; zmq4 writes a message in
+//     several calls, so the cluster link's connection gathers each message
+//     and writes it with one call under a lock (TLS would otherwise
+//     interleave two messages' records; on TCP, SendMulti's writev(2) did
+//     the same).
 //   - Recv returns an error for each lost connection (after the reconnect)
 //     and keeps working; it ends only when the socket's context is done.
 //   - A ROUTER holds its lock for each network write, and answers a stalled

@@ -2,8 +2,6 @@ package forward
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -45,9 +44,9 @@ const (
 // sendTimeout bounds one zmq4 Send. It must be short: when a connection
 // dies under a write, zmq4 reconnects from inside that write while the
 // socket's writer lock is held, and the new connection is added only once
-// the Send has timed out. A timed-out write goes on in the background;
-// every message is sent with SendMulti, one writev(2) that the net package
-// never interleaves with another, so a later message cannot corrupt it.
+// the Send has timed out. A timed-out write goes on in the background; the
+// cluster link's connection writes each message whole, under a lock, so a
+// later message cannot corrupt it.
 func sendTimeout(heartbeat time.Duration) time.Duration {
 	return min(max(2*heartbeat, 250*time.Millisecond), 2*time.Second)
 }
@@ -88,6 +87,9 @@ type DrainerConfig struct {
 	// at most Linger to a reading's way to the router, never to the device's
 	// ack. Default 2 ms; negative means none.
 	Linger time.Duration
+	// Links secures the connections to the routers: a cluster key (mutual
+	// TLS 1.3) or insecure (plain ZMTP); see internal/clusterlink.
+	Links clusterlink.Config
 }
 
 func (c DrainerConfig) withDefaults() DrainerConfig {
@@ -123,6 +125,9 @@ func (c DrainerConfig) Validate() error {
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
 	}
+	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.MaxBatchBytes < 1 {
 		errs = append(errs, fmt.Errorf("max batch bytes %d: want at least 1", c.MaxBatchBytes))
 	}
@@ -149,6 +154,7 @@ type Drainer struct {
 	log      *slog.Logger
 	m        *metrics
 	identity string
+	sec      *clusterlink.Security
 	links    []*link
 	pref     int // index of the preferred router
 	up       atomic.Int32
@@ -221,7 +227,7 @@ func NewDrainer(cfg DrainerConfig, q *queue.Queue, logger *slog.Logger, reg prom
 		q:        q,
 		log:      logger.With("sender", cfg.Sender),
 		m:        newMetrics(reg),
-		identity: socketIdentity(cfg.Sender),
+		identity: SocketIdentity(cfg.Sender),
 		events:   make(chan event, 256),
 		batches:  make(chan queue.Batch),
 		readErr:  make(chan error, 1),
@@ -233,24 +239,20 @@ func NewDrainer(cfg DrainerConfig, q *queue.Queue, logger *slog.Logger, reg prom
 	h := fnv.New32a()
 	h.Write([]byte(cfg.Sender))
 	d.pref = int(h.Sum32() % uint32(len(cfg.Routers)))
+	sec, err := clusterlink.New(cfg.Links, clusterlink.RoleFrontend, cfg.Sender, logger, reg)
+	if err != nil {
+		return nil, fmt.Errorf("drainer: %w", err)
+	}
+	d.sec = sec
 	for i, ep := range cfg.Routers {
-		d.links = append(d.links, newLink(d, i, ep))
+		l, err := newLink(d, i, ep)
+		if err != nil {
+			sec.Close()
+			return nil, fmt.Errorf("drainer: %w", err)
+		}
+		d.links = append(d.links, l)
 	}
 	return d, nil
-}
-
-// socketIdentity is the ZeroMQ identity of the drainer's sockets: the sender
-// name and a random suffix, so that a router never routes an answer to a
-// connection of a previous incarnation, or of another frontend that was
-// misconfigured with the same name. (ZeroMQ identities are at most 255
-// bytes.)
-func socketIdentity(sender string) string {
-	var b [4]byte
-	_, _ = crand.Read(b[:])
-	if len(sender) > 200 {
-		sender = sender[:200]
-	}
-	return sender + "." + hex.EncodeToString(b[:])
 }
 
 // Routers returns how many routers answer heartbeats, and how many there
@@ -311,6 +313,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	d.sec.Close()
 	d.up.Store(0)
 	d.m.routersUp.Set(0)
 	d.log.Info("forward: drainer stopped", "batches_given_back", held)

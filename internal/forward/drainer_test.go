@@ -12,6 +12,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/queue"
 )
 
@@ -38,7 +39,8 @@ func noLeaks(t testing.TB) {
 			var leaked []string
 			for _, g := range strings.Split(string(buf), "\n\n") {
 				if strings.Contains(g, "go-zeromq/zmq4") || strings.Contains(g, "drover/queue.") ||
-					(strings.Contains(g, "drover/internal/forward.") && !strings.Contains(g, "testing.tRunner")) {
+					(strings.Contains(g, "drover/internal/forward.") && !strings.Contains(g, "testing.tRunner")) ||
+					strings.Contains(g, "drover/internal/clusterlink.") {
 					leaked = append(leaked, g)
 				}
 			}
@@ -104,7 +106,15 @@ func startFakeRouter(t testing.TB) *fakeRouter {
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &fakeRouter{t: t, sock: zmq4.NewRouter(ctx, zmq4.WithID(zmq4.SocketIdentity("fake"))), batches: make(chan fakeBatch, 100), done: make(chan struct{})}
 	f.incarnat.Store(1)
-	if err := f.sock.Listen("tcp://127.0.0.1:0"); err != nil {
+	sec, err := clusterlink.New(testLinks, clusterlink.RoleRouter, "fake", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := sec.Endpoint(clusterlink.LinkIngest, "tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sock.Listen(ep); err != nil {
 		t.Fatal(err)
 	}
 	f.addr = "tcp://" + f.sock.Addr().String()
@@ -141,6 +151,7 @@ func startFakeRouter(t testing.TB) *fakeRouter {
 		cancel()
 		f.sock.Close()
 		<-f.done
+		sec.Close()
 	})
 	return f
 }
@@ -223,8 +234,18 @@ func runDrainer(t testing.TB, cfg DrainerConfig, q *queue.Queue) (*Drainer, *pro
 
 func fastConfig(routers ...string) DrainerConfig {
 	return DrainerConfig{Sender: "fe-1", Routers: routers, AckTimeout: 300 * time.Millisecond,
-		Heartbeat: 20 * time.Millisecond, DownAfter: 200 * time.Millisecond}
+		Heartbeat: 20 * time.Millisecond, DownAfter: 200 * time.Millisecond, Links: testLinks}
 }
+
+// testLinks is the cluster key of every test of the package: the drainer
+// and the fake routers talk mutual TLS, as in production.
+var testLinks = func() clusterlink.Config {
+	k, err := clusterlink.GenerateKey()
+	if err != nil {
+		panic(err)
+	}
+	return clusterlink.Config{Keys: []clusterlink.Key{k}}
+}()
 
 // TestDrainerSplitsGaps: a queue batch whose sequences jump (the queue
 // reserves sequences ahead, so they jump across its restarts) goes as one
@@ -382,7 +403,7 @@ func TestDrainerBusyBacksOff(t *testing.T) {
 }
 
 func TestDrainerConfigValidate(t *testing.T) {
-	ok := DrainerConfig{Sender: "fe", Routers: []string{"tcp://127.0.0.1:5555"}}
+	ok := DrainerConfig{Sender: "fe", Routers: []string{"tcp://127.0.0.1:5555"}, Links: testLinks}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -393,6 +414,7 @@ func TestDrainerConfigValidate(t *testing.T) {
 		"bind":      func(c *DrainerConfig) { c.Routers = []string{"tcp://*:1"} },
 		"inflight":  func(c *DrainerConfig) { c.MaxInflight = -1 },
 		"down":      func(c *DrainerConfig) { c.Heartbeat, c.DownAfter = time.Second, time.Second },
+		"links":     func(c *DrainerConfig) { c.Links = clusterlink.Config{} },
 	} {
 		c := ok
 		mut(&c)

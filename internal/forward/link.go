@@ -1,35 +1,23 @@
 package forward
 
 import (
-	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"time"
 
-	"github.com/go-zeromq/zmq4"
-
 	"github.com/drover-telemetry/drover/internal/backoff"
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 )
 
-// link is the drainer's connection to one router: one DEALER socket (a
-// zmq4 DEALER copies each message to all its connections, so it must have
-// exactly one), a goroutine that sends (batches queued by the loop, and
-// heartbeats), and one that receives.
+// link is the drainer's connection to one router: a [Dealer] (the socket,
+// its send and receive goroutines, pings as heartbeats) and what the
+// drainer's loop knows of that router.
 type link struct {
 	d        *Drainer
 	idx      int
 	endpoint string
 	log      *slog.Logger
-
-	ctx    context.Context // the socket's life; cancelled before Close
-	cancel context.CancelFunc
-	sock   zmq4.Socket
-	wg     sync.WaitGroup
-
-	outMu   sync.Mutex
-	out     []outMsg
-	outKick chan struct{}
+	dl       *Dealer
 
 	// Owned by the drainer's loop.
 	up          bool
@@ -41,134 +29,53 @@ type link struct {
 	inflight    int // batches sent here and not settled
 }
 
-// outMsg is one message waiting for the send goroutine.
-type outMsg struct {
-	frames      [][]byte
-	first, last uint64
-}
-
-func newLink(d *Drainer, idx int, endpoint string) *link {
-	return &link{
-		d:        d,
-		idx:      idx,
-		endpoint: endpoint,
-		log:      d.log.With("router_endpoint", endpoint),
-		outKick:  make(chan struct{}, 1),
-		backoff:  backoff.New(minBusyBackoff, maxBusyBackoff, nil),
+func newLink(d *Drainer, idx int, endpoint string) (*link, error) {
+	l := &link{d: d, idx: idx, endpoint: endpoint, log: d.log.With("router_endpoint", endpoint),
+		backoff: backoff.New(minBusyBackoff, maxBusyBackoff, nil)}
+	dl, err := NewDealer(DealerConfig{
+		Endpoint:    endpoint,
+		Link:        clusterlink.LinkIngest,
+		Security:    d.sec,
+		Identity:    d.identity,
+		SendTimeout: sendTimeout(d.cfg.Heartbeat),
+		DialRetry:   dialRetry(d.cfg.Heartbeat),
+		Heartbeat:   d.cfg.Heartbeat,
+		HeartbeatMessage: func() Message {
+			return Message{Type: TypePing, Nonce: uint64(time.Now().UnixNano())}
+		},
+		Receive: l.receive,
+		SendFailed: func(first, last uint64, err error) {
+			d.post(l.dl.Context(), event{kind: evSendFailed, link: l, msg: Message{First: first, Last: last}, err: err})
+		},
+		Logger: l.log,
+	})
+	if err != nil {
+		return nil, err
 	}
+	l.dl = dl
+	return l, nil
 }
 
 // start opens the socket and starts connecting; it does not wait for the
 // router, which may come up at any time.
-func (l *link) start() {
-	cfg := l.d.cfg
-	l.ctx, l.cancel = context.WithCancel(context.Background())
-	l.sock = NewDealer(l.ctx, l.d.identity, sendTimeout(cfg.Heartbeat), dialRetry(cfg.Heartbeat), l.log)
-	l.wg.Add(3)
-	go l.dial()
-	go l.sendLoop()
-	go l.recvLoop()
-}
+func (l *link) start() { l.dl.Start() }
 
 // stop closes the socket and waits for the link's goroutines.
-func (l *link) stop() {
-	l.cancel()
-	// Dial returns once it sees the cancelled context (within one retry
-	// interval); closing only after it has returned means no connection is
-	// added to a socket that is already closed.
-	l.wg.Wait()
-	if err := l.sock.Close(); err != nil {
-		l.log.Debug("forward: close dealer", "err", err)
-	}
-}
-
-// dial connects once; zmq4 then reconnects by itself. With unlimited
-// retries Dial fails only when the ZMTP handshake does (a router going down
-// in the middle of it, something that is not a router), so try again.
-func (l *link) dial() {
-	defer l.wg.Done()
-	Dial(l.ctx, l.sock, l.endpoint, dialRetry(l.d.cfg.Heartbeat), l.log)
-}
+func (l *link) stop() { l.dl.Stop() }
 
 // enqueue hands a message to the send goroutine; it never blocks.
-func (l *link) enqueue(m outMsg) {
-	l.outMu.Lock()
-	l.out = append(l.out, m)
-	l.outMu.Unlock()
-	select {
-	case l.outKick <- struct{}{}:
+func (l *link) enqueue(m outMsg) { l.dl.Send(m.frames, m.first, m.last) }
+
+// receive hands what a router answers to the drainer's loop.
+func (l *link) receive(m Message, err error) {
+	if err != nil {
+		l.d.badMessage(l, m, err)
+		return
+	}
+	switch m.Type {
+	case TypePong, TypeAck, TypeBusy, TypeReject:
+		l.d.post(l.dl.Context(), event{kind: evMessage, link: l, msg: m})
 	default:
-	}
-}
-
-func (l *link) take() []outMsg {
-	l.outMu.Lock()
-	defer l.outMu.Unlock()
-	out := l.out
-	l.out = nil
-	return out
-}
-
-func (l *link) sendLoop() {
-	defer l.wg.Done()
-	t := time.NewTicker(l.d.cfg.Heartbeat)
-	defer t.Stop()
-	l.ping()
-	for {
-		select {
-		case <-l.ctx.Done():
-			return
-		case <-t.C:
-			l.ping()
-		case <-l.outKick:
-			for _, m := range l.take() {
-				// Send returns nil when zmq4 drops the message (no
-				// connection at the moment): acks and timeouts cover that.
-				// An error means it was surely not delivered.
-				if err := l.sock.SendMulti(zmq4.NewMsgFrom(m.frames...)); err != nil {
-					if l.ctx.Err() != nil {
-						return
-					}
-					l.d.post(l.ctx, event{kind: evSendFailed, link: l, msg: Message{First: m.first, Last: m.last}, err: err})
-				}
-			}
-		}
-	}
-}
-
-func (l *link) ping() {
-	frames, _ := Message{Type: TypePing, Nonce: uint64(time.Now().UnixNano())}.Frames()
-	if err := l.sock.SendMulti(zmq4.NewMsgFrom(frames...)); err != nil && l.ctx.Err() == nil {
-		l.log.Debug("forward: heartbeat not sent", "err", err)
-	}
-}
-
-func (l *link) recvLoop() {
-	defer l.wg.Done()
-	for {
-		msg, err := l.sock.Recv()
-		if err != nil {
-			if l.ctx.Err() != nil {
-				return
-			}
-			// zmq4 reports a lost connection (after it has reconnected)
-			// as a receive error; heartbeats tell what state the router
-			// is in.
-			l.log.Debug("forward: connection to router lost", "err", err)
-			continue
-		}
-		m, err := Decode(msg.Frames)
-		if err != nil {
-			l.d.badMessage(l, m, err)
-			continue
-		}
-		switch m.Type {
-		case TypePong, TypeAck, TypeBusy, TypeReject:
-			if !l.d.post(l.ctx, event{kind: evMessage, link: l, msg: m}) {
-				return
-			}
-		default:
-			l.d.badMessage(l, m, errors.New("unexpected message type from a router"))
-		}
+		l.d.badMessage(l, m, errors.New("unexpected message type from a router"))
 	}
 }
