@@ -48,7 +48,7 @@ func (s *Server) bootstrap(ctx context.Context) error {
 		return fmt.Errorf("api: %w", err)
 	}
 	if created {
-		s.log.Warn("api: no operator existed: created an admin of every fleet; its API key is in the file (mode 0600). "+
+		s.log.Info("api: no operator existed: created an admin of every fleet; its API key is in the file (mode 0600). "+
 			"Use it to create named operators and keys, then delete the file", "file", path)
 	}
 	return nil

@@ -51,6 +51,11 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parseFlagsEnv(fs, name, envPrefix("storage-writer"), "replay dead-letter files into the writer's sink", replayHelp, args, stdout, stderr); !ok {
 		return code
 	}
+	// A replay writes to the sink and dials no router: the writer's link
+	// settings do not matter, and it needs no cluster key.
+	if cfg.Links.KeyFile == "" && len(cfg.Links.Keys) == 0 {
+		cfg.Links.Insecure = true
+	}
 	logger, err := logCfg.NewLogger(stderr)
 	if err == nil {
 		err = cfg.Validate()

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/testenv"
 )
 
@@ -107,7 +108,15 @@ func TestSecretsStayOutOfCmdlineAndLogs(t *testing.T) {
 	if err := os.WriteFile(opsTokenFile, []byte(opsToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	secrets := []string{influxToken, devToken, opsToken}
+	clusterKey, err := clusterlink.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterKeyFile := filepath.Join(dir, "cluster.key")
+	if err := clusterlink.WriteKeyFile(clusterKeyFile, clusterKey); err != nil {
+		t.Fatal(err)
+	}
+	secrets := []string{influxToken, devToken, opsToken, clusterlink.EncodeKey(clusterKey)}
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -121,7 +130,8 @@ func TestSecretsStayOutOfCmdlineAndLogs(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ops := freeAddr(t)
-			cmd := exec.Command(drover, append(tc.args, "-ops-listen", ops, "-pprof", "-ops-token-file", opsTokenFile, "-log-level", "debug")...)
+			cmd := exec.Command(drover, append(tc.args, "-ops-listen", ops, "-pprof", "-ops-token-file", opsTokenFile, "-log-level", "debug",
+				"-cluster-key-file", clusterKeyFile)...)
 			cmd.Dir = dir
 			cmd.Env = append(os.Environ(), tc.env)
 			var stderr lockedBuffer

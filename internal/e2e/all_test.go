@@ -36,7 +36,8 @@ func TestAllAsNewUser(t *testing.T) {
 		"-status-interval", "1s",
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
-		"-livefeed.listen", freeAddr(t), "-livefeed.dev-token", "e2e-all-token")
+		"-livefeed.listen", freeAddr(t), "-livefeed.dev-token-file", secretFile(t, "e2e-all-token"),
+		"-api.listen", freeAddr(t))
 	all.start(ctx)
 
 	var last []string
