@@ -47,6 +47,7 @@ const map = L.map('map', { minZoom: 1, maxZoom: 18, zoomControl: true, attributi
   worldCopyJump: false, fadeAnimation: !reducedMotion, zoomAnimation: !reducedMotion, markerZoomAnimation: !reducedMotion });
 map.attributionControl.setPrefix('<a href="https://leafletjs.com" target="_blank" rel="noopener">Leaflet</a>');
 map.createPane('vehicles').style.zIndex = 450;
+L.control.scale({ imperial: false, position: 'bottomright' }).addTo(map);
 const z0 = parseFloat(params.get('zoom'));
 map.setView([parseFloat(params.get('lat')) || 0, parseFloat(params.get('lon')) || 15], isNaN(z0) ? 2 : z0);
 
@@ -161,9 +162,16 @@ function onMessage(m) {
 function fitTo(list) {
   const pts = list.filter((v) => v.lat !== undefined).map((v) => [v.lat, v.lon]);
   if (!pts.length) return;
-  if (pts.length === 1) { map.setView(pts[0], 12); return; }
-  map.fitBounds(L.latLngBounds(pts), { padding: [40, 40], maxZoom: 15, animate: false });
+  if (pts.length === 1) { viewTo(pts[0], 12); return; }
+  afterZoom(() => map.fitBounds(L.latLngBounds(pts), { padding: [40, 40], maxZoom: 15, animate: false }));
 }
+
+// afterZoom runs fn now, or when a zoom animation under way has ended: a view set during one is
+// undone by its end (Leaflet moves to the animation's target then).
+function afterZoom(fn) {
+  if (map._animatingZoom) map.once('zoomend', fn); else fn();
+}
+function viewTo(latlng, zoom, options) { afterZoom(() => map.setView(latlng, zoom, options)); }
 
 // ---- fleets ----
 function addFleet(f) {
@@ -240,8 +248,8 @@ function select(id) {
 function centreOn(id, smooth) {
   const e = layer.vehicles.get(id);
   if (!e || e.lat === undefined) return;
-  if (smooth) map.panTo([e.lat, e.lon], { animate: !reducedMotion, duration: 0.5 });
-  else map.setView([e.lat, e.lon], Math.max(map.getZoom(), 12));
+  if (smooth) afterZoom(() => map.panTo([e.lat, e.lon], { animate: !reducedMotion, duration: 0.5 }));
+  else viewTo([e.lat, e.lon], Math.max(map.getZoom(), 12));
 }
 function setFollow(on) {
   following = on && !!selected;
@@ -392,7 +400,7 @@ window.droverMap = {
       hello: hello ? { client: hello.client, fleets: hello.fleets } : null,
     };
   },
-  setView(lat, lon, zoom) { fitted = true; fitOnSnapshot = false; map.setView([lat, lon], zoom, { animate: false }); },
+  setView(lat, lon, zoom) { fitted = true; fitOnSnapshot = false; viewTo([lat, lon], zoom, { animate: false }); },
   select,
   follow(on) { setFollow(on); },
   /** receive handles a live API message as if it came over the WebSocket (tests, tools). */
