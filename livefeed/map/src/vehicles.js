@@ -28,9 +28,9 @@ const CLUSTER_RADIUS = 44;
 const CLUSTER_MIN = 4;
 const CLUSTER_MAX_ZOOM = 15;
 // The index is rebuilt at most every INDEX_MIN_MS, and never more often than it takes
-// INDEX_BUDGET times its own build time (so a slow laptop spends at most ~1/8 of a core on it).
+// INDEX_BUDGET times its own build time (so a slow laptop spends at most ~1/16 of a core on it).
 const INDEX_MIN_MS = 250;
-const INDEX_BUDGET = 8;
+const INDEX_BUDGET = 16;
 // While vehicles glide, at most one frame per FRAME_MS: a screen watched all day should not heat
 // the room.
 const FRAME_MS = 32;
@@ -38,7 +38,10 @@ const FRAME_MS = 32;
 // LABELS_MAX of them.
 const LABEL_ZOOM = 11;
 const LABELS_FEW = 40;
-const LABELS_MAX = 300;
+const LABELS_MAX = 150;
+// Markers are drawn from sprites: one per kind, colour and heading (in HEADING_STEP degrees).
+const HEADING_STEP = 5;
+const SPRITES_MAX = 3000;
 
 const ease = (t) => 1 - Math.pow(1 - t, 3);
 
@@ -63,10 +66,12 @@ export const VehicleLayer = L.Renderer.extend({
     this.points = []; // entries drawn alone
     this.pointIds = new Set();
     this.queryDirty = true;
+    this.dirty = true; // something on screen changed since the last frame
     this.framePending = false;
     this.lastFrame = 0;
     this.animating = false;
     this.frameHook = null; // perf: called with the time a frame took
+    this.sprites = new Map();
   },
 
   // ---- Leaflet Renderer ----
@@ -106,9 +111,11 @@ export const VehicleLayer = L.Renderer.extend({
     }
     if (v.lat !== undefined && v.lon !== undefined) {
       if (e.lat !== v.lat || e.lon !== v.lon) {
-        if (animate && e.lat !== undefined && !this.options.reducedMotion) {
+        if (animate && e.lat !== undefined && !this.options.reducedMotion && this.visibleMove(e, v)) {
           const p = this.position(e, now);
           e.fromLat = p[0]; e.fromLon = p[1]; e.t0 = now;
+        } else {
+          e.t0 = 0;
         }
         e.lat = v.lat; e.lon = v.lon;
         this.indexDirty = true;
@@ -116,11 +123,24 @@ export const VehicleLayer = L.Renderer.extend({
     }
     if (e.v.fleet !== v.fleet) this.indexDirty = true;
     e.v = v;
+    // A vehicle drawn alone changes the picture now; one inside a cluster or off screen only
+    // when the index is next rebuilt.
+    if (this.pointIds.has(v.id)) this.dirty = true;
     this.requestFrame();
+  },
+
+  // visibleMove reports whether moving e to v's position moves its marker by a pixel or more
+  // at this zoom: a glide below that costs frames and shows nothing.
+  visibleMove(e, v) {
+    if (!this._map) return false;
+    const pxPerDeg = 256 * Math.pow(2, this._map.getZoom()) / 360;
+    const dx = (v.lon - e.lon) * pxPerDeg;
+    const dy = (v.lat - e.lat) * pxPerDeg / Math.max(0.05, Math.cos(v.lat * Math.PI / 180));
+    return dx * dx + dy * dy >= 1;
   },
   /** remove forgets a vehicle. */
   remove(id) {
-    if (this.vehicles.delete(id)) { this.indexDirty = true; this.requestFrame(); }
+    if (this.vehicles.delete(id)) { this.indexDirty = true; this.dirty = true; this.requestFrame(); }
   },
   /** replace keeps only the vehicles of list (a snapshot), gliding those already shown. */
   replace(list, now) {
@@ -128,12 +148,13 @@ export const VehicleLayer = L.Renderer.extend({
     for (const id of this.vehicles.keys()) if (!keep.has(id)) this.vehicles.delete(id);
     for (const v of list) this.upsert(v, now, true);
     this.indexDirty = true;
+    this.dirty = true;
     this.requestFrame();
   },
   /** alertsChanged redraws after a vehicle's alert state changed. */
-  alertsChanged() { this.indexDirty = true; this.requestFrame(); },
-  setSelected(id) { this.selected = id; this.indexDirty = true; this.requestFrame(); },
-  setColourByFleet(on) { this.colourByFleet = on; this.requestFrame(); },
+  alertsChanged() { this.indexDirty = true; this.dirty = true; this.requestFrame(); },
+  setSelected(id) { this.selected = id; this.indexDirty = true; this.dirty = true; this.requestFrame(); },
+  setColourByFleet(on) { this.colourByFleet = on; this.dirty = true; this.requestFrame(); },
 
   /** position returns where e is drawn at time now: on its way to its newest position. */
   position(e, now) {
@@ -157,8 +178,13 @@ export const VehicleLayer = L.Renderer.extend({
     const now = performance.now();
     if (this._map._animatingZoom) { this.requestFrame(); return; }
     if (this.animating && now - this.lastFrame < FRAME_MS) { this.requestFrame(); return; }
-    this.lastFrame = now;
-    this.draw(now);
+    const indexDue = this.indexDirty && now - this.indexAt >= Math.max(INDEX_MIN_MS, INDEX_BUDGET * this.indexMs);
+    // Nothing on screen changed (updates of clustered or far vehicles, the index not yet due):
+    // no frame. A full-screen canvas is costly to composite without a GPU.
+    if (this.dirty || this.animating || indexDue || this.queryDirty) {
+      this.lastFrame = now;
+      this.draw(now);
+    }
     if (this.animating) this.requestFrame();
     else if (this.indexDirty) {
       // Vehicles moved but the index was rebuilt too recently: draw again when it is due.
@@ -235,7 +261,7 @@ export const VehicleLayer = L.Renderer.extend({
     const r = many ? 5 : 7;
     for (const c of this.clusters) {
       const p = map.latLngToLayerPoint([c.lat, c.lon]);
-      c.lx = p.x; c.ly = p.y; c.r = 11 + Math.min(10, Math.log2(c.count) * 2);
+      c.lx = p.x; c.ly = p.y; c.r = Math.round(11 + Math.min(10, Math.log2(c.count) * 2));
       this.drawCluster(ctx, c);
     }
     this.animating = false;
@@ -251,18 +277,16 @@ export const VehicleLayer = L.Renderer.extend({
     const sel = this.selected && this.vehicles.get(this.selected);
     if (sel && this.pointIds.has(sel.v.id)) this.drawMarker(ctx, sel, r, wall);
     if (zoom >= LABEL_ZOOM || this.points.length <= LABELS_FEW) this.drawLabels(ctx, r);
+    this.dirty = false;
     const took = performance.now() - t0;
     if (this.frameHook) this.frameHook(took);
   },
 
   drawCluster(ctx, c) {
     ctx.save();
-    ctx.shadowColor = 'rgba(20,35,55,.35)'; ctx.shadowBlur = 4; ctx.shadowOffsetY = 1;
-    ctx.beginPath(); ctx.arc(c.lx, c.ly, c.r, 0, 2 * Math.PI);
-    ctx.fillStyle = c.fleet && this.colourByFleet ? this.options.colour({ fleet: c.fleet }) : '#3a4a5c';
-    ctx.fill();
-    ctx.shadowColor = 'transparent';
-    ctx.lineWidth = 3; ctx.strokeStyle = 'rgba(255,255,255,.85)'; ctx.stroke();
+    const col = c.fleet && this.colourByFleet ? this.options.colour({ fleet: c.fleet }) : '#3a4a5c';
+    const sp = this.clusterSprite(col, c.r);
+    ctx.drawImage(sp.canvas, c.lx - sp.size / 2, c.ly - sp.size / 2, sp.size, sp.size);
     ctx.fillStyle = '#ffffff'; ctx.font = '600 12px system-ui, "DejaVu Sans", sans-serif';
     ctx.textAlign = 'center'; ctx.textBaseline = 'middle';
     ctx.fillText(String(c.count), c.lx, c.ly + 0.5);
@@ -276,13 +300,33 @@ export const VehicleLayer = L.Renderer.extend({
     ctx.restore();
   },
 
+  // clusterSprite is a cluster's disc of a colour and radius, drawn once (see sprite).
+  clusterSprite(col, r) {
+    const key = 'cluster' + col + '/' + r;
+    let sp = this.sprites.get(key);
+    if (sp) return sp;
+    const dpr = window.devicePixelRatio || 1;
+    const size = Math.ceil(2 * r + 12);
+    const canvas = document.createElement('canvas');
+    canvas.width = canvas.height = Math.ceil(size * dpr);
+    const g = canvas.getContext('2d');
+    g.setTransform(dpr, 0, 0, dpr, size * dpr / 2, size * dpr / 2);
+    g.shadowColor = 'rgba(20,35,55,.35)'; g.shadowBlur = 4; g.shadowOffsetY = 1;
+    g.beginPath(); g.arc(0, 0, r, 0, 2 * Math.PI);
+    g.fillStyle = col; g.fill();
+    g.shadowColor = 'transparent';
+    g.lineWidth = 3; g.strokeStyle = 'rgba(255,255,255,.85)'; g.stroke();
+    sp = { canvas, size };
+    this.sprites.set(key, sp);
+    return sp;
+  },
+
   drawMarker(ctx, e, r, wall) {
     const v = e.v, x = e.lx, y = e.ly;
     const stale = wall - (v.recv_ms || v.time_ms) > STALE_MS;
     const moving = v.heading_deg !== undefined && (v.speed_kmh === undefined || v.speed_kmh > 1);
     const col = stale ? '#9aa6b2' : this.options.colour(v);
     const sev = this.options.severity ? this.options.severity(v.id) : '';
-    ctx.save();
     if (v.id === this.selected) {
       ctx.beginPath(); ctx.arc(x, y, r + 6, 0, 2 * Math.PI);
       ctx.fillStyle = 'rgba(37,99,201,.18)'; ctx.fill();
@@ -294,28 +338,50 @@ export const VehicleLayer = L.Renderer.extend({
       ctx.fillStyle = SEV_COLOURS[sev] + '33'; ctx.fill();
       ctx.lineWidth = 3; ctx.strokeStyle = SEV_COLOURS[sev]; ctx.stroke();
     }
-    const off = v.ignition === false;
-    ctx.shadowColor = 'rgba(20,35,55,.35)'; ctx.shadowBlur = 3; ctx.shadowOffsetY = 1;
-    ctx.beginPath();
-    if (moving && !off) {
+    const kind = v.ignition === false ? 'off' : moving ? 'arrow' : 'disc';
+    const bucket = kind === 'arrow' ? Math.round(((v.heading_deg % 360) + 360) % 360 / HEADING_STEP) % (360 / HEADING_STEP) : 0;
+    const sp = this.sprite(kind, col, bucket, r);
+    ctx.drawImage(sp.canvas, x - sp.size / 2, y - sp.size / 2, sp.size, sp.size);
+  },
+
+  // sprite returns the marker of a kind, colour, heading (in HEADING_STEP buckets) and size,
+  // drawn once on a small canvas: a frame then copies it (drawImage) instead of drawing a
+  // shadowed path per vehicle, which is what costs on a laptop without a GPU.
+  sprite(kind, col, bucket, r) {
+    const key = kind + col + bucket + '/' + r;
+    let sp = this.sprites.get(key);
+    if (sp) return sp;
+    if (this.sprites.size > SPRITES_MAX) this.sprites.clear();
+    const dpr = window.devicePixelRatio || 1;
+    const size = Math.ceil(r * 3.4 + 10);
+    const canvas = document.createElement('canvas');
+    canvas.width = canvas.height = Math.ceil(size * dpr);
+    const g = canvas.getContext('2d');
+    g.setTransform(dpr, 0, 0, dpr, size * dpr / 2, size * dpr / 2);
+    g.shadowColor = 'rgba(20,35,55,.35)'; g.shadowBlur = 3; g.shadowOffsetY = 1;
+    g.beginPath();
+    if (kind === 'arrow') {
       // A navigation arrow pointing where the vehicle heads.
-      const a = v.heading_deg * Math.PI / 180, c = Math.cos(a), s = Math.sin(a);
+      const a = bucket * HEADING_STEP * Math.PI / 180, c = Math.cos(a), s = Math.sin(a);
       const pts = [[0, -1.55], [1.1, 1.1], [0, 0.5], [-1.1, 1.1]];
       pts.forEach((p, i) => {
-        const px = x + (p[0] * c - p[1] * s) * r, py = y + (p[0] * s + p[1] * c) * r;
-        if (i === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+        const px = (p[0] * c - p[1] * s) * r, py = (p[0] * s + p[1] * c) * r;
+        if (i === 0) g.moveTo(px, py); else g.lineTo(px, py);
       });
-      ctx.closePath();
+      g.closePath();
     } else {
-      ctx.arc(x, y, r * 0.9, 0, 2 * Math.PI);
+      g.arc(0, 0, r * 0.9, 0, 2 * Math.PI);
     }
-    ctx.lineJoin = 'round';
-    ctx.fillStyle = off ? '#ffffff' : col;
-    ctx.fill();
-    ctx.shadowColor = 'transparent';
-    if (off) { ctx.lineWidth = 2.5; ctx.strokeStyle = col; } else { ctx.lineWidth = 1.5; ctx.strokeStyle = '#ffffff'; }
-    ctx.stroke();
-    ctx.restore();
+    g.lineJoin = 'round';
+    g.fillStyle = kind === 'off' ? '#ffffff' : col;
+    g.fill();
+    g.shadowColor = 'transparent';
+    // Engine off: a ring in the vehicle's colour.
+    if (kind === 'off') { g.lineWidth = 2.5; g.strokeStyle = col; } else { g.lineWidth = 1.5; g.strokeStyle = '#ffffff'; }
+    g.stroke();
+    sp = { canvas, size };
+    this.sprites.set(key, sp);
+    return sp;
   },
 
   // drawLabels writes vehicle ids beside their markers where they overlap nothing already drawn;
@@ -328,7 +394,8 @@ export const VehicleLayer = L.Renderer.extend({
     ctx.fillStyle = '#1d2733'; ctx.strokeStyle = 'rgba(255,255,255,.85)'; ctx.lineWidth = 3; ctx.lineJoin = 'round';
     for (let i = list.length - 1; i >= 0; i--) {
       const e = list[i];
-      const w = ctx.measureText(e.v.id).width, x0 = e.lx + r + 6, y0 = e.ly - 7;
+      if (e.labelW === undefined) e.labelW = ctx.measureText(e.v.id).width;
+      const w = e.labelW, x0 = e.lx + r + 6, y0 = e.ly - 7;
       const bx = [x0 - 1, y0, x0 + w + 1, y0 + 14];
       if (boxes.some((o) => bx[0] < o[2] && bx[2] > o[0] && bx[1] < o[3] && bx[3] > o[1])) continue;
       boxes.push(bx);
