@@ -122,7 +122,8 @@ func (f *perfFleet) run(ctx context.Context) {
 // zoom 11: a few hundred vehicles drawn one by one, gliding). It is a
 // measurement, not a test: nothing is asserted but that the page keeps up.
 //
-//	go test -run '^$' -bench BenchmarkLiveMapFrames -benchtime 1x -timeout 30m ./internal/browsertest/
+//	make map && cd internal/browsertest &&
+//	  go test -run '^$' -bench BenchmarkLiveMapFrames -benchtime 1x -timeout 30m .
 //
 // DROVER_MAP_BENCH_DURATION (default 30s) is how long each case measures,
 // after a 5 s warm-up. Run it alone on the machine: Chromium, the livefeed
