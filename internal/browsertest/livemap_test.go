@@ -262,9 +262,19 @@ func TestBrowserLiveMap(t *testing.T) {
 			t.Errorf("panel values %q lack %q", values, want)
 		}
 	}
-	status := b.text("statustext")
-	if !strings.Contains(status, "Connected") || !strings.Contains(status, fmt.Sprintf("%d vehicles shown", n)) {
-		t.Errorf("status line %q", status)
+	// The status line follows within a second (it is redrawn at most every 250 ms on news, and
+	// every second).
+	var status string
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		status = b.text("statustext")
+		ok := strings.Contains(status, "Connected") && strings.Contains(status, fmt.Sprintf("%d vehicles shown", n))
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("status line %q, want connected with %d vehicles shown", status, n)
+			break
+		}
 	}
 	time.Sleep(700 * time.Millisecond) // markers settle, for the picture
 	_, png := b.screenshot()

@@ -88,8 +88,11 @@ loadConfig().then((cfg) => {
 // load leaves the basemap showing through.
 function addTiles(t) {
   tilesState = 'loading';
+  // Past the provider's highest zoom, its tiles are scaled up rather than asked for.
+  const maxZoom = Math.max(18, t.max_zoom || 0);
+  map.setMaxZoom(maxZoom);
   const tl = L.tileLayer(t.url, {
-    maxZoom: t.max_zoom || 18, subdomains: t.subdomains || 'abc', referrerPolicy: 'strict-origin',
+    maxZoom, maxNativeZoom: t.max_zoom || 18, subdomains: t.subdomains || 'abc', referrerPolicy: 'strict-origin',
     // Leaflet reads attributions as HTML: an operator's text is shown as text.
     attribution: escapeHTML(t.attribution || new URL(t.url.replace(/\{[^}]*\}/g, 'x')).host),
   });
@@ -112,7 +115,7 @@ function bbox() {
 }
 
 map.on('moveend', () => { if (!devices.length) feed.subscribeSoon(); });
-map.on('dragstart', () => setFollow(false));
+map.on('dragstart', () => { setFollow(false); fitOnSnapshot = false; });
 map.on('click', (ev) => {
   const hit = layer.pick(ev.containerPoint);
   if (hit && hit.vehicle) select(hit.vehicle);
@@ -151,6 +154,7 @@ function onMessage(m) {
       for (const id of m.removed || []) { layer.remove(id); fleetsDirty = true; }
       if (fleetsDirty) fleetsChanged();
       if (sel) { updatePanel(); if (following) centreOn(selected, true); }
+      if (fitOnSnapshot && m.vehicles && m.vehicles.length) fitSoon();
       break;
     }
     case 'alert':
@@ -163,6 +167,19 @@ function onMessage(m) {
       break;
   }
   updateStatusSoon();
+}
+
+// fitSoon fits the view to the vehicles a second after the first ones arrive in updates: the
+// first snapshot was empty (the map opened before the fleet reported), and the fleet comes in
+// over a moment.
+let fitTimer = 0;
+function fitSoon() {
+  if (fitTimer) return;
+  fitTimer = setTimeout(() => {
+    if (!fitOnSnapshot) return;
+    fitOnSnapshot = false; fitted = true;
+    fitTo(Array.from(layer.vehicles.values(), (e) => e.v));
+  }, 1000);
 }
 
 function fitTo(list) {
