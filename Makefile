@@ -1,6 +1,8 @@
 # drover: build, test and run the one binary.
 #
 #   make build   bin/drover, stamped with git describe and the commit
+#   make image   the container image (Containerfile), built here with podman (ENGINE=docker
+#                for Docker): localhost/drover:$(VERSION) and :latest
 #   make test        vet, gofmt check, race tests of every package, short fuzz
 #                    runs, the crash tests and a 2-minute chaos run (what CI runs)
 #   make test-crash  only the kill -9 tests
@@ -35,17 +37,22 @@ GOFILES = $(shell find . \( -name '.?*' -o -path ./bin -o -path ./data -o -name 
 # run them one by one.
 NESTED_MODULES := bench/natspeer internal/bench/benchreport internal/browsertest
 
-.PHONY: all build test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet tidy run clean
+.PHONY: all build image test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet tidy run clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/drover
 
+# The container image: a static binary FROM scratch, non-root (scripts/build-image.sh says how;
+# docs/deploy.md what is in it). ENGINE, IMAGE, VERSION and COMMIT pass through the environment.
+image:
+	VERSION=$(VERSION) COMMIT=$(COMMIT) scripts/build-image.sh
+
 # The real dependencies tests start (InfluxDB, Azurite, PostgreSQL, ...); each script is
 # idempotent and cached under .tools/.
 tools:
-	@for s in scripts/install-influxd.sh scripts/install-azurite.sh scripts/install-chromium.sh scripts/install-pyzmq.sh scripts/install-postgres.sh; do \
+	@for s in scripts/install-influxd.sh scripts/install-azurite.sh scripts/install-chromium.sh scripts/install-pyzmq.sh scripts/install-postgres.sh scripts/install-podman.sh; do \
 		if [[ -x $$s ]]; then $$s; fi; \
 	done
 
