@@ -35,7 +35,7 @@ GOFILES = $(shell find . \( -name '.?*' -o -path ./bin -o -path ./data -o -name 
 # plotting library, the browser driver) stays out of drover's go.mod and out of
 # what a user's go get pulls in. ./... does not reach them: vet and test-unit
 # run them one by one.
-NESTED_MODULES := bench/natspeer internal/bench/benchreport internal/browsertest
+NESTED_MODULES := bench/natspeer internal/bench/benchreport internal/browsertest internal/k8stest
 
 .PHONY: all build image test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet tidy run clean
 
