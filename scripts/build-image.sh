@@ -66,7 +66,11 @@ tar "${tarflags[@]}" --owner=65532 --group=65532 --no-recursion -C "$tree" -rf "
 rm -rf "$tree"
 
 latest="${IMAGE%:*}:latest"
-"$ENGINE" build --quiet \
+layers=()
+if [[ "$(basename "$ENGINE")" == podman ]]; then
+	layers=(--layers=false) # no intermediate images left behind
+fi
+"$ENGINE" build --quiet "${layers[@]}" \
 	--build-arg "VERSION=$VERSION" --build-arg "COMMIT=$COMMIT" --build-arg "CREATED=$CREATED" \
 	-t "$IMAGE" -t "$latest" -f "$root/Containerfile" "$ctx" >/dev/null
 

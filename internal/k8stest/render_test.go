@@ -77,7 +77,7 @@ func newObject(kind string) runtime.Object {
 // repoRoot is drover's repository root.
 func repoRoot(t testing.TB) string {
 	t.Helper()
-	root, err := testenv.RepoRoot()
+	root, err := testenv.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

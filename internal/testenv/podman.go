@@ -1,10 +1,8 @@
 package testenv
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,7 +33,7 @@ type Podman struct {
 // and is skipped otherwise, saying how to install it.
 func FindPodman(t testing.TB) *Podman {
 	t.Helper()
-	root, err := RepoRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		t.Fatalf("testenv: podman: %v", err)
 	}
@@ -126,54 +124,6 @@ func imageTag(image string) string {
 		return image[i+1:]
 	}
 	return "latest"
-}
-
-var repoRoot struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
-// RepoRoot returns the root of drover's repository: the directory above
-// the working directory whose go.mod declares module
-// github.com/drover-telemetry/drover (nested modules, such as
-// internal/k8stest, have go.mod files of their own).
-func RepoRoot() (string, error) {
-	repoRoot.once.Do(func() {
-		dir, err := os.Getwd()
-		if err != nil {
-			repoRoot.err = err
-			return
-		}
-		for {
-			if isDroverModule(filepath.Join(dir, "go.mod")) {
-				repoRoot.dir = dir
-				return
-			}
-			parent := filepath.Dir(dir)
-			if parent == dir {
-				repoRoot.err = errors.New("no go.mod of module github.com/drover-telemetry/drover above the working directory")
-				return
-			}
-			dir = parent
-		}
-	})
-	return repoRoot.dir, repoRoot.err
-}
-
-func isDroverModule(gomod string) bool {
-	f, err := os.Open(gomod)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if line := strings.TrimSpace(s.Text()); strings.HasPrefix(line, "module ") {
-			return strings.TrimSpace(strings.TrimPrefix(line, "module ")) == "github.com/drover-telemetry/drover"
-		}
-	}
-	return false
 }
 
 var toolSkipNotice sync.Map // message → struct{}
