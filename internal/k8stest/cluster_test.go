@@ -49,15 +49,15 @@ type cluster struct {
 	r       *rendered
 	net     string
 	gateway string
-	image   string // drover image tag pods are played with
+	image   string            // drover image tag pods are played with
 	secrets map[string]string // Secret name → host directory
 	dir     string
 
 	mu      sync.Mutex
 	pods    map[string]*pod // by name
 	volumes map[string]bool // named volumes played pods used
-	log  []string        // what the runner did, with times
-	t0   time.Time
+	log     []string        // what the runner did, with times
+	t0      time.Time
 }
 
 // pod is one played pod.
