@@ -2,6 +2,7 @@ package capacity
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 )
@@ -74,5 +75,28 @@ func TestReport(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q", want)
 		}
+	}
+}
+
+// TestDocument: docs/capacity.md shows the plans the model computes now
+// (regenerate with go run ./scripts/capacity when a figure changes).
+func TestDocument(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/capacity.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "<!-- capacity:begin -->\n")
+	shown, _, ok2 := strings.Cut(rest, "<!-- capacity:end -->")
+	if !ok || !ok2 {
+		t.Fatal("docs/capacity.md has no <!-- capacity:begin --> ... <!-- capacity:end --> section")
+	}
+	var plans []Plan
+	for _, s := range Scenarios() {
+		plans = append(plans, Compute(s, Measured(), DefaultPolicy()))
+	}
+	var b bytes.Buffer
+	WriteMarkdown(&b, plans, Measured(), DefaultPolicy())
+	if shown != b.String() {
+		t.Errorf("docs/capacity.md shows other plans than the model computes: paste the output of go run ./scripts/capacity between its markers")
 	}
 }
