@@ -10,6 +10,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
 )
@@ -22,8 +23,13 @@ type Config struct {
 	// survive restarts (a volume in Kubernetes).
 	QueueDir string
 	// Routers are the ZeroMQ endpoints of every router, each one connected
-	// with its own DEALER.
+	// with its own DEALER. A dns+tcp://name:port entry stands for every
+	// address the name resolves to, followed while the frontend runs
+	// (internal/endpoints; in Kubernetes, the routers' headless Service).
 	Routers []string
+	// Resolve says how often, and through which DNS server, dns+tcp://
+	// entries of Routers are looked up.
+	Resolve endpoints.Config
 	// ID identifies this frontend to the routers. It must be unique among
 	// frontends and stable across restarts, so that a router recognises the
 	// frontend's resent batches.
@@ -119,6 +125,7 @@ func DefaultConfig() Config {
 		Listen:              ":8080",
 		QueueDir:            "data/frontend",
 		Routers:             []string{"tcp://127.0.0.1:5555"},
+		Resolve:             endpoints.DefaultConfig(),
 		ID:                  daemon.DefaultID("frontend"),
 		DrainLinger:         forward.DefaultLinger,
 		Registry:            "registry.json",
@@ -149,7 +156,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.QueueDir, "queue-dir", c.QueueDir,
 		"`directory` of the durable queue; must survive restarts")
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
-		"comma-separated ZeroMQ `endpoints` of every router (tcp://host:port); one connection each")
+		"comma-separated ZeroMQ `endpoints` of every router (tcp://host:port), one connection each; dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
+	c.Resolve.RegisterFlags(fs, "-routers")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this frontend towards the routers, unique and stable across restarts; the host name unless set")
 	fs.DurationVar(&c.DrainLinger, "drain-linger", c.DrainLinger,
@@ -207,6 +215,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
 	}
 	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Resolve.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := daemon.ValidateID(c.ID); err != nil {

@@ -71,6 +71,9 @@ type Frontend struct {
 	started atomic.Bool
 	ready   atomic.Pointer[error]
 	addr    atomic.Pointer[net.Addr]
+	// routers says whether a router has answered since the start (see
+	// upstreamReady).
+	routers routerWatch
 
 	// Set by Run before the server starts; read-only afterwards.
 	q         *queue.Queue
@@ -166,10 +169,14 @@ func (f *Frontend) Addr() net.Addr {
 }
 
 // Ready reports whether the frontend accepts and acks readings: nil once its
-// queue is open, its registry loaded and its server listening, an error
-// saying why not otherwise. It is cheap and never blocks, for /readyz.
+// queue is open, its registry loaded, its server listening and a router
+// has answered its drainer since the start (upstreamReady), an error saying
+// why not otherwise. It is cheap and never blocks, for /readyz.
 func (f *Frontend) Ready() error {
-	return *f.ready.Load()
+	if err := *f.ready.Load(); err != nil {
+		return err
+	}
+	return f.routers.ready()
 }
 
 func (f *Frontend) setReady(err error) { f.ready.Store(&err) }
@@ -217,6 +224,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 	addr := ln.Addr()
 	f.addr.Store(&addr)
+	f.routers.watch(dr)
 	appendCtx, forceStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer forceStop()
 	f.q, f.store, f.appendCtx = q, store, appendCtx

@@ -11,6 +11,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 )
 
 // Config is a livefeed's configuration. Start from [DefaultConfig].
@@ -18,10 +19,15 @@ type Config struct {
 	// Listen is the address of the client WebSocket and live map server,
 	// host:port.
 	Listen string
-	// Routers are the live. lane endpoints of every router.
+	// Routers are the live. lane endpoints of every router. A
+	// dns+tcp://name:port entry stands for every address the name resolves
+	// to, followed while the livefeed runs (internal/endpoints).
 	Routers []string
+	// Resolve says how often, and through which DNS server, dns+tcp://
+	// entries of Routers are looked up.
+	Resolve endpoints.Config
 	// ID names this livefeed in logs and in the ZeroMQ identities of its
-	// subscriptions (ID.0, ID.1, ... one per router endpoint).
+	// subscriptions (ID.0, ID.1, ... one per router subscription).
 	ID string
 
 	// Clients is the path of the clients file: the SHA-256 hashes of client
@@ -92,6 +98,7 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:  ":8081",
 		Routers: []string{"tcp://127.0.0.1:5556"},
+		Resolve: endpoints.DefaultConfig(),
 		ID:      daemon.DefaultID("livefeed"),
 
 		MaxClients:          10000,
@@ -116,7 +123,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", c.Listen,
 		"`address` (host:port) of the WebSocket API and live map page clients connect to")
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
-		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port)")
+		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port); dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
+	c.Resolve.RegisterFlags(fs, "-routers")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
 	fs.StringVar(&c.Clients, "clients", c.Clients,
@@ -164,6 +172,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
 	}
 	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Resolve.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := daemon.ValidateID(c.ID); err != nil {

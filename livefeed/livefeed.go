@@ -21,6 +21,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 )
 
 // LivePath is the URL path of the client WebSocket API.
@@ -46,13 +47,21 @@ type Feed struct {
 	m      *metrics
 	store  *store
 	sec    *clusterlink.Security
+	watch  *endpoints.Watcher
+
+	// subs are the router subscriptions, by endpoint (see setRouters).
+	subsMu  sync.Mutex
+	subs    map[string]*routerSub
+	subsN   int // subscriptions made, for their ZeroMQ identities
+	subsCtx context.Context
+	subsWG  sync.WaitGroup
 
 	upgrader websocket.Upgrader
 
 	started    atomic.Bool
 	state      atomic.Pointer[error] // errStarting, nil while serving, errStopping
 	addr       atomic.Pointer[net.Addr]
-	subscribed atomic.Int32 // router endpoints subscribed to at least once
+	subscribed atomic.Int32 // listed router endpoints subscribed to at least once
 	auth       atomic.Pointer[authStore]
 
 	// Failed authentications per client address.
@@ -98,17 +107,24 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 	if err != nil {
 		return nil, fmt.Errorf("livefeed: %w", err)
 	}
-	for _, ep := range cfg.Routers {
+	for _, ep := range endpoints.Static(cfg.Routers) {
 		if _, err := sec.Endpoint(clusterlink.LinkLive, ep); err != nil {
 			sec.Close()
 			return nil, fmt.Errorf("livefeed: routers: %w", err)
 		}
+	}
+	watch, err := endpoints.NewWatcher(cfg.Routers, cfg.Resolve, "livefeed", logger, reg)
+	if err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("livefeed: routers: %w", err)
 	}
 	f := &Feed{
 		cfg:         cfg.clone(),
 		logger:      logger,
 		reg:         reg,
 		sec:         sec,
+		watch:       watch,
+		subs:        make(map[string]*routerSub),
 		m:           m,
 		store:       newStore(),
 		clientsPoll: 2 * time.Second,
@@ -217,9 +233,9 @@ func (f *Feed) Run(ctx context.Context) error {
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBg()
 	var bg sync.WaitGroup
-	for i, ep := range f.cfg.Routers {
-		bg.Go(func() { f.subscribeRouter(bgCtx, i, ep) })
-	}
+	f.subsCtx = bgCtx
+	f.setRouters(f.watch.Current())
+	bg.Go(func() { f.watch.Run(bgCtx, f.setRouters) })
 	bg.Go(func() { auth.run(bgCtx) })
 	if f.cfg.VehicleTTL > 0 {
 		bg.Go(func() { f.expireLoop(bgCtx) })
@@ -263,6 +279,7 @@ func (f *Feed) Run(ctx context.Context) error {
 	f.logger.Info("livefeed: client connections closed", "clients", n, "took", time.Since(start))
 	stopBg()
 	bg.Wait()
+	f.subsWG.Wait()
 	f.logger.Info("livefeed: stopped", "took", time.Since(start))
 	return runErr
 }

@@ -167,11 +167,11 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	// On a laptop, a missing InfluxDB database is created.
 	sw := storagewriter.DefaultConfig()
 	sw.Influx.CreateDatabase = true
-	registerPrefixed(fs, "storage-writer.", sw.RegisterFlags, append(slices.Clone(allLinkFlags), allWiredWriterFlags...)...)
+	registerPrefixed(fs, "storage-writer.", sw.RegisterFlags, slices.Concat(allLinkFlags, allWiredWriterFlags, allResolveFlags)...)
 	// The short forms all had before it exposed every writer flag.
 	fs.Var(fs.Lookup("storage-writer.influx-url").Value, "influx-url", "InfluxDB `URL` for the influx sink: short for -storage-writer.influx-url")
 	fs.Var(fs.Lookup("storage-writer.influx-database").Value, "influx-database", "InfluxDB `database` for the influx sink: short for -storage-writer.influx-database")
-	links := allLinkFlags // all makes its own key
+	links := slices.Concat(allLinkFlags, allResolveFlags) // all makes its own key and wires its own endpoints
 	fe := frontend.DefaultConfig()
 	registerPrefixed(fs, "frontend.", fe.RegisterFlags, append(links, "queue-dir", "routers", "registry")...)
 	rt := router.DefaultConfig()
@@ -318,6 +318,10 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 var allLinkFlags = []string{"cluster-key-file", "insecure-links"}
 
 var allWiredWriterFlags = []string{"routers", "sink", "name", "queue-dir", "lake-dir"}
+
+// allResolveFlags say how dns+tcp:// router endpoints are followed: all
+// connects its components to its one router on loopback.
+var allResolveFlags = []string{"resolve-interval", "dns-server"}
 
 // loopbackEndpoint turns an endpoint that is bound on every interface
 // (tcp://*:5555) into one to connect to on loopback (tcp://127.0.0.1:5555).
