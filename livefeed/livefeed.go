@@ -186,6 +186,14 @@ func (f *Feed) Run(ctx context.Context) error {
 	auth.interval = f.clientsPoll
 	auth.onChange = f.credentialsChanged
 	f.auth.Store(auth)
+	var tokens *tokenFollower
+	if f.cfg.API.Enabled() {
+		if tokens, err = newTokenFollower(f.cfg.API, f.cfg.TokensCache, auth, f.logger, f.reg); err != nil {
+			f.setState(fmt.Errorf("livefeed: control plane: %w", err))
+			return fmt.Errorf("livefeed: control plane: %w", err)
+		}
+		tokens.loadCache()
+	}
 
 	ln, err := net.Listen("tcp", f.cfg.Listen)
 	if err != nil {
@@ -221,6 +229,9 @@ func (f *Feed) Run(ctx context.Context) error {
 		bg.Go(func() { f.subscribeRouter(bgCtx, i, ep) })
 	}
 	bg.Go(func() { auth.run(bgCtx) })
+	if tokens != nil {
+		bg.Go(func() { tokens.run(bgCtx, f.cfg.NotBefore) })
+	}
 	if f.cfg.VehicleTTL > 0 {
 		bg.Go(func() { f.expireLoop(bgCtx) })
 	}
@@ -235,7 +246,7 @@ func (f *Feed) Run(ctx context.Context) error {
 		// that a laptop run is usable and never open.
 		f.logger.Warn("livefeed: -dev: no clients file and no dev token, so made up a dev token that sees every fleet; "+
 			"open the map with it", "map", url+"?token="+devToken)
-	case devToken == "" && f.cfg.Clients == "":
+	case devToken == "" && f.cfg.Clients == "" && !f.cfg.API.Enabled():
 		f.logger.Warn("livefeed: no -clients file and no dev token: every client is refused; give -clients FILE " +
 			"(docs/live-api.md), or -dev on a laptop")
 	}
