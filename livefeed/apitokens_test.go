@@ -121,11 +121,11 @@ func TestAPITokens(t *testing.T) {
 		cp.call("POST", "/v1/devices", map[string]any{"id": d.id, "fleet": d.fleet}, nil)
 	}
 	pub := newPublisher(t, "r0")
-	cache := filepath.Join(t.TempDir(), "tokens.cache")
+	cacheDir := t.TempDir()
 	mutate := func(c *Config) {
 		c.DevToken = ""
 		c.API = apiclient.Config{URL: cp.url, KeyFile: filepath.Join(dir, "follower-key")}
-		c.TokensCache = cache
+		c.CacheDir = cacheDir
 	}
 	rf := startFeed(t, mutate, pub)
 
@@ -197,4 +197,55 @@ func (rf *running) apiTokens() float64 {
 		}
 	}
 	return -1
+}
+
+// TestRetiredDevicesLeaveTheMap: following the registry, the livefeed
+// takes a decommissioned or deleted device's vehicle off every client's
+// map within 2 s and shows none of its later readings (a router's backlog
+// from before); a suspended device stays, with its last position.
+func TestRetiredDevicesLeaveTheMap(t *testing.T) {
+	noLeaks(t)
+	dir := t.TempDir()
+	cp := startControlPlane(t, dir, loopbackAddr(t))
+	cp.call("POST", "/v1/fleets", map[string]string{"id": "acme"}, nil)
+	for _, id := range []string{"retired", "deleted", "suspended"} {
+		cp.call("POST", "/v1/devices", map[string]any{"id": id, "fleet": "acme"}, nil)
+	}
+	pub := newPublisher(t, "r0")
+	rf := startFeed(t, func(c *Config) {
+		c.API = apiclient.Config{URL: cp.url, KeyFile: filepath.Join(dir, "follower-key")}
+	}, pub)
+	waitFor(t, 5*time.Second, "the registry followed", func() bool { return rf.registry.Ready() == nil })
+	now := time.Now().UnixMilli()
+	pub.publish(rec("retired", "acme", 1, now, -26, 28), rec("deleted", "acme", 1, now, -26, 28), rec("suspended", "acme", 1, now, -26, 28))
+	rf.waitVehicles(t, 3)
+	c := dial(t, rf, devToken)
+	if ids := c.subscribe(subscribeMsg{}).ids(); len(ids) != 3 {
+		t.Fatalf("snapshot %v", ids)
+	}
+	changed := time.Now()
+	cp.call("POST", "/v1/devices/suspended/state", map[string]any{"state": "suspended"}, nil)
+	cp.call("POST", "/v1/devices/retired/state", map[string]any{"state": "decommissioned"}, nil)
+	cp.call("POST", "/v1/devices/deleted/state", map[string]any{"state": "decommissioned"}, nil)
+	cp.call("DELETE", "/v1/devices/deleted", nil, nil)
+	var removed []string
+	for deadline := time.Now().Add(5 * time.Second); len(removed) < 2; {
+		removed = append(removed, c.next(time.Until(deadline)).Removed...)
+	}
+	slices.Sort(removed)
+	if !slices.Equal(removed, []string{"deleted", "retired"}) {
+		t.Errorf("removed %v, want [deleted retired]", removed)
+	}
+	if lag := time.Since(changed); lag > 2*time.Second {
+		t.Errorf("removed %v after the calls", lag)
+	}
+	pub.publish(rec("retired", "acme", 2, now+1000, -26, 28), rec("suspended", "acme", 2, now+1000, -26, 29))
+	m := c.next(5 * time.Second)
+	if ids := m.ids(); !slices.Equal(ids, []string{"suspended"}) {
+		t.Errorf("after the decommission, an update shows %v, want [suspended]", ids)
+	}
+	waitFor(t, 5*time.Second, "updates_retired counted", func() bool { return testutil.ToFloat64(rf.m.updatesRetired) == 1 })
+	if n := rf.store.len(); n != 1 {
+		t.Errorf("%d vehicles tracked, want 1", n)
+	}
 }

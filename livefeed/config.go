@@ -12,6 +12,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // Config is a livefeed's configuration. Start from [DefaultConfig].
@@ -33,10 +34,15 @@ type Config struct {
 	// tokens (POST /v1/live-tokens) the livefeed follows, beside the
 	// clients file (apitokens.go).
 	API apiclient.Config
-	// TokensCache is the file the control plane's tokens are kept in, so
-	// that a restart while the API is down still admits their clients.
-	// Empty: no cache.
-	TokensCache string
+	// CacheDir is where what is followed from API is kept (tokens.cache,
+	// registry.cache), so that a restart while the API is down still
+	// admits the tokens' clients and hides retired devices. Empty: no
+	// cache.
+	CacheDir string
+	// RegistryStore, when set, is the device registry followed instead of
+	// making a follower of API: drover all shares its frontend's. Not a
+	// flag.
+	RegistryStore *registry.Store `json:"-"`
 	// NotBefore, when set, holds the first request to the API until it is
 	// closed (drover all: until its own API has started). Not a flag.
 	NotBefore <-chan struct{} `json:"-"`
@@ -130,8 +136,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Clients, "clients", c.Clients,
 		"`path` of the clients file (token SHA-256 hashes and the fleets each may see); reloaded on SIGHUP and change")
 	c.API.RegisterFlags(fs, "live-client tokens from, beside the -clients file")
-	fs.StringVar(&c.TokensCache, "tokens-cache", c.TokensCache,
-		"`file` keeping the live-client tokens last taken from -registry-api, so that a restart while the API is down still admits their clients; empty: none")
+	fs.StringVar(&c.CacheDir, "cache-dir", c.CacheDir,
+		"`directory` keeping what is followed from -registry-api (live-client tokens, the device registry), so that a restart while the API is down still admits the tokens' clients; empty: no cache")
 	daemon.SecretVar(fs, &c.DevToken, "dev-token",
 		"client `token` allowed to see every fleet, never expiring, for local runs and tests")
 	fs.BoolVar(&c.Dev, "dev", c.Dev,

@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // LivePath is the URL path of the client WebSocket API.
@@ -54,6 +56,10 @@ type Feed struct {
 	addr       atomic.Pointer[net.Addr]
 	subscribed atomic.Int32 // router endpoints subscribed to at least once
 	auth       atomic.Pointer[authStore]
+	// registry, with -registry-api, hides the vehicles of decommissioned
+	// and removed devices (registry.go); nil without. Set by Run before
+	// ingest starts.
+	registry *registry.Store
 
 	// Failed authentications per client address.
 	proxies  auth.Proxies
@@ -188,11 +194,24 @@ func (f *Feed) Run(ctx context.Context) error {
 	f.auth.Store(auth)
 	var tokens *tokenFollower
 	if f.cfg.API.Enabled() {
-		if tokens, err = newTokenFollower(f.cfg.API, f.cfg.TokensCache, auth, f.logger, f.reg); err != nil {
+		tokensCache := ""
+		if f.cfg.CacheDir != "" {
+			tokensCache = filepath.Join(f.cfg.CacheDir, "tokens.cache")
+		}
+		if tokens, err = newTokenFollower(f.cfg.API, tokensCache, auth, f.logger, f.reg); err != nil {
 			f.setState(fmt.Errorf("livefeed: control plane: %w", err))
 			return fmt.Errorf("livefeed: control plane: %w", err)
 		}
 		tokens.loadCache()
+	}
+	reg, ownReg, err := f.openRegistry()
+	if err != nil {
+		f.setState(fmt.Errorf("livefeed: registry: %w", err))
+		return fmt.Errorf("livefeed: registry: %w", err)
+	}
+	if reg != nil {
+		f.registry = reg
+		defer reg.Subscribe(f.registryChanged)()
 	}
 
 	ln, err := net.Listen("tcp", f.cfg.Listen)
@@ -231,6 +250,9 @@ func (f *Feed) Run(ctx context.Context) error {
 	bg.Go(func() { auth.run(bgCtx) })
 	if tokens != nil {
 		bg.Go(func() { tokens.run(bgCtx, f.cfg.NotBefore) })
+	}
+	if ownReg {
+		bg.Go(func() { runRegistry(bgCtx, reg) })
 	}
 	if f.cfg.VehicleTTL > 0 {
 		bg.Go(func() { f.expireLoop(bgCtx) })

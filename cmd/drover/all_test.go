@@ -36,7 +36,7 @@ func TestAllExposesComponentFlags(t *testing.T) {
 		{"storage-writer.", func(fs *flag.FlagSet) { c := storagewriter.DefaultConfig(); c.RegisterFlags(fs) },
 			[]string{"routers", "sink", "name", "queue-dir", "lake-dir", "cluster-key-file", "insecure-links"}, map[string]string{"influx-create-database": "true"}},
 		{"livefeed.", func(fs *flag.FlagSet) { c := livefeed.DefaultConfig(); c.RegisterFlags(fs) },
-			slices.Concat([]string{"routers", "cluster-key-file", "insecure-links", "tokens-cache"}, allFollowFlags), nil},
+			slices.Concat([]string{"routers", "cluster-key-file", "insecure-links", "cache-dir"}, allFollowFlags), nil},
 		{"sim.", func(fs *flag.FlagSet) { o := defaultSimOptions(); o.fleet.RegisterFlags(fs) },
 			[]string{"frontends", "devices", "token-seed", "token-seed-file"}, nil},
 	} {

@@ -145,7 +145,7 @@ The control plane (drover api) keeps its SQLite file and first admin key
 under DIR/api; drover ctl talks to it. The frontend, the router and the
 livefeed follow it on loopback with a follower key it writes to
 DIR/api/follower-key, and keep their last copy under DIR (registry.cache,
-livefeed-tokens.cache), so that they serve devices while it is down. With
+livefeed/tokens.cache), so that they serve devices while it is down. With
 -simulate, the simulated vehicles are registered through it (created when
 missing: drover ctl list shows them, and what you change of them stays).
 
@@ -185,7 +185,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	rt := router.DefaultConfig()
 	registerPrefixed(fs, "router.", rt.RegisterFlags, slices.Concat(links, allFollowFlags, []string{"queue-dir", "registry", "subscribers", "fixed-subscribers"})...)
 	lf := livefeed.DefaultConfig()
-	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, slices.Concat(links, allFollowFlags, []string{"routers", "tokens-cache"})...)
+	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, slices.Concat(links, allFollowFlags, []string{"routers", "cache-dir"})...)
 	simOpts := defaultSimOptions()
 	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed", "token-seed-file")
 	apiCfg := api.DefaultConfig()
@@ -254,7 +254,8 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 				return nil, fmt.Errorf("registry: %w", err)
 			}
 			fe.Follow.API = follow.API // presence reports
-			lf.API, lf.TokensCache, lf.NotBefore = follow.API, filepath.Join(dataDir, "livefeed-tokens.cache"), a.Started()
+			lf.API, lf.CacheDir, lf.NotBefore = follow.API, filepath.Join(dataDir, "livefeed"), a.Started()
+			lf.RegistryStore = store // hides the vehicles of retired devices
 		}
 
 		rt.QueueDir = filepath.Join(dataDir, "router")

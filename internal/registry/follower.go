@@ -26,7 +26,8 @@ type FollowConfig struct {
 	// API is where the control plane is and the follower's key.
 	API apiclient.Config
 	// Cache is the file the last copy is kept in, so that a restart while
-	// the API is down still authenticates and enriches. Required.
+	// the API is down still authenticates and enriches. Frontends and
+	// routers always keep one (beside their queue); empty: none.
 	Cache string
 	// CacheInterval is how often, at most, the cache is rewritten when the
 	// registry changed (and at a snapshot, and at stop).
@@ -77,9 +78,6 @@ func (c FollowConfig) Validate() error {
 	var errs []error
 	if err := c.API.Validate(); err != nil {
 		errs = append(errs, err)
-	}
-	if c.Cache == "" {
-		errs = append(errs, errors.New("registry-cache: empty"))
 	}
 	for _, d := range []struct {
 		name string
@@ -449,7 +447,7 @@ func (f *follower) cacheLoop(ctx context.Context) {
 // last. A failure is logged and counted; the next tick tries again.
 func (f *follower) writeCache() {
 	r := f.s.Current()
-	if r == nil || r == f.cached {
+	if f.cfg.Cache == "" || r == nil || r == f.cached {
 		return
 	}
 	start := time.Now()
@@ -466,6 +464,9 @@ func (f *follower) writeCache() {
 
 // loadCache puts the cached copy in force, if there is a whole one.
 func (f *follower) loadCache() {
+	if f.cfg.Cache == "" {
+		return
+	}
 	r, meta, err := readRegistryCache(f.cfg.Cache, f.b)
 	switch {
 	case err == nil:
