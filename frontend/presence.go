@@ -125,7 +125,7 @@ func (p *presence) run(ctx context.Context) {
 	defer flush.Stop()
 	refresh := time.NewTicker(p.cfg.Refresh)
 	defer refresh.Stop()
-	bo := backoff.New(p.cfg.Interval, 30*time.Second, nil)
+	bo := backoff.New(p.cfg.Interval, 10*time.Second, nil)
 	var retryAt time.Time
 	for {
 		select {

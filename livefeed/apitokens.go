@@ -8,6 +8,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,7 +114,11 @@ func (t *tokenFollower) writeCache(tokens []apiclient.LiveToken) {
 	}
 	meta := apiclient.CacheMeta{Kind: tokensCacheKind, Format: tokensCacheFormat, Feed: t.feed, Version: t.version,
 		Source: t.client.URL(), Count: len(tokens)}
-	if err := apiclient.WriteCache(t.cache, meta, func(w io.Writer) error { return json.NewEncoder(w).Encode(tokens) }); err != nil {
+	err := os.MkdirAll(filepath.Dir(t.cache), 0o700)
+	if err == nil {
+		err = apiclient.WriteCache(t.cache, meta, func(w io.Writer) error { return json.NewEncoder(w).Encode(tokens) })
+	}
+	if err != nil {
 		t.log.Error("livefeed: write live-client token cache", "file", t.cache, "err", err)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -451,7 +453,11 @@ func (f *follower) writeCache() {
 		return
 	}
 	start := time.Now()
-	if err := writeRegistryCache(f.cfg.Cache, r, f.client.URL()); err != nil {
+	err := os.MkdirAll(filepath.Dir(f.cfg.Cache), 0o700)
+	if err == nil {
+		err = writeRegistryCache(f.cfg.Cache, r, f.client.URL())
+	}
+	if err != nil {
 		f.m.cacheWrites.WithLabelValues("error").Inc()
 		f.log.Error("registry: write cache", "file", f.cfg.Cache, "err", err)
 		return
