@@ -194,21 +194,27 @@ func (r *Registry) Authenticate(id, token string) (Device, error) {
 // ErrDecommissioned or ErrUnknownState.
 func (r *Registry) Authorize(id, token string, now time.Time) (Device, Grant, error) {
 	// Always hashed and checked: the time taken says nothing of the id.
-	g, err := r.Check(id, auth.Hash(token), now)
+	x, g, err := r.check(id, auth.Hash(token), now)
 	if token == "" && !errors.Is(err, ErrUnknownDevice) {
 		err = ErrBadToken // an empty token is never a device's
 	}
-	if err != nil && !errors.Is(err, ErrSuspended) && !errors.Is(err, ErrDecommissioned) && !errors.Is(err, ErrUnknownState) {
+	if errors.Is(err, ErrUnknownDevice) || errors.Is(err, ErrBadToken) {
 		return Device{}, Grant{}, err
 	}
-	d, _ := r.Lookup(id)
-	return d, g, err
+	l := r.labels[x.labels]
+	return Device{ID: id, Fleet: l.Fleet, Class: l.Class, Region: l.Region, State: x.state}, g, err
 }
 
 // Check is Authorize for a token already hashed: what a connection
 // authenticated with, checked again after a change of the registry or at
 // the end of an overlap.
 func (r *Registry) Check(id string, token auth.Digest, now time.Time) (Grant, error) {
+	_, g, err := r.check(id, token, now)
+	return g, err
+}
+
+// check is Check, with the device's record.
+func (r *Registry) check(id string, token auth.Digest, now time.Time) (rec, Grant, error) {
 	x, ok := r.get(id)
 	cur := unknownDigest
 	if ok && x.hasToken {
@@ -225,9 +231,9 @@ func (r *Registry) Check(id string, token auth.Digest, now time.Time) (Grant, er
 	matchPrev := prev.token.Equal(token) && prev.until > now.UnixMilli()
 	switch {
 	case !ok:
-		return Grant{}, ErrUnknownDevice
+		return x, Grant{}, ErrUnknownDevice
 	case !matchCur && !matchPrev:
-		return Grant{}, ErrBadToken
+		return x, Grant{}, ErrBadToken
 	}
 	g := Grant{Token: token}
 	if !matchCur {
@@ -235,13 +241,13 @@ func (r *Registry) Check(id string, token auth.Digest, now time.Time) (Grant, er
 	}
 	switch x.state {
 	case StateActive:
-		return g, nil
+		return x, g, nil
 	case StateSuspended:
-		return g, ErrSuspended
+		return x, g, ErrSuspended
 	case StateDecommissioned:
-		return g, ErrDecommissioned
+		return x, g, ErrDecommissioned
 	}
-	return g, ErrUnknownState
+	return x, g, ErrUnknownState
 }
 
 // unknownDigest stands in for the hash of an unknown device's token, only
