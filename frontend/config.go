@@ -238,6 +238,10 @@ func (c Config) Validate() error {
 		if err := c.Presence.Validate(); err != nil {
 			errs = append(errs, err)
 		}
+		if c.Presence.MaxPending < c.MaxConnections {
+			errs = append(errs, fmt.Errorf("presence-max-pending: %d: want at least max-connections (%d): a refresh reports every connected device",
+				c.Presence.MaxPending, c.MaxConnections))
+		}
 	}
 	want := func(ok bool, name string, v any, what string) {
 		if !ok {

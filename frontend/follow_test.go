@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/internal/apiclient"
@@ -136,6 +138,7 @@ func followConfig(t testing.TB, cp *controlPlane) Config {
 	cfg.Follow.API = apiclient.Config{URL: cp.url, KeyFile: filepath.Join(cp.dir, "follower-key")}
 	cfg.Follow.Wait, cfg.Follow.BackoffMin, cfg.Follow.BackoffMax = 5*time.Second, 20*time.Millisecond, 200*time.Millisecond
 	cfg.Presence = PresenceConfig{Interval: 50 * time.Millisecond, Refresh: 500 * time.Millisecond, MaxPending: 1000}
+	cfg.MaxConnections = 1000
 	return cfg
 }
 
@@ -338,4 +341,46 @@ func TestFileReloadClosesRemovedDevices(t *testing.T) {
 	}
 	expectClose(t, rekeyed, CloseCredentialsRevoked)
 	ack(t, kept, false, readings(time.Now(), 1), 1)
+}
+
+// TestPresenceBounded: while the API does not answer, presence keeps the
+// latest report per device, at most MaxPending devices; a newer report
+// replaces an older one, an older never a newer; past the bound reports
+// are dropped and counted; a batch that failed goes back, and a newer
+// report then replaces it.
+func TestPresenceBounded(t *testing.T) {
+	client, err := apiclient.New(apiclient.Config{URL: "http://" + freeLoopback(t), Key: "drv_k_s", Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	p, err := newPresence(PresenceConfig{Interval: time.Second, Refresh: time.Minute, MaxPending: 2}, client, "fe", slog.New(slog.DiscardHandler), reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	p.report("a", "1.1.1.1", true, t0)
+	p.report("a", "1.1.1.1", false, t0.Add(-time.Second)) // older: ignored
+	p.report("b", "2.2.2.2", true, t0)
+	p.report("c", "3.3.3.3", true, t0) // full
+	if n := testutil.ToFloat64(p.dropped.WithLabelValues("full")); n != 1 {
+		t.Errorf("dropped{full} = %v, want 1", n)
+	}
+	if r := p.pending["a"]; !r.Connected {
+		t.Errorf("an older report overwrote a newer one: %+v", r)
+	}
+	if err := p.flush(t.Context()); err == nil {
+		t.Fatal("flush to nowhere succeeded")
+	}
+	if n := testutil.ToFloat64(p.fails); n != 1 {
+		t.Errorf("failures = %v", n)
+	}
+	if len(p.pending) != 2 {
+		t.Fatalf("after a failed flush %d reports wait, want the 2 back", len(p.pending))
+	}
+	// A newer report replaces the one put back.
+	p.report("b", "2.2.2.2", false, t0.Add(time.Second))
+	if r := p.pending["b"]; r.Connected {
+		t.Errorf("the newer disconnect lost: %+v", r)
+	}
 }

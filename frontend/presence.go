@@ -47,7 +47,7 @@ func (c *PresenceConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Refresh, "presence-refresh", c.Refresh,
 		"with -registry-api: how often (`duration`) every connected device is reported again (last seen; repairs reports lost while the API was down)")
 	fs.IntVar(&c.MaxPending, "presence-max-pending", c.MaxPending,
-		"with -registry-api: most devices whose report waits for the control plane (`number`); past it reports are dropped and counted")
+		"with -registry-api: most devices whose report waits for the control plane (`number`), at least -max-connections; past it reports are dropped and counted")
 }
 
 // Validate checks the presence settings.

@@ -105,7 +105,6 @@ func (f *Frontend) refuseAuth(w http.ResponseWriter, src, id string, now time.Ti
 func (f *Frontend) admitted(c *conn, reg *registry.Registry) {
 	if cur := f.store.Current(); cur != reg {
 		f.recheck(c, cur, time.Now())
-		return
 	}
 	c.armGrant(c.grantUntil())
 }
