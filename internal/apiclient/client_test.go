@@ -2,9 +2,16 @@ package apiclient_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -107,5 +114,66 @@ func TestClientAgainstAPI(t *testing.T) {
 	}
 	if _, err := c.Changes(ctx, 0, 0, 10); !apiclient.Refused(err) {
 		t.Errorf("with a wrong key: %v, want Refused", err)
+	}
+}
+
+// TestClientTLS: against an API serving HTTPS, the follower trusts the
+// certificate given by -registry-api-ca-file, and refuses the connection
+// without it (its key never goes to an unverified server).
+func TestClientTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "api.crt"), filepath.Join(dir, "api.key")
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "drover api"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(k)
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	keyFileF := filepath.Join(dir, "follower-key")
+	cfg := api.DefaultConfig()
+	cfg.Listen, cfg.DataDir, cfg.FollowerKeyFile, cfg.TLSCert, cfg.TLSKey = addr, dir, keyFileF, certFile, keyFile
+	srv, err := api.New(cfg, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-srv.Started()
+
+	trusting, err := apiclient.New(apiclient.Config{URL: "https://" + addr, KeyFile: keyFileF, CAFile: certFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := trusting.Changes(ctx, 0, 0, 1); err != nil {
+		t.Fatalf("with the API's CA: %v", err)
+	}
+	blind, err := apiclient.New(apiclient.Config{URL: "https://" + addr, KeyFile: keyFileF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unknown x509.UnknownAuthorityError
+	if _, err := blind.Changes(ctx, 0, 0, 1); !errors.As(err, &unknown) {
+		t.Errorf("without the API's CA: %v, want an unknown authority", err)
 	}
 }
