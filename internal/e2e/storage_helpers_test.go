@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -84,11 +85,11 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 		"-id", uid("router-1"), "-listen", "tcp://" + routerAddr,
 		"-live-pub", "tcp://" + liveAddr, "-store-listen", "tcp://" + storeAddr,
 		"-queue-dir", filepath.Join(p.dir, "router"),
-		"-subscribers", uid("lake") + "," + uid("influx"), "-fixed-subscribers"}, append(registryArgs, o.args["router"]...)...)...)
+		"-subscribers", uid("lake") + "," + uid("influx"), "-fixed-subscribers"}, slices.Concat(registryArgs, o.args["router"])...)...)
 	p.fe = newProc(t, "frontend", "frontend", append([]string{
 		"-id", uid("frontend-1"), "-listen", frontAddr, "-routers", "tcp://" + routerAddr,
 		"-queue-dir", filepath.Join(p.dir, "frontend"),
-		"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s"}, append(registryArgs, o.args["frontend"]...)...)...)
+		"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s"}, slices.Concat(registryArgs, o.args["frontend"])...)...)
 	p.wInflux = newProc(t, "writer-influx", "storage-writer", append([]string{
 		"-sink", "influx", "-name", uid("influx"), "-routers", "tcp://" + storeAddr,
 		"-queue-dir", filepath.Join(p.dir, "writer-influx"), "-queue-max-bytes", "-1",
@@ -107,7 +108,7 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 		args := []string{"-id", uid("livefeed-1"), "-listen", lfAddr, "-routers", "tcp://" + liveAddr,
 			"-dev-token-file", secretFile(t, p.devToken)}
 		if o.follow != nil {
-			args = append(args, append(o.follow.followerArgs()[:4], "-cache-dir", filepath.Join(p.dir, "livefeed"))...)
+			args = slices.Concat(args, o.follow.followerArgs(), []string{"-cache-dir", filepath.Join(p.dir, "livefeed")})
 		}
 		p.lf = newProc(t, "livefeed", "livefeed", args...)
 		p.lf.start(ctx)
