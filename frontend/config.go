@@ -48,6 +48,14 @@ type Config struct {
 	// and the router share one store, because a store registers the
 	// drover_registry_* metrics.
 	RegistryStore *registry.Store `json:"-"`
+	// Follow, when its API URL is set, takes the registry from the control
+	// plane's change feed instead of the Registry file (which is then not
+	// read), keeping the last copy in Follow.Cache (default
+	// QueueDir/registry.cache). See internal/registry's follower.
+	Follow registry.FollowConfig
+	// Presence is how a following frontend reports the devices it holds to
+	// the control plane.
+	Presence PresenceConfig
 	// QueueMaxBytes bounds the bytes the queue holds (stored, not yet acked
 	// by a router). When it is reached, devices are told to try again later
 	// (close 1013) and nothing is acked. 0 (the default): a share of the
@@ -129,6 +137,8 @@ func DefaultConfig() Config {
 		ID:                  daemon.DefaultID("frontend"),
 		DrainLinger:         forward.DefaultLinger,
 		Registry:            "registry.json",
+		Follow:              registry.DefaultFollowConfig(),
+		Presence:            DefaultPresenceConfig(),
 		MaxConnections:      10000,
 		RetryAfter:          10 * time.Second,
 		MaxFrameBytes:       64 << 10,
@@ -163,7 +173,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainLinger, "drain-linger", c.DrainLinger,
 		"after forwarding a small batch, wait this long before reading the queue again, so routers fsync fewer, larger batches; delays the router's copy, not the device's ack; 0: none (`duration`)")
 	fs.StringVar(&c.Registry, "registry", c.Registry,
-		"device registry `file` (JSON); reloaded on SIGHUP and when it changes")
+		"device registry `file` (JSON); reloaded on SIGHUP and when it changes; not read with -registry-api")
+	c.Follow.RegisterFlags(fs)
+	c.Presence.RegisterFlags(fs)
 	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes,
 		"`bytes` the queue may hold; when full, devices are told to retry later (close 1013) and nothing is acked; 0: a share of the volume (docs/reliability.md)")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections,
@@ -223,8 +235,24 @@ func (c Config) Validate() error {
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))
 	}
-	if c.Registry == "" && c.RegistryStore == nil {
-		errs = append(errs, errors.New("registry: empty"))
+	if c.Registry == "" && c.RegistryStore == nil && !c.Follow.Enabled() {
+		errs = append(errs, errors.New("registry: empty (give -registry FILE or -registry-api URL)"))
+	}
+	if c.Follow.Enabled() {
+		follow := c.followConfig().Validate
+		if c.RegistryStore != nil {
+			follow = c.Follow.API.Validate // the store's owner follows; this frontend only reports presence
+		}
+		if err := follow(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := c.Presence.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if c.Presence.MaxPending < c.MaxConnections {
+			errs = append(errs, fmt.Errorf("presence-max-pending: %d: want at least max-connections (%d): a refresh reports every connected device",
+				c.Presence.MaxPending, c.MaxConnections))
+		}
 	}
 	want := func(ok bool, name string, v any, what string) {
 		if !ok {

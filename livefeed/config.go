@@ -8,10 +8,12 @@ import (
 	"slices"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // Config is a livefeed's configuration. Start from [DefaultConfig].
@@ -34,6 +36,22 @@ type Config struct {
 	// tokens and the fleets each may see (see docs/live-api.md). It is
 	// reloaded on SIGHUP and when it changes. Empty: no file.
 	Clients string
+	// API, when its URL is set, is the control plane whose live-client
+	// tokens (POST /v1/live-tokens) the livefeed follows, beside the
+	// clients file (apitokens.go).
+	API apiclient.Config
+	// CacheDir is where what is followed from API is kept (tokens.cache,
+	// registry.cache), so that a restart while the API is down still
+	// admits the tokens' clients and hides retired devices. Empty: no
+	// cache.
+	CacheDir string
+	// RegistryStore, when set, is the device registry followed instead of
+	// making a follower of API: drover all shares its frontend's. Not a
+	// flag.
+	RegistryStore *registry.Store `json:"-"`
+	// NotBefore, when set, holds the first request to the API until it is
+	// closed (drover all: until its own API has started). Not a flag.
+	NotBefore <-chan struct{} `json:"-"`
 	// DevToken is a token that may see every fleet and never expires, for
 	// local runs and tests. As a flag it is a secret (see
 	// daemon.SecretVar): from the environment or a file.
@@ -129,6 +147,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
 	fs.StringVar(&c.Clients, "clients", c.Clients,
 		"`path` of the clients file (token SHA-256 hashes and the fleets each may see); reloaded on SIGHUP and change")
+	c.API.RegisterFlags(fs, "live-client tokens from, beside the -clients file")
+	fs.StringVar(&c.CacheDir, "cache-dir", c.CacheDir,
+		"`directory` keeping what is followed from -registry-api (live-client tokens, the device registry), so that a restart while the API is down still admits the tokens' clients; empty: no cache")
 	daemon.SecretVar(fs, &c.DevToken, "dev-token",
 		"client `token` allowed to see every fleet, never expiring, for local runs and tests")
 	fs.BoolVar(&c.Dev, "dev", c.Dev,
@@ -179,6 +200,9 @@ func (c Config) Validate() error {
 	}
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))
+	}
+	if err := c.API.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DevToken != "" && len(c.DevToken) < 8 {
 		errs = append(errs, errors.New("dev-token: shorter than 8 characters"))

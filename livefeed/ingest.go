@@ -156,6 +156,10 @@ func (f *Feed) apply(recs []*telemetry.EnrichedRecord, now time.Time) {
 			invalid++
 			continue
 		}
+		if f.hidden(rec.GetRecord().GetDeviceId()) {
+			f.m.updatesRetired.Inc()
+			continue
+		}
 		if d := nowMs - rec.GetRecord().GetReceivedMs(); rec.GetRecord().GetReceivedMs() > 0 && d >= 0 {
 			f.m.ingestDelay.Observe(float64(d) / 1e3)
 		}

@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // LivePath is the URL path of the client WebSocket API.
@@ -63,6 +65,10 @@ type Feed struct {
 	addr       atomic.Pointer[net.Addr]
 	subscribed atomic.Int32 // listed router endpoints subscribed to at least once
 	auth       atomic.Pointer[authStore]
+	// registry, with -registry-api, hides the vehicles of decommissioned
+	// and removed devices (registry.go); nil without. Set by Run before
+	// ingest starts.
+	registry *registry.Store
 
 	// Failed authentications per client address.
 	proxies  auth.Proxies
@@ -202,6 +208,27 @@ func (f *Feed) Run(ctx context.Context) error {
 	auth.interval = f.clientsPoll
 	auth.onChange = f.credentialsChanged
 	f.auth.Store(auth)
+	var tokens *tokenFollower
+	if f.cfg.API.Enabled() {
+		tokensCache := ""
+		if f.cfg.CacheDir != "" {
+			tokensCache = filepath.Join(f.cfg.CacheDir, "tokens.cache")
+		}
+		if tokens, err = newTokenFollower(f.cfg.API, tokensCache, auth, f.logger, f.reg); err != nil {
+			f.setState(fmt.Errorf("livefeed: control plane: %w", err))
+			return fmt.Errorf("livefeed: control plane: %w", err)
+		}
+		tokens.loadCache()
+	}
+	reg, ownReg, err := f.openRegistry()
+	if err != nil {
+		f.setState(fmt.Errorf("livefeed: registry: %w", err))
+		return fmt.Errorf("livefeed: registry: %w", err)
+	}
+	if reg != nil {
+		f.registry = reg
+		defer reg.Subscribe(f.registryChanged)()
+	}
 
 	ln, err := net.Listen("tcp", f.cfg.Listen)
 	if err != nil {
@@ -237,6 +264,12 @@ func (f *Feed) Run(ctx context.Context) error {
 	f.setRouters(f.watch.Current())
 	bg.Go(func() { f.watch.Run(bgCtx, f.setRouters) })
 	bg.Go(func() { auth.run(bgCtx) })
+	if tokens != nil {
+		bg.Go(func() { tokens.run(bgCtx, f.cfg.NotBefore) })
+	}
+	if ownReg {
+		bg.Go(func() { runRegistry(bgCtx, reg) })
+	}
 	if f.cfg.VehicleTTL > 0 {
 		bg.Go(func() { f.expireLoop(bgCtx) })
 	}
@@ -251,7 +284,7 @@ func (f *Feed) Run(ctx context.Context) error {
 		// that a laptop run is usable and never open.
 		f.logger.Warn("livefeed: -dev: no clients file and no dev token, so made up a dev token that sees every fleet; "+
 			"open the map with it", "map", url+"?token="+devToken)
-	case devToken == "" && f.cfg.Clients == "":
+	case devToken == "" && f.cfg.Clients == "" && !f.cfg.API.Enabled():
 		f.logger.Warn("livefeed: no -clients file and no dev token: every client is refused; give -clients FILE " +
 			"(docs/live-api.md), or -dev on a laptop")
 	}
