@@ -21,6 +21,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -67,6 +68,13 @@ type Frontend struct {
 	proxies  auth.Proxies
 	srcLimit *auth.Limiter
 	devLimit *auth.Limiter
+
+	// TLS (nil: plain ws://) and admission (tls.go, admission.go).
+	tls   *tlsserve.Server
+	tlsLn *tlsserve.Listener // set by Run when TLS is on
+	gate  *gate
+	gov   *governor
+	am    *admissionMetrics
 
 	started atomic.Bool
 	ready   atomic.Pointer[error]
@@ -127,6 +135,14 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Frontend,
 	if err := auth.RegisterMetrics(reg, "drover_frontend", "device", f.devLimit); err != nil {
 		return nil, err
 	}
+	if err := f.newAdmission(reg); err != nil {
+		return nil, err
+	}
+	tcfg := cfg.TLS
+	tcfg.ClientAuth = cfg.clientAuth()
+	if f.tls, err = tlsserve.New(tcfg, "frontend", "drover_frontend", logger, reg); err != nil {
+		return nil, fmt.Errorf("frontend config: %w", err)
+	}
 	f.newDrainer = f.forwardDrainer
 	f.devs = newDevices(cfg.MaxIdleDevices, func(n int) { m.devices.Set(float64(n)) })
 	f.upgrader = websocket.Upgrader{
@@ -175,8 +191,9 @@ func (f *Frontend) Ready() error {
 func (f *Frontend) setReady(err error) { f.ready.Store(&err) }
 
 // Run serves devices and drains the queue to the routers until ctx ends, then
-// stops accepting, lets each connection finish the frame it is storing and
-// closes it with 1001 (by force after ShutdownGrace), stops the drainer, and
+// stops accepting, closes the connections gradually over LameDuck (1012,
+// each once the frame it is storing is stored and acked), closes what is
+// left with 1001 (by force after ShutdownGrace), stops the drainer, and
 // closes the queue; what is queued stays on disk for the next start. It
 // returns nil after a requested stop, and an error when it cannot start or a
 // part of it fails (which also stops the rest).
@@ -202,7 +219,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 		f.setReady(fmt.Errorf("frontend: queue: %w", err))
 		return fmt.Errorf("frontend: open queue: %w", err)
 	}
-	ln, err := net.Listen("tcp", f.cfg.Listen)
+	ln, err := tlsserve.Listen(ctx, f.cfg.Listen, f.cfg.ReusePort)
 	if err != nil {
 		_ = f.closeQueue(q) // the listen error is the one to report
 		f.setReady(fmt.Errorf("frontend: listen: %w", err))
@@ -217,6 +234,10 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 	addr := ln.Addr()
 	f.addr.Store(&addr)
+	if f.tls != nil {
+		f.tlsLn = f.tls.NewListener(ln)
+		ln = f.tlsLn
+	}
 	appendCtx, forceStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer forceStop()
 	f.q, f.store, f.appendCtx = q, store, appendCtx
@@ -263,9 +284,14 @@ func (f *Frontend) Run(ctx context.Context) error {
 			_ = store.Run(storeCtx)
 		}
 	}()
+	// The TLS reloads and the admission governor, until the stop.
+	edgeCtx, stopEdge := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEdge()
+	edgeDone := f.runEdge(edgeCtx)
 
 	f.setReady(nil)
-	f.logger.Info("frontend: serving devices", "addr", addr.String(), "path", IngestPath,
+	f.logger.Info("frontend: serving devices", "addr", addr.String(), "scheme", f.scheme(), "path", IngestPath,
+		"device_auth", f.cfg.DeviceAuth, "reuse_port", f.cfg.ReusePort,
 		"queue", f.cfg.QueueDir, "routers", strings.Join(f.cfg.Routers, ","))
 
 	var runErr error
@@ -276,22 +302,30 @@ func (f *Frontend) Run(ctx context.Context) error {
 		f.logger.Info("frontend: stopping after a failure")
 	}
 
-	// Stop: devices first, then the drainer (it finishes its in-flight
-	// batches), then the queue.
+	// Stop: devices first (stop accepting, then the lame duck: close them
+	// gradually, then what is left at once), then the drainer (it finishes
+	// its in-flight batches), then the queue.
 	f.setReady(errStopping)
 	start := time.Now()
-	graceCtx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownGrace)
-	defer cancelGrace()
-	if err := srv.Shutdown(graceCtx); err != nil {
+	shutCtx, cancelShut := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownGrace)
+	if err := srv.Shutdown(shutCtx); err != nil {
 		_ = srv.Close()
 	}
+	cancelShut()
 	<-serveDone
+	if runErr == nil {
+		f.lameDuck(context.WithoutCancel(ctx), f.cfg.LameDuck)
+	}
+	graceCtx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownGrace)
+	defer cancelGrace()
 	n := f.closeConns(graceCtx, forceStop)
 	f.logger.Info("frontend: device connections closed", "connections", n, "took", time.Since(start))
 	stopDrain()
 	<-drainDone
 	stopStore()
 	<-storeDone
+	stopEdge()
+	<-edgeDone
 	if err := f.closeQueue(q); err != nil && runErr == nil {
 		runErr = err
 	}
@@ -399,13 +433,22 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusBadRequest, reasonNotWebSocket, "expected a WebSocket upgrade", "")
 		return
 	}
-	// The cheapest checks first: an address that failed too often, then
-	// the connection limit (during a reconnect stampede most requests end
-	// there), all before any hashing or upgrade.
+	// The cheapest checks first: an address that failed too often, a
+	// flapping device, the accept rate, then the connection limit (during
+	// a reconnect stampede most requests end there), all before any
+	// hashing or upgrade.
 	now := time.Now()
 	src := auth.SourceKey(f.proxies.ClientAddr(r))
 	if left, blocked := f.srcLimit.Blocked(src, now); blocked {
 		f.refuseRateLimited(w, left, "")
+		return
+	}
+	id, token := credentials(r)
+	certID := certDevice(r)
+	if id == "" {
+		id = certID
+	}
+	if !f.admitNew(w, id, now) {
 		return
 	}
 	if ok, reason := f.admit(); !ok {
@@ -413,8 +456,14 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusServiceUnavailable, reason, "server busy, retry later", "")
 		return
 	}
-	id, token := credentials(r)
-	if id == "" || token == "" {
+	if certID != "" && id != certID {
+		f.unadmit()
+		f.authFailed(src, "", now)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
+		f.refuseHTTP(w, http.StatusUnauthorized, reasonCertMismatch, textUnauthorized, id[:min(len(id), telemetry.MaxDeviceIDLen)])
+		return
+	}
+	if id == "" || (token == "" && certID == "") {
 		f.unadmit()
 		f.authFailed(src, "", now)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
@@ -436,7 +485,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseRateLimited(w, left, id)
 		return
 	}
-	if _, err := f.store.Current().Authenticate(id, token); err != nil {
+	if err := f.authenticate(id, token, certID); err != nil {
 		f.unadmit()
 		f.authFailed(src, id, now)
 		// One answer for an unknown device and a bad token, so that nobody
@@ -475,6 +524,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	}
 	d, old := f.devs.attach(id, c)
 	c.dev = d
+	f.connected(d, now)
 	if old != nil {
 		old.stop(CloseReplaced, reasonTextReplaced)
 		c.log(slog.LevelInfo, "frontend: device reconnected; closing its older connection")
