@@ -11,6 +11,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // Config is a livefeed's configuration. Start from [DefaultConfig].
@@ -81,6 +82,15 @@ type Config struct {
 	// cluster key file (mutual TLS 1.3) or, for development,
 	// -insecure-links.
 	Links clusterlink.Config
+
+	// TLS serves wss:// and https:// (the map page) with a certificate
+	// reloaded without dropping clients and shared session ticket keys
+	// (internal/tlsserve). Without a certificate: ws:// and http://, for
+	// development and behind an ingress that terminates TLS.
+	TLS tlsserve.Config
+	// ReusePort binds Listen with SO_REUSEPORT, so that several livefeeds
+	// share one port.
+	ReusePort bool
 }
 
 // DefaultConfig returns the configuration of a livefeed on a laptop: clients
@@ -103,6 +113,7 @@ func DefaultConfig() Config {
 		VehicleTTL:          24 * time.Hour,
 		ShutdownGrace:       5 * time.Second,
 		AuthLimit:           auth.DefaultLimitConfig(),
+		TLS:                 tlsserve.Config{Limits: tlsserve.DefaultLimits()},
 	}
 }
 
@@ -147,6 +158,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) clients get to take their close frame (1001) before being cut")
 	c.Links.RegisterFlags(fs)
+	c.TLS.RegisterFlags(fs, false)
+	fs.BoolVar(&c.ReusePort, "reuse-port", c.ReusePort,
+		"bind -listen with SO_REUSEPORT, so that several livefeeds share the port")
 }
 
 // Validate reports every problem of the configuration at once.
@@ -203,6 +217,12 @@ func (c Config) Validate() error {
 	}
 	if c.PingInterval > 0 && c.IdleTimeout > 0 && c.IdleTimeout <= c.PingInterval {
 		errs = append(errs, fmt.Errorf("idle-timeout: %v, want more than ping-interval (%v)", c.IdleTimeout, c.PingInterval))
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ReusePort && !tlsserve.ReusePortSupported {
+		errs = append(errs, errors.New("reuse-port: SO_REUSEPORT is supported on Linux only"))
 	}
 	if c.VehicleTTL < 0 {
 		errs = append(errs, fmt.Errorf("vehicle-ttl: %v, want >= 0", c.VehicleTTL))

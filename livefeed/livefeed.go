@@ -21,6 +21,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // LivePath is the URL path of the client WebSocket API.
@@ -46,6 +47,7 @@ type Feed struct {
 	m      *metrics
 	store  *store
 	sec    *clusterlink.Security
+	tls    *tlsserve.Server // nil: plain
 
 	upgrader websocket.Upgrader
 
@@ -115,6 +117,10 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 		byFleet:     make(map[string]map[*client]struct{}),
 		all:         make(map[*client]struct{}),
 		conns:       make(map[*client]struct{}),
+	}
+	if f.tls, err = tlsserve.New(cfg.TLS, "livefeed", "drover_livefeed", logger, reg); err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("livefeed config: %w", err)
 	}
 	f.proxies, _ = auth.ParseProxies(cfg.TrustedProxies) // checked by Validate
 	f.srcLimit = auth.NewLimiter(cfg.AuthLimit)
@@ -187,13 +193,18 @@ func (f *Feed) Run(ctx context.Context) error {
 	auth.onChange = f.credentialsChanged
 	f.auth.Store(auth)
 
-	ln, err := net.Listen("tcp", f.cfg.Listen)
+	ln, err := tlsserve.Listen(ctx, f.cfg.Listen, f.cfg.ReusePort)
 	if err != nil {
 		f.setState(fmt.Errorf("livefeed: listen: %w", err))
 		return fmt.Errorf("livefeed: listen on %s: %w", f.cfg.Listen, err)
 	}
 	addr := ln.Addr()
 	f.addr.Store(&addr)
+	scheme := "http"
+	if f.tls != nil {
+		ln = f.tls.NewListener(ln)
+		scheme = "https"
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+LivePath, f.serveLive)
@@ -221,12 +232,15 @@ func (f *Feed) Run(ctx context.Context) error {
 		bg.Go(func() { f.subscribeRouter(bgCtx, i, ep) })
 	}
 	bg.Go(func() { auth.run(bgCtx) })
+	if f.tls != nil {
+		bg.Go(func() { f.tls.Run(bgCtx) })
+	}
 	if f.cfg.VehicleTTL > 0 {
 		bg.Go(func() { f.expireLoop(bgCtx) })
 	}
 
 	f.setState(nil)
-	url := "http://" + browsable(addr) + "/"
+	url := scheme + "://" + browsable(addr) + "/"
 	f.logger.Info("livefeed: serving clients", "addr", addr.String(), "path", LivePath, "map", url,
 		"routers", strings.Join(f.cfg.Routers, ","))
 	switch {
