@@ -3,6 +3,7 @@ package sim
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -58,6 +59,11 @@ type device struct {
 	ackedSeq atomic.Uint64
 	// wake tells the writer that acks opened the window.
 	wake chan struct{}
+
+	// tlsSession is the device's TLS session cache (one session), tlsCert its client
+	// certificate once made (under mu).
+	tlsSession session
+	tlsCert    *tls.Certificate
 }
 
 func newDevice(f *Fleet, k int, seed uint64) *device {
@@ -125,8 +131,9 @@ func (d *device) run(ctx context.Context) {
 		d.generate()
 	}
 
-	// The failures in a row, and the frontend of the last attempt (avoided at the next one).
-	retry := backoff.New(cfg.BackoffMin, cfg.BackoffMax, d.rng)
+	// The failures in a row (full jitter: docs/ingest.md's device contract), and the frontend of
+	// the last attempt (avoided at the next one).
+	retry := backoff.NewFull(cfg.BackoffMin, cfg.BackoffMax, d.rng)
 	lastURL := -1
 	var wait time.Duration
 	for {
@@ -160,9 +167,10 @@ func (d *device) run(ctx context.Context) {
 			}
 			wait = retry.Next()
 			if retryAfter > 0 {
-				// Honour Retry-After, spread over half as much again so that the refused
-				// devices do not all come back in the same instant.
-				wait = max(wait, retryAfter+time.Duration(d.rng.Int64N(int64(retryAfter/2)+1)))
+				// Honour Retry-After: the server chose it to spread the herd (its place in
+				// line). It is in whole seconds, so add up to a second of jitter: devices told
+				// the same second do not all come back at its start.
+				wait = retryAfter + time.Duration(d.rng.Int64N(int64(time.Second)))
 			}
 			var he *handshakeError
 			if errors.As(err, &he) && he.status == http.StatusUnauthorized {
@@ -178,8 +186,20 @@ func (d *device) run(ctx context.Context) {
 			retry.Reset()
 		}
 		wait = retry.Next()
+		if reason == reasonServiceRestart || reason == reasonGoingAway {
+			// The frontend is stopping (a lame duck spreads these closes already): go to
+			// another one at once, with up to a second of jitter.
+			retry.Reset()
+			wait = time.Duration(d.rng.Int64N(int64(time.Second)))
+		}
 	}
 }
+
+// Close codes after which a device reconnects at once to another frontend.
+var (
+	reasonServiceRestart = strconv.Itoa(websocket.CloseServiceRestart)
+	reasonGoingAway      = strconv.Itoa(websocket.CloseGoingAway)
+)
 
 // pickURL picks a frontend at random, another than last when there is a choice.
 func (d *device) pickURL(last int) int {
@@ -213,7 +233,7 @@ func (d *device) dial(ctx context.Context, url string) (*websocket.Conn, time.Du
 	h := http.Header{}
 	h.Set("X-Drover-Device", d.id)
 	h.Set("Authorization", "Bearer "+d.token)
-	conn, resp, err := d.dialer.DialContext(ctx, url, h)
+	conn, resp, err := d.dialer.DialContext(context.WithValue(ctx, deviceKey{}, d), url, h)
 	if err == nil {
 		return conn, 0, nil
 	}
@@ -236,6 +256,8 @@ func (d *device) dial(ctx context.Context, url string) (*websocket.Conn, time.Du
 		}
 	case errors.Is(err, syscall.ECONNREFUSED):
 		kind = "refused"
+	case isTLSError(err):
+		kind = "tls"
 	case errors.As(err, &ne) && ne.Timeout():
 		kind = "timeout"
 	default:

@@ -40,6 +40,9 @@ type Summary struct {
 	Errors      uint64 `json:"errors"`
 	// Stampedes counts stampedes (every device dropping its connection at once).
 	Stampedes uint64 `json:"stampedes,omitempty"`
+	// TLSFull and TLSResumed count the TLS handshakes of wss:// connections, full and resumed.
+	TLSFull    uint64 `json:"tls_handshakes_full,omitempty"`
+	TLSResumed uint64 `json:"tls_handshakes_resumed,omitempty"`
 	// SentPerSecond and AckedPerSecond are averages over Seconds.
 	SentPerSecond  float64 `json:"sent_per_second"`
 	AckedPerSecond float64 `json:"acked_per_second"`
@@ -134,6 +137,8 @@ func (f *Fleet) Summary() Summary {
 		OutboxDrops:     s.OutboxDrops,
 		Errors:          s.Errors,
 		Stampedes:       s.Stampedes,
+		TLSFull:         s.TLSFull,
+		TLSResumed:      s.TLSResumed,
 		AckLatencyMs:    latencyMs(s.AckLatency),
 		WarmupSeconds:   c.Warmup.Seconds(),
 	}
