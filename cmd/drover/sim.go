@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"os/signal"
 	"syscall"
 	"time"
 
@@ -76,6 +77,20 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		if o.progress > 0 {
 			go fleet.Progress(os.Stderr, o.progress)
 		}
+		// SIGUSR1 drops every connection at once (a stampede on demand, for load scripts).
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		defer signal.Stop(usr1)
+		go func() {
+			for {
+				select {
+				case <-usr1:
+					fleet.Stampede()
+				case <-fleet.Done():
+					return
+				}
+			}
+		}()
 		timelineDone := make(chan error, 1)
 		if o.timeline != "" {
 			tf, err := os.Create(o.timeline)

@@ -455,6 +455,10 @@ loop:
 
 	d.mu.Lock()
 	progress = d.gotAck || f.since()-start >= cfg.BackoffMax
+	if d.gotAck {
+		f.c.acking.Add(-1)
+		d.gotAck = false
+	}
 	// A server that says "try again later" or "rate limit" asks for backoff, however
 	// long the connection lasted before it said so.
 	if reason == strconv.Itoa(websocket.CloseTryAgainLater) || reason == strconv.Itoa(websocket.ClosePolicyViolation) {
@@ -665,6 +669,9 @@ func (d *device) ack(seq uint64, at time.Duration) error {
 		inFlight := min(removed, d.next)
 		d.next -= inFlight
 		d.ackedSeq.Store(lastSeq)
+		if !d.gotAck {
+			f.c.acking.Add(1)
+		}
 		d.gotAck = true
 		d.progressAt = at
 		f.c.acked.Add(uint64(removed))

@@ -47,6 +47,7 @@ type Fleet struct {
 // counters are the fleet's statistics, updated by every device.
 type counters struct {
 	connected   atomic.Int64
+	acking      atomic.Int64 // devices whose current connection has had an ack
 	connects    atomic.Uint64
 	generated   atomic.Uint64
 	sent        atomic.Uint64
@@ -297,8 +298,9 @@ type Stats struct {
 	Elapsed time.Duration
 	// Devices is the number of devices; DevicesDone of them have stopped.
 	Devices, DevicesDone int
-	// Connected is the number of devices connected now.
-	Connected int64
+	// Connected is the number of devices connected now; Acking of them, those whose current
+	// connection has had an ack (back and acking, after a stampede).
+	Connected, Acking int64
 	// Connects counts successful WebSocket upgrades.
 	Connects uint64
 	// ConnectFailures counts failed connection attempts by cause: "http_401", "http_503" (any
@@ -349,6 +351,7 @@ func (f *Fleet) Stats() Stats {
 		Devices:     len(f.devices),
 		DevicesDone: int(c.devicesDone.Load()),
 		Connected:   c.connected.Load(),
+		Acking:      c.acking.Load(),
 		Connects:    c.connects.Load(),
 		Generated:   c.generated.Load(),
 		Sent:        c.sent.Load(),
