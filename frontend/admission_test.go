@@ -86,26 +86,30 @@ func maps4(m map[int]int) bool {
 	return len(m) == 4 && m[1] == 10 && m[2] == 10 && m[3] == 10 && m[4] == 10
 }
 
-// TestAdmissionRefusesBeforeAuthentication runs a herd against a frontend
-// with an accept rate of 5 a second: the refused get 503 with a
-// Retry-After that follows their place in line, before any token check (a
-// device with a wrong token is answered 503, not 401), counted; one that
+// TestAdmissionRefusesBeforeAuthentication runs a herd of 30 against a
+// frontend with an accept rate of 2 a second: the refused get 503, before
+// any token check (a device with a wrong token is answered 503, not 401),
+// counted, with a Retry-After that is their place in line: the times they
+// are told to come back at (answer + Retry-After) spread over the line's
+// length, at most two seconds' worth of the rate in any second. One that
 // comes back when told is let in.
 func TestAdmissionRefusesBeforeAuthentication(t *testing.T) {
-	e := startWith(t, 30, func(c *Config) {
-		c.Admission.Rate, c.Admission.Burst, c.Admission.MinRate = 5, 2, 1
+	const n, rate = 30, 2
+	e := startWith(t, n, func(c *Config) {
+		c.Admission.Rate, c.Admission.Burst, c.Admission.MinRate = rate, 2, 1
 	})
 	type answer struct {
 		i      int
 		status int
 		retry  int
+		back   time.Time // when it was told to come back
 	}
 	var (
 		mu      sync.Mutex
 		answers []answer
 		wg      sync.WaitGroup
 	)
-	for i := range 30 {
+	for i := range n {
 		wg.Go(func() {
 			token := tokenOf(i)
 			if i%3 == 0 {
@@ -120,6 +124,7 @@ func TestAdmissionRefusesBeforeAuthentication(t *testing.T) {
 			case resp != nil:
 				a.status = resp.StatusCode
 				a.retry, _ = strconv.Atoi(resp.Header.Get("Retry-After"))
+				a.back = time.Now().Add(time.Duration(a.retry) * time.Second)
 			}
 			mu.Lock()
 			answers = append(answers, a)
@@ -127,12 +132,15 @@ func TestAdmissionRefusesBeforeAuthentication(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	var retries []int
+	var backs []time.Time
 	refusedBadToken := 0
 	for _, a := range answers {
 		switch a.status {
 		case http.StatusServiceUnavailable:
-			retries = append(retries, a.retry)
+			if a.retry < 1 {
+				t.Errorf("device %d: 503 without a Retry-After", a.i)
+			}
+			backs = append(backs, a.back)
 			if a.i%3 == 0 {
 				refusedBadToken++
 			}
@@ -141,49 +149,49 @@ func TestAdmissionRefusesBeforeAuthentication(t *testing.T) {
 			t.Fatalf("device %d: status %d", a.i, a.status)
 		}
 	}
-	// The herd of 30 took a few ms to arrive: 2 (the burst) and perhaps
-	// one more got in; the other ~28 are spread over ~28 ÷ 5 s.
-	if len(retries) < 25 {
-		t.Fatalf("%d refused of 30, want at least 25 (rate 5/s, burst 2)", len(retries))
+	// However slowly the herd arrives here, at 2 a second most are refused.
+	if len(backs) < n/2 {
+		t.Fatalf("%d refused of %d, want most (rate %d/s, burst 2)", len(backs), n, rate)
 	}
 	if refusedBadToken == 0 {
 		t.Error("no device with a wrong token was refused 503: admission must come before the token check")
 	}
-	slices.Sort(retries)
-	// Place k (1..n) waits k/5 s: Retry-After ⌈k/5⌉, so each value from 1
-	// to ⌈n/5⌉ is given to at most 5 devices, and the last is about n/5.
-	counts := map[int]int{}
-	for _, r := range retries {
-		counts[r]++
+	// Place k is at k ÷ rate s; Retry-After rounds it up to whole seconds,
+	// so each return time lies within a second after its place: the
+	// returns span the line (less a second), and no second holds more than
+	// two seconds' worth of places.
+	slices.SortFunc(backs, func(a, b time.Time) int { return a.Compare(b) })
+	if span, want := backs[len(backs)-1].Sub(backs[0]), time.Duration(len(backs)-1)*time.Second/rate-time.Second; span < want {
+		t.Errorf("%d refused devices told to come back within %v, want spread over at least %v", len(backs), span, want)
 	}
-	last := retries[len(retries)-1]
-	if want := int(math.Ceil(float64(len(retries)) / 5)); last < want-1 || last > want+1 {
-		t.Errorf("longest Retry-After %d s for %d refused at 5/s, want about %d", last, len(retries), want)
-	}
-	for s, n := range counts {
-		if n > 6 || s < 1 {
-			t.Errorf("Retry-After %d given %d times (%v): want at most 5 a second of line", s, n, counts)
+	for i := range backs {
+		in := 0
+		for j := i; j < len(backs) && backs[j].Sub(backs[i]) < time.Second; j++ {
+			in++
+		}
+		if in > 2*rate+1 {
+			t.Errorf("%d devices told to come back within one second from %v: the line is not kept", in, backs[i])
+			break
 		}
 	}
-	if got := e.refusals(reasonAcceptRate); got != float64(len(retries)) {
-		t.Errorf("refusals{accept_rate} %v, want %d", got, len(retries))
+	if got := e.refusals(reasonAcceptRate); got != float64(len(backs)) {
+		t.Errorf("refusals{accept_rate} %v, want %d", got, len(backs))
 	}
-	if got := e.refusals(reasonBadToken); got > 10 {
-		t.Errorf("refusals{bad_token} %v: more than the 10 wrong tokens", got)
+	if got := e.gathered(t, "drover_frontend_retry_after_seconds", "", ""); got != float64(len(backs)) {
+		t.Errorf("retry_after_seconds observed %v times, want %d", got, len(backs))
 	}
 
 	// A refused device that honours its Retry-After is let in.
 	var back answer
 	for _, a := range answers {
-		if a.status == http.StatusServiceUnavailable && a.i%3 != 0 && a.retry <= 2 {
+		if a.status == http.StatusServiceUnavailable && a.i%3 != 0 && a.retry <= 3 && (back.retry == 0 || a.retry < back.retry) {
 			back = a
-			break
 		}
 	}
 	if back.retry == 0 {
 		t.Fatalf("no refused device with a good token and a short Retry-After among %v", answers)
 	}
-	time.Sleep(time.Duration(back.retry) * time.Second)
+	time.Sleep(time.Until(back.back))
 	ws, resp, err := e.dial(back.i, tokenOf(back.i), false)
 	if err != nil {
 		t.Fatalf("device %d back after its Retry-After of %d s: %v (%v)", back.i, back.retry, err, resp)

@@ -159,7 +159,7 @@ func DefaultConfig() Config {
 		IdleTimeout:         90 * time.Second,
 		WriteTimeout:        10 * time.Second,
 		ShutdownGrace:       10 * time.Second,
-		TLS:                 tlsserve.Config{Limits: tlsserve.DefaultLimits()},
+		TLS:                 tlsserve.Config{MinVersion: "1.2", Limits: tlsserve.DefaultLimits()},
 		DeviceAuth:          DeviceAuthToken,
 		Admission:           DefaultAdmissionConfig(),
 		LameDuck:            10 * time.Second,

@@ -210,7 +210,8 @@ func (e *env) connect(t testing.TB, i int, byQuery bool) *websocket.Conn {
 func (e *env) metric(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
 
 // gathered returns the value of the series of name whose label has value
-// (label "": the metric has no labels), from the frontend's registry.
+// (label "": the metric has no labels), from the frontend's registry; of a
+// histogram, its count.
 func (e *env) gathered(t testing.TB, name, label, value string) float64 {
 	t.Helper()
 	fams, err := e.reg.Gather()
@@ -234,6 +235,8 @@ func (e *env) gathered(t testing.TB, name, label, value string) float64 {
 				return m.GetCounter().GetValue()
 			case m.Gauge != nil:
 				return m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				return float64(m.GetHistogram().GetSampleCount())
 			}
 		}
 	}

@@ -113,7 +113,7 @@ func DefaultConfig() Config {
 		VehicleTTL:          24 * time.Hour,
 		ShutdownGrace:       5 * time.Second,
 		AuthLimit:           auth.DefaultLimitConfig(),
-		TLS:                 tlsserve.Config{Limits: tlsserve.DefaultLimits()},
+		TLS:                 tlsserve.Config{MinVersion: "1.2", Limits: tlsserve.DefaultLimits()},
 	}
 }
 

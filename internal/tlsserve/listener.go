@@ -40,6 +40,9 @@ type Listener struct {
 	bucket bucket
 
 	pending chan pendingConn
+	// waiting counts the backlog: connections accepted and not yet
+	// started (or refused), the one the dispatcher holds included.
+	waiting atomic.Int64
 	ready   chan *tls.Conn
 	sem     chan struct{}
 
@@ -66,9 +69,7 @@ func (s *Server) NewListener(inner net.Listener) *Listener {
 		s:     s,
 		lim:   s.cfg.Limits,
 		m:     s.m,
-		// The dispatcher holds the next in line: the channel holds the
-		// rest of the backlog.
-		pending: make(chan pendingConn, s.cfg.Backlog-1),
+		pending: make(chan pendingConn, s.cfg.Backlog),
 		ready:   make(chan *tls.Conn),
 		sem:     make(chan struct{}, s.cfg.MaxHandshakes),
 		closed:  make(chan struct{}),
@@ -161,14 +162,20 @@ func (l *Listener) acceptLoop() {
 			return
 		}
 		pause = 0
-		select {
-		case l.pending <- pendingConn{c: c, at: time.Now()}:
-			l.m.waiting.Inc()
-		default:
+		if l.waiting.Load() >= int64(l.lim.Backlog) {
 			l.m.refused.WithLabelValues(refusedBacklog).Inc()
 			_ = c.Close()
+			continue
 		}
+		l.addWaiting(1)
+		l.pending <- pendingConn{c: c, at: time.Now()} // never blocks: at most Backlog are in it
 	}
+}
+
+// addWaiting changes the backlog count and its gauge.
+func (l *Listener) addWaiting(n int64) {
+	l.waiting.Add(n)
+	l.m.waiting.Add(float64(n))
 }
 
 // retryable reports whether an accept error is passing: out of file
@@ -193,7 +200,7 @@ func (l *Listener) dispatch() {
 		for {
 			select {
 			case p := <-l.pending:
-				l.m.waiting.Dec()
+				l.addWaiting(-1)
 				_ = p.c.Close()
 			default:
 				hs.Wait()
@@ -210,25 +217,25 @@ func (l *Listener) dispatch() {
 			return
 		}
 		if time.Since(p.at) > maxWait {
-			l.m.waiting.Dec()
+			l.addWaiting(-1)
 			l.m.refused.WithLabelValues(refusedWait).Inc()
 			_ = p.c.Close()
 			continue
 		}
 		if !l.bucket.take(l.closed) {
-			l.m.waiting.Dec()
+			l.addWaiting(-1)
 			_ = p.c.Close()
 			return
 		}
 		select {
 		case l.sem <- struct{}{}:
 		case <-l.closed:
-			l.m.waiting.Dec()
+			l.addWaiting(-1)
 			l.bucket.refund(1)
 			_ = p.c.Close()
 			return
 		}
-		l.m.waiting.Dec()
+		l.addWaiting(-1)
 		if time.Since(p.at) > maxWait {
 			// It waited for the budget or a slot too long.
 			<-l.sem

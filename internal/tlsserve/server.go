@@ -39,7 +39,14 @@ type Server struct {
 
 	mu     sync.Mutex // serialises reloads; guards loaded
 	loaded map[string]os.FileInfo
+
+	reloadsOK, reloadsFailed atomic.Uint64
 }
+
+// Reloads returns how many loads of the files succeeded and failed so far
+// (the first, in New, included), as <namespace>_tls_reloads_total counts
+// them.
+func (s *Server) Reloads() (ok, failed uint64) { return s.reloadsOK.Load(), s.reloadsFailed.Load() }
 
 // New reads cfg's files and returns a server of that TLS; name says whose
 // it is in logs, and its metrics are registered with reg under namespace
@@ -165,10 +172,12 @@ func (s *Server) reload() error {
 	c, expiry, err := s.build()
 	if err != nil {
 		s.m.reloads.WithLabelValues("error").Inc()
+		s.reloadsFailed.Add(1)
 		return err
 	}
 	s.cur.Store(c)
 	s.m.reloads.WithLabelValues("ok").Inc()
+	s.reloadsOK.Add(1)
 	s.m.certExpiry.Set(float64(expiry.Unix()))
 	return nil
 }

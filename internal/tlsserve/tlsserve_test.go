@@ -383,20 +383,21 @@ func TestBacklogAndWaitRefusals(t *testing.T) {
 	ca := tlstest.NewCA(t, "test CA")
 	f := writeServer(t, ca, "edge")
 	e := startEcho(t, Config{CertFile: f.cert, KeyFile: f.key,
-		Limits: Limits{MaxHandshakes: 1, Backlog: 1, HandshakeTimeout: 600 * time.Millisecond}})
+		Limits: Limits{MaxHandshakes: 1, Backlog: 1, HandshakeTimeout: 2 * time.Second}})
 	refused := func(reason string) float64 { return testutil.ToFloat64(e.s.m.refused.WithLabelValues(reason)) }
 	var silent []net.Conn
-	for range 2 {
+	for i := range 2 {
 		c, err := net.Dial("tcp", e.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		silent = append(silent, c)
 		defer c.Close()
+		// One at a time: the first in its handshake, then the second waiting.
+		waitFor(t, 5*time.Second, "the connection in its place", func() bool {
+			return testutil.ToFloat64(e.s.m.inProgress) == 1 && testutil.ToFloat64(e.s.m.waiting) == float64(i)
+		})
 	}
-	waitFor(t, 5*time.Second, "one handshake in progress and one waiting", func() bool {
-		return testutil.ToFloat64(e.s.m.inProgress) == 1 && testutil.ToFloat64(e.s.m.waiting) == 1
-	})
 	third, err := net.Dial("tcp", e.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -409,8 +410,8 @@ func TestBacklogAndWaitRefusals(t *testing.T) {
 	if refused(refusedBacklog) != 1 {
 		t.Fatalf("backlog refusals %v, want 1", refused(refusedBacklog))
 	}
-	// The first handshake times out after 600 ms; the second waited longer
-	// than 300 ms by then and is closed without a handshake.
+	// The first handshake times out after 2 s; the second waited longer
+	// than 1 s by then and is closed without a handshake.
 	waitFor(t, 5*time.Second, "the waiting connection refused", func() bool { return refused(refusedWait) == 1 })
 	_ = silent[1].SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := silent[1].Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !isReset(err) {
