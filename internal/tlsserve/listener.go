@@ -65,10 +65,10 @@ type pendingConn struct {
 func (s *Server) NewListener(inner net.Listener) *Listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Listener{
-		inner: inner,
-		s:     s,
-		lim:   s.cfg.Limits,
-		m:     s.m,
+		inner:   inner,
+		s:       s,
+		lim:     s.cfg.Limits,
+		m:       s.m,
 		pending: make(chan pendingConn, s.cfg.Backlog),
 		ready:   make(chan *tls.Conn),
 		sem:     make(chan struct{}, s.cfg.MaxHandshakes),
