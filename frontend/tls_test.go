@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 	"github.com/drover-telemetry/drover/internal/tlsserve/tlstest"
 )
 
@@ -278,5 +279,28 @@ func TestPlainFrontendRefusesTLS(t *testing.T) {
 	}
 	if e.f.scheme() != "ws" {
 		t.Errorf("scheme %q", e.f.scheme())
+	}
+}
+
+// TestReusePortSharesDevices runs two frontends, each with its own queue
+// and id, on one port with -reuse-port: both start, the kernel spreads
+// devices over them, and each acks the devices it holds.
+func TestReusePortSharesDevices(t *testing.T) {
+	if !tlsserve.ReusePortSupported {
+		t.Skip("SO_REUSEPORT: Linux only")
+	}
+	const n = 40
+	a := startWith(t, n, func(c *Config) { c.ReusePort = true })
+	b := startWith(t, n, func(c *Config) {
+		c.ReusePort, c.Listen, c.ID = true, a.f.Addr().String(), "frontend-test-2"
+		c.Registry = a.cfg.Registry
+	})
+	for i := range n {
+		ws := a.connect(t, i, false) // the same address as b's
+		ack(t, ws, false, readings(time.Now(), 1), 1)
+	}
+	na, nb := a.metric(a.f.m.connections), b.metric(b.f.m.connections)
+	if na+nb != n || na == 0 || nb == 0 {
+		t.Fatalf("connections %v and %v: want %d spread over both frontends", na, nb, n)
 	}
 }
