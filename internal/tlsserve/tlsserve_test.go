@@ -535,3 +535,39 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestTLS12 checks the older version: a TLS 1.2 client is served, resumes
+// across servers sharing the ticket key file as a TLS 1.3 one does, is
+// charged less for it, and is refused by a server with -tls-min-version 1.3.
+func TestTLS12(t *testing.T) {
+	ca := tlstest.NewCA(t, "test CA")
+	f := writeServer(t, ca, "edge")
+	keyFile := filepath.Join(f.dir, "tickets")
+	writeTicketKeys(t, keyFile, newKey(t))
+	cfg := Config{CertFile: f.cert, KeyFile: f.key, TicketKeyFile: keyFile}
+	a, b := startEcho(t, cfg), startEcho(t, cfg)
+	sessions := tls.NewLRUClientSessionCache(2)
+	c12 := clientConfig(ca, sessions)
+	c12.MaxVersion = tls.VersionTLS12
+	for i, e := range []*echo{a, b} {
+		c, err := dial(t, e.addr, c12)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.roundTrip(t, "hello")
+		cs := c.c.ConnectionState()
+		c.c.Close()
+		if cs.Version != tls.VersionTLS12 || cs.DidResume != (i == 1) {
+			t.Fatalf("connection %d: version %x, resumed %v", i, cs.Version, cs.DidResume)
+		}
+		if i == 1 && HandshakeCost(cs) >= 1 {
+			t.Errorf("a TLS 1.2 resumption costs %v full handshakes", HandshakeCost(cs))
+		}
+	}
+	cfg.MinVersion = "1.3"
+	only13 := startEcho(t, cfg)
+	if c, err := dial(t, only13.addr, c12); err == nil {
+		c.c.Close()
+		t.Fatal("a TLS 1.2 client was served with -tls-min-version 1.3")
+	}
+}
