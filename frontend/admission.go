@@ -306,18 +306,10 @@ func (f *Frontend) runEdge(ctx context.Context) <-chan struct{} {
 }
 
 // admitNew decides, before any token hashing, whether a new connection of
-// the device id (as claimed: not yet authenticated) may go on: not when
-// the device is flapping (429 until its block ends) nor over the accept
-// rate (503 with its place in line as Retry-After). It answers the refusal
-// itself and returns false then.
+// the device id (as claimed: not yet authenticated) may go on: not over the
+// accept rate (503 with its place in line as Retry-After). It answers the
+// refusal itself and returns false then.
 func (f *Frontend) admitNew(w http.ResponseWriter, id string, now time.Time) bool {
-	if id != "" {
-		if left, blocked := f.devs.flapping(id, now); blocked {
-			w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(left)))
-			f.refuseHTTP(w, http.StatusTooManyRequests, reasonFlapping, "reconnecting too often, retry later", id)
-			return false
-		}
-	}
 	ok, wait := f.gate.admit(id, now)
 	if ok {
 		return true
@@ -326,6 +318,20 @@ func (f *Frontend) admitNew(w http.ResponseWriter, id string, now time.Time) boo
 	f.am.retryAfter.Observe(float64(s))
 	w.Header().Set("Retry-After", strconv.Itoa(s))
 	f.refuseHTTP(w, http.StatusServiceUnavailable, reasonAcceptRate, "server busy, retry later", "")
+	return false
+}
+
+// notFlapping says whether the authenticated device id may connect now,
+// and answers 429 with the hold's end as Retry-After when it is held back.
+// After the authentication, not before: a 429 for an id nobody
+// authenticated as would tell which ids exist.
+func (f *Frontend) notFlapping(w http.ResponseWriter, id string, now time.Time) bool {
+	left, held := f.devs.flapping(id, now)
+	if !held {
+		return true
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(left)))
+	f.refuseHTTP(w, http.StatusTooManyRequests, reasonFlapping, "reconnecting too often, retry later", id)
 	return false
 }
 

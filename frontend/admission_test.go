@@ -201,7 +201,8 @@ func TestAdmissionRefusesBeforeAuthentication(t *testing.T) {
 
 // TestFlappingDeviceIsHeldBack reconnects one device past the flapping
 // limit: it is held back with 429 and a Retry-After of the hold, counted;
-// another device is not.
+// its id without its token gets the 401 any id gets; another device is not
+// held back.
 func TestFlappingDeviceIsHeldBack(t *testing.T) {
 	e := startWith(t, 2, func(c *Config) {
 		c.Admission.FlapConnects, c.Admission.FlapWindow = 3, time.Minute
@@ -225,6 +226,10 @@ func TestFlappingDeviceIsHeldBack(t *testing.T) {
 	}
 	if got := e.gathered(t, "drover_frontend_flapping_holds_total", "", ""); got != 1 {
 		t.Errorf("flapping holds %v, want 1", got)
+	}
+	// Whoever does not hold its token learns nothing: 401, as for any id.
+	if _, resp, err := e.dial(0, "wrong", false); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the held-back device's id with a wrong token: %v (%v), want 401", err, resp)
 	}
 	// Another device is not held back.
 	ws := e.connect(t, 1, false)

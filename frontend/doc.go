@@ -62,7 +62,9 @@
 // the delay falls. Over TLS, handshakes wait for the handshake budget in a
 // bounded backlog before any HTTP is possible (internal/tlsserve). A device
 // that reconnects more than -flap-connects times within -flap-window is
-// held back with 429, its count kept with its other per-device state.
+// held back with 429 (checked after its token, so that the answer tells
+// nothing to whoever lacks it), its count kept with its other per-device
+// state.
 //
 // # State kept in memory
 //

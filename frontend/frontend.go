@@ -433,10 +433,9 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusBadRequest, reasonNotWebSocket, "expected a WebSocket upgrade", "")
 		return
 	}
-	// The cheapest checks first: an address that failed too often, a
-	// flapping device, the accept rate, then the connection limit (during
-	// a reconnect stampede most requests end there), all before any
-	// hashing or upgrade.
+	// The cheapest checks first: an address that failed too often, the
+	// accept rate, then the connection limit (during a reconnect stampede
+	// most requests end there), all before any hashing or upgrade.
 	now := time.Now()
 	src := auth.SourceKey(f.proxies.ClientAddr(r))
 	if left, blocked := f.srcLimit.Blocked(src, now); blocked {
@@ -496,6 +495,10 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
 		f.refuseHTTP(w, http.StatusUnauthorized, reason, textUnauthorized, id)
+		return
+	}
+	if !f.notFlapping(w, id, now) {
+		f.unadmit()
 		return
 	}
 	ws, err := f.upgrader.Upgrade(w, r, nil)
