@@ -11,6 +11,8 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
@@ -72,10 +74,16 @@ func TestRegisterFlags(t *testing.T) {
 		"-accept-rate", "300", "-accept-burst", "50", "-accept-rate-min", "20", "-admission-delay-target", "5ms",
 		"-flap-connects", "6", "-flap-window", "30s", "-flap-block", "20s", "-flap-block-max", "5m",
 		"-lame-duck", "45s",
+		"-resolve-interval", "30s", "-dns-server", "127.0.0.1:8600",
+		"-registry-cache", "/var/cache/drover/registry.cache", "-presence-interval", "2s",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	follow := registry.DefaultFollowConfig()
+	follow.Cache = "/var/cache/drover/registry.cache"
+	pres := DefaultPresenceConfig()
+	pres.Interval = 2 * time.Second
 	want := Config{
 		Listen:              "127.0.0.1:0",
 		QueueDir:            "/var/lib/drover/frontend",
@@ -110,6 +118,9 @@ func TestRegisterFlags(t *testing.T) {
 		Admission: AdmissionConfig{Rate: 300, Burst: 50, MinRate: 20, DelayTarget: 5 * time.Millisecond,
 			FlapConnects: 6, FlapWindow: 30 * time.Second, FlapBlock: 20 * time.Second, FlapMaxBlock: 5 * time.Minute},
 		LameDuck: 45 * time.Second,
+		Resolve:  endpoints.Config{Interval: 30 * time.Second, Server: "127.0.0.1:8600"},
+		Follow:   follow,
+		Presence: pres,
 	}
 	if !slices.Equal(cfg.Routers, want.Routers) {
 		t.Errorf("routers %v, want %v", cfg.Routers, want.Routers)

@@ -35,7 +35,8 @@
 // a device id that breaks the one definition (telemetry.ValidateDeviceID,
 // checked before any registry lookup), HTTP 401 for an unknown device or a
 // bad token (one answer for both, so that device ids cannot be enumerated;
-// the metric keeps the reason), HTTP 429 with a Retry-After for a client
+// the metric keeps the reason), HTTP 403 with the reason for the right
+// token of a suspended or decommissioned device, HTTP 429 with a Retry-After for a client
 // address or device id that failed to authenticate too often (internal/auth's
 // limiter, checked before any hashing), HTTP 429 with a Retry-After for a
 // device that reconnects too often (flapping), HTTP 503 with a Retry-After
@@ -45,7 +46,9 @@
 // reason: 1007 invalid frame, 1008 rate limit, 1009 frame too large, 1012
 // lame-duck stop (reconnect elsewhere), 1013 queue or disk full (nothing is
 // acked, nothing is dropped), 1011 internal error, 4000 replaced by a newer
-// connection of the same device, 4001 idle.
+// connection of the same device, 4001 idle, 4401 token revoked (or a
+// rotation's overlap ended), 4403 device suspended, decommissioned or
+// removed.
 //
 // # Stampedes
 //
@@ -53,18 +56,33 @@
 // another frontend's loss) must not take the CPU that the acks of the
 // devices already connected need (admission.go, governor.go). New
 // connections are let in at -accept-rate (GCRA: a burst, then evenly);
-// one that comes too early is refused before any token hashing with 503
-// and a Retry-After that is its place in line ÷ the rate, and that place is
-// held for it, so that a herd spreads over herd ÷ rate seconds in the order
-// it came. The rate in force follows the Go scheduler's delay: while its
-// p99 is above -admission-delay-target, runnable read loops wait for a CPU,
-// so the rate (and the TLS handshake budget) is cut; it grows back when
-// the delay falls. Over TLS, handshakes wait for the handshake budget in a
-// bounded backlog before any HTTP is possible (internal/tlsserve). A device
-// that reconnects more than -flap-connects times within -flap-window is
-// held back with 429 (checked after its token, so that the answer tells
-// nothing to whoever lacks it), its count kept with its other per-device
-// state.
+// one that comes too early is refused before any token hashing or
+// registry lookup with 503 and a Retry-After that is its place in line ÷
+// the rate, and that place is held for it, so that a herd spreads over
+// herd ÷ rate seconds in the order it came. The rate in force follows the
+// Go scheduler's delay: while its p99 is above -admission-delay-target,
+// runnable read loops wait for a CPU, so the rate (and the TLS handshake
+// budget) is cut; it grows back when the delay falls. Over TLS, handshakes
+// wait for the handshake budget in a bounded backlog before any HTTP is
+// possible (internal/tlsserve). A device that reconnects more than
+// -flap-connects times within -flap-window is held back with 429 (checked
+// after its token, so that the answer tells nothing to whoever lacks it),
+// its count kept with its other per-device state.
+//
+// # The registry
+//
+// Devices are checked against a registry.Store: a file (-registry), or a
+// copy of the control plane's registry that follows its change feed
+// (-registry-api; registry.go), cached under the queue folder so that a
+// restart while the API is down still serves. The frontend serves once a
+// copy is in force. When the registry changes, the connections of the
+// devices that changed are checked again (and, for a file reload, every
+// connection) and those it no longer allows are closed once the frame they
+// are storing is stored and acked; a connection made with a rotation's
+// previous token is checked again when the overlap ends, and one made with
+// a device certificate (-device-auth cert) only by the device's state.
+// Following the control plane, the frontend also reports presence
+// (presence.go): in batches, bounded, never on the ack path.
 //
 // # State kept in memory
 //

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/drover-telemetry/drover/internal/registry"
 )
@@ -71,19 +72,36 @@ func certDevice(r *http.Request) string {
 	return r.TLS.PeerCertificates[0].Subject.CommonName
 }
 
-// authenticate checks a device against the registry: by its certificate
+// authenticate checks a device against reg at now: by its certificate
 // when it presented one (certID, already verified by the handshake: the
-// device must only be in the registry), else by its token.
-func (f *Frontend) authenticate(id, token, certID string) error {
-	reg := f.store.Current()
+// device must only be registered and active), else by its token
+// (registry.Authorize). A certificate's grant is the zero Grant: nothing
+// expires with it.
+func authenticate(reg *registry.Registry, id, token, certID string, now time.Time) (registry.Grant, error) {
 	if certID != "" {
-		if _, ok := reg.Lookup(id); !ok {
-			return registry.ErrUnknownDevice
-		}
-		return nil
+		return registry.Grant{}, certAllowed(reg, id)
 	}
-	_, err := reg.Authenticate(id, token)
-	return err
+	_, g, err := reg.Authorize(id, token, now)
+	return g, err
+}
+
+// certAllowed reports whether reg lets the device id connect with a
+// verified certificate: it is registered and active. The errors are those
+// of registry.Authorize, so that refusals and closes read alike.
+func certAllowed(reg *registry.Registry, id string) error {
+	d, ok := reg.Lookup(id)
+	if !ok {
+		return registry.ErrUnknownDevice
+	}
+	switch d.State {
+	case registry.StateActive:
+		return nil
+	case registry.StateSuspended:
+		return registry.ErrSuspended
+	case registry.StateDecommissioned:
+		return registry.ErrDecommissioned
+	}
+	return registry.ErrUnknownState
 }
 
 // scheme is the device URL scheme the frontend serves.

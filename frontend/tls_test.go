@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/internal/tlsserve"
 	"github.com/drover-telemetry/drover/internal/tlsserve/tlstest"
 )
@@ -302,5 +303,55 @@ func TestReusePortSharesDevices(t *testing.T) {
 	na, nb := a.metric(a.f.m.connections), b.metric(b.f.m.connections)
 	if na+nb != n || na == 0 || nb == 0 {
 		t.Fatalf("connections %v and %v: want %d spread over both frontends", na, nb, n)
+	}
+}
+
+// TestDeviceCertificatesFollowTheRegistry: a connection made with a
+// device certificate has no token for a registry change to revoke; a
+// reload of the registry closes it (4403) only when its device left the
+// registry. A device whose token changed meanwhile keeps its connection.
+func TestDeviceCertificatesFollowTheRegistry(t *testing.T) {
+	tf := newTLSFiles(t, "edge")
+	devCA := tlstest.NewCA(t, "device CA")
+	caFile := devCA.WriteCA(t, tf.dir, "devices.pem")
+	e := startWith(t, 3, func(c *Config) {
+		tf.withTLS(false)(c)
+		c.TLS.ClientCAFile, c.DeviceAuth = caFile, DeviceAuthCert
+	})
+	conns := make([]*websocket.Conn, 3)
+	for i := range conns {
+		cert := devCA.Client(t, deviceID(i)).TLS(t)
+		ws, _, err := tf.tlsDialer(nil, &cert).Dial(e.wssURL(), nil)
+		if err != nil {
+			t.Fatalf("device %d by its certificate: %v", i, err)
+		}
+		t.Cleanup(func() { ws.Close() })
+		ack(t, ws, false, readings(time.Now(), 1), 1)
+		conns[i] = ws
+	}
+	devs := []registry.Device{
+		{ID: deviceID(1), TokenSHA256: registry.HashToken("a new token")},
+		{ID: deviceID(2), TokenSHA256: registry.HashToken(tokenOf(2))},
+	}
+	if err := registry.Write(e.cfg.Registry, devs); err != nil {
+		t.Fatal(err)
+	}
+	if text := expectClose(t, conns[0], CloseDeviceNotActive); text != "device removed from the registry" {
+		t.Errorf("removed: %q", text)
+	}
+	// A second reload (device 0 back) is applied by the same goroutine
+	// after the first one's checks of every connection have finished.
+	devs = append(devs, registry.Device{ID: deviceID(0), TokenSHA256: registry.HashToken(tokenOf(0))})
+	if err := registry.Write(e.cfg.Registry, devs); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second reload", func() bool {
+		_, ok := e.f.store.Current().Lookup(deviceID(0))
+		return ok
+	})
+	ack(t, conns[1], false, readings(time.Now(), 2), 2)
+	ack(t, conns[2], false, readings(time.Now(), 2), 2)
+	if n := e.refusals(reasonRevoked); n != 0 {
+		t.Errorf("refusals{revoked} = %v: a certificate's connection was checked as a token's", n)
 	}
 }

@@ -8,9 +8,12 @@ import (
 	"slices"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
@@ -19,16 +22,37 @@ type Config struct {
 	// Listen is the address of the client WebSocket and live map server,
 	// host:port.
 	Listen string
-	// Routers are the live. lane endpoints of every router.
+	// Routers are the live. lane endpoints of every router. A
+	// dns+tcp://name:port entry stands for every address the name resolves
+	// to, followed while the livefeed runs (internal/endpoints).
 	Routers []string
+	// Resolve says how often, and through which DNS server, dns+tcp://
+	// entries of Routers are looked up.
+	Resolve endpoints.Config
 	// ID names this livefeed in logs and in the ZeroMQ identities of its
-	// subscriptions (ID.0, ID.1, ... one per router endpoint).
+	// subscriptions (ID.0, ID.1, ... one per router subscription).
 	ID string
 
 	// Clients is the path of the clients file: the SHA-256 hashes of client
 	// tokens and the fleets each may see (see docs/live-api.md). It is
 	// reloaded on SIGHUP and when it changes. Empty: no file.
 	Clients string
+	// API, when its URL is set, is the control plane whose live-client
+	// tokens (POST /v1/live-tokens) the livefeed follows, beside the
+	// clients file (apitokens.go).
+	API apiclient.Config
+	// CacheDir is where what is followed from API is kept (tokens.cache,
+	// registry.cache), so that a restart while the API is down still
+	// admits the tokens' clients and hides retired devices. Empty: no
+	// cache.
+	CacheDir string
+	// RegistryStore, when set, is the device registry followed instead of
+	// making a follower of API: drover all shares its frontend's. Not a
+	// flag.
+	RegistryStore *registry.Store `json:"-"`
+	// NotBefore, when set, holds the first request to the API until it is
+	// closed (drover all: until its own API has started). Not a flag.
+	NotBefore <-chan struct{} `json:"-"`
 	// DevToken is a token that may see every fleet and never expires, for
 	// local runs and tests. As a flag it is a secret (see
 	// daemon.SecretVar): from the environment or a file.
@@ -91,6 +115,8 @@ type Config struct {
 	// ReusePort binds Listen with SO_REUSEPORT, so that several livefeeds
 	// share one port.
 	ReusePort bool
+	// Map configures the built-in live map page.
+	Map MapConfig
 }
 
 // DefaultConfig returns the configuration of a livefeed on a laptop: clients
@@ -99,6 +125,7 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:  ":8081",
 		Routers: []string{"tcp://127.0.0.1:5556"},
+		Resolve: endpoints.DefaultConfig(),
 		ID:      daemon.DefaultID("livefeed"),
 
 		MaxClients:          10000,
@@ -114,6 +141,7 @@ func DefaultConfig() Config {
 		ShutdownGrace:       5 * time.Second,
 		AuthLimit:           auth.DefaultLimitConfig(),
 		TLS:                 tlsserve.Config{MinVersion: "1.2", Limits: tlsserve.DefaultLimits()},
+		Map:                 DefaultMapConfig(),
 	}
 }
 
@@ -123,11 +151,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", c.Listen,
 		"`address` (host:port) of the WebSocket API and live map page clients connect to")
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
-		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port)")
+		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port); dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
+	c.Resolve.RegisterFlags(fs, "-routers")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
 	fs.StringVar(&c.Clients, "clients", c.Clients,
 		"`path` of the clients file (token SHA-256 hashes and the fleets each may see); reloaded on SIGHUP and change")
+	c.API.RegisterFlags(fs, "live-client tokens from, beside the -clients file")
+	fs.StringVar(&c.CacheDir, "cache-dir", c.CacheDir,
+		"`directory` keeping what is followed from -registry-api (live-client tokens, the device registry), so that a restart while the API is down still admits the tokens' clients; empty: no cache")
 	daemon.SecretVar(fs, &c.DevToken, "dev-token",
 		"client `token` allowed to see every fleet, never expiring, for local runs and tests")
 	fs.BoolVar(&c.Dev, "dev", c.Dev,
@@ -161,6 +193,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.TLS.RegisterFlags(fs, false)
 	fs.BoolVar(&c.ReusePort, "reuse-port", c.ReusePort,
 		"bind -listen with SO_REUSEPORT, so that several livefeeds share the port")
+	c.Map.RegisterFlags(fs)
 }
 
 // Validate reports every problem of the configuration at once.
@@ -175,8 +208,14 @@ func (c Config) Validate() error {
 	if err := c.Links.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.Resolve.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))
+	}
+	if err := c.API.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DevToken != "" && len(c.DevToken) < 8 {
 		errs = append(errs, errors.New("dev-token: shorter than 8 characters"))
@@ -223,6 +262,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReusePort && !tlsserve.ReusePortSupported {
 		errs = append(errs, errors.New("reuse-port: SO_REUSEPORT is supported on Linux only"))
+	}
+	if err := c.Map.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.VehicleTTL < 0 {
 		errs = append(errs, fmt.Errorf("vehicle-ttl: %v, want >= 0", c.VehicleTTL))

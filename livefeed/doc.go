@@ -11,6 +11,17 @@
 // The package is a library: cmd/drover builds a [Feed] from a [Config] with
 // [New] and runs it with [Feed.Run].
 //
+// # The map page
+//
+// The page at / is built from livefeed/map/ (drover's code) and npm
+// packages (Leaflet, supercluster, topojson-client, Natural Earth's
+// world-atlas) by scripts/build-map.sh into web/dist, which go:embed takes
+// when it exists; none of it is committed. Without it the binary serves
+// web/placeholder, a page saying how to build the map ([MapBundled] says
+// which). The page reads map-config.json ([MapConfig]: tiles, geofences),
+// and its Content-Security-Policy allows only the configured origins
+// besides its own (web.go, mapconfig.go).
+//
 // # Who may connect
 //
 // Clients present a token (internal/auth: bearer header or query); the
@@ -19,7 +30,11 @@
 // closed with [CloseExpired] when its token expires. Without a clients file
 // or a dev token, every client is refused, unless Config.Dev makes up a
 // token for a development run. Failed authentications are limited per
-// client address, as in the frontend.
+// client address, as in the frontend. With -registry-api the livefeed also
+// follows the control plane's live-client tokens (apitokens.go): scoped to
+// fleets and narrowed to devices and a map area, revoked within seconds;
+// and its device registry (registry.go), to take decommissioned and deleted
+// devices off every map.
 //
 // # TLS
 //

@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
@@ -48,14 +51,26 @@ type Feed struct {
 	store  *store
 	sec    *clusterlink.Security
 	tls    *tlsserve.Server // nil: plain
+	watch  *endpoints.Watcher
+
+	// subs are the router subscriptions, by endpoint (see setRouters).
+	subsMu  sync.Mutex
+	subs    map[string]*routerSub
+	subsN   int // subscriptions made, for their ZeroMQ identities
+	subsCtx context.Context
+	subsWG  sync.WaitGroup
 
 	upgrader websocket.Upgrader
 
 	started    atomic.Bool
 	state      atomic.Pointer[error] // errStarting, nil while serving, errStopping
 	addr       atomic.Pointer[net.Addr]
-	subscribed atomic.Int32 // router endpoints subscribed to at least once
+	subscribed atomic.Int32 // listed router endpoints subscribed to at least once
 	auth       atomic.Pointer[authStore]
+	// registry, with -registry-api, hides the vehicles of decommissioned
+	// and removed devices (registry.go); nil without. Set by Run before
+	// ingest starts.
+	registry *registry.Store
 
 	// Failed authentications per client address.
 	proxies  auth.Proxies
@@ -100,17 +115,24 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 	if err != nil {
 		return nil, fmt.Errorf("livefeed: %w", err)
 	}
-	for _, ep := range cfg.Routers {
+	for _, ep := range endpoints.Static(cfg.Routers) {
 		if _, err := sec.Endpoint(clusterlink.LinkLive, ep); err != nil {
 			sec.Close()
 			return nil, fmt.Errorf("livefeed: routers: %w", err)
 		}
+	}
+	watch, err := endpoints.NewWatcher(cfg.Routers, cfg.Resolve, "livefeed", logger, reg)
+	if err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("livefeed: routers: %w", err)
 	}
 	f := &Feed{
 		cfg:         cfg.clone(),
 		logger:      logger,
 		reg:         reg,
 		sec:         sec,
+		watch:       watch,
+		subs:        make(map[string]*routerSub),
 		m:           m,
 		store:       newStore(),
 		clientsPoll: 2 * time.Second,
@@ -192,6 +214,27 @@ func (f *Feed) Run(ctx context.Context) error {
 	auth.interval = f.clientsPoll
 	auth.onChange = f.credentialsChanged
 	f.auth.Store(auth)
+	var tokens *tokenFollower
+	if f.cfg.API.Enabled() {
+		tokensCache := ""
+		if f.cfg.CacheDir != "" {
+			tokensCache = filepath.Join(f.cfg.CacheDir, "tokens.cache")
+		}
+		if tokens, err = newTokenFollower(f.cfg.API, tokensCache, auth, f.logger, f.reg); err != nil {
+			f.setState(fmt.Errorf("livefeed: control plane: %w", err))
+			return fmt.Errorf("livefeed: control plane: %w", err)
+		}
+		tokens.loadCache()
+	}
+	reg, ownReg, err := f.openRegistry()
+	if err != nil {
+		f.setState(fmt.Errorf("livefeed: registry: %w", err))
+		return fmt.Errorf("livefeed: registry: %w", err)
+	}
+	if reg != nil {
+		f.registry = reg
+		defer reg.Subscribe(f.registryChanged)()
+	}
 
 	ln, err := tlsserve.Listen(ctx, f.cfg.Listen, f.cfg.ReusePort)
 	if err != nil {
@@ -209,7 +252,7 @@ func (f *Feed) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+LivePath, f.serveLive)
 	mux.HandleFunc("GET /readyz", f.serveReady)
-	mux.Handle("GET /", pageHandler())
+	mux.Handle("GET /", pageHandler(f.cfg.Map))
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: f.cfg.WriteTimeout,
@@ -228,12 +271,18 @@ func (f *Feed) Run(ctx context.Context) error {
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBg()
 	var bg sync.WaitGroup
-	for i, ep := range f.cfg.Routers {
-		bg.Go(func() { f.subscribeRouter(bgCtx, i, ep) })
-	}
+	f.subsCtx = bgCtx
+	f.setRouters(f.watch.Current())
+	bg.Go(func() { f.watch.Run(bgCtx, f.setRouters) })
 	bg.Go(func() { auth.run(bgCtx) })
 	if f.tls != nil {
 		bg.Go(func() { f.tls.Run(bgCtx) })
+	}
+	if tokens != nil {
+		bg.Go(func() { tokens.run(bgCtx, f.cfg.NotBefore) })
+	}
+	if ownReg {
+		bg.Go(func() { runRegistry(bgCtx, reg) })
 	}
 	if f.cfg.VehicleTTL > 0 {
 		bg.Go(func() { f.expireLoop(bgCtx) })
@@ -249,9 +298,13 @@ func (f *Feed) Run(ctx context.Context) error {
 		// that a laptop run is usable and never open.
 		f.logger.Warn("livefeed: -dev: no clients file and no dev token, so made up a dev token that sees every fleet; "+
 			"open the map with it", "map", url+"?token="+devToken)
-	case devToken == "" && f.cfg.Clients == "":
+	case devToken == "" && f.cfg.Clients == "" && !f.cfg.API.Enabled():
 		f.logger.Warn("livefeed: no -clients file and no dev token: every client is refused; give -clients FILE " +
 			"(docs/live-api.md), or -dev on a laptop")
+	}
+	if !MapBundled() {
+		f.logger.Warn("livefeed: this binary was built without the live map page (scripts/build-map.sh did not run before go build): " +
+			"/ serves a page saying how to build it; the live API is unaffected")
 	}
 
 	var runErr error
@@ -273,6 +326,7 @@ func (f *Feed) Run(ctx context.Context) error {
 	f.logger.Info("livefeed: client connections closed", "clients", n, "took", time.Since(start))
 	stopBg()
 	bg.Wait()
+	f.subsWG.Wait()
 	f.logger.Info("livefeed: stopped", "took", time.Since(start))
 	return runErr
 }
