@@ -33,12 +33,17 @@
 # Knobs: DEVICES, STEADY, VICTIMS, FRONTENDS (FRONTEND_PER: devices a frontend, 15,000), PORTS,
 # ADMISSION, TLS=1 (wss:// for scale, stampede and isolation; memory and connect do both), RATE
 # (readings per device per second), DURATION, SETTLE and CPU_WINDOW (scale: seconds before and of
-# the CPU measurement, 20 and 60), SIM_PER (devices per sim process, 15,000), NATS=0 (skip the
+# the CPU measurement, 20 and 60; DURATION 0: until the measurement is over; WARMUP, 60s: what
+# the steady ack latency leaves out), SIM_PER (devices per sim process, 15,000), NATS=0 (skip the
 # peer), OUT (bench-out). Results:
 # OUT/conns-<scenario>/ (each process's log, metrics and summaries, and <scenario>.txt, the table).
 #
-# Sizes for a check that the script works (seconds, a few hundred devices):
+# Sizes for a check that the script works (a minute or two each, a few hundred devices):
+#   DEVICES=300 scripts/bench-conns.sh memory
+#   DEVICES=300 scripts/bench-conns.sh connect
+#   DEVICES=300 FRONTEND_PER=150 SIM_PER=150 SETTLE=3 CPU_WINDOW=5 WARMUP=2s scripts/bench-conns.sh scale
 #   DEVICES=300 STEADY=50 VICTIMS=2 scripts/bench-conns.sh stampede
+#   DEVICES=300 STEADY=50 SIM_PER=150 scripts/bench-conns.sh isolation
 # The figures of docs/performance.md are the defaults, run alone on the machine.
 set -euo pipefail
 
@@ -105,7 +110,7 @@ snap() {
 
 # refusals_of OPS-ADDR: a frontend's refusals by reason, "reason=count ...".
 refusals_of() {
-	{ curl -fs "http://$1/metrics" || true; } | awk -F'[{}"= ]+' '/^drover_frontend_refusals_total\{/ && $NF > 0 {printf "%s=%s ", $3, $NF}'
+	{ curl -fs "http://$1/metrics" || true; } | awk -F'[{}"= ]+' '/^drover_frontend_refusals_total\{/ && $NF > 0 {printf "%s=%s ", $3, $NF; n++} END {if (!n) printf "none "}'
 }
 
 # stop_all: SIGTERM every process started, and wait.
@@ -283,7 +288,9 @@ scale)
 	per_fe=${FRONTEND_PER:-15000}
 	f=${FRONTENDS:-$(((n + per_fe - 1) / per_fe))}
 	rate=${RATE:-0.1}
-	dur=${DURATION:-120s}
+	# 0: the devices run until the measurement is over (then SIGTERM), however long 200,000
+	# take to connect; a fixed DURATION could end before the CPU window does.
+	dur=${DURATION:-0}
 	registry "$n"
 	start_router
 	ports=()
@@ -322,6 +329,7 @@ scale)
 		echo "simulator: ${#sim_pids_dev[@]} processes, RSS $((srss >> 20)) MiB, CPU $(python3 -c "print(round(($s1 - $s0) / $window, 2))") cores"
 		echo "machine: load $(cut -d' ' -f1-3 /proc/loadavg), memory available $(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo) MiB"
 	} | tee "$out/scale.txt"
+	if [[ $dur == 0 ]]; then for p in "${sim_pids_dev[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; fi
 	for p in "${sim_pids_dev[@]}"; do wait "$p" 2>/dev/null || true; done
 	sims_summary dev | tee -a "$out/scale.txt"
 	python3 - "$out" <<'PY' | tee -a "$out/scale.txt"
@@ -329,7 +337,7 @@ import glob, json, sys
 st = [json.load(open(f)).get("ack_latency_steady_ms") for f in glob.glob(sys.argv[1] + "/dev-*.json") if not f.endswith(".acked.json")]
 st = [s for s in st if s]
 if st:
-    print("ack latency after the first minute, per sim process: p50 %s ms, p99 %s ms (worst process: p99 %s ms)" % (
+    print("ack latency after the warmup (WARMUP, 60 s from the start), per sim process: p50 %s ms, p99 %s ms (worst process: p99 %s ms)" % (
         sorted(s["p50"] for s in st)[len(st)//2], sorted(s["p99"] for s in st)[len(st)//2], max(s["p99"] for s in st)))
 PY
 	;;
