@@ -66,3 +66,40 @@ func (f *Frontend) lameDuck(ctx context.Context, window time.Duration) int {
 	}
 	return closed
 }
+
+// closeConns stops admitting connections, asks every connection to finish
+// its frame and close with 1001, and waits for them until graceCtx ends;
+// then it closes what is left by force. It returns how many connections
+// were open.
+func (f *Frontend) closeConns(graceCtx context.Context, forceStop context.CancelFunc) int {
+	f.mu.Lock()
+	f.closing = true
+	conns := make([]*conn, 0, len(f.conns))
+	for c := range f.conns {
+		conns = append(conns, c)
+	}
+	f.mu.Unlock()
+	for _, c := range conns {
+		c.stop(closeGoingAway, reasonTextGoingAway)
+	}
+	allDone := make(chan struct{})
+	go func() {
+		f.connWG.Wait()
+		close(allDone)
+	}()
+	select {
+	case <-allDone:
+		return len(conns)
+	case <-graceCtx.Done():
+	}
+	f.mu.Lock()
+	left := len(f.conns)
+	for c := range f.conns {
+		_ = c.ws.Close()
+	}
+	f.mu.Unlock()
+	f.logger.Warn("frontend: shutdown grace passed; closing connections by force", "connections", left, "grace", f.cfg.ShutdownGrace)
+	forceStop() // an append stuck on the disk returns, unacked
+	<-allDone
+	return len(conns)
+}
