@@ -24,7 +24,7 @@ const maxFrameReadings = 1000
 type Config struct {
 	// URLs are the frontends' WebSocket URLs (ws://host:port or wss://, path IngestPath when
 	// none is given). A device picks one at random at each connect and moves to another after a
-	// failure.
+	// failure (but goes back once to one that answered with a Retry-After).
 	URLs []string
 	// Devices is the number of simulated devices.
 	Devices int

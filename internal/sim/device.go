@@ -130,9 +130,10 @@ func (d *device) run(ctx context.Context) {
 	}
 
 	// The failures in a row (full jitter: docs/ingest.md's device contract), and the frontend of
-	// the last attempt (avoided at the next one).
+	// the last attempt (avoided at the next one, unless it told the device when to come back).
 	retry := backoff.NewFull(cfg.BackoffMin, cfg.BackoffMax, d.rng)
 	lastURL := -1
+	back := false // the next attempt goes back to lastURL
 	var wait time.Duration
 	for {
 		if wait > 0 {
@@ -156,8 +157,11 @@ func (d *device) run(ctx context.Context) {
 		if ctx.Err() != nil || d.finished() {
 			return
 		}
-		u := d.pickURL(lastURL)
-		lastURL = u
+		u, wentBack := lastURL, back
+		if !back {
+			u = d.pickURL(lastURL)
+		}
+		back, lastURL = false, u
 		conn, retryAfter, err := d.dial(ctx, f.urls[u])
 		if err != nil {
 			if ctx.Err() != nil {
@@ -169,6 +173,10 @@ func (d *device) run(ctx context.Context) {
 				// line). It is in whole seconds, so add up to a second of jitter: devices told
 				// the same second do not all come back at its start.
 				wait = retryAfter + time.Duration(d.rng.Int64N(int64(time.Second)))
+				// The accept rate holds the device's place in line at this frontend: come
+				// back to it. Once: refused there again (a full frontend, a line too long),
+				// try another.
+				back = !wentBack
 			}
 			var he *handshakeError
 			if errors.As(err, &he) && he.status == http.StatusUnauthorized {
