@@ -201,12 +201,6 @@ func (d *device) run(ctx context.Context) {
 	}
 }
 
-// Close codes after which a device reconnects at once to another frontend.
-var (
-	reasonServiceRestart = strconv.Itoa(websocket.CloseServiceRestart)
-	reasonGoingAway      = strconv.Itoa(websocket.CloseGoingAway)
-)
-
 // generate takes the readings due by now into the outbox.
 func (d *device) generate() {
 	cfg, c := d.f.cfg, &d.f.c
@@ -402,22 +396,6 @@ loop:
 		f.note("disconnect:"+reason, "sim device disconnected", "device", d.id, "reason", reason, "err", cause)
 	}
 	return reason, progress
-}
-
-// disconnectReason names why the reader ended.
-func disconnectReason(err error) string {
-	var ce *websocket.CloseError
-	var de *downlinkError
-	switch {
-	case errors.As(err, &ce):
-		return strconv.Itoa(ce.Code)
-	case errors.As(err, &de):
-		return "error_" + strconv.FormatUint(uint64(de.code), 10)
-	case errors.Is(err, errProtocol):
-		return endProtocol
-	default:
-		return endError
-	}
 }
 
 // sendAvailable sends frames while the window and the outbox allow.

@@ -96,3 +96,25 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 	}
 	return 0
 }
+
+// Close codes after which a device reconnects at once to another frontend.
+var (
+	reasonServiceRestart = strconv.Itoa(websocket.CloseServiceRestart)
+	reasonGoingAway      = strconv.Itoa(websocket.CloseGoingAway)
+)
+
+// disconnectReason names why the reader ended.
+func disconnectReason(err error) string {
+	var ce *websocket.CloseError
+	var de *downlinkError
+	switch {
+	case errors.As(err, &ce):
+		return strconv.Itoa(ce.Code)
+	case errors.As(err, &de):
+		return "error_" + strconv.FormatUint(uint64(de.code), 10)
+	case errors.Is(err, errProtocol):
+		return endProtocol
+	default:
+		return endError
+	}
+}
