@@ -14,10 +14,11 @@ import (
 	"github.com/drover-telemetry/drover/internal/tlsserve/tlstest"
 )
 
-// The tests of this file run the simulator against real frontends
-// (in-process, each with its real queue; no router: a frontend acks once
-// its own queue has the frame), to check that simulated devices keep the
-// device side's contract of docs/ingest.md.
+// The tests of this file check that simulated devices keep the device
+// side's contract of docs/ingest.md: against real frontends (in-process,
+// each with its real queue; no router: a frontend acks once its own queue
+// has the frame), and against the fake one where a real frontend cannot be
+// made to answer the same way every time.
 
 // realFrontend is a frontend of a test, restartable on its address.
 type realFrontend struct {
@@ -188,4 +189,32 @@ func TestLameDuckSendsDevicesElsewhere(t *testing.T) {
 		t.Fatalf("acked %d of %d readings", st.Acked, devices*500)
 	}
 	t.Logf("%d devices moved by the lame duck; disconnects %v", moved, st.Disconnects)
+}
+
+// TestRetryAfterGoesBackOnce: a frontend that refuses with a Retry-After holds the device's
+// place in line (the accept rate), so the device comes back to it after that time; refused
+// there again (a full frontend), it tries another. Devices that never tried the refusing
+// frontend are not sent to it.
+func TestRetryAfterGoesBackOnce(t *testing.T) {
+	busy := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse, s.retryAfter = 503, "1" })
+	good := newFakeFrontend(t, nil)
+	cfg := testConfig(busy.url(), good.url())
+	cfg.Devices, cfg.Readings = 20, 5
+	f, _ := startFleet(t, cfg)
+	waitDone(t, f, 20*time.Second)
+	checkDelivered(t, f, good, cfg.Readings)
+	busy.mu.Lock()
+	defer busy.mu.Unlock()
+	if len(busy.attempts) == 0 {
+		t.Fatal("no device tried the busy frontend (each picks one of two at random)")
+	}
+	for id, at := range busy.attempts {
+		if len(at) != 2 {
+			t.Errorf("%s: %d attempts at the frontend that told it to come back, want 2 (back once, then another)", id, len(at))
+			continue
+		}
+		if gap := at[1].Sub(at[0]); gap < time.Second {
+			t.Errorf("%s: came back after %v, before its Retry-After of 1 s", id, gap)
+		}
+	}
 }

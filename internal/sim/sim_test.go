@@ -345,34 +345,6 @@ func TestFailover(t *testing.T) {
 	checkDelivered(t, f, good, cfg.Readings)
 }
 
-// TestRetryAfterGoesBackOnce: a frontend that refuses with a Retry-After holds the device's
-// place in line (the accept rate), so the device comes back to it after that time; refused
-// there again (a full frontend), it tries another. Devices that never tried the refusing
-// frontend are not sent to it.
-func TestRetryAfterGoesBackOnce(t *testing.T) {
-	busy := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse, s.retryAfter = 503, "1" })
-	good := newFakeFrontend(t, nil)
-	cfg := testConfig(busy.url(), good.url())
-	cfg.Devices, cfg.Readings = 20, 5
-	f, _ := startFleet(t, cfg)
-	waitDone(t, f, 20*time.Second)
-	checkDelivered(t, f, good, cfg.Readings)
-	busy.mu.Lock()
-	defer busy.mu.Unlock()
-	if len(busy.attempts) == 0 {
-		t.Fatal("no device tried the busy frontend (each picks one of two at random)")
-	}
-	for id, at := range busy.attempts {
-		if len(at) != 2 {
-			t.Errorf("%s: %d attempts at the frontend that told it to come back, want 2 (back once, then another)", id, len(at))
-			continue
-		}
-		if gap := at[1].Sub(at[0]); gap < time.Second {
-			t.Errorf("%s: came back after %v, before its Retry-After of 1 s", id, gap)
-		}
-	}
-}
-
 // TestStampede runs a fleet whose devices all drop their connections every so often, and checks
 // that they come back, resend and get every reading acked once, and that stampedes are counted.
 func TestStampede(t *testing.T) {
