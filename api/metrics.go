@@ -15,7 +15,6 @@ type metrics struct {
 	feedVersion  prometheus.Gauge
 	followers    prometheus.Gauge
 	presence     prometheus.Counter
-	tlsReloads   *prometheus.CounterVec
 	refused      *prometheus.CounterVec
 }
 
@@ -44,16 +43,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		presence: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_api_presence_reports_total", Help: "Device presence records received from frontends.",
 		}),
-		tlsReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "drover_api_tls_reloads_total", Help: "TLS certificate reloads, by result (ok, error).",
-		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_api_refused_total", Help: "Requests refused as bad input, by error code (bad_request, invalid, conflict, too_large, ...).",
 		}, []string{"code"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.tlsReloads, m.refused} {
+			m.followers, m.presence, m.refused} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // Config is a livefeed's configuration. Start from [DefaultConfig].
@@ -106,6 +107,14 @@ type Config struct {
 	// -insecure-links.
 	Links clusterlink.Config
 
+	// TLS serves wss:// and https:// (the map page) with a certificate
+	// reloaded without dropping clients and shared session ticket keys
+	// (internal/tlsserve). Without a certificate: ws:// and http://, for
+	// development and behind an ingress that terminates TLS.
+	TLS tlsserve.Config
+	// ReusePort binds Listen with SO_REUSEPORT, so that several livefeeds
+	// share one port.
+	ReusePort bool
 	// Map configures the built-in live map page.
 	Map MapConfig
 }
@@ -131,6 +140,7 @@ func DefaultConfig() Config {
 		VehicleTTL:          24 * time.Hour,
 		ShutdownGrace:       5 * time.Second,
 		AuthLimit:           auth.DefaultLimitConfig(),
+		TLS:                 tlsserve.Config{MinVersion: "1.2", Limits: tlsserve.DefaultLimits()},
 		Map:                 DefaultMapConfig(),
 	}
 }
@@ -180,6 +190,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) clients get to take their close frame (1001) before being cut")
 	c.Links.RegisterFlags(fs)
+	c.TLS.RegisterFlags(fs, false)
+	fs.BoolVar(&c.ReusePort, "reuse-port", c.ReusePort,
+		"bind -listen with SO_REUSEPORT, so that several livefeeds share the port")
 	c.Map.RegisterFlags(fs)
 }
 
@@ -243,6 +256,12 @@ func (c Config) Validate() error {
 	}
 	if c.PingInterval > 0 && c.IdleTimeout > 0 && c.IdleTimeout <= c.PingInterval {
 		errs = append(errs, fmt.Errorf("idle-timeout: %v, want more than ping-interval (%v)", c.IdleTimeout, c.PingInterval))
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ReusePort && !tlsserve.ReusePortSupported {
+		errs = append(errs, errors.New("reuse-port: SO_REUSEPORT is supported on Linux only"))
 	}
 	if err := c.Map.Validate(); err != nil {
 		errs = append(errs, err)
