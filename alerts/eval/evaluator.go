@@ -22,9 +22,10 @@ type Options struct {
 	// longer than this after it was taken is marked late.
 	LateAfter time.Duration
 	// ReorderWindow: a reading that comes after a gap in its device's
-	// seqs waits this long (received time, judged at clock ticks) for the
-	// missing ones, so that readings crossing on two routers are
-	// evaluated in order. 0: no waiting.
+	// seqs waits this long (on the engine's clock: its ticks) for the
+	// missing ones, so that readings crossing on two routers, or resent by
+	// a router after a lost message (5 s), are evaluated in order. 0: no
+	// waiting.
 	ReorderWindow time.Duration
 	// ReorderMax bounds the readings a device may have waiting.
 	ReorderMax int
@@ -37,7 +38,7 @@ type Options struct {
 
 // DefaultOptions returns the defaults of every option.
 func DefaultOptions() Options {
-	return Options{LateAfter: time.Minute, ReorderWindow: 2 * time.Second, ReorderMax: 64,
+	return Options{LateAfter: time.Minute, ReorderWindow: 10 * time.Second, ReorderMax: 256,
 		BranchIdle: 2 * time.Minute, GapKeep: 6 * time.Hour}
 }
 
@@ -77,6 +78,7 @@ type Evaluator struct {
 
 	devices   map[string]*devState
 	watermark int64 // the highest received time evaluated
+	clock     int64 // the last tick's time
 	strs      map[string]string
 	stats     Stats
 }
@@ -291,7 +293,7 @@ func (e *Evaluator) reconcile(id string, d *devState, emit Emit) {
 	for i := range d.Fences {
 		fs := d.Fences[i]
 		idx, ok := e.byID[fs.ID]
-		if ok && e.born[fs.ID] > d.FixGen {
+		if ok && d.Fenced && e.born[fs.ID] > d.FixGen {
 			ok = false // same id, new geometry: a new fence
 		}
 		if !ok || !geoOn || e.fences[idx] == nil || !e.fences[idx].applies(id, d.Fleet, d.Class) {
@@ -384,11 +386,14 @@ func (e *Evaluator) Process(rec *telemetry.EnrichedRecord, emit Emit) {
 // stretch, or dropped as already evaluated.
 func (e *Evaluator) arrive(id string, d *devState, r reading, emit Emit) {
 	switch {
-	case d.Seq == 0 || r.Seq == d.Seq+1:
+	case r.Seq == d.Seq+1:
 		e.heard(id, d, &r, emit)
 		e.step(id, d, &r, emit)
 		e.drainHeld(id, d, emit)
 	case r.Seq > d.Seq+1:
+		// After a gap, or a device's first reading with a seq above 1: the
+		// readings before it may be on their way (another router, a
+		// concurrent append): wait for them.
 		e.heard(id, d, &r, emit)
 		if e.opts.ReorderWindow <= 0 {
 			e.overGap(id, d, r, emit)
@@ -407,6 +412,7 @@ func (e *Evaluator) arrive(id string, d *devState, r reading, emit Emit) {
 			e.stats.Duplicates++
 			return
 		}
+		r.HeldAt = e.clock
 		d.Held = slices.Insert(d.Held, i, r)
 		e.stats.Held++
 		for len(d.Held) > e.opts.ReorderMax {
@@ -460,7 +466,7 @@ func (e *Evaluator) overGap(id string, d *devState, r reading, emit Emit) {
 		e.endBranch(id, d, emit)
 	}
 	e.stats.Gaps++
-	d.Gap = &gap{After: d.Seq, Before: r.Seq, AtRecv: r.RecvMs, State: d.clone()}
+	d.Gap = &gap{After: d.Seq, Before: r.Seq, At: e.clock, State: d.clone()}
 	e.step(id, d, &r, emit)
 }
 
@@ -478,7 +484,7 @@ func (e *Evaluator) lateReading(id string, d *devState, r reading, emit Emit) {
 		return
 	}
 	e.stats.Late++
-	d.BranchRecv = max(d.BranchRecv, r.RecvMs)
+	d.BranchRecv, d.BranchAt = max(d.BranchRecv, r.RecvMs), e.clock
 	e.step(id, b, &r, emit)
 	if b.Seq+1 >= d.Gap.Before {
 		e.endBranch(id, d, emit)
@@ -510,7 +516,7 @@ func (e *Evaluator) endBranch(id string, d *devState, emit Emit) {
 			}
 		}
 	}
-	d.Branch, d.BranchRecv = nil, 0
+	d.Branch, d.BranchRecv, d.BranchAt = nil, 0, 0
 	if d.Gap != nil {
 		b.late = false
 		d.Gap.After, d.Gap.State = b.Seq, b
@@ -520,18 +526,32 @@ func (e *Evaluator) endBranch(id string, d *devState, emit Emit) {
 // Tick is the engine's clock, at wall time nowMs: silences (judged against
 // the horizon, the earlier of nowMs and the newest received time evaluated,
 // so that an outage upstream of the engine silences no one), readings held
-// past the reorder window, idle late stretches and old gaps.
+// past the reorder window, idle late stretches and old gaps. Waits are
+// measured on this clock (the ticks' times), not on the readings' received
+// times: an engine catching up on a backlog of old readings still gives a
+// gap its whole window.
 func (e *Evaluator) Tick(nowMs int64, emit Emit) {
+	if e.clock == 0 {
+		e.clock = nowMs // what waited before the first tick waits from now
+	}
+	e.clock = max(e.clock, nowMs)
 	horizon := min(nowMs, e.watermark)
 	window := e.opts.ReorderWindow.Milliseconds()
+	// Waits begun before the first tick are stamped with it.
+	since := func(at *int64) int64 {
+		if *at == 0 {
+			*at = e.clock
+		}
+		return e.clock - *at
+	}
 	for id, d := range e.devices {
-		for len(d.Held) > 0 && nowMs-d.Held[0].RecvMs >= window {
+		for len(d.Held) > 0 && since(&d.Held[0].HeldAt) >= window {
 			e.releaseHeld(id, d, emit)
 		}
-		if d.Branch != nil && nowMs-d.BranchRecv >= e.opts.BranchIdle.Milliseconds() {
+		if d.Branch != nil && since(&d.BranchAt) >= e.opts.BranchIdle.Milliseconds() {
 			e.endBranch(id, d, emit)
 		}
-		if d.Gap != nil && d.Branch == nil && nowMs-d.Gap.AtRecv >= e.opts.GapKeep.Milliseconds() {
+		if d.Gap != nil && d.Branch == nil && since(&d.Gap.At) >= e.opts.GapKeep.Milliseconds() {
 			d.Gap = nil
 		}
 		if d.Silence == nil && d.RecvMs > 0 {

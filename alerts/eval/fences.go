@@ -60,7 +60,7 @@ func (c *ctx) fences() {
 		kept = nil
 	}
 	d.Fences = kept
-	d.FixGen = e.version
+	d.FixGen, d.Fenced = e.version, true
 }
 
 func (c *ctx) tracked(fi int32) bool {
@@ -100,7 +100,7 @@ func (c *ctx) newFence(f *compiledFence, pt s2.Point, inIndex bool) {
 	margin, _, _ := c.hysteresis(f)
 	var hint int32
 	inside, clearSide := f.side(pt, margin, inIndex, true, &hint)
-	initial := d.FixGen == 0 || c.e.born[f.id] > d.FixGen || f.events&evOutside != 0
+	initial := !d.Fenced || c.e.born[f.id] > d.FixGen || f.events&evOutside != 0
 	if initial {
 		if !inside && f.events&evOutside == 0 {
 			return

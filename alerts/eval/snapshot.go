@@ -10,6 +10,7 @@ type stateDoc struct {
 	Version   int64                `json:"version"`
 	Born      map[string]int64     `json:"born"`
 	Watermark int64                `json:"watermark"`
+	Clock     int64                `json:"clock"`
 	Stats     Stats                `json:"stats"`
 	Devices   map[string]*devState `json:"devices"`
 }
@@ -19,7 +20,7 @@ type stateDoc struct {
 // evaluator built with the same rule set. The rule set itself is not in
 // it: the engine keeps rule sets by version beside its snapshots.
 func (e *Evaluator) MarshalState() ([]byte, error) {
-	b, err := json.Marshal(stateDoc{Version: e.version, Born: e.born, Watermark: e.watermark, Stats: e.stats, Devices: e.devices})
+	b, err := json.Marshal(stateDoc{Version: e.version, Born: e.born, Watermark: e.watermark, Clock: e.clock, Stats: e.stats, Devices: e.devices})
 	if err != nil {
 		return nil, fmt.Errorf("marshal evaluator state: %w", err)
 	}
@@ -60,6 +61,6 @@ func (e *Evaluator) RestoreState(b []byte) error {
 			e.remapFences(d.Gap.State)
 		}
 	}
-	e.devices, e.watermark, e.stats = doc.Devices, doc.Watermark, doc.Stats
+	e.devices, e.watermark, e.clock, e.stats = doc.Devices, doc.Watermark, doc.Clock, doc.Stats
 	return nil
 }

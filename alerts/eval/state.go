@@ -27,6 +27,9 @@ type reading struct {
 	Air    float32 `json:"ai,omitempty"`
 	AccLon float32 `json:"al,omitempty"` // m/s², forward positive
 	AccLat float32 `json:"at,omitempty"` // m/s²
+	// HeldAt is the engine's clock (the last tick) when the reading was
+	// put on hold for a gap.
+	HeldAt int64 `json:"ha,omitempty"`
 }
 
 // Bits of reading.Has.
@@ -148,6 +151,7 @@ type devState struct {
 	Lat        int32   `json:"la,omitempty"`
 	Lon        int32   `json:"lo,omitempty"`
 	FixGen     int64   `json:"fg,omitempty"` // rule set version of the last fix's fence evaluation
+	Fenced     bool    `json:"fd,omitempty"` // a fix was evaluated against the fences (FixGen is set)
 	SpeedMs    int64   `json:"vm,omitempty"`
 	Speed      float32 `json:"vs,omitempty"`
 	Head       float32 `json:"vh,omitempty"`
@@ -180,8 +184,10 @@ type devState struct {
 	// late stretch inside the gap is evaluated from there (Branch).
 	Gap    *gap      `json:"gp,omitempty"`
 	Branch *devState `json:"br,omitempty"`
-	// BranchRecv is when the branch last got a reading (received time).
+	// BranchRecv is the received time of the branch's newest reading;
+	// BranchAt the engine's clock when it came.
 	BranchRecv int64 `json:"bv,omitempty"`
+	BranchAt   int64 `json:"ba,omitempty"`
 	late       bool  // this state is a branch: every alert is late
 
 	// The fences near the last fix's cell (see fenceIndex.near): derived,
@@ -197,7 +203,7 @@ type devState struct {
 type gap struct {
 	After  uint64    `json:"a"`
 	Before uint64    `json:"b"`
-	AtRecv int64     `json:"r"` // when the evaluation went over it (received time)
+	At     int64     `json:"r"` // the engine's clock when the evaluation went over it
 	State  *devState `json:"s"`
 }
 
@@ -220,7 +226,7 @@ type fuelPt struct {
 // are copied, reordering and branches are not.
 func (d *devState) clone() *devState {
 	c := *d
-	c.Held, c.Gap, c.Branch, c.BranchRecv = nil, nil, nil, 0
+	c.Held, c.Gap, c.Branch, c.BranchRecv, c.BranchAt = nil, nil, nil, 0, 0
 	for _, p := range []**episode{&c.Over, &c.Heat, &c.RPM, &c.Air, &c.BattLo, &c.BattHi, &c.Idle} {
 		if *p != nil {
 			e := **p

@@ -63,17 +63,18 @@ func TestOutOfOrderWithinTheReorderWindow(t *testing.T) {
 		t.Errorf("held %d, want 1", got.e.Stats().Held)
 	}
 
-	// Seq 3 never comes: seq 4 waits the window (2 s, judged at ticks),
-	// then is evaluated over the gap.
+	// Seq 3 never comes: seq 4 waits the window (on the engine's clock,
+	// its ticks), then is evaluated over the gap.
 	lost := speeds("v1", 1, 0, []float32{90, 90, 89, 60, 59})
-	r := newRun(t, rs).feed(lost[0], lost[1], lost[3], lost[4])
+	r := newRun(t, rs).tick(lost[3].Record.ReceivedMs).feed(lost[0], lost[1], lost[3], lost[4])
 	r.want()
-	r.tick(lost[3].Record.ReceivedMs + 1000)
+	window := DefaultOptions().ReorderWindow.Milliseconds()
+	r.tick(lost[3].Record.ReceivedMs + window/2)
 	r.want()
 	if d := r.e.devices["v1"]; d.Seq != 2 || len(d.Held) != 2 {
 		t.Fatalf("before the window: seq %d held %d, want 2 and 2", d.Seq, len(d.Held))
 	}
-	r.tick(lost[3].Record.ReceivedMs + 2000)
+	r.tick(lost[3].Record.ReceivedMs + window)
 	// 90 → 60 km/h in 2 s is 4.2 m/s²: under the 4.5 threshold.
 	r.want()
 	if d := r.e.devices["v1"]; d.Seq != 5 || len(d.Held) != 0 || r.e.Stats().Gaps != 1 {
@@ -88,8 +89,9 @@ func TestLateStretchInAGap(t *testing.T) {
 	// down); 701-800 arrive live and are evaluated over the gap once the
 	// reorder window has passed.
 	r.feed(recs[:100]...)
+	r.tick(recs[700].Record.ReceivedMs)
 	r.feed(recs[700])
-	r.tick(recs[700].Record.ReceivedMs + 2000)
+	r.tick(recs[700].Record.ReceivedMs + DefaultOptions().ReorderWindow.Milliseconds())
 	r.feed(recs[701:]...)
 	r.want() // outside the depot before and after the gap: nothing seen
 	// The stuck readings arrive, an hour late, out of order: the depot

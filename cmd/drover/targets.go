@@ -38,6 +38,7 @@ func targets() []target {
 		{name: "all", summary: "every component in one process, wired on loopback, queues under -data (start here)", opsListen: "127.0.0.1:9184", setup: setupAll, help: allHelp},
 		{name: "sim", summary: "simulated fleet of devices sending readings to frontends", opsListen: "127.0.0.1:9185", setup: setupSim},
 		{name: "api", summary: "control plane: REST API for devices, credentials, fleets, operators, and the change feed", opsListen: "127.0.0.1:9186", setup: setupAPI},
+		{name: "alerts", summary: "alert engine: geofence, driving and vehicle-health rules on the store lane; webhooks, InfluxDB, lake, live", opsListen: "127.0.0.1:9187", setup: setupAlerts, help: alertsHelp},
 	}
 }
 
