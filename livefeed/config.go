@@ -20,6 +20,9 @@ type Config struct {
 	Listen string
 	// Routers are the live. lane endpoints of every router.
 	Routers []string
+	// Alerts are the alert lane endpoints of every alert engine (their
+	// -alert-pub); empty: no alerts on the feed.
+	Alerts []string
 	// ID names this livefeed in logs and in the ZeroMQ identities of its
 	// subscriptions (ID.0, ID.1, ... one per router endpoint).
 	ID string
@@ -113,6 +116,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"`address` (host:port) of the WebSocket API and live map page clients connect to")
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
 		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port)")
+	fs.Var((*daemon.StringList)(&c.Alerts), "alerts",
+		"comma-separated ZeroMQ `endpoints` of every alert engine's alert lane (their -alert-pub); empty: no alerts")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
 	fs.StringVar(&c.Clients, "clients", c.Clients,
@@ -157,6 +162,11 @@ func (c Config) Validate() error {
 	}
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	for _, ep := range c.Alerts {
+		if err := daemon.ValidateEndpoint(ep, false); err != nil {
+			errs = append(errs, fmt.Errorf("alerts: %w", err))
+		}
 	}
 	if err := c.Links.Validate(); err != nil {
 		errs = append(errs, err)
@@ -215,6 +225,7 @@ func (c Config) Validate() error {
 
 func (c Config) clone() Config {
 	c.Routers = slices.Clone(c.Routers)
+	c.Alerts = slices.Clone(c.Alerts)
 	c.TrustedProxies = slices.Clone(c.TrustedProxies)
 	return c
 }

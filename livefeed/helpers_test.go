@@ -279,6 +279,9 @@ type message struct {
 	Filter    filterEcho `json:"filter"`
 	Vehicles  []vjson    `json:"vehicles"`
 	Removed   []string   `json:"removed"`
+	// Alerts (docs/live-api.md, "Alerts").
+	Event  json.RawMessage   `json:"event"`
+	Active []json.RawMessage `json:"active"`
 
 	at time.Time // when it was read
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,7 @@ type Feed struct {
 	m      *metrics
 	store  *store
 	sec    *clusterlink.Security
+	alerts activeAlerts
 
 	upgrader websocket.Upgrader
 
@@ -104,6 +106,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 			return nil, fmt.Errorf("livefeed: routers: %w", err)
 		}
 	}
+	for _, ep := range cfg.Alerts {
+		if _, err := sec.Endpoint(clusterlink.LinkAlerts, ep); err != nil {
+			sec.Close()
+			return nil, fmt.Errorf("livefeed: alerts: %w", err)
+		}
+	}
 	f := &Feed{
 		cfg:         cfg.clone(),
 		logger:      logger,
@@ -111,6 +119,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 		sec:         sec,
 		m:           m,
 		store:       newStore(),
+		alerts:      activeAlerts{byDev: map[string]map[string]json.RawMessage{}},
 		clientsPoll: 2 * time.Second,
 		byFleet:     make(map[string]map[*client]struct{}),
 		all:         make(map[*client]struct{}),
@@ -219,6 +228,9 @@ func (f *Feed) Run(ctx context.Context) error {
 	var bg sync.WaitGroup
 	for i, ep := range f.cfg.Routers {
 		bg.Go(func() { f.subscribeRouter(bgCtx, i, ep) })
+	}
+	for i, ep := range f.cfg.Alerts {
+		bg.Go(func() { f.subscribeAlerts(bgCtx, i, ep) })
 	}
 	bg.Go(func() { auth.run(bgCtx) })
 	if f.cfg.VehicleTTL > 0 {

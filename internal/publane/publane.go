@@ -85,8 +85,12 @@ type Publisher struct {
 }
 
 // Open binds a publisher at endpoint over link through sec (its server
-// side), and returns it with the address it is bound to.
+// side), and returns it with the address it is bound to. A nil logger
+// discards.
 func Open(sec *clusterlink.Security, link clusterlink.Link, endpoint, id string, cfg Config, m Metrics, logger *slog.Logger) (*Publisher, string, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	ln, err := sec.Listen(link, endpoint)
 	if err != nil {
 		return nil, "", fmt.Errorf("%s: listen on %s: %w", cfg.Name, endpoint, err)
