@@ -1,6 +1,7 @@
 # drover: build, test and run the one binary.
 #
-#   make build   bin/drover, stamped with git describe and the commit
+#   make build   bin/drover, stamped with git describe and the commit, with the live map page
+#   make map     only the live map page: npm packages into .tools/map, esbuild into livefeed/web/dist
 #   make test        vet, gofmt check, race tests of every package, short fuzz
 #                    runs, the crash tests and a 2-minute chaos run (what CI runs)
 #   make test-crash  only the kill -9 tests
@@ -35,12 +36,19 @@ GOFILES = $(shell find . \( -name '.?*' -o -path ./bin -o -path ./data -o -name 
 # run them one by one.
 NESTED_MODULES := bench/natspeer internal/bench/benchreport internal/browsertest
 
-.PHONY: all build test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet tidy run clean
+.PHONY: all build map test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet tidy run clean
 
 all: build
 
-build:
+build: map
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/drover
+
+# The live map page (scripts/build-map.sh): drover's page code (livefeed/map/) bundled with
+# Leaflet, supercluster and the offline basemap into livefeed/web/dist/, which go:embed takes.
+# The dist folder is gitignored; without it a plain go build serves a placeholder page saying
+# to run this. The npm packages are installed once per lock file under .tools/map/.
+map:
+	scripts/build-map.sh
 
 # The real dependencies tests start (InfluxDB, Azurite, PostgreSQL, ...); each script is
 # idempotent and cached under .tools/.
@@ -49,7 +57,8 @@ tools:
 		if [[ -x $$s ]]; then $$s; fi; \
 	done
 
-test: vet fmt-check tools test-unit test-fuzz test-chaos
+# map first: the browser tests (internal/browsertest) need the real page in the binary.
+test: map vet fmt-check tools test-unit test-fuzz test-chaos
 
 # Every package's tests with the race detector, the kill -9 tests included.
 # TestChaos runs on its own after (test-chaos): it is a load of its own.

@@ -84,6 +84,9 @@ type Config struct {
 	// cluster key file (mutual TLS 1.3) or, for development,
 	// -insecure-links.
 	Links clusterlink.Config
+
+	// Map configures the built-in live map page.
+	Map MapConfig
 }
 
 // DefaultConfig returns the configuration of a livefeed on a laptop: clients
@@ -106,6 +109,7 @@ func DefaultConfig() Config {
 		VehicleTTL:          24 * time.Hour,
 		ShutdownGrace:       5 * time.Second,
 		AuthLimit:           auth.DefaultLimitConfig(),
+		Map:                 DefaultMapConfig(),
 	}
 }
 
@@ -152,6 +156,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) clients get to take their close frame (1001) before being cut")
 	c.Links.RegisterFlags(fs)
+	c.Map.RegisterFlags(fs)
 }
 
 // Validate reports every problem of the configuration at once.
@@ -213,6 +218,9 @@ func (c Config) Validate() error {
 	}
 	if c.PingInterval > 0 && c.IdleTimeout > 0 && c.IdleTimeout <= c.PingInterval {
 		errs = append(errs, fmt.Errorf("idle-timeout: %v, want more than ping-interval (%v)", c.IdleTimeout, c.PingInterval))
+	}
+	if err := c.Map.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.VehicleTTL < 0 {
 		errs = append(errs, fmt.Errorf("vehicle-ttl: %v, want >= 0", c.VehicleTTL))

@@ -11,6 +11,17 @@
 // The package is a library: cmd/drover builds a [Feed] from a [Config] with
 // [New] and runs it with [Feed.Run].
 //
+// # The map page
+//
+// The page at / is built from livefeed/map/ (drover's code) and npm
+// packages (Leaflet, supercluster, topojson-client, Natural Earth's
+// world-atlas) by scripts/build-map.sh into web/dist, which go:embed takes
+// when it exists; none of it is committed. Without it the binary serves
+// web/placeholder, a page saying how to build the map ([MapBundled] says
+// which). The page reads map-config.json ([MapConfig]: tiles, geofences),
+// and its Content-Security-Policy allows only the configured origins
+// besides its own (web.go, mapconfig.go).
+//
 // # Who may connect
 //
 // Clients present a token (internal/auth: bearer header or query); the

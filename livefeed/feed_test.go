@@ -641,23 +641,41 @@ func TestVehicleTTLRemoves(t *testing.T) {
 	}
 }
 
+// TestServesMapPage: the livefeed serves the page it was built with (the
+// bundle, or the placeholder that says how to build it), its
+// map-config.json, and a CSP that lets the page reach nothing but itself
+// when no tiles or geofences are configured.
 func TestServesMapPage(t *testing.T) {
 	noLeaks(t)
 	pub := newPublisher(t, "r0")
 	rf := startFeed(t, nil, pub)
-	for path, want := range map[string]string{"/": "text/html", "/map.js": "javascript", "/map.css": "text/css"} {
+	want := map[string]string{"/": "text/html"}
+	if MapBundled() {
+		want["/main.js"], want["/main.css"], want["/basemap.json"] = "javascript", "text/css", "application/json"
+	}
+	for path, ctype := range want {
 		resp, err := http.Get(rf.url("http") + path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Content-Type"), want) || len(body) < 100 {
+		if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Content-Type"), ctype) || len(body) < 100 {
 			t.Errorf("GET %s: %d %s, %d bytes", path, resp.StatusCode, resp.Header.Get("Content-Type"), len(body))
 		}
-		if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "tile.openstreetmap.org") {
-			t.Errorf("GET %s: CSP %q", path, csp)
+		csp := resp.Header.Get("Content-Security-Policy")
+		if !strings.Contains(csp, "img-src 'self' data:;") || !strings.Contains(csp, "connect-src 'self' ws: wss:;") ||
+			!strings.Contains(csp, "script-src 'self';") {
+			t.Errorf("GET %s: CSP %q, want only the page's own origin", path, csp)
 		}
+		if path == "/" && MapBundled() != strings.Contains(string(body), `src="main.js"`) {
+			t.Errorf("GET /: MapBundled() = %v, but the page is %q", MapBundled(), body)
+		}
+	}
+	var conf pageConfig
+	getJSON(t, rf.url("http")+"/map-config.json", &conf)
+	if conf.Tiles != nil || conf.GeofencesURL != "" || conf.Bundled != MapBundled() || conf.GeofencesRefreshS != 60 {
+		t.Errorf("map-config.json = %+v", conf)
 	}
 	resp, err := http.Get(rf.url("http") + LivePath)
 	if err != nil {

@@ -207,7 +207,7 @@ func (f *Feed) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+LivePath, f.serveLive)
 	mux.HandleFunc("GET /readyz", f.serveReady)
-	mux.Handle("GET /", pageHandler())
+	mux.Handle("GET /", pageHandler(f.cfg.Map))
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: f.cfg.WriteTimeout,
@@ -250,6 +250,10 @@ func (f *Feed) Run(ctx context.Context) error {
 	case devToken == "" && f.cfg.Clients == "":
 		f.logger.Warn("livefeed: no -clients file and no dev token: every client is refused; give -clients FILE " +
 			"(docs/live-api.md), or -dev on a laptop")
+	}
+	if !MapBundled() {
+		f.logger.Warn("livefeed: this binary was built without the live map page (scripts/build-map.sh did not run before go build): " +
+			"/ serves a page saying how to build it; the live API is unaffected")
 	}
 
 	var runErr error

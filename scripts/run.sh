@@ -3,7 +3,9 @@
 # for InfluxDB and one for the Parquet lake, the livefeed and its map — with a simulated fleet
 # (SIMULATE vehicles, default 1000), a local InfluxDB 1.8.10 (built once by
 # scripts/install-influxd.sh and cached) and everything kept under DATA (default ./data).
-# Ctrl-C stops it all cleanly.
+# Ctrl-C stops it all cleanly. The map shows the offline basemap (Natural Earth, built into
+# drover); MAP_TILES (a tile URL template, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png)
+# and MAP_TILES_ATTRIBUTION draw a tile provider's map over it.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,9 +33,14 @@ else
 	done
 fi
 
-echo "run: building drover" >&2
+echo "run: building drover and its live map" >&2
+scripts/build-map.sh
 go build -o bin/drover ./cmd/drover
 token="$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+map_args=()
+if [[ -n "${MAP_TILES:-}" ]]; then
+	map_args=(-livefeed.map-tiles "$MAP_TILES" -livefeed.map-tiles-attribution "${MAP_TILES_ATTRIBUTION:-}")
+fi
 
 # drover and influxd run in sessions of their own, so that Ctrl-C reaches only this script,
 # which then stops each of them once, gracefully (a second signal would make drover exit at once).
@@ -45,7 +52,7 @@ token="$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 DROVER_ALL_LIVEFEED_DEV_TOKEN="$token" setsid bin/drover all -data "$data" -simulate "$simulate" -sinks lake,influx \
 	-influx-url "http://127.0.0.1:$influx_port" -influx-database drover \
 	-livefeed.listen "127.0.0.1:$map_port" -livefeed.dev -ops-listen "127.0.0.1:$ops_port" \
-	-api.listen "127.0.0.1:$api_port" \
+	-api.listen "127.0.0.1:$api_port" "${map_args[@]}" \
 	2>"$data/drover.log" &
 drover_pid=$!
 

@@ -197,6 +197,13 @@ type feed struct {
 // the dev token, and returns once every publisher reaches it.
 func startFeed(t testing.TB, pubs ...*publisher) *feed {
 	t.Helper()
+	return startFeedWith(t, nil, pubs...)
+}
+
+// startFeedWith is startFeed with the configuration changed by mutate.
+func startFeedWith(t testing.TB, mutate func(*livefeed.Config), pubs ...*publisher) *feed {
+	t.Helper()
+	requireBundle(t)
 	cfg := livefeed.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.ID = "livefeed-browsertest"
@@ -206,6 +213,9 @@ func startFeed(t testing.TB, pubs ...*publisher) *feed {
 	cfg.Routers = nil
 	for _, p := range pubs {
 		cfg.Routers = append(cfg.Routers, p.ep)
+	}
+	if mutate != nil {
+		mutate(&cfg)
 	}
 	reg := prometheus.NewRegistry()
 	f, err := livefeed.New(cfg, nil, reg)
