@@ -29,22 +29,91 @@ const maxQueuedAlerts = 256
 // the marker state of vehicles a client subscribes to later).
 const maxActiveAlerts = 100_000
 
-// alertEvent is what the livefeed reads of an alert event; the event goes
-// to clients as it came.
+// alertEvent is what the livefeed reads of an engine's alert event
+// (package alerts/eval, Event).
 type alertEvent struct {
 	Kind  string `json:"event"`
 	AtMs  int64  `json:"at_ms"`
 	Alert struct {
-		ID       string  `json:"id"`
-		Type     string  `json:"type"`
-		Device   string  `json:"device"`
-		Fleet    string  `json:"fleet"`
-		Severity string  `json:"severity"`
-		State    string  `json:"state"`
-		Lat      float64 `json:"lat"`
-		Lon      float64 `json:"lon"`
-		HasPos   bool    `json:"has_position"`
+		ID         string   `json:"id"`
+		Type       string   `json:"type"`
+		Rule       string   `json:"rule"`
+		Fence      string   `json:"fence"`
+		FenceName  string   `json:"fence_name"`
+		Device     string   `json:"device"`
+		Fleet      string   `json:"fleet"`
+		Class      string   `json:"class"`
+		Severity   string   `json:"severity"`
+		State      string   `json:"state"`
+		StartMs    int64    `json:"start_ms"`
+		EndMs      int64    `json:"end_ms"`
+		DurationMs int64    `json:"duration_ms"`
+		Value      *float64 `json:"value"`
+		Peak       *float64 `json:"peak"`
+		Threshold  float64  `json:"threshold"`
+		Unit       string   `json:"unit"`
+		Lat        float64  `json:"lat"`
+		Lon        float64  `json:"lon"`
+		HasPos     bool     `json:"has_position"`
+		Late       bool     `json:"late"`
+		Message    string   `json:"message"`
 	} `json:"alert"`
+}
+
+// clientAlert is an alert as clients get it (docs/live-api.md, "alert"):
+// the shape the live map reads.
+type clientAlert struct {
+	ID           string   `json:"id"`
+	Rule         string   `json:"rule"`
+	RuleID       string   `json:"rule_id,omitempty"`
+	Title        string   `json:"title"`
+	Severity     string   `json:"severity"`
+	State        string   `json:"state"`
+	Event        string   `json:"event"`
+	Acknowledged bool     `json:"acknowledged"`
+	Late         bool     `json:"late"`
+	Device       string   `json:"device"`
+	Fleet        string   `json:"fleet,omitempty"`
+	Class        string   `json:"class,omitempty"`
+	StartMs      int64    `json:"start_ms"`
+	EndMs        *int64   `json:"end_ms"`
+	DurationMs   *int64   `json:"duration_ms,omitempty"`
+	AtMs         int64    `json:"at_ms"`
+	Lat          *float64 `json:"lat,omitempty"`
+	Lon          *float64 `json:"lon,omitempty"`
+	Value        *float64 `json:"value"`
+	Peak         *float64 `json:"peak"`
+	Threshold    float64  `json:"threshold,omitempty"`
+	Unit         string   `json:"unit,omitempty"`
+	Geofence     string   `json:"geofence,omitempty"`
+	GeofenceName string   `json:"geofence_name,omitempty"`
+}
+
+// clientAlerts turns an engine event into what clients get: one alert,
+// or, for a single event (a harsh braking, a fence entry: over as it
+// happens), the alert active and then cleared, so that a screen shows it
+// and lets it go.
+func clientAlerts(ev *alertEvent) []clientAlert {
+	a := &ev.Alert
+	c := clientAlert{ID: a.ID, Rule: a.Type, RuleID: a.Rule, Title: a.Message, Severity: a.Severity, State: a.State,
+		Event: ev.Kind, Late: a.Late, Device: a.Device, Fleet: a.Fleet, Class: a.Class, StartMs: a.StartMs, AtMs: ev.AtMs,
+		Value: a.Value, Peak: a.Peak, Threshold: a.Threshold, Unit: a.Unit, Geofence: a.Fence, GeofenceName: a.FenceName}
+	if a.HasPos {
+		lat, lon := a.Lat, a.Lon
+		c.Lat, c.Lon = &lat, &lon
+	}
+	if c.State == "cleared" && ev.Kind != "instant" {
+		end, dur := a.EndMs, a.DurationMs
+		c.EndMs, c.DurationMs = &end, &dur
+	}
+	if ev.Kind != "instant" {
+		return []clientAlert{c}
+	}
+	active := c
+	active.State = "active"
+	end := a.StartMs
+	c.EndMs = &end
+	return []clientAlert{active, c}
 }
 
 // activeAlerts are the alerts under way per vehicle, as the lane told
@@ -52,11 +121,11 @@ type alertEvent struct {
 // marker shows its state without waiting for the next alert.
 type activeAlerts struct {
 	mu    sync.Mutex
-	byDev map[string]map[string]json.RawMessage // device → alert id → the raised event
+	byDev map[string]map[string]clientAlert // device → alert id → the alert as raised
 	n     int
 }
 
-func (a *activeAlerts) apply(ev *alertEvent, raw json.RawMessage) {
+func (a *activeAlerts) apply(ev *alertEvent, ca clientAlert) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	dev, id := ev.Alert.Device, ev.Alert.ID
@@ -64,7 +133,7 @@ func (a *activeAlerts) apply(ev *alertEvent, raw json.RawMessage) {
 	case "raised":
 		m := a.byDev[dev]
 		if m == nil {
-			m = map[string]json.RawMessage{}
+			m = map[string]clientAlert{}
 			a.byDev[dev] = m
 		}
 		if _, ok := m[id]; !ok {
@@ -73,7 +142,7 @@ func (a *activeAlerts) apply(ev *alertEvent, raw json.RawMessage) {
 			}
 			a.n++
 		}
-		m[id] = raw
+		m[id] = ca
 	case "cleared":
 		if m := a.byDev[dev]; m != nil {
 			if _, ok := m[id]; ok {
@@ -88,16 +157,16 @@ func (a *activeAlerts) apply(ev *alertEvent, raw json.RawMessage) {
 }
 
 // of returns the active alerts of the vehicles that match.
-func (a *activeAlerts) of(match func(dev string) bool) []json.RawMessage {
+func (a *activeAlerts) of(match func(dev string) bool) []clientAlert {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out []json.RawMessage
+	var out []clientAlert
 	for dev, m := range a.byDev {
 		if !match(dev) {
 			continue
 		}
-		for _, raw := range m {
-			out = append(out, raw)
+		for _, ca := range m {
+			out = append(out, ca)
 		}
 	}
 	return out
@@ -161,23 +230,25 @@ func (f *Feed) subscribeAlerts(ctx context.Context, i int, ep string) {
 			continue
 		}
 		f.m.alertsReceived.Inc()
-		f.dispatchAlert(&ev, msg.Frames[1])
+		f.dispatchAlert(&ev)
 	}
 }
 
-// alertMsg is the message a client gets: {"type":"alert","event":{...}}.
-func alertMsg(raw []byte) []byte {
-	b := make([]byte, 0, len(raw)+32)
-	b = append(b, `{"type":"alert","event":`...)
-	b = append(b, raw...)
-	return append(b, '}')
+// alertMsg is a message to clients: {"type":"alert","id":...,"alerts":[...]}
+// (id: the subscription's, for the alerts under way sent after its
+// snapshot).
+type alertMsg struct {
+	Type   string        `json:"type"`
+	ID     string        `json:"id,omitempty"`
+	Alerts []clientAlert `json:"alerts"`
 }
 
 // dispatchAlert offers an alert to every client whose scope and
 // subscription include its vehicle: the vehicle as the livefeed knows it,
 // or, when it does not, as the alert describes it.
-func (f *Feed) dispatchAlert(ev *alertEvent, raw []byte) {
-	f.alerts.apply(ev, json.RawMessage(append([]byte(nil), raw...)))
+func (f *Feed) dispatchAlert(ev *alertEvent) {
+	cas := clientAlerts(ev)
+	f.alerts.apply(ev, cas[0])
 	v := f.store.get(ev.Alert.Device)
 	if v == nil {
 		v = &vehicle{id: ev.Alert.Device, fleet: ev.Alert.Fleet}
@@ -186,7 +257,10 @@ func (f *Feed) dispatchAlert(ev *alertEvent, raw []byte) {
 			v.has |= hasPos
 		}
 	}
-	msg := alertMsg(raw)
+	msg, err := json.Marshal(alertMsg{Type: "alert", Alerts: cas})
+	if err != nil {
+		return
+	}
 	f.hubMu.RLock()
 	defer f.hubMu.RUnlock()
 	for c := range f.byFleet[v.fleet] {
@@ -227,10 +301,6 @@ func (f *Feed) activeAlertsMsg(c *client, sub *subscription, id string) []byte {
 	if len(list) == 0 {
 		return nil
 	}
-	b, _ := json.Marshal(struct {
-		Type   string            `json:"type"`
-		ID     string            `json:"id"`
-		Active []json.RawMessage `json:"active"`
-	}{"alerts", id, list})
+	b, _ := json.Marshal(alertMsg{Type: "alert", ID: id, Alerts: list})
 	return b
 }

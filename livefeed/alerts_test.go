@@ -43,18 +43,24 @@ func newAlertLane(t testing.TB) *alertLane {
 func (l *alertLane) publish(t testing.TB, event, id, device, fleet string, lat, lon float64) {
 	t.Helper()
 	b, err := json.Marshal(map[string]any{"event": event, "at_ms": time.Now().UnixMilli(), "alert": map[string]any{
-		"id": id, "type": "geofence_inside", "device": device, "fleet": fleet, "severity": "critical",
+		"id": id, "type": "geofence_inside", "rule": "nogo", "device": device, "fleet": fleet, "severity": "critical",
 		"state": map[bool]string{true: "cleared", false: "active"}[event == "cleared"],
-		"lat": lat, "lon": lon, "has_position": true, "message": device + " inside a no-go zone"}})
+		"lat":   lat, "lon": lon, "has_position": true, "message": device + " inside a no-go zone"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.p.Offer(b)
 }
 
-// alertsUntil reads messages until an alert of id comes (its event, the
+// mapAlert is what the live map reads of an alert.
+type mapAlert struct {
+	ID, Rule, Title, Severity, State, Device, Fleet string
+	Late                                            bool
+}
+
+// alertsUntil reads messages until an alert of id comes (it, and the
 // alert ids of every alert message seen on the way).
-func alertsUntil(t testing.TB, c *testClient, id string) (json.RawMessage, []string) {
+func alertsUntil(t testing.TB, c *testClient, id string) (mapAlert, []string) {
 	t.Helper()
 	var seen []string
 	deadline := time.Now().Add(10 * time.Second)
@@ -63,21 +69,19 @@ func alertsUntil(t testing.TB, c *testClient, id string) (json.RawMessage, []str
 		if m.Type != "alert" {
 			continue
 		}
-		var ev struct {
-			Alert struct {
-				ID string `json:"id"`
-			} `json:"alert"`
-		}
-		if err := json.Unmarshal(m.Event, &ev); err != nil {
-			t.Fatalf("alert message: %v: %s", err, m.Event)
-		}
-		seen = append(seen, ev.Alert.ID)
-		if ev.Alert.ID == id {
-			return m.Event, seen
+		for _, raw := range m.Alerts {
+			var a mapAlert
+			if err := json.Unmarshal(raw, &a); err != nil {
+				t.Fatalf("alert message: %v: %s", err, raw)
+			}
+			seen = append(seen, a.ID)
+			if a.ID == id {
+				return a, seen
+			}
 		}
 	}
 	t.Fatalf("no alert %s within 10 s (saw %v)", id, seen)
-	return nil, nil
+	return mapAlert{}, nil
 }
 
 // TestAlertsFollowTheSubscription: alert events from an alert lane reach
@@ -115,29 +119,28 @@ func TestAlertsFollowTheSubscription(t *testing.T) {
 	if _, seen := alertsUntil(t, acme, "al_truck"); len(seen) != 1 {
 		t.Errorf("the acme client saw %v before its own alert: another fleet's", seen)
 	}
-	ev, seen := alertsUntil(t, onlyBus, "al_bus")
+	a, seen := alertsUntil(t, onlyBus, "al_bus")
 	for _, id := range seen {
 		if id == "al_truck" {
 			t.Errorf("a client following bus-1 got truck-1's alert")
 		}
 	}
-	if !json.Valid(ev) {
-		t.Errorf("alert event %s: not JSON", ev)
+	// What the live map needs (livefeed/map/src/alerts.js, valid()).
+	if a.Rule != "geofence_inside" || a.Severity != "critical" || a.State != "active" || a.Device != "bus-1" || a.Title == "" {
+		t.Errorf("alert %+v: not what the map reads", a)
 	}
 
 	// A later subscriber gets the alerts under way for its vehicles.
 	late := dial(t, rf, "acme-token")
-	late.subscribe(subscribeMsg{})
+	snap := late.subscribe(subscribeMsg{})
 	m := late.next(5 * time.Second)
-	if m.Type != "alerts" || len(m.Active) != 1 || !json.Valid(m.Active[0]) {
+	if m.Type != "alert" || m.ID != snap.ID || len(m.Alerts) != 1 {
 		t.Fatalf("after the snapshot: %+v, want the one active alert of acme", m)
 	}
-	var a struct {
-		Alert struct{ ID, Device string } `json:"alert"`
-	}
-	_ = json.Unmarshal(m.Active[0], &a)
-	if a.Alert.ID != "al_truck" {
-		t.Errorf("active alert %+v, want al_truck", a)
+	var active mapAlert
+	_ = json.Unmarshal(m.Alerts[0], &active)
+	if active.ID != "al_truck" || active.State != "active" {
+		t.Errorf("active alert %+v, want al_truck", active)
 	}
 	// Cleared: no longer under way.
 	lane.publish(t, "cleared", "al_truck", "truck-1", "acme", -26.2, 28.04)
@@ -145,7 +148,7 @@ func TestAlertsFollowTheSubscription(t *testing.T) {
 	again := dial(t, rf, "acme-token")
 	again.subscribe(subscribeMsg{})
 	pub.publish(rec("truck-1", "acme", 2, time.Now().UnixMilli(), -26.2, 28.04))
-	if m := again.next(5 * time.Second); m.Type == "alerts" {
+	if m := again.next(5 * time.Second); m.Type == "alert" {
 		t.Errorf("a cleared alert is still listed as under way: %+v", m)
 	}
 }

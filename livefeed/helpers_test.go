@@ -279,9 +279,8 @@ type message struct {
 	Filter    filterEcho `json:"filter"`
 	Vehicles  []vjson    `json:"vehicles"`
 	Removed   []string   `json:"removed"`
-	// Alerts (docs/live-api.md, "Alerts").
-	Event  json.RawMessage   `json:"event"`
-	Active []json.RawMessage `json:"active"`
+	// Alerts (docs/live-api.md, "alert").
+	Alerts []json.RawMessage `json:"alerts"`
 
 	at time.Time // when it was read
 }

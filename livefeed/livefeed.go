@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -119,7 +118,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 		sec:         sec,
 		m:           m,
 		store:       newStore(),
-		alerts:      activeAlerts{byDev: map[string]map[string]json.RawMessage{}},
+		alerts:      activeAlerts{byDev: map[string]map[string]clientAlert{}},
 		clientsPoll: 2 * time.Second,
 		byFleet:     make(map[string]map[*client]struct{}),
 		all:         make(map[*client]struct{}),
