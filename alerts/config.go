@@ -40,6 +40,10 @@ type Config struct {
 	// rule set and reports alerts to (with the API key APIKey).
 	APIURL string
 	APIKey string
+	// APIKeyFunc, when set (not a flag), gives the API key when APIKey is
+	// empty, at each use: drover all reads the in-process API's bootstrap
+	// key file, which the API writes when it starts.
+	APIKeyFunc func() (string, error) `json:"-"`
 
 	// AlertPub is the endpoint of the alert lane (livefeeds subscribe).
 	// Empty: no alert lane.
@@ -150,7 +154,7 @@ func (c Config) Validate() error {
 		case u.User != nil:
 			errs = append(errs, errors.New("api-url: credentials in the URL; give the API key from the environment or a file"))
 		}
-		if c.APIKey == "" {
+		if c.APIKey == "" && c.APIKeyFunc == nil {
 			errs = append(errs, errors.New("api-key: required with api-url (from $DROVER_ALERTS_API_KEY or -api-key-file)"))
 		}
 	}

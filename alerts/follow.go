@@ -155,13 +155,14 @@ func (f *follower) first(ctx context.Context) error {
 		}
 		return f.apply(ctx, rs, "file")
 	case e.cfg.APIURL != "":
-		retry := backoff.New(500*time.Millisecond, 10*time.Second, nil)
+		retry := backoff.New(200*time.Millisecond, 10*time.Second, nil)
+		started := time.Now()
 		for {
 			rs, err := f.fetch(ctx, -1, 0)
 			if err == nil && rs != nil {
 				return f.apply(ctx, rs, "api")
 			}
-			if vs := e.rules.versions(); len(vs) > 0 {
+			if vs := e.rules.versions(); len(vs) > 0 && time.Since(started) > 5*time.Second {
 				cached, lerr := e.rules.load(vs[len(vs)-1])
 				if lerr == nil {
 					e.logger.Warn("alerts: the API does not answer; starting with the last rule set it gave", "version", cached.Version, "err", err)
@@ -169,7 +170,13 @@ func (f *follower) first(ctx context.Context) error {
 				}
 			}
 			e.setReady(errNoRules)
-			e.logger.Warn("alerts: waiting for the API's rule set (no rule set saved yet)", "api", e.cfg.APIURL, "err", err)
+			// An API starting beside the engine (drover all) takes a
+			// moment: that is not worth a warning.
+			level := slog.LevelInfo
+			if time.Since(started) > 15*time.Second {
+				level = slog.LevelWarn
+			}
+			e.logger.Log(ctx, level, "alerts: waiting for the API's rule set (no rule set saved yet)", "api", e.cfg.APIURL, "err", err)
 			if !backoff.Sleep(ctx, retry.Next()) {
 				return ctx.Err()
 			}
@@ -280,7 +287,11 @@ func (f *follower) fetch(ctx context.Context, since int64, wait time.Duration) (
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+f.e.cfg.APIKey)
+	key, err := f.e.apiKey()
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
 	resp, err := f.client.Do(req)
 	if err != nil {
 		return nil, err
@@ -299,6 +310,18 @@ func (f *follower) fetch(ctx context.Context, since int64, wait time.Duration) (
 		return nil, fmt.Errorf("GET /v1/alerts/config: %w", err)
 	}
 	return &rs, nil
+}
+
+// apiKey is the key for the API.
+func (e *Engine) apiKey() (string, error) {
+	if e.cfg.APIKey != "" || e.cfg.APIKeyFunc == nil {
+		return e.cfg.APIKey, nil
+	}
+	k, err := e.cfg.APIKeyFunc()
+	if err != nil {
+		return "", fmt.Errorf("api key: %w", err)
+	}
+	return strings.TrimSpace(k), nil
 }
 
 // apply saves rs and journals it; the evaluation applies it when it gets

@@ -34,8 +34,12 @@ func (e *Engine) apiOutput() *output {
 		if err != nil {
 			return err
 		}
+		key, err := e.apiKey()
+		if err != nil {
+			return err
+		}
 		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+e.cfg.APIKey)
+		req.Header.Set("Authorization", "Bearer "+key)
 		resp, err := client.Do(req)
 		if err != nil {
 			return err

@@ -24,6 +24,7 @@ type simOptions struct {
 	summary       string        // write the JSON summary here at the end ("-": stdout)
 	progress      time.Duration // progress line interval; 0: none
 	timeline      string        // write a JSON line per second here (empty: none)
+	script        string        // a scripted trip every device drives (empty: the vehicle model)
 	// waitFor, when set, must return nil before the devices start (drover
 	// all: the frontend listens), so that no first connect is refused.
 	waitFor func() error
@@ -45,6 +46,8 @@ func (o *simOptions) registerFlags(fs *flag.FlagSet) {
 		"print a progress line to standard error this often (`duration`); 0 for none")
 	fs.StringVar(&o.timeline, "timeline", o.timeline,
 		"write a JSON line per second to this `file`: sent and acked readings, ack p50 and p99, connected (empty for none)")
+	fs.StringVar(&o.script, "script", o.script,
+		"scripted trip `file` (JSON: legs to drive, stop, go silent; docs/simulator.md) every device drives instead of the vehicle model")
 }
 
 // newSim returns the simulator's unit: a fleet that runs until ctx ends or,
@@ -61,6 +64,13 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		}
 		done := func(context.Context) error { return nil }
 		return []unit{{name: "sim", run: done, ready: func() error { return nil }}}, nil
+	}
+	if o.script != "" {
+		sc, err := sim.LoadScript(o.script)
+		if err != nil {
+			return nil, fmt.Errorf("sim: %w", err)
+		}
+		o.fleet.Script = sc
 	}
 	fleet, err := sim.New(o.fleet, logger, reg)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/alerts"
 	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/frontend"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
@@ -183,6 +184,11 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed", "token-seed-file")
 	apiCfg := api.DefaultConfig()
 	registerPrefixed(fs, "api.", apiCfg.RegisterFlags, "data-dir")
+	alertsCfg := alerts.DefaultConfig()
+	registerPrefixed(fs, "alerts.", alertsCfg.RegisterFlags, append(slices.Clone(links),
+		"routers", "name", "data-dir", "api-url", "api-key", "api-key-file", "lake-dir", "queue-max-bytes")...)
+	alertsInflux := false
+	fs.BoolVar(&alertsInflux, "alerts.influx", alertsInflux, "write the alerts measurement to the influx sink's InfluxDB too (with -sinks influx)")
 
 	return func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
 		if dataDir == "" {
@@ -265,6 +271,49 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			rt.Subscribers = append(rt.Subscribers, w.Name())
 			writers = append(writers, w)
 		}
+		// The alert engine: a durable subscriber like the writers, its rule
+		// set from -alerts.rules or else followed from the API of this
+		// process (with its bootstrap admin key), its lane read by the
+		// livefeed, its alerts to the lake's alerts table (and InfluxDB).
+		alertsCfg.Routers = []string{storeEndpoint}
+		alertsCfg.DataDir = filepath.Join(dataDir, "alerts")
+		alertsCfg.Links = linkCfg
+		if alertsCfg.AlertPub, err = loopbackEndpoint("alerts.alert-pub", alertsCfg.AlertPub); err != nil {
+			return nil, err
+		}
+		if slices.Contains(sinks, storagewriter.SinkLake) {
+			alertsCfg.LakeDir = filepath.Join(dataDir, "lake-alerts")
+		}
+		if alertsInflux && slices.Contains(sinks, storagewriter.SinkInflux) {
+			measurement := alertsCfg.Influx.Measurement
+			alertsCfg.Influx = sw.Influx
+			alertsCfg.Influx.Measurement = measurement
+		}
+		if alertsCfg.RulesFile == "" {
+			apiURL, err := loopbackURL("api.listen", apiCfg.Listen)
+			if err != nil {
+				return nil, err
+			}
+			alertsCfg.APIURL = "http" + strings.TrimPrefix(apiURL, "ws")
+			keyFile := apiCfg.BootstrapKeyFile
+			if keyFile == "" {
+				keyFile = filepath.Join(dataDir, "api", "api-admin-key")
+			}
+			alertsCfg.APIKeyFunc = func() (string, error) {
+				b, err := os.ReadFile(keyFile)
+				if err != nil {
+					return "", fmt.Errorf("drover all follows the API with its bootstrap admin key, and %w (give -alerts.rules FILE to use a rules file instead)", err)
+				}
+				return string(b), nil
+			}
+		}
+		alertsUnit, err := alerts.New(alertsCfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		rt.Subscribers = append(rt.Subscribers, alertsCfg.Name)
+		lf.Alerts = []string{alertsCfg.AlertPub}
+
 		r, err := router.New(rt, logger, reg)
 		if err != nil {
 			return nil, err
@@ -286,6 +335,9 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			return nil, err
 		}
 		units = append(units, unit{name: "api", run: a.Run, ready: a.Ready})
+		if e := alertsUnit; e != nil {
+			units = append(units, unit{name: "alerts", run: e.Run, ready: e.Ready})
+		}
 		f, err := frontend.New(fe, logger, reg)
 		if err != nil {
 			return nil, err
