@@ -450,3 +450,31 @@ func (o *outbox) close() error {
 	}
 	return o.f.Close()
 }
+
+// ReadOutbox returns every event the outbox of the engine whose data
+// directory is dataDir holds, in order: for tools and tests, with the
+// engine stopped (or killed).
+func ReadOutbox(dataDir string) ([]eval.Event, error) {
+	names, err := filepath.Glob(filepath.Join(dataDir, "outbox", "*.log"))
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	var segs []outSeg
+	for _, n := range names {
+		first, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(n), ".log"), 10, 64)
+		if err != nil {
+			continue
+		}
+		segs = append(segs, outSeg{first: first, path: n})
+	}
+	recs, err := readRecords(segs, 0, ^uint64(0), int(^uint(0)>>1))
+	if err != nil {
+		return nil, err
+	}
+	var out []eval.Event
+	for _, r := range recs {
+		out = append(out, r.Events...)
+	}
+	return out, nil
+}

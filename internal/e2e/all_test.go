@@ -37,7 +37,7 @@ func TestAllAsNewUser(t *testing.T) {
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
 		"-livefeed.listen", freeAddr(t), "-livefeed.dev-token-file", secretFile(t, "e2e-all-token"),
-		"-api.listen", freeAddr(t))
+		"-api.listen", freeAddr(t), "-alerts.alert-pub", "tcp://"+freeAddr(t))
 	all.start(ctx)
 
 	var last []string
