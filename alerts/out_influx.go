@@ -48,7 +48,7 @@ func (e *Engine) influxOutput() (*output, error) {
 		}
 		pts := make([]*write.Point, 0, len(events))
 		for i := range events {
-			pts = append(pts, influxPoint(cfg.Measurement, &events[i]))
+			pts = append(pts, InfluxPoint(cfg.Measurement, &events[i]))
 		}
 		wctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 		defer cancel()
@@ -59,8 +59,10 @@ func (e *Engine) influxOutput() (*output, error) {
 	}}, nil
 }
 
-// influxPoint is an event's alert as a point of the alerts measurement.
-func influxPoint(measurement string, ev *eval.Event) *write.Point {
+// InfluxPoint is an event's alert as a point of the alerts measurement
+// (docs/alerts.md, "InfluxDB"): what the engine writes, for tools and for
+// the Grafana dashboards' tests.
+func InfluxPoint(measurement string, ev *eval.Event) *write.Point {
 	a := &ev.Alert
 	tags := map[string]string{"device": a.Device, "type": a.Type, "severity": string(a.Severity)}
 	if a.Fleet != "" {
