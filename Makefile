@@ -2,6 +2,9 @@
 #
 #   make build   bin/drover, stamped with git describe and the commit, with the live map page
 #   make map     only the live map page: npm packages into .tools/map, esbuild into livefeed/web/dist
+#   make build   bin/drover, stamped with git describe and the commit
+#   make image   the container image (Containerfile), built here with podman (ENGINE=docker
+#                for Docker): localhost/drover:$(VERSION) and :latest
 #   make test        vet, gofmt check, race tests of every package, short fuzz
 #                    runs, the crash tests and a 2-minute chaos run (what CI runs)
 #   make test-crash  only the kill -9 tests
@@ -34,9 +37,9 @@ GOFILES = $(shell find . \( -name '.?*' -o -path ./bin -o -path ./data -o -name 
 # plotting library, the browser driver) stays out of drover's go.mod and out of
 # what a user's go get pulls in. ./... does not reach them: vet and test-unit
 # run them one by one.
-NESTED_MODULES := bench/natspeer internal/bench/benchreport internal/browsertest
+NESTED_MODULES := bench/natspeer internal/bench/benchreport internal/browsertest internal/k8stest
 
-.PHONY: all build map test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet tidy run clean
+.PHONY: all build map image test test-unit test-fuzz test-chaos test-crash chaos outage fuzz tools bench bench-e2e proto fmt fmt-check vet tidy run clean
 
 all: build
 
@@ -49,11 +52,15 @@ build: map
 # to run this. The npm packages are installed once per lock file under .tools/map/.
 map:
 	scripts/build-map.sh
+# The container image: a static binary FROM scratch, non-root (scripts/build-image.sh says how;
+# docs/deploy.md what is in it). ENGINE, IMAGE, VERSION and COMMIT pass through the environment.
+image: map
+	VERSION=$(VERSION) COMMIT=$(COMMIT) scripts/build-image.sh
 
 # The real dependencies tests start (InfluxDB, Azurite, PostgreSQL, ...); each script is
 # idempotent and cached under .tools/.
 tools:
-	@for s in scripts/install-influxd.sh scripts/install-azurite.sh scripts/install-chromium.sh scripts/install-pyzmq.sh scripts/install-postgres.sh; do \
+	@for s in scripts/install-influxd.sh scripts/install-azurite.sh scripts/install-chromium.sh scripts/install-pyzmq.sh scripts/install-postgres.sh scripts/install-podman.sh; do \
 		if [[ -x $$s ]]; then $$s; fi; \
 	done
 

@@ -60,6 +60,16 @@ type Config struct {
 	// creates when no operator exists; empty: DataDir/api-admin-key.
 	BootstrapKeyFile string
 
+	// FollowerKeyFile, when set, holds a key of a follower operator after
+	// every start (created when missing or no longer valid; mode 0600):
+	// what the frontends, routers and livefeeds of this host read
+	// (-registry-api-key-file). drover all uses DataDir/follower-key.
+	FollowerKeyFile string
+	// Seed lists devices to create at start when they do not exist (with
+	// the fleets, classes and regions they name): drover all -simulate
+	// registers its simulated fleet so. Not a flag.
+	Seed []ImportRow `json:"-"`
+
 	// MaxBodyBytes bounds a request body (a bulk import of 100,000 rows
 	// is ~15 MB of CSV).
 	MaxBodyBytes int64
@@ -140,6 +150,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"comma-separated browser `origins` allowed to call the API (https://ops.example.com); * for any; empty: no CORS")
 	fs.StringVar(&c.BootstrapKeyFile, "bootstrap-key-file", c.BootstrapKeyFile,
 		"`file` (mode 0600) where the first start writes the admin key it creates (default DATA-DIR/api-admin-key)")
+	fs.StringVar(&c.FollowerKeyFile, "follower-key-file", c.FollowerKeyFile,
+		"`file` (mode 0600) kept holding a key of a follower operator, created at start when missing or no longer valid: what frontends, routers and livefeeds on this host give as -registry-api-key-file")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", c.MaxBodyBytes, "largest request body in `bytes` (imports)")
 	fs.IntVar(&c.MaxImportRows, "max-import-rows", c.MaxImportRows, "most `rows` in one device import")
 	fs.DurationVar(&c.FeedPoll, "feed-poll", c.FeedPoll,

@@ -38,6 +38,9 @@ type store struct {
 	rdb, wdb *sql.DB
 	log      *slog.Logger
 
+	// feedID names this database in the change feed (migration 00002).
+	feedID string
+
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when the version moves
 	version int64         // last version this replica has seen
@@ -98,11 +101,29 @@ func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (*store, er
 		s.close()
 		return nil, err
 	}
+	if s.feedID, err = s.ensureFeedID(ctx); err != nil {
+		s.close()
+		return nil, err
+	}
 	if s.version, err = s.currentVersion(ctx); err != nil {
 		s.close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// ensureFeedID returns the database's feed id, choosing it on the first
+// start. Replicas starting together race to set it; the condition makes
+// the first one win and every one reads the winner's.
+func (s *store) ensureFeedID(ctx context.Context) (string, error) {
+	if _, err := s.wdb.ExecContext(ctx, `UPDATE feed_state SET feed_id = $1 WHERE id = 1 AND feed_id = ''`, newID("feed_")); err != nil {
+		return "", fmt.Errorf("set feed id: %w", err)
+	}
+	var id string
+	if err := s.wdb.QueryRowContext(ctx, `SELECT feed_id FROM feed_state WHERE id = 1`).Scan(&id); err != nil {
+		return "", fmt.Errorf("read feed id: %w", err)
+	}
+	return id, nil
 }
 
 // migrate applies every migration not applied yet, with goose. On

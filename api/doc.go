@@ -31,7 +31,14 @@
 //     committed on any replica wakes long polls on every replica within
 //     -feed-poll (each replica reads the version; LISTEN/NOTIFY was not
 //     used: it needs a dedicated connection and breaks behind
-//     transaction-pooling proxies, and polling one row is cheap).
+//     transaction-pooling proxies, and polling one row is cheap). Every
+//     answer names the database's feed id (migration 00002), so that a
+//     follower never mixes two databases. GET /v1/feed/live-tokens answers
+//     livefeeds the whole set of live-client tokens in force once one
+//     changed. The wire types are internal/apiclient's, the followers'.
+//   - The same host's data path. -follower-key-file keeps a working
+//     follower key in a file (local.go); Config.Seed creates missing
+//     devices at start (drover all -simulate).
 //   - Secrets. Device tokens, live-client tokens and API key secrets are
 //     256-bit random, shown once, stored as hex SHA-256 (the registry's
 //     and the clients file's format), compared in constant time, never

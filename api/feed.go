@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -21,25 +22,9 @@ import (
 // in db.go: write transactions commit in version order, so "every change
 // up to V" is a well-defined state a follower can hold.
 
-// FeedDevice is one device as followers see it: everything a frontend
-// needs to authenticate it and a router to enrich its readings, and
-// nothing else. Short keys: a snapshot carries a million of these.
-type FeedDevice struct {
-	// V is the version of the device's last change.
-	V  int64  `json:"v"`
-	ID string `json:"id"`
-	// Del marks a deleted device (a tombstone): forget it.
-	Del    bool   `json:"del,omitempty"`
-	State  string `json:"s,omitempty"`
-	Fleet  string `json:"f,omitempty"`
-	Class  string `json:"c,omitempty"`
-	Region string `json:"r,omitempty"`
-	// H is the hex SHA-256 of the current token; PH of the previous one,
-	// valid until PU (unix milliseconds), the end of a rotation's overlap.
-	H  string `json:"h,omitempty"`
-	PH string `json:"ph,omitempty"`
-	PU int64  `json:"pu,omitempty"`
-}
+// FeedDevice is one device as followers see it (apiclient holds the one
+// definition of the feed's wire format; followers read the same type).
+type FeedDevice = apiclient.FeedDevice
 
 const feedCols = `id, state, fleet, class, region, token_hash, prev_token_hash, prev_token_expires_at, version`
 
@@ -87,7 +72,7 @@ func (s *Server) feedSnapshot(w http.ResponseWriter, r *http.Request, _ *princip
 	}
 	defer out.Flush()
 	enc := json.NewEncoder(out)
-	_ = enc.Encode(map[string]any{"snapshot": map[string]int64{"version": version, "format": 1}})
+	_ = enc.Encode(apiclient.SnapshotLine{Snapshot: &apiclient.SnapshotHeader{Version: version, Format: apiclient.SnapshotFormat, Feed: s.db.feedID}})
 	n, last := 0, ""
 	for {
 		rows, err := s.db.rdb.QueryContext(ctx, `SELECT `+feedCols+` FROM devices WHERE id > $1 ORDER BY id LIMIT `+
@@ -122,19 +107,12 @@ func (s *Server) feedSnapshot(w http.ResponseWriter, r *http.Request, _ *princip
 			break
 		}
 	}
-	_ = enc.Encode(map[string]any{"end": map[string]int{"devices": n}})
+	_ = enc.Encode(apiclient.SnapshotLine{End: &apiclient.SnapshotEnd{Devices: n}})
 	return nil
 }
 
 // FeedChanges is the answer of GET /v1/feed/changes.
-type FeedChanges struct {
-	// Version is what the follower has seen after applying Changes: its
-	// next since.
-	Version int64        `json:"version"`
-	Changes []FeedDevice `json:"changes"`
-	// More says Changes was cut at the limit: ask again at once.
-	More bool `json:"more"`
-}
+type FeedChanges = apiclient.Changes
 
 const (
 	defaultChangesLimit = 1000
@@ -193,7 +171,7 @@ func (s *Server) feedChanges(w http.ResponseWriter, r *http.Request, _ *principa
 			return errGone(since, horizon)
 		}
 	}
-	resp := FeedChanges{Version: cur, Changes: []FeedDevice{}}
+	resp := FeedChanges{Feed: s.db.feedID, Version: cur, Changes: []FeedDevice{}}
 	if cur > since {
 		if resp, err = s.readChanges(ctx, since, cur, limit); err != nil {
 			return err
@@ -260,7 +238,7 @@ func (s *Server) readChanges(ctx context.Context, since, cur int64, limit int) (
 			j++
 		}
 	}
-	resp := FeedChanges{Version: cur, Changes: merged}
+	resp := FeedChanges{Feed: s.db.feedID, Version: cur, Changes: merged}
 	if len(merged) > limit {
 		resp.Changes, resp.More = merged[:limit], true
 		resp.Version = merged[limit-1].V
@@ -269,14 +247,9 @@ func (s *Server) readChanges(ctx context.Context, since, cur int64, limit int) (
 }
 
 // PresenceReport is one device's presence, as a frontend reports it.
-type PresenceReport struct {
-	ID         string    `json:"id"`
-	SeenAt     time.Time `json:"seen_at"`
-	RemoteAddr string    `json:"remote_addr"`
-	Connected  bool      `json:"connected"`
-}
+type PresenceReport = apiclient.PresenceReport
 
-const maxPresenceReports = 10000
+const maxPresenceReports = apiclient.MaxPresenceReports
 
 // feedPresence answers POST /v1/feed/presence: a frontend's batch of
 // presence reports. A report older than the one stored is ignored (two

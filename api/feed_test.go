@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// follower is what a frontend will do in phase 2, reduced to a map: take a
+// follower is what a frontend does (internal/registry), reduced to a map: take a
 // snapshot, then apply changes in order.
 type follower struct {
 	e       *env

@@ -100,6 +100,7 @@ func (s *Server) routeTable() []route {
 		{method: "GET", pattern: "/v1/feed/snapshot", perm: permFollower, h: s.feedSnapshot},
 		{method: "GET", pattern: "/v1/feed/changes", perm: permFollower, h: s.feedChanges},
 		{method: "POST", pattern: "/v1/feed/presence", perm: permFollower, h: s.feedPresence},
+		{method: "GET", pattern: "/v1/feed/live-tokens", perm: permFollower, h: s.feedLiveTokens},
 	}
 }
 

@@ -230,9 +230,10 @@ var scopeCases = map[string]scopeCase{
 	"PATCH /v1/alert-webhooks/{id}":  one("PATCH", "/v1/alert-webhooks/bravo-secret-name-hook", map[string]any{"url": "https://evil.example.com/"}),
 	"DELETE /v1/alert-webhooks/{id}": one("DELETE", "/v1/alert-webhooks/bravo-secret-name-hook", nil),
 
-	"GET /v1/feed/snapshot":  one("GET", "/v1/feed/snapshot", nil),
-	"GET /v1/feed/changes":   one("GET", "/v1/feed/changes?since=0", nil),
-	"POST /v1/feed/presence": one("POST", "/v1/feed/presence", map[string]any{"frontend": "fe", "reports": []map[string]any{{"id": "bravo-dev-1", "seen_at": "2025-01-01T00:00:00Z"}}}),
+	"GET /v1/feed/snapshot":    one("GET", "/v1/feed/snapshot", nil),
+	"GET /v1/feed/changes":     one("GET", "/v1/feed/changes?since=0", nil),
+	"GET /v1/feed/live-tokens": one("GET", "/v1/feed/live-tokens?since=0", nil),
+	"POST /v1/feed/presence":   one("POST", "/v1/feed/presence", map[string]any{"frontend": "fe", "reports": []map[string]any{{"id": "bravo-dev-1", "seen_at": "2025-01-01T00:00:00Z"}}}),
 }
 
 func TestScopeEveryEndpoint(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
 )
@@ -22,8 +23,13 @@ type Config struct {
 	// survive restarts (a volume in Kubernetes).
 	QueueDir string
 	// Routers are the ZeroMQ endpoints of every router, each one connected
-	// with its own DEALER.
+	// with its own DEALER. A dns+tcp://name:port entry stands for every
+	// address the name resolves to, followed while the frontend runs
+	// (internal/endpoints; in Kubernetes, the routers' headless Service).
 	Routers []string
+	// Resolve says how often, and through which DNS server, dns+tcp://
+	// entries of Routers are looked up.
+	Resolve endpoints.Config
 	// ID identifies this frontend to the routers. It must be unique among
 	// frontends and stable across restarts, so that a router recognises the
 	// frontend's resent batches.
@@ -42,6 +48,14 @@ type Config struct {
 	// and the router share one store, because a store registers the
 	// drover_registry_* metrics.
 	RegistryStore *registry.Store `json:"-"`
+	// Follow, when its API URL is set, takes the registry from the control
+	// plane's change feed instead of the Registry file (which is then not
+	// read), keeping the last copy in Follow.Cache (default
+	// QueueDir/registry.cache). See internal/registry's follower.
+	Follow registry.FollowConfig
+	// Presence is how a following frontend reports the devices it holds to
+	// the control plane.
+	Presence PresenceConfig
 	// QueueMaxBytes bounds the bytes the queue holds (stored, not yet acked
 	// by a router). When it is reached, devices are told to try again later
 	// (close 1013) and nothing is acked. 0 (the default): a share of the
@@ -119,9 +133,12 @@ func DefaultConfig() Config {
 		Listen:              ":8080",
 		QueueDir:            "data/frontend",
 		Routers:             []string{"tcp://127.0.0.1:5555"},
+		Resolve:             endpoints.DefaultConfig(),
 		ID:                  daemon.DefaultID("frontend"),
 		DrainLinger:         forward.DefaultLinger,
 		Registry:            "registry.json",
+		Follow:              registry.DefaultFollowConfig(),
+		Presence:            DefaultPresenceConfig(),
 		MaxConnections:      10000,
 		RetryAfter:          10 * time.Second,
 		MaxFrameBytes:       64 << 10,
@@ -149,13 +166,16 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.QueueDir, "queue-dir", c.QueueDir,
 		"`directory` of the durable queue; must survive restarts")
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
-		"comma-separated ZeroMQ `endpoints` of every router (tcp://host:port); one connection each")
+		"comma-separated ZeroMQ `endpoints` of every router (tcp://host:port), one connection each; dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
+	c.Resolve.RegisterFlags(fs, "-routers")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this frontend towards the routers, unique and stable across restarts; the host name unless set")
 	fs.DurationVar(&c.DrainLinger, "drain-linger", c.DrainLinger,
 		"after forwarding a small batch, wait this long before reading the queue again, so routers fsync fewer, larger batches; delays the router's copy, not the device's ack; 0: none (`duration`)")
 	fs.StringVar(&c.Registry, "registry", c.Registry,
-		"device registry `file` (JSON); reloaded on SIGHUP and when it changes")
+		"device registry `file` (JSON); reloaded on SIGHUP and when it changes; not read with -registry-api")
+	c.Follow.RegisterFlags(fs)
+	c.Presence.RegisterFlags(fs)
 	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes,
 		"`bytes` the queue may hold; when full, devices are told to retry later (close 1013) and nothing is acked; 0: a share of the volume (docs/reliability.md)")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections,
@@ -209,11 +229,30 @@ func (c Config) Validate() error {
 	if err := c.Links.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.Resolve.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))
 	}
-	if c.Registry == "" && c.RegistryStore == nil {
-		errs = append(errs, errors.New("registry: empty"))
+	if c.Registry == "" && c.RegistryStore == nil && !c.Follow.Enabled() {
+		errs = append(errs, errors.New("registry: empty (give -registry FILE or -registry-api URL)"))
+	}
+	if c.Follow.Enabled() {
+		follow := c.followConfig().Validate
+		if c.RegistryStore != nil {
+			follow = c.Follow.API.Validate // the store's owner follows; this frontend only reports presence
+		}
+		if err := follow(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := c.Presence.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if c.Presence.MaxPending < c.MaxConnections {
+			errs = append(errs, fmt.Errorf("presence-max-pending: %d: want at least max-connections (%d): a refresh reports every connected device",
+				c.Presence.MaxPending, c.MaxConnections))
+		}
 	}
 	want := func(ok bool, name string, v any, what string) {
 		if !ok {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // TestDefaultConfigNeedsLinks: the defaults are valid once the links are
@@ -63,10 +65,16 @@ func TestRegisterFlags(t *testing.T) {
 		"-auth-device-failures", "3",
 		"-trusted-proxies", "10.0.0.0/8, 192.168.1.1",
 		"-cluster-key-file", "/etc/drover/cluster.key",
+		"-resolve-interval", "30s", "-dns-server", "127.0.0.1:8600",
+		"-registry-cache", "/var/cache/drover/registry.cache", "-presence-interval", "2s",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	follow := registry.DefaultFollowConfig()
+	follow.Cache = "/var/cache/drover/registry.cache"
+	pres := DefaultPresenceConfig()
+	pres.Interval = 2 * time.Second
 	want := Config{
 		Listen:              "127.0.0.1:0",
 		QueueDir:            "/var/lib/drover/frontend",
@@ -93,6 +101,9 @@ func TestRegisterFlags(t *testing.T) {
 		AuthDeviceFailures:  3,
 		TrustedProxies:      []string{"10.0.0.0/8", "192.168.1.1"},
 		Links:               clusterlink.Config{KeyFile: "/etc/drover/cluster.key"},
+		Resolve:             endpoints.Config{Interval: 30 * time.Second, Server: "127.0.0.1:8600"},
+		Follow:              follow,
+		Presence:            pres,
 	}
 	if !slices.Equal(cfg.Routers, want.Routers) {
 		t.Errorf("routers %v, want %v", cfg.Routers, want.Routers)

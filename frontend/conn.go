@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -70,6 +71,10 @@ type conn struct {
 	readBroken bool   // a read failed: gorilla fails every later read at once
 	done       bool   // the read loop has ended
 	ping       *time.Timer
+
+	cred   registry.Grant // what the authentication granted (registry.go)
+	expiry *time.Timer    // checks cred again when its overlap ends; nil when none
+	client string         // the client's address (behind trusted proxies, theirs), for presence
 }
 
 // log logs an event of this connection with its device and remote address.
@@ -373,6 +378,9 @@ func (c *conn) finish() {
 	c.closing, c.done = true, true
 	if c.ping != nil {
 		c.ping.Stop()
+	}
+	if c.expiry != nil {
+		c.expiry.Stop()
 	}
 	c.mu.Unlock()
 	_ = c.ws.Close()

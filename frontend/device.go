@@ -72,8 +72,10 @@ func newDevices(maxIdle int, onSize func(int)) *devices {
 	return &devices{byID: make(map[string]*device), idle: list.New(), maxIdle: maxIdle, onSize: onSize}
 }
 
-// attach makes c the connection in force for its device and returns the
-// device and the connection it replaces, if any (the caller closes that one).
+// attach makes c the connection in force for its device, sets c.dev, and
+// returns the device and the connection it replaces, if any (the caller
+// closes that one). c.dev is set under the lock that connOf and connected
+// take, so that who finds c through them sees its device.
 func (ds *devices) attach(id string, c *conn) (*device, *conn) {
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
@@ -83,6 +85,7 @@ func (ds *devices) attach(id string, c *conn) (*device, *conn) {
 		ds.byID[id] = d
 		ds.onSize(len(ds.byID))
 	}
+	c.dev = d
 	if d.idle != nil {
 		ds.idle.Remove(d.idle)
 		d.idle = nil
@@ -94,12 +97,12 @@ func (ds *devices) attach(id string, c *conn) (*device, *conn) {
 
 // detach records that c has ended. If c was the device's connection in
 // force, the device becomes idle, and the oldest idle devices beyond maxIdle
-// are forgotten.
-func (ds *devices) detach(d *device, c *conn) {
+// are forgotten; it reports whether c was.
+func (ds *devices) detach(d *device, c *conn) bool {
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	if d.conn != c {
-		return // replaced: the newer connection owns the device now
+		return false // replaced: the newer connection owns the device now
 	}
 	d.conn = nil
 	d.idle = ds.idle.PushFront(d)
@@ -111,4 +114,28 @@ func (ds *devices) detach(d *device, c *conn) {
 		delete(ds.byID, old.id)
 	}
 	ds.onSize(len(ds.byID))
+	return true
+}
+
+// connOf returns the connection in force of the device id, nil if none.
+func (ds *devices) connOf(id string) *conn {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	if d := ds.byID[id]; d != nil {
+		return d.conn
+	}
+	return nil
+}
+
+// connected returns the connections in force, for the presence refresh.
+func (ds *devices) connected() []*conn {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	out := make([]*conn, 0, len(ds.byID)-ds.idle.Len())
+	for _, d := range ds.byID {
+		if d.conn != nil {
+			out = append(out, d.conn)
+		}
+	}
+	return out
 }

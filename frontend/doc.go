@@ -28,14 +28,31 @@
 // a device id that breaks the one definition (telemetry.ValidateDeviceID,
 // checked before any registry lookup), HTTP 401 for an unknown device or a
 // bad token (one answer for both, so that device ids cannot be enumerated;
-// the metric keeps the reason), HTTP 429 with a Retry-After for a client
+// the metric keeps the reason), HTTP 403 with the reason for the right
+// token of a suspended or decommissioned device, HTTP 429 with a Retry-After for a client
 // address or device id that failed to authenticate too often (internal/auth's
 // limiter, checked before any hashing), and HTTP 503 with a jittered
 // Retry-After when the connection limit is reached; after it, a WebSocket
 // close code with
 // a reason: 1007 invalid frame, 1008 rate limit, 1009 frame too large, 1013
 // queue or disk full (nothing is acked, nothing is dropped), 1011 internal
-// error, 4000 replaced by a newer connection of the same device, 4001 idle.
+// error, 4000 replaced by a newer connection of the same device, 4001 idle,
+// 4401 token revoked (or a rotation's overlap ended), 4403 device suspended,
+// decommissioned or removed.
+//
+// # The registry
+//
+// Devices are checked against a registry.Store: a file (-registry), or a
+// copy of the control plane's registry that follows its change feed
+// (-registry-api; registry.go), cached under the queue folder so that a
+// restart while the API is down still serves. The frontend serves once a
+// copy is in force. When the registry changes, the connections of the
+// devices that changed are checked again (and, for a file reload, every
+// connection) and those it no longer allows are closed once the frame they
+// are storing is stored and acked; a connection made with a rotation's
+// previous token is checked again when the overlap ends. Following the
+// control plane, the frontend also reports presence (presence.go): in
+// batches, bounded, never on the ack path.
 //
 // # State kept in memory
 //

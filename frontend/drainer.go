@@ -27,6 +27,7 @@ func (f *Frontend) forwardDrainer(q *queue.Queue) (drainer, error) {
 	d, err := forward.NewDrainer(forward.DrainerConfig{
 		Sender:  f.cfg.ID,
 		Routers: f.cfg.Routers,
+		Resolve: f.cfg.Resolve,
 		Linger:  linger,
 		Links:   f.cfg.Links,
 	}, q, f.logger, f.reg)

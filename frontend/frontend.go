@@ -71,10 +71,14 @@ type Frontend struct {
 	started atomic.Bool
 	ready   atomic.Pointer[error]
 	addr    atomic.Pointer[net.Addr]
+	// routers says whether a router has answered since the start (see
+	// upstreamReady).
+	routers routerWatch
 
 	// Set by Run before the server starts; read-only afterwards.
 	q         *queue.Queue
 	store     *registry.Store
+	presence  *presence       // nil unless following the control plane
 	appendCtx context.Context // cancelled when connections are closed by force
 
 	mu      sync.Mutex // guards the fields below
@@ -166,10 +170,14 @@ func (f *Frontend) Addr() net.Addr {
 }
 
 // Ready reports whether the frontend accepts and acks readings: nil once its
-// queue is open, its registry loaded and its server listening, an error
-// saying why not otherwise. It is cheap and never blocks, for /readyz.
+// queue is open, its registry loaded, its server listening and a router
+// has answered its drainer since the start (upstreamReady), an error saying
+// why not otherwise. It is cheap and never blocks, for /readyz.
 func (f *Frontend) Ready() error {
-	return *f.ready.Load()
+	if err := *f.ready.Load(); err != nil {
+		return err
+	}
+	return f.routers.ready()
 }
 
 func (f *Frontend) setReady(err error) { f.ready.Store(&err) }
@@ -184,15 +192,20 @@ func (f *Frontend) Run(ctx context.Context) error {
 	if !f.started.CompareAndSwap(false, true) {
 		return errRanTwice
 	}
-	store, ownStore := f.cfg.RegistryStore, false
-	if store == nil {
-		var err error
-		if store, err = registry.NewStore(f.cfg.Registry, f.logger, f.reg); err != nil {
-			f.setReady(fmt.Errorf("frontend: registry: %w", err))
-			return fmt.Errorf("frontend: load registry: %w", err)
-		}
-		ownStore = true
+	store, ownStore, err := f.openRegistry()
+	if err != nil {
+		f.setReady(fmt.Errorf("frontend: registry: %w", err))
+		return fmt.Errorf("frontend: load registry: %w", err)
 	}
+	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
+	storeDone := make(chan struct{})
+	go func() {
+		defer close(storeDone)
+		if ownStore {
+			_ = store.Run(storeCtx)
+		}
+	}()
+	defer func() { stopStore(); <-storeDone }()
 	q, err := queue.Open(f.cfg.QueueDir, queue.Options{
 		Name:           "frontend",
 		MaxBytes:       f.cfg.QueueMaxBytes,
@@ -217,9 +230,17 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 	addr := ln.Addr()
 	f.addr.Store(&addr)
+	f.routers.watch(dr)
 	appendCtx, forceStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer forceStop()
-	f.q, f.store, f.appendCtx = q, store, appendCtx
+	f.q, f.appendCtx = q, appendCtx
+	pres, err := f.startPresence()
+	if err != nil {
+		_ = ln.Close()
+		_ = f.closeQueue(q)
+		f.setReady(fmt.Errorf("frontend: presence: %w", err))
+		return fmt.Errorf("frontend: presence: %w", err)
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc(IngestPath, f.serveIngest)
@@ -232,15 +253,9 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 
 	// Each part runs until its context ends; one that stops on its own stops
-	// the frontend.
+	// the frontend. The drainer starts first: what the queue holds from
+	// before goes to the routers even while the registry is awaited.
 	failed := make(chan error, 3)
-	serveDone := make(chan struct{})
-	go func() {
-		defer close(serveDone)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			failed <- fmt.Errorf("frontend: serve: %w", err)
-		}
-	}()
 	drainCtx, stopDrain := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopDrain()
 	drainDone := make(chan struct{})
@@ -254,26 +269,39 @@ func (f *Frontend) Run(ctx context.Context) error {
 			failed <- fmt.Errorf("frontend: drainer stopped: %w", err)
 		}
 	}()
-	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopStore()
-	storeDone := make(chan struct{})
+	presCtx, stopPresence := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPresence()
+	presDone := make(chan struct{})
 	go func() {
-		defer close(storeDone)
-		if ownStore {
-			_ = store.Run(storeCtx)
+		defer close(presDone)
+		if pres != nil {
+			pres.run(presCtx)
 		}
 	}()
 
-	f.setReady(nil)
-	f.logger.Info("frontend: serving devices", "addr", addr.String(), "path", IngestPath,
-		"queue", f.cfg.QueueDir, "routers", strings.Join(f.cfg.Routers, ","))
-
 	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-failed:
-		// Returned, and logged by the caller; here only the stop is said.
-		f.logger.Info("frontend: stopping after a failure")
+	serveDone := make(chan struct{})
+	if f.waitRegistry(ctx, store) {
+		f.store = store
+		defer store.Subscribe(f.registryChanged)()
+		go func() {
+			defer close(serveDone)
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				failed <- fmt.Errorf("frontend: serve: %w", err)
+			}
+		}()
+		f.setReady(nil)
+		f.logger.Info("frontend: serving devices", "addr", addr.String(), "path", IngestPath,
+			"queue", f.cfg.QueueDir, "routers", strings.Join(f.cfg.Routers, ","), "devices_registered", store.Current().Len())
+		select {
+		case <-ctx.Done():
+		case runErr = <-failed:
+			// Returned, and logged by the caller; here only the stop is said.
+			f.logger.Info("frontend: stopping after a failure")
+		}
+	} else {
+		_ = ln.Close()
+		close(serveDone)
 	}
 
 	// Stop: devices first, then the drainer (it finishes its in-flight
@@ -288,10 +316,10 @@ func (f *Frontend) Run(ctx context.Context) error {
 	<-serveDone
 	n := f.closeConns(graceCtx, forceStop)
 	f.logger.Info("frontend: device connections closed", "connections", n, "took", time.Since(start))
+	stopPresence() // after the connections: their disconnects go in its last batch
+	<-presDone
 	stopDrain()
 	<-drainDone
-	stopStore()
-	<-storeDone
 	if err := f.closeQueue(q); err != nil && runErr == nil {
 		runErr = err
 	}
@@ -382,7 +410,9 @@ func (f *Frontend) track(c *conn) bool {
 
 // release forgets an ended connection and frees its slot.
 func (f *Frontend) release(c *conn) {
-	f.devs.detach(c.dev, c)
+	if f.devs.detach(c.dev, c) {
+		f.presence.report(c.dev.id, c.client, false, time.Now())
+	}
 	f.mu.Lock()
 	delete(f.conns, c)
 	f.active--
@@ -436,17 +466,11 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseRateLimited(w, left, id)
 		return
 	}
-	if _, err := f.store.Current().Authenticate(id, token); err != nil {
+	reg := f.store.Current()
+	_, grant, err := reg.Authorize(id, token, now)
+	if err != nil {
 		f.unadmit()
-		f.authFailed(src, id, now)
-		// One answer for an unknown device and a bad token, so that nobody
-		// can learn which ids exist; the metric and the log keep the reason.
-		reason := reasonBadToken
-		if errors.Is(err, registry.ErrUnknownDevice) {
-			reason = reasonUnknownDevice
-		}
-		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
-		f.refuseHTTP(w, http.StatusUnauthorized, reason, textUnauthorized, id)
+		f.refuseAuth(w, src, id, now, err)
 		return
 	}
 	ws, err := f.upgrader.Upgrade(w, r, nil)
@@ -461,7 +485,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	f.m.connections.Inc()
 	f.m.connectionsAccepted.Inc()
 	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
-	c := &conn{f: f, ws: ws}
+	c := &conn{f: f, ws: ws, cred: grant, client: src}
 	if !f.track(c) {
 		// Shutdown began during the upgrade: this connection never
 		// reaches a read loop.
@@ -473,12 +497,13 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.unadmit()
 		return
 	}
-	d, old := f.devs.attach(id, c)
-	c.dev = d
+	_, old := f.devs.attach(id, c) // sets c.dev
 	if old != nil {
 		old.stop(CloseReplaced, reasonTextReplaced)
 		c.log(slog.LevelInfo, "frontend: device reconnected; closing its older connection")
 	}
+	f.admitted(c, reg)
+	f.presence.report(id, src, true, now)
 	c.extend()
 	ws.SetPongHandler(func(string) error { c.extend(); return nil })
 	c.startPing()

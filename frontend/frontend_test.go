@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -473,7 +474,8 @@ func TestRunFailsWithoutRegistry(t *testing.T) {
 
 // The real forward drainer, with every router down: devices are still acked
 // (an ack means on the frontend's disk), and the frontend starts and stops
-// cleanly around the drainer.
+// cleanly around the drainer. It is not ready (no router has answered yet:
+// TestReadyWaitsForARouter), which a load balancer reads, not the frontend.
 func TestRoutersDownStillAcks(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -492,7 +494,7 @@ func TestRoutersDownStillAcks(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	go func() { e.done <- f.Run(ctx) }()
-	waitFor(t, 10*time.Second, "frontend ready", func() bool { return f.Ready() == nil })
+	waitFor(t, 10*time.Second, "frontend serving, no router yet", func() bool { return errors.Is(f.Ready(), errNoRouterYet) })
 	e.url = "ws://" + f.Addr().String() + IngestPath
 	e.drainOK.Store(true) // no fake drainer to report
 

@@ -159,7 +159,7 @@ func (c *client) offer(changes []change, now int64) {
 	for i := range changes {
 		ch := &changes[i]
 		v := ch.v
-		if !ch.gone && scope.allows(v.fleet) && sub.match(v) {
+		if !ch.gone && scope.permits(v) && sub.match(v) {
 			if _, ok := c.held[v.id]; ok {
 				delete(c.held, v.id)
 				conflated++
@@ -713,6 +713,10 @@ type (
 		MaxRate      float64  `json:"max_rate_hz"`
 		SnapshotMax  int      `json:"snapshot_max"`
 		ServerTimeMs int64    `json:"server_time_ms"`
+		// Devices and Area narrow what the token may see, when it was
+		// issued so (control-plane tokens).
+		Devices []string `json:"devices,omitempty"`
+		Area    *BBox    `json:"area,omitempty"`
 	}
 	snapshotHeader struct {
 		Type      string      `json:"type"`
@@ -745,6 +749,10 @@ func (c *client) hello() {
 		h.Fleets = c.f.store.knownFleets()
 	} else {
 		h.Fleets = sc.list
+	}
+	h.Devices = sc.deviceList
+	if sc.area != nil {
+		h.Area = sc.area.bbox()
 	}
 	b, _ := json.Marshal(h)
 	c.queueControl(b)
@@ -833,7 +841,7 @@ func (c *client) subscribe(sub *subscription) {
 	if sub.devices != nil && len(sub.devices) < 64 {
 		// A handful of devices: look them up rather than walk everything.
 		for id := range sub.devices {
-			if v := c.f.store.get(id); v != nil && scope.allows(v.fleet) && sub.match(v) {
+			if v := c.f.store.get(id); v != nil && scope.permits(v) && sub.match(v) {
 				total++
 				if len(list) < limit {
 					list = append(list, v)
@@ -842,7 +850,7 @@ func (c *client) subscribe(sub *subscription) {
 		}
 	} else {
 		c.f.store.each(func(v *vehicle) bool {
-			if scope.allows(v.fleet) && sub.match(v) {
+			if scope.permits(v) && sub.match(v) {
 				total++
 				if len(list) < limit {
 					list = append(list, v)

@@ -4,17 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/atomicfile"
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/daemon"
@@ -65,11 +68,17 @@ func WriteClientsFile(path string, clients []ClientEntry) error {
 	return nil
 }
 
-// scope is the set of fleets a client may see. Immutable.
+// scope is what a client may see: the vehicles of its fleets, narrowed,
+// for a token the control plane issued with them, to a set of devices and
+// to a map area. Immutable.
 type scope struct {
 	all    bool
 	fleets map[string]struct{}
 	list   []string // sorted, for hello and comparisons
+
+	devices    map[string]struct{} // nil: any device of the fleets
+	deviceList []string            // sorted
+	area       *box                // nil: anywhere
 }
 
 func newScope(fleets []string) *scope {
@@ -90,6 +99,21 @@ func newScope(fleets []string) *scope {
 	return s
 }
 
+// narrowed returns the scope limited to devices (none: no limit) and to
+// area (nil: none).
+func (s *scope) narrowed(devices []string, area *box) *scope {
+	n := *s
+	if len(devices) > 0 {
+		n.devices = make(map[string]struct{}, len(devices))
+		for _, d := range devices {
+			n.devices[d] = struct{}{}
+		}
+		n.deviceList = sortedKeys(n.devices)
+	}
+	n.area = area
+	return &n
+}
+
 // allows reports whether the scope includes fleet.
 func (s *scope) allows(fleet string) bool {
 	if s.all {
@@ -99,7 +123,28 @@ func (s *scope) allows(fleet string) bool {
 	return ok
 }
 
-func (s *scope) equal(o *scope) bool { return slices.Equal(s.list, o.list) }
+// permits reports whether the client may see vehicle v now: its fleet,
+// and, when the scope is narrowed, its id and its position (a vehicle with
+// no position is outside every area: it cannot be shown to be inside).
+func (s *scope) permits(v *vehicle) bool {
+	if !s.allows(v.fleet) {
+		return false
+	}
+	if s.devices != nil {
+		if _, ok := s.devices[v.id]; !ok {
+			return false
+		}
+	}
+	if s.area != nil && (v.has&hasPos == 0 || !s.area.contains(v.latE7, v.lonE7)) {
+		return false
+	}
+	return true
+}
+
+func (s *scope) equal(o *scope) bool {
+	return slices.Equal(s.list, o.list) && slices.Equal(s.deviceList, o.deviceList) &&
+		(s.area == nil) == (o.area == nil) && (s.area == nil || *s.area == *o.area)
+}
 
 // principal is an authenticated client identity.
 type principal struct {
@@ -195,11 +240,18 @@ type authStore struct {
 	cur      atomic.Pointer[credentials]
 	interval time.Duration
 	reloads  *prometheus.CounterVec
-	// onChange is called after a successful reload, from the reload
-	// goroutine.
+	// onChange is called after a successful reload or a new set of
+	// control-plane tokens, from the goroutine that made it.
 	onChange func(*credentials)
 
 	loaded os.FileInfo // of the file last loaded (or tried)
+
+	// The two sources of credentials, merged by rebuild: the file's
+	// entries as last loaded, and the control plane's tokens in force
+	// (apitokens.go).
+	mu          sync.Mutex
+	fileEntries []ClientEntry
+	apiTokens   []apiclient.LiveToken
 }
 
 func newAuthStore(path, devToken string, logger *slog.Logger, reloads *prometheus.CounterVec) (*authStore, error) {
@@ -226,14 +278,82 @@ func (s *authStore) reload() error {
 			return err
 		}
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	c, err := newCredentials(entries, s.devToken)
 	if err != nil {
 		s.reloads.WithLabelValues("error").Inc()
 		return fmt.Errorf("clients file %s: %w", s.path, err)
 	}
+	s.fileEntries = entries
+	s.addAPITokens(c)
 	s.cur.Store(c)
 	s.reloads.WithLabelValues("ok").Inc()
 	return nil
+}
+
+// setAPITokens puts a new set of control-plane tokens in force beside the
+// file's, and tells onChange.
+func (s *authStore) setAPITokens(tokens []apiclient.LiveToken) {
+	s.mu.Lock()
+	s.apiTokens = tokens
+	c, err := newCredentials(s.fileEntries, s.devToken) // checked when loaded: cannot fail now
+	if err != nil {
+		s.mu.Unlock()
+		s.logger.Error("livefeed: credentials", "err", err)
+		return
+	}
+	s.addAPITokens(c)
+	s.cur.Store(c)
+	s.mu.Unlock()
+	if s.onChange != nil {
+		s.onChange(c)
+	}
+}
+
+// addAPITokens adds the control plane's tokens to c. A token that cannot
+// be used (a bad hash or area, a hash the file lists too) is left out and
+// logged: the others work.
+func (s *authStore) addAPITokens(c *credentials) {
+	for _, lt := range s.apiTokens {
+		p, err := apiPrincipal(lt)
+		if err == nil {
+			if _, dup := c.byHash[p.hash]; dup {
+				err = errors.New("its hash is also in the clients file")
+			}
+		}
+		if err != nil {
+			s.logger.Warn("livefeed: control-plane token left out", "token", lt.ID, "name", lt.Name, "err", err)
+			continue
+		}
+		c.byHash[p.hash] = p
+	}
+}
+
+// apiPrincipal turns a control-plane token into a principal: its fleets,
+// narrowed to its devices and area, until its expiry.
+func apiPrincipal(lt apiclient.LiveToken) (*principal, error) {
+	h, err := auth.ParseDigest(lt.H)
+	if err != nil {
+		return nil, fmt.Errorf("h: %w", err)
+	}
+	if len(lt.Fleets) == 0 {
+		return nil, errors.New("no fleets")
+	}
+	var area *box
+	if a := lt.Area; a != nil {
+		b, err := newBox(BBox{West: a.MinLon, South: a.MinLat, East: a.MaxLon, North: a.MaxLat})
+		if err != nil {
+			return nil, fmt.Errorf("area: %w", err)
+		}
+		area = &b
+	}
+	name := lt.Name
+	if name == "" {
+		name = lt.ID
+	}
+	return &principal{name: name, hash: h, scope: newScope(lt.Fleets).narrowed(lt.Devices, area),
+		expires: time.UnixMilli(lt.ExpiresAt)}, nil
 }
 
 // run reloads on SIGHUP and on file change until ctx ends.

@@ -8,9 +8,12 @@ import (
 	"slices"
 	"time"
 
+	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // Config is a livefeed's configuration. Start from [DefaultConfig].
@@ -18,19 +21,40 @@ type Config struct {
 	// Listen is the address of the client WebSocket and live map server,
 	// host:port.
 	Listen string
-	// Routers are the live. lane endpoints of every router.
+	// Routers are the live. lane endpoints of every router. A
+	// dns+tcp://name:port entry stands for every address the name resolves
+	// to, followed while the livefeed runs (internal/endpoints).
 	Routers []string
 	// Alerts are the alert lane endpoints of every alert engine (their
 	// -alert-pub); empty: no alerts on the feed.
 	Alerts []string
+	// Resolve says how often, and through which DNS server, dns+tcp://
+	// entries of Routers are looked up.
+	Resolve endpoints.Config
 	// ID names this livefeed in logs and in the ZeroMQ identities of its
-	// subscriptions (ID.0, ID.1, ... one per router endpoint).
+	// subscriptions (ID.0, ID.1, ... one per router subscription).
 	ID string
 
 	// Clients is the path of the clients file: the SHA-256 hashes of client
 	// tokens and the fleets each may see (see docs/live-api.md). It is
 	// reloaded on SIGHUP and when it changes. Empty: no file.
 	Clients string
+	// API, when its URL is set, is the control plane whose live-client
+	// tokens (POST /v1/live-tokens) the livefeed follows, beside the
+	// clients file (apitokens.go).
+	API apiclient.Config
+	// CacheDir is where what is followed from API is kept (tokens.cache,
+	// registry.cache), so that a restart while the API is down still
+	// admits the tokens' clients and hides retired devices. Empty: no
+	// cache.
+	CacheDir string
+	// RegistryStore, when set, is the device registry followed instead of
+	// making a follower of API: drover all shares its frontend's. Not a
+	// flag.
+	RegistryStore *registry.Store `json:"-"`
+	// NotBefore, when set, holds the first request to the API until it is
+	// closed (drover all: until its own API has started). Not a flag.
+	NotBefore <-chan struct{} `json:"-"`
 	// DevToken is a token that may see every fleet and never expires, for
 	// local runs and tests. As a flag it is a secret (see
 	// daemon.SecretVar): from the environment or a file.
@@ -95,6 +119,7 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:  ":8081",
 		Routers: []string{"tcp://127.0.0.1:5556"},
+		Resolve: endpoints.DefaultConfig(),
 		ID:      daemon.DefaultID("livefeed"),
 
 		MaxClients:          10000,
@@ -119,13 +144,17 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", c.Listen,
 		"`address` (host:port) of the WebSocket API and live map page clients connect to")
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
-		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port)")
+		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port); dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
+	c.Resolve.RegisterFlags(fs, "-routers")
 	fs.Var((*daemon.StringList)(&c.Alerts), "alerts",
 		"comma-separated ZeroMQ `endpoints` of every alert engine's alert lane (their -alert-pub); empty: no alerts")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
 	fs.StringVar(&c.Clients, "clients", c.Clients,
 		"`path` of the clients file (token SHA-256 hashes and the fleets each may see); reloaded on SIGHUP and change")
+	c.API.RegisterFlags(fs, "live-client tokens from, beside the -clients file")
+	fs.StringVar(&c.CacheDir, "cache-dir", c.CacheDir,
+		"`directory` keeping what is followed from -registry-api (live-client tokens, the device registry), so that a restart while the API is down still admits the tokens' clients; empty: no cache")
 	daemon.SecretVar(fs, &c.DevToken, "dev-token",
 		"client `token` allowed to see every fleet, never expiring, for local runs and tests")
 	fs.BoolVar(&c.Dev, "dev", c.Dev,
@@ -176,8 +205,14 @@ func (c Config) Validate() error {
 	if err := c.Links.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.Resolve.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := daemon.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))
+	}
+	if err := c.API.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DevToken != "" && len(c.DevToken) < 8 {
 		errs = append(errs, errors.New("dev-token: shorter than 8 characters"))

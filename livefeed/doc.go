@@ -30,7 +30,11 @@
 // closed with [CloseExpired] when its token expires. Without a clients file
 // or a dev token, every client is refused, unless Config.Dev makes up a
 // token for a development run. Failed authentications are limited per
-// client address, as in the frontend.
+// client address, as in the frontend. With -registry-api the livefeed also
+// follows the control plane's live-client tokens (apitokens.go): scoped to
+// fleets and narrowed to devices and a map area, revoked within seconds;
+// and its device registry (registry.go), to take decommissioned and deleted
+// devices off every map.
 //
 // # How an update travels
 //

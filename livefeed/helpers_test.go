@@ -103,22 +103,35 @@ type publisher struct {
 
 func newPublisher(t testing.TB, name string) *publisher {
 	t.Helper()
+	p, err := newPublisherAt(t, name, "tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("publisher listen: %v", err)
+	}
+	return p
+}
+
+// newPublisherAt is newPublisher bound to listen; an error is a failed bind
+// (the caller may try another port).
+func newPublisherAt(t testing.TB, name, listen string) (*publisher, error) {
+	t.Helper()
 	sock := zmq4.NewPub(context.Background(), zmq4.WithID(zmq4.SocketIdentity(name)), zmq4.WithTimeout(5*time.Second),
 		zmq4.WithLogger(slog.NewLogLogger(slog.DiscardHandler, slog.LevelWarn)))
 	sec, err := clusterlink.New(testLinks, clusterlink.RoleRouter, name, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep, err := sec.Endpoint(clusterlink.LinkLive, "tcp://127.0.0.1:0")
+	ep, err := sec.Endpoint(clusterlink.LinkLive, listen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := sock.Listen(ep); err != nil {
-		t.Fatalf("publisher listen: %v", err)
+		_ = sock.Close()
+		sec.Close()
+		return nil, err
 	}
 	p := &publisher{t: t, name: name, sock: sock, ep: "tcp://" + sock.Addr().String()}
 	t.Cleanup(func() { _ = sock.Close(); sec.Close() })
-	return p
+	return p, nil
 }
 
 // testLinks is the cluster key of the package's tests: the livefeed and the

@@ -39,6 +39,14 @@ const (
 // with WithAutomaticReconnect a lost connection is dialled again, and Recv
 // returns that connection's error once (then blocks for the next message).
 func (f *Feed) subscribeRouter(ctx context.Context, i int, ep string) {
+	subscribed := false
+	defer func() {
+		// A subscription ends when the livefeed stops or the endpoint
+		// leaves the list: it no longer counts for readiness.
+		if subscribed {
+			f.subscribed.Add(-1)
+		}
+	}()
 	log := f.logger.With("router_endpoint", ep)
 	sock := zmq4.NewSub(ctx,
 		zmq4.WithID(zmq4.SocketIdentity(fmt.Sprintf("%s.%d", f.cfg.ID, i))),
@@ -80,6 +88,7 @@ func (f *Feed) subscribeRouter(ctx context.Context, i int, ep string) {
 		}
 	}
 	f.subscribed.Add(1)
+	subscribed = true
 	f.m.routersConnected.Inc()
 	connected := true
 	log.Info("livefeed: subscribed to router live. lane")
@@ -145,6 +154,10 @@ func (f *Feed) apply(recs []*telemetry.EnrichedRecord, now time.Time) {
 	for _, rec := range recs {
 		if !validRecord(rec) {
 			invalid++
+			continue
+		}
+		if f.hidden(rec.GetRecord().GetDeviceId()) {
+			f.m.updatesRetired.Inc()
 			continue
 		}
 		if d := nowMs - rec.GetRecord().GetReceivedMs(); rec.GetRecord().GetReceivedMs() > 0 && d >= 0 {

@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // LivePath is the URL path of the client WebSocket API.
@@ -47,14 +50,26 @@ type Feed struct {
 	store  *store
 	sec    *clusterlink.Security
 	alerts activeAlerts
+	watch  *endpoints.Watcher
+
+	// subs are the router subscriptions, by endpoint (see setRouters).
+	subsMu  sync.Mutex
+	subs    map[string]*routerSub
+	subsN   int // subscriptions made, for their ZeroMQ identities
+	subsCtx context.Context
+	subsWG  sync.WaitGroup
 
 	upgrader websocket.Upgrader
 
 	started    atomic.Bool
 	state      atomic.Pointer[error] // errStarting, nil while serving, errStopping
 	addr       atomic.Pointer[net.Addr]
-	subscribed atomic.Int32 // router endpoints subscribed to at least once
+	subscribed atomic.Int32 // listed router endpoints subscribed to at least once
 	auth       atomic.Pointer[authStore]
+	// registry, with -registry-api, hides the vehicles of decommissioned
+	// and removed devices (registry.go); nil without. Set by Run before
+	// ingest starts.
+	registry *registry.Store
 
 	// Failed authentications per client address.
 	proxies  auth.Proxies
@@ -99,7 +114,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 	if err != nil {
 		return nil, fmt.Errorf("livefeed: %w", err)
 	}
-	for _, ep := range cfg.Routers {
+	for _, ep := range endpoints.Static(cfg.Routers) {
 		if _, err := sec.Endpoint(clusterlink.LinkLive, ep); err != nil {
 			sec.Close()
 			return nil, fmt.Errorf("livefeed: routers: %w", err)
@@ -111,11 +126,18 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 			return nil, fmt.Errorf("livefeed: alerts: %w", err)
 		}
 	}
+	watch, err := endpoints.NewWatcher(cfg.Routers, cfg.Resolve, "livefeed", logger, reg)
+	if err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("livefeed: routers: %w", err)
+	}
 	f := &Feed{
 		cfg:         cfg.clone(),
 		logger:      logger,
 		reg:         reg,
 		sec:         sec,
+		watch:       watch,
+		subs:        make(map[string]*routerSub),
 		m:           m,
 		store:       newStore(),
 		alerts:      activeAlerts{byDev: map[string]map[string]clientAlert{}},
@@ -194,6 +216,27 @@ func (f *Feed) Run(ctx context.Context) error {
 	auth.interval = f.clientsPoll
 	auth.onChange = f.credentialsChanged
 	f.auth.Store(auth)
+	var tokens *tokenFollower
+	if f.cfg.API.Enabled() {
+		tokensCache := ""
+		if f.cfg.CacheDir != "" {
+			tokensCache = filepath.Join(f.cfg.CacheDir, "tokens.cache")
+		}
+		if tokens, err = newTokenFollower(f.cfg.API, tokensCache, auth, f.logger, f.reg); err != nil {
+			f.setState(fmt.Errorf("livefeed: control plane: %w", err))
+			return fmt.Errorf("livefeed: control plane: %w", err)
+		}
+		tokens.loadCache()
+	}
+	reg, ownReg, err := f.openRegistry()
+	if err != nil {
+		f.setState(fmt.Errorf("livefeed: registry: %w", err))
+		return fmt.Errorf("livefeed: registry: %w", err)
+	}
+	if reg != nil {
+		f.registry = reg
+		defer reg.Subscribe(f.registryChanged)()
+	}
 
 	ln, err := net.Listen("tcp", f.cfg.Listen)
 	if err != nil {
@@ -225,13 +268,19 @@ func (f *Feed) Run(ctx context.Context) error {
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBg()
 	var bg sync.WaitGroup
-	for i, ep := range f.cfg.Routers {
-		bg.Go(func() { f.subscribeRouter(bgCtx, i, ep) })
-	}
+	f.subsCtx = bgCtx
+	f.setRouters(f.watch.Current())
+	bg.Go(func() { f.watch.Run(bgCtx, f.setRouters) })
 	for i, ep := range f.cfg.Alerts {
 		bg.Go(func() { f.subscribeAlerts(bgCtx, i, ep) })
 	}
 	bg.Go(func() { auth.run(bgCtx) })
+	if tokens != nil {
+		bg.Go(func() { tokens.run(bgCtx, f.cfg.NotBefore) })
+	}
+	if ownReg {
+		bg.Go(func() { runRegistry(bgCtx, reg) })
+	}
 	if f.cfg.VehicleTTL > 0 {
 		bg.Go(func() { f.expireLoop(bgCtx) })
 	}
@@ -246,7 +295,7 @@ func (f *Feed) Run(ctx context.Context) error {
 		// that a laptop run is usable and never open.
 		f.logger.Warn("livefeed: -dev: no clients file and no dev token, so made up a dev token that sees every fleet; "+
 			"open the map with it", "map", url+"?token="+devToken)
-	case devToken == "" && f.cfg.Clients == "":
+	case devToken == "" && f.cfg.Clients == "" && !f.cfg.API.Enabled():
 		f.logger.Warn("livefeed: no -clients file and no dev token: every client is refused; give -clients FILE " +
 			"(docs/live-api.md), or -dev on a laptop")
 	}
@@ -274,6 +323,7 @@ func (f *Feed) Run(ctx context.Context) error {
 	f.logger.Info("livefeed: client connections closed", "clients", n, "took", time.Since(start))
 	stopBg()
 	bg.Wait()
+	f.subsWG.Wait()
 	f.logger.Info("livefeed: stopped", "took", time.Since(start))
 	return runErr
 }

@@ -42,6 +42,8 @@ type metrics struct {
 	messagesInvalid  prometheus.Counter
 	updatesReceived  prometheus.Counter
 	updatesStale     prometheus.Counter
+	updatesRetired   prometheus.Counter
+	vehiclesRetired  prometheus.Counter
 	updatesInvalid   prometheus.Counter
 	updatesSent      prometheus.Counter
 	messagesSent     prometheus.Counter
@@ -106,6 +108,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drover_livefeed_updates_stale_total",
 			Help: "Records ignored because the vehicle's state is newer (out of order) or the same (duplicate).",
 		}),
+		updatesRetired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_updates_retired_total",
+			Help: "Records not shown because the registry says their device is decommissioned or removed (-registry-api).",
+		}),
+		vehiclesRetired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_vehicles_retired_total",
+			Help: "Vehicles taken off the map because their device was decommissioned or removed (-registry-api).",
+		}),
 		updatesInvalid: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_livefeed_updates_invalid_total", Help: "Records ignored as invalid (no device, no time, bad position).",
 		}),
@@ -158,7 +168,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.clients, m.clientsAccepted, m.refusals, m.disconnects, m.slowDisconnects, m.subscriptions,
 		m.subscribes, m.clientErrors, m.routersConnected, m.batchesReceived, m.batchesMissed,
-		m.messagesInvalid, m.updatesReceived, m.updatesStale, m.updatesInvalid, m.updatesSent,
+		m.messagesInvalid, m.updatesReceived, m.updatesStale, m.updatesRetired, m.vehiclesRetired, m.updatesInvalid, m.updatesSent,
 		m.messagesSent, m.snapshotVehicles, m.conflated, m.dropped, m.vehicles, m.vehiclesExpired,
 		m.ingestDelay, m.sendDelay, m.reloads, m.alertsReceived, m.alertsSent, m.alertsDropped,
 	} {

@@ -355,3 +355,26 @@ func (s *store) expire(cutoffNs int64) []change {
 	}
 	return out
 }
+
+// remove forgets the vehicles of ids (those it holds) and returns them as
+// removals.
+func (s *store) remove(ids []string) []change {
+	var out []change
+	for _, id := range ids {
+		sh := s.shard(id)
+		sh.mu.Lock()
+		if v, ok := sh.m[id]; ok {
+			delete(sh.m, id)
+			out = append(out, change{v: v, gone: true})
+		}
+		sh.mu.Unlock()
+	}
+	if len(out) > 0 {
+		s.fmu.Lock()
+		for _, c := range out {
+			s.countFleet(c.v.fleet, -1)
+		}
+		s.fmu.Unlock()
+	}
+	return out
+}

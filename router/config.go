@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -61,6 +62,13 @@ type Config struct {
 	// because a Store registers drover_registry_* metrics. The router does
 	// not Run it; its owner does. Not a flag.
 	RegistryStore *registry.Store `json:"-"`
+	// Follow, when its API URL is set, takes the registry from the control
+	// plane's change feed instead of the Registry file (then not read),
+	// keeping the last copy in Follow.Cache (default
+	// QueueDir/registry.cache). Until a copy is in force (no cache, and
+	// the control plane has not answered yet) the router stores what
+	// frontends send and holds the fan-out: nothing leaves unenriched.
+	Follow registry.FollowConfig
 	// Subscribers are the durable subscribers (storage writers' names) the
 	// router keeps data for from its first start, connected or not. Unknown
 	// names are also registered when they first subscribe, and kept from
@@ -122,7 +130,19 @@ func DefaultConfig() Config {
 		SubscriberRetention: 24 * time.Hour,
 		LiveBuffer:          1024,
 		LiveBufferBytes:     16 << 20,
+
+		Follow: registry.DefaultFollowConfig(),
 	}
+}
+
+// followConfig is Follow with its defaults filled in: the cache beside
+// the queue.
+func (c Config) followConfig() registry.FollowConfig {
+	fc := c.Follow
+	if fc.Cache == "" {
+		fc.Cache = filepath.Join(c.QueueDir, "registry.cache")
+	}
+	return fc
 }
 
 // RegisterFlags defines the router's flags in fs, bound to c, with c's
@@ -145,7 +165,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxBatchBytes, "max-batch-bytes", c.MaxBatchBytes,
 		"largest batch accepted from a frontend, in entry `bytes`; larger ones are rejected")
 	fs.StringVar(&c.Registry, "registry", c.Registry,
-		"device registry `file` for enrichment (fleet, vehicle class, region); empty: no enrichment")
+		"device registry `file` for enrichment (fleet, vehicle class, region); empty: no enrichment (unless -registry-api); not read with -registry-api")
+	c.Follow.RegisterFlags(fs)
 	fs.Func("subscribers", "comma-separated `names` of durable subscribers kept from the first start, connected or not (default none; unknown names register on first subscribe)", func(v string) error {
 		c.Subscribers = nil
 		for _, n := range strings.Split(v, ",") {
@@ -225,6 +246,11 @@ func (c Config) Validate() error {
 	}
 	if err := c.Links.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Follow.Enabled() && c.RegistryStore == nil {
+		if err := c.followConfig().Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.Links.Insecure && !c.FixedSubscribers {
 		errs = append(errs, errors.New("fixed-subscribers: false with -insecure-links: any peer could register a durable subscriber and be kept a copy of everything; list the writers in -subscribers"))

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/registry"
 )
 
 // TestDefaults: a router binds loopback unless told otherwise, serves only
@@ -69,10 +70,13 @@ func TestRegisterFlags(t *testing.T) {
 		"-live-buffer-bytes", "1048576",
 		"-fixed-subscribers=false",
 		"-cluster-key-file", "/etc/drover/cluster.key",
+		"-registry-cache", "/var/cache/drover/registry.cache",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	follow := registry.DefaultFollowConfig()
+	follow.Cache = "/var/cache/drover/registry.cache"
 	want := Config{
 		Listen:      "tcp://127.0.0.1:0",
 		LivePub:     "tcp://127.0.0.1:6001",
@@ -92,6 +96,7 @@ func TestRegisterFlags(t *testing.T) {
 		LiveBuffer:              8,
 		LiveBufferBytes:         1 << 20,
 		Links:                   clusterlink.Config{KeyFile: "/etc/drover/cluster.key"},
+		Follow:                  follow,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("parsed %+v, want %+v", cfg, want)

@@ -21,8 +21,12 @@
 // [New] and runs it with [Router.Run]. [Config.RegistryStore] lets one
 // process (drover all) share the frontend's registry.Store (a Store
 // registers drover_registry_* metrics, so only one per registerer); else
-// the router opens -registry itself, and without either it publishes
-// records with no enrichment.
+// the router follows the control plane (-registry-api: internal/registry's
+// follower, its copy cached in QueueDir/registry.cache) or opens -registry
+// itself, and without any it publishes records with no enrichment. A
+// follower with neither a cache nor an answer yet holds the lanes (frontends'
+// batches are stored and acked meanwhile): nothing is published
+// unenriched.
 //
 // # Fan-out
 //

@@ -44,6 +44,9 @@ func slogLogLogger(l *slog.Logger) *log.Logger {
 // main queue to the live lane at once, whatever the fan-out is waiting for
 // (see doc.go, "Fan-out"); it ends when fanoutLoop returns.
 func (r *Router) fanoutLoop(ctx context.Context) {
+	if !r.waitRegistry(ctx) {
+		return
+	}
 	cache := &builtCache{max: builtCacheBytes}
 	liveDone := make(chan struct{})
 	go func() { defer close(liveDone); r.liveLoop(ctx, cache) }()
@@ -90,6 +93,24 @@ func (r *Router) fanoutLoop(ctx context.Context) {
 		r.m.fanoutEntries.Add(float64(len(b.Entries)))
 		r.m.fanoutRecords.Add(float64(records))
 	}
+}
+
+// waitRegistry holds the lanes until the registry has a copy in force (a
+// follower with no cache whose control plane has not answered yet):
+// nothing is published unenriched. Frontends' batches are stored and acked
+// meanwhile. It returns false if ctx ended first.
+func (r *Router) waitRegistry(ctx context.Context) bool {
+	if r.registry == nil || r.registry.Ready() == nil {
+		return true
+	}
+	r.m.fanoutBlocked.Set(1)
+	r.logger.Info("router: waiting for the device registry before publishing (no cached copy, and the control plane has not answered yet); batches are stored meanwhile")
+	if err := r.registry.Wait(ctx); err != nil {
+		return false
+	}
+	r.m.fanoutBlocked.Set(0)
+	r.logger.Info("router: the device registry is in force; publishing", "devices", r.registry.Current().Len())
+	return true
 }
 
 // liveLoop offers each entry committed to the main queue from now on to

@@ -206,8 +206,15 @@ func (r *Router) Run(ctx context.Context) error {
 	switch {
 	case r.cfg.RegistryStore != nil:
 		r.registry = r.cfg.RegistryStore
-	case r.cfg.Registry != "":
-		st, err := registry.NewStore(r.cfg.Registry, r.logger, r.reg)
+	case r.cfg.Follow.Enabled() || r.cfg.Registry != "":
+		var st *registry.Store
+		var err error
+		if r.cfg.Follow.Enabled() {
+			r.logger.Info("router: following the device registry from the control plane", "api", r.cfg.Follow.API.URL)
+			st, err = registry.NewFollower(r.cfg.followConfig(), r.logger, r.reg)
+		} else {
+			st, err = registry.NewStore(r.cfg.Registry, r.logger, r.reg)
+		}
 		if err != nil {
 			return errors.Join(fmt.Errorf("router: registry: %w", err), r.dd.close(), r.closeQueue())
 		}

@@ -98,8 +98,9 @@ cat >&2 <<MSG
                 (from $api_key_file: keep it secret; create named operators and keys with it)
   drover ctl    export DROVER_API_KEY="\$(cat $api_key_file)"
                 bin/drover ctl whoami
+                bin/drover ctl list                         # the simulated vehicles, registered here, with presence
+                bin/drover ctl suspend dev-000007           # closed within 2 s, refused until resumed
                 bin/drover ctl add truck-0001 -token       # register a device, print its token once
-                bin/drover ctl list
 
   Below, a status line every 5 s: readings acked/s, written/s to each sink, live clients, queues.
   Ctrl-C stops everything.

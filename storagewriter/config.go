@@ -10,6 +10,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
 	"github.com/drover-telemetry/drover/storagewriter/lake"
@@ -28,8 +29,13 @@ var Sinks = []string{SinkInflux, SinkLake}
 
 // Config is a storage writer's configuration. Start from [DefaultConfig].
 type Config struct {
-	// Routers are the store. lane endpoints of every router.
+	// Routers are the store. lane endpoints of every router. A
+	// dns+tcp://name:port entry stands for every address the name resolves
+	// to, followed while the writer runs (internal/endpoints).
 	Routers []string
+	// Resolve says how often, and through which DNS server, dns+tcp://
+	// entries of Routers are looked up.
+	Resolve endpoints.Config
 	// Sink is where readings go: SinkInflux or SinkLake.
 	Sink string
 	// QueueDir is the directory of the writer's durable queue; it must
@@ -91,6 +97,7 @@ const DefaultSinkWriters = 4
 func DefaultConfig() Config {
 	return Config{
 		Routers:       []string{"tcp://127.0.0.1:5557"},
+		Resolve:       endpoints.DefaultConfig(),
 		Sink:          SinkLake,
 		QueueDir:      "data/storage-writer",
 		BatchRecords:  5000,
@@ -108,7 +115,8 @@ func DefaultConfig() Config {
 // current values as defaults, and the sinks' flags: -influx-* and -lake-*.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
-		"comma-separated ZeroMQ `endpoints` of every router's store. lane (tcp://host:port)")
+		"comma-separated ZeroMQ `endpoints` of every router's store. lane (tcp://host:port); dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
+	c.Resolve.RegisterFlags(fs, "-routers")
 	fs.StringVar(&c.Sink, "sink", c.Sink,
 		"`sink` to write to: influx (InfluxDB) or lake (Parquet files)")
 	fs.StringVar(&c.QueueDir, "queue-dir", c.QueueDir,
@@ -169,6 +177,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
 	}
 	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Resolve.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if !slices.Contains(Sinks, c.Sink) {

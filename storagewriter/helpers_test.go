@@ -38,11 +38,23 @@ type fakeRouter struct {
 	mu    sync.Mutex
 	peer  []byte
 	name  string
+	subs  int // subscribes received
 	acked *forward.SeqSet
 	busy  int
 }
 
 func startFakeRouter(t testing.TB, id string) *fakeRouter {
+	t.Helper()
+	f, err := startFakeRouterAt(t, id, "tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// startFakeRouterAt starts a fake router bound to listen; an error is a
+// failed bind (the caller may try another port).
+func startFakeRouterAt(t testing.TB, id, listen string) (*fakeRouter, error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &fakeRouter{t: t, id: id, sock: zmq4.NewRouter(ctx, zmq4.WithID(zmq4.SocketIdentity(id))),
@@ -51,12 +63,15 @@ func startFakeRouter(t testing.TB, id string) *fakeRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep, err := sec.Endpoint(clusterlink.LinkStore, "tcp://127.0.0.1:0")
+	ep, err := sec.Endpoint(clusterlink.LinkStore, listen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := f.sock.Listen(ep); err != nil {
-		t.Fatal(err)
+		cancel()
+		f.sock.Close()
+		sec.Close()
+		return nil, err
 	}
 	f.addr = "tcp://" + f.sock.Addr().String()
 	go func() {
@@ -78,6 +93,7 @@ func startFakeRouter(t testing.TB, id string) *fakeRouter {
 			case forward.TypeSubscribe:
 				f.mu.Lock()
 				f.peer, f.name = msg.Frames[0], m.Name
+				f.subs++
 				f.mu.Unlock()
 				f.reply(msg.Frames[0], forward.Message{Type: forward.TypePong, Nonce: m.Nonce, Incarnation: 7, Router: id})
 			case forward.TypeAck:
@@ -99,7 +115,14 @@ func startFakeRouter(t testing.TB, id string) *fakeRouter {
 		<-f.done
 		sec.Close()
 	})
-	return f
+	return f, nil
+}
+
+// subscribes returns how many subscribes the router received.
+func (f *fakeRouter) subscribes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.subs
 }
 
 // testLinks is the cluster key of the package's tests: writers and fake

@@ -14,6 +14,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/backoff"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
@@ -68,6 +69,7 @@ type Writer struct {
 	cfg    Config
 	logger *slog.Logger
 	sec    *clusterlink.Security
+	watch  *endpoints.Watcher
 	reg    prometheus.Registerer
 	m      *metrics
 
@@ -83,6 +85,8 @@ type Writer struct {
 	mu      sync.Mutex
 	routers map[string]*routerSeqs
 	links   []*link
+	// linkStops waits for links removed from the endpoint list to close.
+	linkStops sync.WaitGroup
 
 	appendSem chan struct{}
 	appendWG  sync.WaitGroup
@@ -125,11 +129,19 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 	if err != nil {
 		return nil, fmt.Errorf("storage-writer: %w", err)
 	}
-	for _, ep := range cfg.Routers {
+	for _, ep := range endpoints.Static(cfg.Routers) {
 		if _, err := sec.Endpoint(clusterlink.LinkStore, ep); err != nil {
 			sec.Close()
 			return nil, fmt.Errorf("storage-writer: routers: %w", err)
 		}
+	}
+	// Registered before the writer label is added: drover all's writers
+	// share the metric with its frontend and livefeed, under their
+	// consumer label.
+	watch, err := endpoints.NewWatcher(cfg.Routers, cfg.Resolve, "storage-writer/"+cfg.Name, logger, reg)
+	if err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("storage-writer: routers: %w", err)
 	}
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"writer": cfg.Name}, reg)
 	m := newMetrics()
@@ -140,6 +152,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 		cfg:             cfg,
 		logger:          logger,
 		sec:             sec,
+		watch:           watch,
 		reg:             reg,
 		m:               m,
 		routers:         make(map[string]*routerSeqs),
@@ -235,17 +248,13 @@ func (w *Writer) Run(ctx context.Context) error {
 	appendCtx, appendCancel := context.WithCancel(context.Background())
 	defer appendCancel()
 	w.appendCtx = appendCtx
-	w.mu.Lock()
-	for _, ep := range w.cfg.Routers {
-		l, err := newLink(w, ep)
-		if err != nil {
-			w.logger.Error("storage-writer: cannot connect to router", "endpoint", ep, "err", err) // New checked each endpoint: a bug
-			continue
-		}
-		w.links = append(w.links, l)
-		l.start()
-	}
-	w.mu.Unlock()
+	w.setRouters(w.watch.Current())
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		w.watch.Run(watchCtx, w.setRouters)
+	}()
 	w.logger.Info("storage-writer: started", "routers", w.cfg.Routers, "queue_dir", w.cfg.QueueDir)
 
 	loopDone := make(chan struct{})
@@ -257,6 +266,8 @@ func (w *Writer) Run(ctx context.Context) error {
 	<-ctx.Done()
 	// Stop receiving, let the appends in flight finish (their batches are
 	// acked, or not: the routers resend), then the sink write in flight.
+	stopWatch()
+	<-watchDone
 	w.mu.Lock()
 	links := w.links
 	w.links = nil
@@ -264,6 +275,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	for _, l := range links {
 		l.stop()
 	}
+	w.linkStops.Wait()
 	w.waitAppenders(appendCancel)
 	<-loopDone
 	w.sinkOK.Store(false)

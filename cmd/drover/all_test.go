@@ -30,13 +30,13 @@ func TestAllExposesComponentFlags(t *testing.T) {
 		defaults map[string]string // defaults all sets differently, on purpose
 	}{
 		{"frontend.", func(fs *flag.FlagSet) { c := frontend.DefaultConfig(); c.RegisterFlags(fs) },
-			[]string{"queue-dir", "routers", "registry", "cluster-key-file", "insecure-links"}, nil},
+			slices.Concat([]string{"queue-dir", "routers", "registry", "cluster-key-file", "insecure-links", "resolve-interval", "dns-server"}, allFollowFlags), nil},
 		{"router.", func(fs *flag.FlagSet) { c := router.DefaultConfig(); c.RegisterFlags(fs) },
-			[]string{"queue-dir", "registry", "subscribers", "fixed-subscribers", "cluster-key-file", "insecure-links"}, nil},
+			slices.Concat([]string{"queue-dir", "registry", "subscribers", "fixed-subscribers", "cluster-key-file", "insecure-links"}, allFollowFlags), nil},
 		{"storage-writer.", func(fs *flag.FlagSet) { c := storagewriter.DefaultConfig(); c.RegisterFlags(fs) },
-			[]string{"routers", "sink", "name", "queue-dir", "lake-dir", "cluster-key-file", "insecure-links"}, map[string]string{"influx-create-database": "true"}},
+			[]string{"routers", "sink", "name", "queue-dir", "lake-dir", "cluster-key-file", "insecure-links", "resolve-interval", "dns-server"}, map[string]string{"influx-create-database": "true"}},
 		{"livefeed.", func(fs *flag.FlagSet) { c := livefeed.DefaultConfig(); c.RegisterFlags(fs) },
-			[]string{"routers", "cluster-key-file", "insecure-links"}, nil},
+			slices.Concat([]string{"routers", "cluster-key-file", "insecure-links", "cache-dir", "resolve-interval", "dns-server"}, allFollowFlags), nil},
 		{"sim.", func(fs *flag.FlagSet) { o := defaultSimOptions(); o.fleet.RegisterFlags(fs) },
 			[]string{"frontends", "devices", "token-seed", "token-seed-file"}, nil},
 	} {

@@ -63,12 +63,33 @@ func TestTargetsStartAndStopCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pub.Close()
+	// The frontend is ready once a router has answered its drainer: give it
+	// one, running through the frontend's subtest.
+	feRouter := "tcp://" + freeAddr(t)
+	rops := freeAddr(t)
+	rcmd := exec.Command(drover, "router", "-listen", feRouter, "-live-pub", "tcp://"+freeAddr(t), "-store-listen", "tcp://"+freeAddr(t),
+		"-queue-dir", filepath.Join(dir, "fe-router"), "-cluster-key-file", keyFile, "-ops-listen", rops)
+	if err := rcmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = rcmd.Process.Kill(); _ = rcmd.Wait() }()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get("http://" + rops + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the frontend's router not ready in 30s")
+		}
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
 	}{
 		{"router", []string{"router", "-listen", router, "-live-pub", "tcp://" + freeAddr(t), "-store-listen", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "router"), "-cluster-key-file", keyFile}},
-		{"frontend", []string{"frontend", "-listen", freeAddr(t), "-routers", router, "-queue-dir", filepath.Join(dir, "frontend"), "-registry", reg, "-cluster-key-file", keyFile}},
+		{"frontend", []string{"frontend", "-listen", freeAddr(t), "-routers", feRouter, "-queue-dir", filepath.Join(dir, "frontend"), "-registry", reg, "-cluster-key-file", keyFile}},
 		{"livefeed", []string{"livefeed", "-listen", freeAddr(t), "-routers", live, "-dev", "-cluster-key-file", keyFile}},
 		{"storage-writer", []string{"storage-writer", "-sink", "lake", "-routers", "tcp://" + freeAddr(t), "-queue-dir", filepath.Join(dir, "writer"), "-lake-dir", filepath.Join(dir, "lake"), "-cluster-key-file", keyFile}},
 		{"api", []string{"api", "-listen", freeAddr(t), "-data-dir", filepath.Join(dir, "api")}},

@@ -17,6 +17,7 @@ import (
 	"github.com/drover-telemetry/drover/alerts"
 	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/frontend"
+	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/registry"
@@ -126,7 +127,9 @@ component keeps its own flags under its name as a prefix: the frontend's
 storage writers share the -storage-writer.* flags (-storage-writer.influx-url,
 -storage-writer.lake-compact-interval, ...). What all wires itself has no
 flag: every queue and the lake live under -data, the frontend and the router
-share one device registry, the router keeps a durable subscriber queue for
+share one copy of the device registry, which follows this process's own
+control plane (-registry FILE uses a file instead), the router keeps a
+durable subscriber queue for
 each sink, each writer is named after its sink, and the writers and the
 livefeed connect to the router's -router.store-listen and -router.live-pub
 on loopback. Unlike drover storage-writer, all creates a missing InfluxDB
@@ -141,7 +144,12 @@ With -simulate, the livefeed runs as with -livefeed.dev: without a clients
 file or dev token it makes up a token and logs the live map's URL with it.
 
 The control plane (drover api) keeps its SQLite file and first admin key
-under DIR/api; drover ctl talks to it.
+under DIR/api; drover ctl talks to it. The frontend, the router and the
+livefeed follow it on loopback with a follower key it writes to
+DIR/api/follower-key, and keep their last copy under DIR (registry.cache,
+livefeed/tokens.cache), so that they serve devices while it is down. With
+-simulate, the simulated vehicles are registered through it (created when
+missing: drover ctl list shows them, and what you change of them stays).
 
 The links between the components are mutual TLS under a cluster key made up
 in memory at each start, so that even another user of this machine cannot
@@ -153,7 +161,7 @@ here.`
 func setupAll(fs *flag.FlagSet) buildFunc {
 	dataDir := "data"
 	fs.StringVar(&dataDir, "data", dataDir,
-		"`directory` holding every queue (DIR/frontend, DIR/router, DIR/storage-writer-SINK), the lake (DIR/lake) and, with -simulate, the registry")
+		"`directory` holding every queue (DIR/frontend, DIR/router, DIR/storage-writer-SINK), the lake (DIR/lake), the control plane (DIR/api) and the registry's cached copy")
 	sinks := daemon.StringList{storagewriter.SinkLake}
 	fs.Var(&sinks, "sinks", "comma-separated `sinks`, one storage writer each: influx, lake")
 	simDevices := 0
@@ -161,7 +169,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		"`number` of simulated vehicles sending to the frontend; 0 for none")
 	registryPath := ""
 	fs.StringVar(&registryPath, "registry", registryPath,
-		"device registry `file` shared by the frontend and the router; default DIR/registry.json, written from the fleet with -simulate")
+		"device registry `file` shared by the frontend and the router, instead of following the control plane (this process's own API); with -simulate it is written from the fleet")
 	statusEvery := DefaultStatusInterval
 	fs.DurationVar(&statusEvery, "status-interval", statusEvery,
 		"print a status line to standard output this often (`duration`): readings acked/s, written/s by sink, live clients, queues; 0 for none")
@@ -169,21 +177,21 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	// On a laptop, a missing InfluxDB database is created.
 	sw := storagewriter.DefaultConfig()
 	sw.Influx.CreateDatabase = true
-	registerPrefixed(fs, "storage-writer.", sw.RegisterFlags, append(slices.Clone(allLinkFlags), allWiredWriterFlags...)...)
+	registerPrefixed(fs, "storage-writer.", sw.RegisterFlags, slices.Concat(allLinkFlags, allWiredWriterFlags, allResolveFlags)...)
 	// The short forms all had before it exposed every writer flag.
 	fs.Var(fs.Lookup("storage-writer.influx-url").Value, "influx-url", "InfluxDB `URL` for the influx sink: short for -storage-writer.influx-url")
 	fs.Var(fs.Lookup("storage-writer.influx-database").Value, "influx-database", "InfluxDB `database` for the influx sink: short for -storage-writer.influx-database")
-	links := allLinkFlags // all makes its own key
+	links := slices.Concat(allLinkFlags, allResolveFlags) // all makes its own key and wires its own endpoints
 	fe := frontend.DefaultConfig()
-	registerPrefixed(fs, "frontend.", fe.RegisterFlags, append(links, "queue-dir", "routers", "registry")...)
+	registerPrefixed(fs, "frontend.", fe.RegisterFlags, slices.Concat(links, allFollowFlags, []string{"queue-dir", "routers", "registry"})...)
 	rt := router.DefaultConfig()
-	registerPrefixed(fs, "router.", rt.RegisterFlags, append(links, "queue-dir", "registry", "subscribers", "fixed-subscribers")...)
+	registerPrefixed(fs, "router.", rt.RegisterFlags, slices.Concat(links, allFollowFlags, []string{"queue-dir", "registry", "subscribers", "fixed-subscribers"})...)
 	lf := livefeed.DefaultConfig()
-	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, append(links, "routers")...)
+	registerPrefixed(fs, "livefeed.", lf.RegisterFlags, slices.Concat(links, allFollowFlags, []string{"routers", "cache-dir"})...)
 	simOpts := defaultSimOptions()
 	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed", "token-seed-file")
 	apiCfg := api.DefaultConfig()
-	registerPrefixed(fs, "api.", apiCfg.RegisterFlags, "data-dir")
+	registerPrefixed(fs, "api.", apiCfg.RegisterFlags, "data-dir", "follower-key-file")
 	alertsCfg := alerts.DefaultConfig()
 	registerPrefixed(fs, "alerts.", alertsCfg.RegisterFlags, append(slices.Clone(links),
 		"routers", "name", "data-dir", "api-url", "api-key", "api-key-file", "lake-dir", "queue-max-bytes")...)
@@ -209,9 +217,10 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		if err != nil {
 			return nil, err
 		}
-		if registryPath == "" {
-			registryPath = filepath.Join(dataDir, "registry.json")
-		}
+		// The control plane, SQLite under DIR/api, built first: the data
+		// path follows it (unless -registry names a file).
+		apiCfg.DataDir = filepath.Join(dataDir, "api")
+		apiCfg.FollowerKeyFile = filepath.Join(apiCfg.DataDir, "follower-key")
 		if simDevices > 0 {
 			// A simulated fleet is a development run: the livefeed may make
 			// up a dev token (and log the map's URL with it).
@@ -220,13 +229,40 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			simOpts.fleet.URLs = []string{frontendURL}
 			simOpts.fleet.TokenSeed = "drover-all"
 			simOpts.summary, simOpts.progress = "", 0
-			if err := sim.WriteRegistry(registryPath, simOpts.fleet); err != nil {
+			if registryPath == "" {
+				// Registered through the control plane, so that drover ctl
+				// lists them; created when missing, so that what an
+				// operator changed of them survives a restart.
+				apiCfg.Seed = simSeed(simOpts.fleet)
+			} else if err := sim.WriteRegistry(registryPath, simOpts.fleet); err != nil {
 				return nil, fmt.Errorf("simulate: %w", err)
 			}
 		}
-		store, err := registry.NewStore(registryPath, logger, reg)
+		a, err := api.New(apiCfg, logger, reg)
 		if err != nil {
-			return nil, fmt.Errorf("registry: %w (give -registry, or -simulate N to have one written)", err)
+			return nil, err
+		}
+		var store *registry.Store
+		if registryPath != "" {
+			if store, err = registry.NewStore(registryPath, logger, reg); err != nil {
+				return nil, fmt.Errorf("registry: %w", err)
+			}
+			fe.Registry = registryPath
+		} else {
+			apiURL, err := loopbackHTTP("api.listen", apiCfg.Listen)
+			if err != nil {
+				return nil, err
+			}
+			follow := registry.DefaultFollowConfig()
+			follow.API = apiclient.Config{URL: apiURL, KeyFile: apiCfg.FollowerKeyFile}
+			follow.Cache = filepath.Join(dataDir, "registry.cache")
+			follow.NotBefore = a.Started()
+			if store, err = registry.NewFollower(follow, logger, reg); err != nil {
+				return nil, fmt.Errorf("registry: %w", err)
+			}
+			fe.Follow.API = follow.API // presence reports
+			lf.API, lf.CacheDir, lf.NotBefore = follow.API, filepath.Join(dataDir, "livefeed"), a.Started()
+			lf.RegistryStore = store // hides the vehicles of retired devices
 		}
 
 		rt.QueueDir = filepath.Join(dataDir, "router")
@@ -235,7 +271,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		rt.FixedSubscribers = true
 		rt.Links, fe.Links, lf.Links = linkCfg, linkCfg, linkCfg
 		fe.QueueDir = filepath.Join(dataDir, "frontend")
-		fe.RegistryStore, fe.Registry = store, registryPath
+		fe.RegistryStore = store
 		// The components connect on loopback, and the router binds there
 		// too: nothing outside this process holds the key anyway.
 		fe.Routers = make([]string, 1)
@@ -253,9 +289,10 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		rt.Listen, rt.LivePub, rt.StoreListen = fe.Routers[0], lf.Routers[0], storeEndpoint
 
 		// Added in start order; the group stops them in reverse: the fleet
-		// and the frontend first, the router (which the frontend drains to)
-		// and the registry last.
-		units := []unit{{name: "registry", run: store.Run, ready: func() error { return nil }}}
+		// and the frontend first, the router (which the frontend drains to),
+		// the registry, and the control plane (which the registry follows)
+		// last.
+		units := []unit{{name: "api", run: a.Run, ready: a.Ready}, {name: "registry", run: store.Run, ready: func() error { return nil }}}
 		var writers []*storagewriter.Writer
 		for _, sink := range sinks {
 			cfg := sw
@@ -273,7 +310,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 		}
 		// The alert engine: a durable subscriber like the writers, its rule
 		// set from -alerts.rules or else followed from the API of this
-		// process (with its bootstrap admin key), its lane read by the
+		// process (with its follower key), its lane read by the
 		// livefeed, its alerts to the lake's alerts table (and InfluxDB).
 		alertsCfg.Routers = []string{storeEndpoint}
 		alertsCfg.DataDir = filepath.Join(dataDir, "alerts")
@@ -290,21 +327,16 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			alertsCfg.Influx.Measurement = measurement
 		}
 		if alertsCfg.RulesFile == "" {
-			apiURL, err := loopbackURL("api.listen", apiCfg.Listen)
-			if err != nil {
+			if alertsCfg.APIURL, err = loopbackHTTP("api.listen", apiCfg.Listen); err != nil {
 				return nil, err
 			}
-			alertsCfg.APIURL = "http" + strings.TrimPrefix(apiURL, "ws")
-			keyFile := apiCfg.BootstrapKeyFile
-			if keyFile == "" {
-				keyFile = filepath.Join(dataDir, "api", "api-admin-key")
-			}
+			keyFile := apiCfg.FollowerKeyFile
 			alertsCfg.APIKeyFunc = func() (string, error) {
 				b, err := os.ReadFile(keyFile)
 				if err != nil {
-					return "", fmt.Errorf("drover all follows the API with its bootstrap admin key, and %w (give -alerts.rules FILE to use a rules file instead)", err)
+					return "", fmt.Errorf("drover all follows the API with its follower key, and %w (give -alerts.rules FILE to use a rules file instead)", err)
 				}
-				return string(b), nil
+				return strings.TrimSpace(string(b)), nil
 			}
 		}
 		alertsUnit, err := alerts.New(alertsCfg, logger, reg)
@@ -327,14 +359,6 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			return nil, err
 		}
 		units = append(units, unit{name: "livefeed", run: l.Run, ready: l.Ready})
-		// The control plane, SQLite under DIR/api. Phase 1: the data path
-		// does not follow it yet (the registry file still rules).
-		apiCfg.DataDir = filepath.Join(dataDir, "api")
-		a, err := api.New(apiCfg, logger, reg)
-		if err != nil {
-			return nil, err
-		}
-		units = append(units, unit{name: "api", run: a.Run, ready: a.Ready})
 		if e := alertsUnit; e != nil {
 			units = append(units, unit{name: "alerts", run: e.Run, ready: e.Ready})
 		}
@@ -371,6 +395,38 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 var allLinkFlags = []string{"cluster-key-file", "insecure-links"}
 
 var allWiredWriterFlags = []string{"routers", "sink", "name", "queue-dir", "lake-dir"}
+
+// allResolveFlags say how dns+tcp:// router endpoints are followed: all
+// connects its components to its one router on loopback.
+var allResolveFlags = []string{"resolve-interval", "dns-server"}
+
+// allFollowFlags are the flags of following the control plane, which
+// drover all wires to its own API.
+var allFollowFlags = []string{"registry-api", "registry-api-key", "registry-api-key-file", "registry-api-ca-file", "registry-cache"}
+
+// simSeed is the simulated fleet as devices for the control plane to
+// create (api.Config.Seed).
+func simSeed(cfg sim.Config) []api.ImportRow {
+	devs := sim.Devices(cfg)
+	rows := make([]api.ImportRow, len(devs))
+	for i, d := range devs {
+		rows[i] = api.ImportRow{ID: d.ID, Fleet: d.Fleet, Class: d.Class, Region: d.Region, TokenSHA256: d.TokenSHA256}
+	}
+	return rows
+}
+
+// loopbackHTTP is the http:// URL on loopback of a server listening on
+// addr.
+func loopbackHTTP(flagName, addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flagName, err)
+	}
+	if port == "0" {
+		return "", fmt.Errorf("%s: %q: the frontend, router and livefeed follow the API at this address, so it needs a fixed port", flagName, addr)
+	}
+	return "http://" + net.JoinHostPort(loopbackHost(host), port), nil
+}
 
 // loopbackEndpoint turns an endpoint that is bound on every interface
 // (tcp://*:5555) into one to connect to on loopback (tcp://127.0.0.1:5555).

@@ -23,7 +23,9 @@
 package atomicfile
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -47,7 +49,30 @@ func step(name, tmp string) {
 // is on disk under path. When it returns an error, path is unchanged (as
 // far as the error allows: a failed folder fsync comes after the rename)
 // and the temporary file is removed.
-func WriteFile(path string, data []byte, perm fs.FileMode) (err error) {
+func WriteFile(path string, data []byte, perm fs.FileMode) error {
+	return write(path, perm, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// WriteFunc is [WriteFile] for content too large to build in memory first
+// (a follower's registry cache of a million devices): write streams it to
+// the temporary file, through a buffer. An error from fn leaves path
+// unchanged, as any other failure does.
+func WriteFunc(path string, perm fs.FileMode, fn func(w io.Writer) error) error {
+	return write(path, perm, func(f *os.File) error {
+		bw := bufio.NewWriterSize(f, 256<<10)
+		if err := fn(bw); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
+}
+
+// write is WriteFile and WriteFunc: content writes the data to the
+// temporary file.
+func write(path string, perm fs.FileMode, content func(f *os.File) error) (err error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
@@ -64,7 +89,7 @@ func WriteFile(path string, data []byte, perm fs.FileMode) (err error) {
 		}
 	}()
 	step("write", tmp)
-	if _, err := f.Write(data); err != nil {
+	if err := content(f); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := f.Chmod(perm); err != nil {

@@ -3,7 +3,9 @@ package atomicfile
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -282,5 +284,52 @@ func TestCrashKill9Loop(t *testing.T) {
 		}
 		last = n
 		t.Logf("round %d: killed at version %d; %d temporary files left", round, n, len(tmpFiles(t, dir)))
+	}
+}
+
+// TestWriteFuncStreams: content streamed through WriteFunc lands whole
+// (more than its buffer), and a writer that fails midway leaves the old
+// file as it was and no temporary file.
+func TestWriteFuncStreams(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cache")
+	if err := WriteFile(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	boom := fmt.Errorf("boom")
+	err := WriteFunc(path, 0o600, func(w io.Writer) error {
+		for range 8 {
+			if _, err := w.Write(chunk); err != nil {
+				return err
+			}
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("WriteFunc with a failing writer: %v, want boom", err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != "old" {
+		t.Fatalf("after a failed WriteFunc the file holds %d bytes, want the old content", len(got))
+	}
+	if left := tmpFiles(t, dir); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	if err := WriteFunc(path, 0o640, func(w io.Writer) error {
+		for range 8 {
+			if _, err := w.Write(chunk); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(got, bytes.Repeat(chunk, 8)) {
+		t.Fatalf("after WriteFunc: %d bytes, %v; want %d", len(got), err, 8*len(chunk))
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", st.Mode().Perm())
 	}
 }

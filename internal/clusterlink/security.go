@@ -114,7 +114,7 @@ func New(cfg Config, role Role, id string, logger *slog.Logger, reg prometheus.R
 			return nil, err
 		}
 		s.fileInfo, s.lastCheck, source = info, time.Now(), cfg.KeyFile
-		if info.Mode().Perm()&0o077 != 0 {
+		if readableByOthers(info) {
 			logger.Warn("cluster key file is readable by other users than its owner; make it 0400 or 0600 (a Kubernetes Secret: defaultMode: 0400)",
 				"file", cfg.KeyFile, "mode", info.Mode().Perm().String())
 		}

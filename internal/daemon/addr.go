@@ -25,14 +25,19 @@ func ValidateListenAddr(addr string) error {
 // ValidateEndpoint checks a ZeroMQ endpoint: tcp://host:port, ipc://path or
 // inproc://name. An endpoint that is bound (bind true) may use "*" or an
 // empty host for every interface and port 0 or "*" for any free port; one
-// that is connected to must name a host and a port.
+// that is connected to must name a host and a port. An endpoint connected
+// to may also be dns+tcp://name:port, every address the name resolves to
+// (internal/endpoints).
 func ValidateEndpoint(ep string, bind bool) error {
 	scheme, rest, ok := strings.Cut(ep, "://")
 	if !ok {
-		return fmt.Errorf("endpoint %q: want tcp://host:port, ipc://path or inproc://name", ep)
+		return fmt.Errorf("endpoint %q: want tcp://host:port, dns+tcp://name:port, ipc://path or inproc://name", ep)
 	}
 	switch scheme {
-	case "tcp":
+	case "tcp", "dns+tcp":
+		if scheme == "dns+tcp" && bind {
+			return fmt.Errorf("endpoint %q: dns+tcp:// names the endpoints to connect to; bind tcp://host:port", ep)
+		}
 		host, port, err := net.SplitHostPort(rest)
 		if err != nil {
 			return fmt.Errorf("endpoint %q: want tcp://host:port: %w", ep, err)
@@ -59,7 +64,7 @@ func ValidateEndpoint(ep string, bind bool) error {
 		}
 		return nil
 	default:
-		return fmt.Errorf("endpoint %q: unknown transport %q, want tcp, ipc or inproc", ep, scheme)
+		return fmt.Errorf("endpoint %q: unknown transport %q, want tcp, dns+tcp, ipc or inproc", ep, scheme)
 	}
 }
 

@@ -35,6 +35,10 @@ func TestValidateEndpoint(t *testing.T) {
 		{"127.0.0.1:5555", false, false},
 		{"ws://127.0.0.1:5555", false, false},
 		{"ipc://", true, false},
+		{"dns+tcp://drover-router:5555", false, true}, // every address of the name
+		{"dns+tcp://drover-router:5555", true, false}, // never bound
+		{"dns+tcp://*:5555", false, false},
+		{"dns+tcp://drover-router", false, false},
 	} {
 		err := ValidateEndpoint(tc.ep, tc.bind)
 		if (err == nil) != tc.ok {

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -31,13 +33,15 @@ func TestAllAsNewUser(t *testing.T) {
 	const devices = 200
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	all := newProc(t, "all", "all", "-data", t.TempDir(), "-simulate", strconv.Itoa(devices), "-sinks", "lake,influx",
+	data := t.TempDir()
+	apiAddr := freeAddr(t)
+	all := newProc(t, "all", "all", "-data", data, "-simulate", strconv.Itoa(devices), "-sinks", "lake,influx",
 		"-influx-url", inf.URL, "-storage-writer.influx-database", "all_e2e", "-storage-writer.influx-measurement", "vehicles",
 		"-status-interval", "1s",
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
 		"-livefeed.listen", freeAddr(t), "-livefeed.dev-token-file", secretFile(t, "e2e-all-token"),
-		"-api.listen", freeAddr(t), "-alerts.alert-pub", "tcp://"+freeAddr(t))
+		"-api.listen", apiAddr, "-alerts.alert-pub", "tcp://"+freeAddr(t))
 	all.start(ctx)
 
 	var last []string
@@ -71,6 +75,29 @@ func TestAllAsNewUser(t *testing.T) {
 			t.Errorf("a new user is greeted by: %s", l)
 		}
 	}
+	// The simulated fleet is registered through the control plane, and
+	// drover ctl lists it with its presence.
+	key, err := os.ReadFile(filepath.Join(data, "api", "api-admin-key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	waitFor(t, 10*time.Second, "drover ctl list: every simulated vehicle, seen via the frontend", func() bool {
+		ctl := exec.CommandContext(ctx, droverBin, "ctl", "-api", "http://"+apiAddr, "list", "-json")
+		ctl.Env = append(os.Environ(), "DROVER_API_KEY="+strings.TrimSpace(string(key)))
+		out, err := ctl.Output()
+		if err != nil {
+			t.Fatalf("drover ctl list: %v", err)
+		}
+		listed = strings.Split(strings.TrimSpace(string(out)), "\n")
+		seen := 0
+		for _, l := range listed {
+			if strings.Contains(l, `"connected":true`) {
+				seen++
+			}
+		}
+		return len(listed) == devices && seen == devices
+	})
 	rows := inf.WithDatabase(t, "all_e2e").Query(t, `SELECT count(seq) FROM vehicles`)
 	if len(rows) != 1 {
 		t.Fatalf("no points in measurement vehicles of database all_e2e: %v", rows)

@@ -61,6 +61,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	removeTestImages()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -107,6 +108,7 @@ func clusterKeyFile(t testing.TB) string {
 type proc struct {
 	t       testing.TB
 	name    string
+	bin     string // the binary to run; droverBin when empty
 	args    []string
 	opsAddr string
 	logPath string
@@ -192,8 +194,12 @@ func (p *proc) start(ctx context.Context) {
 		p.mu.Unlock()
 		p.t.Fatal(err)
 	}
-	fmt.Fprintf(f, "=== start %d: %s %s\n", p.starts+1, droverBin, strings.Join(p.args, " "))
-	cmd := exec.Command(droverBin, p.args...)
+	bin := droverBin
+	if p.bin != "" {
+		bin = p.bin
+	}
+	fmt.Fprintf(f, "=== start %d: %s %s\n", p.starts+1, bin, strings.Join(p.args, " "))
+	cmd := exec.Command(bin, p.args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		p.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -49,6 +50,10 @@ type pipelineOpts struct {
 	// writeRegistry, if set, writes the registry file instead of the
 	// simulator's devices.
 	writeRegistry func(path string) error
+	// follow, if set, is a drover api the frontend, the router and the
+	// livefeed follow instead of a registry file (none is written: the
+	// test registers the devices through the API).
+	follow *apiProc
 	// args are more flags per process ("frontend", "router",
 	// "writer-influx", "writer-lake"), after the pipeline's own: a flag
 	// given again wins.
@@ -68,7 +73,10 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 	if o.writeRegistry != nil {
 		write = o.writeRegistry
 	}
-	if err := write(p.registry); err != nil {
+	registryArgs := []string{"-registry", p.registry}
+	if o.follow != nil {
+		registryArgs = o.follow.followerArgs()
+	} else if err := write(p.registry); err != nil {
 		t.Fatal(err)
 	}
 
@@ -76,12 +84,12 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 	p.rt = newProc(t, "router", "router", append([]string{
 		"-id", uid("router-1"), "-listen", "tcp://" + routerAddr,
 		"-live-pub", "tcp://" + liveAddr, "-store-listen", "tcp://" + storeAddr,
-		"-queue-dir", filepath.Join(p.dir, "router"), "-registry", p.registry,
-		"-subscribers", uid("lake") + "," + uid("influx"), "-fixed-subscribers"}, o.args["router"]...)...)
+		"-queue-dir", filepath.Join(p.dir, "router"),
+		"-subscribers", uid("lake") + "," + uid("influx"), "-fixed-subscribers"}, slices.Concat(registryArgs, o.args["router"])...)...)
 	p.fe = newProc(t, "frontend", "frontend", append([]string{
 		"-id", uid("frontend-1"), "-listen", frontAddr, "-routers", "tcp://" + routerAddr,
-		"-queue-dir", filepath.Join(p.dir, "frontend"), "-registry", p.registry,
-		"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s"}, o.args["frontend"]...)...)
+		"-queue-dir", filepath.Join(p.dir, "frontend"),
+		"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s"}, slices.Concat(registryArgs, o.args["frontend"])...)...)
 	p.wInflux = newProc(t, "writer-influx", "storage-writer", append([]string{
 		"-sink", "influx", "-name", uid("influx"), "-routers", "tcp://" + storeAddr,
 		"-queue-dir", filepath.Join(p.dir, "writer-influx"), "-queue-max-bytes", "-1",
@@ -97,9 +105,12 @@ func startPipeline(t *testing.T, ctx context.Context, o pipelineOpts) (*pipeline
 	p.wLake.start(ctx)
 	if o.livefeed {
 		lfAddr := freeAddr(t)
-		p.lf = newProc(t, "livefeed", "livefeed",
-			"-id", uid("livefeed-1"), "-listen", lfAddr, "-routers", "tcp://"+liveAddr,
-			"-dev-token-file", secretFile(t, p.devToken))
+		args := []string{"-id", uid("livefeed-1"), "-listen", lfAddr, "-routers", "tcp://" + liveAddr,
+			"-dev-token-file", secretFile(t, p.devToken)}
+		if o.follow != nil {
+			args = slices.Concat(args, o.follow.followerArgs(), []string{"-cache-dir", filepath.Join(p.dir, "livefeed")})
+		}
+		p.lf = newProc(t, "livefeed", "livefeed", args...)
 		p.lf.start(ctx)
 		p.liveURL = "ws://" + lfAddr + "/v1/live"
 	}

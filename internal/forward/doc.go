@@ -192,9 +192,14 @@
 // A queue batch is split into
 // runs of consecutive sequences (sequences jump across a queue restart),
 // and every run of it goes, as one protocol batch, to one router: the
-// preferred router (chosen by a hash of Sender, so that frontends spread
-// over routers) when it is up and not backing off, else the next in the
-// list that is. A router is up from its first pong until DownAfter passes
+// preferred router when it is up and not backing off, else the next in
+// the order of preference that is. The order is rendezvous hashing of
+// (Sender, endpoint): frontends spread over the routers, and a router that
+// joins or leaves the endpoint list moves only the frontends that prefer
+// it. With a dns+tcp:// entry in Routers (internal/endpoints) the list
+// follows DNS while the drainer runs: a router that appears is dialled, one
+// that disappears is let go and what it had in flight is given back at
+// once (its late acks still count). A router is up from its first pong until DownAfter passes
 // without one. The queue batch is acked (removed) when every run of it has
 // been acked; it is given back (queue.Nack, read again, maybe grouped
 // differently) when its router goes down or restarts, and on ack timeout,

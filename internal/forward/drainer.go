@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/queue"
 )
 
@@ -63,8 +64,14 @@ type DrainerConfig struct {
 	// routers recognise resent entries by (Sender, queue sequence).
 	Sender string
 	// Routers are the ZeroMQ endpoints of every router; the drainer
-	// connects one DEALER to each.
+	// connects one DEALER to each. A dns+tcp://name:port entry stands for
+	// every address the name resolves to, looked up again every
+	// Resolve.Interval: routers that appear are connected to and those that
+	// disappear are let go, while the drainer runs (internal/endpoints).
 	Routers []string
+	// Resolve says how dns+tcp:// entries of Routers are looked up; zero
+	// means endpoints.DefaultConfig.
+	Resolve endpoints.Config
 	// MaxBatchBytes is the entry bytes read from the queue for one batch
 	// (a single queue record larger than that is sent whole). Default 256 KiB.
 	MaxBatchBytes int
@@ -111,6 +118,9 @@ func (c DrainerConfig) withDefaults() DrainerConfig {
 	if c.Linger == 0 {
 		c.Linger = DefaultLinger
 	}
+	if c.Resolve == (endpoints.Config{}) {
+		c.Resolve = endpoints.DefaultConfig()
+	}
 	return c
 }
 
@@ -126,6 +136,9 @@ func (c DrainerConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
 	}
 	if err := c.Links.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Resolve.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.MaxBatchBytes < 1 {
@@ -155,8 +168,12 @@ type Drainer struct {
 	m        *metrics
 	identity string
 	sec      *clusterlink.Security
+	watch    *endpoints.Watcher
+	// links are the routers of the current endpoint list, in the order
+	// this frontend prefers them (see choose); owned by the loop.
 	links    []*link
-	pref     int // index of the preferred router
+	stopping sync.WaitGroup // links removed from the list, closing
+	total    atomic.Int32
 	up       atomic.Int32
 	started  atomic.Bool
 
@@ -198,6 +215,7 @@ type eventKind uint8
 const (
 	evMessage eventKind = iota
 	evSendFailed
+	evEndpoints
 )
 
 type event struct {
@@ -205,6 +223,7 @@ type event struct {
 	link *link
 	msg  Message
 	err  error
+	eps  []string // evEndpoints: the new endpoint list
 }
 
 // NewDrainer checks cfg and returns a drainer of q. It opens nothing:
@@ -236,29 +255,34 @@ func NewDrainer(cfg DrainerConfig, q *queue.Queue, logger *slog.Logger, reg prom
 		byFirst:  make(map[uint64]*run),
 		acked:    NewSeqSet(ackedIntervals),
 	}
-	h := fnv.New32a()
-	h.Write([]byte(cfg.Sender))
-	d.pref = int(h.Sum32() % uint32(len(cfg.Routers)))
+	watch, err := endpoints.NewWatcher(cfg.Routers, cfg.Resolve, "frontend", logger, reg)
+	if err != nil {
+		return nil, fmt.Errorf("drainer: routers: %w", err)
+	}
+	d.watch = watch
 	sec, err := clusterlink.New(cfg.Links, clusterlink.RoleFrontend, cfg.Sender, logger, reg)
 	if err != nil {
 		return nil, fmt.Errorf("drainer: %w", err)
 	}
 	d.sec = sec
-	for i, ep := range cfg.Routers {
-		l, err := newLink(d, i, ep)
-		if err != nil {
+	for _, ep := range endpoints.Static(cfg.Routers) {
+		if _, err := sec.Endpoint(clusterlink.LinkIngest, ep); err != nil {
 			sec.Close()
-			return nil, fmt.Errorf("drainer: %w", err)
+			return nil, fmt.Errorf("drainer: routers: %w", err)
 		}
-		d.links = append(d.links, l)
+	}
+	// The static endpoints now; dns+tcp:// names once Run has looked them up.
+	if err := d.setEndpoints(watch.Current(), false); err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("drainer: %w", err)
 	}
 	return d, nil
 }
 
 // Routers returns how many routers answer heartbeats, and how many there
-// are.
+// are in the endpoint list.
 func (d *Drainer) Routers() (up, total int) {
-	return int(d.up.Load()), len(d.links)
+	return int(d.up.Load()), int(d.total.Load())
 }
 
 // Run drains the queue to the routers until ctx ends. It then sends
@@ -280,12 +304,21 @@ func (d *Drainer) Run(ctx context.Context) error {
 	}
 	readCtx, stopRead := context.WithCancel(ctx)
 	var readWG sync.WaitGroup
-	readWG.Add(1)
+	readWG.Add(2)
 	go func() {
 		defer readWG.Done()
 		d.readLoop(readCtx)
 	}()
-	d.log.Info("forward: draining to routers", "routers", len(d.links), "preferred", d.cfg.Routers[d.pref])
+	go func() {
+		defer readWG.Done()
+		d.watch.Run(readCtx, func(eps []string) { d.post(readCtx, event{kind: evEndpoints, eps: eps}) })
+	}()
+	preferred := ""
+	if len(d.links) > 0 {
+		preferred = d.links[0].endpoint
+	}
+	d.log.Info("forward: draining to routers", "routers", len(d.links), "preferred", preferred,
+		"endpoints", strings.Join(d.cfg.Routers, ","))
 
 	err := d.loop(ctx)
 
@@ -313,6 +346,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	d.stopping.Wait()
 	d.sec.Close()
 	d.up.Store(0)
 	d.m.routersUp.Set(0)
@@ -443,11 +477,10 @@ func (d *Drainer) onBatch(qb queue.Batch, now time.Time) {
 	d.trySend(now)
 }
 
-// choose returns the router to send to: the preferred one if it is up and
-// not busy, else the next one in the list that is.
+// choose returns the router to send to: the preferred one (see
+// preference) if it is up and not busy, else the next one that is.
 func (d *Drainer) choose(now time.Time) *link {
-	for i := range d.links {
-		l := d.links[(d.pref+i)%len(d.links)]
+	for _, l := range d.links {
 		if l.up && !now.Before(l.busyUntil) {
 			return l
 		}
@@ -532,6 +565,11 @@ func (d *Drainer) giveBack(b *fbatch, reason string) {
 func (d *Drainer) onEvent(ev event, now time.Time) {
 	l := ev.link
 	switch {
+	case ev.kind == evEndpoints:
+		_ = d.setEndpoints(ev.eps, true) // with start set, it logs and skips what it cannot use
+	case l.removed && ev.msg.Type != TypeAck:
+		// A link let go: only its acks still matter (the entries are
+		// durable at that router).
 	case ev.kind == evSendFailed:
 		if r := d.byFirst[ev.msg.First]; r != nil && r.b.link == l {
 			l.log.Warn("forward: send to router failed; sending elsewhere", "first", ev.msg.First, "last", ev.msg.Last, "err", ev.err)

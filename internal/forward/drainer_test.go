@@ -103,6 +103,17 @@ type fakeBatch struct {
 
 func startFakeRouter(t testing.TB) *fakeRouter {
 	t.Helper()
+	f, err := startFakeRouterAt(t, "tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// startFakeRouterAt starts a fake router bound to listen; an error is a
+// failed bind (the caller may try another port).
+func startFakeRouterAt(t testing.TB, listen string) (*fakeRouter, error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &fakeRouter{t: t, sock: zmq4.NewRouter(ctx, zmq4.WithID(zmq4.SocketIdentity("fake"))), batches: make(chan fakeBatch, 100), done: make(chan struct{})}
 	f.incarnat.Store(1)
@@ -110,12 +121,15 @@ func startFakeRouter(t testing.TB) *fakeRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep, err := sec.Endpoint(clusterlink.LinkIngest, "tcp://127.0.0.1:0")
+	ep, err := sec.Endpoint(clusterlink.LinkIngest, listen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := f.sock.Listen(ep); err != nil {
-		t.Fatal(err)
+		cancel()
+		f.sock.Close()
+		sec.Close()
+		return nil, err
 	}
 	f.addr = "tcp://" + f.sock.Addr().String()
 	go func() {
@@ -153,7 +167,7 @@ func startFakeRouter(t testing.TB) *fakeRouter {
 		<-f.done
 		sec.Close()
 	})
-	return f
+	return f, nil
 }
 
 func (f *fakeRouter) reply(peer []byte, m Message) {

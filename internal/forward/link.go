@@ -14,8 +14,8 @@ import (
 // drainer's loop knows of that router.
 type link struct {
 	d        *Drainer
-	idx      int
 	endpoint string
+	pref     uint64 // the frontend's preference for this router (see preference)
 	log      *slog.Logger
 	dl       *Dealer
 
@@ -26,11 +26,12 @@ type link struct {
 	router      string
 	busyUntil   time.Time
 	backoff     backoff.Backoff
-	inflight    int // batches sent here and not settled
+	inflight    int  // batches sent here and not settled
+	removed     bool // no longer in the endpoint list: closing, sent nothing
 }
 
-func newLink(d *Drainer, idx int, endpoint string) (*link, error) {
-	l := &link{d: d, idx: idx, endpoint: endpoint, log: d.log.With("router_endpoint", endpoint),
+func newLink(d *Drainer, endpoint string) (*link, error) {
+	l := &link{d: d, endpoint: endpoint, log: d.log.With("router_endpoint", endpoint),
 		backoff: backoff.New(minBusyBackoff, maxBusyBackoff, nil)}
 	dl, err := NewDealer(DealerConfig{
 		Endpoint:    endpoint,

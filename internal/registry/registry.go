@@ -1,10 +1,24 @@
-// Package registry is drover's device registry: which devices may connect,
-// with which token, and what is known of them (fleet, vehicle class,
-// region). For now it is a JSON file that operators edit or generate
-// (docs/registry.md: its format, the rules, how a device gets its token);
-// the frontend authenticates devices against it and the router enriches
-// readings with it. Only SHA-256 hashes of tokens are stored, and tokens are
-// compared in constant time.
+// Package registry is drover's device registry as the data path holds it:
+// which devices may connect, with which token, in which state, and what is
+// known of them (fleet, vehicle class, region). The frontend authenticates
+// devices against it and the router enriches readings with it. Only
+// SHA-256 hashes of tokens are held, compared in constant time.
+//
+// It comes from one of two sources, kept current by a Store:
+//
+//   - a JSON file that operators edit or generate (docs/registry.md: its
+//     format, the rules, how a device gets its token), reloaded on change;
+//   - the control plane's change feed (NewFollower; docs/api.md "Following
+//     the control plane"): a snapshot, then long-polled changes, a new
+//     snapshot when the API asks (410), backoff while it is down; the last
+//     copy is kept in a cache file (versioned, checksummed), so that a
+//     frontend or router restarted while the API is down still serves, and
+//     resumes from the cached version.
+//
+// A Registry is immutable and compact (view.go): an O(1) lookup with no
+// lock, about 100 bytes per device at a million. A change makes a new one
+// and the Store swaps a pointer; subscribers (a frontend closing the
+// connections of a suspended device) are told which devices changed.
 //
 // Each entry is checked on its own (Validate): a device id by
 // telemetry.ValidateDeviceID, the labels by telemetry.ValidateLabel, the
@@ -42,6 +56,9 @@ type Device struct {
 	Fleet  string `json:"fleet,omitempty"`
 	Class  string `json:"class,omitempty"`
 	Region string `json:"region,omitempty"`
+	// State is the device's lifecycle state, as Lookup and Authorize
+	// report it. Not in the file: a file lists active devices only.
+	State State `json:"-"`
 }
 
 // File is the registry file's shape:
@@ -51,23 +68,6 @@ type Device struct {
 type File struct {
 	Devices []Device `json:"devices"`
 }
-
-// Registry is an immutable, loaded registry.
-type Registry struct {
-	byID     map[string]*entry
-	rejected []Rejection
-}
-
-type entry struct {
-	Device
-	hash auth.Digest
-}
-
-// Errors of Authenticate.
-var (
-	ErrUnknownDevice = errors.New("unknown device")
-	ErrBadToken      = errors.New("bad token")
-)
 
 // Rejection is a registry entry refused at load: its device cannot connect.
 type Rejection struct {
@@ -112,26 +112,31 @@ func Validate(d Device) error {
 // Build builds a registry from devices. An entry that Validate refuses, and
 // every entry of an id listed more than once (which of them is the device
 // cannot be told), is left out and listed in Rejected; the other devices are
-// in the registry.
+// in the registry, active.
 func Build(devices []Device) *Registry {
-	r := &Registry{byID: make(map[string]*entry, len(devices))}
+	b := newBuilder()
+	s := b.startSnapshot(len(devices))
+	var rejected []Rejection
 	where := make(map[string][]int, len(devices))
 	for i, d := range devices {
 		where[d.ID] = append(where[d.ID], i)
 	}
 	for i, d := range devices {
 		if err := Validate(d); err != nil {
-			r.rejected = append(r.rejected, Rejection{Index: i, ID: d.ID, Reason: err.Error()})
+			rejected = append(rejected, Rejection{Index: i, ID: d.ID, Reason: err.Error()})
 			continue
 		}
 		if at := where[d.ID]; len(at) > 1 {
-			r.rejected = append(r.rejected, Rejection{Index: i, ID: d.ID, Reason: fmt.Sprintf(
+			rejected = append(rejected, Rejection{Index: i, ID: d.ID, Reason: fmt.Sprintf(
 				"id listed %d times (devices %s): every entry of it is refused", len(at), joinInts(at))})
 			continue
 		}
 		h, _ := auth.ParseDigest(d.TokenSHA256) // checked by Validate
-		r.byID[d.ID] = &entry{Device: d, hash: h}
+		s.add(Change{ID: d.ID, State: StateActive, Labels: Labels{Fleet: d.Fleet, Class: d.Class, Region: d.Region},
+			HasToken: true, Token: h})
 	}
+	r := s.finish("", 0)
+	r.rejected = rejected
 	return r
 }
 
@@ -204,43 +209,3 @@ func Write(path string, devices []Device) error {
 	}
 	return nil
 }
-
-// Rejected returns the entries refused when the registry was built, in
-// file order. The caller must not modify it.
-func (r *Registry) Rejected() []Rejection { return r.rejected }
-
-// Len returns the number of devices.
-func (r *Registry) Len() int { return len(r.byID) }
-
-// Lookup returns the device with id.
-func (r *Registry) Lookup(id string) (Device, bool) {
-	e, ok := r.byID[id]
-	if !ok {
-		return Device{}, false
-	}
-	return e.Device, true
-}
-
-// Authenticate checks a device's token in constant time. An unknown device
-// costs the same work as a known one (the token is hashed and compared
-// with a stand-in), so that the time of an answer does not tell which ids
-// exist; the error still does, for metrics: callers must answer both alike.
-func (r *Registry) Authenticate(id, token string) (Device, error) {
-	e, ok := r.byID[id]
-	want := unknownDigest
-	if ok {
-		want = e.hash
-	}
-	if !want.Matches(token) || !ok {
-		if !ok {
-			return Device{}, ErrUnknownDevice
-		}
-		return Device{}, ErrBadToken
-	}
-	return e.Device, nil
-}
-
-// unknownDigest stands in for the hash of an unknown device's token, only
-// so that the work is the same: an unknown device is refused whatever the
-// token.
-var unknownDigest = auth.Hash("drover: no such device")

@@ -18,4 +18,12 @@
 // [DuckDBNode] finds the DuckDB that reads the lake back. [Chromium] finds
 // the browser of the live map's tests (internal/browsertest, a module of its
 // own so that its browser driver stays out of drover's go.mod).
+//
+// [FindPodman] finds Debian's podman (scripts/install-podman.sh) and runs
+// it under drover's containers.conf (runc, ulimits within this machine's
+// limits); [Podman.BuildImage] builds drover's image as `make image` does.
+// Missing podman is handled like missing influxd. [DNS] is a small
+// authoritative DNS server whose A and AAAA records a test changes while
+// processes resolve them through -dns-server: the stand-in for a cluster's
+// DNS in the tests of dns+tcp:// endpoint lists.
 package testenv

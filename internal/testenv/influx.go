@@ -59,6 +59,8 @@ type InfluxOption func(*influxOptions)
 
 type influxOptions struct {
 	flux bool
+	// host is the address influxd binds (default loopback).
+	host string
 	// data holds extra lines of the [data] section.
 	data string
 }
@@ -76,6 +78,11 @@ func WithSeriesLimits(maxValuesPerTag, maxSeriesPerDatabase int) InfluxOption {
 		o.data += fmt.Sprintf("  max-values-per-tag = %d\n  max-series-per-database = %d\n", maxValuesPerTag, maxSeriesPerDatabase)
 	}
 }
+
+// WithHost binds influxd's HTTP API to host instead of loopback: the
+// gateway of a podman network, so that containers on it reach the server
+// (and nothing beyond this machine does). Its RPC port stays on loopback.
+func WithHost(host string) InfluxOption { return func(o *influxOptions) { o.host = host } }
 
 // InfluxD starts a fresh influxd on loopback (HTTP and RPC on random free
 // ports, everything stored under t.TempDir(), usage reporting and the
@@ -225,7 +232,11 @@ func startInflux(t testing.TB, bin string, o influxOptions) (*Influx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("make influxd dir: %w", err)
 	}
-	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	host := o.host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	httpAddr := net.JoinHostPort(host, strconv.Itoa(ports[0]))
 	rpcAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
 	cfg := filepath.Join(dir, "influxdb.conf")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, influxConfig, dir, rpcAddr, httpAddr, o.flux, o.data), 0o644); err != nil {
