@@ -10,14 +10,21 @@ import (
 	"github.com/drover-telemetry/drover/alerts/eval"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
 )
 
 // Config is the alert engine's configuration. Start from [DefaultConfig].
 type Config struct {
-	// Routers are the store. lane endpoints of every router.
+	// Routers are the store. lane endpoints of every router. A
+	// dns+tcp://name:port entry stands for every address the name resolves
+	// to, followed while the engine runs (internal/endpoints), as the
+	// storage writers do.
 	Routers []string
+	// Resolve says how often, and through which DNS server, dns+tcp://
+	// entries of Routers are looked up.
+	Resolve endpoints.Config
 	// Name is the durable subscriber name the routers keep the engine's
 	// data under.
 	Name string
@@ -41,7 +48,7 @@ type Config struct {
 	APIURL string
 	APIKey string
 	// APIKeyFunc, when set (not a flag), gives the API key when APIKey is
-	// empty, at each use: drover all reads the in-process API's bootstrap
+	// empty, at each use: drover all reads the in-process API's follower
 	// key file, which the API writes when it starts.
 	APIKeyFunc func() (string, error) `json:"-"`
 
@@ -82,6 +89,7 @@ func DefaultConfig() Config {
 	in.URL, in.Measurement = "", "alerts"
 	return Config{
 		Routers:           []string{"tcp://127.0.0.1:5557"},
+		Resolve:           endpoints.DefaultConfig(),
 		Name:              "alerts",
 		DataDir:           "alerts-data",
 		OutboxMaxBytes:    1 << 30,
@@ -100,7 +108,8 @@ func DefaultConfig() Config {
 // RegisterFlags defines the engine's flags in fs, bound to c.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	routers := (*daemon.StringList)(&c.Routers)
-	fs.Var(routers, "routers", "comma-separated store. lane `endpoints` of every router (their -store-listen)")
+	fs.Var(routers, "routers", "comma-separated store. lane `endpoints` of every router (their -store-listen); dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
+	c.Resolve.RegisterFlags(fs, "-routers")
 	fs.StringVar(&c.Name, "name", c.Name, "durable subscriber `name` (every router must list it in -subscribers)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "`directory` of the queue, snapshots, rule sets and outbox (a volume of its own)")
 	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", c.QueueMaxBytes, "bound of the queue in `bytes` (0: a share of the volume)")
@@ -126,13 +135,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
 	var errs []error
-	if len(c.Routers) == 0 {
-		errs = append(errs, errors.New("routers: none"))
+	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
+		errs = append(errs, fmt.Errorf("routers: %w", err))
 	}
-	for _, ep := range c.Routers {
-		if err := daemon.ValidateEndpoint(ep, false); err != nil {
-			errs = append(errs, fmt.Errorf("routers: %w", err))
-		}
+	if err := c.Resolve.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := forward.ValidateSubscriberName(c.Name); err != nil {
 		errs = append(errs, fmt.Errorf("name: %w", err))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/drover-telemetry/drover/alerts/eval"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/publane"
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -27,6 +28,7 @@ type Engine struct {
 	m      *metrics
 	sec    *clusterlink.Security // the store link (as a durable subscriber)
 	laneSc *clusterlink.Security // the alert lane (as its server)
+	watch  *endpoints.Watcher    // the router list, followed in DNS
 
 	running atomic.Bool
 	q       atomic.Pointer[queue.Queue]
@@ -39,6 +41,7 @@ type Engine struct {
 	mu        sync.Mutex
 	routers   map[string]*routerSeqs
 	links     []*link
+	linkStops sync.WaitGroup // links let go of by setRouters, stopping
 	appendSem chan struct{}
 	appendWG  sync.WaitGroup
 	appendCtx context.Context
@@ -89,13 +92,18 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Engine, e
 	if err != nil {
 		return nil, fmt.Errorf("alerts: %w", err)
 	}
-	for _, ep := range cfg.Routers {
+	for _, ep := range endpoints.Static(cfg.Routers) {
 		if _, err := sec.Endpoint(clusterlink.LinkStore, ep); err != nil {
 			sec.Close()
 			return nil, fmt.Errorf("alerts: routers: %w", err)
 		}
 	}
-	e := &Engine{cfg: cfg, logger: logger, reg: reg, m: m, sec: sec, routers: map[string]*routerSeqs{},
+	watch, err := endpoints.NewWatcher(cfg.Routers, cfg.Resolve, "alerts/"+cfg.Name, logger, reg)
+	if err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("alerts: routers: %w", err)
+	}
+	e := &Engine{cfg: cfg, logger: logger, reg: reg, m: m, sec: sec, watch: watch, routers: map[string]*routerSeqs{},
 		appendSem: make(chan struct{}, maxAppenders), now: time.Now}
 	if cfg.AlertPub != "" {
 		if e.laneSc, err = clusterlink.New(cfg.Links, clusterlink.RoleAlerts, cfg.Name, logger, nil); err != nil {
@@ -207,19 +215,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	appendCtx, appendCancel := context.WithCancel(context.Background())
 	defer appendCancel()
 	e.appendCtx = appendCtx
-	e.mu.Lock()
-	for _, ep := range e.cfg.Routers {
-		l, err := newLink(e, ep)
-		if err != nil {
-			e.mu.Unlock()
-			stopEval()
-			<-evalDone
-			return fmt.Errorf("alerts: router %s: %w", ep, err)
-		}
-		e.links = append(e.links, l)
-		l.dl.Start()
-	}
-	e.mu.Unlock()
+	e.setRouters(e.watch.Current())
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		e.watch.Run(watchCtx, e.setRouters)
+	}()
 	e.setReady(nil)
 	e.logger.Info("alerts: started", "routers", e.cfg.Routers, "data_dir", dir, "alert_lane", e.AlertLaneAddr(),
 		"rules_version", follow.version())
@@ -234,6 +236,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	// Stop taking batches (the routers resend what is not acked), let the
 	// appends finish, then the evaluation evaluates what is queued in
 	// memory and saves its last snapshot.
+	stopWatch()
+	<-watchDone
 	e.mu.Lock()
 	links := e.links
 	e.links = nil
@@ -241,6 +245,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	for _, l := range links {
 		l.dl.Stop()
 	}
+	e.linkStops.Wait()
 	e.appendWG.Wait()
 	stopEval()
 	if err := <-evalDone; err != nil && runErr == nil {
