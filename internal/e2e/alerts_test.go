@@ -146,6 +146,30 @@ func trucksOnly(events []eval.Event) []eval.Event {
 	return out
 }
 
+// checkDeviceOrder fails unless each device's events, in the order they
+// came (an event that comes again, after a kill, counted where it first
+// came), are in the order they happened: the webhook's "in order per
+// device". A cleared event is dated at the end of its episode, which the
+// engine can only know a clear_after later, so it is left out.
+func checkDeviceOrder(t *testing.T, what string, events []eval.Event) {
+	t.Helper()
+	seen := map[string]bool{}
+	last := map[string]int64{}
+	for _, ev := range events {
+		if seen[ev.ID()] {
+			continue
+		}
+		seen[ev.ID()] = true
+		if ev.Kind == eval.EventCleared {
+			continue
+		}
+		if ev.AtMs < last[ev.Alert.Device] {
+			t.Errorf("%s: %s's %s %s at %d came after an event at %d", what, ev.Alert.Device, ev.Alert.Type, ev.Kind, ev.AtMs, last[ev.Alert.Device])
+		}
+		last[ev.Alert.Device] = ev.AtMs
+	}
+}
+
 // checkTrips fails unless every truck raised exactly tripExpected, each
 // event once; it returns the event ids.
 func checkTrips(t *testing.T, what string, events []eval.Event, trucks int) map[string]eval.Event {
@@ -196,6 +220,7 @@ func TestAlertsEndToEnd(t *testing.T) {
 	})
 	time.Sleep(2 * time.Second) // anything more would be a duplicate
 	webhook = checkTrips(t, "webhook", trucksOnly(p.hook.events()), trucks)
+	checkDeviceOrder(t, "webhook", trucksOnly(p.hook.events()))
 	if p.hook.bad() > 0 {
 		t.Errorf("%d webhook deliveries failed the signature check", p.hook.bad())
 	}
@@ -324,7 +349,9 @@ func TestAlertsKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkTrips(t, "outbox", trucksOnly(out), trucks)
+	checkDeviceOrder(t, "outbox", trucksOnly(out))
 	got := trucksOnly(p.hook.events())
+	checkDeviceOrder(t, "webhook", got)
 	distinct := map[string]eval.Event{}
 	for _, ev := range got {
 		distinct[ev.ID()] = ev
