@@ -25,6 +25,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/internal/sim"
 	"github.com/drover-telemetry/drover/internal/testenv"
+	"github.com/drover-telemetry/drover/telemetry"
 )
 
 // alertPipeline is the alert path as real processes: a frontend, a router
@@ -129,6 +130,10 @@ func (p *alertPipeline) runFleets(during func(ctx context.Context)) {
 	}
 	st := trucks.Stats()
 	t.Logf("scripted fleet: %d readings acked of %d taken", st.Acked, st.Generated)
+	if st.OutboxDrops > 0 {
+		// The trip's readings would no longer be the script's.
+		t.Errorf("scripted fleet: %d readings not taken (the simulator's outbox was full)", st.OutboxDrops)
+	}
 	// The pacers go on a little: the last silences are judged by the clock
 	// against their readings.
 	time.Sleep(3 * time.Second)
@@ -168,6 +173,71 @@ func checkDeviceOrder(t *testing.T, what string, events []eval.Event) {
 		}
 		last[ev.Alert.Device] = ev.AtMs
 	}
+}
+
+// checkOffline compares the engine's events with an offline evaluation of
+// the same readings: each truck took the script's readings at start +
+// k/rate (internal/sim), so its start, found from the time of any of its
+// alerts' first reading, gives its readings exactly, and the evaluator
+// (alerts/eval) must find the same events, with the same ids — none
+// missing, none more. Silences are left out: they are judged by the
+// engine's clock on received times, which no offline run has (checkTrips
+// counts them).
+func checkOffline(t *testing.T, events []eval.Event, rs *eval.RuleSet) {
+	t.Helper()
+	ref := sim.ScriptReadings(alertTrip(), 2, time.UnixMilli(0))
+	byDev := map[string][]eval.Event{}
+	for _, ev := range events {
+		if ev.Alert.Type != eval.TypeSilence {
+			byDev[ev.Alert.Device] = append(byDev[ev.Alert.Device], ev)
+		}
+	}
+	checked := 0
+	for dev, evs := range byDev {
+		// The start most of its alerts agree on (an alert whose first
+		// reading is not its start would disagree, and lose the vote).
+		votes := map[int64]int{}
+		for _, ev := range evs {
+			if s := ev.Alert.FirstSeq; s >= 1 && int(s) <= len(ref) {
+				votes[ev.Alert.StartMs-ref[s-1].GetTimeMs()]++
+			}
+		}
+		var start int64
+		for s, n := range votes {
+			if n > votes[start] {
+				start = s
+			}
+		}
+		e, err := eval.New(rs, eval.DefaultOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]bool{}
+		emit := func(ev *eval.Event) {
+			if ev.Alert.Type != eval.TypeSilence {
+				want[ev.ID()] = true
+			}
+		}
+		for _, r := range sim.ScriptReadings(alertTrip(), 2, time.UnixMilli(start)) {
+			e.Process(&telemetry.EnrichedRecord{Record: &telemetry.Record{DeviceId: dev, ReceivedMs: r.GetTimeMs() + 100, Reading: r},
+				Enrichment: &telemetry.Enrichment{Fleet: evs[0].Alert.Fleet, VehicleClass: evs[0].Alert.Class}}, emit)
+			e.Tick(r.GetTimeMs()+150, emit)
+		}
+		got := map[string]bool{}
+		for _, ev := range evs {
+			got[ev.ID()] = true
+			if !want[ev.ID()] {
+				t.Errorf("offline: %s's %s %s (%s) is not in the offline evaluation", dev, ev.Alert.Type, ev.Kind, ev.ID())
+			}
+		}
+		for id := range want {
+			if !got[id] {
+				t.Errorf("offline: %s's event %s of the offline evaluation is missing", dev, id)
+			}
+		}
+		checked += len(want)
+	}
+	t.Logf("offline evaluation: %d events of %d trucks, each found by the engine once", checked, len(byDev))
 }
 
 // checkTrips fails unless every truck raised exactly tripExpected, each
@@ -221,6 +291,7 @@ func TestAlertsEndToEnd(t *testing.T) {
 	time.Sleep(2 * time.Second) // anything more would be a duplicate
 	webhook = checkTrips(t, "webhook", trucksOnly(p.hook.events()), trucks)
 	checkDeviceOrder(t, "webhook", trucksOnly(p.hook.events()))
+	checkOffline(t, trucksOnly(p.hook.events()), tripRules(p.hook.srv.URL, p.hook.secret))
 	if p.hook.bad() > 0 {
 		t.Errorf("%d webhook deliveries failed the signature check", p.hook.bad())
 	}
@@ -303,9 +374,10 @@ func lakeEvents(t *testing.T, dir string) []eval.Event {
 
 // TestAlertsKill9: the alert engine is killed with SIGKILL three times and
 // the router twice while scripted trucks drive; at the end the engine's
-// outbox holds every alert an offline evaluation of the trip finds, each
-// once, and so does the webhook receiver (each event id; a delivery in
-// flight at a kill may come twice, with the same id). Without the
+// outbox holds every event an offline evaluation of the same readings
+// finds (checkOffline: the same ids), each once, in order per device, and
+// so does the webhook receiver (each event id; a delivery in flight at a
+// kill may come twice, with the same id). Without the
 // outbox's record of what it has (a mutation of recover), the outbox
 // repeats alerts and the test fails.
 func TestAlertsKill9(t *testing.T) {
@@ -350,6 +422,7 @@ func TestAlertsKill9(t *testing.T) {
 	}
 	checkTrips(t, "outbox", trucksOnly(out), trucks)
 	checkDeviceOrder(t, "outbox", trucksOnly(out))
+	checkOffline(t, trucksOnly(out), tripRules(p.hook.srv.URL, p.hook.secret))
 	got := trucksOnly(p.hook.events())
 	checkDeviceOrder(t, "webhook", got)
 	distinct := map[string]eval.Event{}
