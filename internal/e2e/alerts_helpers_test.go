@@ -23,13 +23,13 @@ import (
 func alertTrip() *sim.Script {
 	brake, off := 5.0, false
 	return &sim.Script{Start: [2]float64{-26.2, 28.0}, Class: "truck", Legs: []sim.Leg{
-		{Do: sim.LegDrive, Seconds: 12, HeadingDeg: 90, SpeedKmh: 50, AccelKmhS: 5},
-		{Do: sim.LegDrive, Seconds: 12, HeadingDeg: 90, SpeedKmh: 110, AccelKmhS: 8}, // over the truck's 80 (+5)
-		{Do: sim.LegDrive, Seconds: 12, HeadingDeg: 90, SpeedKmh: 40, AccelKmhS: 8, BrakeTo: &brake},
-		{Do: sim.LegStop, Seconds: 24, EngineTempC: 114}, // idling, overheating, in the depot
-		{Do: sim.LegDrive, Seconds: 25, HeadingDeg: 90, SpeedKmh: 50, AccelKmhS: 5},
-		{Do: sim.LegSilent, Seconds: 16},
-		{Do: sim.LegStop, Seconds: 4, Ignition: &off},
+		{Do: sim.LegDrive, Seconds: 8, HeadingDeg: 90, SpeedKmh: 40, AccelKmhS: 5},
+		{Do: sim.LegDrive, Seconds: 10, HeadingDeg: 90, SpeedKmh: 110, AccelKmhS: 8}, // over the truck's 80 (+5)
+		{Do: sim.LegDrive, Seconds: 8, HeadingDeg: 90, SpeedKmh: 40, AccelKmhS: 8, BrakeTo: &brake},
+		{Do: sim.LegStop, Seconds: 16, EngineTempC: 114}, // idling, overheating, in the depot
+		{Do: sim.LegDrive, Seconds: 18, HeadingDeg: 90, SpeedKmh: 50, AccelKmhS: 5},
+		{Do: sim.LegSilent, Seconds: 12},
+		{Do: sim.LegStop, Seconds: 2, Ignition: &off},
 	}}
 }
 

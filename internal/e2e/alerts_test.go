@@ -296,7 +296,7 @@ func TestAlertsEndToEnd(t *testing.T) {
 		t.Errorf("%d webhook deliveries failed the signature check", p.hook.bad())
 	}
 	for _, ev := range webhook {
-		if ev.Alert.Type == eval.TypeSilence && ev.Kind == eval.EventRaised && ev.DetectedMs >= ev.Alert.StartMs+20_000 {
+		if ev.Alert.Type == eval.TypeSilence && ev.Kind == eval.EventRaised && ev.DetectedMs >= ev.Alert.StartMs+11_000 {
 			t.Errorf("%s's silence raised %v after its last reading: by the data when it came back, not by the clock",
 				ev.Alert.Device, time.Duration(ev.DetectedMs-ev.Alert.StartMs)*time.Millisecond)
 		}
