@@ -119,10 +119,11 @@ again: see 'drover storage-writer replay -h'.`
 
 const allHelp = `
 Runs one router, one frontend, one storage writer per entry of -sinks, one
-livefeed and, with -simulate N, a fleet of N simulated vehicles (started
-once the frontend listens), all in this process and connected over loopback
-ZeroMQ and WebSocket, exactly as they would be in separate processes. Each
-component keeps its own flags under its name as a prefix: the frontend's
+livefeed, the control plane, the alert engine and, with -simulate N, a fleet
+of N simulated vehicles (started once the frontend listens), all in this
+process and connected over loopback ZeroMQ and WebSocket, exactly as they
+would be in separate processes. Each component keeps its own flags under its
+name as a prefix: the frontend's
 -listen is -frontend.listen here (env DROVER_ALL_FRONTEND_LISTEN); the
 storage writers share the -storage-writer.* flags (-storage-writer.influx-url,
 -storage-writer.lake-compact-interval, ...). What all wires itself has no
@@ -150,6 +151,12 @@ DIR/api/follower-key, and keep their last copy under DIR (registry.cache,
 livefeed/tokens.cache), so that they serve devices while it is down. With
 -simulate, the simulated vehicles are registered through it (created when
 missing: drover ctl list shows them, and what you change of them stays).
+
+The alert engine (drover alerts, docs/alerts.md) runs here too: a durable
+subscriber of the router under DIR/alerts, its rule set followed from the
+control plane with the follower key (or -alerts.rules FILE), its alerts to
+the API, the live map, webhooks, the lake's alerts table (DIR/lake-alerts,
+with the lake sink) and, with -alerts.influx and the influx sink, InfluxDB.
 
 The links between the components are mutual TLS under a cluster key made up
 in memory at each start, so that even another user of this machine cannot
