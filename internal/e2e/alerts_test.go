@@ -434,6 +434,7 @@ func TestAlertsKill9(t *testing.T) {
 		once = append(once, ev)
 	}
 	checkTrips(t, "webhook (distinct ids)", once, trucks)
+	checkOffline(t, once, tripRules(p.hook.srv.URL, p.hook.secret))
 	t.Logf("webhook: %d deliveries of %d distinct events (%d again, after a kill)", len(got), len(distinct), len(got)-len(distinct))
 }
 
