@@ -16,6 +16,7 @@ type metrics struct {
 	followers    prometheus.Gauge
 	presence     prometheus.Counter
 	refused      *prometheus.CounterVec
+	alertEvents  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,10 +47,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_api_refused_total", Help: "Requests refused as bad input, by error code (bad_request, invalid, conflict, too_large, ...).",
 		}, []string{"code"}),
+		alertEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_alert_events_total", Help: "Alert events reported by alert engines and applied.",
+		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused} {
+			m.followers, m.presence, m.refused, m.alertEvents} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}

@@ -74,6 +74,9 @@ type Config struct {
 	AckTimeout time.Duration
 	// WriteTimeout bounds one frame's write to the socket (default 10 s).
 	WriteTimeout time.Duration
+	// Script, when set, makes every device drive this scripted trip
+	// instead of the vehicle model's journeys (script.go).
+	Script *Script `json:"-"`
 	// LocalAddrs are source IP addresses to dial from, spread over the devices round-robin
 	// (e.g. 127.0.0.2, 127.0.0.3): each gives another ~28k ephemeral ports. Empty: the system's
 	// choice.

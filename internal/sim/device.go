@@ -32,7 +32,7 @@ type device struct {
 
 	// Writer goroutine only.
 	rng      *rand.Rand
-	veh      *vehicle
+	veh      mover
 	slots    int64 // reading slots elapsed (taken or dropped)
 	seqs     uint64
 	genStart time.Duration // since epoch: slot k is at genStart + k/Rate
@@ -69,8 +69,14 @@ func newDevice(f *Fleet, k int, seed uint64) *device {
 	id := DeviceID(f.cfg.IDPrefix, i)
 	rng := rand.New(rand.NewPCG(seed, uint64(i)))
 	// The vehicle has its own generator, so that its journey does not depend on network timing.
-	veh := newVehicle(rand.New(rand.NewPCG(seed^0x9e3779b97f4a7c15, uint64(i))), classOf(i))
-	veh.eventRate = max(0, f.cfg.EventRate)
+	var veh mover
+	if f.cfg.Script != nil {
+		veh = newScripted(f.cfg.Script)
+	} else {
+		v := newVehicle(rand.New(rand.NewPCG(seed^0x9e3779b97f4a7c15, uint64(i))), classOf(i))
+		v.eventRate = max(0, f.cfg.EventRate)
+		veh = v
+	}
 	return &device{
 		f:      f,
 		idx:    k,
@@ -228,6 +234,9 @@ func (d *device) generate() {
 			dropped += uint64(n)
 			d.slots = due
 			break
+		}
+		if sv, ok := d.veh.(interface{ silentNext(float64) bool }); ok && sv.silentNext(dt) {
+			continue // a scripted silence: the device takes nothing
 		}
 		s := d.out.push()
 		d.veh.step(dt, s)
