@@ -100,6 +100,8 @@ type Config struct {
 	// ShutdownGrace bounds how long a stop waits for requests in flight
 	// (long polls are ended at once).
 	ShutdownGrace time.Duration
+	// Commands bounds commands to devices (commands.go).
+	Commands CommandConfig
 }
 
 // apiAuthLimit is the API's failure limit: stricter than a device edge's
@@ -127,6 +129,7 @@ func DefaultConfig() Config {
 		TombstoneRetention: 7 * 24 * time.Hour,
 		AuthLimit:          apiAuthLimit(),
 		ShutdownGrace:      10 * time.Second,
+		Commands:           DefaultCommandConfig(),
 	}
 }
 
@@ -164,6 +167,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"comma-separated `addresses or prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) requests in flight may take to finish")
+	c.Commands.RegisterFlags(fs)
 }
 
 // Validate reports every problem of the configuration at once, and reads
@@ -220,6 +224,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %v, want > 0", d.name, d.v))
 		}
 	}
+	errs = append(errs, c.Commands.validate()...)
 	if err := c.AuthLimit.Validate("auth-"); err != nil {
 		errs = append(errs, err)
 	}

@@ -253,8 +253,12 @@ const maxPresenceReports = apiclient.MaxPresenceReports
 
 // feedPresence answers POST /v1/feed/presence: a frontend's batch of
 // presence reports. A report older than the one stored is ignored (two
-// frontends may report one device that moved); unknown devices are
-// skipped and counted in the answer.
+// frontends may report one device that moved), and so is a disconnect
+// from a frontend that no longer holds the device (it moved, and the
+// newer frontend's connect may have been reported first: commands follow
+// presence, so it must not say "offline"); unknown devices are skipped
+// and counted in the answer. A stored connect wakes the frontend's
+// command long poll: commands queued for the device go at once.
 func (s *Server) feedPresence(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	var in struct {
 		Frontend string           `json:"frontend"`
@@ -288,7 +292,8 @@ INSERT INTO device_presence (device_id, last_seen_at, frontend, remote_addr, con
 SELECT $1, CAST($2 AS BIGINT), $3, $4, CAST($5 AS INTEGER) WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
 ON CONFLICT (device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at, frontend = excluded.frontend,
  remote_addr = excluded.remote_addr, connected = excluded.connected
-WHERE excluded.last_seen_at >= device_presence.last_seen_at`)
+WHERE excluded.last_seen_at >= device_presence.last_seen_at
+ AND (excluded.connected = 1 OR device_presence.frontend = excluded.frontend)`)
 	if err != nil {
 		return fmt.Errorf("presence: %w", err)
 	}
@@ -307,6 +312,9 @@ WHERE excluded.last_seen_at >= device_presence.last_seen_at`)
 		return fmt.Errorf("presence: %w", err)
 	}
 	s.metrics.presence.Add(float64(len(in.Reports)))
+	if stored > 0 {
+		s.notify.wakeFrontends(in.Frontend)
+	}
 	writeJSON(w, http.StatusOK, map[string]int{"received": len(in.Reports), "stored": stored})
 	return nil
 }

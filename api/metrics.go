@@ -17,6 +17,7 @@ type metrics struct {
 	presence     prometheus.Counter
 	tlsReloads   *prometheus.CounterVec
 	refused      *prometheus.CounterVec
+	commands     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -50,10 +51,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_api_refused_total", Help: "Requests refused as bad input, by error code (bad_request, invalid, conflict, too_large, ...).",
 		}, []string{"code"}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_commands_total",
+			Help: "Command events, by what happened: created, sent (a delivery attempt), delivered, succeeded, failed, expired, cancelled, requeued (a frontend could not write it), refused_queue_full, ignored (a report that could not apply).",
+		}, []string{"event"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.tlsReloads, m.refused} {
+			m.followers, m.presence, m.tlsReloads, m.refused, m.commands} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}

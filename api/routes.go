@@ -71,12 +71,19 @@ func (s *Server) routeTable() []route {
 		{method: "POST", pattern: "/v1/operators/{id}/keys", perm: permAdmin, h: s.createKey},
 		{method: "DELETE", pattern: "/v1/operators/{id}/keys/{key}", perm: permAdmin, h: s.revokeKey},
 
+		{method: "GET", pattern: "/v1/devices/{id}/commands", perm: permRead, h: s.listCommands},
+		{method: "POST", pattern: "/v1/devices/{id}/commands", perm: permDevices, h: s.createCommand},
+		{method: "GET", pattern: "/v1/devices/{id}/commands/{cmd}", perm: permRead, h: s.getCommand},
+		{method: "POST", pattern: "/v1/devices/{id}/commands/{cmd}/cancel", perm: permDevices, h: s.cancelCommand},
+
 		{method: "GET", pattern: "/v1/audit", perm: permRead, h: s.listAudit},
 
 		{method: "GET", pattern: "/v1/feed/snapshot", perm: permFollower, h: s.feedSnapshot},
 		{method: "GET", pattern: "/v1/feed/changes", perm: permFollower, h: s.feedChanges},
 		{method: "POST", pattern: "/v1/feed/presence", perm: permFollower, h: s.feedPresence},
 		{method: "GET", pattern: "/v1/feed/live-tokens", perm: permFollower, h: s.feedLiveTokens},
+		{method: "GET", pattern: "/v1/frontends/{id}/commands", perm: permFollower, h: s.frontendCommands},
+		{method: "POST", pattern: "/v1/frontends/{id}/command-reports", perm: permFollower, h: s.frontendCommandReports},
 	}
 }
 

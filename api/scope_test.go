@@ -18,6 +18,7 @@ type fixture struct {
 	adminA, operatorA, viewerA string // keys
 	follower                   string
 	opB, keyB, ltB, ltA        string // ids
+	cmdB                       string // a queued command of bravo-dev-1
 }
 
 // bravo markers: strings that belong to fleet B only. None may reach a key
@@ -53,6 +54,9 @@ func newFixture(t *testing.T, b backend) *fixture {
 	f.ltB = lt.ID
 	e.must(201, req{method: "POST", path: "/v1/live-tokens", key: e.adminKey, body: map[string]any{"name": "alpha-live", "fleets": []string{"fleet-alpha"}}}, &lt)
 	f.ltA = lt.ID
+	var cmd Command
+	e.must(201, req{method: "POST", path: "/v1/devices/bravo-dev-1/commands", key: e.adminKey, body: map[string]any{"name": "bravo-secret-name"}}, &cmd)
+	f.cmdB = cmd.ID
 	return f
 }
 
@@ -63,7 +67,7 @@ func (f *fixture) bravoState(t *testing.T) string {
 	var parts []string
 	for _, p := range []string{
 		"/v1/devices?fleet=fleet-bravo", "/v1/fleets/fleet-bravo", "/v1/operators/" + f.opB, "/v1/operators/" + f.opB + "/keys",
-		"/v1/live-tokens/" + f.ltB, "/v1/classes/van",
+		"/v1/live-tokens/" + f.ltB, "/v1/classes/van", "/v1/devices/bravo-dev-1/commands",
 	} {
 		parts = append(parts, string(e.must(200, req{method: "GET", path: p, key: e.adminKey}, nil).body))
 	}
@@ -156,6 +160,24 @@ var scopeCases = map[string]scopeCase{
 		return []req{{method: "GET", path: "/v1/audit"}, {method: "GET", path: "/v1/audit?object_type=device&object_id=bravo-dev-1"},
 			{method: "GET", path: "/v1/audit?object_type=fleet"}}
 	},
+	"GET /v1/devices/{id}/commands": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/devices/bravo-dev-1/commands"}, {method: "GET", path: "/v1/devices/bravo-dev-1/commands?state=queued"}}
+	},
+	"POST /v1/devices/{id}/commands": one("POST", "/v1/devices/bravo-dev-1/commands", map[string]any{"name": "immobilise"}),
+	"GET /v1/devices/{id}/commands/{cmd}": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/devices/bravo-dev-1/commands/" + f.cmdB},
+			// A command of B reached through a device of A.
+			{method: "GET", path: "/v1/devices/alpha-dev-1/commands/" + f.cmdB + "?wait=1s"}}
+	},
+	"POST /v1/devices/{id}/commands/{cmd}/cancel": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/devices/bravo-dev-1/commands/" + f.cmdB + "/cancel"},
+			{method: "POST", path: "/v1/devices/alpha-dev-1/commands/" + f.cmdB + "/cancel"}}
+	},
+	"GET /v1/frontends/{id}/commands": one("GET", "/v1/frontends/fe-1/commands?wait=0s", nil),
+	"POST /v1/frontends/{id}/command-reports": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/frontends/fe-1/command-reports", body: map[string]any{"reports": []map[string]any{
+			{"id": f.cmdB, "device_id": "bravo-dev-1", "outcome": "failed", "at": 1}}}}}
+	},
 	"GET /v1/feed/snapshot":    one("GET", "/v1/feed/snapshot", nil),
 	"GET /v1/feed/changes":     one("GET", "/v1/feed/changes?since=0", nil),
 	"GET /v1/feed/live-tokens": one("GET", "/v1/feed/live-tokens?since=0", nil),
@@ -211,6 +233,7 @@ func TestScopeEveryEndpoint(t *testing.T) {
 func TestRoles(t *testing.T) {
 	reads := func(route string) bool {
 		return strings.HasPrefix(route, "GET ") && !strings.Contains(route, "/operators") && !strings.Contains(route, "/feed/") &&
+			!strings.Contains(route, "/frontends/") &&
 			route != "GET /v1/exports/registry"
 	}
 	allowed := map[string]func(route string) bool{
@@ -224,7 +247,8 @@ func TestRoles(t *testing.T) {
 				route == "POST /v1/live-tokens" || route == "DELETE /v1/live-tokens/{id}"
 		},
 		"follower": func(route string) bool {
-			return strings.Contains(route, "/v1/feed/") || route == "GET /v1/me" || route == "GET /v1/openapi.json"
+			return strings.Contains(route, "/v1/feed/") || strings.Contains(route, "/v1/frontends/") ||
+				route == "GET /v1/me" || route == "GET /v1/openapi.json"
 		},
 	}
 	e := startEnv(t, backends[0])
@@ -237,7 +261,7 @@ func TestRoles(t *testing.T) {
 	for role, ok := range allowed {
 		for _, rt := range s.routeTable() {
 			name := rt.method + " " + rt.pattern
-			path := strings.NewReplacer("{id}", "nope", "{key}", "nope").Replace(rt.pattern)
+			path := strings.NewReplacer("{id}", "nope", "{key}", "nope", "{cmd}", "nope").Replace(rt.pattern)
 			res := e.do(req{method: rt.method, path: path, key: keys[role], body: map[string]any{}, invalid: true})
 			if ok(name) && res.status == http.StatusForbidden {
 				t.Errorf("%s may call %s, got 403: %s", role, name, res.body)

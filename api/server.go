@@ -33,6 +33,7 @@ type Server struct {
 	certs   *certStore // nil without TLS
 
 	db      *store
+	notify  *notifier
 	handler http.Handler
 	routes  []route
 
@@ -60,7 +61,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 	}
 	s := &Server{
 		cfg: cfg, log: logger, metrics: m, limiter: newAuthLimiter(cfg),
-		started: make(chan struct{}), touched: map[string]time.Time{},
+		started: make(chan struct{}), touched: map[string]time.Time{}, notify: newNotifier(),
 	}
 	if reg != nil {
 		if err := auth.RegisterMetrics(reg, "drover_api", "source", s.limiter.source); err != nil {
@@ -159,6 +160,7 @@ func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.pollVersion(bg) })
 	wg.Go(func() { s.pruneTombstones(bg) })
+	wg.Go(func() { s.sweepCommands(bg) })
 	if s.certs != nil {
 		wg.Go(func() { s.certs.reloadOnSIGHUP(bg, s.log) })
 	}
