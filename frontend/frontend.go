@@ -79,6 +79,7 @@ type Frontend struct {
 	q         *queue.Queue
 	store     *registry.Store
 	presence  *presence       // nil unless following the control plane
+	commands  *commander      // nil unless following the control plane
 	appendCtx context.Context // cancelled when connections are closed by force
 
 	mu      sync.Mutex // guards the fields below
@@ -241,6 +242,13 @@ func (f *Frontend) Run(ctx context.Context) error {
 		f.setReady(fmt.Errorf("frontend: presence: %w", err))
 		return fmt.Errorf("frontend: presence: %w", err)
 	}
+	cmdr, err := f.startCommands()
+	if err != nil {
+		_ = ln.Close()
+		_ = f.closeQueue(q)
+		f.setReady(fmt.Errorf("frontend: commands: %w", err))
+		return fmt.Errorf("frontend: commands: %w", err)
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc(IngestPath, f.serveIngest)
@@ -276,6 +284,14 @@ func (f *Frontend) Run(ctx context.Context) error {
 		defer close(presDone)
 		if pres != nil {
 			pres.run(presCtx)
+		}
+	}()
+	// Commands stop with the presence reports, after the connections.
+	cmdDone := make(chan struct{})
+	go func() {
+		defer close(cmdDone)
+		if cmdr != nil {
+			cmdr.run(presCtx)
 		}
 	}()
 
@@ -318,6 +334,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 	f.logger.Info("frontend: device connections closed", "connections", n, "took", time.Since(start))
 	stopPresence() // after the connections: their disconnects go in its last batch
 	<-presDone
+	<-cmdDone
 	stopDrain()
 	<-drainDone
 	if err := f.closeQueue(q); err != nil && runErr == nil {

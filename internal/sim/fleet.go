@@ -35,6 +35,8 @@ type Fleet struct {
 	warm *histSnapshot
 
 	c counters
+	// cc counts what devices did with commands (commands.go).
+	cc cmdCounters
 	// stampedeC is closed to make every connected device drop its connection (then replaced).
 	// Under mu.
 	stampedeC chan struct{}
