@@ -2,6 +2,7 @@ package sim
 
 import (
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,7 +43,14 @@ type cmdCounters struct {
 	expired    atomic.Uint64 // received after its expiry: refused, not executed
 	reports    atomic.Uint64 // reports sent (resends included)
 	acked      atomic.Uint64 // report acks received
+	// latency is from the API call to the device's receipt, for commands that carry
+	// BenchSentParam (internal/bench/cmdlat sets it; the same host's clock).
+	latency histogram
 }
+
+// BenchSentParam is the command parameter in which a benchmark puts the time it called the API
+// (Unix nanoseconds): a device that gets it records how long the command took to reach it.
+const BenchSentParam = "bench_sent_ns"
 
 // CommandStats are the figures of a fleet's commands, in its summary.
 type CommandStats struct {
@@ -54,18 +62,31 @@ type CommandStats struct {
 	Expired    uint64 `json:"expired"`
 	Reports    uint64 `json:"reports"`
 	ReportAcks uint64 `json:"report_acks"`
+	// LatencyMs is from the API call to the device's receipt of commands that carry
+	// BenchSentParam; absent when none did.
+	LatencyMs *LatencyMs `json:"latency_ms,omitempty"`
 }
 
 func (c *cmdCounters) stats() CommandStats {
-	return CommandStats{Received: c.received.Load(), Executed: c.executed.Load(), Succeeded: c.succeeded.Load(),
+	s := CommandStats{Received: c.received.Load(), Executed: c.executed.Load(), Succeeded: c.succeeded.Load(),
 		Failed: c.failed.Load(), Duplicates: c.duplicates.Load(), Expired: c.expired.Load(),
 		Reports: c.reports.Load(), ReportAcks: c.acked.Load()}
+	if l := c.latency.snapshot().latency(); l.Count > 0 {
+		ms := latencyMs(l)
+		s.LatencyMs = &ms
+	}
+	return s
 }
 
 // command handles a command frame received at now.
 func (d *device) command(cmd *telemetry.Command, now time.Time) {
 	f := d.f
 	f.cc.received.Add(1)
+	if v, ok := cmd.GetParams()[BenchSentParam]; ok {
+		if ns, err := strconv.ParseInt(v, 10, 64); err == nil {
+			f.cc.latency.recordN(now.Sub(time.Unix(0, ns)), 1)
+		}
+	}
 	s := &d.cmd
 	s.mu.Lock()
 	if s.cmds == nil {
