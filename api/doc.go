@@ -57,6 +57,17 @@
 //     after, when) in the same transaction as the change.
 //   - Bulk import is one transaction: all rows or none, with a report of
 //     every refused row.
+//   - Commands (commands.go, commands_delivery.go; docs/commands.md). A
+//     command is committed before its 201, ordered per device by seq,
+//     bounded per device (429 queue_full, nothing dropped). Frontends
+//     long-poll GET /v1/frontends/{id}/commands (follower role) for the
+//     commands of the devices presence puts on them, marked sent in the
+//     same write; a command is due again when its device connected since
+//     the last attempt, when a frontend reports it undeliverable, or after
+//     a doubling resend delay, and an attempt in flight holds the device's
+//     later commands back. An expired command is never dispatched. Device
+//     reports move it to delivered, succeeded or failed; the device's word
+//     wins over an expiry marked meanwhile.
 //   - Bootstrap. A start that finds no operator creates an admin of every
 //     fleet and writes its key to a 0600 file (-bootstrap-key-file),
 //     logging the path, never the key.
