@@ -34,11 +34,17 @@ import (
 type DispatchedCommand = apiclient.DispatchedCommand
 
 // notifier wakes waiting requests of this replica: command waits by
-// command id, dispatch long polls by frontend.
+// command id, dispatch long polls by frontend. For each frontend it also
+// keeps the devices that may have work (a new command, a connect, a
+// report), so that a wake-up reads those devices' commands, not every open
+// command: the full scan (resend delays, other replicas) runs at most once
+// per -command-poll per frontend.
 type notifier struct {
-	mu   sync.Mutex
-	cmds map[string]*watch
-	fes  map[string]*watch
+	mu       sync.Mutex
+	cmds     map[string]*watch
+	fes      map[string]*watch
+	work     map[string]map[string]struct{} // frontend → devices
+	lastFull map[string]time.Time           // frontend → last full scan
 }
 
 type watch struct {
@@ -47,7 +53,8 @@ type watch struct {
 }
 
 func newNotifier() *notifier {
-	return &notifier{cmds: map[string]*watch{}, fes: map[string]*watch{}}
+	return &notifier{cmds: map[string]*watch{}, fes: map[string]*watch{}, work: map[string]map[string]struct{}{},
+		lastFull: map[string]time.Time{}}
 }
 
 func (n *notifier) watchKey(m map[string]*watch, key string) (<-chan struct{}, func()) {
@@ -90,15 +97,54 @@ func (n *notifier) commandsChanged(ids ...string) { n.fire(n.cmds, ids...) }
 // watchFrontend returns a channel closed when a frontend may have work.
 func (n *notifier) watchFrontend(fe string) (<-chan struct{}, func()) { return n.watchKey(n.fes, fe) }
 
-// wakeFrontends wakes the dispatch long polls of these frontends.
-func (n *notifier) wakeFrontends(fes ...string) { n.fire(n.fes, fes...) }
+// maxWorkDevices bounds the devices a frontend's wake-ups remember; past
+// it the next pass is a full scan.
+const maxWorkDevices = 10_000
 
-// wakeDeviceFrontend wakes the frontend that holds the device, if any.
+// addWork records that devices of frontend fe may have commands due, and
+// wakes its long poll.
+func (n *notifier) addWork(fe string, devs ...string) {
+	n.mu.Lock()
+	set := n.work[fe]
+	if set == nil {
+		set = map[string]struct{}{}
+		n.work[fe] = set
+	}
+	for _, d := range devs {
+		if len(set) >= maxWorkDevices {
+			delete(n.lastFull, fe) // too many: scan them all
+			break
+		}
+		set[d] = struct{}{}
+	}
+	n.mu.Unlock()
+	n.fire(n.fes, fe)
+}
+
+// takeWork returns the devices recorded for fe (and forgets them), and
+// whether a full scan is due instead (at most one per every).
+func (n *notifier) takeWork(fe string, now time.Time, every time.Duration) (devs []string, full bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	set := n.work[fe]
+	delete(n.work, fe)
+	if now.Sub(n.lastFull[fe]) >= every {
+		n.lastFull[fe] = now
+		return nil, true
+	}
+	for d := range set {
+		devs = append(devs, d)
+	}
+	return devs, false
+}
+
+// wakeDeviceFrontend wakes the frontend that holds the device, if any,
+// for that device.
 func (s *Server) wakeDeviceFrontend(ctx context.Context, devID string) {
 	var fe string
 	err := s.db.rdb.QueryRowContext(ctx, `SELECT frontend FROM device_presence WHERE device_id = $1 AND connected = 1`, devID).Scan(&fe)
 	if err == nil {
-		s.notify.wakeFrontends(fe)
+		s.notify.addWork(fe, devID)
 	}
 }
 
@@ -131,7 +177,12 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 		// Watch before reading, so that a change between the read and the
 		// wait is not missed.
 		ch, release := s.notify.watchFrontend(fe)
-		cmds, err := s.dispatch(ctx, fe, time.Now())
+		now := time.Now()
+		var cmds []DispatchedCommand
+		devs, full := s.notify.takeWork(fe, now, s.cfg.Commands.Poll)
+		if full || len(devs) > 0 {
+			cmds, err = s.dispatch(ctx, fe, now, devs)
+		}
 		if err != nil || len(cmds) > 0 {
 			release()
 			if err != nil {
@@ -170,16 +221,25 @@ type dueRow struct {
 	lastSeen int64
 }
 
-// dispatch picks the commands due for fe's devices at now and marks them
-// sent to fe. Reading is outside the write transaction (cheap, concurrent);
-// each mark is conditional on the row being unchanged, so two dispatches
-// never hand out the same attempt.
-func (s *Server) dispatch(ctx context.Context, fe string, now time.Time) ([]DispatchedCommand, error) {
+// dispatch picks the commands due for fe's devices at now (only those of
+// devs unless devs is nil) and marks them sent to fe. Reading is outside
+// the write transaction (cheap, concurrent); each mark is conditional on
+// the row being unchanged, so two dispatches never hand out the same
+// attempt.
+func (s *Server) dispatch(ctx context.Context, fe string, now time.Time, devs []string) ([]DispatchedCommand, error) {
+	args := []any{fe}
+	only := ""
+	if devs != nil {
+		only = ` AND c.device_id IN (` + placeholders(2, len(devs)) + `)`
+		for _, d := range devs {
+			args = append(args, d)
+		}
+	}
 	rows, err := s.db.rdb.QueryContext(ctx, `SELECT c.id, c.device_id, c.seq, c.name, c.params, c.expires_at, c.state,
  c.sent_at, c.sent_to, c.attempts, p.last_seen_at
 FROM commands c JOIN device_presence p ON p.device_id = c.device_id
-WHERE p.frontend = $1 AND p.connected = 1 AND c.state IN `+openStates+`
-ORDER BY c.device_id, c.seq`, fe)
+WHERE p.frontend = $1 AND p.connected = 1 AND c.state IN `+openStates+only+`
+ORDER BY c.device_id, c.seq`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: %w", err)
 	}
@@ -308,9 +368,12 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 		s.metrics.commands.WithLabelValues(res).Add(float64(n))
 	}
 	s.notify.commandsChanged(changed...)
-	// A report may unblock the device's next command; an undeliverable
-	// one may now be due elsewhere.
-	s.notify.wakeFrontends(fe)
+	// A report may unblock the device's next command.
+	devs := make([]string, 0, len(in.Reports))
+	for _, rep := range in.Reports {
+		devs = append(devs, rep.DeviceID)
+	}
+	s.notify.addWork(fe, devs...)
 	writeJSON(w, http.StatusOK, map[string]int{"applied": len(changed), "ignored": applied["ignored"]})
 	return nil
 }

@@ -281,3 +281,23 @@ func TestCommandOrderAndUndeliverable(t *testing.T) {
 		t.Fatalf("after reconnect: %+v, want a then b", d)
 	}
 }
+
+// TestCommandResentAfterDelay: an attempt the device never acknowledged
+// (its frontend died with it, or the frame was lost) is sent again after
+// the resend delay, found by the periodic scan without any other event.
+func TestCommandResentAfterDelay(t *testing.T) {
+	c := startCmdEnv(t, backends[0], func(cfg *Config) { cfg.Commands.Resend = 200 * time.Millisecond })
+	c.presence("fe-1", "truck-1", true, time.Now())
+	cmd := c.send("truck-1", map[string]any{"name": "locate"})
+	if d := c.dispatch("fe-1", "5s"); len(d) != 1 {
+		t.Fatalf("first attempt: %+v", d)
+	}
+	began := time.Now()
+	d := c.dispatch("fe-1", "5s")
+	if len(d) != 1 || d[0].ID != cmd.ID || time.Since(began) < 150*time.Millisecond {
+		t.Fatalf("resend: %+v after %v", d, time.Since(began))
+	}
+	if got := c.get("truck-1", cmd.ID); got.Attempts != 2 || got.State != CmdSent {
+		t.Errorf("after the resend: %+v", got)
+	}
+}

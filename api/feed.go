@@ -299,6 +299,7 @@ WHERE excluded.last_seen_at >= device_presence.last_seen_at
 	}
 	defer stmt.Close()
 	stored := 0
+	var connects []string
 	for _, rep := range in.Reports {
 		res, err := stmt.ExecContext(ctx, rep.ID, rep.SeenAt.UnixMilli(), in.Frontend, rep.RemoteAddr, boolInt(rep.Connected))
 		if err != nil {
@@ -306,14 +307,17 @@ WHERE excluded.last_seen_at >= device_presence.last_seen_at
 		}
 		if n, _ := res.RowsAffected(); n > 0 {
 			stored++
+			if rep.Connected {
+				connects = append(connects, rep.ID)
+			}
 		}
 	}
 	if err := t.Commit(); err != nil {
 		return fmt.Errorf("presence: %w", err)
 	}
 	s.metrics.presence.Add(float64(len(in.Reports)))
-	if stored > 0 {
-		s.notify.wakeFrontends(in.Frontend)
+	if len(connects) > 0 {
+		s.notify.addWork(in.Frontend, connects...)
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"received": len(in.Reports), "stored": stored})
 	return nil
