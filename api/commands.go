@@ -321,6 +321,7 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 	}
 	if status == http.StatusCreated {
 		s.metrics.commands.WithLabelValues("created").Inc()
+		s.events.publish(CommandEvent{ID: cmd.ID, DeviceID: devID, State: CmdQueued, At: cmd.CreatedAt})
 		s.wakeDeviceFrontend(ctx, devID)
 	}
 	if wait > 0 && !cmdFinal(cmd.State) {
@@ -494,6 +495,9 @@ WHERE id = $4`, CmdCancelled, t.ms(), p.actor(), id); err != nil {
 	}
 	s.metrics.commands.WithLabelValues(CmdCancelled).Inc()
 	s.notify.commandsChanged(id)
+	if c.CompletedAt != nil {
+		s.events.publish(CommandEvent{ID: id, DeviceID: devID, State: CmdCancelled, At: *c.CompletedAt})
+	}
 	writeJSON(w, http.StatusOK, c)
 	return nil
 }

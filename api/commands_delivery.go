@@ -308,10 +308,13 @@ ORDER BY c.device_id, c.seq`, args...)
 		return nil, err
 	}
 	ids := make([]string, len(out))
+	evs := make([]CommandEvent, len(out))
 	for i, c := range out {
 		ids[i] = c.ID
+		evs[i] = CommandEvent{ID: c.ID, DeviceID: c.DeviceID, State: CmdSent, At: msTime(nowMs)}
 	}
 	s.notify.commandsChanged(ids...)
+	s.events.publish(evs...)
 	s.metrics.commands.WithLabelValues("sent").Add(float64(len(out)))
 	return out, nil
 }
@@ -345,9 +348,10 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	}
 	ctx := r.Context()
 	var changed []string
+	var evs []CommandEvent
 	applied := map[string]int{}
 	err := s.db.write(ctx, func(t *tx) error {
-		changed = changed[:0]
+		changed, evs = changed[:0], evs[:0]
 		clear(applied)
 		for _, rep := range in.Reports {
 			res, err := s.applyReport(t, fe, rep)
@@ -357,6 +361,11 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 			applied[res]++
 			if res != "ignored" {
 				changed = append(changed, rep.ID)
+				state := res
+				if res == "requeued" {
+					state = CmdQueued
+				}
+				evs = append(evs, CommandEvent{ID: rep.ID, DeviceID: rep.DeviceID, State: state, At: msTime(t.ms())})
 			}
 		}
 		return nil
@@ -368,6 +377,7 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 		s.metrics.commands.WithLabelValues(res).Add(float64(n))
 	}
 	s.notify.commandsChanged(changed...)
+	s.events.publish(evs...)
 	// A report may unblock the device's next command.
 	devs := make([]string, 0, len(in.Reports))
 	for _, rep := range in.Reports {
@@ -458,20 +468,22 @@ func (s *Server) sweepCommands(ctx context.Context) {
 func (s *Server) sweepOnce(ctx context.Context, now time.Time) error {
 	nowMs := now.UnixMilli()
 	grace := s.cfg.Commands.ReportGrace.Milliseconds()
-	const pick = `SELECT id FROM commands WHERE state IN ` + openStates + ` AND
+	const pick = `SELECT id, device_id FROM commands WHERE state IN ` + openStates + ` AND
  ((state = 'queued' AND expires_at <= $1) OR (state = 'sent' AND expires_at <= $2))`
 	rows, err := s.db.rdb.QueryContext(ctx, pick, nowMs, nowMs-grace)
 	if err != nil {
 		return fmt.Errorf("sweep: %w", err)
 	}
 	var ids []string
+	devOf := map[string]string{}
 	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+		var id, dev string
+		if err := rows.Scan(&id, &dev); err != nil {
 			rows.Close()
 			return fmt.Errorf("sweep: %w", err)
 		}
 		ids = append(ids, id)
+		devOf[id] = dev
 	}
 	rows.Close()
 	if len(ids) == 0 {
@@ -497,5 +509,10 @@ WHERE id = $3 AND ((state = 'queued' AND expires_at <= $2) OR (state = 'sent' AN
 	}
 	s.metrics.commands.WithLabelValues(CmdExpired).Add(float64(len(done)))
 	s.notify.commandsChanged(done...)
+	evs := make([]CommandEvent, len(done))
+	for i, id := range done {
+		evs[i] = CommandEvent{ID: id, DeviceID: devOf[id], State: CmdExpired, At: msTime(nowMs)}
+	}
+	s.events.publish(evs...)
 	return nil
 }

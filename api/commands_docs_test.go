@@ -42,7 +42,12 @@ func TestCommandDocsCurlExamples(t *testing.T) {
 		t.Fatalf("the examples of docs/commands.md failed: %v\n%s", err, out)
 	}
 	t.Logf("%s", out)
-	lines := strings.Fields(string(out))
+	var lines []string // the examples' output, without the block markers
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if !strings.HasPrefix(l, ">>> ") {
+			lines = append(lines, strings.TrimSpace(l))
+		}
+	}
 	// What the walk-through says it shows: the wait answers queued (the
 	// device is offline), the cancel answers cancelled, the retried
 	// request made one command.
@@ -51,12 +56,13 @@ func TestCommandDocsCurlExamples(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	if lines[len(lines)-1] != "1" {
-		t.Errorf("the idempotent retry made %s commands, want 1", lines[len(lines)-1])
+	// The idempotent retry's count, then the event stream's one state.
+	if n := len(lines); n < 2 || lines[n-2] != "1" || lines[n-1] != "queued" {
+		t.Errorf("the last outputs are %q, want the retry's 1 command and the event stream's queued", lines[max(0, n-2):])
 	}
 	var page listResponse[Command]
 	e.must(200, req{method: "GET", path: "/v1/devices/truck-042/commands", key: e.adminKey}, &page)
-	if len(page.Items) != 3 {
-		t.Errorf("%d commands after the walk-through, want 3", len(page.Items))
+	if len(page.Items) != 4 {
+		t.Errorf("%d commands after the walk-through, want 4", len(page.Items))
 	}
 }

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"bufio"
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -299,5 +302,47 @@ func TestCommandResentAfterDelay(t *testing.T) {
 	}
 	if got := c.get("truck-1", cmd.ID); got.Attempts != 2 || got.State != CmdSent {
 		t.Errorf("after the resend: %+v", got)
+	}
+}
+
+// TestCommandEvents: the event stream carries the state changes of the
+// caller's fleets only, in order.
+func TestCommandEvents(t *testing.T) {
+	c := startCmdEnv(t, backends[0])
+	c.makeFleet("f-a")
+	c.makeFleet("f-b")
+	c.must(201, req{method: "POST", path: "/v1/devices", key: c.adminKey, body: map[string]any{"id": "a1", "fleet": "f-a"}}, nil)
+	c.must(201, req{method: "POST", path: "/v1/devices", key: c.adminKey, body: map[string]any{"id": "b1", "fleet": "f-b"}}, nil)
+	_, viewerA := c.makeOperator("watcher", RoleViewer, "f-a")
+	hreq, _ := http.NewRequest("GET", c.base+"/v1/commands/events?max_events=2&duration=10s", nil)
+	hreq.Header.Set("Authorization", "Bearer "+viewerA)
+	res, err := http.DefaultClient.Do(hreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+	}
+	sc := bufio.NewScanner(res.Body)
+	if !sc.Scan() || sc.Text() != ": command events" { // subscribed from here
+		t.Fatalf("first line %q", sc.Text())
+	}
+	c.send("b1", map[string]any{"name": "bravo-only"})
+	a := c.send("a1", map[string]any{"name": "unlock"})
+	c.must(200, req{method: "POST", path: "/v1/devices/a1/commands/" + a.ID + "/cancel", key: c.adminKey}, nil)
+	var got []CommandEvent
+	for sc.Scan() {
+		line := sc.Text()
+		if data, ok := strings.CutPrefix(line, "data: "); ok {
+			var ev CommandEvent
+			if err := json.Unmarshal([]byte(data), &ev); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, ev)
+		}
+	}
+	if len(got) != 2 || got[0].ID != a.ID || got[0].State != CmdQueued || got[1].State != CmdCancelled || got[1].DeviceID != "a1" {
+		t.Errorf("events %+v, want a1's queued then cancelled only", got)
 	}
 }

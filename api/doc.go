@@ -67,7 +67,9 @@
 //     a doubling resend delay, and an attempt in flight holds the device's
 //     later commands back. An expired command is never dispatched. Device
 //     reports move it to delivered, succeeded or failed; the device's word
-//     wins over an expiry marked meanwhile.
+//     wins over an expiry marked meanwhile. GET /v1/commands/events
+//     streams this replica's command changes (server-sent events), each
+//     filtered by the device's fleet read when the event is sent.
 //   - Bootstrap. A start that finds no operator creates an admin of every
 //     fleet and writes its key to a 0600 file (-bootstrap-key-file),
 //     logging the path, never the key.

@@ -75,6 +75,7 @@ func (s *Server) routeTable() []route {
 		{method: "POST", pattern: "/v1/devices/{id}/commands", perm: permDevices, h: s.createCommand},
 		{method: "GET", pattern: "/v1/devices/{id}/commands/{cmd}", perm: permRead, h: s.getCommand},
 		{method: "POST", pattern: "/v1/devices/{id}/commands/{cmd}/cancel", perm: permDevices, h: s.cancelCommand},
+		{method: "GET", pattern: "/v1/commands/events", perm: permRead, h: s.commandEvents},
 
 		{method: "GET", pattern: "/v1/audit", perm: permRead, h: s.listAudit},
 

@@ -174,6 +174,10 @@ var scopeCases = map[string]scopeCase{
 			{method: "POST", path: "/v1/devices/alpha-dev-1/commands/" + f.cmdB + "/cancel"}}
 	},
 	"GET /v1/frontends/{id}/commands": one("GET", "/v1/frontends/fe-1/commands?wait=0s", nil),
+	"GET /v1/commands/events": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/commands/events?device=bravo-dev-1&duration=10ms"},
+			{method: "GET", path: "/v1/commands/events?duration=10ms"}}
+	},
 	"POST /v1/frontends/{id}/command-reports": func(f *fixture) []req {
 		return []req{{method: "POST", path: "/v1/frontends/fe-1/command-reports", body: map[string]any{"reports": []map[string]any{
 			{"id": f.cmdB, "device_id": "bravo-dev-1", "outcome": "failed", "at": 1}}}}}
@@ -262,6 +266,9 @@ func TestRoles(t *testing.T) {
 		for _, rt := range s.routeTable() {
 			name := rt.method + " " + rt.pattern
 			path := strings.NewReplacer("{id}", "nope", "{key}", "nope", "{cmd}", "nope").Replace(rt.pattern)
+			if rt.pattern == "/v1/commands/events" {
+				path += "?duration=10ms" // a stream: end it
+			}
 			res := e.do(req{method: rt.method, path: path, key: keys[role], body: map[string]any{}, invalid: true})
 			if ok(name) && res.status == http.StatusForbidden {
 				t.Errorf("%s may call %s, got 403: %s", role, name, res.body)

@@ -34,6 +34,7 @@ type Server struct {
 
 	db      *store
 	notify  *notifier
+	events  *eventBus
 	handler http.Handler
 	routes  []route
 
@@ -76,6 +77,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 			return nil, err
 		}
 	}
+	s.events = newEventBus(s)
 	s.routes = s.routeTable()
 	s.handler = s.buildHandler()
 	return s, nil
@@ -161,6 +163,7 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.pollVersion(bg) })
 	wg.Go(func() { s.pruneTombstones(bg) })
 	wg.Go(func() { s.sweepCommands(bg) })
+	wg.Go(func() { s.events.run(bg) })
 	if s.certs != nil {
 		wg.Go(func() { s.certs.reloadOnSIGHUP(bg, s.log) })
 	}
