@@ -346,3 +346,43 @@ func TestCommandEvents(t *testing.T) {
 		t.Errorf("events %+v, want a1's queued then cancelled only", got)
 	}
 }
+
+// TestCommandLateReportAndFailure: a sent command is marked expired only
+// after the report grace; a device's report that comes later still wins
+// (it says what the device did); a failure keeps the device's message.
+func TestCommandLateReportAndFailure(t *testing.T) {
+	c := startCmdEnv(t, backends[0], func(cfg *Config) {
+		cfg.Commands.ReportGrace, cfg.Commands.Resend = 200*time.Millisecond, time.Hour
+	})
+	c.presence("fe-1", "truck-1", true, time.Now())
+	late := c.send("truck-1", map[string]any{"name": "unlock", "ttl": "1s"})
+	if d := c.dispatch("fe-1", "5s"); len(d) != 1 {
+		t.Fatalf("dispatch: %+v", d)
+	}
+	var got Command
+	c.must(200, req{method: "GET", path: "/v1/devices/truck-1/commands/" + late.ID + "?wait=5s", key: c.adminKey}, &got)
+	if got.State != CmdExpired || got.SentAt == nil {
+		t.Fatalf("a sent command past its TTL and grace: %+v", got)
+	}
+	if exp := got.CompletedAt.Sub(got.ExpiresAt); exp < 200*time.Millisecond {
+		t.Errorf("marked expired %v after its expiry, want after the 200ms grace", exp)
+	}
+	c.report("fe-1", "truck-1", late.ID, "succeeded", "done late", "")
+	if got = c.get("truck-1", late.ID); got.State != CmdSucceeded || got.Message != "done late" {
+		t.Errorf("the device's late report: %+v", got)
+	}
+	f := c.send("truck-1", map[string]any{"name": "immobilise"})
+	if d := c.dispatch("fe-1", "5s"); len(d) != 1 || d[0].ID != f.ID {
+		t.Fatalf("dispatch: %+v", d)
+	}
+	c.report("fe-1", "truck-1", f.ID, "failed", "engine running: refused", "")
+	if got = c.get("truck-1", f.ID); got.State != CmdFailed || got.Message != "engine running: refused" || got.DeliveredAt == nil || got.CompletedAt == nil {
+		t.Errorf("failed: %+v", got)
+	}
+	// A report of a command never sent is ignored: nothing reached the device.
+	q := c.send("truck-2", map[string]any{"name": "locate"})
+	c.report("fe-1", "truck-2", q.ID, "succeeded")
+	if got = c.get("truck-2", q.ID); got.State != CmdQueued {
+		t.Errorf("a report of a command never sent applied: %+v", got)
+	}
+}
