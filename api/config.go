@@ -102,6 +102,9 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// Commands bounds commands to devices (commands.go).
 	Commands CommandConfig
+	// FirmwareMaxBytes bounds an uploaded firmware image (at most
+	// MaxBodyBytes).
+	FirmwareMaxBytes int64
 }
 
 // apiAuthLimit is the API's failure limit: stricter than a device edge's
@@ -130,6 +133,7 @@ func DefaultConfig() Config {
 		AuthLimit:          apiAuthLimit(),
 		ShutdownGrace:      10 * time.Second,
 		Commands:           DefaultCommandConfig(),
+		FirmwareMaxBytes:   32 << 20,
 	}
 }
 
@@ -168,6 +172,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) requests in flight may take to finish")
 	c.Commands.RegisterFlags(fs)
+	fs.Int64Var(&c.FirmwareMaxBytes, "firmware-max-bytes", c.FirmwareMaxBytes,
+		"largest firmware image in `bytes` (at most -max-body-bytes)")
 }
 
 // Validate reports every problem of the configuration at once, and reads
@@ -225,6 +231,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.Commands.validate()...)
+	if c.FirmwareMaxBytes <= 0 || c.FirmwareMaxBytes > c.MaxBodyBytes {
+		errs = append(errs, fmt.Errorf("firmware-max-bytes: %d, want > 0 and at most -max-body-bytes (%d)", c.FirmwareMaxBytes, c.MaxBodyBytes))
+	}
 	if err := c.AuthLimit.Validate("auth-"); err != nil {
 		errs = append(errs, err)
 	}

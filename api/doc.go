@@ -70,6 +70,12 @@
 //     wins over an expiry marked meanwhile. GET /v1/commands/events
 //     streams this replica's command changes (server-sent events), each
 //     filtered by the device's fleet read when the event is sent.
+//   - Firmware images (firmware.go; docs/firmware.md): streamed to the
+//     local store and hashed on the way, written atomically, refused whole
+//     (nothing kept) when over -firmware-max-bytes or not the SHA-256 the
+//     uploader gave; served with range requests (ETag = SHA-256) so that a
+//     transfer resumes from its last byte. Fleet-wide: admins of every
+//     fleet upload and delete, readers read.
 //   - Bootstrap. A start that finds no operator creates an admin of every
 //     fleet and writes its key to a 0600 file (-bootstrap-key-file),
 //     logging the path, never the key.

@@ -77,6 +77,12 @@ func (s *Server) routeTable() []route {
 		{method: "POST", pattern: "/v1/devices/{id}/commands/{cmd}/cancel", perm: permDevices, h: s.cancelCommand},
 		{method: "GET", pattern: "/v1/commands/events", perm: permRead, h: s.commandEvents},
 
+		{method: "GET", pattern: "/v1/firmware", perm: permRead, h: s.listFirmware},
+		{method: "POST", pattern: "/v1/firmware", perm: permAdminAll, h: s.uploadFirmware},
+		{method: "GET", pattern: "/v1/firmware/{id}", perm: permRead, h: s.getFirmware},
+		{method: "DELETE", pattern: "/v1/firmware/{id}", perm: permAdminAll, h: s.deleteFirmware},
+		{method: "GET", pattern: "/v1/firmware/{id}/content", perm: permRead, h: s.firmwareContent},
+
 		{method: "GET", pattern: "/v1/audit", perm: permRead, h: s.listAudit},
 
 		{method: "GET", pattern: "/v1/feed/snapshot", perm: permFollower, h: s.feedSnapshot},

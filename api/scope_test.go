@@ -19,6 +19,7 @@ type fixture struct {
 	follower                   string
 	opB, keyB, ltB, ltA        string // ids
 	cmdB                       string // a queued command of bravo-dev-1
+	fw                         string // a firmware image (fleet-wide: readers see it, scoped admins cannot change it)
 }
 
 // bravo markers: strings that belong to fleet B only. None may reach a key
@@ -57,6 +58,9 @@ func newFixture(t *testing.T, b backend) *fixture {
 	var cmd Command
 	e.must(201, req{method: "POST", path: "/v1/devices/bravo-dev-1/commands", key: e.adminKey, body: map[string]any{"name": "bravo-secret-name"}}, &cmd)
 	f.cmdB = cmd.ID
+	var fw Firmware
+	e.must(201, req{method: "POST", path: "/v1/firmware?version=1.0", key: e.adminKey, body: []byte("image"), contentType: "application/octet-stream"}, &fw)
+	f.fw = fw.ID
 	return f
 }
 
@@ -67,7 +71,7 @@ func (f *fixture) bravoState(t *testing.T) string {
 	var parts []string
 	for _, p := range []string{
 		"/v1/devices?fleet=fleet-bravo", "/v1/fleets/fleet-bravo", "/v1/operators/" + f.opB, "/v1/operators/" + f.opB + "/keys",
-		"/v1/live-tokens/" + f.ltB, "/v1/classes/van", "/v1/devices/bravo-dev-1/commands",
+		"/v1/live-tokens/" + f.ltB, "/v1/classes/van", "/v1/devices/bravo-dev-1/commands", "/v1/firmware",
 	} {
 		parts = append(parts, string(e.must(200, req{method: "GET", path: p, key: e.adminKey}, nil).body))
 	}
@@ -182,10 +186,17 @@ var scopeCases = map[string]scopeCase{
 		return []req{{method: "POST", path: "/v1/frontends/fe-1/command-reports", body: map[string]any{"reports": []map[string]any{
 			{"id": f.cmdB, "device_id": "bravo-dev-1", "outcome": "failed", "at": 1}}}}}
 	},
-	"GET /v1/feed/snapshot":    one("GET", "/v1/feed/snapshot", nil),
-	"GET /v1/feed/changes":     one("GET", "/v1/feed/changes?since=0", nil),
-	"GET /v1/feed/live-tokens": one("GET", "/v1/feed/live-tokens?since=0", nil),
-	"POST /v1/feed/presence":   one("POST", "/v1/feed/presence", map[string]any{"frontend": "fe", "reports": []map[string]any{{"id": "bravo-dev-1", "seen_at": "2025-01-01T00:00:00Z"}}}),
+	"GET /v1/firmware": one("GET", "/v1/firmware", nil),
+	"POST /v1/firmware": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/firmware?version=9.9", body: []byte("image"), contentType: "application/octet-stream"}}
+	},
+	"GET /v1/firmware/{id}":         func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw}} },
+	"DELETE /v1/firmware/{id}":      func(f *fixture) []req { return []req{{method: "DELETE", path: "/v1/firmware/" + f.fw}} },
+	"GET /v1/firmware/{id}/content": func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw + "/content"}} },
+	"GET /v1/feed/snapshot":         one("GET", "/v1/feed/snapshot", nil),
+	"GET /v1/feed/changes":          one("GET", "/v1/feed/changes?since=0", nil),
+	"GET /v1/feed/live-tokens":      one("GET", "/v1/feed/live-tokens?since=0", nil),
+	"POST /v1/feed/presence":        one("POST", "/v1/feed/presence", map[string]any{"frontend": "fe", "reports": []map[string]any{{"id": "bravo-dev-1", "seen_at": "2025-01-01T00:00:00Z"}}}),
 }
 
 func TestScopeEveryEndpoint(t *testing.T) {
