@@ -92,12 +92,15 @@ func (f *Frontend) startCommands() (*commander, error) {
 	return c, nil
 }
 
-// run polls for commands and posts reports until ctx ends.
+// run polls for commands and posts reports until ctx ends, then closes
+// its idle connections to the API (a connection dialed for a request that
+// was cancelled would otherwise hold up the API's own shutdown for 5 s).
 func (c *commander) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { c.poll(ctx) })
 	wg.Go(func() { c.post(ctx) })
 	wg.Wait()
+	c.client.Close()
 }
 
 // poll long-polls the API for commands and writes them.

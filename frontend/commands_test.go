@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
@@ -215,5 +216,28 @@ func TestExpiredCommandNotWritten(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(e.f.commands.events.WithLabelValues("expired")); n != 1 {
 		t.Errorf("expired = %v, want 1", n)
+	}
+}
+
+// TestQueuedCommandInDeviceEncoding: a JSON device that connects with
+// ?encoding=json gets a command queued while it was away as JSON, before
+// it has sent a frame.
+func TestQueuedCommandInDeviceEncoding(t *testing.T) {
+	cp := startControlPlane(t, t.TempDir(), freeLoopback(t))
+	cp.call("POST", "/v1/fleets", map[string]string{"id": "acme"}, nil)
+	tok := cp.device(0)
+	e := start(t, followConfig(t, cp))
+	queued, err := cp.post(deviceID(0), "", map[string]any{"name": "locate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := e.url + "?" + url.Values{QueryDevice: {deviceID(0)}, QueryToken: {tok}, QueryEncoding: {"json"}}.Encode()
+	ws, _, err := (&websocket.Dialer{HandshakeTimeout: 5 * time.Second}).Dial(u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if cmd := downlink(t, ws, true).GetCommand(); cmd == nil || cmd.Id != queued.ID {
+		t.Fatalf("first frame: %v", cmd)
 	}
 }

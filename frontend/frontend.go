@@ -39,6 +39,11 @@ const (
 	QueryDevice = "device"
 	// QueryToken is the query parameter carrying the device's token.
 	QueryToken = "token"
+	// QueryEncoding=json tells the frontend that the device reads JSON
+	// text frames: what the server sends before the device's first frame
+	// (a command queued while it was away) is then JSON. Afterwards the
+	// encoding of the device's last frame decides.
+	QueryEncoding = "encoding"
 )
 
 var (
@@ -503,6 +508,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	f.m.connectionsAccepted.Inc()
 	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
 	c := &conn{f: f, ws: ws, cred: grant, client: src}
+	c.text.Store(r.URL.Query().Get(QueryEncoding) == "json")
 	if !f.track(c) {
 		// Shutdown began during the upgrade: this connection never
 		// reaches a read loop.
