@@ -81,7 +81,7 @@ func (s *Server) routeTable() []route {
 		{method: "POST", pattern: "/v1/firmware", perm: permAdminAll, h: s.uploadFirmware},
 		{method: "GET", pattern: "/v1/firmware/{id}", perm: permRead, h: s.getFirmware},
 		{method: "DELETE", pattern: "/v1/firmware/{id}", perm: permAdminAll, h: s.deleteFirmware},
-		{method: "GET", pattern: "/v1/firmware/{id}/content", perm: permRead, h: s.firmwareContent},
+		{method: "GET", pattern: "/v1/firmware/{id}/content", perm: permAny, h: s.firmwareContent}, // followers too: frontends serve devices
 
 		{method: "GET", pattern: "/v1/audit", perm: permRead, h: s.listAudit},
 

@@ -263,6 +263,7 @@ func TestRoles(t *testing.T) {
 		},
 		"follower": func(route string) bool {
 			return strings.Contains(route, "/v1/feed/") || strings.Contains(route, "/v1/frontends/") ||
+				route == "GET /v1/firmware/{id}/content" ||
 				route == "GET /v1/me" || route == "GET /v1/openapi.json"
 		},
 	}

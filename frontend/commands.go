@@ -55,6 +55,7 @@ type commander struct {
 
 	events  *prometheus.CounterVec
 	dropped prometheus.Counter
+	fwBytes prometheus.Counter
 }
 
 func newCommander(f *Frontend, client *apiclient.Client) (*commander, error) {
@@ -65,8 +66,10 @@ func newCommander(f *Frontend, client *apiclient.Client) (*commander, error) {
 			[]string{"event"}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_frontend_command_reports_dropped_total",
 			Help: "Device command reports dropped because too many waited for the control plane (the device sends final reports again until acked)."}),
+		fwBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_frontend_firmware_bytes_total",
+			Help: "Firmware bytes served to devices (capped by -firmware-bytes-per-second)."}),
 	}
-	for _, col := range []prometheus.Collector{c.events, c.dropped} {
+	for _, col := range []prometheus.Collector{c.events, c.dropped, c.fwBytes} {
 		if err := f.reg.Register(col); err != nil {
 			return nil, fmt.Errorf("register command metrics: %w", err)
 		}

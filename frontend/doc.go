@@ -88,6 +88,11 @@
 // the path of readings: reports wait in a bounded list (100,000) that one
 // goroutine posts.
 //
+// Firmware downloads (firmware.go): GET /v1/firmware/{id} with the
+// device's own credentials, passed on to the control plane under the
+// follower key with Range and If-Range (resumable from any byte), served
+// through one token bucket of FirmwareBytesPerSecond for all downloads.
+//
 // # Shutdown
 //
 // When Run's context ends the frontend stops listening, asks every

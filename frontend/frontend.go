@@ -17,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
@@ -81,11 +82,13 @@ type Frontend struct {
 	routers routerWatch
 
 	// Set by Run before the server starts; read-only afterwards.
-	q         *queue.Queue
-	store     *registry.Store
-	presence  *presence       // nil unless following the control plane
-	commands  *commander      // nil unless following the control plane
-	appendCtx context.Context // cancelled when connections are closed by force
+	q        *queue.Queue
+	store    *registry.Store
+	presence *presence  // nil unless following the control plane
+	commands *commander // nil unless following the control plane
+	// firmwareLim caps firmware bytes served, all downloads together.
+	firmwareLim *rate.Limiter
+	appendCtx   context.Context // cancelled when connections are closed by force
 
 	mu      sync.Mutex // guards the fields below
 	closing bool
@@ -257,6 +260,10 @@ func (f *Frontend) Run(ctx context.Context) error {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc(IngestPath, f.serveIngest)
+	if cmdr != nil {
+		f.firmwareLim = newFirmwareLimiter(f.cfg.FirmwareBytesPerSecond)
+		mux.HandleFunc(FirmwarePath, f.serveFirmware)
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: f.cfg.WriteTimeout,

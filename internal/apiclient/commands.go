@@ -89,3 +89,36 @@ func (c *Client) ReportCommands(ctx context.Context, frontend string, reports []
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 	return resp.Body.Close()
 }
+
+// FirmwareContent GETs /v1/firmware/{id}/content with the device's Range
+// and If-Range headers (either may be empty) and returns the answer as it
+// is — 200, 206 or 416 — for a frontend to pass on; other statuses are an
+// *Error. The caller closes the body. ctx bounds the whole transfer.
+func (c *Client) FirmwareContent(ctx context.Context, id, rangeHdr, ifRange string) (*http.Response, error) {
+	key, err := c.key()
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/firmware/"+url.PathEscape(id)+"/content", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	if rangeHdr != "" {
+		req.Header.Set("Range", rangeHdr)
+	}
+	if ifRange != "" {
+		req.Header.Set("If-Range", ifRange)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusPartialContent, http.StatusRequestedRangeNotSatisfiable:
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return nil, &Error{Status: resp.StatusCode}
+}

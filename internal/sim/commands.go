@@ -65,6 +65,13 @@ type CommandStats struct {
 	// LatencyMs is from the API call to the device's receipt of commands that carry
 	// BenchSentParam; absent when none did.
 	LatencyMs *LatencyMs `json:"latency_ms,omitempty"`
+	// Firmware updates (FirmwareCommand): images verified and installed, failed, bytes
+	// received, downloads resumed after a drop, downloads started again from zero.
+	FirmwareInstalled uint64 `json:"firmware_installed"`
+	FirmwareFailed    uint64 `json:"firmware_failed"`
+	FirmwareBytes     uint64 `json:"firmware_bytes"`
+	FirmwareResumes   uint64 `json:"firmware_resumes"`
+	FirmwareRestarts  uint64 `json:"firmware_restarts"`
 }
 
 func (c *cmdCounters) stats() CommandStats {
@@ -114,6 +121,13 @@ func (d *device) command(cmd *telemetry.Command, now time.Time) {
 		d.wakeWriter()
 		return
 	}
+	if cmd.GetName() == FirmwareCommand {
+		s.out = append(s.out, &telemetry.CommandReport{Id: cmd.GetId(), Status: telemetry.CommandStatus_COMMAND_STATUS_RECEIVED})
+		s.mu.Unlock()
+		d.wakeWriter()
+		go d.updateFirmware(f.runCtx(), cmd)
+		return
+	}
 	delay := f.cfg.CommandDelay
 	if delay <= 0 {
 		s.mu.Unlock()
@@ -138,9 +152,14 @@ func (d *device) execute(cmd *telemetry.Command) {
 	} else {
 		f.cc.succeeded.Add(1)
 	}
+	d.finish(cmd.GetId(), rep)
+}
+
+// finish records a command's final report and queues it.
+func (d *device) finish(id string, rep *telemetry.CommandReport) {
 	s := &d.cmd
 	s.mu.Lock()
-	if st := s.cmds[cmd.GetId()]; st != nil {
+	if st := s.cmds[id]; st != nil {
 		st.final = rep
 	}
 	s.out = append(s.out, rep)
@@ -225,4 +244,12 @@ func (d *device) wakeWriter() {
 	case d.wake <- struct{}{}:
 	default:
 	}
+}
+
+// commandStats is cc's figures with the firmware ones.
+func (f *Fleet) commandStats() CommandStats {
+	s := f.cc.stats()
+	s.FirmwareInstalled, s.FirmwareFailed = f.fc.downloads.Load(), f.fc.failed.Load()
+	s.FirmwareBytes, s.FirmwareResumes, s.FirmwareRestarts = f.fc.bytes.Load(), f.fc.resumes.Load(), f.fc.restarts.Load()
+	return s
 }

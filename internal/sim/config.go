@@ -96,6 +96,13 @@ type Config struct {
 	CommandDelay time.Duration
 	// CommandFailureRate is the share of commands a device reports failed, in [0, 1].
 	CommandFailureRate float64
+	// FirmwareLinkBytesPerSecond is the simulated link's speed for firmware downloads (0: as
+	// fast as the frontend serves); FirmwareDropEvery cuts the download every so many bytes
+	// (0: never), and the device resumes from the byte it reached; FirmwareChunk is the size
+	// of one read (default 4096).
+	FirmwareLinkBytesPerSecond int
+	FirmwareDropEvery          int
+	FirmwareChunk              int
 }
 
 // DefaultConfig returns a configuration with every default filled in: 100 devices, one reading
@@ -139,6 +146,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"how long (`duration`) a device takes to execute a command; 0: at once")
 	fs.Float64Var(&c.CommandFailureRate, "command-failure-rate", c.CommandFailureRate,
 		"share of commands a device reports failed (`fraction`, 0 to 1)")
+	fs.IntVar(&c.FirmwareLinkBytesPerSecond, "firmware-link-bps", c.FirmwareLinkBytesPerSecond,
+		"simulated link speed of firmware downloads in `bytes/s` (GPRS: 5000); 0: unlimited")
+	fs.IntVar(&c.FirmwareDropEvery, "firmware-drop-every", c.FirmwareDropEvery,
+		"cut a firmware download every so many `bytes` (the device resumes from there); 0: never")
+	fs.IntVar(&c.FirmwareChunk, "firmware-chunk", c.FirmwareChunk, "`bytes` read at a time from a firmware download (default 4096)")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", c.ConnectRate, "first connections per second at start (`number`); 0: all at once")
 	fs.DurationVar(&c.BackoffMin, "backoff-min", c.BackoffMin, "shortest reconnect backoff (`duration`)")
 	fs.DurationVar(&c.BackoffMax, "backoff-max", c.BackoffMax, "longest reconnect backoff (`duration`)")

@@ -57,6 +57,10 @@ type device struct {
 
 	// cmd is the device's side of commands (commands.go).
 	cmd cmdState
+	// base is the HTTP base URL of the frontend of the current connection (firmware
+	// downloads); fwVersion the firmware version it last installed.
+	base      atomic.Pointer[string]
+	fwVersion atomic.Pointer[string]
 
 	ackedSeq atomic.Uint64
 	// wake tells the writer that acks opened the window.
@@ -218,6 +222,8 @@ func (d *device) dial(ctx context.Context, url string) (*websocket.Conn, time.Du
 	h.Set("Authorization", "Bearer "+d.token)
 	conn, resp, err := d.dialer.DialContext(ctx, url, h)
 	if err == nil {
+		b := httpBase(url)
+		d.base.Store(&b)
 		return conn, 0, nil
 	}
 	if ctx.Err() != nil {

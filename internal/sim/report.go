@@ -122,7 +122,7 @@ func (f *Fleet) Summary() Summary {
 			Outbox: c.Outbox, EventRate: max(0, c.EventRate), StampedeEvery: durStr(c.StampedeEvery),
 			CommandDelay: durStr(c.CommandDelay), CommandFails: c.CommandFailureRate,
 		},
-		Commands:        f.cc.stats(),
+		Commands:        f.commandStats(),
 		Seconds:         math.Round(s.Elapsed.Seconds()*1000) / 1000,
 		Devices:         s.Devices,
 		DevicesDone:     s.DevicesDone,
