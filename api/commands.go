@@ -387,7 +387,7 @@ func (s *Server) waitCommand(ctx context.Context, p *principal, devID, id string
 		timer.Stop()
 		release()
 		if ctx.Err() != nil {
-			return c, ctx.Err()
+			return c, nil // the caller left: what it gets (nothing) is not an error of ours
 		}
 	}
 }

@@ -236,7 +236,17 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 		return false
 	}
 	if len(up.Reports) > 0 {
-		f.commands.take(c.dev.id, up.Reports, recv)
+		// Reports draw on the live rate budget like readings: each costs the
+		// control plane a write.
+		d := c.dev
+		d.mu.Lock()
+		ok := d.admit(len(up.Reports), 0, recv, &f.cfg)
+		d.mu.Unlock()
+		if !ok {
+			c.refuse(closePolicy, "rate limit exceeded", reasonRateLimit, nil)
+			return false
+		}
+		f.commands.take(d.id, up.Reports, recv)
 		if len(up.Readings) == 0 {
 			return true // reports only: answered by report_ack once stored
 		}
