@@ -75,7 +75,13 @@
 //     (nothing kept) when over -firmware-max-bytes or not the SHA-256 the
 //     uploader gave; served with range requests (ETag = SHA-256) so that a
 //     transfer resumes from its last byte. Fleet-wide: admins of every
-//     fleet upload and delete, readers read.
+//     fleet upload and delete (409 while a campaign names it), readers
+//     read. Campaigns (campaigns.go): devices selected at creation, a tick
+//     per -command-poll carrying firmware_update command outcomes into
+//     per-device states, applying the abort rule and offering more within
+//     per_minute and max_concurrent; each tick is one write transaction
+//     whose changes are conditional on what it read, so replicas may tick
+//     together.
 //   - Bootstrap. A start that finds no operator creates an admin of every
 //     fleet and writes its key to a 0600 file (-bootstrap-key-file),
 //     logging the path, never the key.

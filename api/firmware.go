@@ -226,15 +226,23 @@ func (s *Server) firmwareContent(w http.ResponseWriter, r *http.Request, _ *prin
 	return nil
 }
 
-// deleteFirmware answers DELETE /v1/firmware/{id}: the record, then the
-// file (a file left by a crash between the two is harmless: nothing names
-// it).
+// deleteFirmware answers DELETE /v1/firmware/{id}: 409 while a campaign
+// names it; otherwise the record, then the file (a file left by a crash
+// between the two is harmless: nothing names it).
 func (s *Server) deleteFirmware(w http.ResponseWriter, r *http.Request, p *principal) error {
 	fw, err := s.loadFirmware(r)
 	if err != nil {
 		return err
 	}
 	err = s.db.write(r.Context(), func(t *tx) error {
+		var camp string
+		err := t.QueryRowContext(r.Context(), `SELECT id FROM campaigns WHERE firmware_id = $1 LIMIT 1`, fw.ID).Scan(&camp)
+		if err == nil {
+			return errConflict("firmware %s is used by campaign %s: delete it when unused", fw.ID, camp)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("delete firmware: %w", err)
+		}
 		if _, err := t.ExecContext(r.Context(), `DELETE FROM firmware WHERE id = $1`, fw.ID); err != nil {
 			return fmt.Errorf("delete firmware: %w", err)
 		}

@@ -39,7 +39,7 @@ func TestFirmwareDocsCurlExamples(t *testing.T) {
 		t.Fatalf("the examples of docs/firmware.md failed: %v\n%s", err, out)
 	}
 	t.Logf("%s", out)
-	for _, want := range []string{"4.2.0 200000", "resumed download verified", "204"} {
+	for _, want := range []string{"4.2.0 200000", "resumed download verified", "paused", "t1-0001 pending", "aborted", "409", "204"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output lacks %q", want)
 		}

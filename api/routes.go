@@ -81,6 +81,10 @@ func (s *Server) routeTable() []route {
 		{method: "POST", pattern: "/v1/firmware", perm: permAdminAll, h: s.uploadFirmware},
 		{method: "GET", pattern: "/v1/firmware/{id}", perm: permRead, h: s.getFirmware},
 		{method: "DELETE", pattern: "/v1/firmware/{id}", perm: permAdminAll, h: s.deleteFirmware},
+		{method: "POST", pattern: "/v1/firmware-campaigns", perm: permAdminAll, h: s.createCampaign},
+		{method: "GET", pattern: "/v1/firmware-campaigns/{id}", perm: permRead, h: s.getCampaign},
+		{method: "GET", pattern: "/v1/firmware-campaigns/{id}/devices", perm: permRead, h: s.campaignDevices},
+		{method: "POST", pattern: "/v1/firmware-campaigns/{id}/{action}", perm: permAdminAll, h: s.campaignAction},
 		{method: "GET", pattern: "/v1/firmware/{id}/content", perm: permAny, h: s.firmwareContent}, // followers too: frontends serve devices
 
 		{method: "GET", pattern: "/v1/audit", perm: permRead, h: s.listAudit},

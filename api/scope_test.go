@@ -20,6 +20,7 @@ type fixture struct {
 	opB, keyB, ltB, ltA        string // ids
 	cmdB                       string // a queued command of bravo-dev-1
 	fw                         string // a firmware image (fleet-wide: readers see it, scoped admins cannot change it)
+	camp                       string // a paused campaign over both fleets' devices
 }
 
 // bravo markers: strings that belong to fleet B only. None may reach a key
@@ -61,6 +62,11 @@ func newFixture(t *testing.T, b backend) *fixture {
 	var fw Firmware
 	e.must(201, req{method: "POST", path: "/v1/firmware?version=1.0", key: e.adminKey, body: []byte("image"), contentType: "application/octet-stream"}, &fw)
 	f.fw = fw.ID
+	var camp Campaign
+	e.must(201, req{method: "POST", path: "/v1/firmware-campaigns", key: e.adminKey, body: map[string]any{"firmware": fw.ID,
+		"devices": []string{"alpha-dev-1", "bravo-dev-1"}}}, &camp)
+	e.must(200, req{method: "POST", path: "/v1/firmware-campaigns/" + camp.ID + "/pause", key: e.adminKey}, nil)
+	f.camp = camp.ID
 	return f
 }
 
@@ -190,13 +196,21 @@ var scopeCases = map[string]scopeCase{
 	"POST /v1/firmware": func(*fixture) []req {
 		return []req{{method: "POST", path: "/v1/firmware?version=9.9", body: []byte("image"), contentType: "application/octet-stream"}}
 	},
-	"GET /v1/firmware/{id}":         func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw}} },
-	"DELETE /v1/firmware/{id}":      func(f *fixture) []req { return []req{{method: "DELETE", path: "/v1/firmware/" + f.fw}} },
-	"GET /v1/firmware/{id}/content": func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw + "/content"}} },
-	"GET /v1/feed/snapshot":         one("GET", "/v1/feed/snapshot", nil),
-	"GET /v1/feed/changes":          one("GET", "/v1/feed/changes?since=0", nil),
-	"GET /v1/feed/live-tokens":      one("GET", "/v1/feed/live-tokens?since=0", nil),
-	"POST /v1/feed/presence":        one("POST", "/v1/feed/presence", map[string]any{"frontend": "fe", "reports": []map[string]any{{"id": "bravo-dev-1", "seen_at": "2025-01-01T00:00:00Z"}}}),
+	"GET /v1/firmware/{id}":           func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw}} },
+	"DELETE /v1/firmware/{id}":        func(f *fixture) []req { return []req{{method: "DELETE", path: "/v1/firmware/" + f.fw}} },
+	"GET /v1/firmware/{id}/content":   func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw + "/content"}} },
+	"POST /v1/firmware-campaigns":     one("POST", "/v1/firmware-campaigns", map[string]any{"firmware": "x", "fleet": "fleet-bravo"}),
+	"GET /v1/firmware-campaigns/{id}": func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware-campaigns/" + f.camp}} },
+	"GET /v1/firmware-campaigns/{id}/devices": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/firmware-campaigns/" + f.camp + "/devices"}}
+	},
+	"POST /v1/firmware-campaigns/{id}/{action}": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/firmware-campaigns/" + f.camp + "/abort"}}
+	},
+	"GET /v1/feed/snapshot":    one("GET", "/v1/feed/snapshot", nil),
+	"GET /v1/feed/changes":     one("GET", "/v1/feed/changes?since=0", nil),
+	"GET /v1/feed/live-tokens": one("GET", "/v1/feed/live-tokens?since=0", nil),
+	"POST /v1/feed/presence":   one("POST", "/v1/feed/presence", map[string]any{"frontend": "fe", "reports": []map[string]any{{"id": "bravo-dev-1", "seen_at": "2025-01-01T00:00:00Z"}}}),
 }
 
 func TestScopeEveryEndpoint(t *testing.T) {
@@ -277,7 +291,7 @@ func TestRoles(t *testing.T) {
 	for role, ok := range allowed {
 		for _, rt := range s.routeTable() {
 			name := rt.method + " " + rt.pattern
-			path := strings.NewReplacer("{id}", "nope", "{key}", "nope", "{cmd}", "nope").Replace(rt.pattern)
+			path := strings.NewReplacer("{id}", "nope", "{key}", "nope", "{cmd}", "nope", "{action}", "pause").Replace(rt.pattern)
 			if rt.pattern == "/v1/commands/events" {
 				path += "?duration=10ms" // a stream: end it
 			}

@@ -164,6 +164,7 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.pruneTombstones(bg) })
 	wg.Go(func() { s.sweepCommands(bg) })
 	wg.Go(func() { s.events.run(bg) })
+	wg.Go(func() { s.runCampaigns(bg) })
 	if s.certs != nil {
 		wg.Go(func() { s.certs.reloadOnSIGHUP(bg, s.log) })
 	}
