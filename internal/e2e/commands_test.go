@@ -18,11 +18,14 @@ import (
 
 // Commands with real processes (issue 17): a drover api, two frontends and
 // a router following it, a simulated fleet spread over both frontends
-// executing commands, a stream of commands posted through the API, and
+// executing commands, a stream of commands posted through the API, a
+// firmware campaign over the fleet on links that drop every 40 KB, and
 // kill -9 of a frontend and of the api in the middle. Every command the
 // api accepted (201) ends final and consistent with what the devices did:
 // none lost while its TTL lasted, none executed twice, none received by a
-// device after its expiry.
+// device after its expiry. Every device of the campaign ends succeeded or
+// failed with a reason, and installed exactly once; no download started
+// again from zero (the fleet received exactly devices × image bytes).
 
 // cmdRecord is the part of an API command the test checks.
 type cmdRecord struct {
@@ -78,6 +81,7 @@ func TestCommandsKill9(t *testing.T) {
 	sc.Devices, sc.Rate, sc.TokenSeed = devices, 0, "commands"
 	sc.BackoffMin, sc.BackoffMax = 50*time.Millisecond, 500*time.Millisecond
 	sc.CommandDelay, sc.CommandFailureRate = 300*time.Millisecond, 0.1
+	sc.FirmwareLinkBytesPerSecond, sc.FirmwareDropEvery = 100_000, 40_000 // ~1.5 s a download: the campaign spans the kills
 	api.importFleet(sc)
 	// Four more devices stay offline while the stream runs, and connect
 	// only after their short commands have expired.
@@ -110,6 +114,33 @@ func TestCommandsKill9(t *testing.T) {
 	fleetDone := make(chan error, 1)
 	go func() { fleetDone <- fleet.Run(fctx) }()
 	waitFor(t, 30*time.Second, "every device connected", func() bool { return fleet.Stats().Connected == devices })
+
+	// A firmware campaign over the connected devices runs through the kills.
+	img := make([]byte, 150_000)
+	for i := range img {
+		img[i] = byte(rand.IntN(256))
+	}
+	fwReq, _ := http.NewRequest("POST", api.url+"/v1/firmware?version=7.1.0", bytes.NewReader(img))
+	fwReq.Header.Set("Authorization", "Bearer "+api.adminKey)
+	fwReq.Header.Set("Content-Type", "application/octet-stream")
+	fwResp, err := http.DefaultClient.Do(fwReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fw struct{ ID string }
+	_ = json.NewDecoder(fwResp.Body).Decode(&fw)
+	fwResp.Body.Close()
+	var ids []string
+	for i := range devices {
+		ids = append(ids, sim.DeviceID(sc.IDPrefix, i))
+	}
+	var camp struct {
+		ID      string
+		State   string
+		Devices map[string]int
+	}
+	api.call("POST", "/v1/firmware-campaigns", map[string]any{"firmware": fw.ID, "devices": ids, "max_concurrent": 10,
+		"per_minute": 6000, "device_timeout": "2m"}, &camp)
 
 	// The stream: ~40 commands/s to random devices, most with a TTL long
 	// enough to outlive the outages, some short enough to expire in them.
@@ -145,6 +176,9 @@ func TestCommandsKill9(t *testing.T) {
 	}
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(accepted) }
 	waitFor(t, 20*time.Second, "100 commands accepted", func() bool { return count() >= 100 })
+	var during struct{ Devices map[string]int }
+	api.call("GET", "/v1/firmware-campaigns/"+camp.ID, nil, &during)
+	t.Logf("campaign at the frontend's kill: %v", during.Devices)
 	fes[0].kill9() // its devices move to the other frontend
 	n := count()
 	waitFor(t, 20*time.Second, "commands accepted with a frontend dead", func() bool { return count() >= n+50 })
@@ -186,6 +220,25 @@ func TestCommandsKill9(t *testing.T) {
 	lateDone := make(chan error, 1)
 	go func() { lateDone <- lateFleet.Run(fctx) }()
 
+	// The campaign ends with every device succeeded or failed with a
+	// reason, none stuck; no download started again from zero.
+	waitFor(t, 90*time.Second, "the campaign completed", func() bool {
+		api.call("GET", "/v1/firmware-campaigns/"+camp.ID, nil, &camp)
+		return camp.State == "completed"
+	})
+	if camp.Devices["succeeded"]+camp.Devices["failed"] != devices {
+		t.Errorf("campaign devices %v, want all %d succeeded or failed", camp.Devices, devices)
+	}
+	var failedDevs struct {
+		Items []struct{ DeviceID, Reason string } `json:"items"`
+	}
+	api.call("GET", "/v1/firmware-campaigns/"+camp.ID+"/devices?state=failed", nil, &failedDevs)
+	for _, d := range failedDevs.Items {
+		if d.Reason == "" {
+			t.Errorf("%s failed without a reason", d.DeviceID)
+		}
+	}
+
 	// Every command ends final: the long ones done by the device, none
 	// stuck; the short ones done or expired.
 	var last map[string]cmdRecord
@@ -216,7 +269,8 @@ func TestCommandsKill9(t *testing.T) {
 	// Devices keep no report un-acked, so the fleet's figures are final.
 	waitFor(t, 10*time.Second, "devices' reports all acked", func() bool {
 		s, ls := fleet.Summary().Commands, lateFleet.Summary().Commands
-		return s.Succeeded+s.Failed+ls.Succeeded+ls.Failed == uint64(states["succeeded"]+states["failed"])
+		fwDone := s.FirmwareInstalled + s.FirmwareFailed
+		return s.Succeeded+s.Failed-fwDone+ls.Succeeded+ls.Failed == uint64(states["succeeded"]+states["failed"])
 	})
 	fstop()
 	<-fleetDone
@@ -231,7 +285,11 @@ func TestCommandsKill9(t *testing.T) {
 		t.Errorf("late devices got %d distinct commands, want the %d long ones (and none of %d short)",
 			ls.Received-ls.Duplicates, len(lateLong), len(lateShort))
 	}
-	s.Executed += ls.Executed
+	if s.FirmwareRestarts != 0 || s.FirmwareInstalled != uint64(camp.Devices["succeeded"]) {
+		t.Errorf("firmware: %d installed for %d succeeded in the campaign, %d restarts from zero (want 0)",
+			s.FirmwareInstalled, camp.Devices["succeeded"], s.FirmwareRestarts)
+	}
+	s.Executed += ls.Executed - s.FirmwareInstalled - s.FirmwareFailed
 	// Executed once each: the devices executed exactly the commands the
 	// api says they completed (their dedup held across redeliveries).
 	if got := int(s.Executed); got != states["succeeded"]+states["failed"] {
