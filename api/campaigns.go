@@ -38,6 +38,9 @@ type Campaign struct {
 	Firmware      string         `json:"firmware"`
 	State         string         `json:"state"`
 	PerMinute     int            `json:"per_minute"`
+	RampFactor    float64        `json:"ramp_factor"`
+	RampEvery     int            `json:"ramp_every"`
+	MaxPerMinute  int            `json:"max_per_minute"`
 	MaxConcurrent int            `json:"max_concurrent"`
 	DeviceTimeout string         `json:"device_timeout"`
 	AbortPercent  int            `json:"abort_percent"`
@@ -58,23 +61,31 @@ type CampaignInput struct {
 	Region  string   `json:"region"`
 	Devices []string `json:"devices"`
 	// Pacing: devices offered per minute, devices offered or downloading
-	// at once.
-	PerMinute     int    `json:"per_minute"`
-	MaxConcurrent int    `json:"max_concurrent"`
-	DeviceTimeout string `json:"device_timeout"`
+	// at once. With a ramp, the rate is multiplied by RampFactor after
+	// every RampEvery devices succeeded, up to MaxPerMinute.
+	PerMinute     int     `json:"per_minute"`
+	RampFactor    float64 `json:"ramp_factor"`
+	RampEvery     int     `json:"ramp_every"`
+	MaxPerMinute  int     `json:"max_per_minute"`
+	MaxConcurrent int     `json:"max_concurrent"`
+	DeviceTimeout string  `json:"device_timeout"`
 	// Abort when at least AbortPercent % of at least AbortMin finished
 	// devices failed (0: never).
 	AbortPercent int `json:"abort_percent"`
 	AbortMin     int `json:"abort_min"`
 }
 
-const campaignCols = `id, firmware_id, state, per_minute, max_concurrent, device_timeout, abort_percent, abort_min, reason, created_at, created_by`
+const campaignCols = `id, firmware_id, state, per_minute, ramp_pct, ramp_every, max_per_minute, max_concurrent, device_timeout,
+ abort_percent, abort_min, reason, created_at, created_by`
 
 func (s *Server) loadCampaign(ctx context.Context, q querier, id string) (Campaign, error) {
 	var c Campaign
 	var timeout, created int64
+	var rampPct int
 	err := q.QueryRowContext(ctx, `SELECT `+campaignCols+` FROM campaigns WHERE id = $1`, id).Scan(&c.ID, &c.Firmware, &c.State,
-		&c.PerMinute, &c.MaxConcurrent, &timeout, &c.AbortPercent, &c.AbortMin, &c.Reason, &created, &c.CreatedBy)
+		&c.PerMinute, &rampPct, &c.RampEvery, &c.MaxPerMinute, &c.MaxConcurrent, &timeout, &c.AbortPercent, &c.AbortMin, &c.Reason,
+		&created, &c.CreatedBy)
+	c.RampFactor = float64(rampPct) / 100
 	if errors.Is(err, sql.ErrNoRows) {
 		return c, errNotFound("campaign", id)
 	}
@@ -111,6 +122,10 @@ func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request, p *princ
 		return errInvalid("device_timeout", "device_timeout: %q, want 1m to %v", in.DeviceTimeout, s.cfg.Commands.MaxTTL)
 	case in.PerMinute < 1 || in.PerMinute > 100_000:
 		return errInvalid("per_minute", "per_minute: %d, want 1 to 100000", in.PerMinute)
+	case in.RampEvery < 0 || (in.RampEvery > 0 && (in.RampFactor < 1 || in.RampFactor > 100)):
+		return errInvalid("ramp_factor", "a ramp needs ramp_every > 0 and ramp_factor from 1 to 100")
+	case in.MaxPerMinute != 0 && in.MaxPerMinute < in.PerMinute:
+		return errInvalid("max_per_minute", "max_per_minute %d under per_minute %d", in.MaxPerMinute, in.PerMinute)
 	case in.MaxConcurrent < 1:
 		return errInvalid("max_concurrent", "max_concurrent: %d, want > 0", in.MaxConcurrent)
 	case in.AbortPercent < 0 || in.AbortPercent > 100 || in.AbortMin < 0:
@@ -139,9 +154,17 @@ func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request, p *princ
 		if _, err := loadFirmwareTx(ctx, t, in.Firmware); err != nil {
 			return err
 		}
-		if _, err := t.ExecContext(ctx, `INSERT INTO campaigns (`+campaignCols+`, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', $9, $10, $9)`,
-			id, in.Firmware, CampaignRunning, in.PerMinute, in.MaxConcurrent, timeout.Milliseconds(), in.AbortPercent, in.AbortMin,
-			t.ms(), p.actor()); err != nil {
+		rampPct := 100
+		if in.RampEvery > 0 {
+			rampPct = int(in.RampFactor*100 + 0.5)
+		}
+		if in.MaxPerMinute == 0 {
+			in.MaxPerMinute = 100_000
+		}
+		if _, err := t.ExecContext(ctx, `INSERT INTO campaigns (`+campaignCols+`, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+ $10, $11, '', $12, $13, $12)`,
+			id, in.Firmware, CampaignRunning, in.PerMinute, rampPct, in.RampEvery, in.MaxPerMinute, in.MaxConcurrent, timeout.Milliseconds(),
+			in.AbortPercent, in.AbortMin, t.ms(), p.actor()); err != nil {
 			return fmt.Errorf("insert campaign: %w", err)
 		}
 		n := q.next()
@@ -423,7 +446,7 @@ func (s *Server) tickCampaign(ctx context.Context, id string, now time.Time) err
 			id, now.Add(-time.Minute).UnixMilli()).Scan(&lastMinute); err != nil {
 			return fmt.Errorf("campaign pacing: %w", err)
 		}
-		n := min(c.PerMinute-lastMinute, c.MaxConcurrent-inFlight)
+		n := min(c.rate()-lastMinute, c.MaxConcurrent-inFlight)
 		if n <= 0 {
 			return nil
 		}
@@ -474,4 +497,17 @@ func (s *Server) tickCampaign(ctx context.Context, id string, now time.Time) err
 		s.wakeDeviceFrontend(ctx, o.DeviceID)
 	}
 	return nil
+}
+
+// rate is the campaign's offers per minute now: per_minute, multiplied by
+// the ramp factor once per ramp_every devices succeeded, up to
+// max_per_minute.
+func (c Campaign) rate() int {
+	r := float64(c.PerMinute)
+	if c.RampEvery > 0 && c.RampFactor > 1 {
+		for steps := c.Devices["succeeded"] / c.RampEvery; steps > 0 && r < float64(c.MaxPerMinute); steps-- {
+			r *= c.RampFactor
+		}
+	}
+	return int(min(r, float64(max(c.MaxPerMinute, c.PerMinute))))
 }

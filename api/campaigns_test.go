@@ -88,3 +88,19 @@ func TestCampaignCompletes(t *testing.T) {
 		return got.State == CampaignCompleted && got.Devices["succeeded"] == 1
 	})
 }
+
+// TestCampaignRamp: the rate grows by the factor once per ramp_every
+// devices succeeded, up to the ceiling.
+func TestCampaignRamp(t *testing.T) {
+	c := Campaign{PerMinute: 10, RampFactor: 2, RampEvery: 5, MaxPerMinute: 60, Devices: map[string]int{}}
+	for _, tc := range []struct{ succeeded, want int }{{0, 10}, {4, 10}, {5, 20}, {10, 40}, {15, 60}, {100, 60}} {
+		c.Devices["succeeded"] = tc.succeeded
+		if got := c.rate(); got != tc.want {
+			t.Errorf("%d succeeded: rate %d, want %d", tc.succeeded, got, tc.want)
+		}
+	}
+	c.RampEvery = 0
+	if got := c.rate(); got != 10 {
+		t.Errorf("no ramp: %d", got)
+	}
+}

@@ -10,6 +10,9 @@ CREATE TABLE campaigns (
     firmware_id    TEXT    NOT NULL REFERENCES firmware (id),
     state          TEXT    NOT NULL,
     per_minute     INTEGER NOT NULL,
+    ramp_pct       INTEGER NOT NULL DEFAULT 100, -- the rate's factor per ramp step, in percent
+    ramp_every     INTEGER NOT NULL DEFAULT 0,   -- succeeded devices per ramp step; 0: no ramp
+    max_per_minute INTEGER NOT NULL DEFAULT 0,   -- the ramp's ceiling
     max_concurrent INTEGER NOT NULL,
     device_timeout BIGINT  NOT NULL,
     abort_percent  INTEGER NOT NULL,
