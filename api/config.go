@@ -102,8 +102,8 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// Commands bounds commands to devices (commands.go).
 	Commands CommandConfig
-	// FirmwareMaxBytes bounds an uploaded firmware image (at most
-	// MaxBodyBytes).
+	// FirmwareMaxBytes bounds an uploaded firmware image (MaxBodyBytes
+	// bounds every body: the smaller of the two applies).
 	FirmwareMaxBytes int64
 }
 
@@ -173,7 +173,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"on stop, how long (`duration`) requests in flight may take to finish")
 	c.Commands.RegisterFlags(fs)
 	fs.Int64Var(&c.FirmwareMaxBytes, "firmware-max-bytes", c.FirmwareMaxBytes,
-		"largest firmware image in `bytes` (at most -max-body-bytes)")
+		"largest firmware image in `bytes` (every body is also bounded by -max-body-bytes: the smaller applies)")
 }
 
 // Validate reports every problem of the configuration at once, and reads
@@ -231,8 +231,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.Commands.validate()...)
-	if c.FirmwareMaxBytes <= 0 || c.FirmwareMaxBytes > c.MaxBodyBytes {
-		errs = append(errs, fmt.Errorf("firmware-max-bytes: %d, want > 0 and at most -max-body-bytes (%d)", c.FirmwareMaxBytes, c.MaxBodyBytes))
+	if c.FirmwareMaxBytes <= 0 {
+		errs = append(errs, fmt.Errorf("firmware-max-bytes: %d, want > 0", c.FirmwareMaxBytes))
 	}
 	if err := c.AuthLimit.Validate("auth-"); err != nil {
 		errs = append(errs, err)
