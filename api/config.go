@@ -48,7 +48,8 @@ type Config struct {
 	MaxConns int
 
 	// TLSCert and TLSKey are PEM files; both or neither. They are read
-	// again on SIGHUP (certificate renewal without a restart).
+	// again on SIGHUP and when either changes (certificate renewal without
+	// a restart; internal/tlsserve, as the frontend and the livefeed).
 	TLSCert string
 	TLSKey  string
 	// CORSOrigins are the browser origins allowed to call the API; empty:
@@ -151,8 +152,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PostgresURLFile, "postgres-url-file", c.PostgresURLFile,
 		"`file` holding the PostgreSQL URL (it holds a password: never a flag); default $"+PostgresURLEnv)
 	fs.IntVar(&c.MaxConns, "db-max-conns", c.MaxConns, "most database `connections` of this replica")
-	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate `file` (with -tls-key: serve HTTPS); reread on SIGHUP")
-	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key `file` of -tls-cert; reread on SIGHUP")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate `file` (with -tls-key: serve HTTPS); reread on SIGHUP and when it changes")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key `file` of -tls-cert; reread with it")
 	fs.Var((*daemon.StringList)(&c.CORSOrigins), "cors-origins",
 		"comma-separated browser `origins` allowed to call the API (https://ops.example.com); * for any; empty: no CORS")
 	fs.StringVar(&c.BootstrapKeyFile, "bootstrap-key-file", c.BootstrapKeyFile,

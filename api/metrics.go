@@ -15,9 +15,9 @@ type metrics struct {
 	feedVersion  prometheus.Gauge
 	followers    prometheus.Gauge
 	presence     prometheus.Counter
-	tlsReloads   *prometheus.CounterVec
 	refused      *prometheus.CounterVec
 	commands     *prometheus.CounterVec
+	alertEvents  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -45,9 +45,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		presence: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_api_presence_reports_total", Help: "Device presence records received from frontends.",
 		}),
-		tlsReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "drover_api_tls_reloads_total", Help: "TLS certificate reloads, by result (ok, error).",
-		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_api_refused_total", Help: "Requests refused as bad input, by error code (bad_request, invalid, conflict, too_large, ...).",
 		}, []string{"code"}),
@@ -55,10 +52,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drover_api_commands_total",
 			Help: "Command events, by what happened: created, sent (a delivery attempt), delivered, succeeded, failed, expired, cancelled, requeued (a frontend could not write it), refused_queue_full, ignored (a report that could not apply).",
 		}, []string{"event"}),
+		alertEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_alert_events_total", Help: "Alert events reported by alert engines and applied.",
+		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.tlsReloads, m.refused, m.commands} {
+			m.followers, m.presence, m.refused, m.commands, m.alertEvents} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}

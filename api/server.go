@@ -3,24 +3,21 @@ package api
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/cors"
 
 	"github.com/drover-telemetry/drover/internal/auth"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // Server is the control plane's REST API: one replica. Build it with
@@ -30,7 +27,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	limiter *authLimiter
-	certs   *certStore // nil without TLS
+	tls     *tlsserve.Server // nil without TLS (drover_api_tls_* metrics)
 
 	db      *store
 	notify  *notifier
@@ -73,8 +70,11 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 		}
 	}
 	if cfg.TLSCert != "" {
-		if s.certs, err = newCertStore(cfg.TLSCert, cfg.TLSKey, m); err != nil {
-			return nil, err
+		// The frontend's and the livefeed's TLS plumbing: reloaded on SIGHUP
+		// and when a file changes, handshakes limited.
+		tc := tlsserve.Config{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, Limits: tlsserve.DefaultLimits()}
+		if s.tls, err = tlsserve.New(tc, "api", "drover_api", logger, reg); err != nil {
+			return nil, fmt.Errorf("api config: %w", err)
 		}
 	}
 	s.events = newEventBus(s)
@@ -138,9 +138,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	s.polledOK.Store(time.Now().UnixMilli())
 	scheme := "http"
-	if s.certs != nil {
+	if s.tls != nil {
 		scheme = "https"
-		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.certs.get})
+		ln = s.tls.NewListener(ln)
 	}
 	srv := &http.Server{
 		Handler:           s.handler,
@@ -165,8 +165,8 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.sweepCommands(bg) })
 	wg.Go(func() { s.events.run(bg) })
 	wg.Go(func() { s.runCampaigns(bg) })
-	if s.certs != nil {
-		wg.Go(func() { s.certs.reloadOnSIGHUP(bg, s.log) })
+	if s.tls != nil {
+		wg.Go(func() { s.tls.Run(bg) })
 	}
 	defer func() { cancelBg(); wg.Wait() }()
 
@@ -350,52 +350,4 @@ func (s *Server) serve(rt route, w http.ResponseWriter, r *http.Request) error {
 		return errForbidden("this endpoint needs %s; your key is %s of %v", rt.perm, p.Role, p.fleetList())
 	}
 	return rt.h(w, r, p)
-}
-
-// certStore holds the TLS certificate in force and reloads it.
-type certStore struct {
-	certFile, keyFile string
-	cur               atomic.Pointer[tls.Certificate]
-	m                 *metrics
-}
-
-func newCertStore(certFile, keyFile string, m *metrics) (*certStore, error) {
-	c := &certStore{certFile: certFile, keyFile: keyFile, m: m}
-	if err := c.load(); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
-func (c *certStore) load() error {
-	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-	if err != nil {
-		c.m.tlsReloads.WithLabelValues("error").Inc()
-		return fmt.Errorf("load TLS certificate %s: %w", c.certFile, err)
-	}
-	c.cur.Store(&cert)
-	c.m.tlsReloads.WithLabelValues("ok").Inc()
-	return nil
-}
-
-func (c *certStore) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.cur.Load(), nil }
-
-// reloadOnSIGHUP reloads the certificate on SIGHUP; a pair that fails to
-// load is logged and the one in force stays.
-func (c *certStore) reloadOnSIGHUP(ctx context.Context, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-			if err := c.load(); err != nil {
-				log.Error("api: TLS reload failed; keeping the certificate in force", "err", err)
-				continue
-			}
-			log.Info("api: TLS certificate reloaded", "cert", c.certFile)
-		}
-	}
 }

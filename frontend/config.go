@@ -13,6 +13,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // Config is a frontend's configuration. Start from [DefaultConfig].
@@ -125,6 +126,26 @@ type Config struct {
 	// Links secures the connections to the routers: a cluster key file
 	// (mutual TLS 1.3) or, for development, -insecure-links.
 	Links clusterlink.Config
+
+	// TLS serves wss:// with a certificate reloaded without dropping
+	// connections, session tickets under shared keys, and limits on
+	// handshakes (internal/tlsserve). Without a certificate: ws://, for
+	// development and behind an ingress that terminates TLS.
+	TLS tlsserve.Config
+	// DeviceAuth is how devices authenticate: DeviceAuthToken (the
+	// default), DeviceAuthCert or DeviceAuthCertOrToken.
+	DeviceAuth string
+	// ReusePort binds Listen with SO_REUSEPORT, so that several frontend
+	// processes (each with its own QueueDir and ID) share one port and the
+	// kernel spreads devices over them.
+	ReusePort bool
+	// Admission limits new connections so that a stampede does not take
+	// the CPU that acks need, and holds back flapping devices.
+	Admission AdmissionConfig
+	// LameDuck is how long a stop spreads the closing of device
+	// connections over (close 1012: reconnect elsewhere), after it has
+	// stopped accepting; 0 closes them all at once (1001).
+	LameDuck time.Duration
 }
 
 // DefaultConfig returns the configuration of a frontend on a laptop: devices
@@ -159,6 +180,10 @@ func DefaultConfig() Config {
 		WriteTimeout:           10 * time.Second,
 		ShutdownGrace:          10 * time.Second,
 		FirmwareBytesPerSecond: 1 << 20,
+		TLS:                    tlsserve.Config{MinVersion: "1.2", Limits: tlsserve.DefaultLimits()},
+		DeviceAuth:             DeviceAuthToken,
+		Admission:              DefaultAdmissionConfig(),
+		LameDuck:               10 * time.Second,
 	}
 }
 
@@ -218,6 +243,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, time left to connections to finish storing and acking their frame before they are closed by force (`duration`)")
 	c.Links.RegisterFlags(fs)
+	c.TLS.RegisterFlags(fs, true)
+	fs.StringVar(&c.DeviceAuth, "device-auth", c.DeviceAuth,
+		"how devices authenticate: token (id and token, checked in the registry), cert (a client certificate of -tls-client-ca whose common name is the device id; the device must be in the registry) or cert-or-token (`mode`)")
+	fs.BoolVar(&c.ReusePort, "reuse-port", c.ReusePort,
+		"bind -listen with SO_REUSEPORT: several frontend processes, each with its own -queue-dir and -id, share the port and the kernel spreads devices over them")
+	c.Admission.registerFlags(fs)
+	fs.DurationVar(&c.LameDuck, "lame-duck", c.LameDuck,
+		"on stop, after no longer accepting, close device connections gradually over this `duration`, each with 1012 (reconnect elsewhere) once its frame is acked; 0: all at once; keep -shutdown-timeout above it plus -shutdown-grace")
 }
 
 // Validate reports every problem of the configuration at once.
@@ -303,6 +336,19 @@ func (c Config) Validate() error {
 	}
 	want(c.PingInterval > 0, "ping-interval", c.PingInterval, "more than 0")
 	want(c.IdleTimeout > c.PingInterval, "idle-timeout", c.IdleTimeout, "more than ping-interval, so that a pong can arrive in time")
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.validateDeviceAuth(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ReusePort && !tlsserve.ReusePortSupported {
+		errs = append(errs, errors.New("reuse-port: SO_REUSEPORT is supported on Linux only; give each frontend its own port"))
+	}
+	if err := c.Admission.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	want(c.LameDuck >= 0, "lame-duck", c.LameDuck, "0 (off) or more")
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("frontend config: %w", err)
 	}

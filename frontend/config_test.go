@@ -13,6 +13,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // TestDefaultConfigNeedsLinks: the defaults are valid once the links are
@@ -65,6 +66,14 @@ func TestRegisterFlags(t *testing.T) {
 		"-auth-device-failures", "3",
 		"-trusted-proxies", "10.0.0.0/8, 192.168.1.1",
 		"-cluster-key-file", "/etc/drover/cluster.key",
+		"-tls-cert", "/etc/drover/tls.crt", "-tls-key", "/etc/drover/tls.key",
+		"-tls-client-ca", "/etc/drover/devices-ca.pem", "-tls-ticket-key-file", "/etc/drover/tickets",
+		"-tls-min-version", "1.3", "-tls-handshake-rate", "500", "-tls-max-handshakes", "100",
+		"-tls-handshake-backlog", "300", "-tls-handshake-timeout", "5s",
+		"-device-auth", "cert-or-token", "-reuse-port",
+		"-accept-rate", "300", "-accept-burst", "50", "-accept-rate-min", "20", "-admission-delay-target", "5ms",
+		"-flap-connects", "6", "-flap-window", "30s", "-flap-block", "20s", "-flap-block-max", "5m",
+		"-lame-duck", "45s",
 		"-resolve-interval", "30s", "-dns-server", "127.0.0.1:8600",
 		"-registry-cache", "/var/cache/drover/registry.cache", "-presence-interval", "2s",
 	})
@@ -102,9 +111,17 @@ func TestRegisterFlags(t *testing.T) {
 		AuthDeviceFailures:     3,
 		TrustedProxies:         []string{"10.0.0.0/8", "192.168.1.1"},
 		Links:                  clusterlink.Config{KeyFile: "/etc/drover/cluster.key"},
-		Resolve:                endpoints.Config{Interval: 30 * time.Second, Server: "127.0.0.1:8600"},
-		Follow:                 follow,
-		Presence:               pres,
+		TLS: tlsserve.Config{CertFile: "/etc/drover/tls.crt", KeyFile: "/etc/drover/tls.key",
+			ClientCAFile: "/etc/drover/devices-ca.pem", TicketKeyFile: "/etc/drover/tickets", MinVersion: "1.3",
+			Limits: tlsserve.Limits{HandshakeRate: 500, MaxHandshakes: 100, Backlog: 300, HandshakeTimeout: 5 * time.Second}},
+		DeviceAuth: DeviceAuthCertOrToken,
+		ReusePort:  true,
+		Admission: AdmissionConfig{Rate: 300, Burst: 50, MinRate: 20, DelayTarget: 5 * time.Millisecond,
+			FlapConnects: 6, FlapWindow: 30 * time.Second, FlapBlock: 20 * time.Second, FlapMaxBlock: 5 * time.Minute},
+		LameDuck: 45 * time.Second,
+		Resolve:  endpoints.Config{Interval: 30 * time.Second, Server: "127.0.0.1:8600"},
+		Follow:   follow,
+		Presence: pres,
 	}
 	if !slices.Equal(cfg.Routers, want.Routers) {
 		t.Errorf("routers %v, want %v", cfg.Routers, want.Routers)
@@ -148,6 +165,18 @@ func TestValidateRejects(t *testing.T) {
 		"write-timeout":          func(c *Config) { c.WriteTimeout = 0 },
 		"shutdown-grace":         func(c *Config) { c.ShutdownGrace = 0 },
 		"cluster-key-file":       func(c *Config) { c.Links = clusterlink.Config{} },
+		"tls-cert":               func(c *Config) { c.TLS.KeyFile = "k" },
+		"tls-client-ca":          func(c *Config) { c.TLS.CertFile, c.TLS.KeyFile, c.TLS.ClientCAFile = "c", "k", "ca" },
+		"tls-handshake-rate":     func(c *Config) { c.TLS.CertFile, c.TLS.KeyFile, c.TLS.HandshakeRate = "c", "k", -1 },
+		"tls-min-version":        func(c *Config) { c.TLS.MinVersion = "1.0" },
+		"device-auth":            func(c *Config) { c.DeviceAuth = "password" },
+		"device-auth cert":       func(c *Config) { c.DeviceAuth = DeviceAuthCert },
+		"accept-rate":            func(c *Config) { c.Admission.Rate = -5 },
+		"accept-burst":           func(c *Config) { c.Admission.Burst = 0 },
+		"accept-rate-min":        func(c *Config) { c.Admission.MinRate = c.Admission.Rate + 1 },
+		"admission-delay-target": func(c *Config) { c.Admission.DelayTarget = -time.Second },
+		"flap-window":            func(c *Config) { c.Admission.FlapWindow = 0 },
+		"lame-duck":              func(c *Config) { c.LameDuck = -time.Second },
 	} {
 		cfg := DefaultConfig()
 		cfg.Links = testLinks

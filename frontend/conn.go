@@ -71,6 +71,7 @@ type conn struct {
 	closing    bool   // the read loop is closing: deadlines are no longer extended
 	readBroken bool   // a read failed: gorilla fails every later read at once
 	done       bool   // the read loop has ended
+	byCert     bool   // authenticated by a client certificate (set at creation; tls.go)
 	ping       *time.Timer
 
 	// wmu serialises data frames: acks from the read loop, commands and

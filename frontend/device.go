@@ -26,6 +26,18 @@ type device struct {
 	// Guarded by devices.mu.
 	conn *conn         // the connection in force; nil when disconnected
 	idle *list.Element // position in devices.idle while disconnected
+	flap flapState
+}
+
+// flapState counts a device's connections for the flapping limit
+// (AdmissionConfig.FlapConnects): kept with the rest of the device's
+// state, so that it costs a few words per device and is forgotten with
+// the device.
+type flapState struct {
+	windowStart time.Time // start of the current counting window
+	count       int       // connections in the window
+	until       time.Time // held back until then
+	strikes     int       // holds so far, for the doubling
 }
 
 // bucket is a token bucket of readings. The zero bucket is full.
@@ -93,6 +105,51 @@ func (ds *devices) attach(id string, c *conn) (*device, *conn) {
 	old := d.conn
 	d.conn = c
 	return d, old
+}
+
+// flapping reports whether the device id is held back for reconnecting too
+// often at now, and for how much longer.
+func (ds *devices) flapping(id string, now time.Time) (time.Duration, bool) {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	d := ds.byID[id]
+	if d == nil || !now.Before(d.flap.until) {
+		return 0, false
+	}
+	return d.flap.until.Sub(now), true
+}
+
+// countConnect counts a connection of d at now towards the flapping limit
+// a; when it is the one past the limit, d is held back and countConnect
+// returns for how long (each hold twice the last, up to a.FlapMaxBlock; a
+// device that stayed calm for a whole window and the longest hold starts
+// afresh).
+func (ds *devices) countConnect(d *device, now time.Time, a *AdmissionConfig) time.Duration {
+	if a.FlapConnects <= 0 {
+		return 0
+	}
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	f := &d.flap
+	if now.Sub(f.windowStart) > a.FlapWindow {
+		if now.Sub(f.windowStart) > a.FlapWindow+a.FlapMaxBlock {
+			f.strikes = 0
+		}
+		f.windowStart, f.count = now, 0
+	}
+	f.count++
+	if f.count <= a.FlapConnects {
+		return 0
+	}
+	f.strikes++
+	hold := a.FlapBlock
+	for i := 1; i < f.strikes && hold < a.FlapMaxBlock; i++ {
+		hold *= 2
+	}
+	hold = min(hold, a.FlapMaxBlock)
+	f.until = now.Add(hold)
+	f.windowStart, f.count = now, 0
+	return hold
 }
 
 // detach records that c has ended. If c was the device's connection in

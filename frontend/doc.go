@@ -10,9 +10,16 @@
 //
 // # How a device talks to it
 //
-// A device opens a WebSocket to /v1/ingest with its id and token, in the
-// X-Drover-Device and "Authorization: Bearer" headers or, for clients that
-// cannot set headers, in the device and token query parameters. It sends
+// A device opens a WebSocket to /v1/ingest, ws:// or, with a certificate
+// (Config.TLS, -tls-cert and -tls-key), wss:// served by the frontend
+// itself (internal/tlsserve: the certificate reloaded on SIGHUP and on
+// change without dropping connections, session tickets under keys shared
+// by every replica so that a device resumes its session after a restart
+// or a move, handshakes limited). It authenticates with its id and token,
+// in the X-Drover-Device and "Authorization: Bearer" headers or, for
+// clients that cannot set headers, in the device and token query
+// parameters; or, with -device-auth cert (or cert-or-token), with a client
+// certificate of -tls-client-ca whose common name is its id (tls.go). It sends
 // Uplink frames (binary protobuf, or JSON in text messages; see
 // docs/wire-format.md) and receives, in the same encoding, one cumulative Ack
 // per frame once the frame is stored. A frame is stored whole or not at all,
@@ -31,14 +38,36 @@
 // the metric keeps the reason), HTTP 403 with the reason for the right
 // token of a suspended or decommissioned device, HTTP 429 with a Retry-After for a client
 // address or device id that failed to authenticate too often (internal/auth's
-// limiter, checked before any hashing), and HTTP 503 with a jittered
-// Retry-After when the connection limit is reached; after it, a WebSocket
-// close code with
-// a reason: 1007 invalid frame, 1008 rate limit, 1009 frame too large, 1013
-// queue or disk full (nothing is acked, nothing is dropped), 1011 internal
-// error, 4000 replaced by a newer connection of the same device, 4001 idle,
-// 4401 token revoked (or a rotation's overlap ended), 4403 device suspended,
-// decommissioned or removed.
+// limiter, checked before any hashing), HTTP 429 with a Retry-After for a
+// device that reconnects too often (flapping), HTTP 503 with a Retry-After
+// giving the device its place in line when new connections come faster
+// than the accept rate, and HTTP 503 with a jittered Retry-After when the
+// connection limit is reached; after it, a WebSocket close code with a
+// reason: 1007 invalid frame, 1008 rate limit, 1009 frame too large, 1012
+// lame-duck stop (reconnect elsewhere), 1013 queue or disk full (nothing is
+// acked, nothing is dropped), 1011 internal error, 4000 replaced by a newer
+// connection of the same device, 4001 idle, 4401 token revoked (or a
+// rotation's overlap ended), 4403 device suspended, decommissioned or
+// removed.
+//
+// # Stampedes
+//
+// A herd of devices coming back at once (after an outage, a restart,
+// another frontend's loss) must not take the CPU that the acks of the
+// devices already connected need (admission.go, governor.go). New
+// connections are let in at -accept-rate (GCRA: a burst, then evenly);
+// one that comes too early is refused before any token hashing or
+// registry lookup with 503 and a Retry-After that is its place in line ÷
+// the rate, and that place is held for it, so that a herd spreads over
+// herd ÷ rate seconds in the order it came. The rate in force follows the
+// Go scheduler's delay: while its p99 is above -admission-delay-target,
+// runnable read loops wait for a CPU, so the rate (and the TLS handshake
+// budget) is cut; it grows back when the delay falls. Over TLS, handshakes
+// wait for the handshake budget in a bounded backlog before any HTTP is
+// possible (internal/tlsserve). A device that reconnects more than
+// -flap-connects times within -flap-window is held back with 429 (checked
+// after its token, so that the answer tells nothing to whoever lacks it),
+// its count kept with its other per-device state.
 //
 // # The registry
 //
@@ -50,9 +79,10 @@
 // devices that changed are checked again (and, for a file reload, every
 // connection) and those it no longer allows are closed once the frame they
 // are storing is stored and acked; a connection made with a rotation's
-// previous token is checked again when the overlap ends. Following the
-// control plane, the frontend also reports presence (presence.go): in
-// batches, bounded, never on the ack path.
+// previous token is checked again when the overlap ends, and one made with
+// a device certificate (-device-auth cert) only by the device's state.
+// Following the control plane, the frontend also reports presence
+// (presence.go): in batches, bounded, never on the ack path.
 //
 // # State kept in memory
 //
@@ -95,12 +125,24 @@
 //
 // # Shutdown
 //
-// When Run's context ends the frontend stops listening, asks every
-// connection to finish the frame it is storing, send its ack and close with
-// 1001 (http.Server.Shutdown does not see hijacked connections, so the
-// frontend tracks them itself), closes what is left by force after
-// ShutdownGrace, then stops the drainer, then closes the queue. What is in
-// the queue stays on disk for the next start.
+// When Run's context ends (SIGTERM) the frontend reports not ready, stops
+// listening, and then, the lame duck (lameduck.go), asks the connections
+// one after another, spread over -lame-duck in a random order, to finish
+// the frame they are storing, send its ack and close with 1012 (reconnect
+// to another frontend), so that a rolling restart moves its devices at a
+// pace the others can take. Then it closes what is left with 1001
+// (http.Server.Shutdown does not see hijacked connections, so the frontend
+// tracks them itself), by force after ShutdownGrace, stops the drainer,
+// and closes the queue. What is in the queue stays on disk for the next
+// start.
+//
+// # Many frontends on one machine
+//
+// A process holds at most so many open files (20,000 on the reference
+// machine), so 100,000 devices on one host take several frontends. They
+// share one port with -reuse-port (SO_REUSEPORT: the kernel spreads new
+// connections over the processes) or listen on ports of their own; either
+// way each has its own -queue-dir and -id.
 //
 // The package is a library: cmd/drover builds a [Frontend] from a [Config]
 // with [New] and runs it with [Frontend.Run]; tests start it in-process on

@@ -22,6 +22,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -73,6 +74,13 @@ type Frontend struct {
 	proxies  auth.Proxies
 	srcLimit *auth.Limiter
 	devLimit *auth.Limiter
+
+	// TLS (nil: plain ws://) and admission (tls.go, admission.go).
+	tls   *tlsserve.Server
+	tlsLn *tlsserve.Listener // set by Run when TLS is on
+	gate  *gate
+	gov   *governor
+	am    *admissionMetrics
 
 	started atomic.Bool
 	ready   atomic.Pointer[error]
@@ -140,6 +148,14 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Frontend,
 	if err := auth.RegisterMetrics(reg, "drover_frontend", "device", f.devLimit); err != nil {
 		return nil, err
 	}
+	if err := f.newAdmission(reg); err != nil {
+		return nil, err
+	}
+	tcfg := cfg.TLS
+	tcfg.ClientAuth = cfg.clientAuth()
+	if f.tls, err = tlsserve.New(tcfg, "frontend", "drover_frontend", logger, reg); err != nil {
+		return nil, fmt.Errorf("frontend config: %w", err)
+	}
 	f.newDrainer = f.forwardDrainer
 	f.devs = newDevices(cfg.MaxIdleDevices, func(n int) { m.devices.Set(float64(n)) })
 	f.upgrader = websocket.Upgrader{
@@ -192,8 +208,9 @@ func (f *Frontend) Ready() error {
 func (f *Frontend) setReady(err error) { f.ready.Store(&err) }
 
 // Run serves devices and drains the queue to the routers until ctx ends, then
-// stops accepting, lets each connection finish the frame it is storing and
-// closes it with 1001 (by force after ShutdownGrace), stops the drainer, and
+// stops accepting, closes the connections gradually over LameDuck (1012,
+// each once the frame it is storing is stored and acked), closes what is
+// left with 1001 (by force after ShutdownGrace), stops the drainer, and
 // closes the queue; what is queued stays on disk for the next start. It
 // returns nil after a requested stop, and an error when it cannot start or a
 // part of it fails (which also stops the rest).
@@ -224,7 +241,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 		f.setReady(fmt.Errorf("frontend: queue: %w", err))
 		return fmt.Errorf("frontend: open queue: %w", err)
 	}
-	ln, err := net.Listen("tcp", f.cfg.Listen)
+	ln, err := tlsserve.Listen(ctx, f.cfg.Listen, f.cfg.ReusePort)
 	if err != nil {
 		_ = f.closeQueue(q) // the listen error is the one to report
 		f.setReady(fmt.Errorf("frontend: listen: %w", err))
@@ -239,6 +256,10 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 	addr := ln.Addr()
 	f.addr.Store(&addr)
+	if f.tls != nil {
+		f.tlsLn = f.tls.NewListener(ln)
+		ln = f.tlsLn
+	}
 	f.routers.watch(dr)
 	appendCtx, forceStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer forceStop()
@@ -306,6 +327,10 @@ func (f *Frontend) Run(ctx context.Context) error {
 			cmdr.run(presCtx)
 		}
 	}()
+	// The TLS reloads and the admission governor, until the stop.
+	edgeCtx, stopEdge := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEdge()
+	edgeDone := f.runEdge(edgeCtx)
 
 	var runErr error
 	serveDone := make(chan struct{})
@@ -319,7 +344,8 @@ func (f *Frontend) Run(ctx context.Context) error {
 			}
 		}()
 		f.setReady(nil)
-		f.logger.Info("frontend: serving devices", "addr", addr.String(), "path", IngestPath,
+		f.logger.Info("frontend: serving devices", "addr", addr.String(), "scheme", f.scheme(), "path", IngestPath,
+			"device_auth", f.cfg.DeviceAuth, "reuse_port", f.cfg.ReusePort,
 			"queue", f.cfg.QueueDir, "routers", strings.Join(f.cfg.Routers, ","), "devices_registered", store.Current().Len())
 		select {
 		case <-ctx.Done():
@@ -332,16 +358,22 @@ func (f *Frontend) Run(ctx context.Context) error {
 		close(serveDone)
 	}
 
-	// Stop: devices first, then the drainer (it finishes its in-flight
-	// batches), then the queue.
+	// Stop: devices first (stop accepting, then the lame duck: close them
+	// gradually, then what is left at once), then the drainer (it finishes
+	// its in-flight batches), then the queue.
 	f.setReady(errStopping)
 	start := time.Now()
-	graceCtx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownGrace)
-	defer cancelGrace()
-	if err := srv.Shutdown(graceCtx); err != nil {
+	shutCtx, cancelShut := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownGrace)
+	if err := srv.Shutdown(shutCtx); err != nil {
 		_ = srv.Close()
 	}
+	cancelShut()
 	<-serveDone
+	if runErr == nil {
+		f.lameDuck(context.WithoutCancel(ctx), f.cfg.LameDuck)
+	}
+	graceCtx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownGrace)
+	defer cancelGrace()
 	n := f.closeConns(graceCtx, forceStop)
 	f.logger.Info("frontend: device connections closed", "connections", n, "took", time.Since(start))
 	stopPresence() // after the connections: their disconnects go in its last batch
@@ -349,6 +381,8 @@ func (f *Frontend) Run(ctx context.Context) error {
 	<-cmdDone
 	stopDrain()
 	<-drainDone
+	stopEdge()
+	<-edgeDone
 	if err := f.closeQueue(q); err != nil && runErr == nil {
 		runErr = err
 	}
@@ -362,43 +396,6 @@ func (f *Frontend) closeQueue(q *queue.Queue) error {
 		return fmt.Errorf("frontend: close queue: %w", err)
 	}
 	return nil
-}
-
-// closeConns stops admitting connections, asks every connection to finish
-// its frame and close with 1001, and waits for them until graceCtx ends;
-// then it closes what is left by force. It returns how many connections
-// were open.
-func (f *Frontend) closeConns(graceCtx context.Context, forceStop context.CancelFunc) int {
-	f.mu.Lock()
-	f.closing = true
-	conns := make([]*conn, 0, len(f.conns))
-	for c := range f.conns {
-		conns = append(conns, c)
-	}
-	f.mu.Unlock()
-	for _, c := range conns {
-		c.stop(closeGoingAway, reasonTextGoingAway)
-	}
-	allDone := make(chan struct{})
-	go func() {
-		f.connWG.Wait()
-		close(allDone)
-	}()
-	select {
-	case <-allDone:
-		return len(conns)
-	case <-graceCtx.Done():
-	}
-	f.mu.Lock()
-	left := len(f.conns)
-	for c := range f.conns {
-		_ = c.ws.Close()
-	}
-	f.mu.Unlock()
-	f.logger.Warn("frontend: shutdown grace passed; closing connections by force", "connections", left, "grace", f.cfg.ShutdownGrace)
-	forceStop() // an append stuck on the disk returns, unacked
-	<-allDone
-	return len(conns)
 }
 
 // admit reserves a connection slot, or says why there is none.
@@ -458,13 +455,21 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusBadRequest, reasonNotWebSocket, "expected a WebSocket upgrade", "")
 		return
 	}
-	// The cheapest checks first: an address that failed too often, then
-	// the connection limit (during a reconnect stampede most requests end
-	// there), all before any hashing or upgrade.
+	// The cheapest checks first: an address that failed too often, the
+	// accept rate, then the connection limit (during a reconnect stampede
+	// most requests end there), all before any hashing or upgrade.
 	now := time.Now()
 	src := auth.SourceKey(f.proxies.ClientAddr(r))
 	if left, blocked := f.srcLimit.Blocked(src, now); blocked {
 		f.refuseRateLimited(w, left, "")
+		return
+	}
+	id, token := credentials(r)
+	certID := certDevice(r)
+	if id == "" {
+		id = certID
+	}
+	if !f.admitNew(w, id, now) {
 		return
 	}
 	if ok, reason := f.admit(); !ok {
@@ -472,8 +477,14 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusServiceUnavailable, reason, "server busy, retry later", "")
 		return
 	}
-	id, token := credentials(r)
-	if id == "" || token == "" {
+	if certID != "" && id != certID {
+		f.unadmit()
+		f.authFailed(src, "", now)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
+		f.refuseHTTP(w, http.StatusUnauthorized, reasonCertMismatch, textUnauthorized, id[:min(len(id), telemetry.MaxDeviceIDLen)])
+		return
+	}
+	if id == "" || (token == "" && certID == "") {
 		f.unadmit()
 		f.authFailed(src, "", now)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
@@ -496,10 +507,14 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reg := f.store.Current()
-	_, grant, err := reg.Authorize(id, token, now)
+	grant, err := authenticate(reg, id, token, certID, now)
 	if err != nil {
 		f.unadmit()
 		f.refuseAuth(w, src, id, now, err)
+		return
+	}
+	if !f.notFlapping(w, id, now) {
+		f.unadmit()
 		return
 	}
 	ws, err := f.upgrader.Upgrade(w, r, nil)
@@ -514,7 +529,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	f.m.connections.Inc()
 	f.m.connectionsAccepted.Inc()
 	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
-	c := &conn{f: f, ws: ws, cred: grant, client: src}
+	c := &conn{f: f, ws: ws, cred: grant, byCert: certID != "", client: src}
 	c.text.Store(r.URL.Query().Get(QueryEncoding) == "json")
 	if !f.track(c) {
 		// Shutdown began during the upgrade: this connection never
@@ -527,7 +542,8 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.unadmit()
 		return
 	}
-	_, old := f.devs.attach(id, c) // sets c.dev
+	d, old := f.devs.attach(id, c) // sets c.dev
+	f.connected(d, now)
 	if old != nil {
 		old.stop(CloseReplaced, reasonTextReplaced)
 		c.log(slog.LevelInfo, "frontend: device reconnected; closing its older connection")

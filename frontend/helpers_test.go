@@ -98,6 +98,12 @@ func testConfig(t testing.TB, devices int) Config {
 	cfg.ShutdownGrace = 5 * time.Second
 	cfg.WriteTimeout = 2 * time.Second
 	cfg.Links = testLinks
+	// The stop closes at once (1001), as the tests of shutdown expect;
+	// lameduck_test.go tests the lame duck. A fixed accept rate: the
+	// governor follows the machine's load, which a test does not control
+	// (admission_test.go tests it).
+	cfg.LameDuck = 0
+	cfg.Admission.DelayTarget = 0
 	return cfg
 }
 
@@ -202,6 +208,40 @@ func (e *env) connect(t testing.TB, i int, byQuery bool) *websocket.Conn {
 
 // metric reads a counter or gauge, with label values if it is a vector.
 func (e *env) metric(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+
+// gathered returns the value of the series of name whose label has value
+// (label "": the metric has no labels), from the frontend's registry; of a
+// histogram, its count.
+func (e *env) gathered(t testing.TB, name, label, value string) float64 {
+	t.Helper()
+	fams, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range fams {
+		if fam.GetName() != name {
+			continue
+		}
+		for _, m := range fam.GetMetric() {
+			match := label == ""
+			for _, l := range m.GetLabel() {
+				match = match || (l.GetName() == label && l.GetValue() == value)
+			}
+			if !match {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return 0
+}
 
 func (e *env) refusals(reason string) float64 {
 	return testutil.ToFloat64(e.f.m.refusals.WithLabelValues(reason))

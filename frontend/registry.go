@@ -136,7 +136,14 @@ func (f *Frontend) recheck(c *conn, reg *registry.Registry, now time.Time) {
 		return
 	}
 	old := c.grant()
-	g, err := reg.Check(c.dev.id, old.Token, now)
+	var g registry.Grant
+	var err error
+	if c.byCert {
+		// A certificate is not in the registry: only the device's state is.
+		err = certAllowed(reg, c.dev.id)
+	} else {
+		g, err = reg.Check(c.dev.id, old.Token, now)
+	}
 	if err == nil {
 		c.setGrant(g)
 		return

@@ -14,6 +14,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // Config is a livefeed's configuration. Start from [DefaultConfig].
@@ -25,6 +26,9 @@ type Config struct {
 	// dns+tcp://name:port entry stands for every address the name resolves
 	// to, followed while the livefeed runs (internal/endpoints).
 	Routers []string
+	// Alerts are the alert lane endpoints of every alert engine (their
+	// -alert-pub); empty: no alerts on the feed.
+	Alerts []string
 	// Resolve says how often, and through which DNS server, dns+tcp://
 	// entries of Routers are looked up.
 	Resolve endpoints.Config
@@ -106,6 +110,14 @@ type Config struct {
 	// -insecure-links.
 	Links clusterlink.Config
 
+	// TLS serves wss:// and https:// (the map page) with a certificate
+	// reloaded without dropping clients and shared session ticket keys
+	// (internal/tlsserve). Without a certificate: ws:// and http://, for
+	// development and behind an ingress that terminates TLS.
+	TLS tlsserve.Config
+	// ReusePort binds Listen with SO_REUSEPORT, so that several livefeeds
+	// share one port.
+	ReusePort bool
 	// Map configures the built-in live map page.
 	Map MapConfig
 }
@@ -131,6 +143,7 @@ func DefaultConfig() Config {
 		VehicleTTL:          24 * time.Hour,
 		ShutdownGrace:       5 * time.Second,
 		AuthLimit:           auth.DefaultLimitConfig(),
+		TLS:                 tlsserve.Config{MinVersion: "1.2", Limits: tlsserve.DefaultLimits()},
 		Map:                 DefaultMapConfig(),
 	}
 }
@@ -143,6 +156,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
 		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port); dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
 	c.Resolve.RegisterFlags(fs, "-routers")
+	fs.Var((*daemon.StringList)(&c.Alerts), "alerts",
+		"comma-separated ZeroMQ `endpoints` of every alert engine's alert lane (their -alert-pub); empty: no alerts")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
 	fs.StringVar(&c.Clients, "clients", c.Clients,
@@ -180,6 +195,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) clients get to take their close frame (1001) before being cut")
 	c.Links.RegisterFlags(fs)
+	c.TLS.RegisterFlags(fs, false)
+	fs.BoolVar(&c.ReusePort, "reuse-port", c.ReusePort,
+		"bind -listen with SO_REUSEPORT, so that several livefeeds share the port")
 	c.Map.RegisterFlags(fs)
 }
 
@@ -191,6 +209,11 @@ func (c Config) Validate() error {
 	}
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	for _, ep := range c.Alerts {
+		if err := daemon.ValidateEndpoint(ep, false); err != nil {
+			errs = append(errs, fmt.Errorf("alerts: %w", err))
+		}
 	}
 	if err := c.Links.Validate(); err != nil {
 		errs = append(errs, err)
@@ -244,6 +267,12 @@ func (c Config) Validate() error {
 	if c.PingInterval > 0 && c.IdleTimeout > 0 && c.IdleTimeout <= c.PingInterval {
 		errs = append(errs, fmt.Errorf("idle-timeout: %v, want more than ping-interval (%v)", c.IdleTimeout, c.PingInterval))
 	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ReusePort && !tlsserve.ReusePortSupported {
+		errs = append(errs, errors.New("reuse-port: SO_REUSEPORT is supported on Linux only"))
+	}
 	if err := c.Map.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -258,6 +287,7 @@ func (c Config) Validate() error {
 
 func (c Config) clone() Config {
 	c.Routers = slices.Clone(c.Routers)
+	c.Alerts = slices.Clone(c.Alerts)
 	c.TrustedProxies = slices.Clone(c.TrustedProxies)
 	return c
 }

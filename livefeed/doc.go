@@ -36,6 +36,15 @@
 // and its device registry (registry.go), to take decommissioned and deleted
 // devices off every map.
 //
+// # TLS
+//
+// With -tls-cert and -tls-key the livefeed serves wss:// and the map page
+// over https:// itself (internal/tlsserve, as the frontend: the
+// certificate reloaded on SIGHUP and on change without dropping clients,
+// optional shared session ticket keys, limited handshakes); without them
+// ws:// and http://, for development or behind an ingress that terminates
+// TLS. -reuse-port lets several livefeeds share one port.
+//
 // # How an update travels
 //
 // One goroutine per router endpoint reads its zmq4 SUB socket (ingest.go),

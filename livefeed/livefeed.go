@@ -24,6 +24,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // LivePath is the URL path of the client WebSocket API.
@@ -49,6 +50,8 @@ type Feed struct {
 	m      *metrics
 	store  *store
 	sec    *clusterlink.Security
+	tls    *tlsserve.Server // nil: plain
+	alerts activeAlerts
 	watch  *endpoints.Watcher
 
 	// subs are the router subscriptions, by endpoint (see setRouters).
@@ -119,6 +122,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 			return nil, fmt.Errorf("livefeed: routers: %w", err)
 		}
 	}
+	for _, ep := range cfg.Alerts {
+		if _, err := sec.Endpoint(clusterlink.LinkAlerts, ep); err != nil {
+			sec.Close()
+			return nil, fmt.Errorf("livefeed: alerts: %w", err)
+		}
+	}
 	watch, err := endpoints.NewWatcher(cfg.Routers, cfg.Resolve, "livefeed", logger, reg)
 	if err != nil {
 		sec.Close()
@@ -133,10 +142,15 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 		subs:        make(map[string]*routerSub),
 		m:           m,
 		store:       newStore(),
+		alerts:      activeAlerts{byDev: map[string]map[string]clientAlert{}},
 		clientsPoll: 2 * time.Second,
 		byFleet:     make(map[string]map[*client]struct{}),
 		all:         make(map[*client]struct{}),
 		conns:       make(map[*client]struct{}),
+	}
+	if f.tls, err = tlsserve.New(cfg.TLS, "livefeed", "drover_livefeed", logger, reg); err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("livefeed config: %w", err)
 	}
 	f.proxies, _ = auth.ParseProxies(cfg.TrustedProxies) // checked by Validate
 	f.srcLimit = auth.NewLimiter(cfg.AuthLimit)
@@ -230,13 +244,18 @@ func (f *Feed) Run(ctx context.Context) error {
 		defer reg.Subscribe(f.registryChanged)()
 	}
 
-	ln, err := net.Listen("tcp", f.cfg.Listen)
+	ln, err := tlsserve.Listen(ctx, f.cfg.Listen, f.cfg.ReusePort)
 	if err != nil {
 		f.setState(fmt.Errorf("livefeed: listen: %w", err))
 		return fmt.Errorf("livefeed: listen on %s: %w", f.cfg.Listen, err)
 	}
 	addr := ln.Addr()
 	f.addr.Store(&addr)
+	scheme := "http"
+	if f.tls != nil {
+		ln = f.tls.NewListener(ln)
+		scheme = "https"
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+LivePath, f.serveLive)
@@ -263,7 +282,13 @@ func (f *Feed) Run(ctx context.Context) error {
 	f.subsCtx = bgCtx
 	f.setRouters(f.watch.Current())
 	bg.Go(func() { f.watch.Run(bgCtx, f.setRouters) })
+	for i, ep := range f.cfg.Alerts {
+		bg.Go(func() { f.subscribeAlerts(bgCtx, i, ep) })
+	}
 	bg.Go(func() { auth.run(bgCtx) })
+	if f.tls != nil {
+		bg.Go(func() { f.tls.Run(bgCtx) })
+	}
 	if tokens != nil {
 		bg.Go(func() { tokens.run(bgCtx, f.cfg.NotBefore) })
 	}
@@ -275,7 +300,7 @@ func (f *Feed) Run(ctx context.Context) error {
 	}
 
 	f.setState(nil)
-	url := "http://" + browsable(addr) + "/"
+	url := scheme + "://" + browsable(addr) + "/"
 	f.logger.Info("livefeed: serving clients", "addr", addr.String(), "path", LivePath, "map", url,
 		"routers", strings.Join(f.cfg.Routers, ","))
 	switch {

@@ -31,3 +31,84 @@ else
 	(umask 077 && head -c 32 /dev/urandom | base64 >"$work/cluster.key")
 	for t in FRONTEND ROUTER STORAGE_WRITER LIVEFEED; do export "DROVER_${t}_CLUSTER_KEY_FILE=$work/cluster.key"; done
 fi
+
+# --- helpers of the connection benchmarks (bench-conns.sh, sim-fleet.sh) ---
+
+# promsum ADDR NAME [LABEL-REGEX]: the sum of a metric's series (matching the regex inside the
+# braces) at http://ADDR/metrics; 0 when absent or unreachable.
+promsum() {
+	{ curl -fs "http://$1/metrics" 2>/dev/null || true; } |
+		awk -v re="^$2(\\{[^}]*${3:-}[^}]*\\})? " '$0 ~ re {s+=$NF} END {printf "%.0f\n", s}'
+}
+
+# promsums NAME [LABEL-REGEX] ADDR...: promsum over several processes.
+promsums() {
+	local name=$1 re=$2 total=0 a v
+	shift 2
+	for a in "$@"; do v=$(promsum "$a" "$name" "$re"); total=$((total + v)); done
+	echo "$total"
+}
+
+# rss PID: resident set size in bytes (VmRSS), 0 when gone.
+rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# cpusec PID: user + system CPU seconds of a process so far.
+cpusec() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# fds PID: open file descriptors.
+fds() { { ls "/proc/$1/fd" 2>/dev/null || true; } | wc -l; }
+
+# wait_until TIMEOUT-SECONDS DESCRIPTION 'CONDITION': evaluate CONDITION (a shell command line,
+# given in single quotes so that it is expanded afresh each time) every 0.2 s until it succeeds;
+# 1 (and a message) when TIMEOUT passes.
+wait_until() {
+	local deadline=$((SECONDS + $1)) what=$2
+	shift 2
+	until eval "$*"; do
+		if ((SECONDS >= deadline)); then echo "${0##*/}: timed out waiting for $what" >&2; return 1; fi
+		sleep 0.2
+	done
+}
+
+# start_sims NAME TOTAL OFFSET FIRST-ADDR -- SIM-ARGS...: start `drover sim` processes for TOTAL
+# devices from index OFFSET, at most $SIM_PER (15,000) devices each (a process holds one file per
+# connection, and at most 20,000 here), process k dialing from 127.0.0.(FIRST-ADDR+k). Each writes
+# $out/NAME-k.{json,timeline.jsonl,acked.json,log}; their pids go to pids and sim_pids_NAME, their
+# ops addresses to sim_ops_NAME.
+start_sims() {
+	local name=$1 total=$2 offset=$3 addr=$4 per=${SIM_PER:-15000} k=0 n ops
+	shift 5
+	local -n _pids="sim_pids_$name" _ops="sim_ops_$name"
+	_pids=(); _ops=()
+	while ((total > 0)); do
+		n=$((total < per ? total : per))
+		ops="127.0.0.1:$(freeport)"
+		"$drover" sim -devices "$n" -device-offset "$offset" -local-addrs "127.0.0.$((addr + k))" \
+			-summary "$out/$name-$k.json" -timeline "$out/$name-$k.timeline.jsonl" -acked "$out/$name-$k.acked.json" \
+			-progress 10s -ops-listen "$ops" "$@" 2>"$out/$name-$k.log" &
+		pids+=($!); _pids+=($!); _ops+=("$ops")
+		total=$((total - n)); offset=$((offset + n)); k=$((k + 1))
+	done
+}
+
+# sims_summary NAME: one line adding up the JSON summaries of NAME's sim processes.
+sims_summary() {
+	python3 - "$out" "$1" <<'PY'
+import glob, json, sys
+out, name = sys.argv[1], sys.argv[2]
+tot, fails, disc, p99s = {}, {}, {}, []
+for f in sorted(glob.glob(f"{out}/{name}-*.json")):
+    if f.endswith(".acked.json"):
+        continue
+    s = json.load(open(f))
+    for k in ("devices", "connected", "connects", "acked", "generated", "tls_handshakes_full", "tls_handshakes_resumed"):
+        tot[k] = tot.get(k, 0) + s.get(k, 0)
+    for k, v in (s.get("connect_failures") or {}).items():
+        fails[k] = fails.get(k, 0) + v
+    for k, v in (s.get("disconnects") or {}).items():
+        disc[k] = disc.get(k, 0) + v
+    p99s.append(s.get("ack_latency_ms", {}).get("p99", 0))
+print(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in tot.items()) +
+      f"; connect failures {fails or 'none'}; disconnects {disc or 'none'}; ack p99 (worst process) {max(p99s or [0])} ms")
+PY
+}

@@ -2,7 +2,10 @@ module github.com/drover-telemetry/drover/bench/natspeer
 
 go 1.26.8
 
-require github.com/nats-io/nats.go v1.56.0
+require (
+	github.com/gorilla/websocket v1.5.3
+	github.com/nats-io/nats.go v1.56.0
+)
 
 require (
 	github.com/klauspost/compress v1.20.0 // indirect

@@ -9,6 +9,10 @@
 //
 //	go run . -url nats://127.0.0.1:4222 -publishers 1000 -size 1700 -readings 50 -window 8 \
 //		-duration 20s -summary nats.json -timeline nats-timeline.jsonl
+//
+// `natspeer wsconns` is the peer of the connection benchmarks instead: NATS client connections
+// to nats-server's WebSocket listener, held idle, for memory per connection and connect rate
+// (wsconns.go, scripts/bench-conns.sh).
 package main
 
 import (
@@ -48,6 +52,9 @@ type config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "wsconns" {
+		os.Exit(wsconnsMain(os.Args[2:]))
+	}
 	var c config
 	flag.StringVar(&c.url, "url", nats.DefaultURL, "the nats-server's `url`")
 	flag.IntVar(&c.publishers, "publishers", 1000, "publishing connections (drover: devices)")

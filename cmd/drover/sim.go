@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"os/signal"
 	"syscall"
 	"time"
 
@@ -24,6 +25,8 @@ type simOptions struct {
 	summary       string        // write the JSON summary here at the end ("-": stdout)
 	progress      time.Duration // progress line interval; 0: none
 	timeline      string        // write a JSON line per second here (empty: none)
+	acked         string        // write every device's highest acked seq here at the end (empty: none)
+	script        string        // a scripted trip every device drives (empty: the vehicle model)
 	// waitFor, when set, must return nil before the devices start (drover
 	// all: the frontend listens), so that no first connect is refused.
 	waitFor func() error
@@ -45,6 +48,10 @@ func (o *simOptions) registerFlags(fs *flag.FlagSet) {
 		"print a progress line to standard error this often (`duration`); 0 for none")
 	fs.StringVar(&o.timeline, "timeline", o.timeline,
 		"write a JSON line per second to this `file`: sent and acked readings, ack p50 and p99, connected (empty for none)")
+	fs.StringVar(&o.acked, "acked", o.acked,
+		"write every device's highest acked seq to this `file` when the fleet stops (JSON: device → seq), to check storage per device (empty for none)")
+	fs.StringVar(&o.script, "script", o.script,
+		"scripted trip `file` (JSON: legs to drive, stop, go silent; docs/simulator.md) every device drives instead of the vehicle model")
 }
 
 // newSim returns the simulator's unit: a fleet that runs until ctx ends or,
@@ -62,6 +69,13 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		done := func(context.Context) error { return nil }
 		return []unit{{name: "sim", run: done, ready: func() error { return nil }}}, nil
 	}
+	if o.script != "" {
+		sc, err := sim.LoadScript(o.script)
+		if err != nil {
+			return nil, fmt.Errorf("sim: %w", err)
+		}
+		o.fleet.Script = sc
+	}
 	fleet, err := sim.New(o.fleet, logger, reg)
 	if err != nil {
 		return nil, fmt.Errorf("sim: %w", err)
@@ -73,6 +87,20 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		if o.progress > 0 {
 			go fleet.Progress(os.Stderr, o.progress)
 		}
+		// SIGUSR1 drops every connection at once (a stampede on demand, for load scripts).
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		defer signal.Stop(usr1)
+		go func() {
+			for {
+				select {
+				case <-usr1:
+					fleet.Stampede()
+				case <-fleet.Done():
+					return
+				}
+			}
+		}()
 		timelineDone := make(chan error, 1)
 		if o.timeline != "" {
 			tf, err := os.Create(o.timeline)
@@ -93,6 +121,15 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		// Run has closed Done: the timeline writes its last line and returns.
 		if terr := <-timelineDone; terr != nil {
 			logger.Error("sim: timeline", "err", terr)
+		}
+		if o.acked != "" {
+			b, jerr := json.Marshal(fleet.Acked())
+			if jerr == nil {
+				jerr = os.WriteFile(o.acked, append(b, '\n'), 0o644)
+			}
+			if jerr != nil {
+				logger.Error("sim: write acked seqs", "err", jerr)
+			}
 		}
 		if o.summary != "" {
 			sum := fleet.Summary()

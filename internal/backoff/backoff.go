@@ -11,6 +11,12 @@
 // is noticed soon, and the random half spreads the retries of many clients
 // refused at the same moment, so that they do not all come back at the
 // same moment either.
+//
+// [NewFull] draws from [0, d] instead ("full jitter", the AWS SDKs'
+// default): for many independent clients refused by one server, such as a
+// fleet of devices after an outage, it spreads the retries evenly over the
+// whole interval, where equal jitter crowds them into its second half.
+// That is the device side's contract (docs/ingest.md).
 package backoff
 
 import (
@@ -26,6 +32,7 @@ type Backoff struct {
 	min, max time.Duration
 	rnd      *rand.Rand
 	cur      time.Duration // d of the last failure; 0 after Reset
+	full     bool          // draw from [0, d], not [d/2, d]
 }
 
 // New returns a Backoff whose first wait is about lo and whose waits never
@@ -37,22 +44,33 @@ func New(lo, hi time.Duration, rnd *rand.Rand) Backoff {
 	return Backoff{min: lo, max: max(lo, hi), rnd: rnd}
 }
 
+// NewFull is [New] with full jitter: each wait is uniform in [0, d].
+func NewFull(lo, hi time.Duration, rnd *rand.Rand) Backoff {
+	b := New(lo, hi, rnd)
+	b.full = true
+	return b
+}
+
 // Next records one more failure and returns how long to wait before the
-// next attempt: uniform in [d/2, d], d doubling from lo to at most hi (see [New]).
+// next attempt: uniform in [d/2, d] ([0, d] with [NewFull]), d doubling
+// from lo to at most hi (see [New]).
 func (b *Backoff) Next() time.Duration {
 	if b.cur == 0 {
 		b.cur = b.min
 	} else {
 		b.cur = min(2*b.cur, b.max)
 	}
-	half := int64(b.cur / 2)
+	base, span := int64(b.cur/2), int64(b.cur/2)
+	if b.full {
+		base, span = 0, int64(b.cur)
+	}
 	var r int64
 	if b.rnd != nil {
-		r = b.rnd.Int64N(half + 1)
+		r = b.rnd.Int64N(span + 1)
 	} else {
-		r = rand.Int64N(half + 1)
+		r = rand.Int64N(span + 1)
 	}
-	return time.Duration(half + r)
+	return time.Duration(base + r)
 }
 
 // Reset forgets the failures: the next Next waits about lo again. Call it

@@ -92,3 +92,28 @@ func TestSleep(t *testing.T) {
 		t.Fatal("Sleep ignored the cancelled context")
 	}
 }
+
+// TestFullJitterSpansTheWholeInterval: with NewFull the n-th wait lies in
+// [0, d], and a herd's first waits fill it: some in its first half, which
+// equal jitter never uses.
+func TestFullJitterSpansTheWholeInterval(t *testing.T) {
+	lo, hi := 200*time.Millisecond, 5*time.Second
+	b := NewFull(lo, hi, rand.New(rand.NewPCG(3, 4)))
+	d := lo
+	for n := 1; n <= 8; n++ {
+		if w := b.Next(); w < 0 || w > d {
+			t.Fatalf("failure %d: wait %v, want in [0, %v]", n, w, d)
+		}
+		d = min(2*d, hi)
+	}
+	firstHalf := 0
+	for range 1000 {
+		b := NewFull(time.Second, time.Minute, nil)
+		if b.Next() < 500*time.Millisecond {
+			firstHalf++
+		}
+	}
+	if firstHalf < 400 || firstHalf > 600 {
+		t.Fatalf("%d of 1000 first waits under half of d, want about 500", firstHalf)
+	}
+}

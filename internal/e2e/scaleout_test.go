@@ -57,7 +57,9 @@ func newScaleCluster(t *testing.T, sc sim.Config, frontends int, withInflux bool
 		c.frontends = append(c.frontends, newProc(t, fmt.Sprintf("frontend-%d", i), "frontend", append([]string{
 			"-id", uid(fmt.Sprintf("frontend-%d", i)), "-listen", addr, "-routers", "dns+tcp://" + dnsIngest + ":" + c.ingest,
 			"-queue-dir", filepath.Join(c.dir, fmt.Sprintf("frontend-%d", i)), "-registry", c.registry,
-			"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s"}, resolve...)...))
+			// A short lame duck: a rolling upgrade still moves the devices
+			// gradually, without 10 s per frontend in the suite.
+			"-rate", "1000", "-rate-burst", "1000", "-shutdown-grace", "5s", "-lame-duck", "2s"}, resolve...)...))
 	}
 	c.lakeDir = filepath.Join(c.dir, "lake")
 	c.lake = newProc(t, "writer-lake", "storage-writer", append([]string{

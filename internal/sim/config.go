@@ -24,7 +24,7 @@ const maxFrameReadings = 1000
 type Config struct {
 	// URLs are the frontends' WebSocket URLs (ws://host:port or wss://, path IngestPath when
 	// none is given). A device picks one at random at each connect and moves to another after a
-	// failure.
+	// failure (but goes back once to one that answered with a Retry-After).
 	URLs []string
 	// Devices is the number of simulated devices.
 	Devices int
@@ -74,6 +74,9 @@ type Config struct {
 	AckTimeout time.Duration
 	// WriteTimeout bounds one frame's write to the socket (default 10 s).
 	WriteTimeout time.Duration
+	// Script, when set, makes every device drive this scripted trip
+	// instead of the vehicle model's journeys (script.go).
+	Script *Script `json:"-"`
 	// LocalAddrs are source IP addresses to dial from, spread over the devices round-robin
 	// (e.g. 127.0.0.2, 127.0.0.3): each gives another ~28k ephemeral ports. Empty: the system's
 	// choice.
@@ -103,6 +106,20 @@ type Config struct {
 	FirmwareLinkBytesPerSecond int
 	FirmwareDropEvery          int
 	FirmwareChunk              int
+
+	// TLSCAFile is a PEM file of the CAs that issue the frontends' certificates, for wss:// URLs;
+	// empty: the system's roots. TLSServerName is the name checked in their certificates; empty:
+	// the URL's host.
+	TLSCAFile     string
+	TLSServerName string
+	// TLSNoResume turns TLS session resumption off: every connection is a full handshake. By
+	// default each device keeps the session ticket of its last connection and resumes with it, as
+	// devices should (docs/ingest.md).
+	TLSNoResume bool
+	// TLSDeviceCACert and TLSDeviceCAKey, when set, are a CA (PEM certificate and key) that issues
+	// each device a client certificate naming it at its first connection: the devices then
+	// authenticate with certificates (the frontend's -device-auth cert).
+	TLSDeviceCACert, TLSDeviceCAKey string
 }
 
 // DefaultConfig returns a configuration with every default filled in: 100 devices, one reading
@@ -163,6 +180,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"harsh brakings (and speedings) per vehicle per hour of driving (`number`), overheatings a fifth of it; negative: none")
 	fs.DurationVar(&c.StampedeEvery, "stampede-every", c.StampedeEvery,
 		"drop every device's connection at once this often (`duration`), a reconnect storm; 0: never")
+	fs.StringVar(&c.TLSCAFile, "tls-ca", c.TLSCAFile, "PEM `file` of the CAs of the frontends' certificates, for wss:// (default: the system's)")
+	fs.StringVar(&c.TLSServerName, "tls-server-name", c.TLSServerName, "`name` to check in the frontends' certificates (default: the URL's host)")
+	fs.BoolVar(&c.TLSNoResume, "tls-no-resume", c.TLSNoResume, "do not resume TLS sessions: a full handshake at every connection")
+	fs.StringVar(&c.TLSDeviceCACert, "tls-device-ca-cert", c.TLSDeviceCACert,
+		"PEM `file` of a CA certificate that issues each device a client certificate naming it (with -tls-device-ca-key): devices authenticate by certificate")
+	fs.StringVar(&c.TLSDeviceCAKey, "tls-device-ca-key", c.TLSDeviceCAKey, "PEM `file` of the key of -tls-device-ca-cert")
 }
 
 // withDefaults fills every zero field from DefaultConfig (URLs and Devices excepted: they have
@@ -276,6 +299,9 @@ func (c Config) Validate() error {
 	}
 	if c.StampedeEvery < 0 {
 		errs = append(errs, fmt.Errorf("stampede-every: %s: want 0 or more", c.StampedeEvery))
+	}
+	if (c.TLSDeviceCACert == "") != (c.TLSDeviceCAKey == "") {
+		errs = append(errs, errors.New("tls-device-ca-cert, tls-device-ca-key: give both or neither"))
 	}
 	if c.Outbox < 1 {
 		errs = append(errs, fmt.Errorf("outbox: %d: want at least 1", c.Outbox))

@@ -3,16 +3,15 @@ package sim
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -33,7 +32,7 @@ type device struct {
 
 	// Writer goroutine only.
 	rng      *rand.Rand
-	veh      *vehicle
+	veh      mover
 	slots    int64 // reading slots elapsed (taken or dropped)
 	seqs     uint64
 	genStart time.Duration // since epoch: slot k is at genStart + k/Rate
@@ -65,6 +64,11 @@ type device struct {
 	ackedSeq atomic.Uint64
 	// wake tells the writer that acks opened the window.
 	wake chan struct{}
+
+	// tlsSession is the device's TLS session cache (one session), tlsCert its client
+	// certificate once made (under mu).
+	tlsSession session
+	tlsCert    *tls.Certificate
 }
 
 func newDevice(f *Fleet, k int, seed uint64) *device {
@@ -72,8 +76,14 @@ func newDevice(f *Fleet, k int, seed uint64) *device {
 	id := DeviceID(f.cfg.IDPrefix, i)
 	rng := rand.New(rand.NewPCG(seed, uint64(i)))
 	// The vehicle has its own generator, so that its journey does not depend on network timing.
-	veh := newVehicle(rand.New(rand.NewPCG(seed^0x9e3779b97f4a7c15, uint64(i))), classOf(i))
-	veh.eventRate = max(0, f.cfg.EventRate)
+	var veh mover
+	if f.cfg.Script != nil {
+		veh = newScripted(f.cfg.Script)
+	} else {
+		v := newVehicle(rand.New(rand.NewPCG(seed^0x9e3779b97f4a7c15, uint64(i))), classOf(i))
+		v.eventRate = max(0, f.cfg.EventRate)
+		veh = v
+	}
 	return &device{
 		f:      f,
 		idx:    k,
@@ -132,9 +142,11 @@ func (d *device) run(ctx context.Context) {
 		d.generate()
 	}
 
-	// The failures in a row, and the frontend of the last attempt (avoided at the next one).
-	retry := backoff.New(cfg.BackoffMin, cfg.BackoffMax, d.rng)
+	// The failures in a row (full jitter: docs/ingest.md's device contract), and the frontend of
+	// the last attempt (avoided at the next one, unless it told the device when to come back).
+	retry := backoff.NewFull(cfg.BackoffMin, cfg.BackoffMax, d.rng)
 	lastURL := -1
+	back := false // the next attempt goes back to lastURL
 	var wait time.Duration
 	for {
 		if wait > 0 {
@@ -158,8 +170,11 @@ func (d *device) run(ctx context.Context) {
 		if ctx.Err() != nil || d.finished() {
 			return
 		}
-		u := d.pickURL(lastURL)
-		lastURL = u
+		u, wentBack := lastURL, back
+		if !back {
+			u = d.pickURL(lastURL)
+		}
+		back, lastURL = false, u
 		conn, retryAfter, err := d.dial(ctx, f.urls[u])
 		if err != nil {
 			if ctx.Err() != nil {
@@ -167,9 +182,14 @@ func (d *device) run(ctx context.Context) {
 			}
 			wait = retry.Next()
 			if retryAfter > 0 {
-				// Honour Retry-After, spread over half as much again so that the refused
-				// devices do not all come back in the same instant.
-				wait = max(wait, retryAfter+time.Duration(d.rng.Int64N(int64(retryAfter/2)+1)))
+				// Honour Retry-After: the server chose it to spread the herd (its place in
+				// line). It is in whole seconds, so add up to a second of jitter: devices told
+				// the same second do not all come back at its start.
+				wait = retryAfter + time.Duration(d.rng.Int64N(int64(time.Second)))
+				// The accept rate holds the device's place in line at this frontend: come
+				// back to it. Once: refused there again (a full frontend, a line too long),
+				// try another.
+				back = !wentBack
 			}
 			var he *handshakeError
 			if errors.As(err, &he) && he.status == http.StatusUnauthorized {
@@ -185,90 +205,13 @@ func (d *device) run(ctx context.Context) {
 			retry.Reset()
 		}
 		wait = retry.Next()
-	}
-}
-
-// pickURL picks a frontend at random, another than last when there is a choice.
-func (d *device) pickURL(last int) int {
-	n := len(d.f.urls)
-	if n == 1 {
-		return 0
-	}
-	if last < 0 {
-		return d.rng.IntN(n)
-	}
-	return (last + 1 + d.rng.IntN(n-1)) % n
-}
-
-// handshakeError is an upgrade refused with an HTTP status.
-type handshakeError struct {
-	status int
-	body   string
-}
-
-func (e *handshakeError) Error() string {
-	if e.body != "" {
-		return fmt.Sprintf("upgrade refused: HTTP %d: %s", e.status, e.body)
-	}
-	return fmt.Sprintf("upgrade refused: HTTP %d", e.status)
-}
-
-// dial connects to url. On failure it counts and logs the failure and returns, for an HTTP 503
-// or 429, the server's Retry-After (0 if none).
-func (d *device) dial(ctx context.Context, url string) (*websocket.Conn, time.Duration, error) {
-	f := d.f
-	h := http.Header{}
-	h.Set("X-Drover-Device", d.id)
-	h.Set("Authorization", "Bearer "+d.token)
-	conn, resp, err := d.dialer.DialContext(ctx, url, h)
-	if err == nil {
-		b := httpBase(url)
-		d.base.Store(&b)
-		return conn, 0, nil
-	}
-	if ctx.Err() != nil {
-		return nil, 0, ctx.Err()
-	}
-	var (
-		kind       string
-		retryAfter time.Duration
-	)
-	var ne net.Error
-	switch {
-	case resp != nil:
-		kind = "http_" + strconv.Itoa(resp.StatusCode)
-		body := make([]byte, 128)
-		n, _ := resp.Body.Read(body)
-		err = &handshakeError{status: resp.StatusCode, body: string(bytes.TrimSpace(body[:n]))}
-		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
-			retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		if reason == reasonServiceRestart || reason == reasonGoingAway {
+			// The frontend is stopping (a lame duck spreads these closes already): go to
+			// another one at once, with up to a second of jitter.
+			retry.Reset()
+			wait = time.Duration(d.rng.Int64N(int64(time.Second)))
 		}
-	case errors.Is(err, syscall.ECONNREFUSED):
-		kind = "refused"
-	case errors.As(err, &ne) && ne.Timeout():
-		kind = "timeout"
-	default:
-		kind = "dial"
 	}
-	err = fmt.Errorf("connect %s: %w", url, err)
-	f.c.errors.Add(1)
-	f.c.count(&f.c.connectFailures, kind)
-	f.note("connect:"+kind, "sim device cannot connect", "device", d.id, "err", err)
-	return nil, retryAfter, err
-}
-
-// parseRetryAfter reads a Retry-After header: seconds or an HTTP date. 0 when absent or bad.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
-		return time.Duration(s) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
 }
 
 // generate takes the readings due by now into the outbox.
@@ -298,6 +241,9 @@ func (d *device) generate() {
 			dropped += uint64(n)
 			d.slots = due
 			break
+		}
+		if sv, ok := d.veh.(interface{ silentNext(float64) bool }); ok && sv.silentNext(dt) {
+			continue // a scripted silence: the device takes nothing
 		}
 		s := d.out.push()
 		d.veh.step(dt, s)
@@ -447,6 +393,10 @@ loop:
 
 	d.mu.Lock()
 	progress = d.gotAck || f.since()-start >= cfg.BackoffMax
+	if d.gotAck {
+		f.c.acking.Add(-1)
+		d.gotAck = false
+	}
 	// A server that says "try again later" or "rate limit" asks for backoff, however
 	// long the connection lasted before it said so.
 	if reason == strconv.Itoa(websocket.CloseTryAgainLater) || reason == strconv.Itoa(websocket.ClosePolicyViolation) {
@@ -467,22 +417,6 @@ loop:
 		f.note("disconnect:"+reason, "sim device disconnected", "device", d.id, "reason", reason, "err", cause)
 	}
 	return reason, progress
-}
-
-// disconnectReason names why the reader ended.
-func disconnectReason(err error) string {
-	var ce *websocket.CloseError
-	var de *downlinkError
-	switch {
-	case errors.As(err, &ce):
-		return strconv.Itoa(ce.Code)
-	case errors.As(err, &de):
-		return "error_" + strconv.FormatUint(uint64(de.code), 10)
-	case errors.Is(err, errProtocol):
-		return endProtocol
-	default:
-		return endError
-	}
 }
 
 // sendAvailable sends frames while the window and the outbox allow.
@@ -661,6 +595,9 @@ func (d *device) ack(seq uint64, at time.Duration) error {
 		inFlight := min(removed, d.next)
 		d.next -= inFlight
 		d.ackedSeq.Store(lastSeq)
+		if !d.gotAck {
+			f.c.acking.Add(1)
+		}
 		d.gotAck = true
 		d.progressAt = at
 		f.c.acked.Add(uint64(removed))

@@ -14,9 +14,17 @@
 //   - It sends outbox readings in frames of up to Config.FrameReadings with at most Config.Window
 //     frames un-acked, and removes readings from the outbox only when an ack covers them.
 //   - After any disconnect (close code, network error, downlink error, ack timeout) it reconnects
-//     with jittered exponential backoff, to a frontend picked at random (another one than the one
-//     that just failed, when there are several), and resends every un-acked reading, oldest first.
-//     HTTP 401 waits Config.BackoffMax; 503 waits at least its Retry-After.
+//     with exponential backoff and full jitter (each wait uniform in [0, d]), to a frontend picked
+//     at random (another one than the one that just failed, when there are several), and resends
+//     every un-acked reading, oldest first. HTTP 401 waits Config.BackoffMax; a 503 or 429 with a
+//     Retry-After waits exactly that plus up to a second of jitter (the server chose it to spread
+//     the herd) and goes back to the same frontend, which holds its place in line (once: refused
+//     there again, it picks another); a close 1012 (a frontend's lame duck) or 1001 reconnects at once, within a
+//     second, to another frontend. This is the device side's contract of docs/ingest.md.
+//   - Over wss:// (Config.TLSCAFile) each device keeps the TLS session of its last connection and
+//     resumes it at the next (Config.TLSNoResume: never), and may authenticate with a client
+//     certificate its fleet's CA issues it (Config.TLSDeviceCACert). Stats counts full and
+//     resumed handshakes.
 //
 // Each device runs two goroutines while connected: a writer (which also takes readings and
 // handles reconnects) and a reader of acks. Frames are built into reused protobuf messages and
@@ -70,6 +78,7 @@
 //	acked := f.Acked()                   // device → highest acked seq, for storage checks
 //
 // One process holding both ends of many loopback connections meets the open-file limit: run the
-// simulator in its own processes, each with its own Config.DeviceOffset, and past ~28k
-// connections per source address give Config.LocalAddrs.
+// simulator in its own processes, each with its own Config.DeviceOffset (scripts/sim-fleet.sh),
+// and past ~28k connections per source address give Config.LocalAddrs (with Linux's
+// IP_BIND_ADDRESS_NO_PORT, which the simulator sets, that is ~28k per source and frontend address).
 package sim

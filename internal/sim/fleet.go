@@ -23,6 +23,7 @@ type Fleet struct {
 	urls    []string
 	devices []*device
 	dialers []*websocket.Dialer
+	tls     *tlsClient
 
 	started atomic.Bool
 	done    chan struct{}
@@ -51,6 +52,7 @@ type Fleet struct {
 // counters are the fleet's statistics, updated by every device.
 type counters struct {
 	connected   atomic.Int64
+	acking      atomic.Int64 // devices whose current connection has had an ack
 	connects    atomic.Uint64
 	generated   atomic.Uint64
 	sent        atomic.Uint64
@@ -64,6 +66,8 @@ type counters struct {
 	outbox      atomic.Int64
 	devicesDone atomic.Int64
 	stampedes   atomic.Uint64
+	tlsFull     atomic.Uint64
+	tlsResumed  atomic.Uint64
 
 	mu              sync.Mutex
 	disconnects     map[string]uint64
@@ -92,11 +96,15 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Fleet, er
 		logger = slog.New(slog.DiscardHandler)
 	}
 	f := &Fleet{cfg: cfg, log: logger, done: make(chan struct{}), stampedeC: make(chan struct{})}
+	var err error
 	for _, s := range cfg.URLs {
 		u, _ := ingestURL(s) // checked by Validate
 		f.urls = append(f.urls, u)
 	}
-	f.dialers = newDialers(cfg)
+	if f.tls, err = newTLSClient(cfg); err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	f.dialers = f.newDialers()
 	seed := cfg.Seed
 	if seed == 0 {
 		seed = rand.Uint64()
@@ -114,7 +122,8 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Fleet, er
 }
 
 // newDialers returns one WebSocket dialer per source address (or one for the system's choice).
-func newDialers(cfg Config) []*websocket.Dialer {
+func (f *Fleet) newDialers() []*websocket.Dialer {
+	cfg := f.cfg
 	// Acks are a few bytes; frames go out through a shared pool of write buffers, so that an idle
 	// connection holds no write buffer at all.
 	perReading := 100
@@ -125,12 +134,19 @@ func newDialers(cfg Config) []*websocket.Dialer {
 	pool := &sync.Pool{}
 	mk := func(local net.Addr) *websocket.Dialer {
 		nd := &net.Dialer{LocalAddr: local, KeepAlive: 30 * time.Second}
+		if local != nil {
+			// The source port is picked at connect, not at bind: a source
+			// address then gives ~28k ports per frontend address, not ~28k
+			// in all.
+			nd.Control = bindAddressNoPort
+		}
 		return &websocket.Dialer{
-			NetDialContext:   nd.DialContext,
-			HandshakeTimeout: cfg.HandshakeTimeout,
-			ReadBufferSize:   512,
-			WriteBufferSize:  writeBuf,
-			WriteBufferPool:  pool,
+			NetDialContext:    nd.DialContext,
+			NetDialTLSContext: f.dialTLS(nd),
+			HandshakeTimeout:  cfg.HandshakeTimeout,
+			ReadBufferSize:    512,
+			WriteBufferSize:   writeBuf,
+			WriteBufferPool:   pool,
 		}
 	}
 	if len(cfg.LocalAddrs) == 0 {
@@ -288,12 +304,14 @@ type Stats struct {
 	Elapsed time.Duration
 	// Devices is the number of devices; DevicesDone of them have stopped.
 	Devices, DevicesDone int
-	// Connected is the number of devices connected now.
-	Connected int64
+	// Connected is the number of devices connected now; Acking of them, those whose current
+	// connection has had an ack (back and acking, after a stampede).
+	Connected, Acking int64
 	// Connects counts successful WebSocket upgrades.
 	Connects uint64
 	// ConnectFailures counts failed connection attempts by cause: "http_401", "http_503" (any
-	// HTTP status), "refused", "timeout", "dial".
+	// HTTP status), "refused", "timeout", "tls" (the TLS handshake failed, or the server closed
+	// the connection before it: its handshake backlog was full), "dial".
 	ConnectFailures map[string]uint64
 	// Disconnects counts connections ended other than by the device's own stop, by cause: the
 	// close code the server sent ("1001", "1013", "4000"; "1006" when the connection ended without
@@ -304,6 +322,9 @@ type Stats struct {
 	Disconnects map[string]uint64
 	// Stampedes counts stampedes: every device dropping its connection at once.
 	Stampedes uint64
+	// TLSFull and TLSResumed count the TLS handshakes of wss:// connections: full, and resumed
+	// with the session of an earlier connection.
+	TLSFull, TLSResumed uint64
 	// Generated counts readings taken (given a seq).
 	Generated uint64
 	// Sent counts readings written to sockets, resends included; Resent counts those that had
@@ -336,6 +357,7 @@ func (f *Fleet) Stats() Stats {
 		Devices:     len(f.devices),
 		DevicesDone: int(c.devicesDone.Load()),
 		Connected:   c.connected.Load(),
+		Acking:      c.acking.Load(),
 		Connects:    c.connects.Load(),
 		Generated:   c.generated.Load(),
 		Sent:        c.sent.Load(),
@@ -348,6 +370,8 @@ func (f *Fleet) Stats() Stats {
 		OutboxDrops: c.drops.Load(),
 		Errors:      c.errors.Load(),
 		Stampedes:   c.stampedes.Load(),
+		TLSFull:     c.tlsFull.Load(),
+		TLSResumed:  c.tlsResumed.Load(),
 		AckLatency:  c.latency.snapshot().latency(),
 	}
 	c.mu.Lock()

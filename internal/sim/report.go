@@ -42,6 +42,9 @@ type Summary struct {
 	Errors      uint64 `json:"errors"`
 	// Stampedes counts stampedes (every device dropping its connection at once).
 	Stampedes uint64 `json:"stampedes,omitempty"`
+	// TLSFull and TLSResumed count the TLS handshakes of wss:// connections, full and resumed.
+	TLSFull    uint64 `json:"tls_handshakes_full,omitempty"`
+	TLSResumed uint64 `json:"tls_handshakes_resumed,omitempty"`
 	// SentPerSecond and AckedPerSecond are averages over Seconds.
 	SentPerSecond  float64 `json:"sent_per_second"`
 	AckedPerSecond float64 `json:"acked_per_second"`
@@ -140,6 +143,8 @@ func (f *Fleet) Summary() Summary {
 		OutboxDrops:     s.OutboxDrops,
 		Errors:          s.Errors,
 		Stampedes:       s.Stampedes,
+		TLSFull:         s.TLSFull,
+		TLSResumed:      s.TLSResumed,
 		AckLatencyMs:    latencyMs(s.AckLatency),
 		WarmupSeconds:   c.Warmup.Seconds(),
 	}
@@ -216,6 +221,8 @@ type collector struct{ f *Fleet }
 
 var (
 	descConnected  = prometheus.NewDesc("drover_sim_devices_connected", "Simulated devices connected now.", nil, nil)
+	descAcking     = prometheus.NewDesc("drover_sim_devices_acking", "Simulated devices connected whose current connection has had an ack.", nil, nil)
+	descTLS        = prometheus.NewDesc("drover_sim_tls_handshakes_total", "TLS handshakes of wss:// connections, by kind (full, resumed).", []string{"kind"}, nil)
 	descConnects   = prometheus.NewDesc("drover_sim_connects_total", "Successful WebSocket upgrades of simulated devices.", nil, nil)
 	descConnFail   = prometheus.NewDesc("drover_sim_connect_failures_total", "Failed connection attempts, by cause.", []string{"cause"}, nil)
 	descDisconn    = prometheus.NewDesc("drover_sim_disconnects_total", "Connections ended other than by the device, by cause (close code, error).", []string{"cause"}, nil)
@@ -229,7 +236,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnected, descConnects, descConnFail, descDisconn, descReadings,
+	for _, d := range []*prometheus.Desc{descConnected, descAcking, descTLS, descConnects, descConnFail, descDisconn, descReadings,
 		descInFlight, descOutbox, descErrors, descStampedes, descAckLatency} {
 		ch <- d
 	}
@@ -239,6 +246,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.f.Stats()
 	ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, float64(s.Connected))
+	ch <- prometheus.MustNewConstMetric(descAcking, prometheus.GaugeValue, float64(s.Acking))
+	ch <- prometheus.MustNewConstMetric(descTLS, prometheus.CounterValue, float64(s.TLSFull), "full")
+	ch <- prometheus.MustNewConstMetric(descTLS, prometheus.CounterValue, float64(s.TLSResumed), "resumed")
 	ch <- prometheus.MustNewConstMetric(descConnects, prometheus.CounterValue, float64(s.Connects))
 	for k, v := range s.ConnectFailures {
 		ch <- prometheus.MustNewConstMetric(descConnFail, prometheus.CounterValue, float64(v), k)
@@ -275,6 +285,8 @@ type TimelinePoint struct {
 	AckP50Ms  float64 `json:"ack_p50_ms"`
 	AckP99Ms  float64 `json:"ack_p99_ms"`
 	Connected int64   `json:"connected"`
+	// Acking is how many connected devices have had an ack on their current connection.
+	Acking int64 `json:"acking"`
 }
 
 // Timeline writes a TimelinePoint to w as a JSON line every interval, and a last one when the
@@ -295,7 +307,7 @@ func (f *Fleet) Timeline(w io.Writer, every time.Duration) error {
 			T:       math.Round(s.Elapsed.Seconds()*1000) / 1000,
 			Seconds: math.Round((s.Elapsed-prev.Elapsed).Seconds()*1000) / 1000,
 			Sent:    s.Sent - prev.Sent, Acked: s.Acked - prev.Acked,
-			AckP50Ms: ms(lat.P50), AckP99Ms: ms(lat.P99), Connected: s.Connected,
+			AckP50Ms: ms(lat.P50), AckP99Ms: ms(lat.P99), Connected: s.Connected, Acking: s.Acking,
 		}
 		if dt := (s.Elapsed - prev.Elapsed).Seconds(); dt > 0 {
 			p.SentPerSecond = math.Round(float64(p.Sent)/dt*10) / 10

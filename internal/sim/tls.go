@@ -1,0 +1,171 @@
+package sim
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// deviceKey carries the dialing device in the context of a WebSocket dial,
+// so that the shared dialer's TLS function uses that device's session and
+// certificate.
+type deviceKey struct{}
+
+// tlsClient is what the fleet's devices share for wss://: the trusted
+// roots, the server name, and the CA that issues the devices' certificates
+// when they authenticate with one.
+type tlsClient struct {
+	base   *tls.Config
+	resume bool
+	ca     *x509.Certificate // nil: devices present no certificate
+	caKey  any
+}
+
+// newTLSClient reads the configuration's CA files.
+func newTLSClient(cfg Config) (*tlsClient, error) {
+	tc := &tlsClient{base: &tls.Config{ServerName: cfg.TLSServerName}, resume: !cfg.TLSNoResume}
+	if cfg.TLSCAFile != "" {
+		pem, err := os.ReadFile(cfg.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls-ca %s: no PEM certificate in it", cfg.TLSCAFile)
+		}
+		tc.base.RootCAs = pool
+	}
+	if cfg.TLSDeviceCACert != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.TLSDeviceCACert, cfg.TLSDeviceCAKey)
+		if err != nil {
+			return nil, fmt.Errorf("tls-device-ca-cert: %w", err)
+		}
+		tc.ca, tc.caKey = pair.Leaf, pair.PrivateKey
+	}
+	return tc, nil
+}
+
+// session is a device's TLS session cache: the one session of the last
+// server name it talked to, as a device with room for one ticket keeps it.
+type session struct {
+	mu  sync.Mutex
+	key string
+	cs  *tls.ClientSessionState
+}
+
+// Get returns the session for key, if it is the one kept.
+func (s *session) Get(key string) (*tls.ClientSessionState, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cs == nil || s.key != key {
+		return nil, false
+	}
+	return s.cs, true
+}
+
+// Put keeps cs for key (nil: forget it).
+func (s *session) Put(key string, cs *tls.ClientSessionState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.key, s.cs = key, cs
+}
+
+// dialTLS dials addr and does the TLS handshake as the device in ctx:
+// with its session (resumption) and, when the fleet has a device CA, its
+// certificate, made at its first connection. It counts full and resumed
+// handshakes.
+func (f *Fleet) dialTLS(nd *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d, _ := ctx.Value(deviceKey{}).(*device)
+		raw, err := nd.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		cfg := f.tls.base.Clone()
+		if cfg.ServerName == "" {
+			host, _, _ := net.SplitHostPort(addr)
+			cfg.ServerName = host
+		}
+		if d != nil {
+			if f.tls.resume {
+				cfg.ClientSessionCache = &d.tlsSession
+			}
+			if f.tls.ca != nil {
+				cert, err := f.tls.deviceCert(d)
+				if err != nil {
+					raw.Close()
+					return nil, err
+				}
+				cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+			}
+		}
+		c := tls.Client(raw, cfg)
+		if err := c.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, &tlsError{err}
+		}
+		if c.ConnectionState().DidResume {
+			f.c.tlsResumed.Add(1)
+		} else {
+			f.c.tlsFull.Add(1)
+		}
+		return c, nil
+	}
+}
+
+// tlsError is a failed TLS handshake: refused by the server (a closed
+// connection before any answer: its handshake backlog was full) or by the
+// device (a certificate it does not trust).
+type tlsError struct{ err error }
+
+func (e *tlsError) Error() string { return "TLS handshake: " + e.err.Error() }
+func (e *tlsError) Unwrap() error { return e.err }
+
+// deviceCert returns the device's client certificate, issued by the
+// fleet's device CA with the device id as common name on first use.
+func (tc *tlsClient) deviceCert(d *device) (*tls.Certificate, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.tlsCert != nil {
+		return d.tlsCert, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: d.id},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(30 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tc.ca, &key.PublicKey, tc.caKey)
+	if err != nil {
+		return nil, fmt.Errorf("device certificate: %w", err)
+	}
+	d.tlsCert = &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return d.tlsCert, nil
+}
+
+// isTLSError reports whether err is a failed TLS handshake.
+func isTLSError(err error) bool {
+	var te *tlsError
+	return errors.As(err, &te)
+}

@@ -1,0 +1,85 @@
+package tlsserve
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Handshake results, the values of <namespace>_tls_handshakes_total{result}.
+const (
+	resultFull    = "full"    // a full handshake: certificate signature, key exchange
+	resultResumed = "resumed" // a session ticket was accepted
+	resultFailed  = "failed"  // the handshake failed (timeout, bad client, refused certificate)
+)
+
+// Reasons a connection is closed before its handshake, the values of
+// <namespace>_tls_handshake_refusals_total{reason}.
+const (
+	refusedBacklog = "backlog" // the backlog of connections waiting for a handshake was full
+	refusedWait    = "wait"    // it waited longer than half the handshake timeout
+)
+
+// metrics is what a TLS server counts. Registered once per Server; a
+// Listener adds to the same.
+type metrics struct {
+	reloads    *prometheus.CounterVec
+	certExpiry prometheus.Gauge
+
+	handshakes *prometheus.CounterVec
+	refused    *prometheus.CounterVec
+	inProgress prometheus.Gauge
+	waiting    prometheus.Gauge
+	rate       prometheus.Gauge
+	seconds    prometheus.Histogram
+}
+
+func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: ns + "_tls_reloads_total",
+			Help: "Loads of the TLS certificate, key, client CAs and ticket keys (at start, on SIGHUP, on change), by result (ok, error: the previous ones stay in force).",
+		}, []string{"result"}),
+		certExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: ns + "_tls_certificate_expiry_timestamp_seconds",
+			Help: "When the TLS certificate in force expires (Unix time): alert well before it.",
+		}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: ns + "_tls_handshakes_total",
+			Help: "TLS handshakes, by result: full, resumed (a session ticket was accepted), failed.",
+		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: ns + "_tls_handshake_refusals_total",
+			Help: "Connections closed before their TLS handshake, by reason: backlog (full), wait (waited too long for a handshake slot).",
+		}, []string{"reason"}),
+		inProgress: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: ns + "_tls_handshakes_in_progress",
+			Help: "TLS handshakes in progress now (bounded by -tls-max-handshakes).",
+		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: ns + "_tls_handshakes_waiting",
+			Help: "Accepted connections waiting for a TLS handshake slot now (bounded by -tls-handshake-backlog).",
+		}),
+		rate: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: ns + "_tls_handshake_rate",
+			Help: "The TLS handshake budget in force, in full handshakes per second (-tls-handshake-rate, lowered by admission control while the CPU is short); 0: no limit.",
+		}),
+		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    ns + "_tls_handshake_seconds",
+			Help:    "Time from a connection's turn to the end of its TLS handshake (the client's round trips included).",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.reloads, m.certExpiry, m.handshakes, m.refused, m.inProgress, m.waiting, m.rate, m.seconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register TLS metrics: %w", err)
+		}
+	}
+	for _, r := range []string{resultFull, resultResumed, resultFailed} {
+		m.handshakes.WithLabelValues(r)
+	}
+	for _, r := range []string{refusedBacklog, refusedWait} {
+		m.refused.WithLabelValues(r)
+	}
+	return m, nil
+}
