@@ -71,6 +71,22 @@ func (s *Server) routeTable() []route {
 		{method: "POST", pattern: "/v1/operators/{id}/keys", perm: permAdmin, h: s.createKey},
 		{method: "DELETE", pattern: "/v1/operators/{id}/keys/{key}", perm: permAdmin, h: s.revokeKey},
 
+		{method: "GET", pattern: "/v1/devices/{id}/commands", perm: permRead, h: s.listCommands},
+		{method: "POST", pattern: "/v1/devices/{id}/commands", perm: permDevices, h: s.createCommand},
+		{method: "GET", pattern: "/v1/devices/{id}/commands/{cmd}", perm: permRead, h: s.getCommand},
+		{method: "POST", pattern: "/v1/devices/{id}/commands/{cmd}/cancel", perm: permDevices, h: s.cancelCommand},
+		{method: "GET", pattern: "/v1/commands/events", perm: permRead, h: s.commandEvents},
+
+		{method: "GET", pattern: "/v1/firmware", perm: permRead, h: s.listFirmware},
+		{method: "POST", pattern: "/v1/firmware", perm: permAdminAll, h: s.uploadFirmware},
+		{method: "GET", pattern: "/v1/firmware/{id}", perm: permRead, h: s.getFirmware},
+		{method: "DELETE", pattern: "/v1/firmware/{id}", perm: permAdminAll, h: s.deleteFirmware},
+		{method: "POST", pattern: "/v1/firmware-campaigns", perm: permAdminAll, h: s.createCampaign},
+		{method: "GET", pattern: "/v1/firmware-campaigns/{id}", perm: permRead, h: s.getCampaign},
+		{method: "GET", pattern: "/v1/firmware-campaigns/{id}/devices", perm: permRead, h: s.campaignDevices},
+		{method: "POST", pattern: "/v1/firmware-campaigns/{id}/{action}", perm: permAdminAll, h: s.campaignAction},
+		{method: "GET", pattern: "/v1/firmware/{id}/content", perm: permAny, h: s.firmwareContent}, // followers too: frontends serve devices
+
 		{method: "GET", pattern: "/v1/audit", perm: permRead, h: s.listAudit},
 
 		{method: "GET", pattern: "/v1/alerts", perm: permRead, h: s.listAlerts},
@@ -101,6 +117,8 @@ func (s *Server) routeTable() []route {
 		{method: "GET", pattern: "/v1/feed/changes", perm: permFollower, h: s.feedChanges},
 		{method: "POST", pattern: "/v1/feed/presence", perm: permFollower, h: s.feedPresence},
 		{method: "GET", pattern: "/v1/feed/live-tokens", perm: permFollower, h: s.feedLiveTokens},
+		{method: "GET", pattern: "/v1/frontends/{id}/commands", perm: permFollower, h: s.frontendCommands},
+		{method: "POST", pattern: "/v1/frontends/{id}/command-reports", perm: permFollower, h: s.frontendCommandReports},
 	}
 }
 

@@ -18,6 +18,9 @@ type fixture struct {
 	adminA, operatorA, viewerA string // keys
 	follower                   string
 	opB, keyB, ltB, ltA        string // ids
+	cmdB                       string // a queued command of bravo-dev-1
+	fw                         string // a firmware image (fleet-wide: readers see it, scoped admins cannot change it)
+	camp                       string // a paused campaign over both fleets' devices
 	alertB                     string // an alert of fleet B
 }
 
@@ -54,6 +57,17 @@ func newFixture(t *testing.T, b backend) *fixture {
 	f.ltB = lt.ID
 	e.must(201, req{method: "POST", path: "/v1/live-tokens", key: e.adminKey, body: map[string]any{"name": "alpha-live", "fleets": []string{"fleet-alpha"}}}, &lt)
 	f.ltA = lt.ID
+	var cmd Command
+	e.must(201, req{method: "POST", path: "/v1/devices/bravo-dev-1/commands", key: e.adminKey, body: map[string]any{"name": "bravo-secret-name"}}, &cmd)
+	f.cmdB = cmd.ID
+	var fw Firmware
+	e.must(201, req{method: "POST", path: "/v1/firmware?version=1.0", key: e.adminKey, body: []byte("image"), contentType: "application/octet-stream"}, &fw)
+	f.fw = fw.ID
+	var camp Campaign
+	e.must(201, req{method: "POST", path: "/v1/firmware-campaigns", key: e.adminKey, body: map[string]any{"firmware": fw.ID,
+		"devices": []string{"alpha-dev-1", "bravo-dev-1"}}}, &camp)
+	e.must(200, req{method: "POST", path: "/v1/firmware-campaigns/" + camp.ID + "/pause", key: e.adminKey}, nil)
+	f.camp = camp.ID
 	// Fleet B's alert configuration, and an alert of its device.
 	e.must(201, req{method: "POST", path: "/v1/alert-rules", key: e.adminKey, body: map[string]any{
 		"id": "bravo-secret-name-rule", "kind": "overspeed", "fleet": "fleet-bravo", "settings": map[string]any{"limit_kmh": 77}}}, nil)
@@ -80,7 +94,7 @@ func (f *fixture) bravoState(t *testing.T) string {
 	var parts []string
 	for _, p := range []string{
 		"/v1/devices?fleet=fleet-bravo", "/v1/fleets/fleet-bravo", "/v1/operators/" + f.opB, "/v1/operators/" + f.opB + "/keys",
-		"/v1/live-tokens/" + f.ltB, "/v1/classes/van",
+		"/v1/live-tokens/" + f.ltB, "/v1/classes/van", "/v1/devices/bravo-dev-1/commands", "/v1/firmware",
 		"/v1/alert-rules?fleet=fleet-bravo", "/v1/geofences?fleet=fleet-bravo", "/v1/alert-webhooks?fleet=fleet-bravo",
 		"/v1/alerts?fleet=fleet-bravo",
 	} {
@@ -174,6 +188,43 @@ var scopeCases = map[string]scopeCase{
 	"GET /v1/audit": func(*fixture) []req {
 		return []req{{method: "GET", path: "/v1/audit"}, {method: "GET", path: "/v1/audit?object_type=device&object_id=bravo-dev-1"},
 			{method: "GET", path: "/v1/audit?object_type=fleet"}}
+	},
+	"GET /v1/devices/{id}/commands": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/devices/bravo-dev-1/commands"}, {method: "GET", path: "/v1/devices/bravo-dev-1/commands?state=queued"}}
+	},
+	"POST /v1/devices/{id}/commands": one("POST", "/v1/devices/bravo-dev-1/commands", map[string]any{"name": "immobilise"}),
+	"GET /v1/devices/{id}/commands/{cmd}": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/devices/bravo-dev-1/commands/" + f.cmdB},
+			// A command of B reached through a device of A.
+			{method: "GET", path: "/v1/devices/alpha-dev-1/commands/" + f.cmdB + "?wait=1s"}}
+	},
+	"POST /v1/devices/{id}/commands/{cmd}/cancel": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/devices/bravo-dev-1/commands/" + f.cmdB + "/cancel"},
+			{method: "POST", path: "/v1/devices/alpha-dev-1/commands/" + f.cmdB + "/cancel"}}
+	},
+	"GET /v1/frontends/{id}/commands": one("GET", "/v1/frontends/fe-1/commands?wait=0s", nil),
+	"GET /v1/commands/events": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/commands/events?device=bravo-dev-1&duration=10ms"},
+			{method: "GET", path: "/v1/commands/events?duration=10ms"}}
+	},
+	"POST /v1/frontends/{id}/command-reports": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/frontends/fe-1/command-reports", body: map[string]any{"reports": []map[string]any{
+			{"id": f.cmdB, "device_id": "bravo-dev-1", "outcome": "failed", "at": 1}}}}}
+	},
+	"GET /v1/firmware": one("GET", "/v1/firmware", nil),
+	"POST /v1/firmware": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/firmware?version=9.9", body: []byte("image"), contentType: "application/octet-stream"}}
+	},
+	"GET /v1/firmware/{id}":           func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw}} },
+	"DELETE /v1/firmware/{id}":        func(f *fixture) []req { return []req{{method: "DELETE", path: "/v1/firmware/" + f.fw}} },
+	"GET /v1/firmware/{id}/content":   func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw + "/content"}} },
+	"POST /v1/firmware-campaigns":     one("POST", "/v1/firmware-campaigns", map[string]any{"firmware": "x", "fleet": "fleet-bravo"}),
+	"GET /v1/firmware-campaigns/{id}": func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware-campaigns/" + f.camp}} },
+	"GET /v1/firmware-campaigns/{id}/devices": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/firmware-campaigns/" + f.camp + "/devices"}}
+	},
+	"POST /v1/firmware-campaigns/{id}/{action}": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/firmware-campaigns/" + f.camp + "/abort"}}
 	},
 	"GET /v1/alerts": func(*fixture) []req {
 		return []req{{method: "GET", path: "/v1/alerts"}, {method: "GET", path: "/v1/alerts?fleet=fleet-bravo"},
@@ -285,6 +336,7 @@ func TestScopeEveryEndpoint(t *testing.T) {
 func TestRoles(t *testing.T) {
 	reads := func(route string) bool {
 		return strings.HasPrefix(route, "GET ") && !strings.Contains(route, "/operators") && !strings.Contains(route, "/feed/") &&
+			!strings.Contains(route, "/frontends/") &&
 			route != "GET /v1/exports/registry" && route != "GET /v1/alerts/config" && !strings.Contains(route, "/alert-webhooks")
 	}
 	allowed := map[string]func(route string) bool{
@@ -301,7 +353,9 @@ func TestRoles(t *testing.T) {
 				route == "POST /v1/imports/geofences"
 		},
 		"follower": func(route string) bool {
-			return strings.Contains(route, "/v1/feed/") || route == "GET /v1/me" || route == "GET /v1/openapi.json" ||
+			return strings.Contains(route, "/v1/feed/") || strings.Contains(route, "/v1/frontends/") ||
+				route == "GET /v1/firmware/{id}/content" ||
+				route == "GET /v1/me" || route == "GET /v1/openapi.json" ||
 				route == "GET /v1/alerts/config" || route == "POST /v1/alerts/events"
 		},
 	}
@@ -315,7 +369,10 @@ func TestRoles(t *testing.T) {
 	for role, ok := range allowed {
 		for _, rt := range s.routeTable() {
 			name := rt.method + " " + rt.pattern
-			path := strings.NewReplacer("{id}", "nope", "{key}", "nope").Replace(rt.pattern)
+			path := strings.NewReplacer("{id}", "nope", "{key}", "nope", "{cmd}", "nope", "{action}", "pause").Replace(rt.pattern)
+			if rt.pattern == "/v1/commands/events" {
+				path += "?duration=10ms" // a stream: end it
+			}
 			res := e.do(req{method: rt.method, path: path, key: keys[role], body: map[string]any{}, invalid: true})
 			if ok(name) && res.status == http.StatusForbidden {
 				t.Errorf("%s may call %s, got 403: %s", role, name, res.body)

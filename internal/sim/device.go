@@ -54,6 +54,13 @@ type device struct {
 	// gotAck is set when the current connection received an ack that acked something.
 	gotAck bool
 
+	// cmd is the device's side of commands (commands.go).
+	cmd cmdState
+	// base is the HTTP base URL of the frontend of the current connection (firmware
+	// downloads); fwVersion the firmware version it last installed.
+	base      atomic.Pointer[string]
+	fwVersion atomic.Pointer[string]
+
 	ackedSeq atomic.Uint64
 	// wake tells the writer that acks opened the window.
 	wake chan struct{}
@@ -284,6 +291,7 @@ func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC 
 	d.gotAck = false
 	d.mu.Unlock()
 	readerDone := make(chan error, 1)
+	d.resendReports()
 	go d.readLoop(conn, readerDone)
 	// A stop while the writer is blocked on a socket the server does not read: the writer would
 	// wait for WriteTimeout. Give the clean close two seconds, then cut the connection.
@@ -313,7 +321,11 @@ func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC 
 	)
 loop:
 	for {
-		if err = d.sendAvailable(conn); err != nil {
+		err = d.sendReports(conn)
+		if err == nil {
+			err = d.sendAvailable(conn)
+		}
+		if err != nil {
 			// The write may have failed because the server closed the connection: then its
 			// close code, which the reader has or is about to have, is the reason.
 			conn.Close()
@@ -534,8 +546,12 @@ func (d *device) readLoop(conn *websocket.Conn, done chan<- error) {
 			f.c.errors.Add(1)
 			done <- &downlinkError{code: k.Error.GetCode(), reason: k.Error.GetReason()}
 			return
+		case *telemetry.Downlink_Command:
+			d.command(k.Command, time.Now())
+		case *telemetry.Downlink_ReportAck:
+			d.reportAck(k.ReportAck.GetIds())
 		}
-		// Other kinds (commands, later) are ignored, as the wire format asks of devices.
+		// Other kinds (firmware, later) are ignored, as the wire format asks of devices.
 	}
 }
 
