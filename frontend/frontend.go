@@ -319,14 +319,19 @@ func (f *Frontend) Run(ctx context.Context) error {
 			pres.run(presCtx)
 		}
 	}()
-	// Commands stop with the presence reports, after the connections.
+	// Commands start once the registry is in force (a poll before it would
+	// only find the API not ready, or its follower key not yet written, as
+	// in drover all) and stop with the presence reports, after the
+	// connections.
 	cmdDone := make(chan struct{})
-	go func() {
-		defer close(cmdDone)
-		if cmdr != nil {
-			cmdr.run(presCtx)
-		}
-	}()
+	startCommands := func() {
+		go func() {
+			defer close(cmdDone)
+			if cmdr != nil {
+				cmdr.run(presCtx)
+			}
+		}()
+	}
 	// The TLS reloads and the admission governor, until the stop.
 	edgeCtx, stopEdge := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopEdge()
@@ -337,6 +342,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 	if f.waitRegistry(ctx, store) {
 		f.store = store
 		defer store.Subscribe(f.registryChanged)()
+		startCommands()
 		go func() {
 			defer close(serveDone)
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -356,6 +362,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 	} else {
 		_ = ln.Close()
 		close(serveDone)
+		close(cmdDone)
 	}
 
 	// Stop: devices first (stop accepting, then the lame duck: close them

@@ -58,7 +58,12 @@ func TestValidationEndToEnd(t *testing.T) {
 		// What an older drover accepted; a registry file written by hand.
 		{ID: `tail\`, TokenSHA256: registry.HashToken(tok(`tail\`))},
 	}
-	p, _ := startPipeline(t, ctx, pipelineOpts{writeRegistry: func(path string) error { return registry.Write(path, devs) }})
+	p, _ := startPipeline(t, ctx, pipelineOpts{
+		writeRegistry: func(path string) error { return registry.Write(path, devs) },
+		// One device sends every bad frame, each on a new connection: more
+		// than the flapping limit allows in a minute.
+		args: map[string][]string{"frontend": {"-flap-connects", "0"}},
+	})
 	ingest := p.frontURL + frontend.IngestPath
 
 	// The registry refused the one bad entry, in the frontend and the router.
