@@ -191,8 +191,8 @@ func (f *Fleet) dialTLS(nd *net.Dialer) func(ctx context.Context, network, addr 
 }
 
 // tlsError is a failed TLS handshake: refused by the server (a closed
-// connection before any answer: its handshake backlog was full; or an
-// alert) or by the device (a certificate it does not trust).
+// connection before any answer: it waited too long for its handshake; or
+// an alert) or by the device (a certificate it does not trust).
 type tlsError struct{ err error }
 
 func (e *tlsError) Error() string { return "TLS handshake: " + e.err.Error() }

@@ -16,8 +16,8 @@ const (
 // Reasons a connection is closed before its handshake, the values of
 // <namespace>_tls_handshake_refusals_total{reason}.
 const (
-	refusedBacklog = "backlog" // the backlog of connections waiting for a handshake was full
-	refusedWait    = "wait"    // it waited longer than half the handshake timeout
+	refusedWait = "wait" // it waited longer than half the handshake timeout
+	refusedGone = "gone" // its client closed it while it waited
 )
 
 // metrics is what a TLS server counts. Registered once per Server; a
@@ -50,7 +50,7 @@ func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: ns + "_tls_handshake_refusals_total",
-			Help: "Connections closed before their TLS handshake, by reason: backlog (full), wait (waited too long for a handshake slot).",
+			Help: "Connections closed before their TLS handshake, by reason: wait (waited too long for a handshake slot), gone (the client closed it while it waited). A full backlog closes none: new connections wait in the kernel's accept queue.",
 		}, []string{"reason"}),
 		inProgress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: ns + "_tls_handshakes_in_progress",
@@ -78,7 +78,7 @@ func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{resultFull, resultResumed, resultFailed} {
 		m.handshakes.WithLabelValues(r)
 	}
-	for _, r := range []string{refusedBacklog, refusedWait} {
+	for _, r := range []string{refusedWait, refusedGone} {
 		m.refused.WithLabelValues(r)
 	}
 	return m, nil

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package tlsserve
+
+import "net"
+
+// peerGone cannot tell here: a connection whose client left is found out
+// by its handshake.
+func peerGone(net.Conn) bool { return false }
