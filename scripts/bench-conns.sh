@@ -231,8 +231,8 @@ print('%-44s %8d %9.2f %12.0f %14.2f %16.0f' % ('$1', n, dt, n/dt, cpu, n/cpu if
 import sys
 a, b = ([int(x) for x in s.split()] for s in sys.argv[1:3])
 d = [y - x for x, y in zip(a, b)]
-print("    frontend: handshakes resumed %d, full %d, failed %d; closed before the handshake: backlog full %d, waited too long %d" % tuple(d[:5]))
-print("    devices: handshakes resumed %d, full %d; failed attempts: tls %d, timeout %d, refused %d, dial %d" % tuple(d[5:]))
+print("    frontend: handshakes resumed %d, full %d, failed %d; closed before the handshake: backlog full %d, waited too long %d, client gone %d" % tuple(d[:6]))
+print("    devices: handshakes resumed %d, full %d; failed attempts: tls %d, timeout %d, refused %d, dial %d" % tuple(d[6:]))
 PY
 		fi
 	}
@@ -241,7 +241,11 @@ PY
 		local fe=${fe_ops[fe]} r k
 		r="$(promsum "$fe" drover_frontend_tls_handshakes_total 'result="resumed"') $(promsum "$fe" drover_frontend_tls_handshakes_total 'result="full"')"
 		r="$r $(promsum "$fe" drover_frontend_tls_handshakes_total 'result="failed"')"
-		r="$r $(promsum "$fe" drover_frontend_tls_handshake_refusals_total 'reason="backlog"') $(promsum "$fe" drover_frontend_tls_handshake_refusals_total 'reason="wait"')"
+		# backlog: frontends that closed connections finding the backlog full (before they left them
+		# in the kernel's accept queue); gone: clients that left while they waited.
+		for k in backlog wait gone; do
+			r="$r $(promsum "$fe" drover_frontend_tls_handshake_refusals_total "reason=\"$k\"")"
+		done
 		r="$r $(promsums drover_sim_tls_handshakes_total 'kind="resumed"' "${sim_ops_dev_wss_tickets[@]}" "${sim_ops_dev_wss_no_tickets[@]}")"
 		r="$r $(promsums drover_sim_tls_handshakes_total 'kind="full"' "${sim_ops_dev_wss_tickets[@]}" "${sim_ops_dev_wss_no_tickets[@]}")"
 		for k in tls timeout refused dial; do
@@ -283,7 +287,7 @@ PY
 			sleep 2
 			# The devices' counts from the kill on; the restarted frontend's from 0.
 			read -r -a hs0 < <(hs_counts)
-			hs0=(0 0 0 0 0 "${hs0[@]:5}")
+			hs0=(0 0 0 0 0 0 "${hs0[@]:6}")
 			kill -KILL "${fe_pid[fe]}"; wait "${fe_pid[fe]}" 2>/dev/null || true
 			restart_frontend fe "127.0.0.1:$port"
 			waitready "${fe_ops[fe]}"
