@@ -49,5 +49,6 @@
 // Metrics, under the owner's namespace (drover_frontend_tls_*,
 // drover_livefeed_tls_*): reloads_total{result}, certificate_expiry_timestamp_seconds,
 // handshakes_total{result="full|resumed|failed"}, handshake_refusals_total{reason="wait|gone"},
-// handshakes_in_progress, handshakes_waiting, handshake_rate, handshake_seconds.
+// handshakes_in_progress, handshakes_waiting, accept_queue (the kernel's, Linux),
+// handshake_rate, handshake_seconds.
 package tlsserve

@@ -89,6 +89,8 @@ func (s *Server) NewListener(inner net.Listener) *Listener {
 	}
 	l.bucket.init(s.cfg.HandshakeRate)
 	l.m.rate.Set(s.cfg.HandshakeRate)
+	queued := func() int { return acceptQueueLen(inner) }
+	l.m.acceptQueue.Store(&queued)
 	l.wg.Add(2)
 	go l.acceptLoop()
 	go l.dispatch()
@@ -128,6 +130,7 @@ func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
 		l.stop()
+		l.m.acceptQueue.Store(nil)
 		err = l.inner.Close()
 		l.wg.Wait()
 	})

@@ -2,6 +2,7 @@ package tlsserve
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -30,8 +31,11 @@ type metrics struct {
 	refused    *prometheus.CounterVec
 	inProgress prometheus.Gauge
 	waiting    prometheus.Gauge
-	rate       prometheus.Gauge
-	seconds    prometheus.Histogram
+	// acceptQueue reads the kernel's accept queue of the listener serving
+	// (nil: none), for the _tls_accept_queue gauge.
+	acceptQueue atomic.Pointer[func() int]
+	rate        prometheus.Gauge
+	seconds     prometheus.Histogram
 }
 
 func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
@@ -70,7 +74,16 @@ func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.reloads, m.certExpiry, m.handshakes, m.refused, m.inProgress, m.waiting, m.rate, m.seconds} {
+	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: ns + "_tls_accept_queue",
+		Help: "Connections the kernel holds in the listening socket's accept queue, not yet accepted: they wait there while the handshake backlog is full (Linux; 0 elsewhere).",
+	}, func() float64 {
+		if f := m.acceptQueue.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
+	for _, c := range []prometheus.Collector{m.reloads, m.certExpiry, m.handshakes, m.refused, m.inProgress, m.waiting, m.rate, m.seconds, queued} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register TLS metrics: %w", err)
 		}

@@ -29,3 +29,24 @@ func peerGone(c net.Conn) bool {
 	})
 	return gone
 }
+
+// acceptQueueLen is the length of ln's accept queue in the kernel:
+// connections established and not yet accepted (TCP_INFO of a listening
+// socket reports it as unacked). 0 when it cannot tell.
+func acceptQueueLen(ln net.Listener) int {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return 0
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	_ = rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			n = int(info.Unacked)
+		}
+	})
+	return n
+}

@@ -386,15 +386,33 @@ func TestFullBacklogLeavesConnectionsWaiting(t *testing.T) {
 	ca := tlstest.NewCA(t, "test CA")
 	f := writeServer(t, ca, "edge")
 	e := startEcho(t, Config{CertFile: f.cert, KeyFile: f.key,
-		Limits: Limits{MaxHandshakes: 1, Backlog: 1, HandshakeTimeout: 2 * time.Second}})
+		Limits: Limits{MaxHandshakes: 1, Backlog: 1, HandshakeTimeout: 3 * time.Second}})
 	refused := func(reason string) float64 { return testutil.ToFloat64(e.s.m.refused.WithLabelValues(reason)) }
 	silent := fillListener(t, e)
-	// The first handshake times out after 2 s; the second waited longer
-	// than 1 s by then and is closed without a handshake; then the third
-	// is accepted and served.
-	third, err := dial(t, e.addr, clientConfig(ca, nil))
+	// The first handshake times out after 3 s; the second waited longer
+	// than 1.5 s by then and is closed without a handshake; then the third
+	// is accepted and served. Until then the kernel holds it.
+	type result struct {
+		c   *client
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := dial(t, e.addr, clientConfig(ca, nil))
+		got <- result{c, err}
+	}()
+	if runtime.GOOS == "linux" {
+		waitFor(t, 3*time.Second, "the third connection in the kernel's accept queue", func() bool {
+			return testutil.ToFloat64(e.s.m.waiting) == 1 && gathered(t, e.reg, "test_tls_accept_queue") == 1
+		})
+	}
+	r := <-got
+	third, err := r.c, r.err
 	if err != nil {
 		t.Fatalf("third connection, after a full backlog: %v, want it served once there was room", err)
+	}
+	if runtime.GOOS == "linux" && gathered(t, e.reg, "test_tls_accept_queue") != 0 {
+		t.Errorf("accept queue %v once the third was accepted, want 0", gathered(t, e.reg, "test_tls_accept_queue"))
 	}
 	third.roundTrip(t, "ok")
 	third.c.Close()
@@ -482,6 +500,22 @@ func TestNoHandshakeForAClientThatLeft(t *testing.T) {
 	}
 	c.roundTrip(t, "ok")
 	c.c.Close()
+}
+
+// gathered is the value of the gauge name in reg.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
 
 func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
