@@ -101,6 +101,11 @@ type Config struct {
 	// ShutdownGrace bounds how long a stop waits for requests in flight
 	// (long polls are ended at once).
 	ShutdownGrace time.Duration
+	// Commands bounds commands to devices (commands.go).
+	Commands CommandConfig
+	// FirmwareMaxBytes bounds an uploaded firmware image (MaxBodyBytes
+	// bounds every body: the smaller of the two applies).
+	FirmwareMaxBytes int64
 }
 
 // apiAuthLimit is the API's failure limit: stricter than a device edge's
@@ -128,6 +133,8 @@ func DefaultConfig() Config {
 		TombstoneRetention: 7 * 24 * time.Hour,
 		AuthLimit:          apiAuthLimit(),
 		ShutdownGrace:      10 * time.Second,
+		Commands:           DefaultCommandConfig(),
+		FirmwareMaxBytes:   32 << 20,
 	}
 }
 
@@ -165,6 +172,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"comma-separated `addresses or prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
 		"on stop, how long (`duration`) requests in flight may take to finish")
+	c.Commands.RegisterFlags(fs)
+	fs.Int64Var(&c.FirmwareMaxBytes, "firmware-max-bytes", c.FirmwareMaxBytes,
+		"largest firmware image in `bytes` (every body is also bounded by -max-body-bytes: the smaller applies)")
 }
 
 // Validate reports every problem of the configuration at once, and reads
@@ -220,6 +230,10 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %v, want > 0", d.name, d.v))
 		}
+	}
+	errs = append(errs, c.Commands.validate()...)
+	if c.FirmwareMaxBytes <= 0 {
+		errs = append(errs, fmt.Errorf("firmware-max-bytes: %d, want > 0", c.FirmwareMaxBytes))
 	}
 	if err := c.AuthLimit.Validate("auth-"); err != nil {
 		errs = append(errs, err)

@@ -57,6 +57,31 @@
 //     after, when) in the same transaction as the change.
 //   - Bulk import is one transaction: all rows or none, with a report of
 //     every refused row.
+//   - Commands (commands.go, commands_delivery.go; docs/commands.md). A
+//     command is committed before its 201, ordered per device by seq,
+//     bounded per device (429 queue_full, nothing dropped). Frontends
+//     long-poll GET /v1/frontends/{id}/commands (follower role) for the
+//     commands of the devices presence puts on them, marked sent in the
+//     same write; a command is due again when its device connected since
+//     the last attempt, when a frontend reports it undeliverable, or after
+//     a doubling resend delay, and an attempt in flight holds the device's
+//     later commands back. An expired command is never dispatched. Device
+//     reports move it to delivered, succeeded or failed; the device's word
+//     wins over an expiry marked meanwhile. GET /v1/commands/events
+//     streams this replica's command changes (server-sent events), each
+//     filtered by the device's fleet read when the event is sent.
+//   - Firmware images (firmware.go; docs/firmware.md): streamed to the
+//     local store and hashed on the way, written atomically, refused whole
+//     (nothing kept) when over -firmware-max-bytes or not the SHA-256 the
+//     uploader gave; served with range requests (ETag = SHA-256) so that a
+//     transfer resumes from its last byte. Fleet-wide: admins of every
+//     fleet upload and delete (409 while a campaign names it), readers
+//     read. Campaigns (campaigns.go): devices selected at creation, a tick
+//     per -command-poll carrying firmware_update command outcomes into
+//     per-device states, applying the abort rule and offering more within
+//     per_minute and max_concurrent; each tick is one write transaction
+//     whose changes are conditional on what it read, so replicas may tick
+//     together.
 //   - Bootstrap. A start that finds no operator creates an admin of every
 //     fleet and writes its key to a 0600 file (-bootstrap-key-file),
 //     logging the path, never the key.

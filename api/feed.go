@@ -290,8 +290,12 @@ const maxPresenceReports = apiclient.MaxPresenceReports
 
 // feedPresence answers POST /v1/feed/presence: a frontend's batch of
 // presence reports. A report older than the one stored is ignored (two
-// frontends may report one device that moved); unknown devices are
-// skipped and counted in the answer.
+// frontends may report one device that moved), and so is a disconnect
+// from a frontend that no longer holds the device (it moved, and the
+// newer frontend's connect may have been reported first: commands follow
+// presence, so it must not say "offline"); unknown devices are skipped
+// and counted in the answer. A stored connect wakes the frontend's
+// command long poll: commands queued for the device go at once.
 func (s *Server) feedPresence(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	var in struct {
 		Frontend string           `json:"frontend"`
@@ -325,12 +329,14 @@ INSERT INTO device_presence (device_id, last_seen_at, frontend, remote_addr, con
 SELECT $1, CAST($2 AS BIGINT), $3, $4, CAST($5 AS INTEGER) WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
 ON CONFLICT (device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at, frontend = excluded.frontend,
  remote_addr = excluded.remote_addr, connected = excluded.connected
-WHERE excluded.last_seen_at >= device_presence.last_seen_at`)
+WHERE excluded.last_seen_at >= device_presence.last_seen_at
+ AND (excluded.connected = 1 OR device_presence.frontend = excluded.frontend)`)
 	if err != nil {
 		return fmt.Errorf("presence: %w", err)
 	}
 	defer stmt.Close()
 	stored := 0
+	var connects []string
 	for _, rep := range in.Reports {
 		res, err := stmt.ExecContext(ctx, rep.ID, rep.SeenAt.UnixMilli(), in.Frontend, rep.RemoteAddr, boolInt(rep.Connected))
 		if err != nil {
@@ -338,12 +344,18 @@ WHERE excluded.last_seen_at >= device_presence.last_seen_at`)
 		}
 		if n, _ := res.RowsAffected(); n > 0 {
 			stored++
+			if rep.Connected {
+				connects = append(connects, rep.ID)
+			}
 		}
 	}
 	if err := t.Commit(); err != nil {
 		return fmt.Errorf("presence: %w", err)
 	}
 	s.metrics.presence.Add(float64(len(in.Reports)))
+	if len(connects) > 0 {
+		s.notify.addWork(in.Frontend, connects...)
+	}
 	writeJSON(w, http.StatusOK, map[string]int{"received": len(in.Reports), "stored": stored})
 	return nil
 }

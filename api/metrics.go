@@ -16,6 +16,8 @@ type metrics struct {
 	followers    prometheus.Gauge
 	presence     prometheus.Counter
 	refused      *prometheus.CounterVec
+	commands     *prometheus.CounterVec
+	alertEvents  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,10 +48,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_api_refused_total", Help: "Requests refused as bad input, by error code (bad_request, invalid, conflict, too_large, ...).",
 		}, []string{"code"}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_commands_total",
+			Help: "Command events, by what happened: created, sent (a delivery attempt), delivered, succeeded, failed, expired, cancelled, requeued (a frontend could not write it), refused_queue_full, ignored (a report that could not apply).",
+		}, []string{"event"}),
+		alertEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_alert_events_total", Help: "Alert events reported by alert engines and applied.",
+		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused} {
+			m.followers, m.presence, m.refused, m.commands, m.alertEvents} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}

@@ -18,6 +18,10 @@ type fixture struct {
 	adminA, operatorA, viewerA string // keys
 	follower                   string
 	opB, keyB, ltB, ltA        string // ids
+	cmdB                       string // a queued command of bravo-dev-1
+	fw                         string // a firmware image (fleet-wide: readers see it, scoped admins cannot change it)
+	camp                       string // a paused campaign over both fleets' devices
+	alertB                     string // an alert of fleet B
 }
 
 // bravo markers: strings that belong to fleet B only. None may reach a key
@@ -53,7 +57,34 @@ func newFixture(t *testing.T, b backend) *fixture {
 	f.ltB = lt.ID
 	e.must(201, req{method: "POST", path: "/v1/live-tokens", key: e.adminKey, body: map[string]any{"name": "alpha-live", "fleets": []string{"fleet-alpha"}}}, &lt)
 	f.ltA = lt.ID
+	var cmd Command
+	e.must(201, req{method: "POST", path: "/v1/devices/bravo-dev-1/commands", key: e.adminKey, body: map[string]any{"name": "bravo-secret-name"}}, &cmd)
+	f.cmdB = cmd.ID
+	var fw Firmware
+	e.must(201, req{method: "POST", path: "/v1/firmware?version=1.0", key: e.adminKey, body: []byte("image"), contentType: "application/octet-stream"}, &fw)
+	f.fw = fw.ID
+	var camp Campaign
+	e.must(201, req{method: "POST", path: "/v1/firmware-campaigns", key: e.adminKey, body: map[string]any{"firmware": fw.ID,
+		"devices": []string{"alpha-dev-1", "bravo-dev-1"}}}, &camp)
+	e.must(200, req{method: "POST", path: "/v1/firmware-campaigns/" + camp.ID + "/pause", key: e.adminKey}, nil)
+	f.camp = camp.ID
+	// Fleet B's alert configuration, and an alert of its device.
+	e.must(201, req{method: "POST", path: "/v1/alert-rules", key: e.adminKey, body: map[string]any{
+		"id": "bravo-secret-name-rule", "kind": "overspeed", "fleet": "fleet-bravo", "settings": map[string]any{"limit_kmh": 77}}}, nil)
+	e.must(201, req{method: "POST", path: "/v1/geofences", key: e.adminKey, body: map[string]any{
+		"id": "bravo-secret-name-depot", "name": "bravo-secret-name", "fleet": "fleet-bravo", "geometry": testSquare(28.0, -26.0, 0.01)}}, nil)
+	e.must(201, req{method: "POST", path: "/v1/alert-webhooks", key: e.adminKey, body: map[string]any{
+		"id": "bravo-secret-name-hook", "fleet": "fleet-bravo", "url": "https://bravo-secret-name.example.com/hook"}}, nil)
+	f.alertB = "al_bravo0000000000000000"
+	e.must(200, req{method: "POST", path: "/v1/alerts/events", key: f.follower, body: map[string]any{"events": []map[string]any{{
+		"event": "raised", "at_ms": 1, "detected_ms": 1, "alert": map[string]any{"id": f.alertB, "type": "overspeed", "device": "bravo-dev-1",
+			"fleet": "fleet-bravo", "severity": "major", "state": "active", "start_ms": 1, "message": "bravo-dev-1: speed"}}}}}, nil)
 	return f
+}
+
+// testSquare is a GeoJSON polygon: a square of side d degrees at lon, lat.
+func testSquare(lon, lat, d float64) map[string]any {
+	return map[string]any{"type": "Polygon", "coordinates": [][][]float64{{{lon, lat}, {lon + d, lat}, {lon + d, lat + d}, {lon, lat + d}, {lon, lat}}}}
 }
 
 // bravoState is fleet B as an all-fleet admin sees it: what must not
@@ -63,7 +94,9 @@ func (f *fixture) bravoState(t *testing.T) string {
 	var parts []string
 	for _, p := range []string{
 		"/v1/devices?fleet=fleet-bravo", "/v1/fleets/fleet-bravo", "/v1/operators/" + f.opB, "/v1/operators/" + f.opB + "/keys",
-		"/v1/live-tokens/" + f.ltB, "/v1/classes/van",
+		"/v1/live-tokens/" + f.ltB, "/v1/classes/van", "/v1/devices/bravo-dev-1/commands", "/v1/firmware",
+		"/v1/alert-rules?fleet=fleet-bravo", "/v1/geofences?fleet=fleet-bravo", "/v1/alert-webhooks?fleet=fleet-bravo",
+		"/v1/alerts?fleet=fleet-bravo",
 	} {
 		parts = append(parts, string(e.must(200, req{method: "GET", path: p, key: e.adminKey}, nil).body))
 	}
@@ -156,6 +189,98 @@ var scopeCases = map[string]scopeCase{
 		return []req{{method: "GET", path: "/v1/audit"}, {method: "GET", path: "/v1/audit?object_type=device&object_id=bravo-dev-1"},
 			{method: "GET", path: "/v1/audit?object_type=fleet"}}
 	},
+	"GET /v1/devices/{id}/commands": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/devices/bravo-dev-1/commands"}, {method: "GET", path: "/v1/devices/bravo-dev-1/commands?state=queued"}}
+	},
+	"POST /v1/devices/{id}/commands": one("POST", "/v1/devices/bravo-dev-1/commands", map[string]any{"name": "immobilise"}),
+	"GET /v1/devices/{id}/commands/{cmd}": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/devices/bravo-dev-1/commands/" + f.cmdB},
+			// A command of B reached through a device of A.
+			{method: "GET", path: "/v1/devices/alpha-dev-1/commands/" + f.cmdB + "?wait=1s"}}
+	},
+	"POST /v1/devices/{id}/commands/{cmd}/cancel": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/devices/bravo-dev-1/commands/" + f.cmdB + "/cancel"},
+			{method: "POST", path: "/v1/devices/alpha-dev-1/commands/" + f.cmdB + "/cancel"}}
+	},
+	"GET /v1/frontends/{id}/commands": one("GET", "/v1/frontends/fe-1/commands?wait=0s", nil),
+	"GET /v1/commands/events": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/commands/events?device=bravo-dev-1&duration=10ms"},
+			{method: "GET", path: "/v1/commands/events?duration=10ms"}}
+	},
+	"POST /v1/frontends/{id}/command-reports": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/frontends/fe-1/command-reports", body: map[string]any{"reports": []map[string]any{
+			{"id": f.cmdB, "device_id": "bravo-dev-1", "outcome": "failed", "at": 1}}}}}
+	},
+	"GET /v1/firmware": one("GET", "/v1/firmware", nil),
+	"POST /v1/firmware": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/firmware?version=9.9", body: []byte("image"), contentType: "application/octet-stream"}}
+	},
+	"GET /v1/firmware/{id}":           func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw}} },
+	"DELETE /v1/firmware/{id}":        func(f *fixture) []req { return []req{{method: "DELETE", path: "/v1/firmware/" + f.fw}} },
+	"GET /v1/firmware/{id}/content":   func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware/" + f.fw + "/content"}} },
+	"POST /v1/firmware-campaigns":     one("POST", "/v1/firmware-campaigns", map[string]any{"firmware": "x", "fleet": "fleet-bravo"}),
+	"GET /v1/firmware-campaigns/{id}": func(f *fixture) []req { return []req{{method: "GET", path: "/v1/firmware-campaigns/" + f.camp}} },
+	"GET /v1/firmware-campaigns/{id}/devices": func(f *fixture) []req {
+		return []req{{method: "GET", path: "/v1/firmware-campaigns/" + f.camp + "/devices"}}
+	},
+	"POST /v1/firmware-campaigns/{id}/{action}": func(f *fixture) []req {
+		return []req{{method: "POST", path: "/v1/firmware-campaigns/" + f.camp + "/abort"}}
+	},
+	"GET /v1/alerts": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/alerts"}, {method: "GET", path: "/v1/alerts?fleet=fleet-bravo"},
+			{method: "GET", path: "/v1/alerts?device=bravo-dev-1"}}
+	},
+	"GET /v1/alerts/{id}":        func(f *fixture) []req { return []req{{method: "GET", path: "/v1/alerts/" + f.alertB}} },
+	"POST /v1/alerts/{id}/ack":   func(f *fixture) []req { return []req{{method: "POST", path: "/v1/alerts/" + f.alertB + "/ack"}} },
+	"POST /v1/alerts/{id}/clear": func(f *fixture) []req { return []req{{method: "POST", path: "/v1/alerts/" + f.alertB + "/clear"}} },
+	"POST /v1/alerts/events": one("POST", "/v1/alerts/events", map[string]any{"events": []map[string]any{{"event": "cleared",
+		"alert": map[string]any{"id": "al_bravo0000000000000000", "type": "overspeed", "device": "bravo-dev-1", "fleet": "fleet-bravo",
+			"severity": "major", "state": "cleared", "start_ms": 1}}}}),
+	"GET /v1/alerts/config": one("GET", "/v1/alerts/config", nil),
+	"GET /v1/alert-rules": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/alert-rules"}, {method: "GET", path: "/v1/alert-rules?fleet=fleet-bravo"}}
+	},
+	"POST /v1/alert-rules": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/alert-rules", body: map[string]any{"id": "x", "kind": "idling", "fleet": "fleet-bravo"}},
+			{method: "POST", path: "/v1/alert-rules", body: map[string]any{"id": "x", "kind": "idling"}}}
+	},
+	"GET /v1/alert-rules/{id}":    one("GET", "/v1/alert-rules/bravo-secret-name-rule", nil),
+	"PATCH /v1/alert-rules/{id}":  one("PATCH", "/v1/alert-rules/bravo-secret-name-rule", map[string]any{"severity": "info"}),
+	"DELETE /v1/alert-rules/{id}": one("DELETE", "/v1/alert-rules/bravo-secret-name-rule", nil),
+	"GET /v1/geofences": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/geofences"}, {method: "GET", path: "/v1/geofences?fleet=fleet-bravo"}}
+	},
+	"POST /v1/geofences": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/geofences", body: map[string]any{"id": "x", "fleet": "fleet-bravo", "geometry": testSquare(28, -26, 0.01)}},
+			{method: "POST", path: "/v1/geofences", body: map[string]any{"id": "x", "geometry": testSquare(28, -26, 0.01)}}}
+	},
+	"GET /v1/geofences/{id}":    one("GET", "/v1/geofences/bravo-secret-name-depot", nil),
+	"PATCH /v1/geofences/{id}":  one("PATCH", "/v1/geofences/bravo-secret-name-depot", map[string]any{"name": "pwned"}),
+	"DELETE /v1/geofences/{id}": one("DELETE", "/v1/geofences/bravo-secret-name-depot", nil),
+	"POST /v1/imports/geofences": func(*fixture) []req {
+		feat := func(id, fleet string) map[string]any {
+			return map[string]any{"type": "Feature", "id": id, "geometry": testSquare(28, -26, 0.01), "properties": map[string]any{"fleet": fleet}}
+		}
+		return []req{
+			{method: "POST", path: "/v1/imports/geofences", body: map[string]any{"type": "FeatureCollection", "features": []any{feat("x", "fleet-bravo")}}},
+			{method: "POST", path: "/v1/imports/geofences?mode=upsert", body: map[string]any{"type": "FeatureCollection",
+				"features": []any{feat("bravo-secret-name-depot", "fleet-alpha")}}},
+		}
+	},
+	"GET /v1/exports/geofences": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/exports/geofences"}, {method: "GET", path: "/v1/exports/geofences?fleet=fleet-bravo"}}
+	},
+	"GET /v1/alert-webhooks": func(*fixture) []req {
+		return []req{{method: "GET", path: "/v1/alert-webhooks"}, {method: "GET", path: "/v1/alert-webhooks?fleet=fleet-bravo"}}
+	},
+	"POST /v1/alert-webhooks": func(*fixture) []req {
+		return []req{{method: "POST", path: "/v1/alert-webhooks", body: map[string]any{"id": "x", "fleet": "fleet-bravo", "url": "https://evil.example.com/"}},
+			{method: "POST", path: "/v1/alert-webhooks", body: map[string]any{"id": "x", "url": "https://evil.example.com/"}}}
+	},
+	"GET /v1/alert-webhooks/{id}":    one("GET", "/v1/alert-webhooks/bravo-secret-name-hook", nil),
+	"PATCH /v1/alert-webhooks/{id}":  one("PATCH", "/v1/alert-webhooks/bravo-secret-name-hook", map[string]any{"url": "https://evil.example.com/"}),
+	"DELETE /v1/alert-webhooks/{id}": one("DELETE", "/v1/alert-webhooks/bravo-secret-name-hook", nil),
+
 	"GET /v1/feed/snapshot":    one("GET", "/v1/feed/snapshot", nil),
 	"GET /v1/feed/changes":     one("GET", "/v1/feed/changes?since=0", nil),
 	"GET /v1/feed/live-tokens": one("GET", "/v1/feed/live-tokens?since=0", nil),
@@ -211,7 +336,8 @@ func TestScopeEveryEndpoint(t *testing.T) {
 func TestRoles(t *testing.T) {
 	reads := func(route string) bool {
 		return strings.HasPrefix(route, "GET ") && !strings.Contains(route, "/operators") && !strings.Contains(route, "/feed/") &&
-			route != "GET /v1/exports/registry"
+			!strings.Contains(route, "/frontends/") &&
+			route != "GET /v1/exports/registry" && route != "GET /v1/alerts/config" && !strings.Contains(route, "/alert-webhooks")
 	}
 	allowed := map[string]func(route string) bool{
 		"viewer": reads,
@@ -221,10 +347,16 @@ func TestRoles(t *testing.T) {
 			}
 			return strings.HasPrefix(route, "POST /v1/devices") || strings.HasPrefix(route, "PATCH /v1/devices") ||
 				route == "DELETE /v1/devices/{id}/token" || route == "POST /v1/imports/devices" ||
-				route == "POST /v1/live-tokens" || route == "DELETE /v1/live-tokens/{id}"
+				route == "POST /v1/live-tokens" || route == "DELETE /v1/live-tokens/{id}" ||
+				route == "POST /v1/alerts/{id}/ack" || route == "POST /v1/alerts/{id}/clear" ||
+				strings.Contains(route, "/v1/alert-rules") || strings.Contains(route, "/v1/geofences") ||
+				route == "POST /v1/imports/geofences"
 		},
 		"follower": func(route string) bool {
-			return strings.Contains(route, "/v1/feed/") || route == "GET /v1/me" || route == "GET /v1/openapi.json"
+			return strings.Contains(route, "/v1/feed/") || strings.Contains(route, "/v1/frontends/") ||
+				route == "GET /v1/firmware/{id}/content" ||
+				route == "GET /v1/me" || route == "GET /v1/openapi.json" ||
+				route == "GET /v1/alerts/config" || route == "POST /v1/alerts/events"
 		},
 	}
 	e := startEnv(t, backends[0])
@@ -237,7 +369,10 @@ func TestRoles(t *testing.T) {
 	for role, ok := range allowed {
 		for _, rt := range s.routeTable() {
 			name := rt.method + " " + rt.pattern
-			path := strings.NewReplacer("{id}", "nope", "{key}", "nope").Replace(rt.pattern)
+			path := strings.NewReplacer("{id}", "nope", "{key}", "nope", "{cmd}", "nope", "{action}", "pause").Replace(rt.pattern)
+			if rt.pattern == "/v1/commands/events" {
+				path += "?duration=10ms" // a stream: end it
+			}
 			res := e.do(req{method: rt.method, path: path, key: keys[role], body: map[string]any{}, invalid: true})
 			if ok(name) && res.status == http.StatusForbidden {
 				t.Errorf("%s may call %s, got 403: %s", role, name, res.body)

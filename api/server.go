@@ -30,6 +30,8 @@ type Server struct {
 	tls     *tlsserve.Server // nil without TLS (drover_api_tls_* metrics)
 
 	db      *store
+	notify  *notifier
+	events  *eventBus
 	handler http.Handler
 	routes  []route
 
@@ -57,7 +59,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 	}
 	s := &Server{
 		cfg: cfg, log: logger, metrics: m, limiter: newAuthLimiter(cfg),
-		started: make(chan struct{}), touched: map[string]time.Time{},
+		started: make(chan struct{}), touched: map[string]time.Time{}, notify: newNotifier(),
 	}
 	if reg != nil {
 		if err := auth.RegisterMetrics(reg, "drover_api", "source", s.limiter.source); err != nil {
@@ -75,6 +77,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 			return nil, fmt.Errorf("api config: %w", err)
 		}
 	}
+	s.events = newEventBus(s)
 	s.routes = s.routeTable()
 	s.handler = s.buildHandler()
 	return s, nil
@@ -159,6 +162,9 @@ func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.pollVersion(bg) })
 	wg.Go(func() { s.pruneTombstones(bg) })
+	wg.Go(func() { s.sweepCommands(bg) })
+	wg.Go(func() { s.events.run(bg) })
+	wg.Go(func() { s.runCampaigns(bg) })
 	if s.tls != nil {
 		wg.Go(func() { s.tls.Run(bg) })
 	}

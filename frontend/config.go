@@ -119,6 +119,9 @@ type Config struct {
 	// ShutdownGrace is how long a stopping frontend lets connections finish
 	// the frame they are storing before it closes them by force.
 	ShutdownGrace time.Duration
+	// FirmwareBytesPerSecond caps the firmware bytes this frontend serves
+	// to devices, all downloads together (firmware.go): telemetry first.
+	FirmwareBytesPerSecond int
 
 	// Links secures the connections to the routers: a cluster key file
 	// (mutual TLS 1.3) or, for development, -insecure-links.
@@ -151,35 +154,36 @@ type Config struct {
 // for real fleets; see docs/ingest.md.
 func DefaultConfig() Config {
 	return Config{
-		Listen:              ":8080",
-		QueueDir:            "data/frontend",
-		Routers:             []string{"tcp://127.0.0.1:5555"},
-		Resolve:             endpoints.DefaultConfig(),
-		ID:                  daemon.DefaultID("frontend"),
-		DrainLinger:         forward.DefaultLinger,
-		Registry:            "registry.json",
-		Follow:              registry.DefaultFollowConfig(),
-		Presence:            DefaultPresenceConfig(),
-		MaxConnections:      10000,
-		RetryAfter:          10 * time.Second,
-		MaxFrameBytes:       64 << 10,
-		MaxReadingsPerFrame: 1000,
-		Rate:                10,
-		RateBurst:           1000,
-		BacklogRate:         1000,
-		BacklogBurst:        50000,
-		BacklogAge:          2 * time.Minute,
-		MaxIdleDevices:      100000,
-		AuthLimit:           auth.DefaultLimitConfig(),
-		AuthDeviceFailures:  10,
-		PingInterval:        30 * time.Second,
-		IdleTimeout:         90 * time.Second,
-		WriteTimeout:        10 * time.Second,
-		ShutdownGrace:       10 * time.Second,
-		TLS:                 tlsserve.Config{MinVersion: "1.2", Limits: tlsserve.DefaultLimits()},
-		DeviceAuth:          DeviceAuthToken,
-		Admission:           DefaultAdmissionConfig(),
-		LameDuck:            10 * time.Second,
+		Listen:                 ":8080",
+		QueueDir:               "data/frontend",
+		Routers:                []string{"tcp://127.0.0.1:5555"},
+		Resolve:                endpoints.DefaultConfig(),
+		ID:                     daemon.DefaultID("frontend"),
+		DrainLinger:            forward.DefaultLinger,
+		Registry:               "registry.json",
+		Follow:                 registry.DefaultFollowConfig(),
+		Presence:               DefaultPresenceConfig(),
+		MaxConnections:         10000,
+		RetryAfter:             10 * time.Second,
+		MaxFrameBytes:          64 << 10,
+		MaxReadingsPerFrame:    1000,
+		Rate:                   10,
+		RateBurst:              1000,
+		BacklogRate:            1000,
+		BacklogBurst:           50000,
+		BacklogAge:             2 * time.Minute,
+		MaxIdleDevices:         100000,
+		AuthLimit:              auth.DefaultLimitConfig(),
+		AuthDeviceFailures:     10,
+		PingInterval:           30 * time.Second,
+		IdleTimeout:            90 * time.Second,
+		WriteTimeout:           10 * time.Second,
+		ShutdownGrace:          10 * time.Second,
+		FirmwareBytesPerSecond: 1 << 20,
+		TLS:                    tlsserve.Config{MinVersion: "1.2", Limits: tlsserve.DefaultLimits()},
+		DeviceAuth:             DeviceAuthToken,
+		Admission:              DefaultAdmissionConfig(),
+		LameDuck:               10 * time.Second,
 	}
 }
 
@@ -207,6 +211,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"most device connections at once; more get HTTP 503 with a jittered Retry-After (`number`)")
 	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter,
 		"mean Retry-After of a 503, jittered by ±50% (`duration`)")
+	fs.IntVar(&c.FirmwareBytesPerSecond, "firmware-bytes-per-second", c.FirmwareBytesPerSecond,
+		"with -registry-api: most firmware `bytes` per second this frontend serves to devices, all downloads together")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes,
 		"largest frame (WebSocket message) accepted, in `bytes`; larger ones are closed with 1009")
 	fs.IntVar(&c.MaxReadingsPerFrame, "max-readings-per-frame", c.MaxReadingsPerFrame,
@@ -250,6 +256,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
 	var errs []error
+	if c.FirmwareBytesPerSecond < 1 {
+		errs = append(errs, fmt.Errorf("firmware-bytes-per-second: %d, want > 0", c.FirmwareBytesPerSecond))
+	}
 	if err := daemon.ValidateListenAddr(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("listen: %w", err))
 	}

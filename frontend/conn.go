@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -72,6 +73,13 @@ type conn struct {
 	done       bool   // the read loop has ended
 	byCert     bool   // authenticated by a client certificate (set at creation; tls.go)
 	ping       *time.Timer
+
+	// wmu serialises data frames: acks from the read loop, commands and
+	// report acks from the commander (commands.go).
+	wmu sync.Mutex
+	// text: the device's last frame was a text (JSON) frame; what the
+	// commander writes follows it.
+	text atomic.Bool
 
 	cred   registry.Grant // what the authentication granted (registry.go)
 	expiry *time.Timer    // checks cred again when its overlap ends; nil when none
@@ -172,6 +180,7 @@ func (c *conn) readLoop() {
 			c.readFailed(err)
 			return
 		}
+		c.text.Store(typ == websocket.TextMessage)
 		ok := c.handleFrame(typ == websocket.TextMessage, buf.Bytes(), recv)
 		frameBufs.Put(buf)
 		if !ok {
@@ -226,6 +235,22 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 			c.refuse(closeInternal, "internal error", reasonInternal, err)
 		}
 		return false
+	}
+	if len(up.Reports) > 0 {
+		// Reports draw on the live rate budget like readings: each costs the
+		// control plane a write.
+		d := c.dev
+		d.mu.Lock()
+		ok := d.admit(len(up.Reports), 0, recv, &f.cfg)
+		d.mu.Unlock()
+		if !ok {
+			c.refuse(closePolicy, "rate limit exceeded", reasonRateLimit, nil)
+			return false
+		}
+		f.commands.take(d.id, up.Reports, recv)
+		if len(up.Readings) == 0 {
+			return true // reports only: answered by report_ack once stored
+		}
 	}
 	n := len(up.Readings)
 	f.m.readingsReceived.Add(float64(n))
@@ -298,8 +323,11 @@ func (c *conn) sendAck(seq uint64, text bool, recv time.Time) bool {
 	if text {
 		typ = websocket.TextMessage
 	}
+	c.wmu.Lock()
 	_ = c.ws.SetWriteDeadline(time.Now().Add(c.f.cfg.WriteTimeout))
-	if err := c.ws.WriteMessage(typ, msg); err != nil {
+	err = c.ws.WriteMessage(typ, msg)
+	c.wmu.Unlock()
+	if err != nil {
 		// The readings are stored; the device will resend them and be
 		// acked then, without storing them twice.
 		c.log(slog.LevelDebug, "frontend: ack not delivered", "seq", seq, "err", err)

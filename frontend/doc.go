@@ -98,11 +98,30 @@
 //
 // The HTTP handler returns right after the upgrade (net/http then frees its
 // request buffers); each connection then has exactly one goroutine, its read
-// loop, which is also its only writer of data messages (gorilla's rule).
+// loop. Data messages are written under the connection's write lock
+// (gorilla allows one writer at a time): acks by the read loop, commands and
+// report acks by the commander.
 // Keepalive pings are control frames written from a time.AfterFunc timer, not
 // from a second goroutine. Read buffers are 256 bytes and write buffers come
 // from a pool. TestIdleConnectionMemory measures the cost of an idle
 // connection (about 6 KiB: 2.1 KiB heap, 4 KiB goroutine stack).
+//
+// # Commands
+//
+// A frontend that follows the control plane also delivers commands
+// (commands.go, docs/commands.md): it long-polls GET
+// /v1/frontends/{id}/commands for the commands of the devices it holds,
+// writes each to its device in the device's encoding after checking its
+// expiry (an expired command is never written), and posts the devices'
+// reports, and the commands it could not write, back to the API; a device
+// gets report_ack only once the API has stored its report. None of it is on
+// the path of readings: reports wait in a bounded list (100,000) that one
+// goroutine posts.
+//
+// Firmware downloads (firmware.go): GET /v1/firmware/{id} with the
+// device's own credentials, passed on to the control plane under the
+// follower key with Range and If-Range (resumable from any byte), served
+// through one token bucket of FirmwareBytesPerSecond for all downloads.
 //
 // # Shutdown
 //

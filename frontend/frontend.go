@@ -17,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/drover-telemetry/drover/internal/auth"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
@@ -40,6 +41,11 @@ const (
 	QueryDevice = "device"
 	// QueryToken is the query parameter carrying the device's token.
 	QueryToken = "token"
+	// QueryEncoding=json tells the frontend that the device reads JSON
+	// text frames: what the server sends before the device's first frame
+	// (a command queued while it was away) is then JSON. Afterwards the
+	// encoding of the device's last frame decides.
+	QueryEncoding = "encoding"
 )
 
 var (
@@ -84,10 +90,13 @@ type Frontend struct {
 	routers routerWatch
 
 	// Set by Run before the server starts; read-only afterwards.
-	q         *queue.Queue
-	store     *registry.Store
-	presence  *presence       // nil unless following the control plane
-	appendCtx context.Context // cancelled when connections are closed by force
+	q        *queue.Queue
+	store    *registry.Store
+	presence *presence  // nil unless following the control plane
+	commands *commander // nil unless following the control plane
+	// firmwareLim caps firmware bytes served, all downloads together.
+	firmwareLim *rate.Limiter
+	appendCtx   context.Context // cancelled when connections are closed by force
 
 	mu      sync.Mutex // guards the fields below
 	closing bool
@@ -262,9 +271,20 @@ func (f *Frontend) Run(ctx context.Context) error {
 		f.setReady(fmt.Errorf("frontend: presence: %w", err))
 		return fmt.Errorf("frontend: presence: %w", err)
 	}
+	cmdr, err := f.startCommands()
+	if err != nil {
+		_ = ln.Close()
+		_ = f.closeQueue(q)
+		f.setReady(fmt.Errorf("frontend: commands: %w", err))
+		return fmt.Errorf("frontend: commands: %w", err)
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc(IngestPath, f.serveIngest)
+	if cmdr != nil {
+		f.firmwareLim = newFirmwareLimiter(f.cfg.FirmwareBytesPerSecond)
+		mux.HandleFunc(FirmwarePath, f.serveFirmware)
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: f.cfg.WriteTimeout,
@@ -297,6 +317,14 @@ func (f *Frontend) Run(ctx context.Context) error {
 		defer close(presDone)
 		if pres != nil {
 			pres.run(presCtx)
+		}
+	}()
+	// Commands stop with the presence reports, after the connections.
+	cmdDone := make(chan struct{})
+	go func() {
+		defer close(cmdDone)
+		if cmdr != nil {
+			cmdr.run(presCtx)
 		}
 	}()
 	// The TLS reloads and the admission governor, until the stop.
@@ -350,6 +378,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 	f.logger.Info("frontend: device connections closed", "connections", n, "took", time.Since(start))
 	stopPresence() // after the connections: their disconnects go in its last batch
 	<-presDone
+	<-cmdDone
 	stopDrain()
 	<-drainDone
 	stopEdge()
@@ -501,6 +530,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	f.m.connectionsAccepted.Inc()
 	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
 	c := &conn{f: f, ws: ws, cred: grant, byCert: certID != "", client: src}
+	c.text.Store(r.URL.Query().Get(QueryEncoding) == "json")
 	if !f.track(c) {
 		// Shutdown began during the upgrade: this connection never
 		// reaches a read loop.

@@ -13,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	influxdb2 "github.com/influxdata/influxdb-client-go/v2"
+
+	"github.com/drover-telemetry/drover/alerts"
+	"github.com/drover-telemetry/drover/alerts/eval"
 	"github.com/drover-telemetry/drover/internal/testenv"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -26,6 +30,14 @@ type dashboard struct {
 	Templating struct {
 		List []variable `json:"list"`
 	} `json:"templating"`
+	Annotations struct {
+		List []struct {
+			Name       string     `json:"name"`
+			Datasource datasource `json:"datasource"`
+			Query      string     `json:"query"` // InfluxQL
+			TextColumn string     `json:"textColumn"`
+		} `json:"list"`
+	} `json:"annotations"`
 }
 
 type panel struct {
@@ -270,6 +282,25 @@ func TestDashboardQueriesRunOnInfluxDB(t *testing.T) {
 				one[v.Name] = grafanaRegex(tagValues(one)[0])
 			}
 
+			// Annotations (the alerts on the vehicle's panels): they run,
+			// and find the alerts, with the text column they name.
+			for _, a := range d.Annotations.List {
+				if a.Datasource.UID != dsUID {
+					continue
+				}
+				for _, sel := range []map[string]string{all, one} {
+					series, err := inf.Exec(ctx, inf.Database, interpolate(t, a.Query, sel, from, to))
+					if err != nil {
+						t.Errorf("annotation %s with %v: %v", a.Name, sel, err)
+						continue
+					}
+					if countRows(series) == 0 {
+						t.Errorf("annotation %s with %v: no alerts", a.Name, sel)
+					}
+					requireColumns(t, "annotation "+a.Name, series, a.TextColumn)
+				}
+			}
+
 			queries := 0
 			for _, p := range allPanels(d.Panels) {
 				if p.Datasource.UID != dsUID {
@@ -334,6 +365,17 @@ func TestDashboardQueriesRunOnInfluxDB(t *testing.T) {
 						// 30 minutes of readings, minutes without a fix dropped.
 						if rows := countRows(series); rows < 25 || rows > 31 {
 							t.Errorf("%s: %d positions, want about 30", p.Title, rows)
+						}
+					case "Alerts":
+						// One row per alert, whatever its events: the raised
+						// and the cleared event write one point. The vehicle
+						// dashboard shows one vehicle (dev-00: two alerts).
+						want := fleetAlerts
+						if strings.Contains(f, "vehicle") {
+							want = 2
+						}
+						if rows := countRows(series); rows != want {
+							t.Errorf("%s: %d rows, want the %d alerts", p.Title, rows, want)
 						}
 					case "Last known values":
 						if len(series) != 1 || len(series[0].Values) != 1 {
@@ -465,7 +507,48 @@ func writeFleet(t *testing.T, inf *testenv.Influx, now time.Time) (nowHot, earli
 	if err := s.Write(context.Background(), recs); err != nil {
 		t.Fatalf("write the fleet: %v", err)
 	}
+	writeAlerts(t, inf, now)
 	return 2, 1
+}
+
+// fleetAlerts is how many alerts writeAlerts writes.
+const fleetAlerts = 4
+
+// writeAlerts writes alerts of the first vehicles as the alert engine
+// does (alerts.InfluxPoint): an overheat raised then cleared, a harsh
+// braking, a geofence entry (late), and an overspeed under way.
+func writeAlerts(t *testing.T, inf *testenv.Influx, now time.Time) {
+	t.Helper()
+	at := func(min int) int64 { return now.Add(time.Duration(min) * time.Minute).UnixMilli() }
+	alert := func(typ, dev, fleet, state string, start int64) eval.Alert {
+		a := eval.Alert{ID: eval.AlertID(typ, "", dev, start), Type: typ, Rule: "default", Device: dev, Fleet: fleet,
+			Severity: eval.Major, State: state, StartMs: start, RaisedMs: start + 30_000, Value: 111, Peak: 114, Threshold: 105,
+			Message: dev + ": " + typ, HasPos: true, Lat: 45, Lon: 4.8}
+		if state == eval.StateCleared {
+			a.EndMs, a.DurationMs = start+120_000, 120_000
+		}
+		return a
+	}
+	heat := alert(eval.TypeOverheat, "dev-00", "fleet-a", eval.StateActive, at(-5))
+	heatDone := heat
+	heatDone.State, heatDone.EndMs, heatDone.DurationMs = eval.StateCleared, heat.StartMs+120_000, 120_000
+	enter := alert(eval.TypeGeofenceEnter, "dev-01", "fleet/b", eval.StateCleared, at(-20))
+	enter.Fence, enter.Late, enter.Severity = "depot", true, eval.Info
+	events := []eval.Event{
+		{Kind: eval.EventRaised, Alert: heat},
+		{Kind: eval.EventCleared, Alert: heatDone},
+		{Kind: eval.EventInstant, Alert: alert(eval.TypeHarshBrake, "dev-00", "fleet-a", eval.StateCleared, at(-12))},
+		{Kind: eval.EventInstant, Alert: enter},
+		{Kind: eval.EventRaised, Alert: alert(eval.TypeOverspeed, "dev-02", "fleet-c", eval.StateActive, at(-2))},
+	}
+	c := influxdb2.NewClient(inf.URL, "")
+	defer c.Close()
+	w := c.WriteAPIBlocking("-", inf.Database)
+	for i := range events {
+		if err := w.WritePoint(context.Background(), alerts.InfluxPoint("alerts", &events[i])); err != nil {
+			t.Fatalf("write alerts: %v", err)
+		}
+	}
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -96,6 +96,7 @@ type client struct {
 	snapPending bool   // a snapshot is being built: hold updates until it is queued
 	snap        *snapshotOut
 	controls    [][]byte
+	alerts      [][]byte               // alert messages, after the snapshot and before updates
 	due         map[string]pendingItem // to write as soon as the writer can
 	held        map[string]pendingItem // held back by the rate limit
 	heldNext    int64                  // Unix ns when the first held item is due, 0 if none
@@ -323,6 +324,7 @@ func (c *client) take(now int64, t *takeBuf) {
 		c.armed = 0
 		return
 	}
+	t.alerts, c.alerts = c.alerts, nil
 	for id, p := range c.due {
 		if len(t.items) >= maxUpdatesPerMessage {
 			t.more = true
@@ -371,6 +373,7 @@ func (c *client) take(now int64, t *takeBuf) {
 // takeBuf is what one take hands the writer; reused between takes.
 type takeBuf struct {
 	controls [][]byte
+	alerts   [][]byte
 	snap     *snapshotOut
 	items    []pendingItem
 	next     int64
@@ -378,12 +381,14 @@ type takeBuf struct {
 }
 
 func (t *takeBuf) reset() {
-	t.controls, t.snap, t.next, t.more = nil, nil, 0, false
+	t.controls, t.alerts, t.snap, t.next, t.more = nil, nil, nil, 0, false
 	clear(t.items)
 	t.items = t.items[:0]
 }
 
-func (t *takeBuf) empty() bool { return len(t.controls) == 0 && t.snap == nil && len(t.items) == 0 }
+func (t *takeBuf) empty() bool {
+	return len(t.controls) == 0 && len(t.alerts) == 0 && t.snap == nil && len(t.items) == 0
+}
 
 // writeLoop is the client's only writer of data messages: it writes what is
 // due whenever it is woken, pings, and closes the connection when killed.
@@ -447,6 +452,13 @@ func (c *client) flush(t *takeBuf) (next int64, ok bool) {
 				return 0, false
 			}
 			c.f.m.snapshotVehicles.Add(float64(len(t.snap.vehicles)))
+		}
+		for _, msg := range t.alerts {
+			if err := c.writeMessage(func(w io.Writer) error { _, err := w.Write(msg); return err }); err != nil {
+				c.writeFailed(err)
+				return 0, false
+			}
+			c.f.m.alertsSent.Inc()
 		}
 		if len(t.items) > 0 {
 			oldest := int64(0)
@@ -881,6 +893,12 @@ func (c *client) subscribe(sub *subscription) {
 	}
 	c.snap = &snapshotOut{header: header, vehicles: list}
 	c.snapPending = false
+	// The alerts under way for these vehicles, after the snapshot: the
+	// alert messages queued before it were for the old subscription.
+	c.alerts = nil
+	if msg := c.f.activeAlertsMsg(c, sub, sub.id); msg != nil {
+		c.alerts = append(c.alerts, msg)
+	}
 	c.signal()
 }
 

@@ -26,6 +26,9 @@ type Config struct {
 	// dns+tcp://name:port entry stands for every address the name resolves
 	// to, followed while the livefeed runs (internal/endpoints).
 	Routers []string
+	// Alerts are the alert lane endpoints of every alert engine (their
+	// -alert-pub); empty: no alerts on the feed.
+	Alerts []string
 	// Resolve says how often, and through which DNS server, dns+tcp://
 	// entries of Routers are looked up.
 	Resolve endpoints.Config
@@ -153,6 +156,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var((*daemon.StringList)(&c.Routers), "routers",
 		"comma-separated ZeroMQ `endpoints` of every router's live. lane (tcp://host:port); dns+tcp://name:port: every address the name resolves to, followed as routers come and go")
 	c.Resolve.RegisterFlags(fs, "-routers")
+	fs.Var((*daemon.StringList)(&c.Alerts), "alerts",
+		"comma-separated ZeroMQ `endpoints` of every alert engine's alert lane (their -alert-pub); empty: no alerts")
 	fs.StringVar(&c.ID, "id", c.ID,
 		"`name` of this livefeed in logs and ZeroMQ identities (default: the host name)")
 	fs.StringVar(&c.Clients, "clients", c.Clients,
@@ -204,6 +209,11 @@ func (c Config) Validate() error {
 	}
 	if err := daemon.ValidateEndpoints(c.Routers); err != nil {
 		errs = append(errs, fmt.Errorf("routers: %w", err))
+	}
+	for _, ep := range c.Alerts {
+		if err := daemon.ValidateEndpoint(ep, false); err != nil {
+			errs = append(errs, fmt.Errorf("alerts: %w", err))
+		}
 	}
 	if err := c.Links.Validate(); err != nil {
 		errs = append(errs, err)
@@ -277,6 +287,7 @@ func (c Config) Validate() error {
 
 func (c Config) clone() Config {
 	c.Routers = slices.Clone(c.Routers)
+	c.Alerts = slices.Clone(c.Alerts)
 	c.TrustedProxies = slices.Clone(c.TrustedProxies)
 	return c
 }

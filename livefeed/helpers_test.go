@@ -292,6 +292,8 @@ type message struct {
 	Filter    filterEcho `json:"filter"`
 	Vehicles  []vjson    `json:"vehicles"`
 	Removed   []string   `json:"removed"`
+	// Alerts (docs/live-api.md, "alert").
+	Alerts []json.RawMessage `json:"alerts"`
 
 	at time.Time // when it was read
 }

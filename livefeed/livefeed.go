@@ -51,6 +51,7 @@ type Feed struct {
 	store  *store
 	sec    *clusterlink.Security
 	tls    *tlsserve.Server // nil: plain
+	alerts activeAlerts
 	watch  *endpoints.Watcher
 
 	// subs are the router subscriptions, by endpoint (see setRouters).
@@ -121,6 +122,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 			return nil, fmt.Errorf("livefeed: routers: %w", err)
 		}
 	}
+	for _, ep := range cfg.Alerts {
+		if _, err := sec.Endpoint(clusterlink.LinkAlerts, ep); err != nil {
+			sec.Close()
+			return nil, fmt.Errorf("livefeed: alerts: %w", err)
+		}
+	}
 	watch, err := endpoints.NewWatcher(cfg.Routers, cfg.Resolve, "livefeed", logger, reg)
 	if err != nil {
 		sec.Close()
@@ -135,6 +142,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 		subs:        make(map[string]*routerSub),
 		m:           m,
 		store:       newStore(),
+		alerts:      activeAlerts{byDev: map[string]map[string]clientAlert{}},
 		clientsPoll: 2 * time.Second,
 		byFleet:     make(map[string]map[*client]struct{}),
 		all:         make(map[*client]struct{}),
@@ -274,6 +282,9 @@ func (f *Feed) Run(ctx context.Context) error {
 	f.subsCtx = bgCtx
 	f.setRouters(f.watch.Current())
 	bg.Go(func() { f.watch.Run(bgCtx, f.setRouters) })
+	for i, ep := range f.cfg.Alerts {
+		bg.Go(func() { f.subscribeAlerts(bgCtx, i, ep) })
+	}
 	bg.Go(func() { auth.run(bgCtx) })
 	if f.tls != nil {
 		bg.Go(func() { f.tls.Run(bgCtx) })

@@ -55,6 +55,9 @@ type metrics struct {
 	ingestDelay      prometheus.Histogram
 	sendDelay        prometheus.Histogram
 	reloads          *prometheus.CounterVec
+	alertsReceived   prometheus.Counter
+	alertsSent       prometheus.Counter
+	alertsDropped    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -152,13 +155,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_livefeed_clients_file_reloads_total", Help: "Clients file loads, by result (ok, error).",
 		}, []string{"result"}),
+		alertsReceived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_alerts_received_total", Help: "Alert events received from alert lanes.",
+		}),
+		alertsSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_alerts_sent_total", Help: "Alert messages written to clients.",
+		}),
+		alertsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_alerts_dropped_total", Help: "Alert messages dropped for a client that had 256 waiting (its oldest).",
+		}),
 	}
 	for _, c := range []prometheus.Collector{
 		m.clients, m.clientsAccepted, m.refusals, m.disconnects, m.slowDisconnects, m.subscriptions,
 		m.subscribes, m.clientErrors, m.routersConnected, m.batchesReceived, m.batchesMissed,
 		m.messagesInvalid, m.updatesReceived, m.updatesStale, m.updatesRetired, m.vehiclesRetired, m.updatesInvalid, m.updatesSent,
 		m.messagesSent, m.snapshotVehicles, m.conflated, m.dropped, m.vehicles, m.vehiclesExpired,
-		m.ingestDelay, m.sendDelay, m.reloads,
+		m.ingestDelay, m.sendDelay, m.reloads, m.alertsReceived, m.alertsSent, m.alertsDropped,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("livefeed: register metrics: %w", err)

@@ -114,16 +114,7 @@ func stallLiveReader(t testing.TB, addr, id string) {
 // subscribed reports whether n subscribers are connected and subscribed to
 // the live topic.
 func (l *live) subscribed(n int) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	k := 0
-	for s := range l.subs {
-		s.mu.Lock()
-		if s.match {
-			k++
-		}
-		s.mu.Unlock()
-	}
+	_, k := l.Subscribers()
 	return k == n
 }
 
@@ -152,7 +143,7 @@ func TestLiveLaneBounded(t *testing.T) {
 		window      = 32 // batches the reader may be behind
 	)
 	l, addr, reg := testLive(t, 1024, bufferBytes)
-	l.stall = time.Hour // this test's stalled subscriber stays
+	l.SetStall(time.Hour) // this test's stalled subscriber stays
 	stallLiveReader(t, addr, "stalled")
 	healthy := startLiveReader(t, addr, "healthy")
 	waitFor(t, 10*time.Second, "both subscribed", func() bool { return l.subscribed(2) })
@@ -209,7 +200,7 @@ func TestLiveLaneBounded(t *testing.T) {
 func TestLiveLaneStalledDisconnected(t *testing.T) {
 	noLeaks(t)
 	l, addr, reg := testLive(t, 16, 64<<10)
-	l.stall = 300 * time.Millisecond
+	l.SetStall(300 * time.Millisecond)
 	stallLiveReader(t, addr, "stalled")
 	healthy := startLiveReader(t, addr, "healthy")
 	waitFor(t, 10*time.Second, "both subscribed", func() bool { return l.subscribed(2) })
@@ -255,9 +246,7 @@ func TestLiveLaneTopics(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "two subscribers, one matching", func() bool {
-		l.mu.Lock()
-		n := len(l.subs)
-		l.mu.Unlock()
+		n, _ := l.Subscribers()
 		return n == 2 && l.subscribed(1)
 	})
 	l.offer([]byte("batch-1"))

@@ -109,13 +109,13 @@ func TestDownlinkRoundTrip(t *testing.T) {
 }
 
 func TestDecodeDownlinkIgnoresUnknownKinds(t *testing.T) {
-	// A newer server's kind (field 3, e.g. a command), binary and JSON: decodes with Kind nil.
-	bin := []byte{0x1a, 0x02, 0x08, 0x01}
+	// A newer server's kind (field 5, reserved for firmware), binary and JSON: decodes with Kind nil.
+	bin := []byte{0x2a, 0x02, 0x08, 0x01}
 	d, err := DecodeDownlink(bin, false)
 	if err != nil || d.Kind != nil {
 		t.Fatalf("binary: %v, %v", d, err)
 	}
-	d, err = DecodeDownlink([]byte(`{"command":{"reboot":true}}`), true)
+	d, err = DecodeDownlink([]byte(`{"firmware":{"reboot":true}}`), true)
 	if err != nil || d.Kind != nil {
 		t.Fatalf("json: %v, %v", d, err)
 	}

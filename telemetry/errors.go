@@ -33,6 +33,8 @@ const (
 	KindRange
 	// KindExtra: the extra map breaks a limit (count, key length, key characters).
 	KindExtra
+	// KindReport: a command report breaks a rule (id, status, message or payload size, count).
+	KindReport
 )
 
 // String returns the kind's metric label, e.g. "too_large".
@@ -54,6 +56,8 @@ func (k FrameErrorKind) String() string {
 		return "range"
 	case KindExtra:
 		return "extra"
+	case KindReport:
+		return "report"
 	default:
 		return "kind_" + strconv.Itoa(int(k))
 	}

@@ -33,6 +33,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// CommandStatus is what a device reports of a command.
+type CommandStatus int32
+
+const (
+	CommandStatus_COMMAND_STATUS_UNSPECIFIED CommandStatus = 0 // refused: a report must say something
+	// The device has the command and will execute it (or is executing it).
+	CommandStatus_COMMAND_STATUS_RECEIVED CommandStatus = 1
+	// Executed, and it worked. Final.
+	CommandStatus_COMMAND_STATUS_SUCCEEDED CommandStatus = 2
+	// Not executed, or executed and it failed (message says why: unknown name, bad parameter,
+	// expired before it could run, ...). Final.
+	CommandStatus_COMMAND_STATUS_FAILED CommandStatus = 3
+)
+
+// Enum value maps for CommandStatus.
+var (
+	CommandStatus_name = map[int32]string{
+		0: "COMMAND_STATUS_UNSPECIFIED",
+		1: "COMMAND_STATUS_RECEIVED",
+		2: "COMMAND_STATUS_SUCCEEDED",
+		3: "COMMAND_STATUS_FAILED",
+	}
+	CommandStatus_value = map[string]int32{
+		"COMMAND_STATUS_UNSPECIFIED": 0,
+		"COMMAND_STATUS_RECEIVED":    1,
+		"COMMAND_STATUS_SUCCEEDED":   2,
+		"COMMAND_STATUS_FAILED":      3,
+	}
+)
+
+func (x CommandStatus) Enum() *CommandStatus {
+	p := new(CommandStatus)
+	*p = x
+	return p
+}
+
+func (x CommandStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CommandStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_telemetry_telemetry_proto_enumTypes[0].Descriptor()
+}
+
+func (CommandStatus) Type() protoreflect.EnumType {
+	return &file_telemetry_telemetry_proto_enumTypes[0]
+}
+
+func (x CommandStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CommandStatus.Descriptor instead.
+func (CommandStatus) EnumDescriptor() ([]byte, []int) {
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{0}
+}
+
 // Reading is one sample taken by a device. Every sensor field is proto3 `optional`: a field the
 // device does not send means "no such sensor / no value", which is not the same as 0.
 type Reading struct {
@@ -240,11 +297,14 @@ func (x *Reading) GetExtra() map[string]float64 {
 }
 
 // Uplink is one frame a device sends to a frontend (one WebSocket binary message, or one text
-// message in the JSON mapping). It carries one or more readings; the frontend stores them all
-// or, if any reading is invalid, none.
+// message in the JSON mapping). It carries readings, command reports, or both (at least one of
+// either); the frontend stores the readings all or, if any reading is invalid, none.
 type Uplink struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Readings      []*Reading             `protobuf:"bytes,1,rep,name=readings,proto3" json:"readings,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Readings []*Reading             `protobuf:"bytes,1,rep,name=readings,proto3" json:"readings,omitempty"`
+	// What the device did with commands it received (Downlink.command). Added in wire format
+	// 1.1; devices that take no commands never send it.
+	Reports       []*CommandReport `protobuf:"bytes,2,rep,name=reports,proto3" json:"reports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -286,6 +346,89 @@ func (x *Uplink) GetReadings() []*Reading {
 	return nil
 }
 
+func (x *Uplink) GetReports() []*CommandReport {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
+// CommandReport is a device's report on one command. A device keeps every final report
+// (SUCCEEDED, FAILED) until a Downlink report_ack names its command, and sends it again after
+// a reconnect; when a command it already executed arrives again, it sends the stored report
+// again instead of executing the command twice.
+type CommandReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The command's id, as the Command carried it.
+	Id     string        `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Status CommandStatus `protobuf:"varint,2,opt,name=status,proto3,enum=drover.telemetry.v1.CommandStatus" json:"status,omitempty"`
+	// For people and logs: why it failed, or what happened. At most 1,024 bytes of UTF-8.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The command's output, if it has one (e.g. a position for "locate"): at most 4,096 bytes of
+	// UTF-8, often JSON. Stored and shown to the operator unchanged.
+	Payload       string `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandReport) Reset() {
+	*x = CommandReport{}
+	mi := &file_telemetry_telemetry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandReport) ProtoMessage() {}
+
+func (x *CommandReport) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_telemetry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandReport.ProtoReflect.Descriptor instead.
+func (*CommandReport) Descriptor() ([]byte, []int) {
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CommandReport) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CommandReport) GetStatus() CommandStatus {
+	if x != nil {
+		return x.Status
+	}
+	return CommandStatus_COMMAND_STATUS_UNSPECIFIED
+}
+
+func (x *CommandReport) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *CommandReport) GetPayload() string {
+	if x != nil {
+		return x.Payload
+	}
+	return ""
+}
+
 // Ack tells the device that every reading it sent with a sequence number ≤ seq is durably stored
 // (cumulative). The device may then delete those readings from its own buffer.
 type Ack struct {
@@ -297,7 +440,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_telemetry_telemetry_proto_msgTypes[2]
+	mi := &file_telemetry_telemetry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +452,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_telemetry_proto_msgTypes[2]
+	mi := &file_telemetry_telemetry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +465,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{2}
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -348,7 +491,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_telemetry_telemetry_proto_msgTypes[3]
+	mi := &file_telemetry_telemetry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -360,7 +503,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_telemetry_proto_msgTypes[3]
+	mi := &file_telemetry_telemetry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -373,7 +516,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{3}
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Error) GetCode() uint32 {
@@ -390,14 +533,158 @@ func (x *Error) GetReason() string {
 	return ""
 }
 
+// Command asks the device to do something (wire format 1.1). Execute it at most once: the
+// same command (same id) may arrive again after a reconnect; then resend its report.
+type Command struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique; the device dedups by it (keep the ids of the last commands executed, at least
+	// those whose expiry has not passed).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What to do, e.g. "set_interval", "locate", "immobilise", "unlock". Names are agreed between
+	// the device maker and the fleet operator; drover does not interpret them.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The command's arguments, as text (the device parses numbers itself).
+	Params map[string]string `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When the command expires: Unix time in milliseconds (server clock). A command is never
+	// sent after it; a device that receives it later must not execute it (report FAILED).
+	ExpiresMs int64 `protobuf:"varint,4,opt,name=expires_ms,json=expiresMs,proto3" json:"expires_ms,omitempty"`
+	// The time to live that was left when the frontend wrote this frame, in milliseconds: a
+	// device without a trustworthy clock measures expiry from receipt with it.
+	TtlMs int64 `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	// The command's place in its device's order (1, 2, ...): commands are sent in this order.
+	Seq           uint64 `protobuf:"varint,6,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Command) Reset() {
+	*x = Command{}
+	mi := &file_telemetry_telemetry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Command) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Command) ProtoMessage() {}
+
+func (x *Command) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_telemetry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Command.ProtoReflect.Descriptor instead.
+func (*Command) Descriptor() ([]byte, []int) {
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Command) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Command) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Command) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *Command) GetExpiresMs() int64 {
+	if x != nil {
+		return x.ExpiresMs
+	}
+	return 0
+}
+
+func (x *Command) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+func (x *Command) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// ReportAck tells the device that the server has stored its reports of these commands: it may
+// forget the stored final reports (never the ids it executed, until they expire).
+type ReportAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ids           []string               `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportAck) Reset() {
+	*x = ReportAck{}
+	mi := &file_telemetry_telemetry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportAck) ProtoMessage() {}
+
+func (x *ReportAck) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_telemetry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportAck.ProtoReflect.Descriptor instead.
+func (*ReportAck) Descriptor() ([]byte, []int) {
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReportAck) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
 // Downlink is one frame a frontend sends to a device. Devices must ignore a Downlink whose kind
-// they do not know: kinds will be added (commands).
+// they do not know: kinds are added (command and report_ack in 1.1).
 type Downlink struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*Downlink_Ack
 	//	*Downlink_Error
+	//	*Downlink_Command
+	//	*Downlink_ReportAck
 	Kind          isDownlink_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -405,7 +692,7 @@ type Downlink struct {
 
 func (x *Downlink) Reset() {
 	*x = Downlink{}
-	mi := &file_telemetry_telemetry_proto_msgTypes[4]
+	mi := &file_telemetry_telemetry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +704,7 @@ func (x *Downlink) String() string {
 func (*Downlink) ProtoMessage() {}
 
 func (x *Downlink) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_telemetry_proto_msgTypes[4]
+	mi := &file_telemetry_telemetry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +717,7 @@ func (x *Downlink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Downlink.ProtoReflect.Descriptor instead.
 func (*Downlink) Descriptor() ([]byte, []int) {
-	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{4}
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Downlink) GetKind() isDownlink_Kind {
@@ -458,6 +745,24 @@ func (x *Downlink) GetError() *Error {
 	return nil
 }
 
+func (x *Downlink) GetCommand() *Command {
+	if x != nil {
+		if x, ok := x.Kind.(*Downlink_Command); ok {
+			return x.Command
+		}
+	}
+	return nil
+}
+
+func (x *Downlink) GetReportAck() *ReportAck {
+	if x != nil {
+		if x, ok := x.Kind.(*Downlink_ReportAck); ok {
+			return x.ReportAck
+		}
+	}
+	return nil
+}
+
 type isDownlink_Kind interface {
 	isDownlink_Kind()
 }
@@ -470,9 +775,21 @@ type Downlink_Error struct {
 	Error *Error `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
 }
 
+type Downlink_Command struct {
+	Command *Command `protobuf:"bytes,3,opt,name=command,proto3,oneof"`
+}
+
+type Downlink_ReportAck struct {
+	ReportAck *ReportAck `protobuf:"bytes,4,opt,name=report_ack,json=reportAck,proto3,oneof"`
+}
+
 func (*Downlink_Ack) isDownlink_Kind() {}
 
 func (*Downlink_Error) isDownlink_Kind() {}
+
+func (*Downlink_Command) isDownlink_Kind() {}
+
+func (*Downlink_ReportAck) isDownlink_Kind() {}
 
 // Record is a reading as the frontend accepted it: inside the pipeline, never on a device link.
 type Record struct {
@@ -488,7 +805,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_telemetry_telemetry_proto_msgTypes[5]
+	mi := &file_telemetry_telemetry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +817,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_telemetry_proto_msgTypes[5]
+	mi := &file_telemetry_telemetry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +830,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{5}
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Record) GetDeviceId() string {
@@ -558,7 +875,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_telemetry_telemetry_proto_msgTypes[6]
+	mi := &file_telemetry_telemetry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +887,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_telemetry_proto_msgTypes[6]
+	mi := &file_telemetry_telemetry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +900,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{6}
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Batch) GetSender() string {
@@ -626,7 +943,7 @@ type Enrichment struct {
 
 func (x *Enrichment) Reset() {
 	*x = Enrichment{}
-	mi := &file_telemetry_telemetry_proto_msgTypes[7]
+	mi := &file_telemetry_telemetry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +955,7 @@ func (x *Enrichment) String() string {
 func (*Enrichment) ProtoMessage() {}
 
 func (x *Enrichment) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_telemetry_proto_msgTypes[7]
+	mi := &file_telemetry_telemetry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +968,7 @@ func (x *Enrichment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Enrichment.ProtoReflect.Descriptor instead.
 func (*Enrichment) Descriptor() ([]byte, []int) {
-	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{7}
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Enrichment) GetFleet() string {
@@ -686,7 +1003,7 @@ type EnrichedRecord struct {
 
 func (x *EnrichedRecord) Reset() {
 	*x = EnrichedRecord{}
-	mi := &file_telemetry_telemetry_proto_msgTypes[8]
+	mi := &file_telemetry_telemetry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +1015,7 @@ func (x *EnrichedRecord) String() string {
 func (*EnrichedRecord) ProtoMessage() {}
 
 func (x *EnrichedRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_telemetry_proto_msgTypes[8]
+	mi := &file_telemetry_telemetry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +1028,7 @@ func (x *EnrichedRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrichedRecord.ProtoReflect.Descriptor instead.
 func (*EnrichedRecord) Descriptor() ([]byte, []int) {
-	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{8}
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EnrichedRecord) GetRecord() *Record {
@@ -744,7 +1061,7 @@ type PublishBatch struct {
 
 func (x *PublishBatch) Reset() {
 	*x = PublishBatch{}
-	mi := &file_telemetry_telemetry_proto_msgTypes[9]
+	mi := &file_telemetry_telemetry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +1073,7 @@ func (x *PublishBatch) String() string {
 func (*PublishBatch) ProtoMessage() {}
 
 func (x *PublishBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_telemetry_proto_msgTypes[9]
+	mi := &file_telemetry_telemetry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1086,7 @@ func (x *PublishBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishBatch.ProtoReflect.Descriptor instead.
 func (*PublishBatch) Descriptor() ([]byte, []int) {
-	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{9}
+	return file_telemetry_telemetry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PublishBatch) GetRouter() string {
@@ -842,18 +1159,40 @@ const file_telemetry_telemetry_proto_rawDesc = "" +
 	"\f_odometer_kmB\x14\n" +
 	"\x12_battery_voltage_vB\x14\n" +
 	"\x12_battery_current_aB\x19\n" +
-	"\x17_pneumatic_pressure_kpa\"H\n" +
+	"\x17_pneumatic_pressure_kpa\"\x80\x01\n" +
 	"\x06Uplink\x128\n" +
-	"\breadings\x18\x01 \x03(\v2\x1c.drover.telemetry.v1.ReadingR\breadingsJ\x04\b\x02\x10\x03\"\x17\n" +
+	"\breadings\x18\x01 \x03(\v2\x1c.drover.telemetry.v1.ReadingR\breadings\x12<\n" +
+	"\areports\x18\x02 \x03(\v2\".drover.telemetry.v1.CommandReportR\areports\"\x8f\x01\n" +
+	"\rCommandReport\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
+	"\x06status\x18\x02 \x01(\x0e2\".drover.telemetry.v1.CommandStatusR\x06status\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
+	"\apayload\x18\x04 \x01(\tR\apayload\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"3\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"z\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xf2\x01\n" +
+	"\aCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12@\n" +
+	"\x06params\x18\x03 \x03(\v2(.drover.telemetry.v1.Command.ParamsEntryR\x06params\x12\x1d\n" +
+	"\n" +
+	"expires_ms\x18\x04 \x01(\x03R\texpiresMs\x12\x15\n" +
+	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\x12\x10\n" +
+	"\x03seq\x18\x06 \x01(\x04R\x03seq\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x1d\n" +
+	"\tReportAck\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\"\xf5\x01\n" +
 	"\bDownlink\x12,\n" +
 	"\x03ack\x18\x01 \x01(\v2\x18.drover.telemetry.v1.AckH\x00R\x03ack\x122\n" +
-	"\x05error\x18\x02 \x01(\v2\x1a.drover.telemetry.v1.ErrorH\x00R\x05errorB\x06\n" +
-	"\x04kindJ\x04\b\x03\x10\x10\"~\n" +
+	"\x05error\x18\x02 \x01(\v2\x1a.drover.telemetry.v1.ErrorH\x00R\x05error\x128\n" +
+	"\acommand\x18\x03 \x01(\v2\x1c.drover.telemetry.v1.CommandH\x00R\acommand\x12?\n" +
+	"\n" +
+	"report_ack\x18\x04 \x01(\v2\x1e.drover.telemetry.v1.ReportAckH\x00R\treportAckB\x06\n" +
+	"\x04kindJ\x04\b\x05\x10\x10\"~\n" +
 	"\x06Record\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1f\n" +
 	"\vreceived_ms\x18\x02 \x01(\x03R\n" +
@@ -877,7 +1216,12 @@ const file_telemetry_telemetry_proto_rawDesc = "" +
 	"\fPublishBatch\x12\x16\n" +
 	"\x06router\x18\x01 \x01(\tR\x06router\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12=\n" +
-	"\arecords\x18\x03 \x03(\v2#.drover.telemetry.v1.EnrichedRecordR\arecordsB8Z6github.com/drover-telemetry/drover/telemetry;telemetryb\x06proto3"
+	"\arecords\x18\x03 \x03(\v2#.drover.telemetry.v1.EnrichedRecordR\arecords*\x85\x01\n" +
+	"\rCommandStatus\x12\x1e\n" +
+	"\x1aCOMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17COMMAND_STATUS_RECEIVED\x10\x01\x12\x1c\n" +
+	"\x18COMMAND_STATUS_SUCCEEDED\x10\x02\x12\x19\n" +
+	"\x15COMMAND_STATUS_FAILED\x10\x03B8Z6github.com/drover-telemetry/drover/telemetry;telemetryb\x06proto3"
 
 var (
 	file_telemetry_telemetry_proto_rawDescOnce sync.Once
@@ -891,35 +1235,46 @@ func file_telemetry_telemetry_proto_rawDescGZIP() []byte {
 	return file_telemetry_telemetry_proto_rawDescData
 }
 
-var file_telemetry_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_telemetry_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_telemetry_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_telemetry_telemetry_proto_goTypes = []any{
-	(*Reading)(nil),        // 0: drover.telemetry.v1.Reading
-	(*Uplink)(nil),         // 1: drover.telemetry.v1.Uplink
-	(*Ack)(nil),            // 2: drover.telemetry.v1.Ack
-	(*Error)(nil),          // 3: drover.telemetry.v1.Error
-	(*Downlink)(nil),       // 4: drover.telemetry.v1.Downlink
-	(*Record)(nil),         // 5: drover.telemetry.v1.Record
-	(*Batch)(nil),          // 6: drover.telemetry.v1.Batch
-	(*Enrichment)(nil),     // 7: drover.telemetry.v1.Enrichment
-	(*EnrichedRecord)(nil), // 8: drover.telemetry.v1.EnrichedRecord
-	(*PublishBatch)(nil),   // 9: drover.telemetry.v1.PublishBatch
-	nil,                    // 10: drover.telemetry.v1.Reading.ExtraEntry
+	(CommandStatus)(0),     // 0: drover.telemetry.v1.CommandStatus
+	(*Reading)(nil),        // 1: drover.telemetry.v1.Reading
+	(*Uplink)(nil),         // 2: drover.telemetry.v1.Uplink
+	(*CommandReport)(nil),  // 3: drover.telemetry.v1.CommandReport
+	(*Ack)(nil),            // 4: drover.telemetry.v1.Ack
+	(*Error)(nil),          // 5: drover.telemetry.v1.Error
+	(*Command)(nil),        // 6: drover.telemetry.v1.Command
+	(*ReportAck)(nil),      // 7: drover.telemetry.v1.ReportAck
+	(*Downlink)(nil),       // 8: drover.telemetry.v1.Downlink
+	(*Record)(nil),         // 9: drover.telemetry.v1.Record
+	(*Batch)(nil),          // 10: drover.telemetry.v1.Batch
+	(*Enrichment)(nil),     // 11: drover.telemetry.v1.Enrichment
+	(*EnrichedRecord)(nil), // 12: drover.telemetry.v1.EnrichedRecord
+	(*PublishBatch)(nil),   // 13: drover.telemetry.v1.PublishBatch
+	nil,                    // 14: drover.telemetry.v1.Reading.ExtraEntry
+	nil,                    // 15: drover.telemetry.v1.Command.ParamsEntry
 }
 var file_telemetry_telemetry_proto_depIdxs = []int32{
-	10, // 0: drover.telemetry.v1.Reading.extra:type_name -> drover.telemetry.v1.Reading.ExtraEntry
-	0,  // 1: drover.telemetry.v1.Uplink.readings:type_name -> drover.telemetry.v1.Reading
-	2,  // 2: drover.telemetry.v1.Downlink.ack:type_name -> drover.telemetry.v1.Ack
-	3,  // 3: drover.telemetry.v1.Downlink.error:type_name -> drover.telemetry.v1.Error
-	0,  // 4: drover.telemetry.v1.Record.reading:type_name -> drover.telemetry.v1.Reading
-	5,  // 5: drover.telemetry.v1.Batch.records:type_name -> drover.telemetry.v1.Record
-	5,  // 6: drover.telemetry.v1.EnrichedRecord.record:type_name -> drover.telemetry.v1.Record
-	7,  // 7: drover.telemetry.v1.EnrichedRecord.enrichment:type_name -> drover.telemetry.v1.Enrichment
-	8,  // 8: drover.telemetry.v1.PublishBatch.records:type_name -> drover.telemetry.v1.EnrichedRecord
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 0: drover.telemetry.v1.Reading.extra:type_name -> drover.telemetry.v1.Reading.ExtraEntry
+	1,  // 1: drover.telemetry.v1.Uplink.readings:type_name -> drover.telemetry.v1.Reading
+	3,  // 2: drover.telemetry.v1.Uplink.reports:type_name -> drover.telemetry.v1.CommandReport
+	0,  // 3: drover.telemetry.v1.CommandReport.status:type_name -> drover.telemetry.v1.CommandStatus
+	15, // 4: drover.telemetry.v1.Command.params:type_name -> drover.telemetry.v1.Command.ParamsEntry
+	4,  // 5: drover.telemetry.v1.Downlink.ack:type_name -> drover.telemetry.v1.Ack
+	5,  // 6: drover.telemetry.v1.Downlink.error:type_name -> drover.telemetry.v1.Error
+	6,  // 7: drover.telemetry.v1.Downlink.command:type_name -> drover.telemetry.v1.Command
+	7,  // 8: drover.telemetry.v1.Downlink.report_ack:type_name -> drover.telemetry.v1.ReportAck
+	1,  // 9: drover.telemetry.v1.Record.reading:type_name -> drover.telemetry.v1.Reading
+	9,  // 10: drover.telemetry.v1.Batch.records:type_name -> drover.telemetry.v1.Record
+	9,  // 11: drover.telemetry.v1.EnrichedRecord.record:type_name -> drover.telemetry.v1.Record
+	11, // 12: drover.telemetry.v1.EnrichedRecord.enrichment:type_name -> drover.telemetry.v1.Enrichment
+	12, // 13: drover.telemetry.v1.PublishBatch.records:type_name -> drover.telemetry.v1.EnrichedRecord
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_telemetry_telemetry_proto_init() }
@@ -928,22 +1283,25 @@ func file_telemetry_telemetry_proto_init() {
 		return
 	}
 	file_telemetry_telemetry_proto_msgTypes[0].OneofWrappers = []any{}
-	file_telemetry_telemetry_proto_msgTypes[4].OneofWrappers = []any{
+	file_telemetry_telemetry_proto_msgTypes[7].OneofWrappers = []any{
 		(*Downlink_Ack)(nil),
 		(*Downlink_Error)(nil),
+		(*Downlink_Command)(nil),
+		(*Downlink_ReportAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_telemetry_telemetry_proto_rawDesc), len(file_telemetry_telemetry_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   11,
+			NumEnums:      1,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_telemetry_telemetry_proto_goTypes,
 		DependencyIndexes: file_telemetry_telemetry_proto_depIdxs,
+		EnumInfos:         file_telemetry_telemetry_proto_enumTypes,
 		MessageInfos:      file_telemetry_telemetry_proto_msgTypes,
 	}.Build()
 	File_telemetry_telemetry_proto = out.File

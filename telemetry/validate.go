@@ -121,8 +121,9 @@ func ValidateReading(r *Reading, now time.Time, lim Limits) error {
 	return nil
 }
 
-// ValidateUplink checks a decoded frame: 1 to MaxReadingsPerFrame readings, seqs strictly
-// increasing, every reading valid (see ValidateReading), no unknown field. It does not check the
+// ValidateUplink checks a decoded frame: at most MaxReadingsPerFrame readings, seqs strictly
+// increasing, every reading valid (see ValidateReading), at most MaxReportsPerFrame valid command
+// reports, at least one reading or report, no unknown field. It does not check the
 // encoded size, which only DecodeUplink sees. It returns nil or a *FrameError.
 func ValidateUplink(u *Uplink, now time.Time, lim Limits) error {
 	if fe := validateUplink(u, now.UnixMilli(), lim.withDefaults()); fe != nil {
@@ -138,8 +139,11 @@ func validateUplink(u *Uplink, nowMs int64, lim Limits) *FrameError {
 			return frameErr(KindMalformed, "", unknownFieldReason(u.ProtoReflect().Descriptor(), unk)+" in frame")
 		}
 	}
-	if u == nil || len(u.Readings) == 0 {
+	if u == nil || len(u.Readings) == 0 && len(u.Reports) == 0 {
 		return frameErr(KindEmpty, "readings", "frame has no reading")
+	}
+	if fe := validateReports(u.Reports); fe != nil {
+		return fe
 	}
 	if n := len(u.Readings); n > lim.MaxReadingsPerFrame {
 		return frameErr(KindTooManyReadings, "readings",

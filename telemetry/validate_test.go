@@ -468,7 +468,7 @@ func TestCloseReason(t *testing.T) {
 
 func TestFrameErrorKindString(t *testing.T) {
 	seen := map[string]bool{}
-	for k := KindMalformed; k <= KindExtra; k++ {
+	for k := KindMalformed; k <= KindReport; k++ {
 		s := k.String()
 		if seen[s] || strings.HasPrefix(s, "kind_") {
 			t.Errorf("kind %d: label %q duplicate or missing", k, s)

@@ -30,6 +30,7 @@ type client struct {
 	base string
 	key  string
 	http *http.Client
+	hdr  map[string]string // extra request headers (jsonWithHeader)
 }
 
 // apiError is the API's error shape.
@@ -57,6 +58,9 @@ func (c *client) do(method, path, contentType string, body io.Reader, out any) e
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.key)
+	for k, v := range c.hdr {
+		req.Header.Set(k, v)
+	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
@@ -81,6 +85,13 @@ func (c *client) do(method, path, contentType string, body io.Reader, out any) e
 		return json.NewDecoder(resp.Body).Decode(out)
 	}
 	return nil
+}
+
+// jsonWithHeader is json with extra request headers.
+func (c *client) jsonWithHeader(method, path string, hdr map[string]string, in, out any) error {
+	cc := *c
+	cc.hdr = hdr
+	return cc.json(method, path, in, out)
 }
 
 func (c *client) json(method, path string, in, out any) error {
@@ -116,6 +127,7 @@ func init() {
 		{name: "resume", args: "ID", summary: "make a suspended device active again", flags: reasonFlags, run: stateCmd("active")},
 		{name: "decommission", args: "ID", summary: "decommission a device (final; its data stays)", flags: reasonFlags, run: stateCmd("decommissioned")},
 		{name: "rotate", args: "ID", summary: "rotate a device's token (the old one works for -overlap); prints the new token once", flags: rotateFlags, run: cmdRotate},
+		{name: "send", args: "ID NAME", summary: "send a device a command (-param k=v, -ttl, -wait for its outcome); exit 1 if it failed, expired or was cancelled", flags: sendFlags, run: cmdSend},
 		{name: "live-token", summary: "issue a live-client token for fleets (and devices, an area); prints it once", flags: liveFlags, run: cmdLiveToken},
 	}
 }

@@ -113,6 +113,14 @@ func TestAPIAndCtl(t *testing.T) {
 			t.Errorf("list -json: %v %v", d, err)
 		}
 	}
+	// A command to a device that is not connected: queued, and after its
+	// wait still queued (exit 0); one that expires exits 1.
+	if r := ctl("send", "van-01", "set_interval", "-param", "seconds=30", "-ttl", "10m", "-wait", "200ms"); !strings.Contains(r.stdout, ": queued") {
+		t.Errorf("send: %s", r.stdout)
+	}
+	if r := runDrover(t, env, "ctl", "send", "van-01", "locate", "-ttl", "1s", "-wait", "5s"); r.code != 1 || !strings.Contains(r.stdout, ": expired") {
+		t.Errorf("send of a command that expires: exit %d %s %s", r.code, r.stdout, r.stderr)
+	}
 	// Refusals exit 1 with the API's reason; a missing key is a usage error.
 	if r := runDrover(t, env, "ctl", "add", "bad id"); r.code != 1 || !strings.Contains(r.stderr, "invalid") {
 		t.Errorf("ctl add 'bad id': exit %d %s", r.code, r.stderr)

@@ -26,6 +26,7 @@ type simOptions struct {
 	progress      time.Duration // progress line interval; 0: none
 	timeline      string        // write a JSON line per second here (empty: none)
 	acked         string        // write every device's highest acked seq here at the end (empty: none)
+	script        string        // a scripted trip every device drives (empty: the vehicle model)
 	// waitFor, when set, must return nil before the devices start (drover
 	// all: the frontend listens), so that no first connect is refused.
 	waitFor func() error
@@ -49,6 +50,8 @@ func (o *simOptions) registerFlags(fs *flag.FlagSet) {
 		"write a JSON line per second to this `file`: sent and acked readings, ack p50 and p99, connected (empty for none)")
 	fs.StringVar(&o.acked, "acked", o.acked,
 		"write every device's highest acked seq to this `file` when the fleet stops (JSON: device → seq), to check storage per device (empty for none)")
+	fs.StringVar(&o.script, "script", o.script,
+		"scripted trip `file` (JSON: legs to drive, stop, go silent; docs/simulator.md) every device drives instead of the vehicle model")
 }
 
 // newSim returns the simulator's unit: a fleet that runs until ctx ends or,
@@ -65,6 +68,13 @@ func newSim(o simOptions, logger *slog.Logger, reg prometheus.Registerer) ([]uni
 		}
 		done := func(context.Context) error { return nil }
 		return []unit{{name: "sim", run: done, ready: func() error { return nil }}}, nil
+	}
+	if o.script != "" {
+		sc, err := sim.LoadScript(o.script)
+		if err != nil {
+			return nil, fmt.Errorf("sim: %w", err)
+		}
+		o.fleet.Script = sc
 	}
 	fleet, err := sim.New(o.fleet, logger, reg)
 	if err != nil {

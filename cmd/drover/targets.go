@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drover-telemetry/drover/alerts"
 	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/frontend"
 	"github.com/drover-telemetry/drover/internal/apiclient"
@@ -39,6 +40,7 @@ func targets() []target {
 		{name: "all", summary: "every component in one process, wired on loopback, queues under -data (start here)", opsListen: "127.0.0.1:9184", setup: setupAll, help: allHelp},
 		{name: "sim", summary: "simulated fleet of devices sending readings to frontends", opsListen: "127.0.0.1:9185", setup: setupSim},
 		{name: "api", summary: "control plane: REST API for devices, credentials, fleets, operators, and the change feed", opsListen: "127.0.0.1:9186", setup: setupAPI},
+		{name: "alerts", summary: "alert engine: geofence, driving and vehicle-health rules on the store lane; webhooks, InfluxDB, lake, live", opsListen: "127.0.0.1:9187", setup: setupAlerts, help: alertsHelp},
 	}
 }
 
@@ -117,10 +119,11 @@ again: see 'drover storage-writer replay -h'.`
 
 const allHelp = `
 Runs one router, one frontend, one storage writer per entry of -sinks, one
-livefeed and, with -simulate N, a fleet of N simulated vehicles (started
-once the frontend listens), all in this process and connected over loopback
-ZeroMQ and WebSocket, exactly as they would be in separate processes. Each
-component keeps its own flags under its name as a prefix: the frontend's
+livefeed, the control plane, the alert engine and, with -simulate N, a fleet
+of N simulated vehicles (started once the frontend listens), all in this
+process and connected over loopback ZeroMQ and WebSocket, exactly as they
+would be in separate processes. Each component keeps its own flags under its
+name as a prefix: the frontend's
 -listen is -frontend.listen here (env DROVER_ALL_FRONTEND_LISTEN); the
 storage writers share the -storage-writer.* flags (-storage-writer.influx-url,
 -storage-writer.lake-compact-interval, ...). What all wires itself has no
@@ -148,6 +151,12 @@ DIR/api/follower-key, and keep their last copy under DIR (registry.cache,
 livefeed/tokens.cache), so that they serve devices while it is down. With
 -simulate, the simulated vehicles are registered through it (created when
 missing: drover ctl list shows them, and what you change of them stays).
+
+The alert engine (drover alerts, docs/alerts.md) runs here too: a durable
+subscriber of the router under DIR/alerts, its rule set followed from the
+control plane with the follower key (or -alerts.rules FILE), its alerts to
+the API, the live map, webhooks, the lake's alerts table (DIR/lake-alerts,
+with the lake sink) and, with -alerts.influx and the influx sink, InfluxDB.
 
 The links between the components are mutual TLS under a cluster key made up
 in memory at each start, so that even another user of this machine cannot
@@ -190,6 +199,11 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	registerPrefixed(fs, "sim.", simOpts.fleet.RegisterFlags, "frontends", "devices", "token-seed", "token-seed-file")
 	apiCfg := api.DefaultConfig()
 	registerPrefixed(fs, "api.", apiCfg.RegisterFlags, "data-dir", "follower-key-file")
+	alertsCfg := alerts.DefaultConfig()
+	registerPrefixed(fs, "alerts.", alertsCfg.RegisterFlags, append(slices.Clone(links),
+		"routers", "name", "data-dir", "api-url", "api-key", "api-key-file", "lake-dir", "queue-max-bytes")...)
+	alertsInflux := false
+	fs.BoolVar(&alertsInflux, "alerts.influx", alertsInflux, "write the alerts measurement to the influx sink's InfluxDB too (with -sinks influx)")
 
 	return func(logger *slog.Logger, reg prometheus.Registerer) ([]unit, error) {
 		if dataDir == "" {
@@ -301,6 +315,44 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			rt.Subscribers = append(rt.Subscribers, w.Name())
 			writers = append(writers, w)
 		}
+		// The alert engine: a durable subscriber like the writers, its rule
+		// set from -alerts.rules or else followed from the API of this
+		// process (with its follower key), its lane read by the
+		// livefeed, its alerts to the lake's alerts table (and InfluxDB).
+		alertsCfg.Routers = []string{storeEndpoint}
+		alertsCfg.DataDir = filepath.Join(dataDir, "alerts")
+		alertsCfg.Links = linkCfg
+		if alertsCfg.AlertPub, err = loopbackEndpoint("alerts.alert-pub", alertsCfg.AlertPub); err != nil {
+			return nil, err
+		}
+		if slices.Contains(sinks, storagewriter.SinkLake) {
+			alertsCfg.LakeDir = filepath.Join(dataDir, "lake-alerts")
+		}
+		if alertsInflux && slices.Contains(sinks, storagewriter.SinkInflux) {
+			measurement := alertsCfg.Influx.Measurement
+			alertsCfg.Influx = sw.Influx
+			alertsCfg.Influx.Measurement = measurement
+		}
+		if alertsCfg.RulesFile == "" {
+			if alertsCfg.APIURL, err = loopbackHTTP("api.listen", apiCfg.Listen); err != nil {
+				return nil, err
+			}
+			keyFile := apiCfg.FollowerKeyFile
+			alertsCfg.APIKeyFunc = func() (string, error) {
+				b, err := os.ReadFile(keyFile)
+				if err != nil {
+					return "", fmt.Errorf("drover all follows the API with its follower key, and %w (give -alerts.rules FILE to use a rules file instead)", err)
+				}
+				return strings.TrimSpace(string(b)), nil
+			}
+		}
+		alertsUnit, err := alerts.New(alertsCfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		rt.Subscribers = append(rt.Subscribers, alertsCfg.Name)
+		lf.Alerts = []string{alertsCfg.AlertPub}
+
 		r, err := router.New(rt, logger, reg)
 		if err != nil {
 			return nil, err
@@ -314,6 +366,9 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			return nil, err
 		}
 		units = append(units, unit{name: "livefeed", run: l.Run, ready: l.Ready})
+		if e := alertsUnit; e != nil {
+			units = append(units, unit{name: "alerts", run: e.Run, ready: e.Ready})
+		}
 		f, err := frontend.New(fe, logger, reg)
 		if err != nil {
 			return nil, err

@@ -203,7 +203,7 @@ func featureCollection(features ...string) string {
 // (a Point with radius_m) and corridors (a LineString with width_m, as wide
 // on screen as in metres), refuses what it cannot draw and says why, picks
 // up changes on its refresh, and keeps what it drew while the source is
-// down. Alert messages (the proposed `alert` type of the live API) become a
+// down. Alert messages (the `alert` type of the live API) become a
 // marker state on the vehicle, a badge on its cluster and a toast that
 // selects the vehicle; a cleared alert clears them, an acknowledged one
 // drops its toast, a late one pops nothing up. Geofence editing is a stub

@@ -15,13 +15,17 @@ const (
 	RoleRouter        Role = "router"
 	RoleStorageWriter Role = "storage-writer"
 	RoleLivefeed      Role = "livefeed"
+	// RoleAlerts is the alert engine as the server of its alert lane. On
+	// the store lane it is a durable subscriber like a storage writer, and
+	// connects with that role.
+	RoleAlerts Role = "alerts"
 )
 
 func (r Role) dnsName() string { return string(r) + dnsSuffix }
 
 func (r Role) valid() bool {
 	switch r {
-	case RoleFrontend, RoleRouter, RoleStorageWriter, RoleLivefeed:
+	case RoleFrontend, RoleRouter, RoleStorageWriter, RoleLivefeed, RoleAlerts:
 		return true
 	}
 	return false
@@ -44,6 +48,9 @@ var (
 	LinkStore = Link{Name: "store", Server: RoleRouter, Client: RoleStorageWriter}
 	// LinkLive: livefeeds (SUB) to a router's -live-pub (the live publisher).
 	LinkLive = Link{Name: "live", Server: RoleRouter, Client: RoleLivefeed}
+	// LinkAlerts: livefeeds (SUB) to an alert engine's -alert-pub (its
+	// alert lane).
+	LinkAlerts = Link{Name: "alerts", Server: RoleAlerts, Client: RoleLivefeed}
 )
 
 // Config says how a process secures its links. Exactly one of KeyFile,

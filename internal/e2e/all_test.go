@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,7 +44,7 @@ func TestAllAsNewUser(t *testing.T) {
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
 		"-livefeed.listen", freeAddr(t), "-livefeed.dev-token-file", secretFile(t, "e2e-all-token"),
-		"-api.listen", apiAddr)
+		"-api.listen", apiAddr, "-alerts.alert-pub", "tcp://"+freeAddr(t))
 	all.start(ctx)
 
 	var last []string
@@ -98,6 +101,28 @@ func TestAllAsNewUser(t *testing.T) {
 		}
 		return len(listed) == devices && seen == devices
 	})
+	// The alert engine runs in drover all and follows its own API (with
+	// the follower key): a fence over the whole region, created through
+	// the API, raises an alert for the vehicles in it, which the engine
+	// reports back to the API.
+	admin := strings.TrimSpace(string(key))
+	apiDo(ctx, t, admin, "POST", "http://"+apiAddr+"/v1/geofences", `{"id": "southern-africa", "name": "Southern Africa",
+		"events": ["inside"], "geometry": {"type": "Polygon", "coordinates": [[[10, -36], [42, -36], [42, -15], [10, -15], [10, -36]]]}}`, nil)
+	var alerted struct {
+		Items []struct {
+			Device string `json:"device"`
+			Fence  string `json:"fence"`
+		} `json:"items"`
+	}
+	waitFor(t, 30*time.Second, "alerts of the fence in the API", func() bool {
+		apiDo(ctx, t, admin, "GET", "http://"+apiAddr+"/v1/alerts?type=geofence_inside&limit=500", "", &alerted)
+		return len(alerted.Items) > 0
+	})
+	if a := alerted.Items[0]; a.Fence != "southern-africa" || !strings.HasPrefix(a.Device, "dev-") {
+		t.Errorf("alert %+v: want one of fence southern-africa about a simulated vehicle", a)
+	}
+	t.Logf("drover all's alert engine: %d vehicles inside the fence so far", len(alerted.Items))
+
 	rows := inf.WithDatabase(t, "all_e2e").Query(t, `SELECT count(seq) FROM vehicles`)
 	if len(rows) != 1 {
 		t.Fatalf("no points in measurement vehicles of database all_e2e: %v", rows)
@@ -106,4 +131,33 @@ func TestAllAsNewUser(t *testing.T) {
 		t.Error("no points in measurement vehicles")
 	}
 	all.stop(30 * time.Second)
+}
+
+// apiDo sends a request with an API key and decodes a JSON answer into
+// out (nil: none), failing the test on an error or a status other than
+// 2xx.
+func apiDo(ctx context.Context, t *testing.T, key, method, url, body string, out any) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("%s %s: %s: %s", method, url, resp.Status, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v", method, url, err)
+		}
+	}
 }

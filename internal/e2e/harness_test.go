@@ -135,7 +135,7 @@ func newProc(t testing.TB, name, target string, args ...string) *proc {
 	p := &proc{t: t, name: name, opsAddr: freeAddr(t)}
 	p.args = append([]string{target, "-ops-listen", p.opsAddr, "-log-format", "text"}, args...)
 	switch target {
-	case "frontend", "router", "storage-writer", "livefeed":
+	case "frontend", "router", "storage-writer", "livefeed", "alerts":
 		if !slices.Contains(args, "-insecure-links") && !slices.Contains(args, "-cluster-key-file") {
 			p.args = append(p.args, "-cluster-key-file", clusterKeyFile(t))
 		}

@@ -16,8 +16,17 @@ import (
 const imageWorkDir = "/var/lib/drover"
 
 // queueTargets hold a durable queue: they must be StatefulSets with a
-// volume per pod. "alerts" is the alerts engine of the coming issue.
+// volume per pod. "alerts" is the alert engine (k8s/base/alerts.yaml).
 var queueTargets = map[string]bool{"frontend": true, "router": true, "storage-writer": true, "alerts": true}
+
+// queueFlag is the flag naming the directory of a queue target's queue:
+// the alert engine keeps its queue, snapshots and outbox under -data-dir.
+func queueFlag(target string) string {
+	if target == "alerts" {
+		return "data-dir"
+	}
+	return "queue-dir"
+}
 
 // writtenFlags name directories and files the process creates and writes.
 var writtenFlags = map[string]bool{"queue-dir": true, "lake-dir": true, "dead-letter-dir": true, "data-dir": true,
@@ -213,7 +222,7 @@ func listenPorts(d dcontainer) map[int32]string {
 		if f.kind != "address" && f.kind != "endpoint" {
 			continue
 		}
-		if !strings.Contains(name, "listen") && name != "live-pub" {
+		if !strings.Contains(name, "listen") && name != "live-pub" && name != "alert-pub" {
 			continue
 		}
 		v := d.value(name)

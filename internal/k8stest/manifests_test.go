@@ -54,7 +54,7 @@ func TestManifestsMatchBinary(t *testing.T) {
 				checkEndpoints(t, r, d)
 				checkRunsWith(t, r, d)
 			}
-			for _, want := range []string{"frontend", "router", "storage-writer", "livefeed", "api"} {
+			for _, want := range []string{"frontend", "router", "storage-writer", "livefeed", "api", "alerts"} {
 				if !targets[want] {
 					t.Errorf("no drover %s in the overlay", want)
 				}
@@ -254,9 +254,10 @@ func checkWorkloadKind(t *testing.T, r *rendered, d dcontainer) {
 		t.Errorf("%s: drover %s holds a queue: a StatefulSet with a volume per pod, not a %s", d.where(r), d.target, d.w.kind)
 		return
 	}
-	m, _, ok := mountOf(d.c, d.value("queue-dir"))
+	flag := queueFlag(d.target)
+	m, _, ok := mountOf(d.c, d.value(flag))
 	if !ok || !slices.ContainsFunc(d.w.claims, func(c corev1.PersistentVolumeClaim) bool { return c.Name == m.Name }) {
-		t.Errorf("%s: -queue-dir %s is not on the StatefulSet's volumeClaimTemplate", d.where(r), d.value("queue-dir"))
+		t.Errorf("%s: -%s %s is not on the StatefulSet's volumeClaimTemplate", d.where(r), flag, d.value(flag))
 	}
 }
 

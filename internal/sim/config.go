@@ -74,6 +74,9 @@ type Config struct {
 	AckTimeout time.Duration
 	// WriteTimeout bounds one frame's write to the socket (default 10 s).
 	WriteTimeout time.Duration
+	// Script, when set, makes every device drive this scripted trip
+	// instead of the vehicle model's journeys (script.go).
+	Script *Script `json:"-"`
 	// LocalAddrs are source IP addresses to dial from, spread over the devices round-robin
 	// (e.g. 127.0.0.2, 127.0.0.3): each gives another ~28k ephemeral ports. Empty: the system's
 	// choice.
@@ -91,6 +94,18 @@ type Config struct {
 	// often (a reconnect storm, as after a network outage); the devices reconnect with their
 	// usual backoff and resend what was not acked.
 	StampedeEvery time.Duration
+	// CommandDelay is how long a device takes to execute a command (after reporting it
+	// received); 0 answers at once, received and result in one frame.
+	CommandDelay time.Duration
+	// CommandFailureRate is the share of commands a device reports failed, in [0, 1].
+	CommandFailureRate float64
+	// FirmwareLinkBytesPerSecond is the simulated link's speed for firmware downloads (0: as
+	// fast as the frontend serves); FirmwareDropEvery cuts the download every so many bytes
+	// (0: never), and the device resumes from the byte it reached; FirmwareChunk is the size
+	// of one read (default 4096).
+	FirmwareLinkBytesPerSecond int
+	FirmwareDropEvery          int
+	FirmwareChunk              int
 
 	// TLSCAFile is a PEM file of the CAs that issue the frontends' certificates, for wss:// URLs;
 	// empty: the system's roots. TLSServerName is the name checked in their certificates; empty:
@@ -144,6 +159,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "after -duration, how long devices go on sending their outboxes (`duration`)")
 	fs.DurationVar(&c.Warmup, "warmup", c.Warmup, "leave the first `duration` out of the steady-state ack latency (summary: ack_latency_steady_ms)")
 	fs.BoolVar(&c.JSON, "json", c.JSON, "send JSON text frames instead of binary protobuf")
+	fs.DurationVar(&c.CommandDelay, "command-delay", c.CommandDelay,
+		"how long (`duration`) a device takes to execute a command; 0: at once")
+	fs.Float64Var(&c.CommandFailureRate, "command-failure-rate", c.CommandFailureRate,
+		"share of commands a device reports failed (`fraction`, 0 to 1)")
+	fs.IntVar(&c.FirmwareLinkBytesPerSecond, "firmware-link-bps", c.FirmwareLinkBytesPerSecond,
+		"simulated link speed of firmware downloads in `bytes/s` (GPRS: 5000); 0: unlimited")
+	fs.IntVar(&c.FirmwareDropEvery, "firmware-drop-every", c.FirmwareDropEvery,
+		"cut a firmware download every so many `bytes` (the device resumes from there); 0: never")
+	fs.IntVar(&c.FirmwareChunk, "firmware-chunk", c.FirmwareChunk, "`bytes` read at a time from a firmware download (default 4096)")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", c.ConnectRate, "first connections per second at start (`number`); 0: all at once")
 	fs.DurationVar(&c.BackoffMin, "backoff-min", c.BackoffMin, "shortest reconnect backoff (`duration`)")
 	fs.DurationVar(&c.BackoffMax, "backoff-max", c.BackoffMax, "longest reconnect backoff (`duration`)")
@@ -268,6 +292,10 @@ func (c Config) Validate() error {
 	}
 	if math.IsNaN(c.EventRate) || math.IsInf(c.EventRate, 0) || c.EventRate > 3600 {
 		errs = append(errs, fmt.Errorf("event-rate: %v: want at most 3600 per hour", c.EventRate))
+	}
+	if c.CommandDelay < 0 || math.IsNaN(c.CommandFailureRate) || c.CommandFailureRate < 0 || c.CommandFailureRate > 1 {
+		errs = append(errs, fmt.Errorf("command-delay %s, command-failure-rate %v: want a delay ≥ 0 and a rate in [0, 1]",
+			c.CommandDelay, c.CommandFailureRate))
 	}
 	if c.StampedeEvery < 0 {
 		errs = append(errs, fmt.Errorf("stampede-every: %s: want 0 or more", c.StampedeEvery))

@@ -32,7 +32,7 @@ type device struct {
 
 	// Writer goroutine only.
 	rng      *rand.Rand
-	veh      *vehicle
+	veh      mover
 	slots    int64 // reading slots elapsed (taken or dropped)
 	seqs     uint64
 	genStart time.Duration // since epoch: slot k is at genStart + k/Rate
@@ -54,6 +54,13 @@ type device struct {
 	// gotAck is set when the current connection received an ack that acked something.
 	gotAck bool
 
+	// cmd is the device's side of commands (commands.go).
+	cmd cmdState
+	// base is the HTTP base URL of the frontend of the current connection (firmware
+	// downloads); fwVersion the firmware version it last installed.
+	base      atomic.Pointer[string]
+	fwVersion atomic.Pointer[string]
+
 	ackedSeq atomic.Uint64
 	// wake tells the writer that acks opened the window.
 	wake chan struct{}
@@ -69,8 +76,14 @@ func newDevice(f *Fleet, k int, seed uint64) *device {
 	id := DeviceID(f.cfg.IDPrefix, i)
 	rng := rand.New(rand.NewPCG(seed, uint64(i)))
 	// The vehicle has its own generator, so that its journey does not depend on network timing.
-	veh := newVehicle(rand.New(rand.NewPCG(seed^0x9e3779b97f4a7c15, uint64(i))), classOf(i))
-	veh.eventRate = max(0, f.cfg.EventRate)
+	var veh mover
+	if f.cfg.Script != nil {
+		veh = newScripted(f.cfg.Script)
+	} else {
+		v := newVehicle(rand.New(rand.NewPCG(seed^0x9e3779b97f4a7c15, uint64(i))), classOf(i))
+		v.eventRate = max(0, f.cfg.EventRate)
+		veh = v
+	}
 	return &device{
 		f:      f,
 		idx:    k,
@@ -229,6 +242,9 @@ func (d *device) generate() {
 			d.slots = due
 			break
 		}
+		if sv, ok := d.veh.(interface{ silentNext(float64) bool }); ok && sv.silentNext(dt) {
+			continue // a scripted silence: the device takes nothing
+		}
 		s := d.out.push()
 		d.veh.step(dt, s)
 		s.seq = cfg.FirstSeq + d.seqs
@@ -275,6 +291,7 @@ func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC 
 	d.gotAck = false
 	d.mu.Unlock()
 	readerDone := make(chan error, 1)
+	d.resendReports()
 	go d.readLoop(conn, readerDone)
 	// A stop while the writer is blocked on a socket the server does not read: the writer would
 	// wait for WriteTimeout. Give the clean close two seconds, then cut the connection.
@@ -304,7 +321,11 @@ func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC 
 	)
 loop:
 	for {
-		if err = d.sendAvailable(conn); err != nil {
+		err = d.sendReports(conn)
+		if err == nil {
+			err = d.sendAvailable(conn)
+		}
+		if err != nil {
 			// The write may have failed because the server closed the connection: then its
 			// close code, which the reader has or is about to have, is the reason.
 			conn.Close()
@@ -525,8 +546,12 @@ func (d *device) readLoop(conn *websocket.Conn, done chan<- error) {
 			f.c.errors.Add(1)
 			done <- &downlinkError{code: k.Error.GetCode(), reason: k.Error.GetReason()}
 			return
+		case *telemetry.Downlink_Command:
+			d.command(k.Command, time.Now())
+		case *telemetry.Downlink_ReportAck:
+			d.reportAck(k.ReportAck.GetIds())
 		}
-		// Other kinds (commands, later) are ignored, as the wire format asks of devices.
+		// Other kinds (firmware, later) are ignored, as the wire format asks of devices.
 	}
 }
 

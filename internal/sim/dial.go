@@ -48,6 +48,8 @@ func (d *device) dial(ctx context.Context, url string) (*websocket.Conn, time.Du
 	h.Set("Authorization", "Bearer "+d.token)
 	conn, resp, err := d.dialer.DialContext(context.WithValue(ctx, deviceKey{}, d), url, h)
 	if err == nil {
+		b := httpBase(url) // firmware downloads go to this frontend
+		d.base.Store(&b)
 		return conn, 0, nil
 	}
 	if ctx.Err() != nil {

@@ -56,6 +56,15 @@
 // (device, FirstSeq ≤ seq ≤ acked) must be in storage, which is what the end-to-end tests check. Stats.Acked
 // counts each seq once, however often it was resent.
 //
+// # Commands
+//
+// Each device plays the device's side of commands (commands.go; docs/wire-format.md): it
+// dedups by command id (a command delivered again gets its stored report, never a second
+// execution), refuses one that arrives expired, reports received and then its result after
+// Config.CommandDelay (failed with Config.CommandFailureRate), and keeps final reports until a
+// report_ack, sending them again on every connection. Summary.Commands counts it all, with the
+// call → receipt latency of commands that carry BenchSentParam.
+//
 // # Use
 //
 //	cfg := sim.DefaultConfig()

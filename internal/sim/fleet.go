@@ -36,6 +36,11 @@ type Fleet struct {
 	warm *histSnapshot
 
 	c counters
+	// cc counts what devices did with commands (commands.go).
+	cc cmdCounters
+	fc fwCounters
+	// ctx is Run's context (firmware downloads end with it). Under mu.
+	ctx context.Context
 	// stampedeC is closed to make every connected device drop its connection (then replaced).
 	// Under mu.
 	stampedeC chan struct{}
@@ -167,6 +172,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 func (f *Fleet) run(ctx context.Context) {
 	f.mu.Lock()
 	f.epoch = time.Now()
+	f.ctx = ctx
 	f.mu.Unlock()
 	f.log.Info("sim fleet starting", "devices", len(f.devices), "first", f.devices[0].id,
 		"frontends", len(f.urls), "rate", f.cfg.Rate, "frame_readings", f.cfg.FrameReadings,
@@ -393,4 +399,14 @@ func (f *Fleet) DeviceIDs() []string {
 		ids[i] = d.id
 	}
 	return ids
+}
+
+// runCtx is Run's context.
+func (f *Fleet) runCtx() context.Context {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ctx == nil {
+		return context.Background()
+	}
+	return f.ctx
 }

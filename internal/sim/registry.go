@@ -44,11 +44,15 @@ func Devices(cfg Config) []registry.Device {
 	for k := range max(cfg.Devices, 0) {
 		i := cfg.DeviceOffset + k
 		id := DeviceID(cfg.IDPrefix, i)
+		class := classOf(i)
+		if cfg.Script != nil && cfg.Script.Class != "" {
+			class = cfg.Script.Class // a scripted trip's vehicle
+		}
 		out = append(out, registry.Device{
 			ID:          id,
 			TokenSHA256: registry.HashToken(Token(cfg.TokenSeed, id)),
 			Fleet:       fleets[i%len(fleets)],
-			Class:       classOf(i),
+			Class:       class,
 			Region:      regions[i%len(regions)],
 		})
 	}

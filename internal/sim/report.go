@@ -17,6 +17,8 @@ type Summary struct {
 	Start time.Time `json:"start"`
 	// Seconds is how long it ran (so far, if still running).
 	Seconds float64 `json:"seconds"`
+	// Commands is what the devices did with the commands they received.
+	Commands CommandStats `json:"commands"`
 	// Devices is the fleet's size; DevicesDone of them had stopped.
 	Devices     int   `json:"devices"`
 	DevicesDone int   `json:"devices_done"`
@@ -79,6 +81,8 @@ type SummaryConfig struct {
 	Outbox        int      `json:"outbox"`
 	EventRate     float64  `json:"event_rate"`
 	StampedeEvery string   `json:"stampede_every,omitempty"`
+	CommandDelay  string   `json:"command_delay,omitempty"`
+	CommandFails  float64  `json:"command_failure_rate,omitempty"`
 }
 
 // LatencyMs is a Latency in milliseconds.
@@ -119,7 +123,9 @@ func (f *Fleet) Summary() Summary {
 			Duration: durStr(c.Duration), Drain: durStr(c.Drain), JSON: c.JSON, ConnectRate: c.ConnectRate,
 			BackoffMin: c.BackoffMin.String(), BackoffMax: c.BackoffMax.String(), LocalAddrs: c.LocalAddrs,
 			Outbox: c.Outbox, EventRate: max(0, c.EventRate), StampedeEvery: durStr(c.StampedeEvery),
+			CommandDelay: durStr(c.CommandDelay), CommandFails: c.CommandFailureRate,
 		},
+		Commands:        f.commandStats(),
 		Seconds:         math.Round(s.Elapsed.Seconds()*1000) / 1000,
 		Devices:         s.Devices,
 		DevicesDone:     s.DevicesDone,

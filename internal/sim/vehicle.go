@@ -81,6 +81,12 @@ var classSpecs = map[string]*classSpec{
 		restH: [2]float64{1.5, 3}, restMin: [2]float64{10, 20}, townShare: 0.25},
 }
 
+// mover is what a device takes its readings from: the vehicle model, or a
+// scripted trip.
+type mover interface {
+	step(dt float64, s *sample)
+}
+
 // Driving states.
 const (
 	driving  = iota

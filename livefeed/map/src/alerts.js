@@ -1,7 +1,8 @@
-// Alerts on the map: the live feed's `alert` messages (docs/live-api.md, "alert (proposed)")
-// become a marker state on the vehicle (a ring in the colour of its worst active alert) and a
-// toast. The message shape is a proposal the alert engine (issue 18) may adjust; this is the
-// one place that reads it.
+// Alerts on the map: the live feed's `alert` messages (docs/live-api.md, "alert"), which the
+// alert engine (drover alerts, docs/alerts.md) sends through the livefeed, become a marker state
+// on the vehicle (a ring in the colour of its worst active alert) and a toast. A single event
+// (a harsh braking, a fence entry) comes as the alert active then cleared in one message: its
+// toast shows, marked cleared. This is the one place that reads the message.
 import { el } from './util.js';
 import { SEVERITIES } from './vehicles.js';
 

@@ -1,0 +1,106 @@
+package api
+
+import (
+	"testing"
+	"time"
+)
+
+// TestCampaignPacingPauseAbort: a campaign offers the image to at most
+// max_concurrent devices at once, each as a firmware_update command naming
+// the image's id, SHA-256 and version; finished devices make room for more;
+// paused, it offers nothing more but still counts outcomes; past the abort
+// rule it stops, its pending devices skipped.
+func TestCampaignPacingPauseAbort(t *testing.T) {
+	c := startCmdEnv(t, backends[0])
+	devs := []string{"truck-1", "truck-2"}
+	for _, id := range []string{"truck-3", "truck-4", "truck-5", "truck-6"} {
+		c.must(201, req{method: "POST", path: "/v1/devices", key: c.adminKey, body: map[string]any{"id": id}}, nil)
+		devs = append(devs, id)
+	}
+	for _, d := range devs {
+		c.presence("fe-1", d, true, time.Now())
+	}
+	var fw Firmware
+	c.must(201, req{method: "POST", path: "/v1/firmware?version=4.2.0", key: c.adminKey, body: []byte("image"),
+		contentType: "application/octet-stream"}, &fw)
+	var camp Campaign
+	c.must(201, req{method: "POST", path: "/v1/firmware-campaigns", key: c.adminKey, body: map[string]any{"firmware": fw.ID,
+		"devices": devs, "max_concurrent": 2, "per_minute": 1000, "abort_percent": 50, "abort_min": 4}}, &camp)
+	get := func() Campaign {
+		var got Campaign
+		c.must(200, req{method: "GET", path: "/v1/firmware-campaigns/" + camp.ID, key: c.adminKey}, &got)
+		return got
+	}
+	waitFor(t, 5*time.Second, "two devices offered", func() bool { return get().Devices["offered"] == 2 })
+	// Ticks go on; the concurrency holds.
+	d := c.dispatch("fe-1", "5s")
+	if got := get(); len(d) != 2 || got.Devices["offered"] != 2 || got.Devices["pending"] != 4 {
+		t.Fatalf("dispatch %+v; campaign %+v", d, got.Devices)
+	}
+	if d[0].Name != "firmware_update" || d[0].Params["id"] != fw.ID || d[0].Params["sha256"] != fw.SHA256 || d[0].Params["version"] != "4.2.0" {
+		t.Errorf("offer %+v", d[0])
+	}
+	for _, x := range d {
+		c.report("fe-1", x.DeviceID, x.ID, "succeeded")
+	}
+	waitFor(t, 5*time.Second, "two succeeded, two more offered", func() bool {
+		g := get().Devices
+		return g["succeeded"] == 2 && g["offered"] == 2
+	})
+	c.must(200, req{method: "POST", path: "/v1/firmware-campaigns/" + camp.ID + "/pause", key: c.adminKey}, nil)
+	for _, x := range c.dispatch("fe-1", "5s") {
+		c.report("fe-1", x.DeviceID, x.ID, "failed", "flash write error", "")
+	}
+	// 2 of 4 finished failed: the abort rule (50 % of at least 4), even paused.
+	waitFor(t, 5*time.Second, "aborted by the rule", func() bool { return get().State == CampaignAborted })
+	got := get()
+	if got.Devices["skipped"] != 2 || got.Devices["failed"] != 2 || got.Devices["pending"] != 0 || got.Reason == "" {
+		t.Errorf("after the abort: %+v (%s)", got.Devices, got.Reason)
+	}
+	var page listResponse[CampaignDevice]
+	c.must(200, req{method: "GET", path: "/v1/firmware-campaigns/" + camp.ID + "/devices?state=failed", key: c.adminKey}, &page)
+	if len(page.Items) != 2 || page.Items[0].Reason != "flash write error" {
+		t.Errorf("failed devices: %+v", page.Items)
+	}
+	if r := c.do(req{method: "POST", path: "/v1/firmware-campaigns/" + camp.ID + "/resume", key: c.adminKey}); r.status != 409 {
+		t.Errorf("resume of an aborted campaign: %d", r.status)
+	}
+}
+
+// TestCampaignCompletes: every device done, the campaign is completed.
+func TestCampaignCompletes(t *testing.T) {
+	c := startCmdEnv(t, backends[0])
+	c.presence("fe-1", "truck-1", true, time.Now())
+	var fw Firmware
+	c.must(201, req{method: "POST", path: "/v1/firmware?version=1", key: c.adminKey, body: []byte("image"),
+		contentType: "application/octet-stream"}, &fw)
+	var camp Campaign
+	c.must(201, req{method: "POST", path: "/v1/firmware-campaigns", key: c.adminKey, body: map[string]any{"firmware": fw.ID,
+		"devices": []string{"truck-1"}}}, &camp)
+	d := c.dispatch("fe-1", "5s")
+	if len(d) != 1 {
+		t.Fatalf("dispatch %+v", d)
+	}
+	c.report("fe-1", "truck-1", d[0].ID, "succeeded")
+	waitFor(t, 5*time.Second, "completed", func() bool {
+		var got Campaign
+		c.must(200, req{method: "GET", path: "/v1/firmware-campaigns/" + camp.ID, key: c.adminKey}, &got)
+		return got.State == CampaignCompleted && got.Devices["succeeded"] == 1
+	})
+}
+
+// TestCampaignRamp: the rate grows by the factor once per ramp_every
+// devices succeeded, up to the ceiling.
+func TestCampaignRamp(t *testing.T) {
+	c := Campaign{PerMinute: 10, RampFactor: 2, RampEvery: 5, MaxPerMinute: 60, Devices: map[string]int{}}
+	for _, tc := range []struct{ succeeded, want int }{{0, 10}, {4, 10}, {5, 20}, {10, 40}, {15, 60}, {100, 60}} {
+		c.Devices["succeeded"] = tc.succeeded
+		if got := c.rate(); got != tc.want {
+			t.Errorf("%d succeeded: rate %d, want %d", tc.succeeded, got, tc.want)
+		}
+	}
+	c.RampEvery = 0
+	if got := c.rate(); got != 10 {
+		t.Errorf("no ramp: %d", got)
+	}
+}

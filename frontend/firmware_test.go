@@ -1,0 +1,152 @@
+package frontend
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/drover-telemetry/drover/internal/sim"
+)
+
+// upload stores a firmware image in the control plane and returns its id.
+func (cp *controlPlane) upload(t *testing.T, version string, img []byte) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", cp.url+"/v1/firmware?version="+version, bytes.NewReader(img))
+	req.Header.Set("Authorization", "Bearer "+cp.adminKey)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 201 {
+		t.Fatalf("upload: %d %s", resp.StatusCode, b)
+	}
+	var fw struct{ ID string }
+	_ = json.Unmarshal(b, &fw)
+	return fw.ID
+}
+
+// TestFirmwareOverDroppingLink: a simulated device on a slow link that
+// drops every 30 KB downloads an image through its frontend, resuming
+// each time from the byte it reached — it receives exactly the image's
+// size in all, never starting again from zero — verifies it and reports
+// its new version; an image whose hash is not the one the command names is
+// not installed. The device's token never reaches the API; the frontend's
+// bandwidth cap paces the bytes.
+func TestFirmwareOverDroppingLink(t *testing.T) {
+	cp := startControlPlane(t, t.TempDir(), freeLoopback(t))
+	sc := sim.DefaultConfig()
+	sc.Devices, sc.Rate, sc.TokenSeed = 1, 0, "firmware-test"
+	sc.FirmwareLinkBytesPerSecond, sc.FirmwareDropEvery, sc.FirmwareChunk = 400_000, 30_000, 4096
+	var rows []map[string]any
+	for _, d := range sim.Devices(sc) {
+		rows = append(rows, map[string]any{"id": d.ID, "fleet": d.Fleet, "class": d.Class, "region": d.Region, "token_sha256": d.TokenSHA256})
+	}
+	cp.call("POST", "/v1/imports/devices?create_missing=true", map[string]any{"devices": rows}, nil)
+	img := make([]byte, 120_000)
+	_, _ = rand.Read(img)
+	sum := sha256.Sum256(img)
+	fw := cp.upload(t, "4.2.0", img)
+
+	cfg := followConfig(t, cp)
+	cfg.FirmwareBytesPerSecond = 300_000
+	e := start(t, cfg)
+	sc.URLs = []string{e.url}
+	fleet, err := sim.New(sc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fleet.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	dev := sim.DeviceID(sc.IDPrefix, 0)
+	waitFor(t, 10*time.Second, "the device reported connected", func() bool {
+		var d struct {
+			Presence *struct{ Connected bool } `json:"presence"`
+		}
+		cp.call("GET", "/v1/devices/"+dev, nil, &d)
+		return d.Presence != nil && d.Presence.Connected
+	})
+	c, err := cp.post(dev, "?wait=30s", map[string]any{"name": sim.FirmwareCommand, "ttl": "1m",
+		"params": map[string]string{"id": fw, "sha256": hex.EncodeToString(sum[:]), "version": "4.2.0"}})
+	if err != nil || c.State != "succeeded" || c.Payload != `{"version":"4.2.0"}` {
+		t.Fatalf("firmware update: %+v %v", c, err)
+	}
+	s := fleet.Summary().Commands
+	if s.FirmwareInstalled != 1 || s.FirmwareRestarts != 0 || s.FirmwareBytes != uint64(len(img)) || s.FirmwareResumes < 3 {
+		t.Errorf("device figures %+v: want 1 installed, %d bytes in all (never from zero), >= 3 resumes", s, len(img))
+	}
+	// The wrong hash: downloaded, refused, not installed.
+	c, err = cp.post(dev, "?wait=30s", map[string]any{"name": sim.FirmwareCommand, "ttl": "1m",
+		"params": map[string]string{"id": fw, "sha256": strings.Repeat("0", 64), "version": "6.6.6"}})
+	if err != nil || c.State != "failed" || !strings.Contains(c.Message, "not installed") {
+		t.Errorf("a corrupted image: %+v %v", c, err)
+	}
+	// A device without its token gets nothing.
+	resp, err := http.Get(strings.TrimSuffix(strings.Replace(e.url, "ws://", "http://", 1), IngestPath) + FirmwarePath + fw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("firmware without credentials: %d", resp.StatusCode)
+	}
+}
+
+// TestCampaignOverDroppingLinks: a campaign of 6 simulated devices, 2 at a
+// time, on links that drop every 25 KB: every device ends succeeded, none
+// stuck, and no download ever started again from zero.
+func TestCampaignOverDroppingLinks(t *testing.T) {
+	cp := startControlPlane(t, t.TempDir(), freeLoopback(t))
+	sc := sim.DefaultConfig()
+	sc.Devices, sc.Rate, sc.TokenSeed = 6, 0, "campaign-test"
+	sc.FirmwareLinkBytesPerSecond, sc.FirmwareDropEvery = 500_000, 25_000
+	var rows []map[string]any
+	var ids []string
+	for _, d := range sim.Devices(sc) {
+		rows = append(rows, map[string]any{"id": d.ID, "fleet": d.Fleet, "class": d.Class, "region": d.Region, "token_sha256": d.TokenSHA256})
+		ids = append(ids, d.ID)
+	}
+	cp.call("POST", "/v1/imports/devices?create_missing=true", map[string]any{"devices": rows}, nil)
+	img := make([]byte, 80_000)
+	_, _ = rand.Read(img)
+	fw := cp.upload(t, "5.0.1", img)
+	e := start(t, followConfig(t, cp))
+	sc.URLs = []string{e.url}
+	fleet, err := sim.New(sc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fleet.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 10*time.Second, "every device connected", func() bool { return fleet.Stats().Connected == int64(sc.Devices) })
+	var camp struct {
+		ID      string
+		State   string
+		Devices map[string]int
+	}
+	cp.call("POST", "/v1/firmware-campaigns", map[string]any{"firmware": fw, "devices": ids, "max_concurrent": 2,
+		"per_minute": 600, "device_timeout": "1m"}, &camp)
+	waitFor(t, 45*time.Second, "the campaign completed", func() bool {
+		cp.call("GET", "/v1/firmware-campaigns/"+camp.ID, nil, &camp)
+		return camp.State == "completed"
+	})
+	s := fleet.Summary().Commands
+	if camp.Devices["succeeded"] != sc.Devices || s.FirmwareInstalled != uint64(sc.Devices) || s.FirmwareRestarts != 0 ||
+		s.FirmwareBytes != uint64(sc.Devices*len(img)) {
+		t.Errorf("campaign %+v; devices %+v", camp.Devices, s)
+	}
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# bench-commands.sh: the command round trip (issue 17), as an operator and a device see it:
+# `drover api` (SQLite) ← internal/bench/cmdlat posting RATE commands/s with ?wait=5s to random
+# devices of DEVICES simulated ones (`drover sim`, connected and idle, answering at once) held by
+# one frontend that follows the api, with a router behind it. Each its own process on loopback.
+#
+#   DURATION=30s DEVICES=10000 RATE=500 scripts/bench-commands.sh
+#
+# Two figures, goals from the issue: API call → device receives (the simulator's
+# commands.latency_ms, from the call time the command carries; same host clock), p99 ≤ 25 ms;
+# API call with wait → result back to the caller (cmdlat's call_to_result_ms), p99 ≤ 50 ms.
+# Results go to bench-out/commands/ (OUT sets bench-out): cmdlat.json, sim.json, the api's and
+# the frontend's metrics, every log.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="${OUT:-$root/bench-out}/commands"
+duration="${DURATION:-30s}"
+devices="${DEVICES:-10000}"
+rate="${RATE:-500}"
+rm -rf "$out"; mkdir -p "$out"
+work="$(mktemp -d)"
+pids=()
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh" # cleanup, freeport, waitready
+trap cleanup EXIT
+
+cd "$root"
+go build -o "$work/drover" ./cmd/drover
+go build -o "$work/cmdlat" ./internal/bench/cmdlat
+drover="$work/drover"
+export DROVER_SIM_TOKEN_SEED=bench
+
+aport=$(freeport); aops=$(freeport); rport=$(freeport); rops=$(freeport); fport=$(freeport); fops=$(freeport)
+"$drover" api -listen "127.0.0.1:$aport" -data-dir "$work/api" -follower-key-file "$work/api/follower-key" \
+	-ops-listen "127.0.0.1:$aops" 2>"$out/api.log" &
+pids+=($!)
+waitready "127.0.0.1:$aops"
+api="http://127.0.0.1:$aport"
+"$work/cmdlat" -api "$api" -key-file "$work/api/api-admin-key" -register -devices "$devices"
+follow=(-registry-api "$api" -registry-api-key-file "$work/api/follower-key")
+"$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
+	-store-listen "tcp://127.0.0.1:$(freeport)" -queue-dir "$work/router" "${follow[@]}" \
+	-ops-listen "127.0.0.1:$rops" 2>"$out/router.log" &
+pids+=($!)
+"$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
+	-queue-dir "$work/frontend" "${follow[@]}" -max-connections 20000 \
+	-ops-listen "127.0.0.1:$fops" 2>"$out/frontend.log" &
+pids+=($!)
+for a in "$rops" "$fops"; do waitready "127.0.0.1:$a"; done
+
+"$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" -rate 0 -connect-rate 2000 \
+	-summary "$out/sim.json" -progress 10s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
+simpid=$!
+pids+=($simpid)
+# Every device connected and its presence reported (the frontend batches it each second).
+for _ in $(seq 1 120); do
+	n=$(curl -fs "http://127.0.0.1:$fops/metrics" | awk '/^drover_frontend_connections /{print $2}')
+	[[ "${n%.*}" -ge "$devices" ]] && break
+	sleep 0.5
+done
+sleep 2
+echo "bench-commands: $devices devices, $rate commands/s for $duration; results in $out" >&2
+"$work/cmdlat" -api "$api" -key-file "$work/api/api-admin-key" -devices "$devices" -rate "$rate" \
+	-duration "$duration" -summary "$out/cmdlat.json" 2>"$out/cmdlat.log"
+curl -fs "http://127.0.0.1:$aops/metrics" >"$out/api.metrics" || true
+curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend.metrics" || true
+kill -TERM "$simpid"; wait "$simpid" || true
+python3 - "$out/cmdlat.json" "$out/sim.json" <<'PY'
+import json, sys
+c, s = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+r, d = c["call_to_result_ms"], (s["commands"].get("latency_ms") or {})
+print(f"commands: {c['posted']:,} posted at {c['rate']:g}/s to {c['devices']:,} devices; states {c['states']}; statuses {c['statuses']}")
+print(f"  API call -> device receives: p50 {d.get('p50')} ms  p99 {d.get('p99')} ms  max {d.get('max')} ms  (goal p99 <= 25 ms)")
+print(f"  API call with wait -> result: p50 {r['p50']} ms  p99 {r['p99']} ms  max {r['max']} ms  (goal p99 <= 50 ms)")
+print(f"  devices: executed {s['commands']['executed']:,}, duplicates {s['commands']['duplicates']}, expired on device {s['commands']['expired']}")
+PY
+echo "bench-commands: results in $out"
