@@ -533,7 +533,6 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.logger.Info("frontend: upgrade failed", "device", id, "err", err)
 		return
 	}
-	f.m.connections.Inc()
 	f.m.connectionsAccepted.Inc()
 	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
 	c := &conn{f: f, ws: ws, cred: grant, byCert: certID != "", client: src}
@@ -545,10 +544,12 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(f.cfg.WriteTimeout))
 		_ = ws.Close()
 		f.m.connectionsClosed.WithLabelValues(strconv.Itoa(closeGoingAway)).Inc()
-		f.m.connections.Dec()
 		f.unadmit()
 		return
 	}
+	// Counted once tracked: the gauge never shows a connection that the
+	// stop's snapshot of f.conns could miss.
+	f.m.connections.Inc()
 	d, old := f.devs.attach(id, c) // sets c.dev
 	f.connected(d, now)
 	if old != nil {

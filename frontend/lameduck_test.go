@@ -101,6 +101,12 @@ func TestLameDuckSpreadsCloses(t *testing.T) {
 func TestLameDuckWithFewDevicesIsShort(t *testing.T) {
 	e := startWith(t, 2, func(c *Config) { c.LameDuck = time.Minute })
 	a, b := e.connect(t, 0, false), e.connect(t, 1, false)
+	// The client has its 101 before the server tracks the connection: one
+	// not yet tracked when the stop begins is not the lame duck's (it gets
+	// the 1001 of the stop's last step), which is not what this checks.
+	waitFor(t, 10*time.Second, "both connections tracked", func() bool {
+		return e.metric(e.f.m.connections) == 2
+	})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -35,7 +35,8 @@
 # (readings per device per second), DURATION, SETTLE and CPU_WINDOW (scale: seconds before and of
 # the CPU measurement, 20 and 60; DURATION 0: until the measurement is over; WARMUP, 60s: what
 # the steady ack latency leaves out), SIM_PER (devices per sim process, 15,000), NATS=0 (skip the
-# peer), OUT (bench-out). Results:
+# peer), FRONTEND_FLAGS (more flags for every frontend, e.g. smaller TLS limits so that a small
+# run overflows them as the full size does), OUT (bench-out). Results:
 # OUT/conns-<scenario>/ (each process's log, metrics and summaries, and <scenario>.txt, the table).
 #
 # Sizes for a check that the script works (a minute or two each, a few hundred devices):
@@ -89,9 +90,9 @@ start_frontend() {
 	shift 3
 	fe_ops[$name]=$ops
 	fe_args[$name]="$*"
-	# shellcheck disable=SC2068
+	# shellcheck disable=SC2068,SC2086 # FRONTEND_FLAGS is a list of flags
 	"$drover" frontend -id "$name" -listen "$listen" -routers "tcp://127.0.0.1:$rport" -queue-dir "$work/$name" \
-		-registry "$work/registry.json" -ops-listen "$ops" -pprof "$@" 2>>"$out/$name.log" &
+		-registry "$work/registry.json" -ops-listen "$ops" -pprof "$@" ${FRONTEND_FLAGS:-} 2>>"$out/$name.log" &
 	fe_pid[$name]=$!; pids+=($!)
 }
 restart_frontend() { # NAME LISTEN: again, with the arguments of the first start
@@ -223,7 +224,36 @@ connect)
 		python3 -c "
 n=$2; dt=$t1-$t0; cpu=$c1-$cpu0
 print('%-44s %8d %9.2f %12.0f %14.2f %16.0f' % ('$1', n, dt, n/dt, cpu, n/cpu if cpu > 0 else 0))" | tee -a "$out/connect.txt"
+		if [[ $mode != ws ]]; then
+			# The wave's handshakes and failures as both sides counted them (counts, not timings).
+			read -r -a now < <(hs_counts)
+			python3 - "${hs0[*]}" "${now[*]}" <<'PY' | tee -a "$out/connect.txt"
+import sys
+a, b = ([int(x) for x in s.split()] for s in sys.argv[1:3])
+d = [y - x for x, y in zip(a, b)]
+print("    frontend: handshakes resumed %d, full %d, failed %d; closed before the handshake: backlog full %d, waited too long %d, client gone %d" % tuple(d[:6]))
+print("    devices: handshakes resumed %d, full %d; failed attempts: tls %d, timeout %d, refused %d, dial %d" % tuple(d[6:]))
+PY
+		fi
 	}
+	# hs_counts: the frontend's and the devices' handshake counters, in the order wave prints them.
+	hs_counts() {
+		local fe=${fe_ops[fe]} r k
+		r="$(promsum "$fe" drover_frontend_tls_handshakes_total 'result="resumed"') $(promsum "$fe" drover_frontend_tls_handshakes_total 'result="full"')"
+		r="$r $(promsum "$fe" drover_frontend_tls_handshakes_total 'result="failed"')"
+		# backlog: frontends that closed connections finding the backlog full (before they left them
+		# in the kernel's accept queue); gone: clients that left while they waited.
+		for k in backlog wait gone; do
+			r="$r $(promsum "$fe" drover_frontend_tls_handshake_refusals_total "reason=\"$k\"")"
+		done
+		r="$r $(promsums drover_sim_tls_handshakes_total 'kind="resumed"' "${sim_ops_dev_wss_tickets[@]}" "${sim_ops_dev_wss_no_tickets[@]}")"
+		r="$r $(promsums drover_sim_tls_handshakes_total 'kind="full"' "${sim_ops_dev_wss_tickets[@]}" "${sim_ops_dev_wss_no_tickets[@]}")"
+		for k in tls timeout refused dial; do
+			r="$r $(promsums drover_sim_connect_failures_total "cause=\"$k\"" "${sim_ops_dev_wss_tickets[@]}" "${sim_ops_dev_wss_no_tickets[@]}")"
+		done
+		echo "$r"
+	}
+	sim_ops_dev_wss_tickets=(); sim_ops_dev_wss_no_tickets=()
 	for mode in ws wss_tickets wss_no_tickets; do
 		start_router
 		port=$(freeport)
@@ -236,12 +266,13 @@ print('%-44s %8d %9.2f %12.0f %14.2f %16.0f' % ('$1', n, dt, n/dt, cpu, n/cpu if
 		start_frontend fe "127.0.0.1:$port" "127.0.0.1:$(freeport)" "${args[@]}"
 		waitready "${fe_ops[fe]}"
 		if [[ $mode != wss_no_tickets ]]; then
-			t0=$(date +%s.%N); cpu0=$(cpusec "${fe_pid[fe]}")
+			t0=$(date +%s.%N); cpu0=$(cpusec "${fe_pid[fe]}"); read -r -a hs0 < <(hs_counts)
 			start_sims "dev_$mode" "$n" 0 2 -- "${sims[@]}"
 			wave "$mode: first connections" "$n"
 			if [[ $mode != ws ]]; then
 				# Every device drops its connection and comes back, resuming its session.
 				sleep 2
+				read -r -a hs0 < <(hs_counts)
 				for p in "${sim_pids_dev_wss_tickets[@]}"; do kill -USR1 "$p"; done
 				wait_until 60 "the drop" '[ "$(promsum "${fe_ops[fe]}" drover_frontend_connections)" -lt "$n" ]'
 				t0=$(date +%s.%N); cpu0=$(cpusec "${fe_pid[fe]}")
@@ -254,6 +285,9 @@ print('%-44s %8d %9.2f %12.0f %14.2f %16.0f' % ('$1', n, dt, n/dt, cpu, n/cpu if
 		if [[ $mode != ws ]]; then
 			# Across a restart: kill -9 and start again on the same port.
 			sleep 2
+			# The devices' counts from the kill on; the restarted frontend's from 0.
+			read -r -a hs0 < <(hs_counts)
+			hs0=(0 0 0 0 0 0 "${hs0[@]:6}")
 			kill -KILL "${fe_pid[fe]}"; wait "${fe_pid[fe]}" 2>/dev/null || true
 			restart_frontend fe "127.0.0.1:$port"
 			waitready "${fe_ops[fe]}"

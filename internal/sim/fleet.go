@@ -311,7 +311,7 @@ type Stats struct {
 	Connects uint64
 	// ConnectFailures counts failed connection attempts by cause: "http_401", "http_503" (any
 	// HTTP status), "refused", "timeout", "tls" (the TLS handshake failed, or the server closed
-	// the connection before it: its handshake backlog was full), "dial".
+	// the connection before it: it waited too long for its handshake), "dial".
 	ConnectFailures map[string]uint64
 	// Disconnects counts connections ended other than by the device's own stop, by cause: the
 	// close code the server sent ("1001", "1013", "4000"; "1006" when the connection ended without

@@ -56,12 +56,38 @@ func newTLSClient(cfg Config) (*tlsClient, error) {
 	return tc, nil
 }
 
+// ticketKeepFailures is how many failed handshakes in a row a device's
+// session survives when none of them was the server's answer (a TLS
+// alert): connections closed, reset or timed out before any, which is how
+// a frontend refuses a handshake it has no room for. A server that
+// rejects a ticket either ignores it (a full handshake: TLS 1.3 servers
+// do when they cannot decrypt it) or aborts with an alert (a binder that
+// does not verify, RFC 8446 4.2.11); this bound is for the one that
+// closes instead. In a stampede a device fails several times in a row
+// (the full run of scripts/bench-conns.sh connect counted ~3 failures per
+// connection made), so the bound is well above that: 8 failures span ~25
+// s of the device's backoff.
+const ticketKeepFailures = 8
+
 // session is a device's TLS session cache: the one session of the last
 // server name it talked to, as a device with room for one ticket keeps it.
+//
+// Go's client calls Put(key, nil) after every failed handshake that
+// offered the session, whatever failed (crypto/tls, "If we got a
+// handshake failure when resuming a session, throw away the session
+// ticket"): a connection that a frontend in a stampede closes before its
+// handshake would cost the device its ticket, its next attempt would be a
+// full handshake, which costs the frontend more CPU, so more attempts
+// fail. So session keeps its ticket across those failures, as embedded TLS
+// stacks (mbedTLS, wolfSSL) let the application do, and drops it when the
+// server answered with an alert ([session.forget], called by dialTLS) or
+// after ticketKeepFailures failures in a row (docs/ingest.md, the device
+// contract).
 type session struct {
-	mu  sync.Mutex
-	key string
-	cs  *tls.ClientSessionState
+	mu    sync.Mutex
+	key   string
+	cs    *tls.ClientSessionState
+	fails int // failed handshakes in a row since cs was kept or last worked
 }
 
 // Get returns the session for key, if it is the one kept.
@@ -74,11 +100,45 @@ func (s *session) Get(key string) (*tls.ClientSessionState, bool) {
 	return s.cs, true
 }
 
-// Put keeps cs for key (nil: forget it).
+// Put keeps cs for key. A nil cs (Go: forget it) is honoured only after
+// ticketKeepFailures of them in a row for the session kept.
 func (s *session) Put(key string, cs *tls.ClientSessionState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.key, s.cs = key, cs
+	if cs == nil && key == s.key && s.cs != nil {
+		s.fails++
+		if s.fails < ticketKeepFailures {
+			return
+		}
+	}
+	s.key, s.cs, s.fails = key, cs, 0
+}
+
+// succeeded notes a handshake that worked: the failures in a row are over.
+func (s *session) succeeded() {
+	s.mu.Lock()
+	s.fails = 0
+	s.mu.Unlock()
+}
+
+// forget drops the session: the server refused the handshake with an
+// answer, which may be about the ticket.
+func (s *session) forget() {
+	s.mu.Lock()
+	s.key, s.cs, s.fails = "", nil, 0
+	s.mu.Unlock()
+}
+
+// ticketRejected reports whether a failed handshake was refused by a TLS
+// alert, sent by the server or by the device (a certificate it does not
+// trust, a message that does not verify): what a server does about a
+// ticket it cannot take and will not ignore. A connection closed, reset
+// or timed out without one is not: that is a server with no room, or the
+// network.
+func ticketRejected(err error) bool {
+	var op *net.OpError
+	var verr *tls.CertificateVerificationError
+	return errors.As(err, &verr) || (errors.As(err, &op) && (op.Op == "remote error" || op.Op == "local error"))
 }
 
 // dialTLS dials addr and does the TLS handshake as the device in ctx:
@@ -113,7 +173,13 @@ func (f *Fleet) dialTLS(nd *net.Dialer) func(ctx context.Context, network, addr 
 		c := tls.Client(raw, cfg)
 		if err := c.HandshakeContext(ctx); err != nil {
 			raw.Close()
+			if d != nil && ticketRejected(err) {
+				d.tlsSession.forget()
+			}
 			return nil, &tlsError{err}
+		}
+		if d != nil {
+			d.tlsSession.succeeded()
 		}
 		if c.ConnectionState().DidResume {
 			f.c.tlsResumed.Add(1)
@@ -125,8 +191,8 @@ func (f *Fleet) dialTLS(nd *net.Dialer) func(ctx context.Context, network, addr 
 }
 
 // tlsError is a failed TLS handshake: refused by the server (a closed
-// connection before any answer: its handshake backlog was full) or by the
-// device (a certificate it does not trust).
+// connection before any answer: it waited too long for its handshake; or
+// an alert) or by the device (a certificate it does not trust).
 type tlsError struct{ err error }
 
 func (e *tlsError) Error() string { return "TLS handshake: " + e.err.Error() }

@@ -48,17 +48,19 @@ type Config struct {
 // Limits bound the work of TLS handshakes, which cost the CPU that the
 // connections already open need. A handshake is admitted when the
 // budget allows, at most MaxHandshakes run at once, and accepted
-// connections wait for their turn in a backlog of Backlog; a connection
-// that finds the backlog full, or waits longer than half the handshake
-// timeout, is closed before its handshake: no TLS, so no HTTP answer
-// (docs/ingest.md says what a device does then).
+// connections wait for their turn in a backlog of Backlog; while it is
+// full, no more are accepted (they wait in the kernel's accept queue). A
+// connection that waits longer than half the handshake timeout, or whose
+// client leaves, is closed before its handshake: no TLS, so no HTTP
+// answer (docs/ingest.md says what a device does then).
 type Limits struct {
 	// HandshakeRate is the budget of handshakes per second, counted in
 	// full handshakes (see HandshakeCost). 0: no limit.
 	HandshakeRate float64
 	// MaxHandshakes is the most handshakes in progress at once.
 	MaxHandshakes int
-	// Backlog is the most accepted connections waiting for a handshake.
+	// Backlog is the most accepted connections waiting for a handshake;
+	// the next wait in the kernel's accept queue, unaccepted.
 	Backlog int
 	// HandshakeTimeout bounds one handshake, from the client's hello to
 	// the server's finished.
@@ -101,7 +103,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, clientCA bool) {
 	fs.IntVar(&c.MaxHandshakes, "tls-max-handshakes", c.MaxHandshakes,
 		"most TLS handshakes in progress at once (`number`)")
 	fs.IntVar(&c.Backlog, "tls-handshake-backlog", c.Backlog,
-		"most accepted connections waiting for a TLS handshake; past it, or after half of -tls-handshake-timeout waiting, a connection is closed before its handshake (`number`)")
+		"most accepted connections waiting for a TLS handshake; past it, connections are left in the kernel's accept queue (net.core.somaxconn) until there is room; one that waited more than half of -tls-handshake-timeout here, or whose client left, is closed before its handshake (`number`)")
 	fs.DurationVar(&c.HandshakeTimeout, "tls-handshake-timeout", c.HandshakeTimeout,
 		"longest TLS handshake (`duration`)")
 }

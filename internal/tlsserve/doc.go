@@ -34,7 +34,12 @@
 //     (a TLS 1.2 resumption costs less, [HandshakeCost]), a bound on
 //     handshakes in progress, and a bounded backlog of accepted
 //     connections waiting, each for at most half the handshake timeout.
-//     What does not fit is closed before its handshake (counted by reason):
+//     While the backlog is full no connection is accepted: the kernel's
+//     accept queue holds the next ones (and past it the clients' TCP
+//     retries their SYNs), so that a device is never refused with a
+//     failed handshake, which costs a Go client its session ticket. A
+//     connection that waited too long, or whose client closed it while
+//     it waited, is closed before its handshake (counted by reason):
 //     without TLS there is no HTTP to say "retry later" in. The owner
 //     scales the budget down while its CPU is short
 //     ([Listener.SetRateFactor]).
@@ -43,6 +48,7 @@
 //
 // Metrics, under the owner's namespace (drover_frontend_tls_*,
 // drover_livefeed_tls_*): reloads_total{result}, certificate_expiry_timestamp_seconds,
-// handshakes_total{result="full|resumed|failed"}, handshake_refusals_total{reason="backlog|wait"},
-// handshakes_in_progress, handshakes_waiting, handshake_rate, handshake_seconds.
+// handshakes_total{result="full|resumed|failed"}, handshake_refusals_total{reason="wait|gone"},
+// handshakes_in_progress, handshakes_waiting, accept_queue (the kernel's, Linux),
+// handshake_rate, handshake_seconds.
 package tlsserve

@@ -17,11 +17,18 @@ import (
 // connections (r.TLS is set) and does no handshake of its own. The
 // handshakes run here, under the server's Limits:
 //
-//   - accepted connections wait in a FIFO backlog of Limits.Backlog; one
-//     that finds it full is closed at once, one that waited longer than half
-//     of Limits.HandshakeTimeout is closed when its turn comes (its client
-//     has likely given up, and a handshake for nobody is the waste this is
-//     here to avoid);
+//   - accepted connections wait in a FIFO backlog of Limits.Backlog. While
+//     it is full, the listener accepts no more: new connections wait in the
+//     kernel's accept queue (the listen backlog, net.core.somaxconn) and,
+//     past it, the kernel drops their SYNs and the clients' TCP sends them
+//     again (after 1 s, 3 s, ...). Closing them instead would fail their
+//     handshakes: a Go client then forgets its session ticket, comes back
+//     with a full handshake, and the retries of a stampede cost accepts and
+//     ClientHellos for nothing. A connection that waited longer than half of
+//     Limits.HandshakeTimeout in the backlog is closed when its turn comes,
+//     and so is one whose client has closed it meanwhile (given up while it
+//     waited, here or in the kernel's queue): a handshake for nobody is the
+//     waste this is here to avoid;
 //   - a connection's handshake starts when the budget holds a full
 //     handshake (Limits.HandshakeRate a second, times the factor set by
 //     [Listener.SetRateFactor]) and fewer than Limits.MaxHandshakes are in
@@ -30,7 +37,9 @@ import (
 //     so that the budget counts what the CPU actually did.
 //
 // Closing a connection before its handshake is the only refusal possible
-// there: an HTTP answer needs TLS first. Admission with an answer (503 and
+// there (an HTTP answer needs TLS first), and only one that waited too
+// long or whose client left is closed: one that found no room is left
+// waiting in the kernel. Admission with an answer (503 and
 // Retry-After) is the HTTP handler's, after the handshake.
 type Listener struct {
 	inner  net.Listener
@@ -40,11 +49,12 @@ type Listener struct {
 	bucket bucket
 
 	pending chan pendingConn
-	// waiting counts the backlog: connections accepted and not yet
-	// started (or refused), the one the dispatcher holds included.
-	waiting atomic.Int64
-	ready   chan *tls.Conn
-	sem     chan struct{}
+	// room holds a token for each place taken in the backlog: connections
+	// accepted and not yet started (or refused), the one the dispatcher
+	// holds included. The accept loop takes one before each accept.
+	room  chan struct{}
+	ready chan *tls.Conn
+	sem   chan struct{}
 
 	closeOnce sync.Once // Close
 	stopOnce  sync.Once // closing closed: by Close, or by a failed accept
@@ -70,6 +80,7 @@ func (s *Server) NewListener(inner net.Listener) *Listener {
 		lim:     s.cfg.Limits,
 		m:       s.m,
 		pending: make(chan pendingConn, s.cfg.Backlog),
+		room:    make(chan struct{}, s.cfg.Backlog),
 		ready:   make(chan *tls.Conn),
 		sem:     make(chan struct{}, s.cfg.MaxHandshakes),
 		closed:  make(chan struct{}),
@@ -78,6 +89,8 @@ func (s *Server) NewListener(inner net.Listener) *Listener {
 	}
 	l.bucket.init(s.cfg.HandshakeRate)
 	l.m.rate.Set(s.cfg.HandshakeRate)
+	queued := func() int { return acceptQueueLen(inner) }
+	l.m.acceptQueue.Store(&queued)
 	l.wg.Add(2)
 	go l.acceptLoop()
 	go l.dispatch()
@@ -117,6 +130,7 @@ func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
 		l.stop()
+		l.m.acceptQueue.Store(nil)
 		err = l.inner.Close()
 		l.wg.Wait()
 	})
@@ -135,14 +149,22 @@ func (l *Listener) stop() {
 func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
 
 // acceptLoop accepts TCP connections into the backlog until the listener
-// closes. An error that is not the close (too many open files) is retried
-// after a pause, as net/http does, rather than ending the listener.
+// closes, each once the backlog has room for it: until then the kernel
+// holds it. An error that is not the close (too many open files) is
+// retried after a pause, as net/http does, rather than ending the
+// listener.
 func (l *Listener) acceptLoop() {
 	defer l.wg.Done()
 	var pause time.Duration
 	for {
+		select {
+		case l.room <- struct{}{}:
+		case <-l.closed:
+			return
+		}
 		c, err := l.inner.Accept()
 		if err != nil {
+			<-l.room
 			select {
 			case <-l.closed:
 				return
@@ -162,20 +184,16 @@ func (l *Listener) acceptLoop() {
 			return
 		}
 		pause = 0
-		if l.waiting.Load() >= int64(l.lim.Backlog) {
-			l.m.refused.WithLabelValues(refusedBacklog).Inc()
-			_ = c.Close()
-			continue
-		}
-		l.addWaiting(1)
+		l.m.waiting.Inc()
 		l.pending <- pendingConn{c: c, at: time.Now()} // never blocks: at most Backlog are in it
 	}
 }
 
-// addWaiting changes the backlog count and its gauge.
-func (l *Listener) addWaiting(n int64) {
-	l.waiting.Add(n)
-	l.m.waiting.Add(float64(n))
+// leave gives back the backlog place of a connection that started its
+// handshake or was closed.
+func (l *Listener) leave() {
+	<-l.room
+	l.m.waiting.Dec()
 }
 
 // retryable reports whether an accept error is passing: out of file
@@ -200,7 +218,7 @@ func (l *Listener) dispatch() {
 		for {
 			select {
 			case p := <-l.pending:
-				l.addWaiting(-1)
+				l.leave()
 				_ = p.c.Close()
 			default:
 				hs.Wait()
@@ -217,30 +235,35 @@ func (l *Listener) dispatch() {
 			return
 		}
 		if time.Since(p.at) > maxWait {
-			l.addWaiting(-1)
+			l.leave()
 			l.m.refused.WithLabelValues(refusedWait).Inc()
 			_ = p.c.Close()
 			continue
 		}
 		if !l.bucket.take(l.closed) {
-			l.addWaiting(-1)
+			l.leave()
 			_ = p.c.Close()
 			return
 		}
 		select {
 		case l.sem <- struct{}{}:
 		case <-l.closed:
-			l.addWaiting(-1)
+			l.leave()
 			l.bucket.refund(1)
 			_ = p.c.Close()
 			return
 		}
-		l.addWaiting(-1)
-		if time.Since(p.at) > maxWait {
-			// It waited for the budget or a slot too long.
+		l.leave()
+		if waited := time.Since(p.at) > maxWait; waited || peerGone(p.c) {
+			// It waited for the budget or a slot too long, or its
+			// client has left.
 			<-l.sem
 			l.bucket.refund(1)
-			l.m.refused.WithLabelValues(refusedWait).Inc()
+			reason := refusedGone
+			if waited {
+				reason = refusedWait
+			}
+			l.m.refused.WithLabelValues(reason).Inc()
 			_ = p.c.Close()
 			continue
 		}

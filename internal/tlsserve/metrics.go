@@ -2,6 +2,7 @@ package tlsserve
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -16,8 +17,8 @@ const (
 // Reasons a connection is closed before its handshake, the values of
 // <namespace>_tls_handshake_refusals_total{reason}.
 const (
-	refusedBacklog = "backlog" // the backlog of connections waiting for a handshake was full
-	refusedWait    = "wait"    // it waited longer than half the handshake timeout
+	refusedWait = "wait" // it waited longer than half the handshake timeout
+	refusedGone = "gone" // its client closed it while it waited
 )
 
 // metrics is what a TLS server counts. Registered once per Server; a
@@ -30,8 +31,11 @@ type metrics struct {
 	refused    *prometheus.CounterVec
 	inProgress prometheus.Gauge
 	waiting    prometheus.Gauge
-	rate       prometheus.Gauge
-	seconds    prometheus.Histogram
+	// acceptQueue reads the kernel's accept queue of the listener serving
+	// (nil: none), for the _tls_accept_queue gauge.
+	acceptQueue atomic.Pointer[func() int]
+	rate        prometheus.Gauge
+	seconds     prometheus.Histogram
 }
 
 func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
@@ -50,7 +54,7 @@ func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: ns + "_tls_handshake_refusals_total",
-			Help: "Connections closed before their TLS handshake, by reason: backlog (full), wait (waited too long for a handshake slot).",
+			Help: "Connections closed before their TLS handshake, by reason: wait (waited too long for a handshake slot), gone (the client closed it while it waited). A full backlog closes none: new connections wait in the kernel's accept queue.",
 		}, []string{"reason"}),
 		inProgress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: ns + "_tls_handshakes_in_progress",
@@ -70,7 +74,16 @@ func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.reloads, m.certExpiry, m.handshakes, m.refused, m.inProgress, m.waiting, m.rate, m.seconds} {
+	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: ns + "_tls_accept_queue",
+		Help: "Connections the kernel holds in the listening socket's accept queue, not yet accepted: they wait there while the handshake backlog is full (Linux; 0 elsewhere).",
+	}, func() float64 {
+		if f := m.acceptQueue.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
+	for _, c := range []prometheus.Collector{m.reloads, m.certExpiry, m.handshakes, m.refused, m.inProgress, m.waiting, m.rate, m.seconds, queued} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register TLS metrics: %w", err)
 		}
@@ -78,7 +91,7 @@ func newMetrics(ns string, reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{resultFull, resultResumed, resultFailed} {
 		m.handshakes.WithLabelValues(r)
 	}
-	for _, r := range []string{refusedBacklog, refusedWait} {
+	for _, r := range []string{refusedWait, refusedGone} {
 		m.refused.WithLabelValues(r)
 	}
 	return m, nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -375,44 +376,49 @@ func TestClientCertificates(t *testing.T) {
 	waitFor(t, 5*time.Second, "two failed handshakes", func() bool { return e.handshakes(resultFailed) >= 2 })
 }
 
-// TestBacklogAndWaitRefusals fills the handshake slot and the backlog with
-// connections that never send a hello: the next one is closed before any
-// handshake (backlog), and one that waited past half the handshake timeout
-// is closed when its turn comes (wait).
-func TestBacklogAndWaitRefusals(t *testing.T) {
+// TestFullBacklogLeavesConnectionsWaiting fills the handshake slot and the
+// backlog with connections that never send a hello. The next connection is
+// not closed (that would fail its handshake, and a Go client would forget
+// its session ticket): it waits in the kernel's accept queue and gets its
+// handshake once there is room. The one that waited in the backlog past
+// half the handshake timeout is closed when its turn comes (wait).
+func TestFullBacklogLeavesConnectionsWaiting(t *testing.T) {
 	ca := tlstest.NewCA(t, "test CA")
 	f := writeServer(t, ca, "edge")
 	e := startEcho(t, Config{CertFile: f.cert, KeyFile: f.key,
-		Limits: Limits{MaxHandshakes: 1, Backlog: 1, HandshakeTimeout: 2 * time.Second}})
+		Limits: Limits{MaxHandshakes: 1, Backlog: 1, HandshakeTimeout: 3 * time.Second}})
 	refused := func(reason string) float64 { return testutil.ToFloat64(e.s.m.refused.WithLabelValues(reason)) }
-	var silent []net.Conn
-	for i := range 2 {
-		c, err := net.Dial("tcp", e.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		silent = append(silent, c)
-		defer c.Close()
-		// One at a time: the first in its handshake, then the second waiting.
-		waitFor(t, 5*time.Second, "the connection in its place", func() bool {
-			return testutil.ToFloat64(e.s.m.inProgress) == 1 && testutil.ToFloat64(e.s.m.waiting) == float64(i)
+	silent := fillListener(t, e)
+	// The first handshake times out after 3 s; the second waited longer
+	// than 1.5 s by then and is closed without a handshake; then the third
+	// is accepted and served. Until then the kernel holds it.
+	type result struct {
+		c   *client
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := dial(t, e.addr, clientConfig(ca, nil))
+		got <- result{c, err}
+	}()
+	if runtime.GOOS == "linux" {
+		waitFor(t, 3*time.Second, "the third connection in the kernel's accept queue", func() bool {
+			return testutil.ToFloat64(e.s.m.waiting) == 1 && gathered(t, e.reg, "test_tls_accept_queue") == 1
 		})
 	}
-	third, err := net.Dial("tcp", e.addr)
+	r := <-got
+	third, err := r.c, r.err
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("third connection, after a full backlog: %v, want it served once there was room", err)
 	}
-	defer third.Close()
-	_ = third.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := third.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !isReset(err) {
-		t.Fatalf("third connection: %v, want it closed", err)
+	if runtime.GOOS == "linux" && gathered(t, e.reg, "test_tls_accept_queue") != 0 {
+		t.Errorf("accept queue %v once the third was accepted, want 0", gathered(t, e.reg, "test_tls_accept_queue"))
 	}
-	if refused(refusedBacklog) != 1 {
-		t.Fatalf("backlog refusals %v, want 1", refused(refusedBacklog))
+	third.roundTrip(t, "ok")
+	third.c.Close()
+	if refused(refusedWait) != 1 {
+		t.Errorf("wait refusals %v, want 1", refused(refusedWait))
 	}
-	// The first handshake times out after 2 s; the second waited longer
-	// than 1 s by then and is closed without a handshake.
-	waitFor(t, 5*time.Second, "the waiting connection refused", func() bool { return refused(refusedWait) == 1 })
 	_ = silent[1].SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := silent[1].Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !isReset(err) {
 		t.Fatalf("waiting connection: %v, want it closed", err)
@@ -420,13 +426,96 @@ func TestBacklogAndWaitRefusals(t *testing.T) {
 	if e.handshakes(resultFailed) != 1 {
 		t.Errorf("failed handshakes %v, want 1 (the silent first one)", e.handshakes(resultFailed))
 	}
-	// The listener is free again.
+}
+
+// fillListener takes the one handshake slot and the one backlog place of
+// e with connections that never send a hello, in that order.
+func fillListener(t *testing.T, e *echo) []net.Conn {
+	t.Helper()
+	var silent []net.Conn
+	for i := range 2 {
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+		t.Cleanup(func() { c.Close() })
+		// One at a time: the first in its handshake, then the second waiting.
+		waitFor(t, 5*time.Second, "the connection in its place", func() bool {
+			return testutil.ToFloat64(e.s.m.inProgress) == 1 && testutil.ToFloat64(e.s.m.waiting) == float64(i)
+		})
+	}
+	return silent
+}
+
+// TestNoHandshakeForAClientThatLeft: a connection whose client sent its
+// hello and closed while it waited for a handshake slot is closed without
+// a handshake (gone), not handshaken for nobody.
+func TestNoHandshakeForAClientThatLeft(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("peerGone reads TCP_INFO: Linux only")
+	}
+	ca := tlstest.NewCA(t, "test CA")
+	f := writeServer(t, ca, "edge")
+	e := startEcho(t, Config{CertFile: f.cert, KeyFile: f.key,
+		Limits: Limits{MaxHandshakes: 1, Backlog: 1, HandshakeTimeout: 10 * time.Second}})
+	refused := func(reason string) float64 { return testutil.ToFloat64(e.s.m.refused.WithLabelValues(reason)) }
+	first, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	waitFor(t, 5*time.Second, "the first connection in its handshake", func() bool {
+		return testutil.ToFloat64(e.s.m.inProgress) == 1
+	})
+	// A client that gives up: its hello sent, then closed, while it waits.
+	quitter, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := make(chan []byte, 1)
+	go func() {
+		// A real ClientHello, captured from a handshake that cannot finish.
+		a, b := net.Pipe()
+		go func() { _ = tls.Client(a, clientConfig(ca, nil)).Handshake() }()
+		buf := make([]byte, 4096)
+		n, _ := b.Read(buf)
+		a.Close()
+		hello <- buf[:n]
+	}()
+	if _, err := quitter.Write(<-hello); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the quitter in the backlog", func() bool { return testutil.ToFloat64(e.s.m.waiting) == 1 })
+	quitter.Close()
+	first.Close() // its handshake fails: the slot is free for the quitter
+	waitFor(t, 5*time.Second, "the quitter closed", func() bool { return refused(refusedGone) == 1 })
+	if got := e.handshakes(resultFailed); got != 1 {
+		t.Errorf("failed handshakes %v, want 1 (the first; none for the client that left)", got)
+	}
+	// The listener serves on.
 	c, err := dial(t, e.addr, clientConfig(ca, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.roundTrip(t, "ok")
 	c.c.Close()
+}
+
+// gathered is the value of the gauge name in reg.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
 
 func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }

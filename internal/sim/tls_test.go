@@ -1,0 +1,223 @@
+package sim
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/drover-telemetry/drover/frontend"
+	"github.com/drover-telemetry/drover/internal/tlsserve/tlstest"
+)
+
+// refusingProxy forwards TCP connections to a frontend, except the next
+// refuse ones, which it closes at once without a byte: what a frontend does
+// with a connection its handshake backlog has no room for. A proxy because
+// a real frontend refuses whom a stampede's timing picks, and this test
+// needs a known number of refusals.
+type refusingProxy struct {
+	ln      net.Listener
+	target  string
+	refuse  atomic.Int64
+	refused atomic.Int64
+	wg      sync.WaitGroup
+}
+
+func newRefusingProxy(t *testing.T, target string) *refusingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &refusingProxy{ln: ln, target: target}
+	p.wg.Go(p.serve)
+	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
+	return p
+}
+
+func (p *refusingProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if p.refuse.Add(-1) >= 0 {
+			p.refused.Add(1)
+			c.Close()
+			continue
+		}
+		p.refuse.Store(0)
+		p.wg.Go(func() { p.pipe(c) })
+	}
+}
+
+func (p *refusingProxy) pipe(c net.Conn) {
+	defer c.Close()
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(up, c)
+		up.Close()
+	}()
+	_, _ = io.Copy(c, up)
+	c.Close()
+	<-done
+}
+
+// TestKeepsTicketWhenRefusedBeforeHandshake is the device contract of
+// docs/ingest.md: a device whose connection is closed before any TLS answer
+// (a frontend in a stampede with no room for its handshake) keeps its
+// session ticket, and its next connection resumes. Go's client would
+// forget the ticket after such a failure (and pay, and make the frontend
+// pay, a full handshake).
+func TestKeepsTicketWhenRefusedBeforeHandshake(t *testing.T) {
+	const devices, refusals = 4, 6 // fewer refusals than ticketKeepFailures, whoever gets them
+	ca := tlstest.NewCA(t, "sim test CA")
+	dir := t.TempDir()
+	cert, key := ca.Server(t, "edge").Write(t, dir, "server")
+	cfg := testConfig()
+	cfg.Devices, cfg.Rate, cfg.FrameReadings = devices, 50, 5
+	reg := filepath.Join(dir, "registry.json")
+	if err := WriteRegistry(reg, cfg); err != nil {
+		t.Fatal(err)
+	}
+	fe := newRealFrontend(t, reg, func(c *frontend.Config) {
+		c.TLS.CertFile, c.TLS.KeyFile = cert, key
+		c.LameDuck = 0
+	})
+	proxy := newRefusingProxy(t, fe.cfg.Listen)
+	cfg.URLs, cfg.TLSCAFile = []string{"wss://" + proxy.ln.Addr().String()}, ca.WriteCA(t, dir, "ca.pem")
+	f, cancel := startFleet(t, cfg)
+	waitFor(t, 10*time.Second, "every device connected and acked", func() bool {
+		st := f.Stats()
+		return st.Connected == devices && st.Acked > 50
+	})
+
+	proxy.refuse.Store(refusals)
+	connects := f.Stats().Connects
+	f.Stampede()
+	waitFor(t, 15*time.Second, "every device back after the refusals", func() bool {
+		st := f.Stats()
+		return proxy.refused.Load() == refusals && st.Connects >= connects+devices && st.Connected == devices
+	})
+	st := f.Stats()
+	if st.ConnectFailures["tls"] != refusals {
+		t.Errorf("failed TLS attempts: %d, want the %d refusals", st.ConnectFailures["tls"], refusals)
+	}
+	if st.TLSFull != devices || st.TLSResumed != devices {
+		t.Fatalf("after %d connections closed before their handshake: %d full, %d resumed handshakes; want %d full (the first connections) and %d resumed",
+			refusals, st.TLSFull, st.TLSResumed, devices, devices)
+	}
+	cancel()
+	<-f.Done()
+}
+
+// TestSessionForgetsAfterRefusalsInARow: a session survives
+// ticketKeepFailures-1 failed handshakes in a row (Go's Put(nil)), not one
+// more; a handshake that works starts the count again; forget drops it at
+// once.
+func TestSessionForgetsAfterRefusalsInARow(t *testing.T) {
+	cs := &tls.ClientSessionState{}
+	var s session
+	s.Put("edge", cs)
+	for i := 1; i < ticketKeepFailures; i++ {
+		s.Put("edge", nil)
+		if _, ok := s.Get("edge"); !ok {
+			t.Fatalf("session forgotten after %d failures in a row, want kept until %d", i, ticketKeepFailures)
+		}
+	}
+	s.succeeded()
+	for i := 1; i < ticketKeepFailures; i++ {
+		s.Put("edge", nil)
+	}
+	if _, ok := s.Get("edge"); !ok {
+		t.Fatal("a handshake that worked did not start the failures in a row again")
+	}
+	s.Put("edge", nil)
+	if _, ok := s.Get("edge"); ok {
+		t.Fatalf("session kept after %d failures in a row", ticketKeepFailures)
+	}
+	s.Put("edge", cs)
+	s.forget()
+	if _, ok := s.Get("edge"); ok {
+		t.Fatal("forget kept the session")
+	}
+	s.Put("other", cs)
+	if got, ok := s.Get("other"); !ok || got != cs {
+		t.Fatal("a new session was not kept")
+	}
+}
+
+// TestTicketRejectedOnlyByAlerts: a handshake refused by the server's TLS
+// alert is a rejection (the ticket may be the cause); one closed before any
+// answer, or timed out, is not.
+func TestTicketRejectedOnlyByAlerts(t *testing.T) {
+	ca := tlstest.NewCA(t, "sim test CA")
+	client := &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
+	handshake := func(t *testing.T, serve func(net.Conn)) error {
+		t.Helper()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			serve(c)
+		}()
+		raw, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		err = tls.Client(raw, client).HandshakeContext(ctx)
+		if err == nil {
+			t.Fatal("handshake succeeded")
+		}
+		return err
+	}
+	cases := []struct {
+		name   string
+		serve  func(net.Conn)
+		reject bool
+	}{
+		{"closed before the handshake", func(c net.Conn) { c.Close() }, false},
+		{"no answer", func(c net.Conn) { time.Sleep(time.Second); c.Close() }, false},
+		{"alert from the server", func(c net.Conn) {
+			s := tls.Server(c, &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+				return nil, errors.New("refused")
+			}})
+			_ = s.Handshake()
+			c.Close()
+		}, true},
+		{"certificate the device does not trust", func(c net.Conn) {
+			other := tlstest.NewCA(t, "another CA").Server(t, "edge").TLS(t)
+			_ = tls.Server(c, &tls.Config{Certificates: []tls.Certificate{other}}).Handshake()
+			c.Close()
+		}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := handshake(t, tc.serve)
+			if got := ticketRejected(err); got != tc.reject {
+				t.Fatalf("ticketRejected(%v) = %v, want %v", err, got, tc.reject)
+			}
+		})
+	}
+}
