@@ -15,7 +15,31 @@ import (
 // one bash with set -euo pipefail, against a fresh server: the examples an
 // operator copies are examples that work.
 func TestDocsCurlExamples(t *testing.T) {
-	for _, tool := range []string{"bash", "curl", "jq"} {
+	e, out := runDocExamples(t, "api.md", 10)
+	// What the walk-through did is there.
+	var d Device
+	e.must(200, req{method: "GET", path: "/v1/devices/van-002", key: e.adminKey}, &d)
+	if d.Labels["depot"] != "pta" {
+		t.Errorf("van-002 after the examples: %+v", d)
+	}
+	for _, want := range []string{`"invalid_id"`, `"unknown_fleet"`, "import_refused"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the bad import example's output lacks %s", want)
+		}
+	}
+}
+
+// runDocExamples runs every ```sh block of docs/<doc>, in order, in one
+// bash with set -euo pipefail, against a fresh server (SQLite) whose URL
+// and admin key are $DROVER_API and $DROVER_API_KEY; each block's output
+// starts with a line ">>> block N" (on stderr). It fails the test when the
+// doc has fewer than minBlocks blocks (a walk-through cut short) or when
+// the script fails, and returns the server and the combined output. The
+// tools the docs use (bash, curl, jq, sha256sum) are required under
+// CI=true.
+func runDocExamples(t *testing.T, doc string, minBlocks int) (*env, string) {
+	t.Helper()
+	for _, tool := range []string{"bash", "curl", "jq", "sha256sum"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			if os.Getenv("CI") == "true" {
 				t.Fatalf("%s not found (CI=true: not skipping): it is in the Debian image; apt-get install %s", tool, tool)
@@ -27,9 +51,9 @@ func TestDocsCurlExamples(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blocks := shellBlocks(t, filepath.Join(root, "docs", "api.md"))
-	if len(blocks) < 10 {
-		t.Fatalf("docs/api.md has %d sh blocks; the walk-through has more", len(blocks))
+	blocks := shellBlocks(t, filepath.Join(root, "docs", doc))
+	if len(blocks) < minBlocks {
+		t.Fatalf("docs/%s has %d sh blocks; the walk-through has at least %d", doc, len(blocks), minBlocks)
 	}
 	e := startEnv(t, backends[0])
 	script := "set -euo pipefail\n"
@@ -41,20 +65,10 @@ func TestDocsCurlExamples(t *testing.T) {
 	cmd.Env = append(os.Environ(), "DROVER_API="+e.base, "DROVER_API_KEY="+e.adminKey)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("the examples of docs/api.md failed: %v\n%s", err, out)
+		t.Fatalf("the examples of docs/%s failed: %v\n%s", doc, err, out)
 	}
 	t.Logf("%s", out)
-	// What the walk-through did is there.
-	var d Device
-	e.must(200, req{method: "GET", path: "/v1/devices/van-002", key: e.adminKey}, &d)
-	if d.Labels["depot"] != "pta" {
-		t.Errorf("van-002 after the examples: %+v", d)
-	}
-	for _, want := range []string{`"invalid_id"`, `"unknown_fleet"`, "import_refused"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("the bad import example's output lacks %s", want)
-		}
-	}
+	return e, string(out)
 }
 
 // shellBlocks returns the bodies of the ```sh fenced blocks of a markdown
