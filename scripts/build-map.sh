@@ -68,7 +68,7 @@ cp "$nm/world-atlas/countries-50m.json" "$stage/basemap.json"
 {
 	echo "The drover live map page bundles the following packages, under their licences."
 	echo "The offline basemap is Natural Earth (public domain), as packaged by world-atlas."
-	for p in leaflet supercluster kdbush topojson-client world-atlas; do
+	for p in leaflet @geoman-io/leaflet-geoman-free supercluster kdbush topojson-client world-atlas; do
 		pj="$nm/$p/package.json"
 		[[ -f "$pj" ]] || { echo "build-map: $p missing from $nm" >&2; exit 1; }
 		v="$(node -e 'process.stdout.write(require(process.argv[1]).version)' "$pj")"
