@@ -128,9 +128,11 @@ type storedFence struct {
 // TestBrowserMapDrawsGeofences: with -map-api, an operator opens "Edit
 // fences", gives their key (through the page's form), draws a polygon and a
 // circle and saves: the control plane then holds them with the drawn
-// geometry. Moving a vertex and saving patches the stored polygon. The
+// geometry. Moving a vertex and saving patches the stored polygon; deleting
+// a fence deletes it in the API. The
 // page's CORS requests go to a real api, which allows the livefeed's
-// origin. A fence of another fleet is refused (404) and a viewer's key
+// origin. A ring that crosses itself is refused (422), a fence of another
+// fleet too (404), and a viewer's key
 // cannot save: the page shows the API's refusal and keeps the fence unsaved.
 // The key never appears in a URL the page requested.
 func TestBrowserMapDrawsGeofences(t *testing.T) {
@@ -201,6 +203,28 @@ func TestBrowserMapDrawsGeofences(t *testing.T) {
 		t.Errorf("stored depot-north after the edit %+v %s, want %s", depot, depot.Geometry.Coordinates, wantRing)
 	}
 
+	// Deleting a saved fence: selected, Delete selected, gone from the API.
+	removeFence := func(id string) {
+		t.Helper()
+		b.eval(fmt.Sprintf(`(() => { const m = window.droverMap.fenceEditor; m.select(m.group.getLayers().find((l) => l.fence.id === %q));
+			document.getElementById('fencedelete').click(); })()`, id))
+	}
+	removeFence("yard")
+	b.waitState("yard deleted", func(s mapState) bool { return strings.Contains(s.FenceEditor.Message, "yard deleted") })
+	cp.do(t, "GET", "/v1/geofences/yard", cp.admin, nil, 404, nil)
+
+	// A ring that crosses itself (a bow tie): 422, shown, not stored.
+	setField("fenceid", "bowtie")
+	b.eval(`window.droverMap.fenceEditor.draw('Polygon', [[-26.50, 28.00], [-26.60, 28.10], [-26.50, 28.10], [-26.60, 28.00]])`)
+	save()
+	s = b.waitState("the bow tie refused", func(s mapState) bool { return s.FenceEditor.Error != "" && !s.FenceEditor.Busy })
+	if !strings.Contains(b.text("fencemsg"), "bowtie: 422") {
+		t.Errorf("shown %q: want the API's 422 for the bow tie", b.text("fencemsg"))
+	}
+	cp.do(t, "GET", "/v1/geofences/bowtie", cp.admin, nil, 404, nil)
+	removeFence("bowtie")
+	b.waitState("the bow tie discarded", func(s mapState) bool { return len(s.FenceEditor.Fences) == 1 })
+
 	// A fence of another fleet: the API refuses it, the page says so and
 	// keeps it unsaved.
 	setField("fenceid", "theirs")
@@ -213,7 +237,7 @@ func TestBrowserMapDrawsGeofences(t *testing.T) {
 	if !strings.Contains(b.text("fencemsg"), `theirs: 404 not_found: fleet "other" not found`) {
 		t.Errorf("error %q, shown %q: want the API's refusal of theirs", s.FenceEditor.Error, b.text("fencemsg"))
 	}
-	if st := b.mapState().FenceEditor; len(st.Fences) != 3 || !st.Fences[2].Dirty {
+	if st := b.mapState().FenceEditor; len(st.Fences) != 2 || !st.Fences[1].Dirty {
 		t.Errorf("fences %+v: want the refused one kept, unsaved", st.Fences)
 	}
 	cp.do(t, "GET", "/v1/geofences/theirs", cp.admin, nil, 404, nil)
@@ -223,7 +247,7 @@ func TestBrowserMapDrawsGeofences(t *testing.T) {
 	b.eval(`sessionStorage.removeItem('drover.api.key')`)
 	useKey(viewer)
 	b.waitState("the viewer's editor connected", func(s mapState) bool {
-		return s.FenceEditor.Connected && strings.Contains(s.FenceEditor.Message, "2 fences editable")
+		return s.FenceEditor.Connected && strings.Contains(s.FenceEditor.Message, "1 fence editable")
 	})
 	setField("fenceid", "viewers")
 	setField("fencefleet", "acme")

@@ -103,7 +103,8 @@ export class FenceEditor {
     this.map.pm.addControls({ position: 'topleft', drawMarker: false, drawCircleMarker: false, drawPolyline: false,
       drawRectangle: false, drawText: false, cutPolygon: false, rotateMode: false, dragMode: false });
     this.connected = true;
-    this.say(`${this.group.getLayers().length} fences editable` + (skipped ? ` (${skipped} corridors or multipolygons: edit those through the API)` : ''));
+    const n = this.group.getLayers().length;
+    this.say(`${n} fence${n === 1 ? '' : 's'} editable` + (skipped ? ` (${skipped} corridors or multipolygons: edit those through the API)` : ''));
   }
 
   // adopt makes layer one of the editor's fences: clicking selects it, an edit marks it unsaved.
@@ -167,15 +168,13 @@ export class FenceEditor {
   }
 
   removeSelected() {
-    const layer = this.selected;
-    if (!layer) return;
-    layer.remove();
-    this.removed(layer);
+    if (this.selected) this.removed(this.selected);
   }
 
   // removed deletes a fence the operator took off the map; refused, it comes back.
   async removed(layer) {
     if (!layer.fence) return;
+    this.group.removeLayer(layer);
     if (this.selected === layer) this.select(null);
     if (layer.isNew) return this.say(`${layer.fence.id} discarded`);
     try {
