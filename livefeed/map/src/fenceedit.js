@@ -35,7 +35,6 @@ export class FenceEditor {
     this.error = '';
     this.saves = 0;
     this.busy = false;
-    map.pm.setGlobalOptions({ layerGroup: this.group, pathOptions: STYLE, templineStyle: STYLE, hintlineStyle: STYLE });
     map.on('pm:create', (e) => this.created(e.layer, e.shape));
     map.on('pm:remove', (e) => this.removed(e.layer));
     $('fenceedit').addEventListener('click', () => (this.open ? this.close() : this.show()));
@@ -100,6 +99,8 @@ export class FenceEditor {
       this.adopt(layer, f, false);
     }
     this.group.addTo(this.map);
+    // Geoman is set up when editing starts: a map nobody edits is left as it was.
+    this.map.pm.setGlobalOptions({ layerGroup: this.group, pathOptions: STYLE, templineStyle: STYLE, hintlineStyle: STYLE });
     this.map.pm.addControls({ position: 'topleft', drawMarker: false, drawCircleMarker: false, drawPolyline: false,
       drawRectangle: false, drawText: false, cutPolygon: false, rotateMode: false, dragMode: false });
     this.connected = true;
