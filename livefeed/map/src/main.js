@@ -144,7 +144,8 @@ function onMessage(m) {
     case 'snapshot':
       layer.replace(m.vehicles, now);
       m.vehicles.forEach((v) => addFleet(v.fleet));
-      if (fitOnSnapshot && m.vehicles.length) { fitOnSnapshot = false; fitted = true; fitTo(m.vehicles); }
+      // Fitted once there is a position to fit: a snapshot may list vehicles without one yet.
+      if (fitOnSnapshot && fitTo(m.vehicles)) { fitOnSnapshot = false; fitted = true; }
       fleetsChanged();
       if (selected) updatePanel();
       break;
@@ -181,17 +182,20 @@ let fitTimer = 0;
 function fitSoon() {
   if (fitTimer) return;
   fitTimer = setTimeout(() => {
+    fitTimer = 0;
     if (!fitOnSnapshot) return;
-    fitOnSnapshot = false; fitted = true;
-    fitTo(Array.from(layer.vehicles.values(), (e) => e.v));
+    // No position yet: the next update with vehicles tries again.
+    if (fitTo(Array.from(layer.vehicles.values(), (e) => e.v))) { fitOnSnapshot = false; fitted = true; }
   }, 1000);
 }
 
+// fitTo fits the view to the vehicles with a position; false when none has one.
 function fitTo(list) {
-  const pts = list.filter((v) => v.lat !== undefined).map((v) => [v.lat, v.lon]);
-  if (!pts.length) return;
-  if (pts.length === 1) { viewTo(pts[0], 12); return; }
+  const pts = list.filter((v) => v.lat !== undefined && v.lat !== null).map((v) => [v.lat, v.lon]);
+  if (!pts.length) return false;
+  if (pts.length === 1) { viewTo(pts[0], 12); return true; }
   afterZoom(() => map.fitBounds(L.latLngBounds(pts), { padding: [40, 40], maxZoom: 15, animate: false }));
+  return true;
 }
 
 // afterZoom runs fn now, or when a zoom animation under way has ended: a view set during one is
