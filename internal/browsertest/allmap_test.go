@@ -33,6 +33,7 @@ func TestLiveMapFromSimulatedFleet(t *testing.T) {
 	dataDir := t.TempDir()
 	all := startDrover(t, ctx, "all", "-data", dataDir, "-simulate", "40", "-status-interval", "0",
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
+		"-alerts.alert-pub", "tcp://"+freeAddr(t), // not the fixed default: another test may hold it
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
 		"-livefeed.listen", mapAddr, "-livefeed.dev-token-file", secretFile(t, token),
 		"-api.listen", freeAddr(t))
