@@ -36,6 +36,12 @@ type MapConfig struct {
 	Geofences string
 	// GeofencesRefresh is how often the page fetches Geofences again.
 	GeofencesRefresh time.Duration
+
+	// API is the control plane's base URL (drover api), which the page's
+	// "edit fences" mode saves geofences through with an operator's API
+	// key. The CSP lets the page reach its origin, and the API's
+	// -cors-origins must list the livefeed's. Empty: no fence editing.
+	API string
 }
 
 // DefaultMapConfig returns the map of a livefeed with no network beyond
@@ -57,6 +63,9 @@ func (c *MapConfig) RegisterFlags(fs *flag.FlagSet) {
 		"`URL` (http(s), or a path on the livefeed's origin) of a GeoJSON FeatureCollection of geofences the map draws read-only")
 	fs.DurationVar(&c.GeofencesRefresh, "map-geofences-refresh", c.GeofencesRefresh,
 		"how often (`duration`) the map fetches -map-geofences again")
+	fs.StringVar(&c.API, "map-api", c.API,
+		"base `URL` of the control plane (drover api) the map's \"edit fences\" mode saves geofences through with an operator's key; "+
+			"the api's -cors-origins must list this livefeed's origin; empty: no fence editing")
 }
 
 // Validate reports every problem of the map's configuration at once.
@@ -81,6 +90,11 @@ func (c MapConfig) Validate() error {
 	if c.Geofences != "" {
 		if _, err := geofencesOrigin(c.Geofences); err != nil {
 			errs = append(errs, fmt.Errorf("map-geofences: %w", err))
+		}
+	}
+	if c.API != "" {
+		if o, err := geofencesOrigin(c.API); err != nil || o == "" {
+			errs = append(errs, fmt.Errorf("map-api: %q, want the http(s) URL of the control plane", c.API))
 		}
 	}
 	if c.GeofencesRefresh < 5*time.Second {
@@ -150,6 +164,8 @@ type pageConfig struct {
 	Tiles             *pageTiles `json:"tiles"`
 	GeofencesURL      string     `json:"geofences_url"`
 	GeofencesRefreshS float64    `json:"geofences_refresh_s"`
+	// APIURL is MapConfig.API: where the "edit fences" mode saves.
+	APIURL string `json:"api_url,omitempty"`
 	// Bundled says whether this binary holds the map page (MapBundled).
 	Bundled bool `json:"bundled"`
 }
@@ -162,7 +178,7 @@ type pageTiles struct {
 }
 
 func (c MapConfig) page() pageConfig {
-	p := pageConfig{GeofencesURL: c.Geofences, GeofencesRefreshS: c.GeofencesRefresh.Seconds()}
+	p := pageConfig{GeofencesURL: c.Geofences, GeofencesRefreshS: c.GeofencesRefresh.Seconds(), APIURL: strings.TrimRight(c.API, "/")}
 	if c.Tiles != "" {
 		p.Tiles = &pageTiles{URL: c.Tiles, Attribution: c.TilesAttribution, MaxZoom: c.TilesMaxZoom, Subdomains: c.TilesSubdomains}
 	}
@@ -178,6 +194,9 @@ func (c MapConfig) csp() string {
 	}
 	connect := "connect-src 'self' ws: wss:"
 	if o, err := geofencesOrigin(c.Geofences); c.Geofences != "" && err == nil && o != "" {
+		connect += " " + o
+	}
+	if o, err := geofencesOrigin(c.API); c.API != "" && err == nil && o != "" {
 		connect += " " + o
 	}
 	return "default-src 'self'; " + img + "; " + connect +

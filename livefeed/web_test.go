@@ -147,7 +147,8 @@ func TestMapConfigFlagsAndCSP(t *testing.T) {
 	cfg.RegisterFlags(fs)
 	if err := fs.Parse([]string{"-map-tiles", "https://{s}.tiles.example.com/base/{z}/{x}/{y}{r}.png?key=abc",
 		"-map-tiles-attribution", "© Example Maps", "-map-tiles-max-zoom", "17", "-map-tiles-subdomains", "ab",
-		"-map-geofences", "https://api.example.com:8443/v1/geofences.geojson", "-map-geofences-refresh", "30s"}); err != nil {
+		"-map-geofences", "https://api.example.com:8443/v1/geofences.geojson", "-map-geofences-refresh", "30s",
+		"-map-api", "https://ctl.example.com:9443/"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -162,7 +163,7 @@ func TestMapConfigFlagsAndCSP(t *testing.T) {
 		Attribution: "© Example Maps", MaxZoom: 17, Subdomains: "ab"},
 		GeofencesURL: "https://api.example.com:8443/v1/geofences.geojson", GeofencesRefreshS: 30, Bundled: true}
 	if conf.Tiles == nil || *conf.Tiles != *want.Tiles || conf.GeofencesURL != want.GeofencesURL ||
-		conf.GeofencesRefreshS != want.GeofencesRefreshS || !conf.Bundled {
+		conf.GeofencesRefreshS != want.GeofencesRefreshS || !conf.Bundled || conf.APIURL != "https://ctl.example.com:9443" {
 		t.Errorf("map-config.json = %+v (tiles %+v)", conf, conf.Tiles)
 	}
 	resp, err := http.Get(srv.URL + "/")
@@ -172,7 +173,7 @@ func TestMapConfigFlagsAndCSP(t *testing.T) {
 	resp.Body.Close()
 	csp := resp.Header.Get("Content-Security-Policy")
 	for _, part := range []string{"img-src 'self' data: https://*.tiles.example.com;",
-		"connect-src 'self' ws: wss: https://api.example.com:8443;", "script-src 'self';", "frame-ancestors 'none'"} {
+		"connect-src 'self' ws: wss: https://api.example.com:8443 https://ctl.example.com:9443;", "script-src 'self';", "frame-ancestors 'none'"} {
 		if !strings.Contains(csp, part) {
 			t.Errorf("CSP %q lacks %q", csp, part)
 		}
@@ -209,6 +210,8 @@ func TestMapConfigRefused(t *testing.T) {
 		{"geofences scheme", func(c *MapConfig) { c.Geofences = "javascript:alert(1)" }, "map-geofences: \"javascript:alert(1)\" is neither"},
 		{"geofences protocol-relative", func(c *MapConfig) { c.Geofences = "//evil.example.com/x" }, "map-geofences"},
 		{"geofences refresh", func(c *MapConfig) { c.GeofencesRefresh = time.Second }, "map-geofences-refresh: 1s"},
+		{"api relative", func(c *MapConfig) { c.API = "/v1" }, "map-api: \"/v1\""},
+		{"api with a password", func(c *MapConfig) { c.API = "https://me:pw@ctl.example.com" }, "map-api"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultMapConfig()

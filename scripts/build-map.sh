@@ -2,8 +2,8 @@
 # build-map.sh: bundle the live map page (livefeed/map/) into livefeed/web/dist/, which the
 # livefeed embeds with go:embed. make build, make run and make test run it before compiling.
 #
-#   1. The npm packages the page uses (Leaflet, supercluster, topojson-client, Natural Earth's
-#      world-atlas) and the bundler (esbuild), at the exact versions of livefeed/map/package.json
+#   1. The npm packages the page uses (Leaflet, Leaflet-Geoman for drawing geofences,
+#      supercluster, topojson-client, Natural Earth's world-atlas) and the bundler (esbuild), at the exact versions of livefeed/map/package.json
 #      and package-lock.json, are installed with `npm ci` into .tools/map/<hash of the lock>/,
 #      once per lock file: a second run only checks. Nothing of theirs is ever committed.
 #   2. esbuild bundles livefeed/map/src/main.js and the CSS it imports into main.js and main.css
@@ -68,7 +68,11 @@ cp "$nm/world-atlas/countries-50m.json" "$stage/basemap.json"
 {
 	echo "The drover live map page bundles the following packages, under their licences."
 	echo "The offline basemap is Natural Earth (public domain), as packaged by world-atlas."
-	for p in leaflet supercluster kdbush topojson-client world-atlas; do
+	# Leaflet-Geoman's dist file has its own dependencies (turf, lodash, polyclip-ts and theirs)
+	# built into it: their licences too.
+	geoman_deps="$(cd "$nm" && ls -d @turf/*) lodash polyclip-ts bignumber.js splaytree-ts rbush quickselect
+		robust-predicates point-in-polygon-hao tinyqueue"
+	for p in leaflet @geoman-io/leaflet-geoman-free $geoman_deps supercluster kdbush topojson-client world-atlas; do
 		pj="$nm/$p/package.json"
 		[[ -f "$pj" ]] || { echo "build-map: $p missing from $nm" >&2; exit 1; }
 		v="$(node -e 'process.stdout.write(require(process.argv[1]).version)' "$pj")"

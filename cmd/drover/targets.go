@@ -245,6 +245,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 				return nil, fmt.Errorf("simulate: %w", err)
 			}
 		}
+		wireMapEditing(&lf, &apiCfg)
 		a, err := api.New(apiCfg, logger, reg)
 		if err != nil {
 			return nil, err

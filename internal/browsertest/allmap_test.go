@@ -3,8 +3,12 @@ package browsertest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -26,8 +30,10 @@ func TestLiveMapFromSimulatedFleet(t *testing.T) {
 	defer cancel()
 	mapAddr := freeAddr(t)
 	const token = "e2e-map-token"
-	all := startDrover(t, ctx, "all", "-data", t.TempDir(), "-simulate", "40", "-status-interval", "0",
+	dataDir := t.TempDir()
+	all := startDrover(t, ctx, "all", "-data", dataDir, "-simulate", "40", "-status-interval", "0",
 		"-frontend.listen", freeAddr(t), "-router.listen", "tcp://"+freeAddr(t),
+		"-alerts.alert-pub", "tcp://"+freeAddr(t), // not the fixed default: another test may hold it
 		"-router.live-pub", "tcp://"+freeAddr(t), "-router.store-listen", "tcp://"+freeAddr(t),
 		"-livefeed.listen", mapAddr, "-livefeed.dev-token-file", secretFile(t, token),
 		"-api.listen", freeAddr(t))
@@ -75,6 +81,22 @@ func TestLiveMapFromSimulatedFleet(t *testing.T) {
 	_, png := b.screenshot()
 	saveScreenshot(t, "make-run-map.png", png)
 	b.checkOnlyOrigin("http://" + mapAddr)
+	b.checkNoJSErrors()
+
+	// "Edit fences" saves to drover all's own API (CORS and -map-api wired
+	// for it): a polygon drawn with the bootstrap admin's key is stored.
+	key, err := os.ReadFile(filepath.Join(dataDir, "api", "api-admin-key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.eval(`document.getElementById('fenceedit').click()`)
+	b.eval(fmt.Sprintf(`document.getElementById('fencekey').value = %q; document.getElementById('fenceconnect').click()`, strings.TrimSpace(string(key))))
+	b.waitState("the editor connected to drover all's API", func(s mapState) bool { return s.FenceEditor.Connected })
+	b.eval(`document.getElementById('fenceid').value = 'make-run-depot'`)
+	b.eval(`window.droverMap.fenceEditor.draw('Polygon', [[-26.1, 28.0], [-26.1, 28.1], [-26.2, 28.1]]); document.getElementById('fencesave').click()`)
+	if s := b.waitState("the fence saved", func(s mapState) bool { return s.FenceEditor.Saves == 1 || s.FenceEditor.Error != "" }); s.FenceEditor.Error != "" {
+		t.Errorf("saving a fence in drover all: %s", s.FenceEditor.Error)
+	}
 	b.checkNoJSErrors()
 	t.Logf("%d vehicles drawn and moving", len(first.Vehicles))
 	all.stop(30 * time.Second)

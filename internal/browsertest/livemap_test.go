@@ -80,9 +80,9 @@ type mapState struct {
 			ID    string `json:"id"`
 			Why   string `json:"why"`
 		} `json:"skipped"`
-		Editable bool `json:"editable"`
 	} `json:"geofences"`
-	Alerts struct {
+	FenceEditor fenceEditorState `json:"fenceEditor"`
+	Alerts      struct {
 		Received int `json:"received"`
 		Invalid  int `json:"invalid"`
 		Active   []struct {

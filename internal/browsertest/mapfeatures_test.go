@@ -226,8 +226,8 @@ func TestBrowserMapGeofencesAndAlerts(t *testing.T) {
 	b.open(rf.url("http") + "/?token=" + devToken + "&lat=-26.05&lon=28.1&zoom=9")
 	s := b.waitState("the geofences drawn", func(s mapState) bool { return s.Geofences.Loaded && s.Connected && len(s.Vehicles) == 5 })
 	g := s.Geofences
-	if g.Polygon != 2 || g.Circle != 1 || g.Corridor != 1 || len(g.Skipped) != 2 || g.Editable {
-		t.Errorf("geofences %+v: want 2 polygons, 1 circle, 1 corridor, 2 refused, not editable", g)
+	if g.Polygon != 2 || g.Circle != 1 || g.Corridor != 1 || len(g.Skipped) != 2 {
+		t.Errorf("geofences %+v: want 2 polygons, 1 circle, 1 corridor, 2 refused", g)
 	}
 	for _, sk := range g.Skipped {
 		if sk.ID == "bad-circle" && !strings.Contains(sk.Why, "radius_m") || sk.ID == "bad-collection" && !strings.Contains(sk.Why, "GeometryCollection") {
@@ -341,11 +341,12 @@ func TestBrowserMapGeofencesAndAlerts(t *testing.T) {
 		return v3.Alert == "minor"
 	})
 
-	// Editing geofences is not built: the hook says so.
-	msg, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](
-		`(() => { try { window.droverMap.geofences.startEditing(); return 'no error'; } catch (e) { return e.message; } })()`))
-	if err != nil || !strings.Contains(msg, "not built yet") {
-		t.Errorf("startEditing: %q, %v", msg, err)
+	// Without -map-api the page offers no fence editing.
+	if s.FenceEditor.Available || !strings.Contains(b.text("fenceedit"), "Edit fences") {
+		t.Errorf("fence editor %+v without -map-api, or no Edit fences button in the page", s.FenceEditor)
+	}
+	if hidden, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](`document.getElementById('fenceedit').hidden`)); err != nil || !hidden {
+		t.Errorf("the Edit fences button shows without -map-api (hidden %v, %v)", hidden, err)
 	}
 
 	// A fence added at the source appears on the next refresh; the source

@@ -1,7 +1,7 @@
 // Geofences, drawn read-only from a GeoJSON FeatureCollection at the URL the livefeed's
 // -map-geofences flag gives (docs/live-api.md, "Geofences on the map", has the shape). The page
 // reloads it every geofences_refresh_s seconds, so a fence added through the control plane
-// shows without a reload of the page.
+// shows without a reload of the page. Drawing and editing fences is fenceedit.js's.
 import L from 'leaflet';
 import { el } from './util.js';
 
@@ -130,25 +130,8 @@ export class Geofences {
 
   state() {
     return { url: this.url, loaded: this.loaded, loads: this.loads, error: this.error, ...this.counts,
-      skipped: this.skipped.slice(), editable: editingAvailable };
+      skipped: this.skipped.slice() };
   }
-}
-
-/**
- * editingAvailable says whether an operator can draw and edit geofences on the map. Not yet:
- * fences are saved through the control plane's geofence API, which the alert work (issue 18)
- * adds. Until then the page draws fences read-only and offers no editing control.
- */
-export const editingAvailable = false;
-
-/**
- * startEditing is the hook for drawing and editing a geofence on the map and saving it through
- * the control plane (POST/PUT of the geofence routes of `drover api`, with the operator's API
- * key). It is not built: it needs the alerts API, and a fake that saved nowhere would mislead
- * an operator. It throws, and nothing on the page calls it.
- */
-export function startEditing() {
-  throw new Error('geofence editing is not built yet: it needs the control plane\'s geofence API (issue 18)');
 }
 
 function fenceId(f) { return (f && (f.id || (f.properties && f.properties.id))) || ''; }

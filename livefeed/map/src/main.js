@@ -1,7 +1,8 @@
 // drover live map: vehicles from the livefeed's WebSocket API (docs/live-api.md) on a Leaflet
 // map. Underneath, an offline basemap from Natural Earth that ships in the page (basemap.js),
 // and, when the livefeed is given a tile URL (-map-tiles), that provider's tiles over it.
-// Geofences from -map-geofences (geofences.js), alerts as toasts and marker states (alerts.js).
+// Geofences from -map-geofences (geofences.js), alerts as toasts and marker states (alerts.js),
+// and, with -map-api, an "edit fences" mode that saves through the control plane (fenceedit.js).
 //
 // URL parameters: token (client token; moved to sessionStorage and removed from the address
 // bar), lat, lon, zoom (initial view), fleets (comma-separated initial filter), devices
@@ -16,7 +17,8 @@ import './map.css';
 import { loadConfig } from './config.js';
 import { Basemap } from './basemap.js';
 import { VehicleLayer, STALE_MS } from './vehicles.js';
-import { Geofences, editingAvailable, startEditing } from './geofences.js';
+import { Geofences } from './geofences.js';
+import { FenceEditor } from './fenceedit.js';
 import { Alerts } from './alerts.js';
 import { Feed, setToken, takeTokenFromURL } from './feed.js';
 import { $, Colours, el, normLon, quantile } from './util.js';
@@ -66,6 +68,8 @@ const alerts = new Alerts($('toasts'), {
 });
 const layer = new VehicleLayer({ colour: colourOf, severity: (id) => alerts.severity(id), reducedMotion }).addTo(map);
 const geofences = new Geofences(map);
+// A saved fence shows in the read-only layer at once, not at the next refresh.
+const fenceEditor = new FenceEditor(map, { onSaved: () => { if (geofences.url) geofences.load(); } });
 
 const feed = new Feed({
   subscription: () => {
@@ -82,6 +86,7 @@ const feed = new Feed({
 loadConfig().then((cfg) => {
   if (cfg.tiles && cfg.tiles.url && params.get('tiles') !== 'off') addTiles(cfg.tiles);
   if (cfg.geofences_url) geofences.start(cfg.geofences_url, cfg.geofences_refresh_s);
+  fenceEditor.configure(cfg.api_url);
 });
 
 // addTiles draws the configured tile provider over the offline basemap. A tile that fails to
@@ -423,7 +428,7 @@ window.droverMap = {
       subscription: feed.lastSub, selected, following, devices: devices.slice(),
       fleets: knownFleets.slice(), activeFleets: Array.from(activeFleets),
       tiles: tilesState, tilesLoaded, tileErrors,
-      basemap: basemap.state(), geofences: geofences.state(), alerts: alerts.state(),
+      basemap: basemap.state(), geofences: geofences.state(), alerts: alerts.state(), fenceEditor: fenceEditor.state(),
       hello: hello ? { client: hello.client, fleets: hello.fleets } : null,
     };
   },
@@ -432,7 +437,8 @@ window.droverMap = {
   follow(on) { setFollow(on); },
   /** receive handles a live API message as if it came over the WebSocket (tests, tools). */
   receive(m) { onMessage(m); },
-  geofences: { editable: editingAvailable, startEditing },
+  /** fenceEditor is the "edit fences" mode (fenceedit.js): draw, moveVertex, save, ... */
+  fenceEditor,
   perf,
   leaflet: map,
 };
