@@ -4,11 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"sync"
-	"time"
-
-	"github.com/go-zeromq/zmq4"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -176,41 +172,11 @@ func (a *activeAlerts) of(match func(dev string) bool) []clientAlert {
 // each event to the clients that follow its vehicle, until ctx ends.
 func (f *Feed) subscribeAlerts(ctx context.Context, i int, ep string) {
 	log := f.logger.With("alerts_endpoint", ep)
-	sock := zmq4.NewSub(ctx,
-		zmq4.WithID(zmq4.SocketIdentity(fmt.Sprintf("%s.alerts.%d", f.cfg.ID, i))),
-		zmq4.WithDialerMaxRetries(-1),
-		zmq4.WithAutomaticReconnect(true),
-		zmq4.WithDialerRetry(zmqRetry),
-		zmq4.WithTimeout(zmqTimeout),
-		zmq4.WithLogger(slog.NewLogLogger(log.Handler(), slog.LevelWarn)),
-	)
-	defer sock.Close()
-	stop := context.AfterFunc(ctx, func() { _ = sock.Close() })
-	defer stop()
-	if err := sock.SetOption(zmq4.OptionSubscribe, AlertTopic); err != nil {
-		log.Error("livefeed: subscribe to alert. failed", "err", err)
+	sock, closeSock, ok := f.dialSubscriber(ctx, log, fmt.Sprintf("%s.alerts.%d", f.cfg.ID, i), AlertTopic, clusterlink.LinkAlerts, ep, "alert engine")
+	if !ok {
 		return
 	}
-	endpoint, err := f.sec.Endpoint(clusterlink.LinkAlerts, ep)
-	if err != nil {
-		log.Error("livefeed: alerts endpoint", "err", err) // New checked it: a bug
-		return
-	}
-	for {
-		err := sock.Dial(endpoint)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			break
-		}
-		log.Warn("livefeed: dial alert engine failed; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(5 * time.Second):
-		}
-	}
+	defer closeSock()
 	log.Info("livefeed: subscribed to an alert lane")
 	for {
 		msg, err := sock.Recv()

@@ -28,6 +28,54 @@ const (
 	maxLonE7 = 180 * 10_000_000
 )
 
+// dialSubscriber opens a SUB socket with identity id, subscribed to topic,
+// and dials ep over the cluster link (what names the peer in logs): a
+// refused connection or TLS handshake is retried inside Dial (the cluster
+// link logs why); a failed ZMTP handshake is tried again every 5 s. It
+// returns the connected socket and what closes it, or ok false when ctx
+// ended or the setup failed (logged). Closing the socket is what ends a
+// Dial in progress and a blocked Recv: the socket closes when ctx ends.
+func (f *Feed) dialSubscriber(ctx context.Context, log *slog.Logger, id, topic string, link clusterlink.Link, ep, what string) (sock zmq4.Socket, closeSock func(), ok bool) {
+	sock = zmq4.NewSub(ctx,
+		zmq4.WithID(zmq4.SocketIdentity(id)),
+		zmq4.WithDialerMaxRetries(-1),
+		zmq4.WithAutomaticReconnect(true),
+		zmq4.WithDialerRetry(zmqRetry),
+		zmq4.WithTimeout(zmqTimeout),
+		zmq4.WithLogger(slog.NewLogLogger(log.Handler(), slog.LevelWarn)),
+	)
+	stop := context.AfterFunc(ctx, func() { _ = sock.Close() })
+	closeSock = func() { stop(); _ = sock.Close() }
+	if err := sock.SetOption(zmq4.OptionSubscribe, topic); err != nil {
+		log.Error("livefeed: subscribe to "+topic+" failed", "err", err)
+		closeSock()
+		return nil, nil, false
+	}
+	endpoint, err := f.sec.Endpoint(link, ep)
+	if err != nil {
+		log.Error("livefeed: "+what+" endpoint", "err", err) // New checked it: a bug
+		closeSock()
+		return nil, nil, false
+	}
+	for {
+		err := sock.Dial(endpoint)
+		if ctx.Err() != nil {
+			closeSock()
+			return nil, nil, false
+		}
+		if err == nil {
+			return sock, closeSock, true
+		}
+		log.Warn("livefeed: dial "+what+" failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			closeSock()
+			return nil, nil, false
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
 // subscribeRouter subscribes to one router's live. lane and applies what it
 // publishes until ctx ends. One SUB socket per endpoint: a go-zeromq socket
 // with several connections reads them through one queue, and one endpoint
@@ -48,45 +96,11 @@ func (f *Feed) subscribeRouter(ctx context.Context, i int, ep string) {
 		}
 	}()
 	log := f.logger.With("router_endpoint", ep)
-	sock := zmq4.NewSub(ctx,
-		zmq4.WithID(zmq4.SocketIdentity(fmt.Sprintf("%s.%d", f.cfg.ID, i))),
-		zmq4.WithDialerMaxRetries(-1),
-		zmq4.WithAutomaticReconnect(true),
-		zmq4.WithDialerRetry(zmqRetry),
-		zmq4.WithTimeout(zmqTimeout),
-		zmq4.WithLogger(slog.NewLogLogger(log.Handler(), slog.LevelWarn)),
-	)
-	defer sock.Close()
-	// Closing the socket is what ends a Dial in progress and a blocked Recv.
-	stop := context.AfterFunc(ctx, func() { _ = sock.Close() })
-	defer stop()
-	if err := sock.SetOption(zmq4.OptionSubscribe, LiveTopic); err != nil {
-		log.Error("livefeed: subscribe to live. failed", "err", err)
+	sock, closeSock, ok := f.dialSubscriber(ctx, log, fmt.Sprintf("%s.%d", f.cfg.ID, i), LiveTopic, clusterlink.LinkLive, ep, "router")
+	if !ok {
 		return
 	}
-	endpoint, err := f.sec.Endpoint(clusterlink.LinkLive, ep)
-	if err != nil {
-		log.Error("livefeed: router endpoint", "err", err) // New checked it: a bug
-		return
-	}
-	for {
-		err := sock.Dial(endpoint)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			break
-		}
-		// Not a refused connection nor a refused TLS handshake (those are
-		// retried inside Dial, and the cluster link logs why) but a failed
-		// ZMTP handshake: try again later.
-		log.Warn("livefeed: dial router failed; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(5 * time.Second):
-		}
-	}
+	defer closeSock()
 	f.subscribed.Add(1)
 	subscribed = true
 	f.m.routersConnected.Inc()
