@@ -335,18 +335,19 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 // sendAck writes a cumulative ack in the frame's encoding. It returns false
 // when the write failed and the connection is closed.
 func (c *conn) sendAck(seq uint64, text bool, recv time.Time) bool {
-	msg, err := telemetry.EncodeDownlink(telemetry.NewAck(seq), text)
-	if err != nil {
-		c.refuse(closeInternal, "internal error", reasonInternal, err)
-		return false
-	}
-	typ := websocket.BinaryMessage
+	var buf [16]byte
+	msg, typ := telemetry.AppendAck(buf[:0], seq), websocket.BinaryMessage
 	if text {
+		var err error
+		if msg, err = telemetry.EncodeDownlink(telemetry.NewAck(seq), true); err != nil {
+			c.refuse(closeInternal, "internal error", reasonInternal, err)
+			return false
+		}
 		typ = websocket.TextMessage
 	}
 	c.wmu.Lock()
 	_ = c.ws.SetWriteDeadline(time.Now().Add(c.f.cfg.WriteTimeout))
-	err = c.ws.WriteMessage(typ, msg)
+	err := c.ws.WriteMessage(typ, msg)
 	c.wmu.Unlock()
 	if err != nil {
 		// The readings are stored; the device will resend them and be

@@ -144,3 +144,21 @@ func AppendPublishBatch(dst []byte, router string, seq uint64, recs []RawEnriche
 	}
 	return dst
 }
+
+// Field numbers of Downlink's ack and of Ack (checked by TestWireFieldNumbers).
+const (
+	downlinkAck protowire.Number = 1
+	ackSeq      protowire.Number = 1
+)
+
+// AppendAck appends the binary encoding of the Downlink NewAck(seq): what EncodeDownlink writes
+// for it, without the two messages and the marshal a frontend would otherwise pay per frame.
+func AppendAck(dst []byte, seq uint64) []byte {
+	dst = protowire.AppendTag(dst, downlinkAck, protowire.BytesType)
+	if seq == 0 {
+		return protowire.AppendVarint(dst, 0)
+	}
+	dst = protowire.AppendVarint(dst, uint64(protowire.SizeTag(ackSeq)+protowire.SizeVarint(seq)))
+	dst = protowire.AppendTag(dst, ackSeq, protowire.VarintType)
+	return protowire.AppendVarint(dst, seq)
+}

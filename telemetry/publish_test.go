@@ -71,3 +71,15 @@ func TestWalkBatchRecordsMalformed(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendAckMatchesEncodeDownlink(t *testing.T) {
+	for _, seq := range []uint64{0, 1, 127, 128, 1 << 35, MaxSeq, 1<<64 - 1} {
+		want, err := EncodeDownlink(NewAck(seq), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendAck(nil, seq); !bytes.Equal(got, want) {
+			t.Errorf("seq %d: AppendAck % x, EncodeDownlink % x", seq, got, want)
+		}
+	}
+}

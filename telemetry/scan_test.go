@@ -202,6 +202,8 @@ func TestWireFieldNumbers(t *testing.T) {
 		{&PublishBatch{}, "router", publishRouter},
 		{&PublishBatch{}, "seq", publishSeq},
 		{&PublishBatch{}, "records", publishRecords},
+		{&Downlink{}, "ack", downlinkAck},
+		{&Ack{}, "seq", ackSeq},
 	} {
 		f := c.m.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(c.name))
 		if f == nil || f.Number() != c.want {
