@@ -132,13 +132,22 @@ func scanReading(b []byte, lim Limits) (v readingValues, ok bool) {
 
 // floatIndex returns the index in floatRules of the float32 field num, -1 if num is not one.
 func floatIndex(num protowire.Number) int {
-	for k := range floatRules {
-		if protowire.Number(floatRules[k].num) == num {
-			return k
-		}
+	if num < 0 || int(num) >= len(floatByNum) {
+		return -1
 	}
-	return -1
+	return int(floatByNum[num])
 }
+
+// floatByNum maps a field number to its index in floatRules, -1 where none.
+var floatByNum = func() (t [18]int8) {
+	for i := range t {
+		t[i] = -1
+	}
+	for k, r := range floatRules {
+		t[r.num] = int8(k)
+	}
+	return t
+}()
 
 // scanExtraEntry checks one map entry of extra: key (1) and value (2), nothing else.
 func scanExtraEntry(b []byte, lim Limits) bool {
