@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
@@ -53,6 +52,9 @@ var pastDeadline = time.Unix(1, 0)
 // frameBufs recycles the buffers frames are read into: an idle connection
 // holds none, and a busy frontend reuses a few.
 var frameBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// refBufs recycles the slices a frame's readings are listed in.
+var refBufs = sync.Pool{New: func() any { return new([]telemetry.ReadingRef) }}
 
 // conn is one device connection. Its read loop (readLoop) is the only
 // goroutine that reads from it and the only one that writes data messages
@@ -226,38 +228,58 @@ func (c *conn) readFailed(err error) {
 func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 	f := c.f
 	f.m.framesReceived.Inc()
-	up, err := telemetry.DecodeUplink(data, text, recv, f.limits)
-	if err != nil {
-		var fe *telemetry.FrameError
-		if errors.As(err, &fe) {
-			c.refuse(closeInvalidFrame, fe.CloseReason(), fe.Kind.String(), err)
-		} else {
-			c.refuse(closeInternal, "internal error", reasonInternal, err)
-		}
-		return false
+	rp := refBufs.Get().(*[]telemetry.ReadingRef)
+	defer func() {
+		clear(*rp) // drop the references into the frame's buffer
+		refBufs.Put(rp)
+	}()
+	// The fast path: a binary frame of readings, checked on the wire and stored as received
+	// (telemetry.ScanUplink). Anything it is not sure of takes the full decode, whose verdict
+	// and error are the reference.
+	var refs []telemetry.ReadingRef
+	ok := false
+	if !text {
+		refs, ok = telemetry.ScanUplink(data, recv, f.limits, (*rp)[:0])
 	}
-	if len(up.Reports) > 0 {
-		// Reports draw on the live rate budget like readings: each costs the
-		// control plane a write.
-		d := c.dev
-		d.mu.Lock()
-		ok := d.admit(len(up.Reports), 0, recv, &f.cfg)
-		d.mu.Unlock()
-		if !ok {
-			c.refuse(closePolicy, "rate limit exceeded", reasonRateLimit, nil)
+	if !ok {
+		up, err := telemetry.DecodeUplink(data, text, recv, f.limits)
+		if err != nil {
+			var fe *telemetry.FrameError
+			if errors.As(err, &fe) {
+				c.refuse(closeInvalidFrame, fe.CloseReason(), fe.Kind.String(), err)
+			} else {
+				c.refuse(closeInternal, "internal error", reasonInternal, err)
+			}
 			return false
 		}
-		f.commands.take(d.id, up.Reports, recv)
-		if len(up.Readings) == 0 {
-			return true // reports only: answered by report_ack once stored
+		if len(up.Reports) > 0 {
+			// Reports draw on the live rate budget like readings: each costs the
+			// control plane a write.
+			d := c.dev
+			d.mu.Lock()
+			ok := d.admit(len(up.Reports), 0, recv, &f.cfg)
+			d.mu.Unlock()
+			if !ok {
+				c.refuse(closePolicy, "rate limit exceeded", reasonRateLimit, nil)
+				return false
+			}
+			f.commands.take(d.id, up.Reports, recv)
+			if len(up.Readings) == 0 {
+				return true // reports only: answered by report_ack once stored
+			}
+		}
+		if refs, err = telemetry.AppendReadingRefs((*rp)[:0], up.Readings); err != nil {
+			c.refuse(closeInternal, "internal error", reasonInternal, err)
+			return false
 		}
 	}
-	n := len(up.Readings)
+	*rp = refs
+	n := len(refs)
 	f.m.readingsReceived.Add(float64(n))
 	cutoff := recv.Add(-f.cfg.BacklogAge).UnixMilli()
 	old := 0
-	for _, r := range up.Readings {
-		if r.GetTimeMs() < cutoff {
+	for i := range refs {
+		if refs[i].TimeMs < cutoff {
 			old++
 		}
 	}
@@ -273,8 +295,8 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 	// Seqs strictly increase within a valid frame: the new readings, if
 	// any, are a suffix.
 	first := n
-	for i, r := range up.Readings {
-		if r.GetSeq() > d.acked {
+	for i := range refs {
+		if refs[i].Seq > d.acked {
 			first = i
 			break
 		}
@@ -286,14 +308,13 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 		f.m.framesDuplicate.Inc()
 		return c.sendAck(ack, text, recv)
 	}
-	b := &telemetry.Batch{Records: make([]*telemetry.Record, 0, n-first)}
-	for _, r := range up.Readings[first:] {
-		b.Records = append(b.Records, &telemetry.Record{DeviceId: d.id, ReceivedMs: recv.UnixMilli(), Reading: r})
-	}
-	entry, err := proto.Marshal(b)
-	if err == nil {
-		_, err = f.q.Append(f.appendCtx, entry)
-	}
+	// The entry is a Batch of Records, written byte by byte around each
+	// reading's encoding: what proto.Marshal would write, with no reading
+	// decoded or re-encoded (telemetry.AppendRecords).
+	fresh := refs[first:]
+	recvMs := recv.UnixMilli()
+	entry := telemetry.AppendRecords(make([]byte, 0, telemetry.RecordsSize(d.id, recvMs, fresh)), d.id, recvMs, fresh)
+	_, err := f.q.Append(f.appendCtx, entry)
 	if err != nil {
 		d.mu.Unlock()
 		if queue.Retryable(err) {
@@ -303,7 +324,7 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 		}
 		return false
 	}
-	d.acked = max(d.acked, up.LastSeq())
+	d.acked = max(d.acked, refs[n-1].Seq) // seqs increase: the last is the highest
 	ack := d.acked
 	d.mu.Unlock()
 	f.m.framesStored.Inc()
@@ -314,18 +335,19 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 // sendAck writes a cumulative ack in the frame's encoding. It returns false
 // when the write failed and the connection is closed.
 func (c *conn) sendAck(seq uint64, text bool, recv time.Time) bool {
-	msg, err := telemetry.EncodeDownlink(telemetry.NewAck(seq), text)
-	if err != nil {
-		c.refuse(closeInternal, "internal error", reasonInternal, err)
-		return false
-	}
-	typ := websocket.BinaryMessage
+	var buf [16]byte
+	msg, typ := telemetry.AppendAck(buf[:0], seq), websocket.BinaryMessage
 	if text {
+		var err error
+		if msg, err = telemetry.EncodeDownlink(telemetry.NewAck(seq), true); err != nil {
+			c.refuse(closeInternal, "internal error", reasonInternal, err)
+			return false
+		}
 		typ = websocket.TextMessage
 	}
 	c.wmu.Lock()
 	_ = c.ws.SetWriteDeadline(time.Now().Add(c.f.cfg.WriteTimeout))
-	err = c.ws.WriteMessage(typ, msg)
+	err := c.ws.WriteMessage(typ, msg)
 	c.wmu.Unlock()
 	if err != nil {
 		// The readings are stored; the device will resend them and be

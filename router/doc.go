@@ -30,11 +30,13 @@
 //
 // # Fan-out
 //
-// Each main entry is decoded, each record enriched (unknown device: an
-// empty Enrichment, counted in drover_router_enrichment_misses_total) and
-// the lot serialized as one telemetry.PublishBatch{Router: ID, Seq: main
-// entry's sequence, Records} (split in several with the same Seq when it
-// would be too large). Two goroutines take the main queue:
+// Each record of a main entry is enriched (unknown device: an empty
+// Enrichment, counted in drover_router_enrichment_misses_total) and the lot
+// serialized as one telemetry.PublishBatch{Router: ID, Seq: main entry's
+// sequence, Records} (split in several with the same Seq when it would be
+// too large), on the wire bytes: the stored Records are copied, not decoded
+// (telemetry.WalkBatchRecords, AppendPublishBatch). Two goroutines take the
+// main queue:
 //
 //   - the live lane's follows it with a queue.Tail: it offers each entry to
 //     the live lane as soon as it is committed, once, whatever the durable

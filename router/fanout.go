@@ -7,8 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"time"
-
-	"google.golang.org/protobuf/proto"
+	"unsafe"
 
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
@@ -185,12 +184,46 @@ type built struct {
 	size    int // bytes of pbs
 }
 
-// buildEntry decodes one main-queue entry, enriches its records and
-// serializes them as one or more PublishBatches. loud says whether a bad
-// entry is counted and logged (by the fan-out, not by the live lane too).
+// buildEntry enriches the records of one main-queue entry and serializes
+// them as one or more PublishBatches. It works on the wire bytes: each
+// Record goes out as the frontend stored it, beside its Enrichment, and no
+// Reading is decoded (telemetry.WalkBatchRecords, AppendPublishBatch); the
+// bytes are those proto.Marshal would write for the decoded messages. loud
+// says whether a bad entry is counted and logged (by the fan-out, not by the
+// live lane too).
 func (r *Router) buildEntry(e queue.Entry, loud bool) (built, bool) {
-	var in telemetry.Batch
-	if err := proto.Unmarshal(e.Data, &in); err != nil {
+	var reg *registry.Registry
+	if r.registry != nil {
+		reg = r.registry.Current()
+	}
+	var (
+		recs []telemetry.RawEnriched
+		enc  []byte // every distinct enrichment, encoded; recs' Enrichment slice it
+		offs [][2]int
+		last []byte // the previous record's device: a frame's records share one
+		cur  [2]int // its enrichment in enc
+		miss bool   // it is unknown to the registry
+		bt   built
+	)
+	err := telemetry.WalkBatchRecords(e.Data, func(rec, dev []byte) {
+		recs = append(recs, telemetry.RawEnriched{Record: rec, HasEnrichment: reg != nil})
+		if reg == nil {
+			return
+		}
+		if len(recs) == 1 || string(dev) != string(last) {
+			// The key is only read by Lookup's map index; the Device it
+			// returns is dropped here.
+			d, ok := reg.Lookup(unsafe.String(unsafe.SliceData(dev), len(dev)))
+			start := len(enc)
+			enc = telemetry.AppendEnrichment(enc, d.Fleet, d.Class, d.Region)
+			cur, last, miss = [2]int{start, len(enc)}, dev, !ok
+		}
+		if miss {
+			bt.misses++
+		}
+		offs = append(offs, cur)
+	})
+	if err != nil {
 		if loud {
 			// Checked on ingest, so a bug or a damaged disk: say so loudly.
 			r.m.fanoutBad.Inc()
@@ -198,25 +231,11 @@ func (r *Router) buildEntry(e queue.Entry, loud bool) (built, bool) {
 		}
 		return built{}, false
 	}
-	var reg *registry.Registry
-	if r.registry != nil {
-		reg = r.registry.Current()
+	for i := range offs {
+		recs[i].Enrichment = enc[offs[i][0]:offs[i][1]]
 	}
-	bt := built{records: len(in.Records)}
-	pb := &telemetry.PublishBatch{Router: r.cfg.ID, Seq: e.Seq, Records: make([]*telemetry.EnrichedRecord, len(in.Records))}
-	for i, rec := range in.Records {
-		er := &telemetry.EnrichedRecord{Record: rec}
-		if reg != nil {
-			if d, ok := reg.Lookup(rec.GetDeviceId()); ok {
-				er.Enrichment = &telemetry.Enrichment{Fleet: d.Fleet, VehicleClass: d.Class, Region: d.Region}
-			} else {
-				er.Enrichment = &telemetry.Enrichment{}
-				bt.misses++
-			}
-		}
-		pb.Records[i] = er
-	}
-	bt.pbs = r.marshalSplit(pb)
+	bt.records = len(recs)
+	bt.pbs = r.appendSplit(nil, e.Seq, recs)
 	for _, b := range bt.pbs {
 		bt.size += len(b)
 	}
@@ -298,21 +317,16 @@ func (r *Router) publishLimit() int {
 	return maxPublishBytes
 }
 
-// marshalSplit serializes pb, split into several PublishBatches with the
-// same seq when it would exceed publishLimit.
-func (r *Router) marshalSplit(pb *telemetry.PublishBatch) [][]byte {
-	if len(pb.Records) <= 1 || proto.Size(pb) <= r.publishLimit() {
-		out, err := proto.Marshal(pb)
-		if err != nil {
-			r.logger.Error("router: fan-out: marshal", "seq", pb.Seq, "err", err) // a bug
-			return nil
-		}
-		return [][]byte{out}
+// appendSplit serializes recs as a PublishBatch of seq, split into several
+// with the same seq when one would exceed publishLimit, and appends them to
+// out.
+func (r *Router) appendSplit(out [][]byte, seq uint64, recs []telemetry.RawEnriched) [][]byte {
+	size := telemetry.PublishBatchSize(r.cfg.ID, seq, recs)
+	if len(recs) <= 1 || size <= r.publishLimit() {
+		return append(out, telemetry.AppendPublishBatch(make([]byte, 0, size), r.cfg.ID, seq, recs))
 	}
-	h := len(pb.Records) / 2
-	a := &telemetry.PublishBatch{Router: pb.Router, Seq: pb.Seq, Records: pb.Records[:h]}
-	b := &telemetry.PublishBatch{Router: pb.Router, Seq: pb.Seq, Records: pb.Records[h:]}
-	return append(r.marshalSplit(a), r.marshalSplit(b)...)
+	h := len(recs) / 2
+	return r.appendSplit(r.appendSplit(out, seq, recs[:h]), seq, recs[h:])
 }
 
 // appendAll appends entries to every subscriber queue, concurrently (each

@@ -18,6 +18,7 @@
 # after WARMUP (default 2s: the second in which 1,000 devices connect at once).
 # SIM_ARGS adds flags to the simulator (e.g. SIM_ARGS="-connect-rate 1000" to spread
 # the connects over a second instead of all at once); SIM_NICE runs it niced.
+# DROVER_BIN runs that drover binary instead of building one (a before/after comparison).
 set -euo pipefail
 
 scenario="${1:-throughput}"
@@ -31,7 +32,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh" # cleanup, freeport, waitre
 trap cleanup EXIT
 
 cd "$root"
-go build -o "$work/drover" ./cmd/drover
+build_drover "$work/drover"
 drover="$work/drover"
 # The simulated devices' tokens derive from this seed, a secret: drover takes secrets from the
 # environment or a file, never from the command line.

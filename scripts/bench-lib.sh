@@ -9,6 +9,16 @@ cleanup() {
 	rm -rf "$work"
 }
 
+# build_drover PATH builds drover at PATH, or copies $DROVER_BIN there when it is set: a
+# before/after comparison runs the same script with two binaries (compare as ratios in one run).
+build_drover() {
+	if [[ -n "${DROVER_BIN:-}" ]]; then
+		cp "$DROVER_BIN" "$1"
+	else
+		(cd "$root" && go build -o "$1" ./cmd/drover)
+	fi
+}
+
 # freeport prints a loopback TCP port that is free right now.
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

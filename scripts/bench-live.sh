@@ -27,7 +27,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh" # cleanup, freeport, waitre
 trap cleanup EXIT
 
 cd "$root"
-go build -o "$work/drover" ./cmd/drover
+build_drover "$work/drover"
 go build -o "$work/livelat" ./internal/bench/livelat
 drover="$work/drover"
 # The simulated devices' tokens derive from this seed, a secret: drover takes secrets from the

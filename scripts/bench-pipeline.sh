@@ -42,7 +42,7 @@ trap cleanup EXIT
 cd "$root"
 influxd="${DROVER_INFLUXD:-$root/.tools/bin/influxd}"
 [[ -x "$influxd" ]] || "$root/scripts/install-influxd.sh"
-go build -o "$work/drover" ./cmd/drover
+build_drover "$work/drover"
 drover="$work/drover"
 # The simulated devices' tokens derive from this seed, a secret: drover takes secrets from the
 # environment or a file, never from the command line.

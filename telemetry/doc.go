@@ -7,7 +7,11 @@
 // Devices send Uplink frames, as binary protobuf (WebSocket binary messages) or in the proto3
 // JSON mapping (text messages). A frontend decodes them with DecodeUplink, which refuses a whole
 // frame with a *FrameError when any part of it is malformed or out of range: a frame is stored
-// whole or not at all. The device side (and drover's simulator) builds frames with EncodeUplink
+// whole or not at all. For binary frames of readings the frontend first tries ScanUplink, the
+// same rules applied to the wire bytes without decoding (it is sure or leaves the frame to
+// DecodeUplink, never refuses on its own), and stores each reading's bytes as received
+// (AppendRecords); a router republishes records the same way (WalkBatchRecords,
+// AppendPublishBatch), so a reading is decoded only by the sinks that need its fields. The device side (and drover's simulator) builds frames with EncodeUplink
 // and reads the frontend's answers with DecodeDownlink.
 //
 // Validation is the one definition of what drover stores: a reading that passes it is stored

@@ -118,6 +118,7 @@ func FuzzDecodeUplinkBinary(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		u, err := DecodeUplink(data, false, testNow, DefaultLimits())
 		checkDecoded(t, u, err)
+		checkScan(t, data, u, err)
 	})
 }
 

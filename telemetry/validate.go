@@ -180,58 +180,102 @@ func validateReading(r *Reading, i int, nowMs int64, lim Limits) *FrameError {
 	if unk := r.ProtoReflect().GetUnknown(); len(unk) > 0 {
 		return readingErr(i, KindMalformed, "", unknownFieldReason(r.ProtoReflect().Descriptor(), unk))
 	}
-	if r.Seq == 0 {
+	v := readingValues{seq: r.Seq, timeMs: r.TimeMs}
+	if r.OdometerKm != nil {
+		v.odometer, v.hasOdometer = *r.OdometerKm, true
+	}
+	if r.LatE7 != nil {
+		v.lat, v.hasLat = *r.LatE7, true
+	}
+	if r.LonE7 != nil {
+		v.lon, v.hasLon = *r.LonE7, true
+	}
+	if r.Satellites != nil {
+		v.sats, v.hasSats = *r.Satellites, true
+	}
+	for k, p := range [...]*float32{r.AltitudeM, r.HeadingDeg, r.SpeedKmh, r.EngineTempC, r.EngineRpm,
+		r.FuelLevelPct, r.BatteryVoltageV, r.BatteryCurrentA, r.PneumaticPressureKpa} {
+		if p != nil {
+			v.floats[k], v.hasFloat = *p, v.hasFloat|1<<k
+		}
+	}
+	if fe := v.check(i, nowMs, lim); fe != nil {
+		return fe
+	}
+	return checkExtra(r.Extra, i, lim)
+}
+
+// readingValues are the scalar fields of a reading, decoded: what the rules below check. Both
+// validateReading (from a decoded *Reading) and ScanUplink (from the wire, scan.go) fill one, so
+// the rules exist once.
+type readingValues struct {
+	seq            uint64
+	timeMs         int64
+	lat, lon       int32
+	hasLat, hasLon bool
+	sats           uint32
+	hasSats        bool
+	floats         [len(floatRules)]float32 // in floatRules' order
+	hasFloat       uint16                   // bit k: floats[k] is set
+	odometer       float64
+	hasOdometer    bool
+}
+
+// floatRules are the float32 sensor fields, their proto field numbers and ranges.
+var floatRules = [...]struct {
+	name    string
+	num     int // field number in telemetry.proto
+	lo, hi  float64
+	hiOpen  bool
+	display string
+}{
+	{"altitude_m", 5, MinAltitudeM, MaxAltitudeM, false, "[-1000, 10000]"},
+	{"heading_deg", 6, 0, MaxHeadingDeg, true, "[0, 360)"},
+	{"speed_kmh", 7, 0, MaxSpeedKmh, false, "[0, 400]"},
+	{"engine_temp_c", 10, MinEngineTempC, MaxEngineTempC, false, "[-60, 200]"},
+	{"engine_rpm", 11, 0, MaxEngineRPM, false, "[0, 20000]"},
+	{"fuel_level_pct", 12, 0, MaxFuelPct, false, "[0, 100]"},
+	{"battery_voltage_v", 14, 0, MaxBatteryV, false, "[0, 1500]"},
+	{"battery_current_a", 15, -MaxBatteryAbsA, MaxBatteryAbsA, false, "[-3000, 3000]"},
+	{"pneumatic_pressure_kpa", 16, 0, MaxPneumaticKpa, false, "[0, 2500]"},
+}
+
+// check applies every rule of a reading but the unknown-field and extra ones.
+func (r *readingValues) check(i int, nowMs int64, lim Limits) *FrameError {
+	if r.seq == 0 {
 		return readingErr(i, KindSequence, "seq", "seq missing (must be > 0)")
 	}
-	if r.Seq > MaxSeq {
-		return readingErr(i, KindSequence, "seq", "seq "+strconv.FormatUint(r.Seq, 10)+
+	if r.seq > MaxSeq {
+		return readingErr(i, KindSequence, "seq", "seq "+strconv.FormatUint(r.seq, 10)+
 			" out of range [1, 9223372036854775807]")
 	}
-	if fe := checkTime(r.TimeMs, i, nowMs, lim); fe != nil {
+	if fe := checkTime(r.timeMs, i, nowMs, lim); fe != nil {
 		return fe
 	}
 
 	// Position: both or neither.
 	switch {
-	case r.LatE7 != nil && r.LonE7 == nil:
+	case r.hasLat && !r.hasLon:
 		return readingErr(i, KindRange, "lon_e7", "lat_e7 without lon_e7")
-	case r.LatE7 == nil && r.LonE7 != nil:
+	case !r.hasLat && r.hasLon:
 		return readingErr(i, KindRange, "lat_e7", "lon_e7 without lat_e7")
-	case r.LatE7 != nil:
-		if v := *r.LatE7; v < MinLatE7 || v > MaxLatE7 {
+	case r.hasLat:
+		if v := r.lat; v < MinLatE7 || v > MaxLatE7 {
 			return readingErr(i, KindRange, "lat_e7", "latitude "+fmtE7(v)+" out of range [-90, 90]")
 		}
-		if v := *r.LonE7; v < MinLonE7 || v > MaxLonE7 {
+		if v := r.lon; v < MinLonE7 || v > MaxLonE7 {
 			return readingErr(i, KindRange, "lon_e7", "longitude "+fmtE7(v)+" out of range [-180, 180]")
 		}
 	}
-	if r.Satellites != nil && *r.Satellites > MaxSatellites {
+	if r.hasSats && r.sats > MaxSatellites {
 		return readingErr(i, KindRange, "satellites", "satellites "+
-			strconv.FormatUint(uint64(*r.Satellites), 10)+" out of range [0, 64]")
+			strconv.FormatUint(uint64(r.sats), 10)+" out of range [0, 64]")
 	}
-
-	floats := [...]struct {
-		name    string
-		v       *float32
-		lo, hi  float64
-		hiOpen  bool
-		display string
-	}{
-		{"altitude_m", r.AltitudeM, MinAltitudeM, MaxAltitudeM, false, "[-1000, 10000]"},
-		{"heading_deg", r.HeadingDeg, 0, MaxHeadingDeg, true, "[0, 360)"},
-		{"speed_kmh", r.SpeedKmh, 0, MaxSpeedKmh, false, "[0, 400]"},
-		{"engine_temp_c", r.EngineTempC, MinEngineTempC, MaxEngineTempC, false, "[-60, 200]"},
-		{"engine_rpm", r.EngineRpm, 0, MaxEngineRPM, false, "[0, 20000]"},
-		{"fuel_level_pct", r.FuelLevelPct, 0, MaxFuelPct, false, "[0, 100]"},
-		{"battery_voltage_v", r.BatteryVoltageV, 0, MaxBatteryV, false, "[0, 1500]"},
-		{"battery_current_a", r.BatteryCurrentA, -MaxBatteryAbsA, MaxBatteryAbsA, false, "[-3000, 3000]"},
-		{"pneumatic_pressure_kpa", r.PneumaticPressureKpa, 0, MaxPneumaticKpa, false, "[0, 2500]"},
-	}
-	for _, f := range floats {
-		if f.v == nil {
+	for k, f := range floatRules {
+		if r.hasFloat&(1<<k) == 0 {
 			continue
 		}
-		v := float64(*f.v)
+		v := float64(r.floats[k])
 		if bad := nonFinite(v); bad != "" {
 			return readingErr(i, KindRange, f.name, f.name+" is "+bad)
 		}
@@ -240,8 +284,8 @@ func validateReading(r *Reading, i int, nowMs int64, lim Limits) *FrameError {
 				strconv.FormatFloat(v, 'g', -1, 32)+" out of range "+f.display)
 		}
 	}
-	if r.OdometerKm != nil {
-		v := *r.OdometerKm
+	if r.hasOdometer {
+		v := r.odometer
 		if bad := nonFinite(v); bad != "" {
 			return readingErr(i, KindRange, "odometer_km", "odometer_km is "+bad)
 		}
@@ -250,7 +294,7 @@ func validateReading(r *Reading, i int, nowMs int64, lim Limits) *FrameError {
 				strconv.FormatFloat(v, 'g', -1, 64)+" out of range [0, 1e8]")
 		}
 	}
-	return checkExtra(r.Extra, i, lim)
+	return nil
 }
 
 func checkTime(ms int64, i int, nowMs int64, lim Limits) *FrameError {
@@ -286,22 +330,30 @@ func checkExtra(extra map[string]float64, i int, lim Limits) *FrameError {
 			" extra values, limit "+strconv.Itoa(lim.MaxExtra))
 	}
 	for k, v := range extra {
-		switch {
-		case k == "":
-			return readingErr(i, KindExtra, "extra", "extra key empty")
-		case len(k) > lim.MaxExtraKeyLen:
-			return readingErr(i, KindExtra, "extra", "extra key of "+strconv.Itoa(len(k))+
-				" bytes, limit "+strconv.Itoa(lim.MaxExtraKeyLen))
-		case !utf8.ValidString(k):
-			return readingErr(i, KindExtra, "extra", "extra key not valid UTF-8")
-		case hasControl(k):
-			return readingErr(i, KindExtra, "extra", "extra key "+strconv.Quote(k)+" has a control character")
-		case strings.IndexByte(k, '\\') >= 0:
-			return readingErr(i, KindExtra, "extra", "extra key "+strconv.Quote(k)+" has a backslash")
+		if fe := checkExtraEntry(k, v, i, lim); fe != nil {
+			return fe
 		}
-		if bad := nonFinite(v); bad != "" {
-			return readingErr(i, KindRange, "extra", "extra "+strconv.Quote(k)+" is "+bad)
-		}
+	}
+	return nil
+}
+
+// checkExtraEntry checks one extra value and its key.
+func checkExtraEntry(k string, v float64, i int, lim Limits) *FrameError {
+	switch {
+	case k == "":
+		return readingErr(i, KindExtra, "extra", "extra key empty")
+	case len(k) > lim.MaxExtraKeyLen:
+		return readingErr(i, KindExtra, "extra", "extra key of "+strconv.Itoa(len(k))+
+			" bytes, limit "+strconv.Itoa(lim.MaxExtraKeyLen))
+	case !utf8.ValidString(k):
+		return readingErr(i, KindExtra, "extra", "extra key not valid UTF-8")
+	case hasControl(k):
+		return readingErr(i, KindExtra, "extra", "extra key "+strconv.Quote(k)+" has a control character")
+	case strings.IndexByte(k, '\\') >= 0:
+		return readingErr(i, KindExtra, "extra", "extra key "+strconv.Quote(k)+" has a backslash")
+	}
+	if bad := nonFinite(v); bad != "" {
+		return readingErr(i, KindRange, "extra", "extra "+strconv.Quote(k)+" is "+bad)
 	}
 	return nil
 }
