@@ -38,6 +38,8 @@
 # peer), FRONTEND_FLAGS (more flags for every frontend, e.g. smaller TLS limits so that a small
 # run overflows them as the full size does), SIM_FLAGS (more flags for every sim process, e.g.
 # "-tls-key-exchanges x25519" or "-tls-max-version 1.2": a fleet of trackers' TLS stacks),
+# FRONTEND_ENV (environment of every frontend, e.g. "GOGC=50" or "GOMEMLIMIT=200MiB": memory's
+# RSS against the GC's headroom),
 # SIM_CPUS and SERVER_CPUS (pin the simulators and the servers to different cores with taskset,
 # e.g. SIM_CPUS=1 SERVER_CPUS=0; recorded on the first line of the results), PROFILE=SECONDS
 # (connect: a CPU profile of the frontend over each wave, cut by phase), OUT (bench-out). Results:
@@ -94,8 +96,8 @@ start_frontend() {
 	shift 3
 	fe_ops[$name]=$ops
 	fe_args[$name]="$*"
-	# shellcheck disable=SC2068,SC2086 # FRONTEND_FLAGS is a list of flags
-	"${server_pin[@]}" "$drover" frontend -id "$name" -listen "$listen" -routers "tcp://127.0.0.1:$rport" -queue-dir "$work/$name" \
+	# shellcheck disable=SC2068,SC2086 # FRONTEND_FLAGS and FRONTEND_ENV are lists
+	"${server_pin[@]}" env ${FRONTEND_ENV:-} "$drover" frontend -id "$name" -listen "$listen" -routers "tcp://127.0.0.1:$rport" -queue-dir "$work/$name" \
 		-registry "$work/registry.json" -ops-listen "$ops" -pprof "$@" ${FRONTEND_FLAGS:-} 2>>"$out/$name.log" &
 	fe_pid[$name]=$!; pids+=($!)
 }
@@ -105,12 +107,14 @@ restart_frontend() { # NAME LISTEN: again, with the arguments of the first start
 	start_frontend "$name" "$listen" "${fe_ops[$name]}" ${fe_args[$name]}
 }
 
-# snap NAME: a process's figures after a forced GC: RSS, heap in use, stacks, goroutines.
+# snap NAME: a process's figures after a forced GC: RSS, heap in use, stacks, goroutines, and the
+# heap the runtime holds free (idle and not released to the OS: the GC's headroom, in RSS).
 snap() {
 	local ops=${fe_ops[$1]} pid=${fe_pid[$1]}
 	curl -fs "http://$ops/debug/pprof/heap?gc=1" -o /dev/null || true
 	sleep 1
-	echo "$(rss "$pid") $(promsum "$ops" go_memstats_heap_inuse_bytes) $(promsum "$ops" go_memstats_stack_inuse_bytes) $(promsum "$ops" go_goroutines)"
+	echo "$(rss "$pid") $(promsum "$ops" go_memstats_heap_inuse_bytes) $(promsum "$ops" go_memstats_stack_inuse_bytes) $(promsum "$ops" go_goroutines)" \
+		"$(($(promsum "$ops" go_memstats_heap_idle_bytes) - $(promsum "$ops" go_memstats_heap_released_bytes)))"
 }
 
 # refusals_of OPS-ADDR: a frontend's refusals by reason, "reason=count ...".
@@ -176,7 +180,7 @@ memory)
 	n=${DEVICES:-15000}
 	registry "$n"
 	nats_prepare
-	printf '%-26s %8s %14s %14s %14s %11s\n' "server" "conns" "RSS/conn" "heap/conn" "stack/conn" "goroutines" | tee -a "$out/memory.txt"
+	printf '%-26s %8s %14s %14s %14s %14s %11s\n' "server" "conns" "RSS/conn" "heap/conn" "stack/conn" "retained/conn" "goroutines" | tee -a "$out/memory.txt"
 	for mode in ws wss; do
 		start_router
 		args=(-max-connections $((n + 100)) -accept-rate 0 -tls-handshake-rate 0)
@@ -184,16 +188,16 @@ memory)
 		port=$(freeport)
 		start_frontend "fe-$mode" "127.0.0.1:$port" "127.0.0.1:$(freeport)" "${args[@]}"
 		waitready "${fe_ops[fe-$mode]}"
-		read -r rss0 heap0 stack0 gor0 < <(snap "fe-$mode")
+		read -r rss0 heap0 stack0 _ kept0 < <(snap "fe-$mode")
 		start_sims "idle_$mode" "$n" 0 2 -- -rate 0 -connect-rate 5000 -frontends "$mode://127.0.0.1:$port" "${sim_tls[@]}"
 		wait_until 600 "$n connections" '[ "$(promsum "${fe_ops[fe-$mode]}" drover_frontend_connections)" -ge "$n" ]'
 		sleep 5
-		read -r rss1 heap1 stack1 gor1 < <(snap "fe-$mode")
+		read -r rss1 heap1 stack1 gor1 kept1 < <(snap "fe-$mode")
 		curl -fs "http://${fe_ops[fe-$mode]}/debug/pprof/heap" -o "$out/fe-$mode-heap.pprof"
 		go tool pprof -top -sample_index=inuse_space -nodecount=25 "$drover" "$out/fe-$mode-heap.pprof" >"$out/fe-$mode-heap.txt" 2>/dev/null || true
 		python3 -c "
-n=$n; r=($rss1-$rss0)/n; h=($heap1-$heap0)/n; s=($stack1-$stack0)/n
-print(f'%-26s %8d %10.2f KiB %10.2f KiB %10.2f KiB %11d' % ('drover frontend $mode', n, r/1024, h/1024, s/1024, $gor1))" | tee -a "$out/memory.txt"
+n=$n; r=($rss1-$rss0)/n; h=($heap1-$heap0)/n; s=($stack1-$stack0)/n; k=($kept1-$kept0)/n
+print(f'%-26s %8d %10.2f KiB %10.2f KiB %10.2f KiB %10.2f KiB %11d' % ('drover frontend $mode', n, r/1024, h/1024, s/1024, k/1024, $gor1))" | tee -a "$out/memory.txt"
 		stop_all
 	done
 	if [[ $nats_on == 1 ]]; then
@@ -206,7 +210,7 @@ print(f'%-26s %8d %10.2f KiB %10.2f KiB %10.2f KiB %11d' % ('drover frontend $mo
 			wait_until 600 "$n nats connections" '[ "$(nats_conns)" -ge "$n" ]'
 			sleep 5
 			r1=$(rss "$nats_pid")
-			python3 -c "print('%-26s %8d %10.2f KiB %14s %14s %11s' % ('nats-server $mode', $n, ($r1-$r0)/$n/1024, '', '', ''))" | tee -a "$out/memory.txt"
+			python3 -c "print('%-26s %8d %10.2f KiB %14s %14s %14s %11s' % ('nats-server $mode', $n, ($r1-$r0)/$n/1024, '', '', '', ''))" | tee -a "$out/memory.txt"
 			kill -TERM "$speer" 2>/dev/null || true
 			stop_all
 		done

@@ -143,7 +143,7 @@ phases() {
 	python3 - "$conns" "$total" \
 		"accept (TCP accept, socket setup)" "$(_sampled 'tlsserve.\(\*Listener\).acceptLoop|net/http.\(\*Server\).Serve$')" \
 		"TLS handshake" "$(_sampled 'tlsserve.\(\*Listener\).handshake$')" \
-		"  of which key exchange (ECDHE, ML-KEM)" "$(_sampled 'KeyExchange\).serverSharedSecret|generateECDHEKey|ecdh.\(\*.*\).GenerateKey')" \
+		"  of which key exchange (ECDHE, ML-KEM)" "$(_sampled 'KeyExchange\).serverSharedSecret|generateECDHEKey|ecdh.\(\*.*\).GenerateKey|ecdheKeyAgreement\).processClientKeyExchange')" \
 		"  of which certificate signature" "$(_sampled 'ecdsa.*Sign|signHandshake|rsa.*Sign')" \
 		"HTTP request, admission, auth, upgrade" "$(_sampled 'net/http.\(\*conn\).serve$')" \
 		"  of which the upgrade (gorilla)" "$(_sampled 'websocket.\(\*Upgrader\).Upgrade$')" \
