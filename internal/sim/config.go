@@ -199,7 +199,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSMaxVersion, "tls-max-version", c.TLSMaxVersion,
 		"highest TLS `version` devices offer: 1.3 or 1.2 (a tracker's modem stack: TLS 1.2 sessions resume without a key exchange)")
 	fs.StringVar(&c.TLSKeyExchanges, "tls-key-exchanges", c.TLSKeyExchanges,
-		"comma-separated key exchanges devices offer, preferred first: x25519mlkem768, x25519, p256, p384 (default: Go's, X25519MLKEM768 first; embedded stacks: x25519 or p256)")
+		"comma-separated `list` of the key exchanges devices offer, preferred first: x25519mlkem768, x25519, p256, p384 (default: Go's, X25519MLKEM768 first; embedded stacks: x25519 or p256)")
 }
 
 // withDefaults fills every zero field from DefaultConfig (URLs and Devices excepted: they have
