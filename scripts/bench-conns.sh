@@ -36,7 +36,13 @@
 # the CPU measurement, 20 and 60; DURATION 0: until the measurement is over; WARMUP, 60s: what
 # the steady ack latency leaves out), SIM_PER (devices per sim process, 15,000), NATS=0 (skip the
 # peer), FRONTEND_FLAGS (more flags for every frontend, e.g. smaller TLS limits so that a small
-# run overflows them as the full size does), OUT (bench-out). Results:
+# run overflows them as the full size does), SIM_FLAGS (more flags for every sim process, e.g.
+# "-tls-key-exchanges x25519" or "-tls-max-version 1.2": a fleet of trackers' TLS stacks),
+# FRONTEND_ENV (environment of every frontend, e.g. "GOGC=50" or "GOMEMLIMIT=200MiB": memory's
+# RSS against the GC's headroom),
+# SIM_CPUS and SERVER_CPUS (pin the simulators and the servers to different cores with taskset,
+# e.g. SIM_CPUS=1 SERVER_CPUS=0; recorded on the first line of the results), PROFILE=SECONDS
+# (connect: a CPU profile of the frontend over each wave, cut by phase), OUT (bench-out). Results:
 # OUT/conns-<scenario>/ (each process's log, metrics and summaries, and <scenario>.txt, the table).
 #
 # Sizes for a check that the script works (a minute or two each, a few hundred devices):
@@ -75,7 +81,7 @@ registry() { "$drover" sim -registry-only -write-registry "$work/registry.json" 
 # so that internal/bench/ackcheck finds every reading there.
 start_router() {
 	rport=$(freeport); rops="127.0.0.1:$(freeport)"
-	"$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
+	"${server_pin[@]}" "$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
 		-store-listen "tcp://127.0.0.1:$(freeport)" -queue-dir "$work/router" -queue-max-bytes -1 -fixed-subscribers \
 		-ops-listen "$rops" 2>"$out/router.log" &
 	router_pid=$!; pids+=($!)
@@ -90,8 +96,8 @@ start_frontend() {
 	shift 3
 	fe_ops[$name]=$ops
 	fe_args[$name]="$*"
-	# shellcheck disable=SC2068,SC2086 # FRONTEND_FLAGS is a list of flags
-	"$drover" frontend -id "$name" -listen "$listen" -routers "tcp://127.0.0.1:$rport" -queue-dir "$work/$name" \
+	# shellcheck disable=SC2068,SC2086 # FRONTEND_FLAGS and FRONTEND_ENV are lists
+	"${server_pin[@]}" env ${FRONTEND_ENV:-} "$drover" frontend -id "$name" -listen "$listen" -routers "tcp://127.0.0.1:$rport" -queue-dir "$work/$name" \
 		-registry "$work/registry.json" -ops-listen "$ops" -pprof "$@" ${FRONTEND_FLAGS:-} 2>>"$out/$name.log" &
 	fe_pid[$name]=$!; pids+=($!)
 }
@@ -101,12 +107,14 @@ restart_frontend() { # NAME LISTEN: again, with the arguments of the first start
 	start_frontend "$name" "$listen" "${fe_ops[$name]}" ${fe_args[$name]}
 }
 
-# snap NAME: a process's figures after a forced GC: RSS, heap in use, stacks, goroutines.
+# snap NAME: a process's figures after a forced GC: RSS, heap in use, stacks, goroutines, and the
+# heap the runtime holds free (idle and not released to the OS: the GC's headroom, in RSS).
 snap() {
 	local ops=${fe_ops[$1]} pid=${fe_pid[$1]}
 	curl -fs "http://$ops/debug/pprof/heap?gc=1" -o /dev/null || true
 	sleep 1
-	echo "$(rss "$pid") $(promsum "$ops" go_memstats_heap_inuse_bytes) $(promsum "$ops" go_memstats_stack_inuse_bytes) $(promsum "$ops" go_goroutines)"
+	echo "$(rss "$pid") $(promsum "$ops" go_memstats_heap_inuse_bytes) $(promsum "$ops" go_memstats_stack_inuse_bytes) $(promsum "$ops" go_goroutines)" \
+		"$(($(promsum "$ops" go_memstats_heap_idle_bytes) - $(promsum "$ops" go_memstats_heap_released_bytes)))"
 }
 
 # refusals_of OPS-ADDR: a frontend's refusals by reason, "reason=count ...".
@@ -152,7 +160,7 @@ nats_start() {
 		fi
 		echo "}"
 	} >"$work/nats-$1.conf"
-	"$nats_server" -c "$work/nats-$1.conf" >"$out/nats-$1.log" 2>&1 &
+	"${server_pin[@]}" "$nats_server" -c "$work/nats-$1.conf" >"$out/nats-$1.log" 2>&1 &
 	nats_pid=$!; pids+=($!)
 	nats_url="$1://127.0.0.1:$port"; nats_mon="127.0.0.1:$mon"
 	wait_until 30 "nats-server" 'curl -fs "http://$nats_mon/healthz" -o /dev/null'
@@ -165,13 +173,14 @@ nats_prepare() {
 	(cd bench/natspeer && go build -o "$work/natspeer" .)
 }
 
+pinning | tee "$out/$scenario.txt"
 # shellcheck disable=SC2034 # sim_pids_*, sim_ops_* are set through namerefs
 case "$scenario" in
 memory)
 	n=${DEVICES:-15000}
 	registry "$n"
 	nats_prepare
-	printf '%-26s %8s %14s %14s %14s %11s\n' "server" "conns" "RSS/conn" "heap/conn" "stack/conn" "goroutines" | tee "$out/memory.txt"
+	printf '%-26s %8s %14s %14s %14s %14s %11s\n' "server" "conns" "RSS/conn" "heap/conn" "stack/conn" "retained/conn" "goroutines" | tee -a "$out/memory.txt"
 	for mode in ws wss; do
 		start_router
 		args=(-max-connections $((n + 100)) -accept-rate 0 -tls-handshake-rate 0)
@@ -179,16 +188,16 @@ memory)
 		port=$(freeport)
 		start_frontend "fe-$mode" "127.0.0.1:$port" "127.0.0.1:$(freeport)" "${args[@]}"
 		waitready "${fe_ops[fe-$mode]}"
-		read -r rss0 heap0 stack0 gor0 < <(snap "fe-$mode")
+		read -r rss0 heap0 stack0 _ kept0 < <(snap "fe-$mode")
 		start_sims "idle_$mode" "$n" 0 2 -- -rate 0 -connect-rate 5000 -frontends "$mode://127.0.0.1:$port" "${sim_tls[@]}"
 		wait_until 600 "$n connections" '[ "$(promsum "${fe_ops[fe-$mode]}" drover_frontend_connections)" -ge "$n" ]'
 		sleep 5
-		read -r rss1 heap1 stack1 gor1 < <(snap "fe-$mode")
+		read -r rss1 heap1 stack1 gor1 kept1 < <(snap "fe-$mode")
 		curl -fs "http://${fe_ops[fe-$mode]}/debug/pprof/heap" -o "$out/fe-$mode-heap.pprof"
 		go tool pprof -top -sample_index=inuse_space -nodecount=25 "$drover" "$out/fe-$mode-heap.pprof" >"$out/fe-$mode-heap.txt" 2>/dev/null || true
 		python3 -c "
-n=$n; r=($rss1-$rss0)/n; h=($heap1-$heap0)/n; s=($stack1-$stack0)/n
-print(f'%-26s %8d %10.2f KiB %10.2f KiB %10.2f KiB %11d' % ('drover frontend $mode', n, r/1024, h/1024, s/1024, $gor1))" | tee -a "$out/memory.txt"
+n=$n; r=($rss1-$rss0)/n; h=($heap1-$heap0)/n; s=($stack1-$stack0)/n; k=($kept1-$kept0)/n
+print(f'%-26s %8d %10.2f KiB %10.2f KiB %10.2f KiB %10.2f KiB %11d' % ('drover frontend $mode', n, r/1024, h/1024, s/1024, k/1024, $gor1))" | tee -a "$out/memory.txt"
 		stop_all
 	done
 	if [[ $nats_on == 1 ]]; then
@@ -196,12 +205,12 @@ print(f'%-26s %8d %10.2f KiB %10.2f KiB %10.2f KiB %11d' % ('drover frontend $mo
 			nats_start "$mode"
 			sleep 1
 			r0=$(rss "$nats_pid")
-			"$work/natspeer" wsconns -url "$nats_url" -ca "$certs/ca.pem" -conns "$n" -hold 600s -summary "$out/nats-$mode.json" 2>"$out/natspeer-$mode.log" &
+			"${sim_pin[@]}" "$work/natspeer" wsconns -url "$nats_url" -ca "$certs/ca.pem" -conns "$n" -hold 600s -summary "$out/nats-$mode.json" 2>"$out/natspeer-$mode.log" &
 			speer=$!; pids+=($!)
 			wait_until 600 "$n nats connections" '[ "$(nats_conns)" -ge "$n" ]'
 			sleep 5
 			r1=$(rss "$nats_pid")
-			python3 -c "print('%-26s %8d %10.2f KiB %14s %14s %11s' % ('nats-server $mode', $n, ($r1-$r0)/$n/1024, '', '', ''))" | tee -a "$out/memory.txt"
+			python3 -c "print('%-26s %8d %10.2f KiB %14s %14s %14s %11s' % ('nats-server $mode', $n, ($r1-$r0)/$n/1024, '', '', '', ''))" | tee -a "$out/memory.txt"
 			kill -TERM "$speer" 2>/dev/null || true
 			stop_all
 		done
@@ -213,7 +222,7 @@ connect)
 	n=${DEVICES:-15000}
 	registry "$n"
 	nats_prepare
-	printf '%-44s %8s %9s %12s %14s %16s\n' "wave" "conns" "seconds" "conns/s" "frontend CPU s" "conns/core-s" | tee "$out/connect.txt"
+	printf '%-44s %8s %9s %12s %14s %16s\n' "wave" "conns" "seconds" "conns/s" "frontend CPU s" "conns/core-s" | tee -a "$out/connect.txt"
 	# wave NAME EXPECT-CONNECTIONS: wait until the frontend holds them; print the wave's line from
 	# the marks t0/cpu0 taken before it.
 	wave() {
@@ -235,6 +244,22 @@ print("    frontend: handshakes resumed %d, full %d, failed %d; closed before th
 print("    devices: handshakes resumed %d, full %d; failed attempts: tls %d, timeout %d, refused %d, dial %d" % tuple(d[6:]))
 PY
 		fi
+		prof_end
+	}
+	# PROFILE=SECONDS: a CPU profile of the frontend over the first SECONDS of each wave
+	# (fe-<wave>.cpu.pprof), cut by phase of the connection in µs per connection accepted meanwhile
+	# (bench-lib.sh's phases), printed under the wave's line.
+	prof_start() {
+		[[ -n ${PROFILE:-} ]] || return 0
+		prof_file="$out/fe-$1.cpu.pprof"
+		prof_acc0=$(promsum "${fe_ops[fe]}" drover_frontend_connections_accepted_total)
+		curl -fs "http://${fe_ops[fe]}/debug/pprof/profile?seconds=$PROFILE" -o "$prof_file" &
+		prof_pid=$!
+	}
+	prof_end() {
+		[[ -n ${PROFILE:-} ]] || return 0
+		wait "$prof_pid" || true
+		phases "$drover" "$prof_file" $(($(promsum "${fe_ops[fe]}" drover_frontend_connections_accepted_total) - prof_acc0)) | tee -a "$out/connect.txt"
 	}
 	# hs_counts: the frontend's and the devices' handshake counters, in the order wave prints them.
 	hs_counts() {
@@ -266,6 +291,7 @@ PY
 		start_frontend fe "127.0.0.1:$port" "127.0.0.1:$(freeport)" "${args[@]}"
 		waitready "${fe_ops[fe]}"
 		if [[ $mode != wss_no_tickets ]]; then
+			prof_start "$mode-first"
 			t0=$(date +%s.%N); cpu0=$(cpusec "${fe_pid[fe]}"); read -r -a hs0 < <(hs_counts)
 			start_sims "dev_$mode" "$n" 0 2 -- "${sims[@]}"
 			wave "$mode: first connections" "$n"
@@ -273,6 +299,7 @@ PY
 				# Every device drops its connection and comes back, resuming its session.
 				sleep 2
 				read -r -a hs0 < <(hs_counts)
+				prof_start "$mode-back"
 				for p in "${sim_pids_dev_wss_tickets[@]}"; do kill -USR1 "$p"; done
 				wait_until 60 "the drop" '[ "$(promsum "${fe_ops[fe]}" drover_frontend_connections)" -lt "$n" ]'
 				t0=$(date +%s.%N); cpu0=$(cpusec "${fe_pid[fe]}")
@@ -291,6 +318,7 @@ PY
 			kill -KILL "${fe_pid[fe]}"; wait "${fe_pid[fe]}" 2>/dev/null || true
 			restart_frontend fe "127.0.0.1:$port"
 			waitready "${fe_ops[fe]}"
+			prof_start "$mode-restart"
 			t0=$(date +%s.%N); cpu0=$(cpusec "${fe_pid[fe]}")
 			wave "$mode: back after kill -9 and restart" "$n"
 			echo "    handshakes of the restarted frontend: resumed $(promsum "${fe_ops[fe]}" drover_frontend_tls_handshakes_total 'result="resumed"'), full $(promsum "${fe_ops[fe]}" drover_frontend_tls_handshakes_total 'result="full"'), failed $(promsum "${fe_ops[fe]}" drover_frontend_tls_handshakes_total 'result="failed"')" | tee -a "$out/connect.txt"
@@ -301,7 +329,7 @@ PY
 		for mode in ws wss; do
 			nats_start "$mode"
 			c0=$(cpusec "$nats_pid")
-			"$work/natspeer" wsconns -url "$nats_url" -ca "$certs/ca.pem" -conns "$n" -waves 2 -hold 2s -summary "$out/nats-$mode.json" 2>"$out/natspeer-$mode.log"
+			"${sim_pin[@]}" "$work/natspeer" wsconns -url "$nats_url" -ca "$certs/ca.pem" -conns "$n" -waves 2 -hold 2s -summary "$out/nats-$mode.json" 2>"$out/natspeer-$mode.log"
 			c1=$(cpusec "$nats_pid")
 			python3 - "$out/nats-$mode.json" "$mode" "$c0" "$c1" <<'PY' | tee -a "$out/connect.txt"
 import json, sys
@@ -362,7 +390,7 @@ scale)
 		echo "router: RSS $(($(rss "$router_pid") >> 20)) MiB, CPU $(python3 -c "print(round(($(cpusec "$router_pid") - $r0) / $window, 2))") cores"
 		echo "simulator: ${#sim_pids_dev[@]} processes, RSS $((srss >> 20)) MiB, CPU $(python3 -c "print(round(($s1 - $s0) / $window, 2))") cores"
 		echo "machine: load $(cut -d' ' -f1-3 /proc/loadavg), memory available $(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo) MiB"
-	} | tee "$out/scale.txt"
+	} | tee -a "$out/scale.txt"
 	if [[ $dur == 0 ]]; then for p in "${sim_pids_dev[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; fi
 	for p in "${sim_pids_dev[@]}"; do wait "$p" 2>/dev/null || true; done
 	sims_summary dev | tee -a "$out/scale.txt"
@@ -384,7 +412,6 @@ stampede)
 	registry $((herd + steady))
 	scheme=ws; [[ ${TLS:-0} == 1 ]] && scheme=wss
 	modes=${ADMISSION:-both}; [[ $modes == both ]] && modes="on off"
-	: >"$out/stampede.txt"
 	for adm in $modes; do
 		rm -rf "$work"/fe-* "$work/router" "$out"/*.acked.json
 		start_router
@@ -475,7 +502,7 @@ isolation)
 			set -- $row
 			python3 -c "print('%-8s %-10s %12.1f %12.1f %12.1f %11d' % ('$1', '$2', $3/2**20, $4/2**20, $5/2**20, $6))"
 		done
-	} | tee "$out/isolation.txt"
+	} | tee -a "$out/isolation.txt"
 	python3 - "$out" <<'PY' | tee -a "$out/isolation.txt"
 import glob, json, sys
 for f in sorted(glob.glob(sys.argv[1] + "/steady-*.timeline.jsonl")):

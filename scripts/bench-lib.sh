@@ -44,6 +44,17 @@ fi
 
 # --- helpers of the connection benchmarks (bench-conns.sh, sim-fleet.sh) ---
 
+# SIM_CPUS and SERVER_CPUS pin the load generators (drover sim, natspeer) and the servers
+# (frontends, router, nats-server) to CPU lists (taskset -c syntax: "1", "2-3", "0,2"), so that on a
+# machine with cores to spare the simulators' CPU does not count against the servers' (e.g.
+# SIM_CPUS=1 SERVER_CPUS=0 on two cores; unset: anywhere). Launch lines put "${sim_pin[@]}" or
+# "${server_pin[@]}" first; taskset execs the command, so $! stays the process's pid.
+sim_pin=(); server_pin=()
+if [[ -n ${SIM_CPUS:-} ]]; then sim_pin=(taskset -c "$SIM_CPUS"); fi
+if [[ -n ${SERVER_CPUS:-} ]]; then server_pin=(taskset -c "$SERVER_CPUS"); fi
+# pinning: the line that records the pinning in a run's results.
+pinning() { echo "cpus: servers ${SERVER_CPUS:-any}, simulators ${SIM_CPUS:-any} (machine: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg))"; }
+
 # promsum ADDR NAME [LABEL-REGEX]: the sum of a metric's series (matching the regex inside the
 # braces) at http://ADDR/metrics; 0 when absent or unreachable.
 promsum() {
@@ -82,7 +93,8 @@ wait_until() {
 
 # start_sims NAME TOTAL OFFSET FIRST-ADDR -- SIM-ARGS...: start `drover sim` processes for TOTAL
 # devices from index OFFSET, at most $SIM_PER (15,000) devices each (a process holds one file per
-# connection, and at most 20,000 here), process k dialing from 127.0.0.(FIRST-ADDR+k). Each writes
+# connection, and at most 20,000 here), process k dialing from 127.0.0.(FIRST-ADDR+k), pinned to
+# SIM_CPUS when set, with $SIM_FLAGS (more sim flags, e.g. "-tls-key-exchanges x25519"). Each writes
 # $out/NAME-k.{json,timeline.jsonl,acked.json,log}; their pids go to pids and sim_pids_NAME, their
 # ops addresses to sim_ops_NAME.
 start_sims() {
@@ -93,7 +105,8 @@ start_sims() {
 	while ((total > 0)); do
 		n=$((total < per ? total : per))
 		ops="127.0.0.1:$(freeport)"
-		"$drover" sim -devices "$n" -device-offset "$offset" -local-addrs "127.0.0.$((addr + k))" \
+		# shellcheck disable=SC2086 # SIM_FLAGS is a list of flags
+		"${sim_pin[@]}" "$drover" sim -devices "$n" -device-offset "$offset" -local-addrs "127.0.0.$((addr + k))" ${SIM_FLAGS:-} \
 			-summary "$out/$name-$k.json" -timeline "$out/$name-$k.timeline.jsonl" -acked "$out/$name-$k.acked.json" \
 			-progress 10s -ops-listen "$ops" "$@" 2>"$out/$name-$k.log" &
 		pids+=($!); _pids+=($!); _ops+=("$ops")
@@ -120,5 +133,45 @@ for f in sorted(glob.glob(f"{out}/{name}-*.json")):
     p99s.append(s.get("ack_latency_ms", {}).get("p99", 0))
 print(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in tot.items()) +
       f"; connect failures {fails or 'none'}; disconnects {disc or 'none'}; ack p99 (worst process) {max(p99s or [0])} ms")
+PY
+}
+
+# phases BINARY PROFILE CONNS: a frontend's CPU profile over a connect storm cut by phase of the
+# connection, in µs of sampled CPU per connection (CONNS: connections accepted over the profile).
+# Phases overlap nowhere except "of which" lines, which are parts of the line above; "rest" is
+# what no phase matched (scheduler, timers, the drainer, metrics).
+phases() {
+	local bin=$1 prof=$2 conns=$3 total
+	# sampled seconds matching a focus regex ("" for all), from pprof's "Showing nodes accounting for" line
+	_sampled() {
+		go tool pprof -top -nodecount=1000000 -nodefraction=0 ${1:+-focus="$1"} "$bin" "$prof" 2>/dev/null |
+			awk '/accounting for/ {for (i = 1; i <= NF; i++) if ($i == "for") {v = $(i+1); sub(/,$/, "", v)} } END {
+				if (v ~ /ms$/) {sub(/ms$/, "", v); v /= 1000} else if (v ~ /us$|µs$/) {sub(/(us|µs)$/, "", v); v /= 1e6} else {sub(/s$/, "", v)}
+				print v + 0 }'
+	}
+	total=$(_sampled "")
+	python3 - "$conns" "$total" \
+		"accept (TCP accept, socket setup)" "$(_sampled 'tlsserve.\(\*Listener\).acceptLoop|net/http.\(\*Server\).Serve$')" \
+		"TLS handshake" "$(_sampled 'tlsserve.\(\*Listener\).handshake$')" \
+		"  of which key exchange (ECDHE, ML-KEM)" "$(_sampled 'KeyExchange\).serverSharedSecret|generateECDHEKey|ecdh.\(\*.*\).GenerateKey|ecdheKeyAgreement\).processClientKeyExchange')" \
+		"  of which certificate signature" "$(_sampled 'ecdsa.*Sign|signHandshake|rsa.*Sign')" \
+		"HTTP request, admission, auth, upgrade" "$(_sampled 'net/http.\(\*conn\).serve$')" \
+		"  of which the upgrade (gorilla)" "$(_sampled 'websocket.\(\*Upgrader\).Upgrade$')" \
+		"  of which drover's checks (admission, registry, token hash, flapping)" "$(_sampled 'frontend.\(\*Frontend\).(admitNew|admit|notFlapping|refuse.*)$|frontend.authenticate$|auth.\(\*Limiter\)')" \
+		"read loop, close and release" "$(_sampled 'frontend.\(\*conn\).readLoop$')" \
+		"garbage collection (background)" "$(_sampled 'runtime.gcBgMarkWorker$')" <<'PY'
+import sys
+conns, total = float(sys.argv[1]), float(sys.argv[2])
+rows = list(zip(sys.argv[3::2], (float(x) for x in sys.argv[4::2])))
+if conns <= 0 or total <= 0:
+    print("    (no connections or no samples in the profile)"); sys.exit()
+print("    %-72s %10s %7s" % ("phase (CPU profile over %d connections)" % conns, "µs/conn", "share"))
+top = 0.0
+for name, s in rows:
+    if not name.startswith("  "):
+        top += s
+    print("    %-72s %10.0f %6.1f%%" % (name, s / conns * 1e6, 100 * s / total))
+print("    %-72s %10.0f %6.1f%%" % ("rest (scheduler, timers, drainer, metrics)", (total - top) / conns * 1e6, 100 * (total - top) / total))
+print("    %-72s %10.0f %6.1f%%" % ("all sampled CPU", total / conns * 1e6, 100.0))
 PY
 }

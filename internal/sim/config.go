@@ -120,6 +120,16 @@ type Config struct {
 	// each device a client certificate naming it at its first connection: the devices then
 	// authenticate with certificates (the frontend's -device-auth cert).
 	TLSDeviceCACert, TLSDeviceCAKey string
+	// TLSMaxVersion caps the TLS version the devices offer: "1.3" (the default: Go's) or "1.2",
+	// as a tracker whose modem's TLS stack stops there. A TLS 1.2 device resumes its sessions
+	// without a key exchange, which is what a frontend's CPU per resumed connection depends on
+	// (docs/design.md, "TLS 1.2 resumption").
+	TLSMaxVersion string
+	// TLSKeyExchanges is the key exchanges the devices offer, in order of preference
+	// (comma-separated: x25519mlkem768, x25519, p256, p384); empty: Go's (X25519MLKEM768 first).
+	// Embedded TLS stacks offer x25519 or p256 without the post-quantum hybrid, which costs a
+	// server about a third of a TLS 1.3 handshake: to measure a fleet of those, give x25519.
+	TLSKeyExchanges string
 }
 
 // DefaultConfig returns a configuration with every default filled in: 100 devices, one reading
@@ -186,6 +196,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSDeviceCACert, "tls-device-ca-cert", c.TLSDeviceCACert,
 		"PEM `file` of a CA certificate that issues each device a client certificate naming it (with -tls-device-ca-key): devices authenticate by certificate")
 	fs.StringVar(&c.TLSDeviceCAKey, "tls-device-ca-key", c.TLSDeviceCAKey, "PEM `file` of the key of -tls-device-ca-cert")
+	fs.StringVar(&c.TLSMaxVersion, "tls-max-version", c.TLSMaxVersion,
+		"highest TLS `version` devices offer: 1.3 or 1.2 (a tracker's modem stack: TLS 1.2 sessions resume without a key exchange)")
+	fs.StringVar(&c.TLSKeyExchanges, "tls-key-exchanges", c.TLSKeyExchanges,
+		"comma-separated `list` of the key exchanges devices offer, preferred first: x25519mlkem768, x25519, p256, p384 (default: Go's, X25519MLKEM768 first; embedded stacks: x25519 or p256)")
 }
 
 // withDefaults fills every zero field from DefaultConfig (URLs and Devices excepted: they have
@@ -302,6 +316,12 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSDeviceCACert == "") != (c.TLSDeviceCAKey == "") {
 		errs = append(errs, errors.New("tls-device-ca-cert, tls-device-ca-key: give both or neither"))
+	}
+	if _, err := tlsVersion(c.TLSMaxVersion); err != nil {
+		errs = append(errs, fmt.Errorf("tls-max-version: %w", err))
+	}
+	if _, err := keyExchanges(c.TLSKeyExchanges); err != nil {
+		errs = append(errs, fmt.Errorf("tls-key-exchanges: %w", err))
 	}
 	if c.Outbox < 1 {
 		errs = append(errs, fmt.Errorf("outbox: %d: want at least 1", c.Outbox))

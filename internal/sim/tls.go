@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -35,6 +36,13 @@ type tlsClient struct {
 // newTLSClient reads the configuration's CA files.
 func newTLSClient(cfg Config) (*tlsClient, error) {
 	tc := &tlsClient{base: &tls.Config{ServerName: cfg.TLSServerName}, resume: !cfg.TLSNoResume}
+	var err error
+	if tc.base.MaxVersion, err = tlsVersion(cfg.TLSMaxVersion); err != nil {
+		return nil, fmt.Errorf("tls-max-version: %w", err)
+	}
+	if tc.base.CurvePreferences, err = keyExchanges(cfg.TLSKeyExchanges); err != nil {
+		return nil, fmt.Errorf("tls-key-exchanges: %w", err)
+	}
 	if cfg.TLSCAFile != "" {
 		pem, err := os.ReadFile(cfg.TLSCAFile)
 		if err != nil {
@@ -54,6 +62,43 @@ func newTLSClient(cfg Config) (*tlsClient, error) {
 		tc.ca, tc.caKey = pair.Leaf, pair.PrivateKey
 	}
 	return tc, nil
+}
+
+// tlsVersion parses a -tls-max-version: "" (Go's highest), "1.3" or "1.2".
+func tlsVersion(s string) (uint16, error) {
+	switch s {
+	case "":
+		return 0, nil
+	case "1.3":
+		return tls.VersionTLS13, nil
+	case "1.2":
+		return tls.VersionTLS12, nil
+	}
+	return 0, fmt.Errorf("%q: want 1.2 or 1.3", s)
+}
+
+// keyExchangeNames are the key exchanges a simulated device can offer.
+var keyExchangeNames = map[string]tls.CurveID{
+	"x25519mlkem768": tls.X25519MLKEM768,
+	"x25519":         tls.X25519,
+	"p256":           tls.CurveP256,
+	"p384":           tls.CurveP384,
+}
+
+// keyExchanges parses a -tls-key-exchanges list; nil for "" (Go's).
+func keyExchanges(s string) ([]tls.CurveID, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var ids []tls.CurveID
+	for _, name := range strings.Split(s, ",") {
+		id, ok := keyExchangeNames[strings.ToLower(strings.TrimSpace(name))]
+		if !ok {
+			return nil, fmt.Errorf("%q: want x25519mlkem768, x25519, p256 or p384", name)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
 // ticketKeepFailures is how many failed handshakes in a row a device's

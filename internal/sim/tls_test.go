@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -219,5 +221,98 @@ func TestTicketRejectedOnlyByAlerts(t *testing.T) {
 				t.Fatalf("ticketRejected(%v) = %v, want %v", err, got, tc.reject)
 			}
 		})
+	}
+}
+
+// TestTLSDeviceOffers: -tls-max-version and -tls-key-exchanges are what a
+// device offers in its ClientHello, so that a run can measure a fleet of
+// trackers whose TLS stacks stop at 1.2 or offer no post-quantum key
+// exchange; by default a device offers Go's (TLS 1.3, X25519MLKEM768
+// first). A TLS 1.2 device resumes its session like a TLS 1.3 one.
+func TestTLSDeviceOffers(t *testing.T) {
+	ca := tlstest.NewCA(t, "sim test CA")
+	hellos := make(chan *tls.ClientHelloInfo, 4)
+	srv := &tls.Config{
+		Certificates: []tls.Certificate{ca.Server(t, "edge").TLS(t)},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			hellos <- h
+			return nil, nil
+		},
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				// A byte after the handshake, so that a TLS 1.3 client takes in its ticket.
+				if err := c.(*tls.Conn).Handshake(); err == nil {
+					_, _ = c.Write([]byte{1})
+					_, _ = io.Copy(io.Discard, c)
+				}
+			})
+		}
+	})
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		maxVersion, kx string
+		version        uint16
+		offered        []tls.CurveID
+	}{
+		{"", "", tls.VersionTLS13, []tls.CurveID{tls.X25519MLKEM768}},
+		{"1.2", "x25519,p256", tls.VersionTLS12, []tls.CurveID{tls.X25519, tls.CurveP256}},
+		{"1.3", "P256", tls.VersionTLS13, []tls.CurveID{tls.CurveP256}},
+	} {
+		t.Run(tc.maxVersion+"/"+tc.kx, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.URLs = []string{"wss://" + ln.Addr().String()}
+			cfg.TLSCAFile, cfg.TLSMaxVersion, cfg.TLSKeyExchanges = ca.WriteCA(t, dir, "ca.pem"), tc.maxVersion, tc.kx
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			tcl, err := newTLSClient(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := &Fleet{tls: tcl}
+			d := &device{}
+			dial := f.dialTLS(&net.Dialer{})
+			ctx := context.WithValue(t.Context(), deviceKey{}, d)
+			for i := range 2 {
+				c, err := dial(ctx, "tcp", ln.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.Read(make([]byte, 1)); err != nil {
+					t.Fatal(err)
+				}
+				cs := c.(*tls.Conn).ConnectionState()
+				c.Close()
+				h := <-hellos
+				if cs.Version != tc.version || cs.DidResume != (i == 1) {
+					t.Errorf("connection %d: version %x resumed %v; want %x, resumed %v", i, cs.Version, cs.DidResume, tc.version, i == 1)
+				}
+				if len(h.SupportedCurves) < len(tc.offered) || !slices.Equal(h.SupportedCurves[:len(tc.offered)], tc.offered) {
+					t.Errorf("connection %d: key exchanges offered %v, want %v first", i, h.SupportedCurves, tc.offered)
+				}
+				if tc.kx != "" && len(h.SupportedCurves) != len(tc.offered) {
+					t.Errorf("connection %d: key exchanges offered %v, want only %v", i, h.SupportedCurves, tc.offered)
+				}
+			}
+		})
+	}
+	cfg := testConfig()
+	cfg.URLs = []string{"wss://" + ln.Addr().String()}
+	cfg.TLSMaxVersion, cfg.TLSKeyExchanges = "1.1", "x448"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "tls-max-version") || !strings.Contains(err.Error(), "tls-key-exchanges") {
+		t.Errorf("Validate with a bad version and key exchange: %v", err)
 	}
 }
