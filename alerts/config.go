@@ -4,15 +4,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/url"
 	"time"
 
 	"github.com/drover-telemetry/drover/alerts/eval"
+	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/daemon"
 	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
+	"github.com/drover-telemetry/drover/storagewriter/lake"
 )
 
 // Config is the alert engine's configuration. Start from [DefaultConfig].
@@ -47,6 +48,9 @@ type Config struct {
 	// rule set and reports alerts to (with the API key APIKey).
 	APIURL string
 	APIKey string
+	// APICAFile is a PEM file of the certificate authorities that sign the
+	// API's certificate, for an https:// APIURL (empty: the system's).
+	APICAFile string
 	// APIKeyFunc, when set (not a flag), gives the API key when APIKey is
 	// empty, at each use: drover all reads the in-process API's follower
 	// key file, which the API writes when it starts.
@@ -63,8 +67,13 @@ type Config struct {
 	// Influx, when Influx.URL is set, is where the alerts measurement is
 	// written.
 	Influx influx.Config
-	// LakeDir, when set, is the folder of the lake's alerts table.
-	LakeDir string
+	// Lake, when Lake.Dir is set, is where the lake's alerts table goes:
+	// the folder Lake.Dir itself, or, with Lake.AzureURL, an Azure Blob
+	// container (and folder), with Lake.Dir holding the files being built.
+	// Only its store settings are used (lake.Config.RegisterStoreFlags);
+	// the table is never the readings' folder or container root, whose
+	// "**/*.parquet" would read it as readings.
+	Lake lake.Config
 	// LakeFlush is how often events are written to the lake as a file.
 	LakeFlush time.Duration
 
@@ -96,6 +105,7 @@ func DefaultConfig() Config {
 		AlertPub:          "tcp://127.0.0.1:5558",
 		LiveMaxAge:        15 * time.Minute,
 		Influx:            in,
+		Lake:              lake.Config{Name: lakeWriter},
 		LakeFlush:         time.Minute,
 		WebhookTimeout:    10 * time.Second,
 		WebhookMaxBackoff: time.Minute,
@@ -117,12 +127,17 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"bound of the outbox in `bytes`: an output further behind (a webhook receiver down for days) loses its oldest alerts")
 	c.Links.RegisterFlags(fs)
 	fs.StringVar(&c.RulesFile, "rules", c.RulesFile, "rule set `file` (JSON: docs/alerts.md), re-read when it changes; for running without the API")
-	fs.StringVar(&c.APIURL, "api-url", c.APIURL, "control plane base `URL` (drover api): the rule set is followed from it and alerts are reported to it")
+	fs.StringVar(&c.APIURL, "api-url", c.APIURL, "control plane base `URL` (drover api): https://, or http:// on loopback only (the key must not cross a network in clear); the rule set is followed from it and alerts are reported to it")
 	daemon.SecretVar(fs, &c.APIKey, "api-key", "API `key` of an operator with the follower role, for -api-url")
+	fs.StringVar(&c.APICAFile, "api-ca-file", c.APICAFile, "PEM `file` of the certificate authorities that sign the API's certificate (default: the system's)")
 	fs.StringVar(&c.AlertPub, "alert-pub", c.AlertPub, "ZeroMQ `endpoint` of the alert lane that livefeeds subscribe to (empty: none)")
 	fs.DurationVar(&c.LiveMaxAge, "live-max-age", c.LiveMaxAge, "alert events older than this `duration` (device time) are not published live (they still go everywhere else)")
 	c.Influx.RegisterFlags(fs, "influx-")
-	fs.StringVar(&c.LakeDir, "lake-dir", c.LakeDir, "`folder` of the lake's alerts table (empty: none); not the readings' folder")
+	c.Lake.RegisterStoreFlags(fs, "lake")
+	fs.Lookup("lake-dir").Usage = "`folder` of the lake's alerts table (empty: none), not the readings' folder; with -lake-azure-url, the local folder of files being built"
+	fs.Lookup("lake-azure-url").Usage = "Azure Blob `URL` of the lake's alerts table, beside the readings but not under their folder: " +
+		"https://ACCOUNT.blob.core.windows.net/CONTAINER[/FOLDER], or an account URL with -lake-azure-container; needs -lake-dir; " +
+		"credentials as the storage writer's (-lake-azure-connection-string-file, -lake-azure-account-key-file, $" + lake.EnvAzureConnectionString + ")"
 	fs.DurationVar(&c.LakeFlush, "lake-flush", c.LakeFlush, "write the alerts gathered to the lake this often (`duration`)")
 	fs.DurationVar(&c.WebhookTimeout, "webhook-timeout", c.WebhookTimeout, "longest webhook request (`duration`)")
 	fs.DurationVar(&c.WebhookMaxBackoff, "webhook-max-backoff", c.WebhookMaxBackoff, "longest wait between two attempts at a failing webhook receiver (`duration`)")
@@ -154,15 +169,24 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("rules: given with api-url: the rule set comes from one of them"))
 	}
 	if c.APIURL != "" {
-		u, err := url.Parse(c.APIURL)
-		switch {
-		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-			errs = append(errs, fmt.Errorf("api-url: %q: want http(s)://host:port", c.APIURL))
-		case u.User != nil:
-			errs = append(errs, errors.New("api-url: credentials in the URL; give the API key from the environment or a file"))
+		if err := apiclient.CheckURL("api-url", c.APIURL); err != nil {
+			errs = append(errs, err)
+		}
+		if c.APICAFile != "" {
+			if err := apiclient.CheckCAFile(c.APICAFile); err != nil {
+				errs = append(errs, fmt.Errorf("api-ca-file: %w", err))
+			}
 		}
 		if c.APIKey == "" && c.APIKeyFunc == nil {
 			errs = append(errs, errors.New("api-key: required with api-url (from $DROVER_ALERTS_API_KEY or -api-key-file)"))
+		}
+	}
+	if c.APICAFile != "" && c.APIURL == "" {
+		errs = append(errs, errors.New("api-ca-file: given without api-url"))
+	}
+	if c.Lake.Dir != "" || c.Lake.AzureURL != "" {
+		if err := c.Lake.ValidateStore(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.AlertPub != "" {

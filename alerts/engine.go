@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/alerts/eval"
+	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/endpoints"
 	"github.com/drover-telemetry/drover/internal/publane"
@@ -29,6 +31,7 @@ type Engine struct {
 	sec    *clusterlink.Security // the store link (as a durable subscriber)
 	laneSc *clusterlink.Security // the alert lane (as its server)
 	watch  *endpoints.Watcher    // the router list, followed in DNS
+	apiTr  *http.Transport       // to the control plane: its CA, TLS 1.2+
 
 	running atomic.Bool
 	q       atomic.Pointer[queue.Queue]
@@ -37,6 +40,13 @@ type Engine struct {
 	rules   *ruleStore
 	lane    *publane.Publisher
 	laneAt  atomic.Pointer[string]
+
+	// compiling is set while a rule set is compiled (nothing is evaluated
+	// meanwhile); startRules while the rule set found at start waits for
+	// the evaluation to put it in force. Both keep /readyz unready, saying
+	// why (compile.go).
+	compiling  atomic.Pointer[compileState]
+	startRules atomic.Pointer[compileState]
 
 	mu        sync.Mutex
 	routers   map[string]*routerSeqs
@@ -58,7 +68,8 @@ type Engine struct {
 	// now is the wall clock (tests set it).
 	now func() time.Time
 	// hooks, set by tests, are called at named points of the evaluation
-	// ("after-outbox", "after-snapshot").
+	// ("after-outbox", "after-snapshot") and of the outputs
+	// ("delivered-NAME": a delivery went, its cursor is not yet saved).
 	hook func(point string)
 }
 
@@ -103,7 +114,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Engine, e
 		sec.Close()
 		return nil, fmt.Errorf("alerts: routers: %w", err)
 	}
-	e := &Engine{cfg: cfg, logger: logger, reg: reg, m: m, sec: sec, watch: watch, routers: map[string]*routerSeqs{},
+	apiTr, err := apiclient.Transport(cfg.APICAFile)
+	if err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("alerts: api-ca-file: %w", err)
+	}
+	e := &Engine{cfg: cfg, logger: logger, reg: reg, m: m, sec: sec, watch: watch, apiTr: apiTr, routers: map[string]*routerSeqs{},
 		appendSem: make(chan struct{}, maxAppenders), now: time.Now}
 	if cfg.AlertPub != "" {
 		if e.laneSc, err = clusterlink.New(cfg.Links, clusterlink.RoleAlerts, cfg.Name, logger, nil); err != nil {
@@ -117,9 +133,16 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Engine, e
 
 func (e *Engine) setReady(err error) { e.ready.Store(&err) }
 
-// Ready reports whether the engine takes readings: nil once its queue is
-// open, its state recovered and a rule set known. Cheap, for /readyz.
-func (e *Engine) Ready() error { return *e.ready.Load() }
+// Ready reports whether the engine takes readings and evaluates them: nil
+// once its queue is open, its state recovered and a rule set known and
+// compiled. While fences are compiled (seconds for thousands of them) the
+// error says so. Cheap, for /readyz.
+func (e *Engine) Ready() error {
+	if err := e.compileReady(); err != nil {
+		return err
+	}
+	return *e.ready.Load()
+}
 
 // AlertLaneAddr is the address the alert lane is bound to (tests: port 0).
 func (e *Engine) AlertLaneAddr() string {
@@ -203,6 +226,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	follow := newFollower(e)
 	if err := follow.first(ctx); err != nil {
 		return err
+	}
+	if rs, _ := follow.current(); rs != nil && rs.Version != e.ev.Version() {
+		// Journaled by first: in force once the evaluation gets to it.
+		e.startRules.Store(&compileState{version: rs.Version, fences: len(rs.Geofences), since: time.Now()})
 	}
 	bg.Go(func() { follow.run(bgCtx) })
 	bg.Go(func() { e.tickLoop(bgCtx, q) })

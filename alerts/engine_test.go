@@ -233,7 +233,7 @@ func TestEngineDeliversEachAlertOnce(t *testing.T) {
 	rulesPath := filepath.Join(t.TempDir(), "rules.json")
 	writeRules(t, rulesPath, rs)
 	cfg := testEngineConfig(t, dir, []string{p.router.StoreAddr()}, rulesPath)
-	cfg.LakeDir, cfg.LakeFlush = filepath.Join(t.TempDir(), "lake-alerts"), 200*time.Millisecond
+	cfg.Lake.Dir, cfg.LakeFlush = filepath.Join(t.TempDir(), "lake-alerts"), 200*time.Millisecond
 	en := startEngine(t, cfg)
 	lane := readLane(t, en.AlertLaneAddr())
 	waitFor(t, 10*time.Second, "lane subscriber", func() bool { _, n := en.lane.Subscribers(); return n == 1 })
@@ -267,8 +267,8 @@ func TestEngineDeliversEachAlertOnce(t *testing.T) {
 		t.Errorf("lane: %d events, want some (%d after the restart) and no more than %d", got, laneWant, len(want))
 	}
 	// The lake: every event, by event_id.
-	waitFor(t, 10*time.Second, "the lake", func() bool { return len(lakeEvents(t, cfg.LakeDir)) >= len(want) })
-	lakeGot := lakeEvents(t, cfg.LakeDir)
+	waitFor(t, 10*time.Second, "the lake", func() bool { return len(lakeEvents(t, cfg.Lake.Dir)) >= len(want) })
+	lakeGot := lakeEvents(t, cfg.Lake.Dir)
 	for id := range want {
 		if !slices.Contains(lakeGot, id) {
 			t.Errorf("lake: missing %s", id)

@@ -69,7 +69,11 @@ func (e *Engine) recover() error {
 		}
 	}
 	start := time.Now()
-	ev, err := eval.New(rs, e.cfg.Eval)
+	var ev *eval.Evaluator
+	err = e.compile(rs, func() (err error) {
+		ev, err = eval.New(rs, e.cfg.Eval)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("rule set %d of the snapshot: %w", s.RulesVersion, err)
 	}
@@ -211,8 +215,9 @@ func (e *Engine) apply(en queue.Entry, emit eval.Emit, now time.Time) {
 		v := int64(binary.LittleEndian.Uint64(body))
 		rs, err := e.rules.load(v)
 		if err == nil {
-			err = e.ev.SetRuleSet(rs, emit)
+			err = e.compile(rs, func() error { return e.ev.SetRuleSet(rs, emit) })
 		}
+		e.ruleEntryDone(v)
 		if err != nil {
 			// The same on every replay: the old rule set stays.
 			e.logger.Error("alerts: rule set refused; the previous one stays in force", "version", v, "err", err)

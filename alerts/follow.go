@@ -123,7 +123,7 @@ type follower struct {
 }
 
 func newFollower(e *Engine) *follower {
-	return &follower{e: e, client: &http.Client{Timeout: 60 * time.Second}, changed: make(chan struct{})}
+	return &follower{e: e, client: &http.Client{Timeout: 60 * time.Second, Transport: e.apiTr}, changed: make(chan struct{})}
 }
 
 // current returns the newest rule set followed, and a channel closed when
@@ -161,6 +161,9 @@ func (f *follower) first(ctx context.Context) error {
 			rs, err := f.fetch(ctx, -1, 0)
 			if err == nil && rs != nil {
 				return f.apply(ctx, rs, "api")
+			}
+			if err != nil {
+				e.m.rulesLoads.WithLabelValues("api", "error").Inc()
 			}
 			if vs := e.rules.versions(); len(vs) > 0 && time.Since(started) > 5*time.Second {
 				cached, lerr := e.rules.load(vs[len(vs)-1])

@@ -22,6 +22,7 @@ type metrics struct {
 	snapshotSecs   prometheus.Histogram
 	snapshotBytes  prometheus.Gauge
 	rulesVersion   prometheus.Gauge
+	compileSeconds prometheus.Gauge
 	rulesLoads     *prometheus.CounterVec // source, result
 	delivered      *prometheus.CounterVec // output
 	failures       *prometheus.CounterVec // output
@@ -29,6 +30,7 @@ type metrics struct {
 	deliverDelay   *prometheus.HistogramVec
 	outboxDropped  prometheus.Counter
 	liveSkippedOld prometheus.Counter
+	lakeFiles      *prometheus.CounterVec // result: written, existed
 	lane           laneMetrics
 }
 
@@ -63,18 +65,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		busy:         c("busy_total", "Batches answered busy (queue full or failing)."),
 		evalDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_alerts_evaluation_delay_seconds",
 			Help: "From a reading's arrival at a frontend to its evaluation.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}),
-		snapshots:     cv("snapshots_total", "Snapshots of the evaluator's state, by result.", "result"),
-		snapshotSecs:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_alerts_snapshot_seconds", Help: "Time to write a snapshot (encode, write, fsync).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
-		snapshotBytes: g("snapshot_bytes", "Size of the last snapshot."),
-		rulesVersion:  g("rules_version", "Version of the rule set in force."),
-		rulesLoads:    cv("rules_loads_total", "Rule sets loaded, by source (file, api) and result.", "source", "result"),
-		delivered:     cv("delivered_total", "Alert events delivered, by output.", "output"),
-		failures:      cv("delivery_failures_total", "Failed deliveries (retried), by output.", "output"),
-		outputLag:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drover_alerts_output_lag_seconds", Help: "Age of the oldest event an output has yet to deliver (0: none)."}, []string{"output"}),
+		snapshots:      cv("snapshots_total", "Snapshots of the evaluator's state, by result.", "result"),
+		snapshotSecs:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_alerts_snapshot_seconds", Help: "Time to write a snapshot (encode, write, fsync).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		snapshotBytes:  g("snapshot_bytes", "Size of the last snapshot."),
+		rulesVersion:   g("rules_version", "Version of the rule set in force."),
+		compileSeconds: g("rules_compile_seconds", "How long the last rule set took to compile (the engine is not ready meanwhile)."),
+		rulesLoads:     cv("rules_loads_total", "Rule sets loaded, by source (file, api) and result.", "source", "result"),
+		delivered:      cv("delivered_total", "Alert events delivered, by output.", "output"),
+		failures:       cv("delivery_failures_total", "Failed deliveries (retried), by output.", "output"),
+		outputLag:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drover_alerts_output_lag_seconds", Help: "Age of the oldest event an output has yet to deliver (0: none)."}, []string{"output"}),
 		deliverDelay: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "drover_alerts_delivery_delay_seconds",
 			Help: "From the arrival of the reading that caused an event to its delivery, by output.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}, []string{"output"}),
 		outboxDropped:  c("outbox_dropped_total", "Outbox records removed past -outbox-max-bytes before every output had them."),
 		liveSkippedOld: c("lane_skipped_old_total", "Alert events not published live: older than -live-max-age."),
+		lakeFiles: cv("lake_files_total", "Files of the lake's alerts table, by result: written, or existed (written by the same planned batch before a restart).",
+			"result"),
 		lane: laneMetrics{
 			published:   c("lane_published_total", "Alert events offered to the alert lane."),
 			dropped:     c("lane_dropped_total", "Alert events dropped for a slow lane subscriber, summed."),
@@ -85,8 +90,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		},
 	}
 	for _, col := range []prometheus.Collector{m.readings, m.lateReadings, m.duplicates, m.held, m.events, m.devices, m.routersUp,
-		m.badMessages, m.badEntries, m.oversized, m.busy, m.evalDelay, m.snapshots, m.snapshotSecs, m.snapshotBytes, m.rulesVersion,
-		m.rulesLoads, m.delivered, m.failures, m.outputLag, m.deliverDelay, m.outboxDropped, m.liveSkippedOld,
+		m.badMessages, m.badEntries, m.oversized, m.busy, m.evalDelay, m.snapshots, m.snapshotSecs, m.snapshotBytes, m.rulesVersion, m.compileSeconds,
+		m.rulesLoads, m.delivered, m.failures, m.outputLag, m.deliverDelay, m.outboxDropped, m.liveSkippedOld, m.lakeFiles,
 		m.lane.published, m.lane.dropped, m.lane.sent, m.lane.subDropped, m.lane.subscribers, m.lane.disconnects} {
 		if err := reg.Register(col); err != nil {
 			return nil, err

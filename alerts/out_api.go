@@ -23,7 +23,7 @@ type EventsRequest struct {
 // apiOutput reports events to the control plane, which keeps the alarm
 // list operators work with (docs/api.md, "Alerts").
 func (e *Engine) apiOutput() *output {
-	client := &http.Client{Timeout: e.cfg.WebhookTimeout}
+	client := &http.Client{Timeout: e.cfg.WebhookTimeout, Transport: e.apiTr}
 	u := strings.TrimRight(e.cfg.APIURL, "/") + "/v1/alerts/events"
 	return &output{name: "api", durable: true, maxEvents: 500, deliver: func(ctx context.Context, events []eval.Event) error {
 		body, err := json.Marshal(EventsRequest{Events: events})

@@ -3,16 +3,16 @@ package alerts
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sync/atomic"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/parquet-go/parquet-go"
 
 	"github.com/drover-telemetry/drover/alerts/eval"
-	"github.com/drover-telemetry/drover/internal/atomicfile"
+	"github.com/drover-telemetry/drover/storagewriter/lake"
 )
 
 // LakeRow is one alert event as the lake's alerts table stores it
@@ -69,44 +69,61 @@ func lakeRow(ev *eval.Event) LakeRow {
 	return r
 }
 
-var lakeCounter atomic.Uint64
+// lakeWriter names the alerts table's files: alerts-<nanos>-<n>.parquet.
+const lakeWriter = "alerts"
 
 // lakeOutput writes the events gathered over LakeFlush as Parquet files,
-// one per hour of event time, in the alerts table's folder:
+// one per hour of event time, through the lake's store (storagewriter/lake:
+// the local folder, or Azure Blob Storage with -lake-azure-url), laid out
+// as the lake lays out the readings:
 //
-//	DIR/date=YYYY-MM-DD/hour=HH/alerts-<unix nanos>-<counter>.parquet
+//	ROOT/date=YYYY-MM-DD/hour=HH/alerts-<stamp, 19 digits>-<n, 6 digits>.parquet
 //
-// Each file is built in memory and written with atomicfile (temporary
-// file, fsync, rename, folder fsync): a file is visible only whole.
-func (e *Engine) lakeOutput() *output {
-	dir := e.cfg.LakeDir
+// Each file is built in memory and published whole (temp file, fsync,
+// rename, folder fsync; or one conditional Put Blob). The batch is a
+// planned one (batchplan.go): its stamp, and so its file names, are the
+// same when it is delivered again after a crash, and a name already taken
+// is a file already written, so no event is in the table twice.
+func (e *Engine) lakeOutput() (*output, error) {
+	cfg := e.cfg.Lake
+	cfg.Name = lakeWriter
+	store, err := lake.OpenStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	log := e.logger.With("output", "lake", "lake", store.String())
+	log.Info("alerts: lake's alerts table", "flush", e.cfg.LakeFlush)
+	files := e.m.lakeFiles
 	return &output{name: "lake", durable: true, maxEvents: 50_000, every: e.cfg.LakeFlush,
-		deliver: func(_ context.Context, events []eval.Event) error {
+		deliverPlanned: func(ctx context.Context, stamp int64, events []eval.Event) error {
 			parts := map[string][]LakeRow{}
 			for i := range events {
-				t := time.UnixMilli(events[i].AtMs).UTC()
-				p := filepath.Join(fmt.Sprintf("date=%s", t.Format("2006-01-02")), fmt.Sprintf("hour=%02d", t.Hour()))
+				p := lake.PartitionDir(time.UnixMilli(events[i].AtMs))
 				parts[p] = append(parts[p], lakeRow(&events[i]))
 			}
-			for p, rows := range parts {
+			for n, p := range slices.Sorted(maps.Keys(parts)) {
 				var buf bytes.Buffer
 				w := parquet.NewGenericWriter[LakeRow](&buf, parquet.Compression(&parquet.Zstd),
 					parquet.KeyValueMetadata("drover.table", "alerts"))
-				if _, err := w.Write(rows); err != nil {
+				if _, err := w.Write(parts[p]); err != nil {
 					return fmt.Errorf("lake: encode: %w", err)
 				}
 				if err := w.Close(); err != nil {
 					return fmt.Errorf("lake: encode: %w", err)
 				}
-				folder := filepath.Join(dir, p)
-				if err := os.MkdirAll(folder, 0o755); err != nil {
-					return fmt.Errorf("lake: %w", err)
-				}
-				name := fmt.Sprintf("alerts-%019d-%06d.parquet", time.Now().UnixNano(), lakeCounter.Add(1)%1_000_000)
-				if err := atomicfile.WriteFile(filepath.Join(folder, name), buf.Bytes(), 0o644); err != nil {
-					return fmt.Errorf("lake: %w", err)
+				name := p + lake.FileName(lakeWriter, stamp, uint64(n))
+				switch err := store.Publish(ctx, name, buf.Bytes()); {
+				case errors.Is(err, lake.ErrExists):
+					// Written by this batch's delivery before a crash or a
+					// lost answer: the same events, under the same name.
+					log.Info("alerts: lake file already there (delivered before a restart or a retry)", "file", name)
+					files.WithLabelValues("existed").Inc()
+				case err != nil:
+					return err
+				default:
+					files.WithLabelValues("written").Inc()
 				}
 			}
 			return nil
-		}}
+		}}, nil
 }

@@ -384,6 +384,25 @@ func (o *outbox) read(ctx context.Context, c *cursor, maxEvents int) ([]outRecor
 	}
 }
 
+// readRange returns the records after c's position up to seq to, without
+// waiting: none when there are none.
+func (o *outbox) readRange(c *cursor, to uint64) ([]outRecord, error) {
+	o.mu.Lock()
+	from, end := c.done+1, min(to+1, o.next)
+	var segs []outSeg
+	for i, s := range o.segs {
+		if i+1 < len(o.segs) && o.segs[i+1].first <= from {
+			continue
+		}
+		segs = append(segs, s)
+	}
+	o.mu.Unlock()
+	if from >= end {
+		return nil, nil
+	}
+	return readRecords(segs, from, end, int(^uint(0)>>1))
+}
+
 // readRecords reads the records from seq from (before end) out of segs.
 func readRecords(segs []outSeg, from, end uint64, maxEvents int) ([]outRecord, error) {
 	var out []outRecord

@@ -34,6 +34,11 @@ type output struct {
 	// filter keeps the events this output wants (nil: all).
 	filter  func(ev *eval.Event) bool
 	deliver func(ctx context.Context, events []eval.Event) error
+	// deliverPlanned, when set instead of deliver, gets planned batches
+	// (batchplan.go): the same batch, with the same stamp, when it is
+	// delivered again after a crash, so that what it writes can be named
+	// after the stamp and written once.
+	deliverPlanned func(ctx context.Context, stamp int64, events []eval.Event) error
 }
 
 // deliverGrace is how long a delivery under way at shutdown may take to
@@ -64,8 +69,15 @@ func (e *Engine) runOutput(ctx context.Context, o *output) {
 	delivered := e.m.delivered.WithLabelValues(o.name)
 	failures := e.m.failures.WithLabelValues(o.name)
 	delay := e.m.deliverDelay.WithLabelValues(o.name)
+	var plans *planner
+	if o.deliverPlanned != nil {
+		if plans, err = e.out.planner(o.name); err != nil {
+			log.Error("alerts: output cannot start", "err", err)
+			return
+		}
+	}
 	for {
-		recs, err := e.out.read(ctx, c, o.maxEvents)
+		recs, err := plans.read(ctx, e.out, c, o.maxEvents)
 		if ctx.Err() != nil {
 			return
 		}
@@ -82,12 +94,28 @@ func (e *Engine) runOutput(ctx context.Context, o *output) {
 				}
 			}
 		}
+		var stamp int64
+		if plans != nil && len(events) > 0 {
+			if stamp, err = plans.plan(recs, events); err != nil {
+				log.Error("alerts: save the output's batch plan", "err", err)
+				backoff.Sleep(ctx, time.Second)
+				continue
+			}
+		}
 		if len(events) > 0 {
 			lag.Set(max(0, time.Since(time.UnixMilli(events[0].DetectedMs)).Seconds()))
 		}
 		for len(events) > 0 {
-			err := o.deliver(hard, events)
+			var err error
+			if plans != nil {
+				err = o.deliverPlanned(hard, stamp, events)
+			} else {
+				err = o.deliver(hard, events)
+			}
 			if err == nil {
+				if e.hook != nil {
+					e.hook("delivered-" + o.name) // before the cursor is saved
+				}
 				if failing {
 					log.Info("alerts: output delivers again")
 					failing = false
@@ -137,8 +165,12 @@ func (e *Engine) startOutputs(ctx context.Context, wg *sync.WaitGroup, f *follow
 			start(o)
 		}
 	}
-	if e.cfg.LakeDir != "" {
-		start(e.lakeOutput())
+	if e.cfg.Lake.Dir != "" {
+		if o, err := e.lakeOutput(); err != nil {
+			e.logger.Error("alerts: lake output", "err", err)
+		} else {
+			start(o)
+		}
 	}
 	if e.cfg.APIURL != "" {
 		start(e.apiOutput())

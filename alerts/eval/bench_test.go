@@ -266,3 +266,18 @@ func TestBenchFencesCompile(t *testing.T) {
 	}
 	t.Logf("%d fence events in 60,000 readings (%v)", n, time.Since(start))
 }
+
+// BenchmarkCompileFences measures compiling a rule set of 10,000 fences
+// (S2 coverings, the shape index, each fence's own index) from nothing: what
+// an engine does at start before it evaluates (docs/alerts.md, "Readiness").
+//
+//	go test -run='^$' -bench=BenchmarkCompileFences -benchtime=3x ./alerts/eval/
+func BenchmarkCompileFences(b *testing.B) {
+	f := newBenchFleet(1, 10_000)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := New(f.rs, DefaultOptions()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

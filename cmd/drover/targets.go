@@ -201,7 +201,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 	registerPrefixed(fs, "api.", apiCfg.RegisterFlags, "data-dir", "follower-key-file")
 	alertsCfg := alerts.DefaultConfig()
 	registerPrefixed(fs, "alerts.", alertsCfg.RegisterFlags, append(slices.Clone(links),
-		"routers", "name", "data-dir", "api-url", "api-key", "api-key-file", "lake-dir", "queue-max-bytes")...)
+		"routers", "name", "data-dir", "api-url", "api-key", "api-key-file", "api-ca-file", "lake-dir", "queue-max-bytes")...)
 	alertsInflux := false
 	fs.BoolVar(&alertsInflux, "alerts.influx", alertsInflux, "write the alerts measurement to the influx sink's InfluxDB too (with -sinks influx)")
 
@@ -327,7 +327,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			return nil, err
 		}
 		if slices.Contains(sinks, storagewriter.SinkLake) {
-			alertsCfg.LakeDir = filepath.Join(dataDir, "lake-alerts")
+			alertsCfg.Lake.Dir = filepath.Join(dataDir, "lake-alerts")
 		}
 		if alertsInflux && slices.Contains(sinks, storagewriter.SinkInflux) {
 			measurement := alertsCfg.Influx.Measurement

@@ -66,21 +66,8 @@ func (c Config) Validate() error {
 	if c.URL == "" {
 		return nil
 	}
-	u, err := url.Parse(c.URL)
-	if err != nil {
-		return fmt.Errorf("registry-api: %w", err)
-	}
-	if u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-		return fmt.Errorf("registry-api: %q: want the API's base URL, scheme://host:port, nothing more", c.URL)
-	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		if !loopback(u.Hostname()) {
-			return fmt.Errorf("registry-api: %q: plain http only to a loopback address (the follower key would cross the network in clear); serve the API with -tls-cert and use https://", c.URL)
-		}
-	default:
-		return fmt.Errorf("registry-api: %q: want https:// (or http:// on loopback)", c.URL)
+	if err := CheckURL("registry-api", c.URL); err != nil {
+		return err
 	}
 	if c.Key == "" && c.KeyFile == "" {
 		return errors.New("registry-api: no key: set the follower's API key in the environment or give -registry-api-key-file")
@@ -91,6 +78,56 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// CheckURL is the one rule for where an API key may be sent (the
+// followers' -registry-api, the alert engine's -api-url): the API's base
+// URL, https://, or plain http:// only to a loopback address, where the
+// key does not cross a network. flag names the setting in the error.
+func CheckURL(flag, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", flag, err)
+	}
+	if u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("%s: %q: want the API's base URL, scheme://host:port, nothing more (no credentials: the key comes from the environment or a file)", flag, raw)
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !loopback(u.Hostname()) {
+			return fmt.Errorf("%s: %q: plain http only to a loopback address (the API key would cross the network in clear); serve the API with -tls-cert and use https://", flag, raw)
+		}
+	default:
+		return fmt.Errorf("%s: %q: want https:// (or http:// on loopback)", flag, raw)
+	}
+	return nil
+}
+
+// CheckCAFile reports whether path is a PEM file with at least one
+// certificate, for a flag that names the API's certificate authorities.
+func CheckCAFile(path string) error {
+	_, err := loadCAs(path)
+	return err
+}
+
+// Transport returns the HTTP transport a client of the API uses: TLS 1.2
+// or newer, the API's certificate checked against the certificate
+// authorities in caFile (PEM; empty: the system's), no response header
+// timeout (long polls answer late; each request has its own deadline).
+func Transport(caFile string) (*http.Transport, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pool, err := loadCAs(caFile)
+		if err != nil {
+			return nil, err
+		}
+		tr.TLSClientConfig.RootCAs = pool
+	}
+	tr.ResponseHeaderTimeout = 0
+	tr.MaxIdleConnsPerHost = 4
+	return tr, nil
 }
 
 func loopback(host string) bool {
@@ -132,17 +169,10 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	if cfg.CAFile != "" {
-		pool, err := loadCAs(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("registry-api-ca-file: %w", err)
-		}
-		tr.TLSClientConfig.RootCAs = pool
+	tr, err := Transport(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("registry-api-ca-file: %w", err)
 	}
-	tr.ResponseHeaderTimeout = 0 // long polls answer late; each request has its own deadline
-	tr.MaxIdleConnsPerHost = 4
 	return &Client{cfg: cfg, base: strings.TrimSuffix(cfg.URL, "/"), http: &http.Client{Transport: tr}}, nil
 }
 

@@ -377,7 +377,8 @@ func lakeEvents(t *testing.T, dir string) []eval.Event {
 // outbox holds every event an offline evaluation of the same readings
 // finds (checkOffline: the same ids), each once, in order per device, and
 // so does the webhook receiver (each event id; a delivery in flight at a
-// kill may come twice, with the same id). Without the
+// kill may come twice, with the same id); the lake's alerts table holds
+// each of the outbox's events exactly once. Without the
 // outbox's record of what it has (a mutation of recover), the outbox
 // repeats alerts and the test fails.
 func TestAlertsKill9(t *testing.T) {
@@ -413,6 +414,13 @@ func TestAlertsKill9(t *testing.T) {
 		}
 		return len(ids) >= trucks*len(tripExpected)
 	})
+	waitFor(t, 30*time.Second, "every truck's alerts in the lake", func() bool {
+		ids := map[string]bool{}
+		for _, ev := range trucksOnly(lakeEvents(t, p.lakeDir)) {
+			ids[ev.ID()] = true
+		}
+		return len(ids) >= trucks*len(tripExpected)
+	})
 	time.Sleep(2 * time.Second)
 	p.engine.stop(20 * time.Second)
 
@@ -436,6 +444,23 @@ func TestAlertsKill9(t *testing.T) {
 	checkTrips(t, "webhook (distinct ids)", once, trucks)
 	checkOffline(t, once, tripRules(p.hook.srv.URL, p.hook.secret))
 	t.Logf("webhook: %d deliveries of %d distinct events (%d again, after a kill)", len(got), len(distinct), len(got)-len(distinct))
+
+	// The lake's alerts table: every event of the outbox, each exactly
+	// once, although the engine was killed (planned batches, alerts/
+	// batchplan.go).
+	inLake := map[string]int{}
+	for _, ev := range lakeEvents(t, p.lakeDir) {
+		inLake[ev.ID()]++
+	}
+	for _, ev := range out {
+		if n := inLake[ev.ID()]; n != 1 {
+			t.Errorf("lake: event %s %d times, want once", ev.ID(), n)
+		}
+		delete(inLake, ev.ID())
+	}
+	for id, n := range inLake {
+		t.Errorf("lake: event %s (%d times) is not in the outbox", id, n)
+	}
 }
 
 // hookReceiver is a webhook receiver: it checks signatures and keeps

@@ -241,7 +241,12 @@ func (c *cluster) manifest(w workload, name string, ordinal int, image string) [
 }
 
 // aliases returns the DNS names a pod has: NAME-N.serviceName for a
-// StatefulSet's pod, and every headless Service that selects it.
+// StatefulSet's pod, every headless Service that selects it, and every
+// ClusterIP Service that selects it and serves each port on the same port
+// of the pod (the api's): with no virtual IP here, the name resolves to
+// the pod itself, which answers on the Service's ports as kube-proxy
+// would forward them. A ClusterIP Service that maps ports (drover-live,
+// 80 → 8081) is not emulated.
 func (c *cluster) aliases(w workload, name string) []string {
 	var out []string
 	for _, s := range c.r.statefulSets {
@@ -250,11 +255,21 @@ func (c *cluster) aliases(w workload, name string) []string {
 		}
 	}
 	for _, svc := range c.r.services {
-		if svc.Spec.ClusterIP != corev1.ClusterIPNone || len(svc.Spec.Selector) == 0 {
+		if len(svc.Spec.Selector) == 0 || !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(w.template.Labels)) {
 			continue
 		}
-		if labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(w.template.Labels)) {
+		switch {
+		case svc.Spec.ClusterIP == corev1.ClusterIPNone:
 			out = append(out, svc.Name)
+		case svc.Spec.Type == "" || svc.Spec.Type == corev1.ServiceTypeClusterIP:
+			same := len(svc.Spec.Ports) > 0
+			for _, sp := range svc.Spec.Ports {
+				n, ok := portNumber(w.template.Spec.Containers[0], sp.TargetPort.StrVal, sp.TargetPort.IntVal)
+				same = same && ok && n == sp.Port
+			}
+			if same {
+				out = append(out, svc.Name)
+			}
 		}
 	}
 	sort.Strings(out)

@@ -16,7 +16,11 @@
 //     (each StatefulSet ordinal as a Pod with its PVC as a named volume) and
 //     performs a rolling update of every workload, the way the StatefulSet
 //     and Deployment controllers would, while simulated devices send:
-//     nothing acked is lost. docs/deploy.md, "What is tested here", says
+//     nothing acked is lost. It is provisioned as docs/deploy.md says: the
+//     api over HTTPS with a CA the test makes, a follower's key made
+//     through it, the devices registered through it, and every follower
+//     (frontends, routers, livefeed, alert engine) on https:// with that
+//     key and CA. docs/deploy.md, "What is tested here", says
 //     what this does not exercise (no apiserver, scheduler, kubelet probes
 //     or network policies).
 package k8stest

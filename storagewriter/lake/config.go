@@ -87,20 +87,10 @@ func DefaultConfig() Config {
 // added if missing: RegisterFlags(fs, "lake") defines -lake-dir,
 // -lake-azure-url, ....
 func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
+	c.RegisterStoreFlags(fs, prefix)
 	if prefix != "" && !strings.HasSuffix(prefix, "-") {
 		prefix += "-"
 	}
-	fs.StringVar(&c.Dir, prefix+"dir", c.Dir,
-		"`folder` of the Parquet lake; with an Azure URL, the local folder for files being built")
-	fs.StringVar(&c.AzureURL, prefix+"azure-url", c.AzureURL,
-		"Azure Blob `URL` of the lake: https://ACCOUNT.blob.core.windows.net/CONTAINER[/FOLDER] (or abfss://CONTAINER@ACCOUNT.dfs.core.windows.net[/FOLDER]), or an account URL with -"+prefix+
-			"azure-container; credentials from -"+prefix+"azure-connection-string or -"+prefix+"azure-account-key (default: the local folder)")
-	fs.StringVar(&c.AzureContainer, prefix+"azure-container", c.AzureContainer,
-		"Azure Blob `container` when the Azure URL is an account URL")
-	daemon.SecretVar(fs, &c.AzureConnectionString, prefix+"azure-connection-string",
-		"Azure storage connection `string` (AccountName and AccountKey, or SharedAccessSignature); also read from $"+EnvAzureConnectionString)
-	daemon.SecretVar(fs, &c.AzureAccountKey, prefix+"azure-account-key",
-		"Azure storage account `key` of the URL's account; also read from $"+EnvAzureAccountKey)
 	fs.StringVar(&c.Compression, prefix+"compression", c.Compression,
 		"Parquet `codec`: zstd or snappy")
 	fs.Func(prefix+"target-file-size", fmt.Sprintf("`size` of compacted files, e.g. 128MiB (default %s)", formatSize(c.TargetFileSize)),
@@ -118,6 +108,27 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 		"new files an open hour gathers before they are merged (`count`)")
 	fs.DurationVar(&c.CompactGrace, prefix+"compact-grace", c.CompactGrace,
 		"how long after its end an hour still takes late readings before its files are merged to full size (`duration`)")
+}
+
+// RegisterStoreFlags defines only the flags of where the lake is (the
+// folder, the Azure URL and container, the Azure credentials), with the
+// same names as RegisterFlags: for a process that writes a table of its
+// own through a [Store] (the alert engine's alerts table).
+func (c *Config) RegisterStoreFlags(fs *flag.FlagSet, prefix string) {
+	if prefix != "" && !strings.HasSuffix(prefix, "-") {
+		prefix += "-"
+	}
+	fs.StringVar(&c.Dir, prefix+"dir", c.Dir,
+		"`folder` of the Parquet lake; with an Azure URL, the local folder for files being built")
+	fs.StringVar(&c.AzureURL, prefix+"azure-url", c.AzureURL,
+		"Azure Blob `URL` of the lake: https://ACCOUNT.blob.core.windows.net/CONTAINER[/FOLDER] (or abfss://CONTAINER@ACCOUNT.dfs.core.windows.net[/FOLDER]), or an account URL with -"+prefix+
+			"azure-container; credentials from -"+prefix+"azure-connection-string or -"+prefix+"azure-account-key (default: the local folder)")
+	fs.StringVar(&c.AzureContainer, prefix+"azure-container", c.AzureContainer,
+		"Azure Blob `container` when the Azure URL is an account URL")
+	daemon.SecretVar(fs, &c.AzureConnectionString, prefix+"azure-connection-string",
+		"Azure storage connection `string` (AccountName and AccountKey, or SharedAccessSignature); also read from $"+EnvAzureConnectionString)
+	daemon.SecretVar(fs, &c.AzureAccountKey, prefix+"azure-account-key",
+		"Azure storage account `key` of the URL's account; also read from $"+EnvAzureAccountKey)
 }
 
 // connectionString returns the connection string: the field, or the
@@ -140,8 +151,8 @@ func (c Config) accountKey() string {
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Dir == "" {
-		errs = append(errs, errors.New("dir: empty"))
+	if err := c.validateStore(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := daemon.ValidateID(c.Name); err != nil {
 		errs = append(errs, fmt.Errorf("name: %w", err))
@@ -161,6 +172,26 @@ func (c Config) Validate() error {
 	if c.CompactGrace < 0 {
 		errs = append(errs, fmt.Errorf("compact-grace: %v: negative", c.CompactGrace))
 	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("lake config: %w", err)
+	}
+	return nil
+}
+
+// ValidateStore reports every problem of the settings [OpenStore] uses:
+// the folder, the Azure URL and container, the credentials.
+func (c Config) ValidateStore() error {
+	if err := c.validateStore(); err != nil {
+		return fmt.Errorf("lake config: %w", err)
+	}
+	return nil
+}
+
+func (c Config) validateStore() error {
+	var errs []error
+	if c.Dir == "" {
+		errs = append(errs, errors.New("dir: empty"))
+	}
 	if c.AzureURL != "" {
 		t, err := parseAzureURL(c.AzureURL, c.AzureContainer)
 		if err != nil {
@@ -173,10 +204,7 @@ func (c Config) Validate() error {
 	} else if c.AzureContainer != "" {
 		errs = append(errs, errors.New("azure-container: set without azure-url"))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("lake config: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // parseSize reads a byte size: a number with an optional unit B, KiB, MiB,

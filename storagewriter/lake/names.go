@@ -1,7 +1,6 @@
 package lake
 
 import (
-	"fmt"
 	"path"
 	"strconv"
 	"strings"
@@ -28,8 +27,7 @@ type namer struct {
 
 // next returns a new lake-relative file name in partition p.
 func (n *namer) next(p partition) string {
-	c := n.counter.Add(1) % 1_000_000
-	return fmt.Sprintf("%s%s-%019d-%06d%s", p.dir(), n.writer, n.now().UnixNano(), c, fileExt)
+	return p.dir() + FileName(n.writer, n.now().UnixNano(), n.counter.Add(1))
 }
 
 // fileInfo is a data file of the lake: its lake-relative name (slash

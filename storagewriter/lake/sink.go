@@ -115,22 +115,11 @@ func newSink(cfg Config, logger *slog.Logger, reg prometheus.Registerer, hook ho
 	if err := s.cleanScratch(); err != nil {
 		return nil, fmt.Errorf("lake: %w", err)
 	}
-	if cfg.AzureURL == "" {
-		if err := syncDir(filepath.Dir(filepath.Clean(cfg.Dir))); err != nil {
-			return nil, fmt.Errorf("lake: %w", err)
-		}
-		s.dest = newLocalDest(cfg.Dir, hook)
-	} else {
-		t, err := parseAzureURL(cfg.AzureURL, cfg.AzureContainer)
-		if err != nil {
-			return nil, fmt.Errorf("lake: azure-url: %w", err)
-		}
-		client, err := newContainerClient(t, cfg.connectionString(), cfg.accountKey())
-		if err != nil {
-			return nil, fmt.Errorf("lake: azure: %w", err)
-		}
-		s.dest = &azureDest{client: client, target: t, scratch: s.scratch, hook: hook}
+	dest, err := openDest(cfg, s.scratch, hook)
+	if err != nil {
+		return nil, err
 	}
+	s.dest = dest
 	s.logger = logger.With("lake", s.dest.String())
 	if err := s.m.register(reg); err != nil {
 		return nil, fmt.Errorf("lake: %w", err)
