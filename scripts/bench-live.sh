@@ -6,6 +6,8 @@
 # process on loopback, sharing the machine's cores.
 #
 #   DURATION=20s scripts/bench-live.sh        (default 30s, after a 3 s warm-up)
+#   CLIENTS=500 scripts/bench-live.sh         (default 1: the livefeed serves CLIENTS clients that
+#                                              follow every vehicle; the first measures)
 #
 # Latency is from a reading's device timestamp (time_ms: the simulator's clock, the same host)
 # and from the frontend's receipt (recv_ms) to the update's arrival at the client, in whole
@@ -22,6 +24,7 @@ out="${OUT:-$root/bench-out}/live"
 duration="${DURATION:-30s}"
 devices="${DEVICES:-1000}"
 rate="${RATE:-1}"
+clients="${CLIENTS:-1}"
 warmup=3
 rm -rf "$out"; mkdir -p "$out"
 work="$(mktemp -d)"
@@ -75,7 +78,7 @@ simpid=$!
 pids+=($simpid)
 sleep "$warmup"
 curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend-warm.metrics"
-"${sim_pin[@]}" "$work/livelat" -url "ws://127.0.0.1:$lport/v1/live" -token "$token" -duration "$duration" \
+"${sim_pin[@]}" "$work/livelat" -url "ws://127.0.0.1:$lport/v1/live" -token "$token" -duration "$duration" -clients "$clients" \
 	-summary "$out/live.json" -timeline "$out/live-timeline.jsonl" 2>"$out/livelat.log" \
 	|| { echo "bench-live: the client failed (see $out/livelat.log)" >&2; cat "$out/livelat.log" >&2; curl -fs "http://127.0.0.1:$lops/metrics" >"$out/livefeed.metrics" || true; exit 1; }
 curl -fs "http://127.0.0.1:$lops/metrics" >"$out/livefeed.metrics" || true
@@ -86,7 +89,8 @@ python3 - "$out/live.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 d, f = s["from_device_ms"], s["from_frontend_ms"]
-print(f"live: {s['updates']:,} updates of {s['vehicles']} vehicles ({s['updates_per_second']:,.0f}/s); "
+print(f"live: {s['updates']:,} updates of {s['vehicles']} vehicles ({s['updates_per_second']:,.0f}/s) to each of {s.get('clients', 1)} clients "
+      f"({s.get('others_disconnected', 0)} of the others disconnected); "
       f"from device time p50 {d['p50']} ms p99 {d['p99']} ms max {d['max']} ms; "
       f"from frontend receipt p50 {f['p50']} ms p99 {f['p99']} ms")
 PY

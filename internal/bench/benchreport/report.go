@@ -83,6 +83,11 @@ type liveSummary struct {
 	Disconnected   bool    `json:"disconnected"`
 	FromDeviceMs   dist    `json:"from_device_ms"`
 	FromFrontendMs dist    `json:"from_frontend_ms"`
+
+	// Clients is how many clients followed every vehicle (livelat -clients; 0 in older runs: 1),
+	// OthersDisconnected how many of those that only read were disconnected.
+	Clients            int `json:"clients"`
+	OthersDisconnected int `json:"others_disconnected"`
 }
 
 // livePoint is a line of livelat's timeline.
@@ -375,6 +380,12 @@ func tables(r *results) string {
 			msf(d.P50), msf(d.P99), msf(d.Max), msf(f.P50), msf(f.P99), num(float64(l.Updates)), num(float64(l.Vehicles)))
 		if l.Disconnected {
 			res += "; **the client was disconnected**"
+		}
+		if l.Clients > 1 {
+			res += fmt.Sprintf("; %s clients following every vehicle", num(float64(l.Clients)))
+			if l.OthersDisconnected > 0 {
+				res += fmt.Sprintf(", **%d of them disconnected**", l.OthersDisconnected)
+			}
 		}
 		fleet := ""
 		if ls := r.LiveSim; ls != nil {

@@ -52,6 +52,7 @@ func TestGenerate(t *testing.T) {
 		"(10,000 acked/s); the frontend's own view (frame read → ack written, interpolated in its histogram's buckets), same steady span: p50 1.6 ms, p99 8.75 ms, 99.3% under 10 ms |",
 		"| ingest throughput (300,000 readings) | router | 3.00 | 500 | 0.9 |",
 		"| ack latency (100,000 readings) | frontend | 65.00 | 384 | 6.5 |",
+		"; 500 clients following every vehicle, **2 of them disconnected** |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("the section lacks %q:\n%s", want, got)
