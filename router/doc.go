@@ -8,9 +8,10 @@
 //   - the store lane (-store-listen, a ROUTER socket): to each named durable
 //     subscriber (the storage writers) from a queue of its own at the
 //     router, with a window, acks and resends (see "The store lane");
-//   - the live lane (-live-pub, a publisher of our own): at once and best
-//     effort, for the live feed; each subscriber has its own bounded buffer,
-//     loses (and counts) what does not fit, and falls behind alone.
+//   - the live lane (-live-pub, a publisher of our own): at receipt, before
+//     the router's own append, and best effort, for the live feed; each
+//     subscriber has its own bounded buffer, loses (and counts) what does
+//     not fit, and falls behind alone.
 //
 // Every link is mutual TLS 1.3 under the cluster key (Config.Links, flags
 // -cluster-key-file or -insecure-links; internal/clusterlink and
@@ -35,18 +36,35 @@
 // serialized as one telemetry.PublishBatch{Router: ID, Seq: main entry's
 // sequence, Records} (split in several with the same Seq when it would be
 // too large), on the wire bytes: the stored Records are copied, not decoded
-// (telemetry.WalkBatchRecords, AppendPublishBatch). Two goroutines take the
-// main queue:
+// (telemetry.WalkBatchRecords, AppendPublishBatch). The lanes take it at two
+// points:
 //
-//   - the live lane's follows it with a queue.Tail: it offers each entry to
-//     the live lane as soon as it is committed, once, whatever the durable
-//     fan-out is doing, and hands what it built to the fan-out (within
-//     8 MiB) so that an entry is built once. What the main queue holds when
+//   - the live lane at receipt (livepub.go): once dedup has said which
+//     sequences of a frontend's batch are new, the ingest goroutine builds
+//     those main entries (no seq yet) and offers them live before it
+//     appends them to the main queue (the batch is durable at its frontend;
+//     live is best effort), each with the next number of the lane's own
+//     sequence. What it built is kept for the fan-out (within 8 MiB, keyed
+//     by sender and sequence range) so that an entry is built once; the
+//     fan-out appends the main entry's seq. What the main queue holds when
 //     the router starts is not offered live (live is about now);
-//   - the durable fan-out reads it (up to 1 MiB at a time) as its consumer,
-//     appends the PublishBatches to EVERY subscriber queue
+//   - the durable fan-out reads the main queue (up to 1 MiB at a time) as
+//     its consumer, appends the PublishBatches to EVERY subscriber queue
 //     (QUEUE_DIR/subs/<name>/, concurrently: each queue's group commit
 //     covers the lot), and only then acks the main entries.
+//
+// The live lane therefore shows what the router received, the durable
+// lanes what it stored. A batch offered live whose append then fails (or
+// whose router dies before the fsync) is resent by its frontend and offered
+// again when the resend is new to the router it reaches: the same readings
+// twice on live. While the main queue refuses appends (full, disk
+// failing) a batch is offered only after it is stored, so that resends
+// during an outage are not offered again and again; a resend of what is
+// stored or being appended is a duplicate to dedup and is not offered.
+// Batches of one frontend may be offered out of its order under load. The
+// livefeed keeps the newest reading per vehicle by device time and reading
+// seq and ignores older or equal ones, so neither changes what its clients
+// see.
 //
 // A subscriber queue that refuses (full at -subscriber-queue-max-bytes,
 // disk failing) makes the fan-out wait and retry
@@ -119,9 +137,9 @@
 // router's heap and held every livefeed to its pace. Each subscriber
 // connection has a buffer of at most -live-buffer batches and
 // -live-buffer-bytes bytes, and a writer goroutine of its own. The live
-// lane's reader (see "Fan-out") offers each batch once, as soon as its main
-// entry is committed, whatever the durable fan-out waits on; it is appended to the buffer of every subscriber
-// whose subscriptions (counted, prefix-matched, as a PUB does) match
+// router offers each batch when it receives it (see "Fan-out"), whatever
+// the durable fan-out waits on; it is appended to the buffer of every
+// subscriber whose subscriptions (counted, prefix-matched, as a PUB does) match
 // "live.", and offering never blocks. A full buffer loses its oldest batch
 // (drover_router_live_subscriber_dropped_total{subscriber} and
 // drover_router_live_dropped_total; a warning per episode). A subscriber
@@ -133,7 +151,7 @@
 // Metrics: drover_router_fanout_{entries,records,bad_entries}_total,
 // drover_router_fanout_blocked, drover_router_enrichment_misses_total,
 // drover_router_live_{published,dropped}_total,
-// drover_router_live_read_errors_total,
+// drover_router_fanout_rebuilt_entries_total,
 // drover_router_live_{sent,subscriber_dropped}_total{subscriber},
 // drover_router_live_subscribers, drover_router_live_disconnects_total{reason},
 // drover_link_{handshakes,refused}_total, drover_router_subscribers,
@@ -211,11 +229,10 @@
 //
 // When Run's context ends the router stops answering pings and subscribes
 // (frontends and writers see it down), stops the fan-out and the live
-// lane's reader (the fan-out finishes the appends under way; main entries
-// not yet in every subscriber queue are given back), sends live subscribers
-// what their buffers hold (for up to a second) and closes the live lane,
-// stops the
-// subscriber senders (what they have in flight is sent again after a
+// lane (the fan-out finishes the appends under way; main entries not yet
+// in every subscriber queue are given back; nothing more is offered live),
+// sends live subscribers what their buffers hold (for up to a second) and
+// closes the live lane, stops the subscriber senders (what they have in flight is sent again after a
 // restart) and closes their queues, answers new batches busy, waits for the
 // appends under way and sends their acks, closes its sockets, writes a
 // compact journal and closes the main queue.

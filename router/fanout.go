@@ -25,10 +25,11 @@ const (
 	// fanoutRetry is how often the fan-out retries appends refused by a
 	// full subscriber queue, and looks for a first subscriber.
 	fanoutRetry = 100 * time.Millisecond
-	// builtCacheBytes bounds the PublishBatches the live lane keeps for the
-	// durable fan-out, so that each main entry is decoded, enriched and
-	// serialized once. Past it (the fan-out blocked, or far behind) the
-	// fan-out builds them again itself when it gets there.
+	// builtCacheBytes bounds the PublishBatches built for the live lane
+	// that are kept for the durable fan-out, so that each main entry is
+	// decoded, enriched and serialized once. Past it (the fan-out blocked,
+	// or far behind) the fan-out builds them again itself when it gets
+	// there.
 	builtCacheBytes = 8 << 20
 )
 
@@ -39,17 +40,15 @@ func slogLogLogger(l *slog.Logger) *log.Logger {
 // fanoutLoop moves the main queue to every subscriber queue, acking a main
 // entry only once every subscriber queue holds it. With no durable
 // subscriber known it waits: nothing leaves the main queue without a
-// durable home. Beside it, liveLoop offers every entry committed to the
-// main queue to the live lane at once, whatever the fan-out is waiting for
-// (see doc.go, "Fan-out"); it ends when fanoutLoop returns.
+// durable home. The live lane does not wait for it: each batch is offered
+// live when the router receives it (livepub.go), and what was built for
+// that is taken from r.built here.
 func (r *Router) fanoutLoop(ctx context.Context) {
 	if !r.waitRegistry(ctx) {
 		return
 	}
-	cache := &builtCache{max: builtCacheBytes}
-	liveDone := make(chan struct{})
-	go func() { defer close(liveDone); r.liveLoop(ctx, cache) }()
-	defer func() { <-liveDone }()
+	r.openLiveLane()
+	cache := r.built
 	waiting := false
 	for {
 		if len(r.snapshotSubs()) == 0 {
@@ -88,7 +87,6 @@ func (r *Router) fanoutLoop(ctx context.Context) {
 			return
 		}
 		r.q.Ack(b)
-		cache.done(b.Entries[len(b.Entries)-1].Seq)
 		r.m.fanoutEntries.Add(float64(len(b.Entries)))
 		r.m.fanoutRecords.Add(float64(records))
 	}
@@ -112,58 +110,23 @@ func (r *Router) waitRegistry(ctx context.Context) bool {
 	return true
 }
 
-// liveLoop offers each entry committed to the main queue from now on to
-// the live lane, as soon as it is committed: it follows the queue with a
-// Tail, so neither a blocked fan-out nor the main queue's backlog holds it
-// back, and it offers each entry once (a Tail returns each record once; the
-// fan-out never offers). It keeps what it built in cache for the fan-out.
-// What the main queue holds when the router starts is not offered: live is
-// about now, and a backlog of hours would only push the present out of the
-// live buffer.
-func (r *Router) liveLoop(ctx context.Context, cache *builtCache) {
-	tail := r.q.Tail()
-	defer func() { tail.Close() }()
-	for {
-		entries, err := tail.Next(ctx, fanoutReadBytes)
-		for _, e := range entries {
-			bt, ok := r.buildEntry(e, false)
-			if !ok {
-				continue // the fan-out says so when it gets there
-			}
-			cache.put(e.Seq, bt)
-			pbs := bt.pbs
-			for _, pb := range pbs {
-				r.live.offer(pb)
-			}
-		}
-		if err == nil {
-			continue
-		}
-		if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
-			return
-		}
-		// A record the Tail cannot read (the fan-out's own read says more):
-		// go on from what is committed next.
-		r.m.liveTapErrors.Inc()
-		r.logger.Error("router: live lane: read main queue; going on from its end", "err", err)
-		tail.Close()
-		tail = r.q.Tail()
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
-}
-
 // publishBatches turns main-queue entries into serialized PublishBatches,
-// enriched, taking those the live lane built already from cache.
+// enriched, taking those built already for the live lane from cache (they
+// lack only the entry's seq, appended here).
 func (r *Router) publishBatches(b queue.Batch, cache *builtCache) ([][]byte, int) {
 	out := make([][]byte, 0, len(b.Entries))
 	records := 0
 	for _, e := range b.Entries {
-		bt, ok := cache.take(e.Seq)
-		if !ok {
+		bt, ok := cache.take(e.Data)
+		if ok {
+			// A new slice: offerLive may still be reading bt.pbs.
+			pbs := make([][]byte, len(bt.pbs))
+			for i, pb := range bt.pbs {
+				pbs[i] = appendSeq(pb, e.Seq)
+			}
+			bt.pbs = pbs
+		} else {
+			r.m.fanoutRebuilt.Inc()
 			if bt, ok = r.buildEntry(e, true); !ok {
 				continue
 			}
@@ -242,70 +205,6 @@ func (r *Router) buildEntry(e queue.Entry, loud bool) (built, bool) {
 	return bt, true
 }
 
-// builtCache hands the PublishBatches the live lane built to the durable
-// fan-out, oldest first, within max bytes. Main-queue sequences only grow,
-// so it is a FIFO in sequence order.
-type builtCache struct {
-	mu    sync.Mutex
-	max   int
-	bytes int
-	items []builtEntry
-	upTo  uint64 // the fan-out is past every sequence up to this one
-}
-
-type builtEntry struct {
-	seq uint64
-	built
-}
-
-// put keeps what the live lane built for seq, unless the fan-out is past
-// it or the cache is full.
-func (c *builtCache) put(seq uint64, bt built) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if seq <= c.upTo || c.bytes+bt.size > c.max {
-		return
-	}
-	c.items = append(c.items, builtEntry{seq: seq, built: bt})
-	c.bytes += bt.size
-}
-
-// take returns what was built for seq, dropping what is older.
-func (c *builtCache) take(seq uint64) (built, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	i := 0
-	for i < len(c.items) && c.items[i].seq < seq {
-		c.bytes -= c.items[i].size
-		i++
-	}
-	var it builtEntry
-	ok := i < len(c.items) && c.items[i].seq == seq
-	if ok {
-		it = c.items[i]
-		c.bytes -= it.size
-		i++
-	}
-	clear(c.items[:i])
-	c.items = c.items[i:]
-	return it.built, ok
-}
-
-// done says the fan-out is past every sequence up to seq: what the live
-// lane builds for those later is not kept.
-func (c *builtCache) done(seq uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.upTo = max(c.upTo, seq)
-	i := 0
-	for i < len(c.items) && c.items[i].seq <= seq {
-		c.bytes -= c.items[i].size
-		i++
-	}
-	clear(c.items[:i])
-	c.items = c.items[i:]
-}
-
 // publishLimit is the largest PublishBatch built, and the most bytes one
 // append to a subscriber queue carries: maxPublishBytes, or a quarter of
 // -subscriber-queue-max-bytes when that is smaller, so that an append
@@ -319,11 +218,11 @@ func (r *Router) publishLimit() int {
 
 // appendSplit serializes recs as a PublishBatch of seq, split into several
 // with the same seq when one would exceed publishLimit, and appends them to
-// out.
+// out. Each leaves room for the seq field appendSeq adds without a copy.
 func (r *Router) appendSplit(out [][]byte, seq uint64, recs []telemetry.RawEnriched) [][]byte {
 	size := telemetry.PublishBatchSize(r.cfg.ID, seq, recs)
 	if len(recs) <= 1 || size <= r.publishLimit() {
-		return append(out, telemetry.AppendPublishBatch(make([]byte, 0, size), r.cfg.ID, seq, recs))
+		return append(out, telemetry.AppendPublishBatch(make([]byte, 0, size+maxSeqField), r.cfg.ID, seq, recs))
 	}
 	h := len(recs) / 2
 	return r.appendSplit(r.appendSplit(out, seq, recs[:h]), seq, recs[h:])

@@ -43,7 +43,7 @@ type metrics struct {
 	subResent        *prometheus.CounterVec
 	subConnected     *prometheus.GaugeVec
 	subEventsDropped prometheus.Counter
-	liveTapErrors    prometheus.Counter
+	fanoutRebuilt    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -88,7 +88,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.subBusy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscriber_busy_total", Help: "Busy answers from a subscriber (its own queue full)."}, []string{"subscriber"})
 	m.subResent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscriber_resent_batches_total", Help: "Store-lane batches sent again, by reason (timeout, busy, reconnect)."}, []string{"subscriber", "reason"})
 	m.subConnected = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drover_router_subscriber_connected", Help: "1 while a subscriber subscribes regularly, else 0."}, []string{"subscriber"})
-	m.liveTapErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_read_errors_total", Help: "Main-queue reads of the live lane that failed (it then goes on from the queue's end; what it skipped is not published live)."})
+	m.fanoutRebuilt = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_rebuilt_entries_total", Help: "Main-queue entries the fan-out decoded, enriched and serialized itself because what was built for the live lane at receipt was not kept for it (the fan-out far behind, a backlog from before a restart, the live lane not open)."})
 	m.subEventsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_subscriber_events_dropped_total", Help: "Subscribe/ack/busy messages dropped because a subscriber's sender was behind (acks lost this way cause resends)."})
 	for _, r := range []string{"queue_full", "storage", "overloaded", "stopping"} {
 		m.busy.WithLabelValues(r)
@@ -100,7 +100,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	register(reg, &m.busy, &m.rejected, &m.badMessages)
 	register(reg, &m.batchRecords, &m.appendSeconds)
 	register(reg, &m.pending, &m.dedupSenders)
-	register(reg, &m.fanoutEntries, &m.fanoutRecords, &m.fanoutBad, &m.enrichMisses, &m.livePublished, &m.liveDropped, &m.subsRegistered, &m.subEventsDropped, &m.liveTapErrors)
+	register(reg, &m.fanoutEntries, &m.fanoutRecords, &m.fanoutBad, &m.enrichMisses, &m.livePublished, &m.liveDropped, &m.subsRegistered, &m.subEventsDropped, &m.fanoutRebuilt)
 	register(reg, &m.fanoutBlocked, &m.subscribers, &m.liveSubscribers)
 	register(reg, &m.subsDropped, &m.subSent, &m.subAcked, &m.subBusy, &m.subResent, &m.liveSent, &m.liveSubDropped, &m.liveDisconnects)
 	register(reg, &m.subConnected)

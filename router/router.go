@@ -83,6 +83,23 @@ type Router struct {
 	abrupt bool
 	// queueSync (benchmarks only) is the queue's sync policy.
 	queueSync queue.SyncPolicy
+	// beforeAppend (tests only) is a failpoint before each main-queue
+	// append: a test holds it to stand for a slow disk.
+	beforeAppend func()
+
+	// The live lane's publishing (livepub.go). liveMu orders liveSeq with
+	// the offers and with closing; liveOpen is set once the registry is in
+	// force, cleared for good (liveStopped) when Run stops.
+	liveMu      sync.Mutex
+	liveSeq     uint64
+	liveOpen    atomic.Bool
+	liveStopped bool
+	built       *builtCache
+	// mainRefusing: the main queue's last append was refused (full, disk
+	// failing). Meanwhile a batch is offered live only once stored, so
+	// that the frontends' resends do not reach the live lane again each
+	// time.
+	mainRefusing atomic.Bool
 }
 
 const (
@@ -120,6 +137,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Router, e
 		timing: defaultStoreTiming(),
 		subs:   map[string]*subscriber{},
 		peers:  map[string]*subscriber{},
+		built:  newBuiltCache(builtCacheBytes),
 	}, nil
 }
 
@@ -298,7 +316,7 @@ func (r *Router) Run(ctx context.Context) error {
 	// it has in flight is sent again after the restart).
 	stopFanout()
 	<-fanoutDone
-	r.live.close()
+	r.closeLiveLane()
 	subsErr := r.closeSubscribers()
 	r.storeOut.close()
 	<-storeWriterDone
@@ -519,11 +537,26 @@ func (r *Router) appendNew(m forward.Message, missing []forward.Interval) error 
 		if len(ents) == 0 {
 			return nil
 		}
+		// Live at receipt (livepub.go); after the append while the main
+		// queue refuses, so that resends are not offered again and again.
+		bts := r.buildLive(m.Sender, ents, ivs)
+		early := !r.mainRefusing.Load()
+		if early {
+			r.offerLive(bts)
+		}
+		if r.beforeAppend != nil {
+			r.beforeAppend()
+		}
 		start := time.Now()
 		// Not the Run context: an append under way at shutdown finishes
 		// (the queue commits what it has accepted before it closes).
 		if _, err := r.q.Append(context.Background(), ents...); err != nil {
+			r.mainRefusing.Store(true)
 			return fmt.Errorf("append %d entries of %s: %w", total, m.Sender, err)
+		}
+		r.mainRefusing.Store(false)
+		if !early {
+			r.offerLive(bts)
 		}
 		r.m.appendSeconds.Observe(time.Since(start).Seconds())
 		r.dd.stored(m.Sender, ivs)

@@ -22,6 +22,13 @@
 #   NATS_SIZE          message size when throughput is not run (else measured from its frames)
 #   LINKS              "insecure" to run drover's links as plain ZMTP (-insecure-links) instead of
 #                      mutual TLS under a key made for the run: compare the two for TLS's cost
+#   SIM_CPUS           CPU list (taskset -c) for the load generators: drover sim, livelat, natspeer
+#   SERVER_CPUS        CPU list for the servers: drover's processes, influxd, nats-server. On two
+#                      cores, SIM_CPUS=1 SERVER_CPUS=0 keeps the simulator off the servers' core.
+#                      Recorded in run.json and in the report; unset, the scheduler places them.
+#
+# Each drover scenario also writes procstats.json: every process's CPU µs and disk bytes written
+# (/proc/PID/io write_bytes) per acked reading, and the frontend's own view of the ack latency.
 #
 # Every process a scenario starts is stopped when it ends; each scenario is bounded by timeout.
 # Exits non-zero if a scenario failed (the report still shows those that ran).
@@ -54,11 +61,15 @@ for s in $scenarios; do
 	case "$s" in throughput|pipeline|latency|live|idle|nats) ;; *) log "unknown scenario $s"; exit 2 ;; esac
 done
 nats_version="${NATS_SERVER_VERSION:-v2.12.3}"
-python3 - "$out/run.json" "$duration" "$pipeline_duration" "$(nproc)" "$(git describe --tags --always --dirty 2>/dev/null || echo unknown)" "$nats_version" $scenarios <<'PY'
+sim_pin=(); server_pin=()
+[[ -n "${SIM_CPUS:-}" ]] && sim_pin=(taskset -c "$SIM_CPUS")
+[[ -n "${SERVER_CPUS:-}" ]] && server_pin=(taskset -c "$SERVER_CPUS")
+python3 - "$out/run.json" "$duration" "$pipeline_duration" "$(nproc)" "$(git describe --tags --always --dirty 2>/dev/null || echo unknown)" "$nats_version" "${SIM_CPUS:-}" "${SERVER_CPUS:-}" $scenarios <<'PY'
 import json, sys, datetime
-f, d, pd, cores, commit, nats, *sc = sys.argv[1:]
+f, d, pd, cores, commit, nats, sim_cpus, server_cpus, *sc = sys.argv[1:]
 json.dump({"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
            "duration": d, "pipeline_duration": pd, "cores": int(cores), "scenarios": sc, "nats_server": nats,
+           "sim_cpus": sim_cpus, "server_cpus": server_cpus,
            "loadavg_start": float(open("/proc/loadavg").read().split()[0])},
           open(f, "w"), indent=2)
 PY
@@ -110,7 +121,7 @@ jetstream {
   $sync
 }
 CONF
-	"$nats_server" -c "$dir/nats-server.conf" >"$dir/nats-server.log" 2>&1 &
+	"${server_pin[@]}" "$nats_server" -c "$dir/nats-server.conf" >"$dir/nats-server.log" 2>&1 &
 	local spid=$!
 	pids+=($spid)
 	local ok=no
@@ -125,7 +136,7 @@ CONF
 	fi
 	log "nats-$label: $publishers publishers, $size-byte messages, window 8, for $duration"
 	local rc=0
-	timeout -k 10 $((d + 120)) "$work/natspeer" -url "nats://127.0.0.1:$port" -publishers "$publishers" -size "$size" \
+	timeout -k 10 $((d + 120)) "${sim_pin[@]}" "$work/natspeer" -url "nats://127.0.0.1:$port" -publishers "$publishers" -size "$size" \
 		-readings "$readings" -window 8 -duration "$duration" -label "$label" \
 		-summary "$dir/nats.json" -timeline "$dir/timeline.jsonl" 2>"$dir/natspeer.log" &
 	current=$!

@@ -19,6 +19,10 @@
 # SIM_ARGS adds flags to the simulator (e.g. SIM_ARGS="-connect-rate 1000" to spread
 # the connects over a second instead of all at once); SIM_NICE runs it niced.
 # DROVER_BIN runs that drover binary instead of building one (a before/after comparison).
+# SIM_CPUS and SERVER_CPUS pin the simulator and the servers to CPU lists (taskset; e.g.
+# SIM_CPUS=1 SERVER_CPUS=0: see bench-lib.sh). Every run also reports each process's CPU µs and
+# disk bytes written (/proc/PID/io write_bytes) per acked reading, and the frontend's own view of
+# the ack latency (drover_frontend_ack_latency_seconds) beside the device's (procstats.json).
 set -euo pipefail
 
 scenario="${1:-throughput}"
@@ -51,21 +55,23 @@ case "$scenario" in
 esac
 "$drover" sim -registry-only -write-registry "$work/registry.json" -devices "$devices" -ops-listen 127.0.0.1:0 2>/dev/null
 
-"$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
+"${server_pin[@]}" "$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
 	-store-listen "tcp://127.0.0.1:$(freeport)" -queue-dir "${ROUTER_QUEUE_DIR:-$work/router}" -queue-max-bytes -1 \
 	-ops-listen "127.0.0.1:$rops" 2>"$out/router.log" &
-pids+=($!)
-"$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
+pids+=($!); routerpid=$!
+"${server_pin[@]}" "$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
 	-queue-dir "$work/frontend" -registry "$work/registry.json" -rate 5000 -rate-burst 10000 \
 	-max-connections 20000 -ops-listen "127.0.0.1:$fops" -pprof 2>"$out/frontend.log" &
-pids+=($!)
+pids+=($!); frontendpid=$!
 waitready "127.0.0.1:$rops"; waitready "127.0.0.1:$fops"
 
 heap0=$(metric "127.0.0.1:$fops" go_memstats_heap_inuse_bytes)
-${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" "${simargs[@]}" ${SIM_ARGS:-} \
+curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend-start.metrics"
+"${sim_pin[@]}" ${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" "${simargs[@]}" ${SIM_ARGS:-} \
 	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 5s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!
 pids+=($simpid)
+proc_snapshot "$out/procs-start.tsv" "frontend:$frontendpid" "router:$routerpid"
 
 if [[ "$scenario" == idle ]]; then
 	for _ in $(seq 1 600); do
@@ -81,12 +87,18 @@ if [[ "$scenario" == idle ]]; then
 	gor=$(metric "127.0.0.1:$fops" go_goroutines)
 	echo "connections=$c heap_before=$heap0 heap_after=$heap1 stack=$stack rss=$rss goroutines=$gor" | tee "$out/idle.txt"
 	python3 -c "c=$c; h=($heap1-$heap0)/c; s=$stack/c; print(f'heap per connection: {h:.0f} B, stack per connection: {s:.0f} B, total {(h+s)/1024:.1f} KiB')" | tee -a "$out/idle.txt"
-elif [[ "${PROFILE:-1}" != 0 ]]; then
+elif [[ "$scenario" == latency ]]; then
+	# The frontend's view of the steady state starts where the simulator's does.
+	sleep "$(python3 -c "import re,sys; v=sys.argv[1]; m={'ms':.001,'s':1,'m':60}; print(sum(float(n)*m[u] for n,u in re.findall(r'([0-9.]+)(ms|s|m)',v)))" "${WARMUP:-2s}")"
+	curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend-warm.metrics"
+fi
+if [[ "$scenario" != idle && "${PROFILE:-1}" != 0 ]]; then
 	sleep 8
 	curl -fs "http://127.0.0.1:$fops/debug/pprof/profile?seconds=10" -o "$out/frontend-cpu.pprof"
 	go tool pprof -top -nodecount=25 "$work/drover" "$out/frontend-cpu.pprof" >"$out/frontend-cpu.txt" 2>/dev/null || true
 fi
 wait "$simpid" || true
+proc_snapshot "$out/procs-end.tsv" "frontend:$frontendpid" "router:$routerpid"
 curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend.metrics"
 curl -fs "http://127.0.0.1:$rops/metrics" >"$out/router.metrics"
 if [[ -s "$out/sim.json" ]]; then
@@ -101,5 +113,10 @@ if st:
     print(f"after the first {s.get('warmup_seconds')} s (connects): ack p50 {st.get('p50')} ms  p99 {st.get('p99')} ms  "
           f"p99.9 {st.get('p999')} ms  max {st.get('max')} ms")
 PY
+	# The simulator's CPU over its run, from its own summary (it has exited; it writes no queue).
+	printf 'simulator\t%s\t0\t0\n' "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('process_cpu_seconds', 0))" "$out/sim.json")" >>"$out/procs-end.tsv"
+	acked=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('acked', 0))" "$out/sim.json")
+	proc_report "$out" "$acked" "$out/frontend-start.metrics" "$out/frontend.metrics" \
+		"$([[ -s "$out/frontend-warm.metrics" ]] && echo "$out/frontend-warm.metrics")"
 fi
 echo "bench-ingest: results in $out"

@@ -31,6 +31,107 @@ waitready() {
 	echo "${0##*/}: $1 never became ready" >&2; return 1
 }
 
+# Pinning (issue 20), so that the load generator does not compete with the servers for a core:
+# SIM_CPUS runs the load side (drover sim, and the measuring clients: livelat) and SERVER_CPUS the
+# servers (drover's processes, influxd) with `taskset -c`, each a CPU list as taskset takes it
+# (SIM_CPUS=1 SERVER_CPUS=0; SERVER_CPUS=1-3). Unset: the scheduler places them, as before. Prefix a
+# command with "${sim_pin[@]}" or "${server_pin[@]}": taskset execs the command, so $! is its pid.
+sim_pin=(); server_pin=()
+[[ -n "${SIM_CPUS:-}" ]] && sim_pin=(taskset -c "$SIM_CPUS")
+[[ -n "${SERVER_CPUS:-}" ]] && server_pin=(taskset -c "$SERVER_CPUS")
+if [[ -n "${SIM_CPUS:-}${SERVER_CPUS:-}" ]]; then
+	echo "${0##*/}: pinned: load generator on CPUs ${SIM_CPUS:-any}, servers on CPUs ${SERVER_CPUS:-any} (of $(nproc))" >&2
+fi
+
+# iobytes PID FIELD: a field of /proc/PID/io (write_bytes: bytes the process caused to be written to
+# the storage layer; cancelled_write_bytes: of those, dirty pages truncated before writeback); 0 when
+# gone or unreadable.
+iobytes() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/io" 2>/dev/null || echo 0; }
+
+# proc_snapshot FILE NAME:PID...: CPU seconds (user + system) and disk bytes written of each process,
+# one tab-separated line each (name, cpu_s, write_bytes, cancelled_write_bytes), for proc_report.
+proc_snapshot() {
+	local f=$1 np
+	shift
+	for np in "$@"; do
+		printf '%s\t%s\t%s\t%s\n' "${np%%:*}" "$(cpusec "${np#*:}")" "$(iobytes "${np#*:}" write_bytes)" \
+			"$(iobytes "${np#*:}" cancelled_write_bytes)"
+	done >"$f"
+}
+
+# proc_report DIR READINGS [FRONTEND_METRICS_START FRONTEND_METRICS_END [FRONTEND_METRICS_WARM]]: from
+# DIR/procs-start.tsv and DIR/procs-end.tsv (proc_snapshot), each process's CPU µs and disk bytes
+# written per reading (READINGS: those acked in between); with scrapes of a frontend's /metrics, the
+# frontend's own view of the ack latency (drover_frontend_ack_latency_seconds, frame read → ack
+# written: p50 and p99 interpolated within its buckets, and the shares under 5 and 10 ms) from START
+# to END (the whole run) and from WARM to END (the steady state, as the simulator's after its
+# warm-up). Prints a line per process and writes DIR/procstats.json (with the pinning), which
+# benchreport shows.
+proc_report() {
+	python3 - "$1" "$2" "${3:-}" "${4:-}" "${5:-}" "${SIM_CPUS:-}" "${SERVER_CPUS:-}" <<'PY'
+import json, sys
+d, readings, m0, m1, mw, sim_cpus, server_cpus = sys.argv[1], float(sys.argv[2] or 0), *sys.argv[3:]
+def snap(f):
+    out = {}
+    for l in open(f):
+        n, cpu, wb, cwb = l.rstrip("\n").split("\t")
+        out[n] = (float(cpu or 0), float(wb or 0), float(cwb or 0))
+    return out
+a, b = snap(f"{d}/procs-start.tsv"), snap(f"{d}/procs-end.tsv")
+procs = {}
+for n, (cpu1, wb1, cwb1) in b.items():
+    cpu0, wb0, cwb0 = a.get(n, (0, 0, 0))
+    p = {"cpu_seconds": round(cpu1 - cpu0, 3), "write_bytes": wb1 - wb0, "cancelled_write_bytes": cwb1 - cwb0}
+    if readings > 0:
+        p["cpu_us_per_reading"] = round((cpu1 - cpu0) / readings * 1e6, 3)
+        p["write_bytes_per_reading"] = round((wb1 - wb0) / readings, 1)
+    procs[n] = p
+def hist(f):
+    # cumulative bucket counts of drover_frontend_ack_latency_seconds, by upper bound
+    h = {}
+    for l in open(f):
+        if l.startswith("drover_frontend_ack_latency_seconds_bucket{"):
+            le = l.split('le="', 1)[1].split('"', 1)[0]
+            h[float("inf") if le == "+Inf" else float(le)] = float(l.split()[-1])
+    return h
+def view(m0, m1):
+    try:
+        h0, h1 = hist(m0), hist(m1)
+    except OSError as e:
+        print(f"proc_report: frontend histogram: {e}", file=sys.stderr)
+        return None
+    bounds = sorted(h1)
+    cum = [h1[x] - h0.get(x, 0) for x in bounds]
+    total = cum[-1] if cum else 0
+    if total <= 0:
+        return None
+    def q(p):
+        want, lo, prev = p * total, 0.0, 0.0
+        for ub, c in zip(bounds, cum):
+            if c >= want:
+                if ub == float("inf"):
+                    return lo * 1e3
+                return (lo + (ub - lo) * ((want - prev) / (c - prev) if c > prev else 1)) * 1e3
+            lo, prev = ub, c
+        return lo * 1e3
+    under = lambda x: round(cum[bounds.index(x)] / total, 4) if x in bounds else None
+    return {"frames": int(total), "p50_ms": round(q(0.5), 2), "p99_ms": round(q(0.99), 2),
+            "under_5ms": under(0.005), "under_10ms": under(0.01)}
+fe = view(m0, m1) if m0 and m1 else None
+fes = view(mw, m1) if mw and m1 else None
+json.dump({"sim_cpus": sim_cpus, "server_cpus": server_cpus, "readings": readings, "processes": procs,
+           "frontend_ack": fe, "frontend_ack_steady": fes}, open(f"{d}/procstats.json", "w"), indent=2)
+for n, p in procs.items():
+    per = f"{p['cpu_us_per_reading']:.2f} CPU µs and {p['write_bytes_per_reading']:,.0f} bytes written per reading" if readings else "no readings"
+    print(f"process {n}: {p['cpu_seconds']:.2f} CPU s, {p['write_bytes'] / 2**20:,.1f} MiB written; {per}")
+for label, v in (("whole run", fe), ("steady state", fes)):
+    if v:
+        print(f"frontend's own view, {label} (frame read → ack written, {v['frames']:,} frames): p50 {v['p50_ms']} ms, "
+              f"p99 {v['p99_ms']} ms (interpolated in its buckets), {v['under_10ms'] * 100:.1f}% under 10 ms")
+print(f"pinning: load generator on CPUs {sim_cpus or 'any'}, servers on CPUs {server_cpus or 'any'}")
+PY
+}
+
 # The links between the drover processes of a run: mutual TLS 1.3 under a cluster key made for
 # the run, given to every command through its environment fallback (DROVER_<COMMAND>_CLUSTER_KEY_FILE),
 # so that the command lines stay as they are. LINKS=insecure runs them with -insecure-links instead:

@@ -19,6 +19,10 @@
 #   - the backlog at the end of the load (router subscriber queues sub-*, writer queues writer-*)
 #     and whether it returned to zero within DRAIN_TIMEOUT (120s), and how long that took;
 #   - each writer's CPU seconds per reading (its process_cpu_seconds_total / records written).
+# SIM_CPUS and SERVER_CPUS pin the simulator and the servers (drover's processes and influxd) to CPU
+# lists (taskset; e.g. SIM_CPUS=1 SERVER_CPUS=0: see bench-lib.sh); every process's CPU µs and disk
+# bytes written (/proc/PID/io) per acked reading over the load and the drain, and the frontend's
+# view of the acks, go to procstats.json.
 # Results go to bench-out/pipeline/ (OUT sets bench-out): summary.txt and summary.json,
 # samples.tsv, the simulator's JSON summary and timeline, the metrics and logs of every process.
 set -euo pipefail
@@ -77,7 +81,7 @@ ${INFLUXD_DATA:-}
   level = "warn"
   suppress-logo = true
 CONF
-${INFLUXD_GOGC:+env GOGC="$INFLUXD_GOGC"} "$influxd" run -config "$idir/influxdb.conf" >"$out/influxd.log" 2>&1 &
+"${server_pin[@]}" ${INFLUXD_GOGC:+env GOGC="$INFLUXD_GOGC"} "$influxd" run -config "$idir/influxdb.conf" >"$out/influxd.log" 2>&1 &
 influxpid=$!
 pids+=($influxpid)
 for _ in $(seq 1 300); do
@@ -91,24 +95,24 @@ curl -fsS -o /dev/null -XPOST "http://127.0.0.1:$iport/query" --data-urlencode '
 
 rport=$(freeport); sport=$(freeport); fport=$(freeport)
 rops=$(freeport); fops=$(freeport); iops=$(freeport); lops=$(freeport)
-"$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
+"${server_pin[@]}" "$drover" router -id router-1 -listen "tcp://127.0.0.1:$rport" -live-pub "tcp://127.0.0.1:$(freeport)" \
 	-store-listen "tcp://127.0.0.1:$sport" -queue-dir "$work/router" -queue-max-bytes -1 \
 	-subscriber-queue-max-bytes -1 -registry "$work/registry.json" -subscribers lake,influx \
 	-ops-listen "127.0.0.1:$rops" 2>"$out/router.log" &
-pids+=($!)
-"$drover" storage-writer -sink influx -name influx -routers "tcp://127.0.0.1:$sport" \
+pids+=($!); routerpid=$!
+"${server_pin[@]}" "$drover" storage-writer -sink influx -name influx -routers "tcp://127.0.0.1:$sport" \
 	-queue-dir "$work/writer-influx" -queue-max-bytes -1 \
 	-influx-url "http://127.0.0.1:$iport" -influx-database drover -sink-writers "$sink_writers" \
 	-ops-listen "127.0.0.1:$iops" 2>"$out/writer-influx.log" &
-pids+=($!)
-"$drover" storage-writer -sink lake -name lake -routers "tcp://127.0.0.1:$sport" \
+pids+=($!); influxwpid=$!
+"${server_pin[@]}" "$drover" storage-writer -sink lake -name lake -routers "tcp://127.0.0.1:$sport" \
 	-queue-dir "$work/writer-lake" -queue-max-bytes -1 -lake-dir "$work/lake" -sink-writers "$sink_writers" \
 	-ops-listen "127.0.0.1:$lops" 2>"$out/writer-lake.log" &
-pids+=($!)
-"$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
+pids+=($!); lakewpid=$!
+"${server_pin[@]}" "$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
 	-queue-dir "$work/frontend" -registry "$work/registry.json" -rate 5000 -rate-burst 10000 \
 	-max-connections 20000 -ops-listen "127.0.0.1:$fops" 2>"$out/frontend.log" &
-pids+=($!)
+pids+=($!); frontendpid=$!
 for a in "$rops" "$iops" "$lops" "$fops"; do waitready "127.0.0.1:$a"; done
 
 # One sample line: time, records written and CPU seconds of each writer, the queue depths.
@@ -130,7 +134,10 @@ echo -e "$header" >"$out/samples.tsv"
 sample_line >>"$out/samples.tsv"
 
 echo "bench-pipeline: $devices devices x $rate readings/s (frames of $frame) for $duration; results in $out" >&2
-${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" \
+servers=("frontend:$frontendpid" "router:$routerpid" "writer-influx:$influxwpid" "writer-lake:$lakewpid" "influxd:$influxpid")
+curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend-start.metrics"
+proc_snapshot "$out/procs-start.tsv" "${servers[@]}"
+"${sim_pin[@]}" ${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" \
 	-rate "$rate" -frame-readings "$frame" -window 8 -duration "$duration" \
 	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 10s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!
@@ -157,6 +164,7 @@ while (( $(date +%s) < deadline )); do
 	sleep 0.5
 done
 drain_secs=$(python3 -c "print(f'{$(now) - $drain_start:.1f}')")
+proc_snapshot "$out/procs-end.tsv" "${servers[@]}"
 
 # influxd's own CPU (user + system) from /proc: the database's cost of the same readings.
 influxd_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14+$15)/hz}' "/proc/$influxpid/stat" 2>/dev/null || echo 0)
@@ -233,5 +241,9 @@ json.dump({
     "cpu_seconds": cpu,
 }, open(f"{out}/summary.json", "w"), indent=2)
 PY
+# Per process, from /proc, over the load and the drain (the simulator's CPU from its summary).
+printf 'simulator\t%s\t0\t0\n' "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('process_cpu_seconds', 0))" "$out/sim.json" 2>/dev/null || echo 0)" >>"$out/procs-end.tsv"
+proc_report "$out" "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('acked', 0))" "$out/sim.json" 2>/dev/null || echo 0)" \
+	"$out/frontend-start.metrics" "$out/frontend.metrics" | tee -a "$out/summary.txt"
 echo "bench-pipeline: results in $out"
 [[ "$drained" == yes ]]

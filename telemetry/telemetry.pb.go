@@ -1050,9 +1050,11 @@ type PublishBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The router instance that published it (its stable name).
 	Router string `protobuf:"bytes,1,opt,name=router,proto3" json:"router,omitempty"`
-	// The sequence of the router main-queue entry these records came from (several PublishBatches may
-	// share it when an entry is split). Subscribers ack by their own queue sequences (see
-	// internal/forward/doc.go, "The store lane"); dedupe readings by (device_id, reading.seq).
+	// On the store lane, the sequence of the router main-queue entry these records came from (several
+	// PublishBatches may share it when an entry is split). On the live lane, the router's live
+	// sequence: 1, 2, ... per batch offered since the router started, so that a gap is what the lane
+	// lost. Subscribers ack by their own queue sequences (see internal/forward/doc.go, "The store
+	// lane"); dedupe readings by (device_id, reading.seq).
 	Seq           uint64            `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	Records       []*EnrichedRecord `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
 	unknownFields protoimpl.UnknownFields

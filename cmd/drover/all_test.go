@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/frontend"
+	"github.com/drover-telemetry/drover/internal/sim"
 	"github.com/drover-telemetry/drover/livefeed"
 	"github.com/drover-telemetry/drover/router"
 	"github.com/drover-telemetry/drover/storagewriter"
@@ -110,5 +111,34 @@ func TestStatusLine(t *testing.T) {
 	want := "drover all: 1,000 devices, 10,000 readings/s acked | written/s: lake 9,800, influx 2,000 | live clients: 2 | waiting: frontend 0 B, router 2 KiB, lake 0 B, influx 4.0 MiB"
 	if got != want {
 		t.Errorf("status line\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestAllSpreadsSimulatedStarts: drover all staggers the simulated devices
+// over one reading period, so that their readings are not all sent in the
+// same instant of each second; a -sim.connect-rate given (0 included) is
+// kept.
+func TestAllSpreadsSimulatedStarts(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want float64
+	}{
+		{nil, 1000},                                 // 1,000 devices at 1 Hz: over 1 s
+		{[]string{"-sim.rate", "0.5"}, 500},         // over 2 s
+		{[]string{"-sim.connect-rate", "0"}, 0},     // all at once, as asked
+		{[]string{"-sim.connect-rate", "250"}, 250}, // as asked
+		{[]string{"-sim.rate", "0"}, 0},             // connect and hold: nothing to spread
+	} {
+		fs := flag.NewFlagSet("all", flag.ContinueOnError)
+		cfg := sim.DefaultConfig()
+		registerPrefixed(fs, "sim.", cfg.RegisterFlags)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Devices = 1000
+		spreadSimStarts(fs, &cfg)
+		if cfg.ConnectRate != tc.want {
+			t.Errorf("%v: connect rate %v, want %v", tc.args, cfg.ConnectRate, tc.want)
+		}
 	}
 }

@@ -143,6 +143,9 @@ queues (the log goes to standard error).
 
 With -simulate, the livefeed runs as with -livefeed.dev: without a clients
 file or dev token it makes up a token and logs the live map's URL with it.
+The simulated vehicles start spread over one reading period (-sim.connect-rate
+defaults to vehicles × -sim.rate here), so that their readings are spread over
+each second as a real fleet's are, instead of all arriving in the same instant.
 
 The control plane (drover api) keeps its SQLite file and first admin key
 under DIR/api; drover ctl talks to it. The frontend, the router and the
@@ -234,6 +237,7 @@ func setupAll(fs *flag.FlagSet) buildFunc {
 			lf.Dev = true
 			simOpts.fleet.Devices = simDevices
 			simOpts.fleet.URLs = []string{frontendURL}
+			spreadSimStarts(fs, &simOpts.fleet)
 			simOpts.fleet.TokenSeed = "drover-all"
 			simOpts.summary, simOpts.progress = "", 0
 			if registryPath == "" {
@@ -474,4 +478,21 @@ func loopbackHost(host string) string {
 		return "::1"
 	}
 	return host
+}
+
+// spreadSimStarts staggers the simulated devices' first connections over
+// one reading period (-sim.connect-rate = devices × -sim.rate) unless
+// -sim.connect-rate was given. A device's reading clock starts when it
+// does, so with all of them starting at once every reading of the fleet was
+// sent in the same few milliseconds of each second: 1,000 frames queued
+// behind each other in the frontend, and the ack latency measured that
+// burst (issue 20, docs/performance.md "All-in-one"). Real fleets are not
+// phase-locked; this spreads the phases as theirs are.
+func spreadSimStarts(fs *flag.FlagSet, cfg *sim.Config) {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "sim.connect-rate" })
+	if given || cfg.Rate <= 0 || cfg.Devices <= 1 {
+		return
+	}
+	cfg.ConnectRate = float64(cfg.Devices) * cfg.Rate
 }

@@ -7,7 +7,9 @@
 //	go run ./internal/bench/livelat -url ws://127.0.0.1:8081/v1/live -token T -duration 20s \
 //		-summary live.json -timeline live-timeline.jsonl
 //
-// Times are in whole milliseconds (the API's resolution), so a figure is ±1 ms.
+// Times are in whole milliseconds (the API's resolution), so a figure is ±1 ms. With -clients N,
+// N-1 more clients subscribe to every vehicle too and read what they get without decoding it, so
+// that the livefeed serves N clients while the first one measures (issue 20's target is for 500).
 package main
 
 import (
@@ -21,6 +23,8 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,11 +40,16 @@ func main() {
 		duration = flag.Duration("duration", 20*time.Second, "how long to measure")
 		summary  = flag.String("summary", "-", "write the JSON summary to this `file` (- for standard output)")
 		timeline = flag.String("timeline", "", "write a JSON line per second to this `file` (empty for none)")
+		clients  = flag.Int("clients", 1, "WebSocket clients following every vehicle (`number`); the first measures, the others only read")
 	)
 	flag.Parse()
+	if *clients < 1 {
+		fmt.Fprintln(os.Stderr, "livelat: -clients: want 1 or more")
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *url, *token, *duration, *summary, *timeline); err != nil {
+	if err := run(ctx, *url, *token, *duration, *summary, *timeline, *clients); err != nil {
 		fmt.Fprintln(os.Stderr, "livelat:", err)
 		os.Exit(1)
 	}
@@ -59,6 +68,11 @@ type Summary struct {
 	FromDeviceMs    sim.LatencyMs `json:"from_device_ms"`
 	FromFrontendMs  sim.LatencyMs `json:"from_frontend_ms"`
 	ClockResolution string        `json:"clock_resolution"`
+
+	// Clients is how many clients followed every vehicle; OthersDisconnected how many of those
+	// that only read were disconnected before the end.
+	Clients            int `json:"clients"`
+	OthersDisconnected int `json:"others_disconnected,omitempty"`
 }
 
 // Point is one timeline line: the updates received in one second and their latency from the
@@ -99,7 +113,8 @@ type message struct {
 	} `json:"vehicles"`
 }
 
-func run(ctx context.Context, url, token string, duration time.Duration, summaryPath, timelinePath string) error {
+// dial connects a client and subscribes it to every vehicle its token may see.
+func dial(ctx context.Context, url, token string) (*websocket.Conn, error) {
 	h := http.Header{}
 	if token != "" {
 		h.Set("Authorization", "Bearer "+token)
@@ -109,13 +124,66 @@ func run(ctx context.Context, url, token string, duration time.Duration, summary
 	cancel()
 	if err != nil {
 		if resp != nil {
-			return fmt.Errorf("connect %s: %w (HTTP %s)", url, err, resp.Status)
+			return nil, fmt.Errorf("connect %s: %w (HTTP %s)", url, err, resp.Status)
 		}
-		return fmt.Errorf("connect %s: %w", url, err)
+		return nil, fmt.Errorf("connect %s: %w", url, err)
+	}
+	if err := conn.WriteJSON(map[string]string{"type": "subscribe", "id": "livelat"}); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	return conn, nil
+}
+
+// connectOthers connects n more clients, before the measurement starts.
+func connectOthers(ctx context.Context, url, token string, n int) ([]*websocket.Conn, error) {
+	conns := make([]*websocket.Conn, 0, n)
+	for i := range n {
+		conn, err := dial(ctx, url, token)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, fmt.Errorf("client %d of %d: %w", i+2, n+1, err)
+		}
+		conns = append(conns, conn)
+	}
+	return conns, nil
+}
+
+// readOthers has each of conns read until end without decoding; the returned function waits for
+// them and says how many were disconnected before end.
+func readOthers(ctx context.Context, conns []*websocket.Conn, end time.Time) func() int {
+	var (
+		wg   sync.WaitGroup
+		lost atomic.Int64
+	)
+	for _, conn := range conns {
+		_ = conn.SetReadDeadline(end)
+		wg.Go(func() {
+			defer conn.Close()
+			for {
+				if _, _, err := conn.NextReader(); err != nil {
+					if time.Now().Before(end) && ctx.Err() == nil {
+						lost.Add(1)
+					}
+					return
+				}
+			}
+		})
+	}
+	return func() int { wg.Wait(); return int(lost.Load()) }
+}
+
+func run(ctx context.Context, url, token string, duration time.Duration, summaryPath, timelinePath string, clients int) error {
+	conn, err := dial(ctx, url, token)
+	if err != nil {
+		return err
 	}
 	defer conn.Close()
-	if err := conn.WriteJSON(map[string]string{"type": "subscribe", "id": "livelat"}); err != nil {
-		return fmt.Errorf("subscribe: %w", err)
+	more, err := connectOthers(ctx, url, token, clients-1)
+	if err != nil {
+		return err
 	}
 	var tl *json.Encoder
 	if timelinePath != "" {
@@ -129,6 +197,7 @@ func run(ctx context.Context, url, token string, duration time.Duration, summary
 
 	start := time.Now()
 	end := start.Add(duration)
+	waitOthers := readOthers(ctx, more, end)
 	// The reader stops at the deadline or when ctx ends: closing the connection unblocks it.
 	go func() {
 		select {
@@ -139,7 +208,7 @@ func run(ctx context.Context, url, token string, duration time.Duration, summary
 	}()
 	var (
 		fromDevice, fromFrontend, second []int64
-		sum                              = Summary{URL: url, ClockResolution: "1ms"}
+		sum                              = Summary{URL: url, ClockResolution: "1ms", Clients: clients}
 		vehicles                         = map[string]struct{}{}
 		nextTick                         = start.Add(time.Second)
 	)
@@ -198,6 +267,7 @@ func run(ctx context.Context, url, token string, duration time.Duration, summary
 		}
 	}
 	sum.Seconds = math.Round(time.Since(start).Seconds()*1000) / 1000
+	sum.OthersDisconnected = waitOthers()
 	sum.Vehicles = len(vehicles)
 	sum.FromDeviceMs, sum.FromFrontendMs = dist(fromDevice), dist(fromFrontend)
 	sum.Updates = sum.FromDeviceMs.Count
