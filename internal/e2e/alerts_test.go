@@ -382,6 +382,7 @@ func lakeEvents(t *testing.T, dir string) []eval.Event {
 // outbox's record of what it has (a mutation of recover), the outbox
 // repeats alerts and the test fails.
 func TestAlertsKill9(t *testing.T) {
+	t.Parallel()
 	const trucks = 40
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -32,6 +32,7 @@ func atoi(s string) int {
 // flags reach them (-storage-writer.influx-measurement); and a status line
 // with real numbers appears every -status-interval.
 func TestAllAsNewUser(t *testing.T) {
+	t.Parallel()
 	inf := testenv.InfluxD(t)
 	const devices = 200
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

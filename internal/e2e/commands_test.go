@@ -70,6 +70,7 @@ func (a *apiProc) postCommand(ctx context.Context, dev, key, ttl string) (cmdRec
 }
 
 func TestCommandsKill9(t *testing.T) {
+	t.Parallel()
 	const devices = 60
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -74,6 +74,7 @@ func removeTestImages() {
 // commit it holds, holds only the files it should with the right owners,
 // and stays within its size budget. Every target is chosen by arguments.
 func TestContainerImage(t *testing.T) {
+	t.Parallel()
 	pm, image := buildTestImage(t)
 
 	var inspect []struct {
@@ -223,6 +224,7 @@ func (c *countingWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); re
 // sends it readings from a simulated fleet outside the container: every
 // reading is acked, and every acked reading is in the lake on the volume.
 func TestContainerAll(t *testing.T) {
+	t.Parallel()
 	pm, image := buildTestImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

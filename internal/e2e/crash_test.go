@@ -28,6 +28,7 @@ func TestCrashRouterKill9(t *testing.T)   { crashIngest(t, "router", 3) }
 func TestCrashFrontendKill9(t *testing.T) { crashIngest(t, "frontend", 3) }
 
 func crashIngest(t *testing.T, victim string, kills int) {
+	t.Parallel()
 	const devices, perDevice = 200, 300
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

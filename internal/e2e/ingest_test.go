@@ -45,6 +45,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // loopback ports: 200 simulated devices send 100,000 readings; every one is
 // acked, and each is in the router's queue exactly once.
 func TestIngestEndToEnd(t *testing.T) {
+	t.Parallel()
 	const devices, perDevice = 200, 500
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

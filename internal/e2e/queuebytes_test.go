@@ -136,6 +136,7 @@ func dropFlag(args []string, flag string) []string {
 // sends them: the frontend's and main queue's per-entry costs are then at
 // their highest.
 func TestQueueBytesPerReading(t *testing.T) {
+	t.Parallel()
 	const devices, perDevice = 200, 100
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

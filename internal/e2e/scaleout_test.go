@@ -172,6 +172,7 @@ func sharedPorts(t *testing.T, n int) (string, string, string) {
 //
 // Nothing acked is lost, and the removed router's volume holds nothing.
 func TestScaleOutRouters(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	sc := sim.DefaultConfig()
@@ -280,6 +281,7 @@ func TestScaleOutRouters(t *testing.T) {
 // new build; nothing acked is lost in the lake or in InfluxDB; duplicates
 // are counted and reported with the device-visible interruption.
 func TestRollingUpgrade(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	newBin := filepath.Join(t.TempDir(), "drover-new")

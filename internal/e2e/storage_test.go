@@ -19,6 +19,7 @@ import (
 // exactly one point per acked (device, seq), and the lake, read with DuckDB
 // and deduplicated by (device_id, seq), holds exactly the acked set.
 func TestStoragePipeline(t *testing.T) {
+	t.Parallel()
 	const devices, perDevice = 200, 500
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -89,6 +90,7 @@ func influxOutage(t *testing.T) time.Duration {
 // holds each acked reading once (InfluxDB by its idempotent point
 // identity; the lake after dropping duplicates by (device_id, seq)).
 func TestStorageFaults(t *testing.T) {
+	t.Parallel()
 	outage := influxOutage(t)
 	const devices, rate = 200, 20.0
 	// Long enough for: 3 s before the outage, the outage, the writer's

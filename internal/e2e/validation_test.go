@@ -47,6 +47,7 @@ import (
 //     (HTTP 400), "tail_" has exactly its own readings;
 //   - neither writer dead-letters anything.
 func TestValidationEndToEnd(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	tok := func(id string) string { return "token-of-" + id }
