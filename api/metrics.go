@@ -18,6 +18,7 @@ type metrics struct {
 	refused      *prometheus.CounterVec
 	commands     *prometheus.CounterVec
 	alertEvents  prometheus.Counter
+	writeGroups  prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -55,10 +56,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		alertEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_api_alert_events_total", Help: "Alert events reported by alert engines and applied.",
 		}),
+		writeGroups: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "drover_api_write_group_size",
+			Help:    "Writes (command creates, dispatch marks, report posts) committed together in one group-commit transaction; _count is those transactions (commits).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused, m.commands, m.alertEvents} {
+			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}
