@@ -59,14 +59,19 @@ type CommandConfig struct {
 	// expired (a report that comes later still counts: the device's word
 	// is the truth).
 	ReportGrace time.Duration
+	// Retention is how long a finished command (succeeded, failed,
+	// expired, cancelled) is kept after it finished; older ones are
+	// deleted, so that the table does not grow forever. 0 keeps them.
+	Retention time.Duration
 }
 
 // DefaultCommandConfig: 32 waiting commands per device, 5 minutes to live
 // unless told (at most 7 days), waits of up to 60 s, a first resend after
-// 5 s, a 1 s poll.
+// 5 s, a 1 s poll, finished commands kept 30 days.
 func DefaultCommandConfig() CommandConfig {
 	return CommandConfig{QueueLimit: 32, DefaultTTL: 5 * time.Minute, MaxTTL: 7 * 24 * time.Hour,
-		MaxWait: 60 * time.Second, Resend: 5 * time.Second, Poll: time.Second, ReportGrace: 30 * time.Second}
+		MaxWait: 60 * time.Second, Resend: 5 * time.Second, Poll: time.Second, ReportGrace: 30 * time.Second,
+		Retention: 30 * 24 * time.Hour}
 }
 
 // RegisterFlags defines the command flags in fs.
@@ -82,6 +87,8 @@ func (c *CommandConfig) RegisterFlags(fs *flag.FlagSet) {
 		"how often (`duration`) waiting command requests read the database for what other replicas and the clock changed")
 	fs.DurationVar(&c.ReportGrace, "command-report-grace", c.ReportGrace,
 		"how long (`duration`) after its expiry a sent command waits for the device's report before it is marked expired")
+	fs.DurationVar(&c.Retention, "command-retention", c.Retention,
+		"how long (`duration`) a finished command is kept after it finished; older ones are deleted (0: keep them all; at least 1h)")
 }
 
 // validate reports the problems of c.
@@ -98,6 +105,9 @@ func (c CommandConfig) validate() []error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %v, want > 0", d.name, d.v))
 		}
+	}
+	if c.Retention != 0 && c.Retention < minRetention {
+		errs = append(errs, fmt.Errorf("command-retention: %v, want 0 (keep) or at least %v", c.Retention, minRetention))
 	}
 	if c.DefaultTTL > c.MaxTTL {
 		errs = append(errs, fmt.Errorf("command-default-ttl %v over command-max-ttl %v", c.DefaultTTL, c.MaxTTL))

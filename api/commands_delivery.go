@@ -449,18 +449,27 @@ func truncate(s string, n int) string {
 
 // sweepCommands marks expired what expired before reaching the device:
 // queued commands at their expiry, sent ones ReportGrace later (a report
-// of a command written just before its expiry may be on the way).
+// of a command written just before its expiry may be on the way). Once a
+// minute it also prunes the commands finished longer than Retention ago.
 func (s *Server) sweepCommands(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Commands.Poll)
 	defer t.Stop()
+	var lastPrune time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if err := s.sweepOnce(ctx, time.Now()); err != nil && ctx.Err() == nil {
+		now := time.Now()
+		if err := s.sweepOnce(ctx, now); err != nil && ctx.Err() == nil {
 			s.log.Error("api: command expiry sweep failed", "err", err)
+		}
+		if now.Sub(lastPrune) >= pruneEvery {
+			lastPrune = now
+			if _, err := s.pruneCommands(ctx, now); err != nil && ctx.Err() == nil {
+				s.log.Error("api: command retention: pruning finished commands failed", "err", err)
+			}
 		}
 	}
 }
