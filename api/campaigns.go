@@ -366,6 +366,7 @@ func (s *Server) runCampaigns(ctx context.Context) {
 				s.log.Error("api: campaign tick failed", "campaign", id, "err", err)
 			}
 		}
+		s.gaugeCampaigns(ctx)
 	}
 }
 

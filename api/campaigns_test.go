@@ -3,6 +3,8 @@ package api
 import (
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestCampaignPacingPauseAbort: a campaign offers the image to at most
@@ -178,5 +180,10 @@ func TestCampaignCountsRunningVersion(t *testing.T) {
 		if got := version("truck-1"); got != "4.2.0" {
 			t.Errorf("truck-1 runs %q, want 4.2.0", got)
 		}
+		// The dashboard's figures: drover_api_campaign_devices{state}.
+		gauge := func(st string) float64 { return testutil.ToFloat64(c.srv.metrics.campaignDevs.WithLabelValues(st)) }
+		waitFor(t, 10*time.Second, "the campaign gauge", func() bool {
+			return gauge("succeeded") == 2 && gauge("downloading") == 1 && gauge("pending") == 0
+		})
 	})
 }
