@@ -19,7 +19,7 @@ import (
 // Commands with real processes (issue 17): a drover api, two frontends and
 // a router following it, a simulated fleet of 500 devices spread over both
 // frontends executing commands, a stream of commands posted through the
-// API, a firmware campaign over the fleet on links that drop every 30 KB, and
+// API, a firmware campaign over the fleet on links that drop every 10 KB, and
 // kill -9 of a frontend and of the api in the middle. Every command the
 // api accepted (201) ends final and consistent with what the devices did:
 // none lost while its TTL lasted, none executed twice, none received by a
@@ -81,7 +81,9 @@ func TestCommandsKill9(t *testing.T) {
 	sc.Devices, sc.Rate, sc.TokenSeed = devices, 0, "commands"
 	sc.BackoffMin, sc.BackoffMax = 50*time.Millisecond, 500*time.Millisecond
 	sc.CommandDelay, sc.CommandFailureRate = 300*time.Millisecond, 0.1
-	sc.FirmwareLinkBytesPerSecond, sc.FirmwareDropEvery = 100_000, 30_000 // ~1 s a download: the campaign spans the kills
+	// ~1.5 s a download, 100 at once (2 MB/s in all, as light as the 60
+	// devices of old): the campaign spans the kills.
+	sc.FirmwareLinkBytesPerSecond, sc.FirmwareDropEvery = 20_000, 10_000
 	// Named at each connect; the installed one after the update.
 	sc.FirmwareVersion = "7.0.0"
 	api.importFleet(sc)
@@ -102,7 +104,7 @@ func TestCommandsKill9(t *testing.T) {
 		addr := freeAddr(t)
 		fe := newProc(t, fmt.Sprintf("frontend-%d", i), "frontend", append([]string{"-id", uid(fmt.Sprintf("fe-%d", i)),
 			"-listen", addr, "-routers", "tcp://" + routerAddr, "-queue-dir", filepath.Join(dir, fmt.Sprintf("fe-%d", i)),
-			"-presence-interval", "100ms", "-shutdown-grace", "2s", "-firmware-bytes-per-second", "8388608"}, api.followerArgs()...)...)
+			"-presence-interval", "100ms", "-shutdown-grace", "2s", "-firmware-bytes-per-second", "4194304"}, api.followerArgs()...)...)
 		fe.start(ctx)
 		fes = append(fes, fe)
 		urls = append(urls, "ws://"+addr)
@@ -118,7 +120,7 @@ func TestCommandsKill9(t *testing.T) {
 	waitFor(t, 30*time.Second, "every device connected", func() bool { return fleet.Stats().Connected == devices })
 
 	// A firmware campaign over the connected devices runs through the kills.
-	img := make([]byte, 100_000)
+	img := make([]byte, 30_000)
 	for i := range img {
 		img[i] = byte(rand.IntN(256))
 	}
