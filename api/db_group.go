@@ -92,6 +92,18 @@ func (s *store) writeGroup(ctx context.Context, fn func(*tx) error) error {
 // pending reports whether r has no outcome yet (it is still queued).
 func (r *groupReq) pending() bool { return len(r.res) == 0 }
 
+// runOne runs one write of a group; a panic in it is its caller's error,
+// not the group's end (a leader that died mid-group would leave every
+// later writer waiting for a lead that never comes).
+func runOne(t *tx, fn func(*tx) error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("grouped write panicked: %v", p)
+		}
+	}()
+	return fn(t)
+}
+
 // runGroup runs batch in one transaction and gives each request its
 // outcome.
 func (s *store) runGroup(batch []*groupReq) {
@@ -116,7 +128,7 @@ func (s *store) runGroup(batch []*groupReq) {
 			}
 			t.ctx, t.now = context.WithoutCancel(r.ctx), time.Now()
 			version := t.version
-			if err := r.fn(t); err != nil {
+			if err := runOne(t, r.fn); err != nil {
 				outs[i] = err
 				t.version = version
 				if _, err := t.ExecContext(ctx, `ROLLBACK TO SAVEPOINT w`); err != nil {

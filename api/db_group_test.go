@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,8 +14,8 @@ import (
 
 // TestWriteGroup: writes queued while one commit runs share the next
 // transaction (one commit for many), yet each keeps its own outcome — one
-// that fails (its own error, or a constraint the database refuses) is
-// rolled back alone, one whose caller left before its turn is not run —
+// that fails (its own error, a constraint the database refuses, a panic)
+// is rolled back alone, one whose caller left before its turn is not run —
 // and every caller told nil finds its write committed.
 func TestWriteGroup(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
@@ -74,6 +75,11 @@ func TestWriteGroup(t *testing.T) {
 						return errOwn // after writing: the write must go
 					case 9:
 						k = "k0" // a duplicate key: the database refuses it
+					case 11:
+						if err := insert(t, k); err != nil {
+							return err
+						}
+						panic("a bug in one write")
 					}
 					return insert(t, k)
 				})
@@ -101,6 +107,10 @@ func TestWriteGroup(t *testing.T) {
 			case 9:
 				if !isUniqueViolation(err) {
 					t.Errorf("write 9 (duplicate key): %v, want a unique violation", err)
+				}
+			case 11:
+				if err == nil || !strings.Contains(err.Error(), "panicked") {
+					t.Errorf("write 11 (panics): %v, want its panic as its error", err)
 				}
 			default:
 				if err != nil {
