@@ -366,6 +366,7 @@ func (s *Server) runCampaigns(ctx context.Context) {
 				s.log.Error("api: campaign tick failed", "campaign", id, "err", err)
 			}
 		}
+		s.gaugeCampaigns(ctx)
 	}
 }
 
@@ -396,9 +397,15 @@ func (s *Server) tickCampaign(ctx context.Context, id string, now time.Time) err
 		if err != nil || (c.State != CampaignRunning && c.State != CampaignPaused) {
 			return err
 		}
-		// 1. Outcomes of the offers out.
-		rows, err := t.QueryContext(ctx, `SELECT cd.device_id, cd.state, c.state, c.message FROM campaign_devices cd
- JOIN commands c ON c.id = cd.command_id WHERE cd.campaign_id = $1 AND cd.state IN ('offered', 'downloading')`, id)
+		// 1. Outcomes of the offers out, and of the devices that run the
+		// target version already: a device that reconnects naming it has
+		// installed it, whatever became of the offer's report (a pending
+		// one is not offered at all).
+		rows, err := t.QueryContext(ctx, `SELECT cd.device_id, cd.state, COALESCE(c.state, ''), COALESCE(c.message, ''),
+ COALESCE(p.firmware, '') = f.version
+FROM campaign_devices cd JOIN campaigns k ON k.id = cd.campaign_id JOIN firmware f ON f.id = k.firmware_id
+ LEFT JOIN commands c ON c.id = cd.command_id LEFT JOIN device_presence p ON p.device_id = cd.device_id
+WHERE cd.campaign_id = $1 AND (cd.state IN ('offered', 'downloading') OR (cd.state = 'pending' AND p.firmware = f.version))`, id)
 		if err != nil {
 			return fmt.Errorf("campaign outcomes: %w", err)
 		}
@@ -406,11 +413,16 @@ func (s *Server) tickCampaign(ctx context.Context, id string, now time.Time) err
 		var ups []upd
 		for rows.Next() {
 			var dev, cur, cmdState, msg string
-			if err := rows.Scan(&dev, &cur, &cmdState, &msg); err != nil {
+			var running bool
+			if err := rows.Scan(&dev, &cur, &cmdState, &msg, &running); err != nil {
 				rows.Close()
 				return err
 			}
-			if st, reason := campaignOutcome(cmdState, msg); st != "" && st != cur {
+			st, reason := campaignOutcome(cmdState, msg)
+			if running {
+				st, reason = "succeeded", ""
+			}
+			if st != "" && st != cur {
 				ups = append(ups, upd{dev, st, reason})
 			}
 		}

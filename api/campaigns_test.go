@@ -3,6 +3,8 @@ package api
 import (
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestCampaignPacingPauseAbort: a campaign offers the image to at most
@@ -103,4 +105,85 @@ func TestCampaignRamp(t *testing.T) {
 	if got := c.rate(); got != 10 {
 		t.Errorf("no ramp: %d", got)
 	}
+}
+
+// TestCampaignCountsRunningVersion: frontends report the firmware version a
+// device names at connect; the device's view shows it (a connect naming
+// none keeps it, a bad one is refused). A campaign counts a device that
+// reconnects running the target version as succeeded, report or not, and
+// one running it already as succeeded without offering it the image; a
+// device back on its old version stays in flight.
+func TestCampaignCountsRunningVersion(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		c := startCmdEnv(t, b)
+		c.must(201, req{method: "POST", path: "/v1/devices", key: c.adminKey, body: map[string]any{"id": "truck-3"}}, nil)
+		connect := func(dev, version string, at time.Time) int {
+			r := c.do(req{method: "POST", path: "/v1/feed/presence", key: c.fkey, body: map[string]any{"frontend": "fe-1",
+				"reports": []map[string]any{{"id": dev, "seen_at": at.UTC(), "connected": true, "firmware": version}}}})
+			return r.status
+		}
+		version := func(dev string) string {
+			var d Device
+			c.must(200, req{method: "GET", path: "/v1/devices/" + dev, key: c.adminKey}, &d)
+			if d.Presence == nil {
+				return "(no presence)"
+			}
+			return d.Presence.FirmwareVersion
+		}
+		start := time.Now()
+		for i, dev := range []string{"truck-1", "truck-2"} {
+			if st := connect(dev, "4.1.0", start.Add(time.Duration(i)*time.Millisecond)); st != 200 {
+				t.Fatalf("presence with a version: %d", st)
+			}
+		}
+		if st := connect("truck-3", "4.2.0", start); st != 200 {
+			t.Fatalf("presence: %d", st)
+		}
+		if st := connect("truck-1", "4.2.0 beta", start.Add(time.Second)); st != 422 {
+			t.Errorf("presence with a bad version: %d, want 422", st)
+		}
+		c.presence("fe-1", "truck-2", true, start.Add(time.Second)) // names none
+		if got := version("truck-2"); got != "4.1.0" {
+			t.Errorf("truck-2 runs %q after a connect naming no version, want 4.1.0 kept", got)
+		}
+
+		var fw Firmware
+		c.must(201, req{method: "POST", path: "/v1/firmware?version=4.2.0", key: c.adminKey, body: []byte("image"),
+			contentType: "application/octet-stream"}, &fw)
+		var camp Campaign
+		c.must(201, req{method: "POST", path: "/v1/firmware-campaigns", key: c.adminKey, body: map[string]any{"firmware": fw.ID,
+			"devices": []string{"truck-1", "truck-2", "truck-3"}, "per_minute": 1000}}, &camp)
+		get := func() Campaign {
+			var got Campaign
+			c.must(200, req{method: "GET", path: "/v1/firmware-campaigns/" + camp.ID, key: c.adminKey}, &got)
+			return got
+		}
+		waitFor(t, 10*time.Second, "truck-3 succeeded, two offered", func() bool {
+			g := get().Devices
+			return g["succeeded"] == 1 && g["offered"] == 2
+		})
+		d := c.dispatch("fe-1", "5s")
+		if len(d) != 2 {
+			t.Fatalf("dispatch %+v: want the offers of truck-1 and truck-2 only", d)
+		}
+		for _, x := range d {
+			c.report("fe-1", x.DeviceID, x.ID, "received") // downloading
+		}
+		// truck-1 reboots into the new image; its result report is lost.
+		// truck-2 comes back on its old one.
+		connect("truck-1", "4.2.0", start.Add(2*time.Second))
+		connect("truck-2", "4.1.0", start.Add(2*time.Second))
+		waitFor(t, 10*time.Second, "truck-1 succeeded", func() bool { return get().Devices["succeeded"] == 2 })
+		if g := get(); g.Devices["downloading"] != 1 || g.State != CampaignRunning {
+			t.Errorf("campaign %s %+v: want truck-2 still downloading", g.State, g.Devices)
+		}
+		if got := version("truck-1"); got != "4.2.0" {
+			t.Errorf("truck-1 runs %q, want 4.2.0", got)
+		}
+		// The dashboard's figures: drover_api_campaign_devices{state}.
+		gauge := func(st string) float64 { return testutil.ToFloat64(c.srv.metrics.campaignDevs.WithLabelValues(st)) }
+		waitFor(t, 10*time.Second, "the campaign gauge", func() bool {
+			return gauge("succeeded") == 2 && gauge("downloading") == 1 && gauge("pending") == 0
+		})
+	})
 }

@@ -59,14 +59,19 @@ type CommandConfig struct {
 	// expired (a report that comes later still counts: the device's word
 	// is the truth).
 	ReportGrace time.Duration
+	// Retention is how long a finished command (succeeded, failed,
+	// expired, cancelled) is kept after it finished; older ones are
+	// deleted, so that the table does not grow forever. 0 keeps them.
+	Retention time.Duration
 }
 
 // DefaultCommandConfig: 32 waiting commands per device, 5 minutes to live
 // unless told (at most 7 days), waits of up to 60 s, a first resend after
-// 5 s, a 1 s poll.
+// 5 s, a 1 s poll, finished commands kept 30 days.
 func DefaultCommandConfig() CommandConfig {
 	return CommandConfig{QueueLimit: 32, DefaultTTL: 5 * time.Minute, MaxTTL: 7 * 24 * time.Hour,
-		MaxWait: 60 * time.Second, Resend: 5 * time.Second, Poll: time.Second, ReportGrace: 30 * time.Second}
+		MaxWait: 60 * time.Second, Resend: 5 * time.Second, Poll: time.Second, ReportGrace: 30 * time.Second,
+		Retention: 30 * 24 * time.Hour}
 }
 
 // RegisterFlags defines the command flags in fs.
@@ -82,6 +87,8 @@ func (c *CommandConfig) RegisterFlags(fs *flag.FlagSet) {
 		"how often (`duration`) waiting command requests read the database for what other replicas and the clock changed")
 	fs.DurationVar(&c.ReportGrace, "command-report-grace", c.ReportGrace,
 		"how long (`duration`) after its expiry a sent command waits for the device's report before it is marked expired")
+	fs.DurationVar(&c.Retention, "command-retention", c.Retention,
+		"how long (`duration`) a finished command is kept after it finished; older ones are deleted (0: keep them all; at least 1h)")
 }
 
 // validate reports the problems of c.
@@ -98,6 +105,9 @@ func (c CommandConfig) validate() []error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %v, want > 0", d.name, d.v))
 		}
+	}
+	if c.Retention != 0 && c.Retention < minRetention {
+		errs = append(errs, fmt.Errorf("command-retention: %v, want 0 (keep) or at least %v", c.Retention, minRetention))
 	}
 	if c.DefaultTTL > c.MaxTTL {
 		errs = append(errs, fmt.Errorf("command-default-ttl %v over command-max-ttl %v", c.DefaultTTL, c.MaxTTL))
@@ -272,8 +282,8 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 	devID := r.PathValue("id")
 	var cmd Command
 	status := http.StatusCreated
-	err = s.db.write(ctx, func(t *tx) error {
-		d, err := loadDevice(ctx, t, p, devID)
+	err = s.db.writeGroup(ctx, func(t *tx) error {
+		d, err := loadDevice(t.ctx, t, p, devID)
 		if err != nil {
 			return err
 		}
@@ -281,7 +291,7 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 			return errInvalid("device", "device %q is decommissioned: it takes no commands", devID)
 		}
 		if idem != "" {
-			old, err := scanCommand(t.QueryRowContext(ctx, `SELECT `+commandCols+` FROM commands WHERE device_id = $1 AND idempotency_key = $2`, devID, idem))
+			old, err := scanCommand(t.QueryRowContext(t.ctx, `SELECT `+commandCols+` FROM commands WHERE device_id = $1 AND idempotency_key = $2`, devID, idem))
 			switch {
 			case err == nil:
 				if old.Name != in.Name || !sameParams(old.Params, in.Params) {
@@ -294,7 +304,7 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 			}
 		}
 		var waiting int
-		if err := t.QueryRowContext(ctx, `SELECT COUNT(*) FROM commands WHERE device_id = $1 AND state IN ('queued', 'sent')`, devID).Scan(&waiting); err != nil {
+		if err := t.QueryRowContext(t.ctx, `SELECT COUNT(*) FROM commands WHERE device_id = $1 AND state IN ('queued', 'sent')`, devID).Scan(&waiting); err != nil {
 			return fmt.Errorf("count commands: %w", err)
 		}
 		if waiting >= cfg.QueueLimit {
@@ -302,12 +312,12 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 			return errQueueFull(devID, cfg.QueueLimit)
 		}
 		var seq int64
-		if err := t.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) + 1 FROM commands WHERE device_id = $1`, devID).Scan(&seq); err != nil {
+		if err := t.QueryRowContext(t.ctx, `SELECT COALESCE(MAX(seq), 0) + 1 FROM commands WHERE device_id = $1`, devID).Scan(&seq); err != nil {
 			return fmt.Errorf("next command seq: %w", err)
 		}
 		cmd = Command{ID: newID("cmd_"), DeviceID: devID, Seq: seq, Name: in.Name, Params: in.Params, IdempotencyKey: idem,
 			State: CmdQueued, CreatedAt: msTime(t.ms()), CreatedBy: p.actor(), ExpiresAt: msTime(t.now.Add(ttl).UnixMilli())}
-		_, err = t.ExecContext(ctx, `INSERT INTO commands (id, device_id, seq, name, params, idempotency_key, state, created_at,
+		_, err = t.ExecContext(t.ctx, `INSERT INTO commands (id, device_id, seq, name, params, idempotency_key, state, created_at,
  created_by, key_id, request_id, expires_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $8)`,
 			cmd.ID, devID, seq, in.Name, string(params), nullString(idem), CmdQueued, t.ms(), p.actor(), p.KeyID,
 			requestID(r), cmd.ExpiresAt.UnixMilli())
@@ -319,13 +329,21 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 	if err != nil {
 		return err
 	}
+	var start *watched
+	if wait > 0 && status == http.StatusCreated {
+		// Watch before the frontend is woken: the answer then comes from
+		// the notification of the change, without a first read of what
+		// this request just wrote.
+		ch, release := s.notify.watchCommand(cmd.ID)
+		start = &watched{c: cmd, ch: ch, release: release}
+	}
 	if status == http.StatusCreated {
 		s.metrics.commands.WithLabelValues("created").Inc()
 		s.events.publish(CommandEvent{ID: cmd.ID, DeviceID: devID, State: CmdQueued, At: cmd.CreatedAt})
 		s.wakeDeviceFrontend(ctx, devID)
 	}
 	if wait > 0 && !cmdFinal(cmd.State) {
-		if cmd, err = s.waitCommand(ctx, p, devID, cmd.ID, wait); err != nil {
+		if cmd, err = s.waitCommand(ctx, p, devID, cmd.ID, wait, start); err != nil {
 			return err
 		}
 	}
@@ -361,14 +379,34 @@ func loadCommand(ctx context.Context, q querier, p *principal, devID, id string)
 	return c, nil
 }
 
+// watched is a command as last known and the watch taken before it was
+// read (or written).
+type watched struct {
+	c       Command
+	ch      <-chan struct{}
+	release func()
+}
+
 // waitCommand waits until the command is final or wait passes, and
 // returns it as it then is. Changes made by this replica wake it at once;
-// others are seen within -command-poll.
-func (s *Server) waitCommand(ctx context.Context, p *principal, devID, id string, wait time.Duration) (Command, error) {
+// others are seen within -command-poll. start, when not nil, is what the
+// caller knows already (its first read is skipped).
+func (s *Server) waitCommand(ctx context.Context, p *principal, devID, id string, wait time.Duration, start *watched) (Command, error) {
 	deadline := time.Now().Add(wait)
 	for {
-		ch, release := s.notify.watchCommand(id)
-		c, err := loadCommand(ctx, s.db.rdb, p, devID, id)
+		var (
+			c       Command
+			err     error
+			ch      <-chan struct{}
+			release func()
+		)
+		if start != nil {
+			c, ch, release = start.c, start.ch, start.release
+			start = nil
+		} else {
+			ch, release = s.notify.watchCommand(id)
+			c, err = loadCommand(ctx, s.db.rdb, p, devID, id)
+		}
 		if err != nil || cmdFinal(c.State) {
 			release()
 			return c, err
@@ -398,7 +436,7 @@ func (s *Server) getCommand(w http.ResponseWriter, r *http.Request, p *principal
 	if err != nil {
 		return err
 	}
-	c, err := s.waitCommand(r.Context(), p, r.PathValue("id"), r.PathValue("cmd"), wait)
+	c, err := s.waitCommand(r.Context(), p, r.PathValue("id"), r.PathValue("cmd"), wait, nil)
 	if err != nil {
 		return err
 	}

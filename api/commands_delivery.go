@@ -284,14 +284,14 @@ ORDER BY c.device_id, c.seq`, args...)
 		return nil, nil
 	}
 	var out []DispatchedCommand
-	err = s.db.write(ctx, func(t *tx) error {
+	err = s.db.writeGroup(ctx, func(t *tx) error {
 		out = out[:0]
 		stop := ""
 		for _, d := range due {
 			if d.DeviceID == stop {
 				continue
 			}
-			res, err := t.ExecContext(ctx, `UPDATE commands SET state = $1, sent_at = $2, sent_to = $3, attempts = attempts + 1,
+			res, err := t.ExecContext(t.ctx, `UPDATE commands SET state = $1, sent_at = $2, sent_to = $3, attempts = attempts + 1,
  updated_at = $2 WHERE id = $4 AND state = $5 AND attempts = $6`, CmdSent, nowMs, fe, d.ID, d.state, d.attempts)
 			if err != nil {
 				return fmt.Errorf("mark command sent: %w", err)
@@ -350,7 +350,7 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	var changed []string
 	var evs []CommandEvent
 	applied := map[string]int{}
-	err := s.db.write(ctx, func(t *tx) error {
+	err := s.db.writeGroup(ctx, func(t *tx) error {
 		changed, evs = changed[:0], evs[:0]
 		clear(applied)
 		for _, rep := range in.Reports {
@@ -449,18 +449,27 @@ func truncate(s string, n int) string {
 
 // sweepCommands marks expired what expired before reaching the device:
 // queued commands at their expiry, sent ones ReportGrace later (a report
-// of a command written just before its expiry may be on the way).
+// of a command written just before its expiry may be on the way). Once a
+// minute it also prunes the commands finished longer than Retention ago.
 func (s *Server) sweepCommands(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Commands.Poll)
 	defer t.Stop()
+	var lastPrune time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if err := s.sweepOnce(ctx, time.Now()); err != nil && ctx.Err() == nil {
+		now := time.Now()
+		if err := s.sweepOnce(ctx, now); err != nil && ctx.Err() == nil {
 			s.log.Error("api: command expiry sweep failed", "err", err)
+		}
+		if now.Sub(lastPrune) >= pruneEvery {
+			lastPrune = now
+			if _, err := s.pruneCommands(ctx, now); err != nil && ctx.Err() == nil {
+				s.log.Error("api: command retention: pruning finished commands failed", "err", err)
+			}
 		}
 	}
 }

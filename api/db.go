@@ -44,6 +44,9 @@ type store struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when the version moves
 	version int64         // last version this replica has seen
+
+	group     grouper          // writeGroup's queue (db_group.go)
+	groupSize func(writes int) // observes each group's size; set by the server
 }
 
 // openStore opens the database, applies the migrations and returns the

@@ -56,6 +56,9 @@ type Presence struct {
 	Frontend   string    `json:"frontend"`
 	RemoteAddr string    `json:"remote_addr"`
 	Connected  bool      `json:"connected"`
+	// FirmwareVersion is the version the device said it runs when it last
+	// connected naming one ("" when it never did).
+	FirmwareVersion string `json:"firmware_version"`
 }
 
 // deviceRow is a devices row, with the hashes the API never shows.
@@ -75,7 +78,7 @@ func (d deviceRow) auditView() Device {
 
 const deviceCols = `d.id, d.name, d.fleet, d.class, d.region, d.labels, d.state, d.state_changed_at, d.state_changed_by,
  d.state_reason, d.token_hash, d.token_issued_at, d.prev_token_hash, d.prev_token_expires_at, d.version, d.created_at,
- d.updated_at, p.last_seen_at, p.frontend, p.remote_addr, p.connected`
+ d.updated_at, p.last_seen_at, p.frontend, p.remote_addr, p.connected, p.firmware`
 
 const deviceFrom = ` FROM devices d LEFT JOIN device_presence p ON p.device_id = d.id`
 
@@ -83,13 +86,13 @@ type scanner interface{ Scan(...any) error }
 
 func scanDevice(sc scanner) (deviceRow, error) {
 	var d deviceRow
-	var fleet, class, region, tokenHash, prevHash, pFrontend, pRemote sql.NullString
+	var fleet, class, region, tokenHash, prevHash, pFrontend, pRemote, pFirmware sql.NullString
 	var issued, prevExp, pSeen, pConn sql.NullInt64
 	var labels string
 	var changedAt, created, updated int64
 	err := sc.Scan(&d.ID, &d.Name, &fleet, &class, &region, &labels, &d.State, &changedAt, &d.StateChangedBy,
 		&d.StateReason, &tokenHash, &issued, &prevHash, &prevExp, &d.Version, &created, &updated,
-		&pSeen, &pFrontend, &pRemote, &pConn)
+		&pSeen, &pFrontend, &pRemote, &pConn, &pFirmware)
 	if err != nil {
 		return d, err
 	}
@@ -109,7 +112,8 @@ func scanDevice(sc scanner) (deviceRow, error) {
 		d.Credential.PreviousValidUntil = &t
 	}
 	if pSeen.Valid {
-		d.Presence = &Presence{LastSeenAt: msTime(pSeen.Int64), Frontend: pFrontend.String, RemoteAddr: pRemote.String, Connected: pConn.Int64 != 0}
+		d.Presence = &Presence{LastSeenAt: msTime(pSeen.Int64), Frontend: pFrontend.String, RemoteAddr: pRemote.String,
+			Connected: pConn.Int64 != 0, FirmwareVersion: pFirmware.String}
 	}
 	return d, nil
 }

@@ -69,7 +69,14 @@
 //     reports move it to delivered, succeeded or failed; the device's word
 //     wins over an expiry marked meanwhile. GET /v1/commands/events
 //     streams this replica's command changes (server-sent events), each
-//     filtered by the device's fleet read when the event is sent.
+//     filtered by the device's fleet read when the event is sent. Command
+//     creates, dispatch marks and report posts group-commit (db_group.go):
+//     those that arrive while a commit runs share the next transaction,
+//     each in its own savepoint (a failing one rolls back alone), each
+//     answered only after that transaction committed. Finished commands
+//     are deleted -command-retention after they finished
+//     (commands_retention.go), except each device's newest and the offers
+//     of running campaigns.
 //   - Firmware images (firmware.go; docs/firmware.md): streamed to the
 //     local store and hashed on the way, written atomically, refused whole
 //     (nothing kept) when over -firmware-max-bytes or not the SHA-256 the
@@ -78,7 +85,8 @@
 //     fleet upload and delete (409 while a campaign names it), readers
 //     read. Campaigns (campaigns.go): devices selected at creation, a tick
 //     per -command-poll carrying firmware_update command outcomes into
-//     per-device states, applying the abort rule and offering more within
+//     per-device states (a device that connects naming the target version,
+//     X-Drover-Firmware through its frontend's presence, has succeeded), applying the abort rule and offering more within
 //     per_minute and max_concurrent; each tick is one write transaction
 //     whose changes are conditional on what it read, so replicas may tick
 //     together.

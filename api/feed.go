@@ -295,7 +295,8 @@ const maxPresenceReports = apiclient.MaxPresenceReports
 // newer frontend's connect may have been reported first: commands follow
 // presence, so it must not say "offline"); unknown devices are skipped
 // and counted in the answer. A stored connect wakes the frontend's
-// command long poll: commands queued for the device go at once.
+// command long poll: commands queued for the device go at once. A report
+// naming a firmware version records it; one naming none keeps the last.
 func (s *Server) feedPresence(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	var in struct {
 		Frontend string           `json:"frontend"`
@@ -317,6 +318,11 @@ func (s *Server) feedPresence(w http.ResponseWriter, r *http.Request, _ *princip
 		if len(rep.RemoteAddr) > 128 {
 			return errInvalid("reports", "report %d: remote_addr over 128 bytes", i)
 		}
+		if rep.Firmware != "" {
+			if err := telemetry.ValidateFirmwareVersion(rep.Firmware); err != nil {
+				return errInvalid("reports", "report %d: firmware: %v", i, err)
+			}
+		}
 	}
 	ctx := r.Context()
 	t, err := s.db.wdb.BeginTx(ctx, nil)
@@ -325,10 +331,11 @@ func (s *Server) feedPresence(w http.ResponseWriter, r *http.Request, _ *princip
 	}
 	defer t.Rollback()
 	stmt, err := t.PrepareContext(ctx, `
-INSERT INTO device_presence (device_id, last_seen_at, frontend, remote_addr, connected)
-SELECT $1, CAST($2 AS BIGINT), $3, $4, CAST($5 AS INTEGER) WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
+INSERT INTO device_presence (device_id, last_seen_at, frontend, remote_addr, connected, firmware)
+SELECT $1, CAST($2 AS BIGINT), $3, $4, CAST($5 AS INTEGER), $6 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
 ON CONFLICT (device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at, frontend = excluded.frontend,
- remote_addr = excluded.remote_addr, connected = excluded.connected
+ remote_addr = excluded.remote_addr, connected = excluded.connected,
+ firmware = CASE WHEN excluded.firmware <> '' THEN excluded.firmware ELSE device_presence.firmware END
 WHERE excluded.last_seen_at >= device_presence.last_seen_at
  AND (excluded.connected = 1 OR device_presence.frontend = excluded.frontend)`)
 	if err != nil {
@@ -338,7 +345,7 @@ WHERE excluded.last_seen_at >= device_presence.last_seen_at
 	stored := 0
 	var connects []string
 	for _, rep := range in.Reports {
-		res, err := stmt.ExecContext(ctx, rep.ID, rep.SeenAt.UnixMilli(), in.Frontend, rep.RemoteAddr, boolInt(rep.Connected))
+		res, err := stmt.ExecContext(ctx, rep.ID, rep.SeenAt.UnixMilli(), in.Frontend, rep.RemoteAddr, boolInt(rep.Connected), rep.Firmware)
 		if err != nil {
 			return fmt.Errorf("presence %s: %w", rep.ID, err)
 		}

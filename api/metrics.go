@@ -18,6 +18,8 @@ type metrics struct {
 	refused      *prometheus.CounterVec
 	commands     *prometheus.CounterVec
 	alertEvents  prometheus.Counter
+	writeGroups  prometheus.Histogram
+	campaignDevs *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -55,14 +57,38 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		alertEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_api_alert_events_total", Help: "Alert events reported by alert engines and applied.",
 		}),
+		campaignDevs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "drover_api_campaign_devices",
+			Help: "Devices of the running and paused firmware campaigns (this replica's last look, each -command-poll), by state: pending, offered, downloading, succeeded, failed, skipped.",
+		}, []string{"state"}),
+		writeGroups: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "drover_api_write_group_size",
+			Help:    "Writes (command creates, dispatch marks, report posts) committed together in one group-commit transaction; _count is those transactions (commits).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused, m.commands, m.alertEvents} {
+			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups, m.campaignDevs} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}
 		}
 	}
+	// Every series a dashboard reads exists from the start, at 0: a rate
+	// over a series that appears with its first event misses that event.
+	for _, ev := range commandEvents {
+		m.commands.WithLabelValues(ev)
+	}
+	for _, st := range campaignDeviceStates {
+		m.campaignDevs.WithLabelValues(st)
+	}
 	return m, nil
 }
+
+// commandEvents are the values of drover_api_commands_total{event}.
+var commandEvents = []string{"created", "sent", CmdDelivered, CmdSucceeded, CmdFailed, CmdExpired, CmdCancelled,
+	"requeued", "refused_queue_full", "ignored", "pruned"}
+
+// campaignDeviceStates are the states of a campaign's device.
+var campaignDeviceStates = []string{"pending", "offered", "downloading", "succeeded", "failed", "skipped"}

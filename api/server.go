@@ -197,6 +197,7 @@ func (s *Server) openWithRetry(ctx context.Context) (*store, error) {
 	for {
 		db, err := openStore(ctx, s.cfg, s.log)
 		if err == nil {
+			db.groupSize = func(n int) { s.metrics.writeGroups.Observe(float64(n)) }
 			return db, nil
 		}
 		if ctx.Err() != nil {

@@ -86,6 +86,8 @@ type conn struct {
 	cred   registry.Grant // what the authentication granted (registry.go)
 	expiry *time.Timer    // checks cred again when its overlap ends; nil when none
 	client string         // the client's address (behind trusted proxies, theirs), for presence
+	// firmware is the version the device named at connect (X-Drover-Firmware), for presence.
+	firmware string
 }
 
 // log logs an event of this connection with its device and remote address.

@@ -26,6 +26,22 @@ import (
 // download cut anywhere resumes from its last byte (206), and never splices
 // two images (If-Range is the image's SHA-256).
 
+// firmwareVersion returns the firmware version a device names when it
+// connects (telemetry.HeaderFirmware, else the query parameter), "" when
+// it names none; a version outside the rule is an error. The frontend
+// reports it with the device's presence: the registry shows it, and a
+// campaign counts a device that comes back running its target version.
+func firmwareVersion(r *http.Request) (string, error) {
+	v := r.Header.Get(telemetry.HeaderFirmware)
+	if v == "" {
+		v = r.URL.Query().Get(telemetry.QueryFirmware)
+	}
+	if v == "" {
+		return "", nil
+	}
+	return v, telemetry.ValidateFirmwareVersion(v)
+}
+
 // FirmwarePath is the prefix of firmware downloads: FirmwarePath + id.
 const FirmwarePath = "/v1/firmware/"
 

@@ -48,6 +48,7 @@ func TestFirmwareOverDroppingLink(t *testing.T) {
 	sc := sim.DefaultConfig()
 	sc.Devices, sc.Rate, sc.TokenSeed = 1, 0, "firmware-test"
 	sc.FirmwareLinkBytesPerSecond, sc.FirmwareDropEvery, sc.FirmwareChunk = 400_000, 30_000, 4096
+	sc.FirmwareVersion = "4.1.0"
 	var rows []map[string]any
 	for _, d := range sim.Devices(sc) {
 		rows = append(rows, map[string]any{"id": d.ID, "fleet": d.Fleet, "class": d.Class, "region": d.Region, "token_sha256": d.TokenSHA256})
@@ -71,12 +72,15 @@ func TestFirmwareOverDroppingLink(t *testing.T) {
 	go func() { done <- fleet.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	dev := sim.DeviceID(sc.IDPrefix, 0)
-	waitFor(t, 10*time.Second, "the device reported connected", func() bool {
+	waitFor(t, 10*time.Second, "the device reported connected, running 4.1.0", func() bool {
 		var d struct {
-			Presence *struct{ Connected bool } `json:"presence"`
+			Presence *struct {
+				Connected       bool
+				FirmwareVersion string `json:"firmware_version"`
+			} `json:"presence"`
 		}
 		cp.call("GET", "/v1/devices/"+dev, nil, &d)
-		return d.Presence != nil && d.Presence.Connected
+		return d.Presence != nil && d.Presence.Connected && d.Presence.FirmwareVersion == "4.1.0"
 	})
 	c, err := cp.post(dev, "?wait=30s", map[string]any{"name": sim.FirmwareCommand, "ttl": "1m",
 		"params": map[string]string{"id": fw, "sha256": hex.EncodeToString(sum[:]), "version": "4.2.0"}})

@@ -359,10 +359,10 @@ func TestPresenceBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	p.report("a", "1.1.1.1", true, t0)
-	p.report("a", "1.1.1.1", false, t0.Add(-time.Second)) // older: ignored
-	p.report("b", "2.2.2.2", true, t0)
-	p.report("c", "3.3.3.3", true, t0) // full
+	p.report("a", "1.1.1.1", "", true, t0)
+	p.report("a", "1.1.1.1", "", false, t0.Add(-time.Second)) // older: ignored
+	p.report("b", "2.2.2.2", "", true, t0)
+	p.report("c", "3.3.3.3", "", true, t0) // full
 	if n := testutil.ToFloat64(p.dropped.WithLabelValues("full")); n != 1 {
 		t.Errorf("dropped{full} = %v, want 1", n)
 	}
@@ -379,7 +379,7 @@ func TestPresenceBounded(t *testing.T) {
 		t.Fatalf("after a failed flush %d reports wait, want the 2 back", len(p.pending))
 	}
 	// A newer report replaces the one put back.
-	p.report("b", "2.2.2.2", false, t0.Add(time.Second))
+	p.report("b", "2.2.2.2", "", false, t0.Add(time.Second))
 	if r := p.pending["b"]; r.Connected {
 		t.Errorf("the newer disconnect lost: %+v", r)
 	}

@@ -444,7 +444,7 @@ func (f *Frontend) track(c *conn) bool {
 // release forgets an ended connection and frees its slot.
 func (f *Frontend) release(c *conn) {
 	if f.devs.detach(c.dev, c) {
-		f.presence.report(c.dev.id, c.client, false, time.Now())
+		f.presence.report(c.dev.id, c.client, "", false, time.Now())
 	}
 	f.mu.Lock()
 	delete(f.conns, c)
@@ -508,6 +508,12 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		f.refuseHTTP(w, http.StatusBadRequest, reasonBadDeviceID, err.Error(), id[:min(len(id), telemetry.MaxDeviceIDLen)])
 		return
 	}
+	fwVersion, err := firmwareVersion(r)
+	if err != nil {
+		f.unadmit()
+		f.refuseHTTP(w, http.StatusBadRequest, reasonBadFirmware, err.Error(), id)
+		return
+	}
 	if left, blocked := f.devLimit.Blocked(id, now); blocked {
 		f.unadmit()
 		f.refuseRateLimited(w, left, id)
@@ -535,7 +541,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	}
 	f.m.connectionsAccepted.Inc()
 	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
-	c := &conn{f: f, ws: ws, cred: grant, byCert: certID != "", client: src}
+	c := &conn{f: f, ws: ws, cred: grant, byCert: certID != "", client: src, firmware: fwVersion}
 	c.text.Store(r.URL.Query().Get(QueryEncoding) == "json")
 	if !f.track(c) {
 		// Shutdown began during the upgrade: this connection never
@@ -557,7 +563,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 		c.log(slog.LevelInfo, "frontend: device reconnected; closing its older connection")
 	}
 	f.admitted(c, reg)
-	f.presence.report(id, src, true, now)
+	f.presence.report(id, src, fwVersion, true, now)
 	c.extend()
 	ws.SetPongHandler(func(string) error { c.extend(); return nil })
 	c.startPing()

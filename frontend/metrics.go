@@ -12,6 +12,7 @@ import (
 const (
 	reasonNoCredentials  = "no_credentials"  // 401: no device id or no token
 	reasonBadDeviceID    = "bad_device_id"   // 400: the id breaks telemetry.ValidateDeviceID
+	reasonBadFirmware    = "bad_firmware"    // 400: X-Drover-Firmware breaks telemetry.ValidateFirmwareVersion
 	reasonUnknownDevice  = "unknown_device"  // 401, answered as bad_token
 	reasonBadToken       = "bad_token"       // 401, answered as unknown_device
 	reasonAuthRateLimit  = "auth_rate_limit" // 429: too many failed authentications

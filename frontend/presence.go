@@ -94,8 +94,9 @@ func newPresence(cfg PresenceConfig, client *apiclient.Client, id string, logger
 	return p, nil
 }
 
-// report records a device's presence: quick, never blocks on the API.
-func (p *presence) report(id, addr string, connected bool, at time.Time) {
+// report records a device's presence (with the firmware version it named
+// at connect, "" for none): quick, never blocks on the API.
+func (p *presence) report(id, addr, firmware string, connected bool, at time.Time) {
 	if p == nil {
 		return
 	}
@@ -106,7 +107,7 @@ func (p *presence) report(id, addr string, connected bool, at time.Time) {
 	case !ok && len(p.pending) >= p.cfg.MaxPending:
 		p.dropped.WithLabelValues("full").Inc()
 	default:
-		p.pending[id] = apiclient.PresenceReport{ID: id, SeenAt: at.UTC(), RemoteAddr: addr, Connected: connected}
+		p.pending[id] = apiclient.PresenceReport{ID: id, SeenAt: at.UTC(), RemoteAddr: addr, Connected: connected, Firmware: firmware}
 	}
 	full := len(p.pending) >= apiclient.MaxPresenceReports
 	p.mu.Unlock()
@@ -142,7 +143,7 @@ func (p *presence) run(ctx context.Context) {
 			return
 		case now := <-refresh.C:
 			for _, c := range p.conns() {
-				p.report(c.dev.id, c.client, true, now)
+				p.report(c.dev.id, c.client, c.firmware, true, now)
 			}
 			continue
 		case <-flush.C:

@@ -10,7 +10,8 @@
 # commands.latency_ms, from the call time the command carries; same host clock), p99 ≤ 25 ms;
 # API call with wait → result back to the caller (cmdlat's call_to_result_ms), p99 ≤ 50 ms.
 # Results go to bench-out/commands/ (OUT sets bench-out): cmdlat.json, sim.json, the api's and
-# the frontend's metrics, every log.
+# the frontend's metrics, every log. PROFILE=1 also takes a CPU profile of the api and of the
+# frontend over the run (api.pprof, frontend.pprof; `go tool pprof -top FILE`).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +19,7 @@ out="${OUT:-$root/bench-out}/commands"
 duration="${DURATION:-30s}"
 devices="${DEVICES:-10000}"
 rate="${RATE:-500}"
+pprof=(); profs=(); [[ "${PROFILE:-0}" == 1 ]] && pprof=(-pprof)
 rm -rf "$out"; mkdir -p "$out"
 work="$(mktemp -d)"
 pids=()
@@ -32,7 +34,7 @@ export DROVER_SIM_TOKEN_SEED=bench
 
 aport=$(freeport); aops=$(freeport); rport=$(freeport); rops=$(freeport); fport=$(freeport); fops=$(freeport)
 "$drover" api -listen "127.0.0.1:$aport" -data-dir "$work/api" -follower-key-file "$work/api/follower-key" \
-	-ops-listen "127.0.0.1:$aops" 2>"$out/api.log" &
+	-ops-listen "127.0.0.1:$aops" "${pprof[@]}" 2>"$out/api.log" &
 pids+=($!)
 waitready "127.0.0.1:$aops"
 api="http://127.0.0.1:$aport"
@@ -44,7 +46,7 @@ follow=(-registry-api "$api" -registry-api-key-file "$work/api/follower-key")
 pids+=($!)
 "$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
 	-queue-dir "$work/frontend" "${follow[@]}" -max-connections 20000 \
-	-ops-listen "127.0.0.1:$fops" 2>"$out/frontend.log" &
+	-ops-listen "127.0.0.1:$fops" "${pprof[@]}" 2>"$out/frontend.log" &
 pids+=($!)
 for a in "$rops" "$fops"; do waitready "127.0.0.1:$a"; done
 
@@ -60,8 +62,17 @@ for _ in $(seq 1 120); do
 done
 sleep 2
 echo "bench-commands: $devices devices, $rate commands/s for $duration; results in $out" >&2
+if ((${#pprof[@]})); then
+	# Profile the steady part: the duration (Go syntax: 30s, 2m, 1m30s) less cmdlat's 3 s warm-up.
+	secs=$(python3 -c 'import re,sys; print(max(1, int(sum(float(v)*{"h":3600,"m":60,"s":1}[u] for v,u in re.findall(r"([0-9.]+)([hms])", sys.argv[1]))) - 3))' "$duration")
+	(sleep 3; curl -fs -o "$out/api.pprof" "http://127.0.0.1:$aops/debug/pprof/profile?seconds=$secs") &
+	profs=($!)
+	(sleep 3; curl -fs -o "$out/frontend.pprof" "http://127.0.0.1:$fops/debug/pprof/profile?seconds=$secs") &
+	profs+=($!)
+fi
 "$work/cmdlat" -api "$api" -key-file "$work/api/api-admin-key" -devices "$devices" -rate "$rate" \
 	-duration "$duration" -summary "$out/cmdlat.json" 2>"$out/cmdlat.log"
+for p in "${profs[@]}"; do wait "$p" || true; done
 curl -fs "http://127.0.0.1:$aops/metrics" >"$out/api.metrics" || true
 curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend.metrics" || true
 kill -TERM "$simpid"; wait "$simpid" || true

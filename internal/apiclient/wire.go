@@ -74,6 +74,9 @@ type PresenceReport struct {
 	SeenAt     time.Time `json:"seen_at"`
 	RemoteAddr string    `json:"remote_addr"`
 	Connected  bool      `json:"connected"`
+	// Firmware is the version the device said it runs when it connected
+	// (X-Drover-Firmware); "" when it named none.
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // PresenceBatch is the body of POST /v1/feed/presence.

@@ -106,6 +106,10 @@ type Config struct {
 	FirmwareLinkBytesPerSecond int
 	FirmwareDropEvery          int
 	FirmwareChunk              int
+	// FirmwareVersion is the firmware version each device runs at start and names when it
+	// connects (X-Drover-Firmware); after an update, the image's version. "": names none
+	// until it installs one.
+	FirmwareVersion string
 
 	// TLSCAFile is a PEM file of the CAs that issue the frontends' certificates, for wss:// URLs;
 	// empty: the system's roots. TLSServerName is the name checked in their certificates; empty:
@@ -178,6 +182,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.FirmwareDropEvery, "firmware-drop-every", c.FirmwareDropEvery,
 		"cut a firmware download every so many `bytes` (the device resumes from there); 0: never")
 	fs.IntVar(&c.FirmwareChunk, "firmware-chunk", c.FirmwareChunk, "`bytes` read at a time from a firmware download (default 4096)")
+	fs.StringVar(&c.FirmwareVersion, "firmware-version", c.FirmwareVersion,
+		"firmware `version` the devices run at start and name when they connect (after an update, the image's); empty: none")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", c.ConnectRate, "first connections per second at start (`number`); 0: all at once")
 	fs.DurationVar(&c.BackoffMin, "backoff-min", c.BackoffMin, "shortest reconnect backoff (`duration`)")
 	fs.DurationVar(&c.BackoffMax, "backoff-max", c.BackoffMax, "longest reconnect backoff (`duration`)")
@@ -267,6 +273,11 @@ func (c Config) Validate() error {
 				errs = append(errs, fmt.Errorf("id-prefix: %q gives device id %q: %w", c.IDPrefix, DeviceID(c.IDPrefix, i), err))
 				break
 			}
+		}
+	}
+	if c.FirmwareVersion != "" {
+		if err := telemetry.ValidateFirmwareVersion(c.FirmwareVersion); err != nil {
+			errs = append(errs, fmt.Errorf("firmware-version: %w", err))
 		}
 	}
 	if math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) || c.Rate < 0 {

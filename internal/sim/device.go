@@ -57,7 +57,8 @@ type device struct {
 	// cmd is the device's side of commands (commands.go).
 	cmd cmdState
 	// base is the HTTP base URL of the frontend of the current connection (firmware
-	// downloads); fwVersion the firmware version it last installed.
+	// downloads); fwVersion the firmware version it runs (Config.FirmwareVersion, then the
+	// last it installed), named at each connect.
 	base      atomic.Pointer[string]
 	fwVersion atomic.Pointer[string]
 
@@ -84,7 +85,7 @@ func newDevice(f *Fleet, k int, seed uint64) *device {
 		v.eventRate = max(0, f.cfg.EventRate)
 		veh = v
 	}
-	return &device{
+	d := &device{
 		f:      f,
 		idx:    k,
 		id:     id,
@@ -95,6 +96,10 @@ func newDevice(f *Fleet, k int, seed uint64) *device {
 		out:    newOutbox(f.cfg.Outbox),
 		wake:   make(chan struct{}, 1),
 	}
+	if v := f.cfg.FirmwareVersion; v != "" {
+		d.fwVersion.Store(&v)
+	}
+	return d
 }
 
 // Reasons a session ends, besides the close codes and downlink errors the server gives.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/drover-telemetry/drover/telemetry"
 )
 
 // pickURL picks a frontend at random, another than last when there is a choice.
@@ -46,6 +48,9 @@ func (d *device) dial(ctx context.Context, url string) (*websocket.Conn, time.Du
 	h := http.Header{}
 	h.Set("X-Drover-Device", d.id)
 	h.Set("Authorization", "Bearer "+d.token)
+	if v := d.fwVersion.Load(); v != nil {
+		h.Set(telemetry.HeaderFirmware, *v) // the version it runs now: after an update, the new one
+	}
 	conn, resp, err := d.dialer.DialContext(context.WithValue(ctx, deviceKey{}, d), url, h)
 	if err == nil {
 		b := httpBase(url) // firmware downloads go to this frontend
