@@ -311,14 +311,14 @@ func TestEngineReceiverDown(t *testing.T) {
 	for _, recs := range devs {
 		p.send(recs)
 	}
-	waitFor(t, 30*time.Second, "failed deliveries", func() bool {
+	waitFor(t, 90*time.Second, "failed deliveries", func() bool {
 		return counter(t, en.reg, "drover_alerts_delivery_failures_total", "output", "webhook-ops") >= 3
 	})
 	if len(rv.got()) != 0 {
 		t.Fatal("a failing receiver got events")
 	}
 	rv.setFail(false)
-	waitFor(t, 30*time.Second, "every event", func() bool { return len(rv.got()) >= len(want) })
+	waitFor(t, 90*time.Second, "every event", func() bool { return len(rv.got()) >= len(want) })
 	time.Sleep(300 * time.Millisecond)
 	checkExactly(t, "webhook", rv.got(), want)
 }
