@@ -66,15 +66,27 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freeAddr returns a loopback address with a port free right now.
+// handedOut holds every port freeAddr has returned in this test binary.
+var handedOut sync.Map // string → struct{}
+
+// freeAddr returns a loopback address with a port free right now, never
+// one it returned before: a port is free from its probe's close until the
+// process it is for binds it, and the kernel may hand it out again in
+// between — with tests side by side (t.Parallel), to another process of
+// this binary, which then fails to bind ("address already in use").
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if _, dup := handedOut.LoadOrStore(addr, struct{}{}); !dup {
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // clusterKeys holds the cluster key file of each running test.
