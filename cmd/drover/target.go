@@ -110,7 +110,12 @@ func (t target) main(_ string, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := daemon.SignalContext(context.Background(), logger)
 	defer stop()
-	logger.Info("starting", "target", t.name, "version", b.Version, "commit", b.Commit)
+	procsBefore, procs := daemon.EnsureMinProcs()
+	logger.Info("starting", "target", t.name, "version", b.Version, "commit", b.Commit, "gomaxprocs", procs)
+	if procs != procsBefore {
+		logger.Info("GOMAXPROCS raised: one P would stall every goroutine behind each fsync (set GOMAXPROCS to choose)",
+			"from", procsBefore, "to", procs)
+	}
 	if err := group.Run(ctx); err != nil {
 		logger.Error("stopped with error", "target", t.name, "err", err)
 		return 1
