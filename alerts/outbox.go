@@ -365,13 +365,7 @@ func (o *outbox) read(ctx context.Context, c *cursor, maxEvents int) ([]outRecor
 	for {
 		o.mu.Lock()
 		from, wake, next := c.done+1, o.wake, o.next
-		var segs []outSeg
-		for i, s := range o.segs {
-			if i+1 < len(o.segs) && o.segs[i+1].first <= from {
-				continue
-			}
-			segs = append(segs, s)
-		}
+		segs := o.segsFromLocked(from)
 		o.mu.Unlock()
 		if from < next {
 			return readRecords(segs, from, next, maxEvents)
@@ -384,11 +378,9 @@ func (o *outbox) read(ctx context.Context, c *cursor, maxEvents int) ([]outRecor
 	}
 }
 
-// readRange returns the records after c's position up to seq to, without
-// waiting: none when there are none.
-func (o *outbox) readRange(c *cursor, to uint64) ([]outRecord, error) {
-	o.mu.Lock()
-	from, end := c.done+1, min(to+1, o.next)
+// segsFromLocked returns the segments that may hold records from seq from
+// on: the one holding from and every later one. Call with o.mu held.
+func (o *outbox) segsFromLocked(from uint64) []outSeg {
 	var segs []outSeg
 	for i, s := range o.segs {
 		if i+1 < len(o.segs) && o.segs[i+1].first <= from {
@@ -396,6 +388,15 @@ func (o *outbox) readRange(c *cursor, to uint64) ([]outRecord, error) {
 		}
 		segs = append(segs, s)
 	}
+	return segs
+}
+
+// readRange returns the records after c's position up to seq to, without
+// waiting: none when there are none.
+func (o *outbox) readRange(c *cursor, to uint64) ([]outRecord, error) {
+	o.mu.Lock()
+	from, end := c.done+1, min(to+1, o.next)
+	segs := o.segsFromLocked(from)
 	o.mu.Unlock()
 	if from >= end {
 		return nil, nil
