@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -199,16 +198,7 @@ func TestLakeOnAzureExactlyOnceAcrossACrash(t *testing.T) {
 	// DuckDB reads the files as the documented query does.
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(qctx, node, filepath.Join("testdata", "duckdb_alerts.cjs"), local)
-	cmd.Env = append(cmd.Environ(), "DUCKDB_NODE_API="+module)
-	out, err := cmd.Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("duckdb_alerts: %v\n%s", err, stderr)
-	}
+	out := testenv.RunDuckDB(t, qctx, node, module, filepath.Join("testdata", "duckdb_alerts.cjs"), local)
 	var got struct {
 		Total, Distinct int
 		Partitions      []string

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -557,14 +555,7 @@ func chaosCheckLake(t *testing.T, ctx context.Context, lakeDir string, acked map
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, node, script, lakeDir, ackedCSV)
-	cmd.Env = append(cmd.Environ(), "DUCKDB_NODE_API="+module)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("duckdb lake check: %v\n%s", err, stderr.String())
-	}
+	out := testenv.RunDuckDB(t, cctx, node, module, script, lakeDir, ackedCSV)
 	var r chaosLake
 	if err := json.Unmarshal(out, &r); err != nil {
 		t.Fatalf("duckdb output %q: %v", out, err)

@@ -276,14 +276,7 @@ func (p *pipeline) checkLake(acked map[string]uint64) {
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, script, p.lakeDir)
-	cmd.Env = append(cmd.Environ(), "DUCKDB_NODE_API="+module)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		p.t.Fatalf("duckdb lake check: %v\n%s", err, stderr.String())
-	}
+	out := testenv.RunDuckDB(p.t, ctx, node, module, script, p.lakeDir)
 	var got struct {
 		Rows, Distinct int
 		Devices        []struct {

@@ -108,6 +108,22 @@ func DuckDBNode(t testing.TB) (node, module string) {
 	return node, module
 }
 
+// RunDuckDB runs node with args (a DuckDB script and its arguments, from
+// DuckDBNode's node and module) until ctx ends and returns what it printed;
+// on failure it ends the test with the script's stderr.
+func RunDuckDB(t testing.TB, ctx context.Context, node, module string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, node, args...)
+	cmd.Env = append(cmd.Environ(), "DUCKDB_NODE_API="+module)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("duckdb %s: %v\n%s", filepath.Base(args[0]), err, stderr.String())
+	}
+	return out
+}
+
 // azFindAzurite returns the azurite-blob to run, or ends the test.
 func azFindAzurite(t testing.TB) string {
 	t.Helper()

@@ -3,7 +3,6 @@ package lake
 import (
 	"context"
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -37,16 +36,7 @@ func TestDuckDBReadsLake(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join("testdata", "duckdb_check.cjs"), cfg.Dir)
-	cmd.Env = append(cmd.Environ(), "DUCKDB_NODE_API="+module)
-	out, err := cmd.Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("duckdb_check: %v\n%s", err, stderr)
-	}
+	out := testenv.RunDuckDB(t, ctx, node, module, filepath.Join("testdata", "duckdb_check.cjs"), cfg.Dir)
 	var got struct {
 		Total      int               `json:"total"`
 		DistinctOn int               `json:"distinct_on"`

@@ -3,7 +3,6 @@ package lake
 import (
 	"context"
 	"encoding/json"
-	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -49,16 +48,7 @@ func TestLakeStoresEveryValidRecord(t *testing.T) {
 	node, module := testenv.DuckDBNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "-e", duckdbEdges, cfg.Dir)
-	cmd.Env = append(cmd.Environ(), "DUCKDB_NODE_API="+module)
-	out, err := cmd.Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("duckdb: %v\n%s", err, stderr)
-	}
+	out := testenv.RunDuckDB(t, ctx, node, module, "-e", duckdbEdges, cfg.Dir)
 	var got struct{ Rows, MaxSeq, MinTime, MaxTime string }
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("duckdb output %q: %v", out, err)
