@@ -2,14 +2,7 @@ package alerts_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,6 +16,7 @@ import (
 	"github.com/drover-telemetry/drover/alerts"
 	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/tlsserve/tlstest"
 )
 
 // -api-url follows the one rule of internal/apiclient: https://, or plain
@@ -68,7 +62,9 @@ func TestAPIURLRule(t *testing.T) {
 // never goes to a server it cannot verify, and it stays unready.
 func TestEngineFollowsAPIOverTLS(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile := writeSelfSigned(t, dir)
+	ca := tlstest.NewCA(t, "drover test CA")
+	certFile, keyFile := ca.Server(t, "drover api").Write(t, dir, "api")
+	caFile := ca.WriteCA(t, dir, "ca.pem")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +103,7 @@ func TestEngineFollowsAPIOverTLS(t *testing.T) {
 		go func() { edone <- en.Run(ectx) }()
 		return en, reg, func() { stop(); <-edone }
 	}
-	trusting, _, stopTrusting := start("trusting", certFile)
+	trusting, _, stopTrusting := start("trusting", caFile)
 	defer stopTrusting()
 	blind, blindReg, stopBlind := start("blind", "")
 	defer stopBlind()
@@ -167,34 +163,4 @@ func testLinks(t *testing.T) clusterlink.Config {
 		t.Fatal(err)
 	}
 	return clusterlink.Config{Keys: []clusterlink.Key{k}}
-}
-
-// writeSelfSigned writes a self-signed certificate for 127.0.0.1 (its own
-// CA) and its key into dir.
-func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	certFile, keyFile = filepath.Join(dir, "api.crt"), filepath.Join(dir, "api.key")
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "drover api"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
 }

@@ -2,16 +2,10 @@ package apiclient_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +15,7 @@ import (
 
 	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/internal/apiclient"
+	"github.com/drover-telemetry/drover/internal/tlsserve/tlstest"
 )
 
 // TestValidate: the follower's key never crosses a network in clear, and a
@@ -122,26 +117,9 @@ func TestClientAgainstAPI(t *testing.T) {
 // without it (its key never goes to an unverified server).
 func TestClientTLS(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "api.crt"), filepath.Join(dir, "api.key")
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "drover api"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(k)
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca := tlstest.NewCA(t, "drover test CA")
+	certFile, keyFile := ca.Server(t, "drover api").Write(t, dir, "api")
+	caFile := ca.WriteCA(t, dir, "ca.pem")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +139,7 @@ func TestClientTLS(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	<-srv.Started()
 
-	trusting, err := apiclient.New(apiclient.Config{URL: "https://" + addr, KeyFile: keyFileF, CAFile: certFile})
+	trusting, err := apiclient.New(apiclient.Config{URL: "https://" + addr, KeyFile: keyFileF, CAFile: caFile})
 	if err != nil {
 		t.Fatal(err)
 	}
