@@ -408,7 +408,7 @@ stampede)
 	herd=${DEVICES:-50000}
 	steady=${STEADY:-2000}
 	victims=${VICTIMS:-3}
-	rate=${RATE:-0.2}
+	rate=${RATE:-0.1}
 	registry $((herd + steady))
 	scheme=ws; [[ ${TLS:-0} == 1 ]] && scheme=wss
 	modes=${ADMISSION:-both}; [[ $modes == both ]] && modes="on off"

@@ -200,6 +200,8 @@ func TestRetryAfterGoesBackOnce(t *testing.T) {
 	good := newFakeFrontend(t, nil)
 	cfg := testConfig(busy.url(), good.url())
 	cfg.Devices, cfg.Readings = 20, 5
+	// A place within the longest backoff is worth waiting for (a longer one: the tests below).
+	cfg.BackoffMax = 2 * time.Second
 	f, _ := startFleet(t, cfg)
 	waitDone(t, f, 20*time.Second)
 	checkDelivered(t, f, good, cfg.Readings)
@@ -215,6 +217,64 @@ func TestRetryAfterGoesBackOnce(t *testing.T) {
 		}
 		if gap := at[1].Sub(at[0]); gap < time.Second {
 			t.Errorf("%s: came back after %v, before its Retry-After of 1 s", id, gap)
+		}
+	}
+}
+
+// TestLongLineAsksAnotherFrontend: a place in line later than the device's longest backoff, at
+// a frontend busy with its own devices while another stands idle (a restarted one, after a
+// kill: bench-conns.sh stampede found a third of a herd waiting a minute at the survivor), is a
+// reason to ask one other frontend at once. The devices are all in within a fraction of the 30 s
+// they were told, and none asked the busy frontend twice.
+func TestLongLineAsksAnotherFrontend(t *testing.T) {
+	busy := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse, s.retryAfter = 503, "30" })
+	idle := newFakeFrontend(t, nil)
+	cfg := testConfig(busy.url(), idle.url())
+	cfg.Devices, cfg.Readings = 20, 3
+	f, _ := startFleet(t, cfg)
+	waitDone(t, f, 15*time.Second)
+	checkDelivered(t, f, idle, cfg.Readings)
+	busy.mu.Lock()
+	defer busy.mu.Unlock()
+	if len(busy.attempts) == 0 {
+		t.Fatal("no device tried the busy frontend (each picks one of two at random)")
+	}
+	for id, at := range busy.attempts {
+		if len(at) != 1 {
+			t.Errorf("%s: %d attempts at the frontend with the long line, want 1", id, len(at))
+		}
+	}
+}
+
+// TestLongLinesTakeTheFirstPlace: told to wait by both frontends, a device goes back to the
+// place that comes first, which that frontend holds for it: here A's 3 s (longer than the
+// devices' 1 s longest backoff, so they ask B) before B's 30 s, whichever they tried first.
+func TestLongLinesTakeTheFirstPlace(t *testing.T) {
+	a := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse, s.retryAfter, s.refuseFirst = 503, "3", true })
+	b := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse, s.retryAfter = 503, "30" })
+	cfg := testConfig(a.url(), b.url())
+	cfg.Devices, cfg.Readings = 20, 3
+	cfg.BackoffMax = time.Second
+	f, _ := startFleet(t, cfg)
+	waitDone(t, f, 20*time.Second)
+	checkDelivered(t, f, a, cfg.Readings)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(a.attempts) != cfg.Devices {
+		t.Fatalf("%d devices tried A, want all %d", len(a.attempts), cfg.Devices)
+	}
+	for id, at := range a.attempts {
+		if len(at) != 2 {
+			t.Errorf("%s: %d attempts at A, want 2 (told its place, then in)", id, len(at))
+			continue
+		}
+		if gap := at[1].Sub(at[0]); gap < 3*time.Second {
+			t.Errorf("%s: back at A after %v, before its place (3 s)", id, gap)
+		}
+		if n := len(b.attempts[id]); n > 1 {
+			t.Errorf("%s: %d attempts at B, want at most 1 (asked once)", id, n)
 		}
 	}
 }

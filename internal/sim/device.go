@@ -152,6 +152,9 @@ func (d *device) run(ctx context.Context) {
 	retry := backoff.NewFull(cfg.BackoffMin, cfg.BackoffMax, d.rng)
 	lastURL := -1
 	back := false // the next attempt goes back to lastURL
+	// A place in line a frontend holds for this device while it asks another one (held.url < 0:
+	// none): see placeInLine.
+	held := place{url: -1}
 	var wait time.Duration
 	for {
 		if wait > 0 {
@@ -186,15 +189,27 @@ func (d *device) run(ctx context.Context) {
 				return
 			}
 			wait = retry.Next()
-			if retryAfter > 0 {
+			switch {
+			case retryAfter > 0:
 				// Honour Retry-After: the server chose it to spread the herd (its place in
 				// line). It is in whole seconds, so add up to a second of jitter: devices told
 				// the same second do not all come back at its start.
 				wait = retryAfter + time.Duration(d.rng.Int64N(int64(time.Second)))
-				// The accept rate holds the device's place in line at this frontend: come
-				// back to it. Once: refused there again (a full frontend, a line too long),
-				// try another.
-				back = !wentBack
+				// Only a 503's place is worth asking elsewhere for: a 429 (a flapping device,
+				// failed authentications) is a hold on this device, which another frontend
+				// would soon give too.
+				var he *handshakeError
+				busy := errors.As(err, &he) && he.status == http.StatusServiceUnavailable
+				var next int
+				next, wait, held = d.placeInLine(u, wentBack, busy, wait, held)
+				back = next >= 0
+				if back {
+					lastURL = next
+				}
+			case held.url >= 0:
+				// The other frontend failed without a place to offer: go back to the one held.
+				lastURL, wait, back = held.url, max(held.at-f.since(), 0), true
+				held = place{url: -1}
 			}
 			var he *handshakeError
 			if errors.As(err, &he) && he.status == http.StatusUnauthorized {
@@ -202,6 +217,7 @@ func (d *device) run(ctx context.Context) {
 			}
 			continue
 		}
+		held = place{url: -1}
 		reason, progress := d.session(ctx, conn, tick, stopC)
 		if reason == endStop {
 			return

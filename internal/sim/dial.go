@@ -28,6 +28,40 @@ func (d *device) pickURL(last int) int {
 	return (last + 1 + d.rng.IntN(n-1)) % n
 }
 
+// place is a place in line a frontend holds for the device: at (Fleet.since) at urls[url].
+type place struct {
+	url int
+	at  time.Duration
+}
+
+// placeInLine decides where a device told to wait goes next: frontend u answered with a
+// Retry-After (wait, jitter added). It returns the frontend to go back to (-1: pick another),
+// the wait, and the place held while the device asks elsewhere (docs/ingest.md, the device's
+// side, 2. and 4.):
+//   - A wait no longer than the device's longest backoff, or a single frontend: go back to u
+//     after the wait, once (wentBack: it was already a return, so pick another).
+//   - A longer wait of a 503 (busy) while other frontends are known: that frontend's line is long (it is busy,
+//     or its governor cut its rate to protect its own devices' acks) while another may have
+//     room at once, as a restarted one does after a kill. Keep the place (the frontend holds it
+//     whether the device comes or not) and ask one other frontend within a second.
+//   - Told to wait by that other one too: go back to whichever place comes first.
+func (d *device) placeInLine(u int, wentBack, busy bool, wait time.Duration, held place) (int, time.Duration, place) {
+	now := d.f.since()
+	if held.url >= 0 && held.url != u {
+		if held.at <= now+wait {
+			return held.url, max(held.at-now, 0), place{url: -1}
+		}
+		return u, wait, place{url: -1}
+	}
+	if busy && wait > d.f.cfg.BackoffMax && len(d.f.urls) > 1 && !wentBack {
+		return -1, time.Duration(d.rng.Int64N(int64(time.Second))), place{url: u, at: now + wait}
+	}
+	if wentBack {
+		return -1, wait, place{url: -1}
+	}
+	return u, wait, place{url: -1}
+}
+
 // handshakeError is an upgrade refused with an HTTP status.
 type handshakeError struct {
 	status int

@@ -28,9 +28,12 @@ type fakeFrontend struct {
 	srv *httptest.Server
 
 	// Behaviour. Set before devices connect.
-	refuse     int    // HTTP status to refuse every upgrade with (0: accept)
-	retryAfter string // Retry-After header of refusals
-	closeCode  int    // close with this code right after the upgrade (0: don't)
+	refuse int // HTTP status to refuse every upgrade with (0: accept)
+	// refuseFirst refuses only each device's first attempt (a frontend that holds its place in
+	// line and lets it in when it comes back).
+	refuseFirst bool
+	retryAfter  string // Retry-After header of refusals
+	closeCode   int    // close with this code right after the upgrade (0: don't)
 	// Every dropEvery-th frame of a connection is stored but not acked, and the connection is
 	// then ended by dropHow ("tcp": abrupt, or a close code), while dropBudget lasts.
 	dropEvery  int
@@ -100,11 +103,12 @@ func (s *fakeFrontend) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.attempts[id] = append(s.attempts[id], time.Now())
+	first := len(s.attempts[id]) == 1
 	s.mu.Unlock()
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		s.peers.Store(host, true)
 	}
-	if s.refuse != 0 {
+	if s.refuse != 0 && (first || !s.refuseFirst) {
 		if s.retryAfter != "" {
 			w.Header().Set("Retry-After", s.retryAfter)
 		}
