@@ -200,8 +200,6 @@ func TestRetryAfterGoesBackOnce(t *testing.T) {
 	good := newFakeFrontend(t, nil)
 	cfg := testConfig(busy.url(), good.url())
 	cfg.Devices, cfg.Readings = 20, 5
-	// A place within the longest backoff is worth waiting for (a longer one: the tests below).
-	cfg.BackoffMax = 2 * time.Second
 	f, _ := startFleet(t, cfg)
 	waitDone(t, f, 20*time.Second)
 	checkDelivered(t, f, good, cfg.Readings)
@@ -221,7 +219,7 @@ func TestRetryAfterGoesBackOnce(t *testing.T) {
 	}
 }
 
-// TestLongLineAsksAnotherFrontend: a place in line later than the device's longest backoff, at
+// TestLongLineAsksAnotherFrontend: a place in line more than askElsewhereAfter away, at
 // a frontend busy with its own devices while another stands idle (a restarted one, after a
 // kill: bench-conns.sh stampede found a third of a herd waiting a minute at the survivor), is a
 // reason to ask one other frontend at once. The devices are all in within a fraction of the 30 s
@@ -247,14 +245,13 @@ func TestLongLineAsksAnotherFrontend(t *testing.T) {
 }
 
 // TestLongLinesTakeTheFirstPlace: told to wait by both frontends, a device goes back to the
-// place that comes first, which that frontend holds for it: here A's 3 s (longer than the
-// devices' 1 s longest backoff, so they ask B) before B's 30 s, whichever they tried first.
+// place that comes first, which that frontend holds for it: here A's 6 s (more than
+// askElsewhereAfter, so they ask B) before B's 30 s, whichever they tried first.
 func TestLongLinesTakeTheFirstPlace(t *testing.T) {
-	a := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse, s.retryAfter, s.refuseFirst = 503, "3", true })
+	a := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse, s.retryAfter, s.refuseFirst = 503, "6", true })
 	b := newFakeFrontend(t, func(s *fakeFrontend) { s.refuse, s.retryAfter = 503, "30" })
 	cfg := testConfig(a.url(), b.url())
 	cfg.Devices, cfg.Readings = 20, 3
-	cfg.BackoffMax = time.Second
 	f, _ := startFleet(t, cfg)
 	waitDone(t, f, 20*time.Second)
 	checkDelivered(t, f, a, cfg.Readings)
@@ -270,8 +267,8 @@ func TestLongLinesTakeTheFirstPlace(t *testing.T) {
 			t.Errorf("%s: %d attempts at A, want 2 (told its place, then in)", id, len(at))
 			continue
 		}
-		if gap := at[1].Sub(at[0]); gap < 3*time.Second {
-			t.Errorf("%s: back at A after %v, before its place (3 s)", id, gap)
+		if gap := at[1].Sub(at[0]); gap < 6*time.Second {
+			t.Errorf("%s: back at A after %v, before its place (6 s)", id, gap)
 		}
 		if n := len(b.attempts[id]); n > 1 {
 			t.Errorf("%s: %d attempts at B, want at most 1 (asked once)", id, n)

@@ -28,6 +28,12 @@ func (d *device) pickURL(last int) int {
 	return (last + 1 + d.rng.IntN(n-1)) % n
 }
 
+// askElsewhereAfter is the longest place in line a device waits for without asking another
+// frontend first. Short enough that a herd finds a restarted frontend within the 15 s a
+// stampede should settle in (a restart takes ~5 s, then at most this, then the connection);
+// long enough that the usual place, a few seconds, is simply taken.
+const askElsewhereAfter = 5 * time.Second
+
 // place is a place in line a frontend holds for the device: at (Fleet.since) at urls[url].
 type place struct {
 	url int
@@ -38,7 +44,7 @@ type place struct {
 // Retry-After (wait, jitter added). It returns the frontend to go back to (-1: pick another),
 // the wait, and the place held while the device asks elsewhere (docs/ingest.md, the device's
 // side, 2. and 4.):
-//   - A wait no longer than the device's longest backoff, or a single frontend: go back to u
+//   - A wait up to askElsewhereAfter, or a single frontend: go back to u
 //     after the wait, once (wentBack: it was already a return, so pick another).
 //   - A longer wait of a 503 (busy) while other frontends are known: that frontend's line is long (it is busy,
 //     or its governor cut its rate to protect its own devices' acks) while another may have
@@ -53,7 +59,7 @@ func (d *device) placeInLine(u int, wentBack, busy bool, wait time.Duration, hel
 		}
 		return u, wait, place{url: -1}
 	}
-	if busy && wait > d.f.cfg.BackoffMax && len(d.f.urls) > 1 && !wentBack {
+	if busy && wait > askElsewhereAfter && len(d.f.urls) > 1 && !wentBack {
 		return -1, time.Duration(d.rng.Int64N(int64(time.Second))), place{url: u, at: now + wait}
 	}
 	if wentBack {

@@ -19,7 +19,7 @@
 //     every un-acked reading, oldest first. HTTP 401 waits Config.BackoffMax; a 503 or 429 with a
 //     Retry-After waits exactly that plus up to a second of jitter (the server chose it to spread
 //     the herd) and goes back to the same frontend, which holds its place in line (once: refused
-//     there again, it picks another); a 503's place later than Config.BackoffMax, with other
+//     there again, it picks another); a 503's place more than 5 s away, with other
 //     frontends known, sends it to ask one other frontend at once, keeping the place, and back to
 //     whichever place comes first if told to wait there too; a close 1012 (a frontend's lame duck) or 1001 reconnects at once, within a
 //     second, to another frontend. This is the device side's contract of docs/ingest.md.
