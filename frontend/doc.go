@@ -123,6 +123,17 @@
 // follower key with Range and If-Range (resumable from any byte), served
 // through one token bucket of FirmwareBytesPerSecond for all downloads.
 //
+// # The front door
+//
+// The device listener reads each new connection's request head itself
+// (upgrade.go), into a pooled 4 KiB buffer: a WebSocket upgrade of the ingest
+// path is served there, without net/http, whose per-connection buffers a
+// hijacked connection never gives back (8–12 KiB of garbage a device
+// connection). Anything else — firmware downloads, other paths, a head over
+// 4 KiB — is handed to net/http with the bytes already read and the TLS
+// state, and served as before. drover_frontend_requests_handed_to_net_http_total
+// counts those.
+//
 // # Shutdown
 //
 // When Run's context ends (SIGTERM) the frontend reports not ready, stops

@@ -78,6 +78,9 @@ type Frontend struct {
 	// TLS (nil: plain ws://) and admission (tls.go, admission.go).
 	tls   *tlsserve.Server
 	tlsLn *tlsserve.Listener // set by Run when TLS is on
+	// front is the device listener's front door (upgrade.go), set by Run
+	// once it serves.
+	front atomic.Pointer[upgradeListener]
 	gate  *gate
 	gov   *governor
 	am    *admissionMetrics
@@ -286,7 +289,8 @@ func (f *Frontend) Run(ctx context.Context) error {
 		mux.HandleFunc(FirmwarePath, f.serveFirmware)
 	}
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           withTLSState(mux),
+		ConnContext:       connContext, // upgrade.go: connections handed over by the front door
 		ReadHeaderTimeout: f.cfg.WriteTimeout,
 		IdleTimeout:       f.cfg.IdleTimeout, // plain HTTP keep-alive only
 		MaxHeaderBytes:    16 << 10,
@@ -339,13 +343,16 @@ func (f *Frontend) Run(ctx context.Context) error {
 
 	var runErr error
 	serveDone := make(chan struct{})
+	var front *upgradeListener
 	if f.waitRegistry(ctx, store) {
 		f.store = store
 		defer store.Subscribe(f.registryChanged)()
 		startCommands()
+		front = newUpgradeListener(f, ln)
+		f.front.Store(front)
 		go func() {
 			defer close(serveDone)
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(front); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				failed <- fmt.Errorf("frontend: serve: %w", err)
 			}
 		}()
@@ -376,6 +383,9 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 	cancelShut()
 	<-serveDone
+	if front != nil {
+		front.wait() // the upgrades the front door was serving outside net/http
+	}
 	if runErr == nil {
 		f.lameDuck(context.WithoutCancel(ctx), f.cfg.LameDuck)
 	}
@@ -455,8 +465,8 @@ func (f *Frontend) release(c *conn) {
 }
 
 // serveIngest authenticates a device, upgrades its connection and starts its
-// read loop. It returns right after the upgrade, so that net/http frees the
-// buffers it holds for the request (4 KiB each way).
+// read loop. It is served by the listener's front door (upgrade.go), outside
+// net/http, unless the request head was too large for it.
 func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	if !websocket.IsWebSocketUpgrade(r) {
 		f.refuseHTTP(w, http.StatusBadRequest, reasonNotWebSocket, "expected a WebSocket upgrade", "")

@@ -32,6 +32,7 @@ type metrics struct {
 	connections         prometheus.Gauge
 	connectionsAccepted prometheus.Counter
 	connectionsRefused  prometheus.Counter
+	handedToHTTP        prometheus.Counter
 	connectionsClosed   *prometheus.CounterVec
 	refusals            *prometheus.CounterVec
 	framesReceived      prometheus.Counter
@@ -58,6 +59,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		connectionsRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_frontend_connections_refused_total",
 			Help: "Device connections refused before the upgrade (401, 429, 503, 400); reasons in drover_frontend_refusals_total.",
+		}),
+		handedToHTTP: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_frontend_requests_handed_to_net_http_total",
+			Help: "Connections the device listener's front door handed to net/http: not a WebSocket upgrade of the ingest path (firmware downloads, other paths), or a request head over 4 KiB. Upgrades are served without net/http's per-connection buffers.",
 		}),
 		connectionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_frontend_connections_closed_total",
@@ -106,7 +111,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.connections, m.connectionsAccepted, m.connectionsRefused, m.connectionsClosed, m.refusals,
+		m.connections, m.connectionsAccepted, m.connectionsRefused, m.handedToHTTP, m.connectionsClosed, m.refusals,
 		m.framesReceived, m.framesStored, m.framesDuplicate,
 		m.readingsReceived, m.readingsBacklog, m.readingsStored, m.readingsDuplicate,
 		m.ackLatency, m.devices,
