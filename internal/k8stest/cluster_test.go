@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -40,7 +41,8 @@ import (
 //   - probes and preStop are run by the runner (the kubelet's work): it
 //     polls the readiness probe's URL on the pod's IP, and stops a pod by
 //     sleeping its preStop, sending SIGTERM and, after the grace period,
-//     SIGKILL.
+//     SIGKILL, to its containers first and to its infra container (the
+//     sandbox: its network) only once they have exited, as the kubelet does.
 //
 // What it does not do is in docs/deploy.md, "What is tested here".
 type cluster struct {
@@ -355,8 +357,22 @@ func (c *cluster) waitReady(p *pod, timeout time.Duration) {
 }
 
 // stop stops a pod as the kubelet does after a delete: it leaves the
-// endpoints at once (not ready), sleeps its preStop, sends SIGTERM, and
-// SIGKILL when the grace period is over; its volumes stay.
+// endpoints at once (not ready), sleeps its preStop, sends SIGTERM to its
+// containers, and SIGKILL when the grace period is over; then it removes
+// the pod, its network with it; its volumes stay.
+//
+// The order matters. The kubelet stops a pod's containers and only then
+// its sandbox, whose network namespace they use until they exit. `podman
+// pod stop` (4.3, Debian 12's) stops every container of the pod at once,
+// the infra container too, and the infra container's exit tears the pod's
+// network down (ordered stop was proposed upstream: containers/podman#25169):
+// a frontend's lame duck then ran its 10 s without a network, its 1012
+// closes never reached the devices, and the load balancer kept the
+// devices' side of those connections open, so that nearly every device
+// waited for its ack timeout (10 s) and a reconnect: the 13 s ack waits of
+// the rolling update (docs/deploy.md, "What is tested here"). So the
+// containers are stopped by name, and the runner checks that the infra
+// container exited after them.
 func (c *cluster) stop(p *pod) {
 	c.t.Helper()
 	c.mu.Lock()
@@ -371,11 +387,34 @@ func (c *cluster) stop(p *pod) {
 	c.logf("deleting %s: preStop %v, then SIGTERM with %v left of the grace period", p.name, pre, grace-pre)
 	time.Sleep(pre)
 	start := time.Now()
-	c.pm.Run(c.t, "pod", "stop", "--time", fmt.Sprint(int((grace - pre).Seconds())), p.name)
+	args := []string{"stop", "--time", fmt.Sprint(int((grace - pre).Seconds()))}
+	for _, ct := range spec.Containers {
+		args = append(args, p.name+"-"+ct.Name) // in parallel, as the kubelet kills them
+	}
+	c.pm.Run(c.t, args...)
 	code := c.pm.Run(c.t, "inspect", p.name+"-"+containerOf(p), "--format", "{{.State.ExitCode}}")
 	c.logf("%s stopped in %v, exit status %s", p.name, time.Since(start).Round(10*time.Millisecond), code)
 	if code != "0" {
 		c.t.Errorf("%s exited with %s after SIGTERM (not a clean stop within its grace period)", p.name, code)
+	}
+	// The infra container stops once the pod's last container has exited
+	// (kube play's pods have exit policy "stop"): never before.
+	infra := c.pm.Run(c.t, "pod", "inspect", p.name, "--format", "{{.InfraContainerID}}")
+	state := func(ctr string) (string, int64) {
+		st := strings.Fields(c.pm.Run(c.t, "inspect", ctr, "--format", "{{.State.Status}} {{.State.FinishedAt.UnixNano}}"))
+		if len(st) != 2 {
+			c.t.Fatalf("podman inspect %s: %q", ctr, st)
+		}
+		n, _ := strconv.ParseInt(st[1], 10, 64)
+		return st[0], n
+	}
+	if st, infraAt := state(infra); st != "running" {
+		for _, ct := range spec.Containers {
+			if _, at := state(p.name + "-" + ct.Name); infraAt < at {
+				c.t.Errorf("%s: its infra container (the pod's network) exited %v before its container %s; want after (the kubelet removes the sandbox last)",
+					p.name, time.Duration(at-infraAt).Round(time.Millisecond), ct.Name)
+			}
+		}
 	}
 	c.pm.Run(c.t, "pod", "rm", "--force", p.name)
 	c.mu.Lock()

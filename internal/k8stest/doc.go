@@ -15,9 +15,11 @@
 //   - TestKubePlayRollingUpdate plays the dev overlay with podman kube play
 //     (each StatefulSet ordinal as a Pod with its PVC as a named volume) and
 //     performs a rolling update of every workload, the way the StatefulSet
-//     and Deployment controllers would, while simulated devices send:
-//     nothing acked is lost. It is provisioned as docs/deploy.md says: the
-//     api over HTTPS with a CA the test makes, a follower's key made
+//     and Deployment controllers would (and the kubelet: a pod's containers
+//     stop before its network), while simulated devices send: nothing
+//     acked is lost, every device is moved by a stopping frontend (1012),
+//     and none waits for an ack three quarters of its ack timeout. It is
+//     provisioned as docs/deploy.md says: the api over HTTPS with a CA the test makes, a follower's key made
 //     through it, the devices registered through it, and every follower
 //     (frontends, routers, livefeed, alert engine) on https:// with that
 //     key and CA. docs/deploy.md, "What is tested here", says

@@ -42,8 +42,9 @@ var played = map[string]int{
 // recreated. Every workload rolls at once, as they do when an image tag
 // changes everywhere. Then: every pod runs the new build, no
 // PodDisruptionBudget was exceeded, and every reading acked to a device
-// is in the lake and in InfluxDB (lost = 0). The device-visible
-// interruption is measured and logged.
+// is in the lake and in InfluxDB (lost = 0), every device was told to go
+// by a stopping frontend (1012), and no device waited for an ack long
+// enough to have recovered by its ack timeout.
 //
 // It is provisioned as docs/deploy.md says: the api serves HTTPS with a
 // certificate for drover-api signed by a CA (Secrets drover-api-tls and
@@ -327,6 +328,27 @@ func TestKubePlayRollingUpdate(t *testing.T) {
 	}
 	if influxLost > 0 {
 		t.Errorf("LOST: %d acked readings missing from InfluxDB", influxLost)
+	}
+	// The devices' view of the update. A stopping frontend tells each of
+	// its devices to go (1012) once the frame it is storing is acked; a
+	// frame sent after that is resent on the next connection, at most a
+	// second later (the device's jitter) plus a connect and an fsync:
+	// p99 1.2 s, longest 3.0 s here at a load average of 17-20. A device
+	// that recovers only by timing out (a close that never reached it, a
+	// frontend that stopped acking) waits at least its ack timeout (10 s)
+	// for the oldest frame in flight: the 13-16 s waits this found when
+	// the runner tore a pod's network down before its frontend had moved
+	// its devices (cluster.stop). The bound, three quarters of the ack
+	// timeout, breaks on any such recovery and leaves 2.5 times the worst
+	// seen under load.
+	if maxWait := sc.AckTimeout * 3 / 4; st.AckLatency.Max > maxWait {
+		t.Errorf("a device waited %v for an ack (p99 %v); want at most %v (%d reconnects after an ack timeout)",
+			st.AckLatency.Max.Round(time.Millisecond), st.AckLatency.P99.Round(time.Millisecond), maxWait, st.Disconnects["ack_timeout"])
+	}
+	// Every device was on a frontend that stopped: each was told to go
+	// (1012, frontend.CloseServiceRestart; sim.Stats counts closes by code).
+	if n := st.Disconnects["1012"]; n < uint64(sc.Devices) {
+		t.Errorf("the stopping frontends' 1012 closes reached devices %d times; want at least %d (every device was on a frontend that stopped)", n, sc.Devices)
 	}
 	if n := lb.refused.Load(); n > 0 {
 		t.Errorf("the load balancer found no ready frontend for %d connections: the update left no frontend serving", n)
