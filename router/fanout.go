@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
@@ -127,7 +128,8 @@ func (r *Router) publishBatches(b queue.Batch, cache *builtCache) ([][]byte, int
 			bt.pbs = pbs
 		} else {
 			r.m.fanoutRebuilt.Inc()
-			if bt, ok = r.buildEntry(e, true); !ok {
+			n, _ := forward.CountRecords(e.Data) // an error: buildEntry says it
+			if bt, ok = r.buildEntry(e, n, true); !ok {
 				continue
 			}
 		}
@@ -151,18 +153,21 @@ type built struct {
 // them as one or more PublishBatches. It works on the wire bytes: each
 // Record goes out as the frontend stored it, beside its Enrichment, and no
 // Reading is decoded (telemetry.WalkBatchRecords, AppendPublishBatch); the
-// bytes are those proto.Marshal would write for the decoded messages. loud
-// says whether a bad entry is counted and logged (by the fan-out, not by the
-// live lane too).
-func (r *Router) buildEntry(e queue.Entry, loud bool) (built, bool) {
+// bytes are those proto.Marshal would write for the decoded messages. n is
+// the entry's record count (forward.CountRecords; ingest knows it), which
+// sizes the per-record slices at once: a main entry holds up to thousands
+// of records, and growing them by doubling allocated and copied twice
+// their size. loud says whether a bad entry is counted and logged (by the
+// fan-out, not by the live lane too).
+func (r *Router) buildEntry(e queue.Entry, n int, loud bool) (built, bool) {
 	var reg *registry.Registry
 	if r.registry != nil {
 		reg = r.registry.Current()
 	}
 	var (
-		recs []telemetry.RawEnriched
-		enc  []byte // every distinct enrichment, encoded; recs' Enrichment slice it
-		offs [][2]int
+		recs = make([]telemetry.RawEnriched, 0, n)
+		enc  []byte // every distinct enrichment, encoded; recs' Enrichment slice it (few: one per run of a device)
+		offs = make([][2]int, 0, n)
 		last []byte // the previous record's device: a frame's records share one
 		cur  [2]int // its enrichment in enc
 		miss bool   // it is unknown to the registry

@@ -55,16 +55,17 @@ func (r *Router) closeLiveLane() {
 	r.live.close()
 }
 
-// buildLive builds the main entries ents (of sender, covering ivs) for the
-// lanes while the live lane is open: each is kept for the fan-out and
-// returned for offerLive. Nil when the lane is not open.
-func (r *Router) buildLive(sender string, ents [][]byte, ivs []forward.Interval) []built {
+// buildLive builds the main entries ents (of sender, covering ivs, holding
+// recs records each) for the lanes while the live lane is open: each is
+// kept for the fan-out and returned for offerLive. Nil when the lane is not
+// open.
+func (r *Router) buildLive(sender string, ents [][]byte, ivs []forward.Interval, recs []int) []built {
 	if !r.liveOpen.Load() {
 		return nil
 	}
 	out := make([]built, 0, len(ents))
 	for i, e := range ents {
-		bt, ok := r.buildEntry(queue.Entry{Data: e}, false) // seq 0: none serialized
+		bt, ok := r.buildEntry(queue.Entry{Data: e}, recs[i], false) // seq 0: none serialized
 		if !ok {
 			continue // cannot happen (ingest built e); the fan-out says so
 		}

@@ -457,6 +457,7 @@ func (r *Router) ingest(id []byte, m forward.Message) {
 		r.ingests.Done()
 	}()
 	records, size := 0, 0
+	counts := make([]int, len(m.Entries)) // records per entry: buildEntry sizes by them
 	for i, e := range m.Entries {
 		n, err := forward.CountRecords(e)
 		if err != nil {
@@ -468,6 +469,7 @@ func (r *Router) ingest(id []byte, m forward.Message) {
 			return
 		}
 		records += n
+		counts[i] = n
 		size += len(e)
 	}
 	r.m.records.Add(float64(records))
@@ -481,7 +483,7 @@ func (r *Router) ingest(id []byte, m forward.Message) {
 	r.m.duplicates.Add(float64(p.dups))
 	var err error
 	if p.op != nil {
-		err = r.appendNew(m, p.op.missing)
+		err = r.appendNew(m, counts, p.op.missing)
 		r.dd.finish(p.op, err)
 	}
 	for _, dep := range p.deps {
@@ -526,11 +528,12 @@ const entryOverhead = 2 + 253 + 2*11 + 10 + 24
 // record size allows (usually one). Each append that succeeds is recorded
 // in the dedup state at once, so that a failure later in the batch does not
 // make what was stored forgettable.
-func (r *Router) appendNew(m forward.Message, missing []forward.Interval) error {
+func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.Interval) error {
 	var (
 		ents  [][]byte
 		ivs   []forward.Interval
-		size  = 24 // the queue's record trailer
+		recs  []int // records in each of ents
+		size  = 24  // the queue's record trailer
 		total int
 	)
 	flush := func() error {
@@ -539,7 +542,7 @@ func (r *Router) appendNew(m forward.Message, missing []forward.Interval) error 
 		}
 		// Live at receipt (livepub.go); after the append while the main
 		// queue refuses, so that resends are not offered again and again.
-		bts := r.buildLive(m.Sender, ents, ivs)
+		bts := r.buildLive(m.Sender, ents, ivs, recs)
 		early := !r.mainRefusing.Load()
 		if early {
 			r.offerLive(bts)
@@ -566,7 +569,7 @@ func (r *Router) appendNew(m forward.Message, missing []forward.Interval) error 
 		for _, e := range ents {
 			r.m.storedBytes.Add(float64(len(e)))
 		}
-		ents, ivs, size, total = ents[:0], ivs[:0], 24, 0
+		ents, ivs, recs, size, total = ents[:0], ivs[:0], recs[:0], 24, 0
 		return nil
 	}
 	for _, iv := range missing {
@@ -584,8 +587,13 @@ func (r *Router) appendNew(m forward.Message, missing []forward.Interval) error 
 					return err
 				}
 			}
+			nrec := 0
+			for _, c := range counts[first-m.First : last-m.First+1] {
+				nrec += c
+			}
 			ents = append(ents, e)
 			ivs = append(ivs, forward.Interval{First: first, Last: last})
+			recs = append(recs, nrec)
 			size += len(e) + 10
 			total += int(last - first + 1)
 			first = last + 1
