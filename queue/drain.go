@@ -232,7 +232,7 @@ func (s *segReader) next(committed pos) (*inflight, error) {
 			s.cursor.off += 4
 			continue
 		}
-		body, err := s.readAt(s.cursor.off+4, l, limit)
+		body, own, err := s.readBody(s.cursor.off+4, l, limit)
 		if err != nil {
 			return nil, err
 		}
@@ -248,8 +248,15 @@ func (s *segReader) next(committed pos) (*inflight, error) {
 			return nil, fmt.Errorf("queue read: segment %d offset %d: %w", s.cursor.seg, s.cursor.off, err)
 		}
 		s.cursor.off += 4 + int64(l)
-		data := append([]byte(nil), rr.data...) // keep one allocation per record
 		r := &inflight{bytes: rr.payloadBytes(), entries: make([]Entry, len(ents))}
+		if own {
+			// The body has a buffer of its own: the entries keep it.
+			for i, e := range ents {
+				r.entries[i] = Entry{Seq: rr.seq + uint64(i), Data: e[:len(e):len(e)]}
+			}
+			return r, nil
+		}
+		data := append([]byte(nil), rr.data...) // keep one allocation per record
 		base := 0
 		for i, e := range ents {
 			// e aliases rr.data; find it in the copy by offset.
@@ -289,6 +296,32 @@ func (s *segReader) readAt(off int64, n int, limit int64) ([]byte, error) {
 		return nil, nil
 	}
 	return s.rbuf[:n], nil
+}
+
+// readBody returns the n bytes of a record's body at off, or nil if they
+// are not all there before limit. A body in the read-ahead buffer, or a
+// small one, comes from that buffer (own false: the caller copies what it
+// keeps); a larger one is read into a buffer of its own (own true), which
+// the caller keeps as it is: the records of a frontend's or a router's
+// queue are hundreds of KiB, and reading them through the read-ahead buffer
+// cost a copy of every byte.
+func (s *segReader) readBody(off int64, n int, limit int64) ([]byte, bool, error) {
+	if limit >= 0 && off+int64(n) > limit {
+		return nil, false, nil
+	}
+	if n < readChunk/2 || off >= s.rbufOff && off+int64(n) <= s.rbufOff+int64(len(s.rbuf)) {
+		b, err := s.readAt(off, n, limit)
+		return b, false, err
+	}
+	buf := make([]byte, n)
+	got, err := s.rf.ReadAt(buf, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, false, fmt.Errorf("queue read: segment %d: %w", s.rfNum, err)
+	}
+	if got < n {
+		return nil, false, nil
+	}
+	return buf, true, nil
 }
 
 // close releases the reader's file.
