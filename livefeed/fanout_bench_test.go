@@ -16,7 +16,8 @@ import (
 // and written to every one of the clients, WebSocket clients on loopback
 // that follow every vehicle and read without decoding (as livelat's extra
 // clients do). The batch reaches every client before the next is applied,
-// in one message each, so ns/update is the process's time per client update, the
+// in one message each (SendInterval 0: pacing is TestPacedUpdatesComeTogether's
+// subject), so ns/update is the process's time per client update, the
 // clients' reads included, and allocs/op is deterministic but for the
 // runtime's own:
 //
@@ -32,6 +33,7 @@ func benchFanout(b *testing.B, clients, batch int) {
 	const vehicles = 1000
 	pub := newPublisher(b, "r0")
 	rf := startFeed(b, func(c *Config) {
+		c.SendInterval = 0
 		c.MaxClients = clients + 10
 		c.MaxRate = 1000
 	}, pub)
