@@ -232,10 +232,12 @@ func (c *client) subscribe(sub *subscription) {
 
 	// The maps are built before taking the lock, which ingest waits for.
 	nowNs := now.UnixNano()
-	shown := make(map[string]int64, len(list))
+	shown := make(map[string]*int64, len(list))
+	shownAt := make([]int64, len(list)) // the entries, in one allocation
 	inSnap := make(map[string]*vehicle, len(list))
-	for _, v := range list {
-		shown[v.id] = nowNs
+	for i, v := range list {
+		shownAt[i] = nowNs
+		shown[v.id] = &shownAt[i]
 		inSnap[v.id] = v
 	}
 	c.mu.Lock()
