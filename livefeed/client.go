@@ -59,11 +59,6 @@ const (
 type pendingItem struct {
 	v    *vehicle
 	gone bool
-	// at is the client's shown entry for the vehicle (when it was last
-	// written), found when the item was offered; nil if the client did
-	// not have the vehicle then. take updates it through this pointer:
-	// one map lookup per update and client, in offer, not two.
-	at *int64
 }
 
 // snapshotOut is a snapshot waiting for the writer: the header and the
@@ -105,7 +100,7 @@ type client struct {
 	heldScanned int64                  // Unix ns of the last scan of held
 	armed       int64                  // Unix ns the writer's timer is set for, 0 if none
 	pacedUntil  int64                  // Unix ns before which no update message is written (Config.SendInterval)
-	shown       map[string]*int64      // vehicles the client has, with when each was last written (Unix ns)
+	shown       map[string]int64       // vehicles the client has, with when each was last written (Unix ns)
 	dueSince    int64                  // Unix ns since when due has not been emptied, 0 if empty
 	stopping    bool
 	closeCode   int
@@ -129,7 +124,7 @@ func newClient(f *Feed, ws *websocket.Conn, who *principal) *client {
 		tokensAt: time.Now(),
 		due:      make(map[string]pendingItem),
 		held:     make(map[string]pendingItem),
-		shown:    make(map[string]*int64),
+		shown:    make(map[string]int64),
 	}
 }
 
@@ -175,13 +170,13 @@ func (c *client) offer(changes []change, now int64) {
 					conflated++
 				}
 			}
-			last := c.shown[v.id]
-			if last == nil || now-*last >= interval {
-				c.due[v.id] = pendingItem{v: v, at: last}
+			last, shown := c.shown[v.id]
+			if !shown || now-last >= interval {
+				c.due[v.id] = pendingItem{v: v}
 				due = true
 			} else {
-				c.held[v.id] = pendingItem{v: v, at: last}
-				at := *last + interval
+				c.held[v.id] = pendingItem{v: v}
+				at := last + interval
 				if c.heldNext == 0 || at < c.heldNext {
 					c.heldNext = at
 				}
@@ -358,7 +353,7 @@ func (c *client) take(now int64, t *takeBuf) {
 		if p.gone {
 			delete(c.shown, id)
 		} else {
-			c.markShown(id, p.at, now)
+			c.shown[id] = now
 		}
 	}
 	if !t.more {
@@ -374,11 +369,11 @@ func (c *client) take(now int64, t *takeBuf) {
 		c.heldScanned = now
 		c.heldNext = 0
 		for id, p := range c.held {
-			last := *p.at // held only when shown: never nil
+			last := c.shown[id]
 			if now-last >= interval && len(t.items) < maxUpdatesPerMessage {
 				t.items = append(t.items, p)
 				delete(c.held, id)
-				*p.at = now
+				c.shown[id] = now
 				continue
 			}
 			at := max(last+interval, now+1)
@@ -395,22 +390,6 @@ func (c *client) take(now int64, t *takeBuf) {
 		t.next = c.pacedUntil
 	}
 	c.armed = t.next
-}
-
-// markShown records that vehicle id was written to the client at now,
-// through at, its shown entry found by offer, when it had one. Such an
-// entry is still the map's: subscribe clears the pending maps with the
-// shown map, and a removal's take deletes the entry of a vehicle that has
-// nothing else pending (offer drops its held item). Without one, the
-// entry is looked up, and made for a vehicle new to the client.
-func (c *client) markShown(id string, at *int64, now int64) {
-	if at == nil {
-		if at = c.shown[id]; at == nil {
-			at = new(int64)
-			c.shown[id] = at
-		}
-	}
-	*at = now
 }
 
 // closeConn closes the connection as kill asked: with a close frame (and,

@@ -232,12 +232,10 @@ func (c *client) subscribe(sub *subscription) {
 
 	// The maps are built before taking the lock, which ingest waits for.
 	nowNs := now.UnixNano()
-	shown := make(map[string]*int64, len(list))
-	shownAt := make([]int64, len(list)) // the entries, in one allocation
+	shown := make(map[string]int64, len(list))
 	inSnap := make(map[string]*vehicle, len(list))
-	for i, v := range list {
-		shownAt[i] = nowNs
-		shown[v.id] = &shownAt[i]
+	for _, v := range list {
+		shown[v.id] = nowNs
 		inSnap[v.id] = v
 	}
 	c.mu.Lock()

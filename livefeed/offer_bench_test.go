@@ -31,7 +31,7 @@ func BenchmarkOfferTake(b *testing.B) {
 	cs := make([]*client, clients)
 	for k := range cs {
 		c := &client{f: f, who: &principal{name: "b", scope: newScope([]string{AllFleets})}, wake: make(chan struct{}, 1),
-			stopCh: make(chan struct{}), due: map[string]pendingItem{}, held: map[string]pendingItem{}, shown: map[string]*int64{}}
+			stopCh: make(chan struct{}), due: map[string]pendingItem{}, held: map[string]pendingItem{}, shown: map[string]int64{}}
 		sub, cerr := newSubscription(&subscribeMsg{}, c.who.scope, &f.cfg)
 		if cerr != nil {
 			b.Fatal(cerr)

@@ -24,7 +24,7 @@ func TestOfferTakePacing(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := &client{f: f, who: &principal{name: "t", scope: newScope([]string{"f"})}, wake: make(chan struct{}, 1),
-		stopCh: make(chan struct{}), due: map[string]pendingItem{}, held: map[string]pendingItem{}, shown: map[string]*int64{}}
+		stopCh: make(chan struct{}), due: map[string]pendingItem{}, held: map[string]pendingItem{}, shown: map[string]int64{}}
 	sub, cerr := newSubscription(&subscribeMsg{}, c.who.scope, &f.cfg)
 	if cerr != nil {
 		t.Fatal(cerr)
