@@ -99,6 +99,7 @@ type client struct {
 	heldNext    int64                  // Unix ns when the first held item is due, 0 if none
 	heldScanned int64                  // Unix ns of the last scan of held
 	armed       int64                  // Unix ns the writer's timer is set for, 0 if none
+	pacedUntil  int64                  // Unix ns before which no update message is written (Config.SendInterval)
 	shown       map[string]int64       // vehicles the client has, with when each was last written (Unix ns)
 	dueSince    int64                  // Unix ns since when due has not been emptied, 0 if empty
 	stopping    bool
@@ -179,9 +180,11 @@ func (c *client) offer(changes []change, now int64) {
 				if c.heldNext == 0 || at < c.heldNext {
 					c.heldNext = at
 				}
-				if c.armed == 0 || at < c.armed {
+				if (c.armed == 0 || at < c.armed) && at >= c.pacedUntil {
 					// The writer sleeps until its timer: wake it to
-					// set an earlier one.
+					// set an earlier one (while paced, its timer is
+					// set for the end of the pacing window, when the
+					// held items are looked at anyway).
 					wake = true
 				}
 			}
@@ -206,6 +209,9 @@ func (c *client) offer(changes []change, now int64) {
 	if due && c.dueSince == 0 {
 		c.dueSince = now
 	}
+	// While the writer is paced its timer is set for the end of the
+	// window, when it takes what is due: no wake-up before (see take).
+	wake = wake || due && now >= c.pacedUntil
 	slow := c.dueSince != 0 && now-c.dueSince > int64(c.f.cfg.SlowTimeout) && len(c.due) > c.f.cfg.SlowBacklog
 	backlog := len(c.due)
 	c.mu.Unlock()
@@ -224,7 +230,7 @@ func (c *client) offer(changes []change, now int64) {
 		}
 		return
 	}
-	if due || wake {
+	if wake {
 		c.signal()
 	}
 }
@@ -307,8 +313,17 @@ func (c *client) kill(code int, text, reason string) bool {
 
 // take removes from the pending maps what the writer is to send now, at
 // most maxUpdatesPerMessage updates, and records them as shown. It returns
-// the time of the next held item to wake for (0: none) and whether the
-// writer is to come back at once (a capped take).
+// in t the time to wake for (0: none): the next held item, or the end of
+// the pacing window.
+//
+// Pacing (Config.SendInterval): a take that hands out updates opens a
+// window of SendInterval in which no further updates are handed out;
+// controls, snapshots and alerts still are. What becomes due meanwhile is
+// conflated as usual and goes out in one message when the window ends, so
+// that a client costs at most one wake-up and one write(2) per window
+// however many batches the routers send. While paced, the writer's timer
+// is set for the end of the window and offer does not wake it: one
+// wake-up per window, not one per batch.
 func (c *client) take(now int64, t *takeBuf) {
 	t.reset()
 	c.mu.Lock()
@@ -322,6 +337,12 @@ func (c *client) take(now int64, t *takeBuf) {
 		return
 	}
 	t.alerts, c.alerts = c.alerts, nil
+	if now < c.pacedUntil {
+		// Paced: no update until the window ends; the writer comes
+		// back then.
+		c.armed, t.next = c.pacedUntil, c.pacedUntil
+		return
+	}
 	for id, p := range c.due {
 		if len(t.items) >= maxUpdatesPerMessage {
 			t.more = true
@@ -363,6 +384,10 @@ func (c *client) take(now int64, t *takeBuf) {
 	}
 	if len(c.held) > 0 {
 		t.next = max(c.heldNext, c.heldScanned+gap)
+	}
+	if len(t.items) > 0 && c.f.cfg.SendInterval > 0 {
+		c.pacedUntil = now + int64(c.f.cfg.SendInterval)
+		t.next = c.pacedUntil
 	}
 	c.armed = t.next
 }

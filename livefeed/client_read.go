@@ -51,7 +51,7 @@ func (c *client) readFailed(err error) {
 }
 
 // Messages clients send and receive (docs/live-api.md). Updates and
-// snapshots are written by hand (see writeUpdate) for speed.
+// snapshots are written by hand (see appendUpdate) for speed.
 type (
 	clientMsg struct {
 		Type string `json:"type"`

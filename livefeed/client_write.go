@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -83,7 +84,7 @@ func (c *client) flush(t *takeBuf) (next int64, ok bool) {
 			return t.next, true
 		}
 		for _, msg := range t.controls {
-			if err := c.writeMessage(func(w io.Writer) error { _, err := w.Write(msg); return err }); err != nil {
+			if err := c.writeData(msg); err != nil {
 				c.writeFailed(err)
 				return 0, false
 			}
@@ -96,7 +97,7 @@ func (c *client) flush(t *takeBuf) (next int64, ok bool) {
 			c.f.m.snapshotVehicles.Add(float64(len(t.snap.vehicles)))
 		}
 		for _, msg := range t.alerts {
-			if err := c.writeMessage(func(w io.Writer) error { _, err := w.Write(msg); return err }); err != nil {
+			if err := c.writeData(msg); err != nil {
 				c.writeFailed(err)
 				return 0, false
 			}
@@ -109,7 +110,13 @@ func (c *client) flush(t *takeBuf) (next int64, ok bool) {
 					oldest = p.v.ingestNs
 				}
 			}
-			if err := c.writeMessage(func(w io.Writer) error { return writeUpdate(w, t.items) }); err != nil {
+			bp := updateBufs.Get().(*[]byte)
+			*bp = appendUpdate((*bp)[:0], t.items)
+			err := c.writeData(*bp)
+			if cap(*bp) <= maxPooledUpdate {
+				updateBufs.Put(bp)
+			}
+			if err != nil {
 				c.writeFailed(err)
 				return 0, false
 			}
@@ -122,7 +129,20 @@ func (c *client) flush(t *takeBuf) (next int64, ok bool) {
 	}
 }
 
-// writeMessage writes one text message with the write timeout.
+// writeData writes msg as one text message with the write timeout. The
+// frame header and msg leave in one writev(2) (gorilla's server-side
+// WriteMessage), whatever msg's size.
+func (c *client) writeData(msg []byte) error {
+	_ = c.ws.SetWriteDeadline(time.Now().Add(c.f.cfg.WriteTimeout))
+	if err := c.ws.WriteMessage(websocket.TextMessage, msg); err != nil {
+		return err
+	}
+	c.f.m.messagesSent.Inc()
+	return nil
+}
+
+// writeMessage writes one text message, streamed by fill, with the write
+// timeout: for snapshots, which may be megabytes.
 func (c *client) writeMessage(fill func(io.Writer) error) error {
 	_ = c.ws.SetWriteDeadline(time.Now().Add(c.f.cfg.WriteTimeout))
 	w, err := c.ws.NextWriter(websocket.TextMessage)
@@ -140,10 +160,20 @@ func (c *client) writeMessage(fill func(io.Writer) error) error {
 	return nil
 }
 
-// writeUpdate writes an update message: the vehicles' latest states, and
-// the ids of those the client is to remove.
-func writeUpdate(w io.Writer, items []pendingItem) error {
-	var b []byte
+// updateBufs holds the buffers update messages are built in, shared by
+// every client's writer: a buffer is held only while its message is
+// written, so memory grows with the writes under way, not with the
+// clients. One larger than maxPooledUpdate (a capped take of 1,000
+// vehicles is ~350 KB) is left to the collector.
+var updateBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledUpdate = 1 << 20
+
+// appendUpdate appends an update message: the vehicles' latest states,
+// and the ids of those the client is to remove. Each state's JSON was
+// encoded once, when the livefeed applied it (state.go), and is copied
+// here.
+func appendUpdate(b []byte, items []pendingItem) []byte {
 	b = append(b, `{"type":"update","vehicles":[`...)
 	n := 0
 	for _, p := range items {
@@ -155,12 +185,6 @@ func writeUpdate(w io.Writer, items []pendingItem) error {
 		}
 		n++
 		b = append(b, p.v.json...)
-		if len(b) > 16<<10 {
-			if _, err := w.Write(b); err != nil {
-				return err
-			}
-			b = b[:0]
-		}
 	}
 	b = append(b, ']')
 	r := 0
@@ -179,9 +203,7 @@ func writeUpdate(w io.Writer, items []pendingItem) error {
 	if r > 0 {
 		b = append(b, ']')
 	}
-	b = append(b, '}')
-	_, err := w.Write(b)
-	return err
+	return append(b, '}')
 }
 
 // writeTo streams the snapshot message.

@@ -80,6 +80,15 @@ type Config struct {
 	// MaxRate is the most updates per second per vehicle a client gets; a
 	// client may ask for fewer, never for more.
 	MaxRate float64
+	// SendInterval is the least time between two update messages to one
+	// client: what becomes due within it is conflated and goes out in one
+	// message when it ends. It bounds each client's messages (and writes)
+	// per second, whatever the rate of batches from the routers, at the
+	// cost of up to SendInterval of latency for a client that is busy; an
+	// update after a quiet SendInterval goes out at once. 0: a message per
+	// wake-up of the client's writer. Snapshots, alerts and errors are not
+	// held back.
+	SendInterval time.Duration
 	// SnapshotMax bounds the vehicles of one snapshot; vehicles beyond it
 	// reach the client with their next update.
 	SnapshotMax int
@@ -133,6 +142,7 @@ func DefaultConfig() Config {
 
 		MaxClients:          10000,
 		MaxRate:             10,
+		SendInterval:        10 * time.Millisecond,
 		SnapshotMax:         20000,
 		MaxSubscribeDevices: 1000,
 		SlowBacklog:         1000,
@@ -176,6 +186,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"most client `connections` open at once; past it new ones get 503")
 	fs.Float64Var(&c.MaxRate, "max-rate", c.MaxRate,
 		"most updates per second (`hz`) per vehicle sent to one client; clients may ask for fewer")
+	fs.DurationVar(&c.SendInterval, "send-interval", c.SendInterval,
+		"least time (`duration`) between two update messages to one client; updates due meanwhile go out together in the next (0: a message per wake-up)")
 	fs.IntVar(&c.SnapshotMax, "snapshot-max", c.SnapshotMax,
 		"most `vehicles` in one subscription snapshot; the rest arrive with their next update")
 	fs.IntVar(&c.MaxSubscribeDevices, "max-subscribe-devices", c.MaxSubscribeDevices,
@@ -275,6 +287,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Map.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.SendInterval < 0 || c.SendInterval > time.Second {
+		errs = append(errs, fmt.Errorf("send-interval: %v, want 0 to 1s", c.SendInterval))
 	}
 	if c.VehicleTTL < 0 {
 		errs = append(errs, fmt.Errorf("vehicle-ttl: %v, want >= 0", c.VehicleTTL))

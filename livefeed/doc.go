@@ -60,10 +60,18 @@
 // puts the state in a map keyed by vehicle, replacing one not yet written
 // (conflation), or in a second map when the client's per-vehicle rate limit
 // holds it back, and wakes the client's writer. The writer, one goroutine
-// per client, takes what is due and writes it at the client's pace, copying
-// the shared JSON bytes. A client whose backlog of due vehicles stays above
-// Config.SlowBacklog for Config.SlowTimeout is told and closed; the rest of
-// the feed never notices it.
+// per client, takes what is due and writes it at the client's pace: one
+// update message with every vehicle due, built by copying the shared JSON
+// bytes into a buffer from a pool shared by all writers and written with
+// one writev(2). Writes are paced (Config.SendInterval, 10 ms): after an
+// update message, what becomes due within the interval waits, conflated,
+// for the next, and offers do not wake the writer meanwhile; so a busy
+// client costs at most one wake-up and one write per interval however many
+// batches the routers send, and an update after a quiet interval goes out
+// at once. Snapshots, alerts and errors are not held back. A client whose
+// backlog of due vehicles stays above Config.SlowBacklog for
+// Config.SlowTimeout is told and closed; the rest of the feed never
+// notices it.
 //
 // A subscribe holds the client's updates, walks the store for the snapshot,
 // and queues the snapshot ahead of the updates that came in meanwhile, so a

@@ -375,7 +375,10 @@ func TestSlowClientConflatedThenDisconnected(t *testing.T) {
 	pub := newPublisher(t, "r0")
 	rf := startFeed(t, func(c *Config) {
 		c.SlowBacklog = 200
-		c.SlowTimeout = 300 * time.Millisecond
+		// Long enough for a second round to reach the blocked client (and
+		// conflate the first) before the backlog rule ends it: under -race
+		// on a loaded machine one round's batches alone can take 300 ms.
+		c.SlowTimeout = time.Second
 		c.WriteTimeout = 20 * time.Second // the backlog rule, not the write timeout, must catch it
 		c.MaxRate = 1000                  // the probe's latency, not the rate limit, is measured
 	}, pub)

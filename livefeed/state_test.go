@@ -137,6 +137,7 @@ func TestMergeKeepsLastKnownValues(t *testing.T) {
 func TestOfferTakeConflationAndRate(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Links = testLinks
+	cfg.SendInterval = 0 // the rate limit alone: pacing is TestOfferTakePacing's
 	f, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
