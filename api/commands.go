@@ -139,21 +139,47 @@ type Command struct {
 	// Message and Payload are what the device reported with its result.
 	Message string `json:"message"`
 	Payload string `json:"payload"`
+	// Progress is the last progress the device reported of a command that
+	// takes long (firmware_update), nil when it reported none.
+	Progress *CommandProgress `json:"progress,omitempty"`
 }
 
+// CommandProgress is a device's last progress report on a command (wire
+// format 1.2): a stage (downloading, verifying, installing) and, while
+// downloading, the bytes received so far.
+type CommandProgress struct {
+	Stage string    `json:"stage"`
+	Bytes int64     `json:"bytes"`
+	At    time.Time `json:"at"`
+}
+
+// Progress stages a device reports (the api's report outcomes of the same
+// names), in their order.
+const (
+	ProgressDownloading = "downloading"
+	ProgressVerifying   = "verifying"
+	ProgressInstalling  = "installing"
+)
+
 const commandCols = `id, device_id, seq, name, params, idempotency_key, state, created_at, created_by, expires_at,
- sent_at, sent_to, attempts, delivered_at, completed_at, cancelled_by, message, payload`
+ sent_at, sent_to, attempts, delivered_at, completed_at, cancelled_by, message, payload, progress, progress_bytes, progress_at`
 
 func scanCommand(sc scanner) (Command, error) {
 	var c Command
 	var params string
 	var idem sql.NullString
 	var created, expires int64
-	var sent, delivered, completed sql.NullInt64
+	var sent, delivered, completed, progressAt sql.NullInt64
+	var progress string
+	var progressBytes int64
 	err := sc.Scan(&c.ID, &c.DeviceID, &c.Seq, &c.Name, &params, &idem, &c.State, &created, &c.CreatedBy, &expires,
-		&sent, &c.SentTo, &c.Attempts, &delivered, &completed, &c.CancelledBy, &c.Message, &c.Payload)
+		&sent, &c.SentTo, &c.Attempts, &delivered, &completed, &c.CancelledBy, &c.Message, &c.Payload,
+		&progress, &progressBytes, &progressAt)
 	if err != nil {
 		return c, err
+	}
+	if progress != "" {
+		c.Progress = &CommandProgress{Stage: progress, Bytes: progressBytes, At: msTime(progressAt.Int64)}
 	}
 	if err := json.Unmarshal([]byte(params), &c.Params); err != nil || c.Params == nil {
 		c.Params = map[string]string{}

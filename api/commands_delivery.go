@@ -341,9 +341,13 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	}
 	for i, rep := range in.Reports {
 		switch rep.Outcome {
-		case apiclient.OutcomeReceived, apiclient.OutcomeSucceeded, apiclient.OutcomeFailed, apiclient.OutcomeUndeliverable:
+		case apiclient.OutcomeReceived, apiclient.OutcomeSucceeded, apiclient.OutcomeFailed, apiclient.OutcomeUndeliverable,
+			apiclient.OutcomeDownloading, apiclient.OutcomeVerifying, apiclient.OutcomeInstalling:
 		default:
-			return errInvalid("reports", "report %d: outcome %q, want received, succeeded, failed or undeliverable", i, rep.Outcome)
+			return errInvalid("reports", "report %d: outcome %q, want received, downloading, verifying, installing, succeeded, failed or undeliverable", i, rep.Outcome)
+		}
+		if rep.Bytes < 0 {
+			return errInvalid("reports", "report %d: bytes %d, want >= 0", i, rep.Bytes)
 		}
 	}
 	ctx := r.Context()
@@ -361,11 +365,14 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 			applied[res]++
 			if res != "ignored" {
 				changed = append(changed, rep.ID)
-				state := res
-				if res == "requeued" {
-					state = CmdQueued
+				ev := CommandEvent{ID: rep.ID, DeviceID: rep.DeviceID, State: res, At: msTime(t.ms())}
+				switch res {
+				case "requeued":
+					ev.State = CmdQueued
+				case ProgressDownloading, ProgressVerifying, ProgressInstalling:
+					ev.State, ev.Progress, ev.Bytes = CmdDelivered, res, rep.Bytes
 				}
-				evs = append(evs, CommandEvent{ID: rep.ID, DeviceID: rep.DeviceID, State: state, At: msTime(t.ms())})
+				evs = append(evs, ev)
 			}
 		}
 		return nil
@@ -419,6 +426,22 @@ func (s *Server) applyReport(t *tx, fe string, rep apiclient.CommandReport) (str
 		_, err = t.ExecContext(t.ctx, `UPDATE commands SET state = $1, delivered_at = $2, completed_at = NULL, updated_at = $2
 WHERE id = $3`, CmdDelivered, now, rep.ID)
 		return CmdDelivered, wrapErr("mark command delivered", err)
+	case apiclient.OutcomeDownloading, apiclient.OutcomeVerifying, apiclient.OutcomeInstalling:
+		// Progress: the device has the command (so it is delivered, even
+		// if its received report was lost) and is working on it. The last
+		// stage named wins: a device that found its image corrupt
+		// downloads again. The bytes are the downloading reports' only.
+		if !wasSent || !(state == CmdQueued || state == CmdSent || state == CmdDelivered || state == CmdExpired) {
+			return "ignored", nil
+		}
+		const set = `UPDATE commands SET state = $1, delivered_at = COALESCE(delivered_at, $2), completed_at = NULL,
+ progress = $3, progress_at = $2, updated_at = $2`
+		if rep.Outcome == apiclient.OutcomeDownloading {
+			_, err = t.ExecContext(t.ctx, set+`, progress_bytes = $4 WHERE id = $5`, CmdDelivered, now, rep.Outcome, rep.Bytes, rep.ID)
+		} else {
+			_, err = t.ExecContext(t.ctx, set+` WHERE id = $4`, CmdDelivered, now, rep.Outcome, rep.ID)
+		}
+		return rep.Outcome, wrapErr("record command progress", err)
 	default:
 		if !wasSent || !(state == CmdQueued || state == CmdSent || state == CmdDelivered || state == CmdExpired) {
 			return "ignored", nil

@@ -24,6 +24,11 @@ type CommandEvent struct {
 	DeviceID string    `json:"device_id"`
 	State    string    `json:"state"`
 	At       time.Time `json:"at"`
+	// Progress and Bytes are a device's progress report (a delivered
+	// command still running: downloading with bytes, verifying,
+	// installing).
+	Progress string `json:"progress,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
 }
 
 // eventSub is one stream.

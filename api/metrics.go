@@ -52,14 +52,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"code"}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_api_commands_total",
-			Help: "Command events, by what happened: created, sent (a delivery attempt), delivered, succeeded, failed, expired, cancelled, requeued (a frontend could not write it), refused_queue_full, ignored (a report that could not apply).",
+			Help: "Command events, by what happened: created, sent (a delivery attempt), delivered, succeeded, failed, expired, cancelled, requeued (a frontend could not write it), refused_queue_full, ignored (a report that could not apply), pruned; and the progress devices reported: downloading, verifying, installing.",
 		}, []string{"event"}),
 		alertEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_api_alert_events_total", Help: "Alert events reported by alert engines and applied.",
 		}),
 		campaignDevs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "drover_api_campaign_devices",
-			Help: "Devices of the running and paused firmware campaigns (this replica's last look, each -command-poll), by state: pending, offered, downloading, succeeded, failed, skipped.",
+			Help: "Devices of the running and paused firmware campaigns (this replica's last look, each -command-poll), by state: pending, offered, downloading, verifying, installing, succeeded, failed, skipped.",
 		}, []string{"state"}),
 		writeGroups: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "drover_api_write_group_size",
@@ -88,7 +88,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 
 // commandEvents are the values of drover_api_commands_total{event}.
 var commandEvents = []string{"created", "sent", CmdDelivered, CmdSucceeded, CmdFailed, CmdExpired, CmdCancelled,
-	"requeued", "refused_queue_full", "ignored", "pruned"}
+	"requeued", "refused_queue_full", "ignored", "pruned", ProgressDownloading, ProgressVerifying, ProgressInstalling}
 
 // campaignDeviceStates are the states of a campaign's device.
-var campaignDeviceStates = []string{"pending", "offered", "downloading", "succeeded", "failed", "skipped"}
+var campaignDeviceStates = []string{CampDevPending, CampDevOffered, CampDevDownloading, CampDevVerifying, CampDevInstalling,
+	CampDevSucceeded, CampDevFailed, CampDevSkipped}
