@@ -426,7 +426,7 @@ func campaignOutcome(cmdState, progress, msg string) (string, string) {
 
 // tickCampaign advances one campaign at now.
 func (s *Server) tickCampaign(ctx context.Context, id string, now time.Time) error {
-	var offered []DispatchedCommand
+	var offered []CommandEvent
 	err := s.db.write(ctx, func(t *tx) error {
 		offered = offered[:0]
 		c, err := s.loadCampaign(ctx, t, id)
@@ -540,13 +540,14 @@ WHERE cd.campaign_id = $1 AND (cd.state IN `+inFlightStates+` OR (cd.state = 'pe
  WHERE campaign_id = $3 AND device_id = $4 AND state = 'pending'`, cmdID, now.UnixMilli(), id, dev); err != nil {
 				return fmt.Errorf("offer: %w", err)
 			}
-			offered = append(offered, DispatchedCommand{ID: cmdID, DeviceID: dev})
+			offered = append(offered, CommandEvent{ID: cmdID, DeviceID: dev, State: CmdQueued, At: msTime(t.ms())})
 		}
-		return nil
+		return t.notifyCommands(offered...)
 	})
 	if err != nil {
 		return err
 	}
+	s.events.publish(offered...)
 	for _, o := range offered {
 		s.metrics.commands.WithLabelValues("created").Inc()
 		s.wakeDeviceFrontend(ctx, o.DeviceID)

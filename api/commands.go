@@ -350,7 +350,7 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 		if err != nil {
 			return fmt.Errorf("insert command: %w", err)
 		}
-		return nil
+		return t.notifyCommands(CommandEvent{ID: cmd.ID, DeviceID: devID, State: CmdQueued, At: cmd.CreatedAt})
 	})
 	if err != nil {
 		return err
@@ -552,7 +552,7 @@ WHERE id = $4`, CmdCancelled, t.ms(), p.actor(), id); err != nil {
 		}
 		now := msTime(t.ms())
 		c.State, c.CompletedAt, c.CancelledBy = CmdCancelled, &now, p.actor()
-		return nil
+		return t.notifyCommands(CommandEvent{ID: id, DeviceID: devID, State: CmdCancelled, At: now})
 	})
 	if err != nil {
 		return err

@@ -284,8 +284,9 @@ ORDER BY c.device_id, c.seq`, args...)
 		return nil, nil
 	}
 	var out []DispatchedCommand
+	var evs []CommandEvent
 	err = s.db.writeGroup(ctx, func(t *tx) error {
-		out = out[:0]
+		out, evs = out[:0], evs[:0]
 		stop := ""
 		for _, d := range due {
 			if d.DeviceID == stop {
@@ -301,17 +302,16 @@ ORDER BY c.device_id, c.seq`, args...)
 				continue
 			}
 			out = append(out, d.DispatchedCommand)
+			evs = append(evs, CommandEvent{ID: d.ID, DeviceID: d.DeviceID, State: CmdSent, At: msTime(nowMs)})
 		}
-		return nil
+		return t.notifyCommands(evs...)
 	})
 	if err != nil {
 		return nil, err
 	}
 	ids := make([]string, len(out))
-	evs := make([]CommandEvent, len(out))
 	for i, c := range out {
 		ids[i] = c.ID
-		evs[i] = CommandEvent{ID: c.ID, DeviceID: c.DeviceID, State: CmdSent, At: msTime(nowMs)}
 	}
 	s.notify.commandsChanged(ids...)
 	s.events.publish(evs...)
@@ -375,7 +375,7 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 				evs = append(evs, ev)
 			}
 		}
-		return nil
+		return t.notifyCommands(evs...)
 	})
 	if err != nil {
 		return err
@@ -522,8 +522,9 @@ func (s *Server) sweepOnce(ctx context.Context, now time.Time) error {
 		return nil
 	}
 	var done []string
+	var evs []CommandEvent
 	err = s.db.write(ctx, func(t *tx) error {
-		done = done[:0]
+		done, evs = done[:0], evs[:0]
 		for _, id := range ids {
 			res, err := t.ExecContext(ctx, `UPDATE commands SET state = $1, completed_at = $2, updated_at = $2
 WHERE id = $3 AND ((state = 'queued' AND expires_at <= $2) OR (state = 'sent' AND expires_at <= $4))`, CmdExpired, nowMs, id, nowMs-grace)
@@ -532,19 +533,16 @@ WHERE id = $3 AND ((state = 'queued' AND expires_at <= $2) OR (state = 'sent' AN
 			}
 			if n, _ := res.RowsAffected(); n > 0 {
 				done = append(done, id)
+				evs = append(evs, CommandEvent{ID: id, DeviceID: devOf[id], State: CmdExpired, At: msTime(nowMs)})
 			}
 		}
-		return nil
+		return t.notifyCommands(evs...)
 	})
 	if err != nil {
 		return err
 	}
 	s.metrics.commands.WithLabelValues(CmdExpired).Add(float64(len(done)))
 	s.notify.commandsChanged(done...)
-	evs := make([]CommandEvent, len(done))
-	for i, id := range done {
-		evs[i] = CommandEvent{ID: id, DeviceID: devOf[id], State: CmdExpired, At: msTime(nowMs)}
-	}
 	s.events.publish(evs...)
 	return nil
 }

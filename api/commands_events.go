@@ -13,9 +13,10 @@ import (
 // Command events: GET /v1/commands/events is a server-sent-events stream of
 // command state changes, each {"id", "device_id", "state", "at"}, limited
 // to the caller's fleets (and to one device with ?device=). Events are
-// those of the changes this replica makes: with several replicas, a
-// client follows each, or waits on commands (?wait=) instead. A client
-// that cannot keep up (-1024 events behind) gets an "overflow" event and
+// those of the changes every replica makes: this one's as it makes them,
+// the others' through PostgreSQL notifications (commands_notify.go). A
+// client that cannot keep up (1,024 events behind), or whose replica
+// stopped hearing the others for a while, gets an "overflow" event and
 // the end of the stream: it lists what it missed and reconnects.
 
 // CommandEvent is one event of the stream.
@@ -147,6 +148,16 @@ func (b *eventBus) fleetsOf(ctx context.Context, evs []CommandEvent) (map[string
 		ids = ids[n:]
 	}
 	return out, nil
+}
+
+// overflowAll ends every stream with an overflow event: events may have
+// been missed (this replica stopped hearing the other replicas').
+func (b *eventBus) overflowAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for sub := range b.subs {
+		sub.once.Do(func() { close(sub.overflow) })
+	}
 }
 
 func (b *eventBus) subscribe(p *principal, device string) (*eventSub, func()) {

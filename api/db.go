@@ -40,6 +40,9 @@ type store struct {
 
 	// feedID names this database in the change feed (migration 00002).
 	feedID string
+	// replica names this process in its command notifications
+	// (commands_notify.go), so that it ignores its own.
+	replica string
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when the version moves
@@ -52,7 +55,7 @@ type store struct {
 // openStore opens the database, applies the migrations and returns the
 // store.
 func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (*store, error) {
-	s := &store{driver: cfg.Driver, log: logger, changed: make(chan struct{})}
+	s := &store{driver: cfg.Driver, log: logger, changed: make(chan struct{}), replica: newID("rep_")}
 	var err error
 	switch cfg.Driver {
 	case DriverSQLite:

@@ -20,6 +20,8 @@ type metrics struct {
 	alertEvents  prometheus.Counter
 	writeGroups  prometheus.Histogram
 	campaignDevs *prometheus.GaugeVec
+	notifyEvents prometheus.Counter
+	notifyLost   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -61,6 +63,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drover_api_campaign_devices",
 			Help: "Devices of the running and paused firmware campaigns (this replica's last look, each -command-poll), by state: pending, offered, downloading, verifying, installing, succeeded, failed, skipped.",
 		}, []string{"state"}),
+		notifyEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_command_notified_events_total",
+			Help: "Command events of other replicas received through PostgreSQL LISTEN/NOTIFY and handed to this replica's streams, waits and frontend polls.",
+		}),
+		notifyLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_command_listen_lost_total",
+			Help: "Times this replica was not listening for other replicas' command events (its connection failed): its event streams ended with overflow, waits polled.",
+		}),
 		writeGroups: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "drover_api_write_group_size",
 			Help:    "Writes (command creates, dispatch marks, report posts) committed together in one group-commit transaction; _count is those transactions (commits).",
@@ -69,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups, m.campaignDevs} {
+			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups, m.campaignDevs, m.notifyEvents, m.notifyLost} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}

@@ -169,6 +169,18 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Go(func() { s.tls.Run(bg) })
 	}
 	defer func() { cancelBg(); wg.Wait() }()
+	if s.cfg.Driver == DriverPostgres {
+		// Serve once listening, so that a stream opened at once hears
+		// the other replicas (or once the first attempt failed).
+		listening := make(chan struct{})
+		wg.Go(func() { s.listenCommands(bg, listening) })
+		select {
+		case <-listening:
+		case <-ctx.Done():
+			ln.Close()
+			return nil
+		}
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
