@@ -30,7 +30,8 @@ work="$(mktemp -d)"
 pids=()
 source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh" # cleanup, freeport, waitready, build_drover
 pgstop=()
-trap '((${#pgstop[@]})) && "${pgstop[@]}" >/dev/null 2>&1; [[ -n "${pgdir:-}" ]] && rm -rf "$pgdir"; cleanup' EXIT
+# drover's processes first, then their database
+trap 'cleanup; ((${#pgstop[@]})) && "${pgstop[@]}" >/dev/null 2>&1; [[ -n "${pgdir:-}" ]] && rm -rf "$pgdir"' EXIT
 
 cd "$root"
 build_drover "$work/drover"
