@@ -51,8 +51,10 @@ type CommandConfig struct {
 	// 16×). A device that connected again since is sent it at once.
 	Resend time.Duration
 	// Poll is how often waiting requests look at the database for changes
-	// this replica did not make (other replicas, the clock: resends and
-	// expiry). Within a replica, changes wake waiters at once.
+	// this replica did not make or hear of (the clock: resends and expiry;
+	// other replicas' changes while their notifications do not reach it).
+	// Within a replica, and from other replicas on PostgreSQL, changes
+	// wake waiters at once.
 	Poll time.Duration
 	// ReportGrace is how long after its expiry a command that was sent
 	// stays sent, waiting for the device's report, before it is marked
@@ -84,7 +86,7 @@ func (c *CommandConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Resend, "command-resend", c.Resend,
 		"first delay (`duration`) before a command not reported received is sent again (doubles per attempt, up to 16x)")
 	fs.DurationVar(&c.Poll, "command-poll", c.Poll,
-		"how often (`duration`) waiting command requests read the database for what other replicas and the clock changed")
+		"how often (`duration`) waiting command requests and frontend polls read the database for what the clock changed (and, on PostgreSQL, other replicas' changes while this one does not hear them)")
 	fs.DurationVar(&c.ReportGrace, "command-report-grace", c.ReportGrace,
 		"how long (`duration`) after its expiry a sent command waits for the device's report before it is marked expired")
 	fs.DurationVar(&c.Retention, "command-retention", c.Retention,
