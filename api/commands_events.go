@@ -61,8 +61,22 @@ func newEventBus(s *Server) *eventBus {
 	return &eventBus{s: s, in: make(chan []CommandEvent, eventBusQueue), subs: map[*eventSub]struct{}{}}
 }
 
-// publish hands events to the bus; with no stream open it costs a lock.
+// publish hands events of this replica's changes to the bus, after their
+// commit; with no stream open it costs a lock. While the replica listens
+// to the notifications of every replica (PostgreSQL), it publishes its own
+// changes from them instead, so that every replica's streams carry every
+// replica's events in one order, the database's commit order (a
+// replica's own queued after another's sent of the same command would
+// otherwise be possible).
 func (b *eventBus) publish(evs ...CommandEvent) {
+	if b.s.listening.Load() {
+		return
+	}
+	b.publishNow(evs...)
+}
+
+// publishNow hands events to the bus.
+func (b *eventBus) publishNow(evs ...CommandEvent) {
 	if len(evs) == 0 {
 		return
 	}

@@ -22,7 +22,8 @@ import (
 // with it. Every replica holds one connection that listens
 // (listenCommands) and hands what other replicas changed to its event
 // streams, its waiting requests (?wait) and the long polls of the
-// frontends that hold those devices (a command created on replica B for a
+// frontends that hold those devices; its own changes reach its streams
+// the same way, so that every stream has the database's commit order (a command created on replica B for a
 // device whose frontend polls replica A goes out at once, not at A's next
 // full scan).
 //
@@ -149,6 +150,10 @@ func (s *Server) listenOnce(ctx context.Context, listening func()) error {
 	if _, err := conn.Exec(ctx, `LISTEN `+commandChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// From here this replica's own events come back through the
+	// notifications, in commit order with the others' (eventBus.publish).
+	s.listening.Store(true)
+	defer s.listening.Store(false)
 	listening()
 	for {
 		n, err := conn.WaitForNotification(ctx)
@@ -160,7 +165,8 @@ func (s *Server) listenOnce(ctx context.Context, listening func()) error {
 			s.log.Warn("api: a command notification that is not ours", "err", err)
 			continue
 		}
-		if note.Replica == s.db.replica || len(note.Events) == 0 {
+		if note.Replica == s.db.replica {
+			s.events.publishNow(note.Events...) // woken and counted at its commit already
 			continue
 		}
 		s.remoteCommands(ctx, note.Events)
@@ -185,7 +191,7 @@ func (s *Server) remoteCommands(ctx context.Context, evs []CommandEvent) {
 		}
 	}
 	s.notify.commandsChanged(ids...)
-	s.events.publish(evs...)
+	s.events.publishNow(evs...)
 	for len(devs) > 0 {
 		n := min(len(devs), 500)
 		if err := s.wakeFrontendsOf(ctx, devs[:n]); err != nil && ctx.Err() == nil {

@@ -39,6 +39,9 @@ type Server struct {
 	addr     string
 	started  chan struct{} // closed once the database is open and the port bound
 	polledOK atomic.Int64  // unix ms of the last successful version poll
+	// listening: this replica hears the command notifications of every
+	// replica, its own included (PostgreSQL; commands_notify.go).
+	listening atomic.Bool
 
 	touchMu sync.Mutex
 	touched map[string]time.Time // key id → last recorded use
