@@ -18,7 +18,10 @@ import (
 // campaign, in one write transaction: it carries the devices' command
 // outcomes into their campaign state, applies the abort rule, and offers
 // the image to more pending devices within the pacing (per minute) and the
-// concurrency (devices offered or downloading). A device's timeout is its
+// concurrency (devices in flight: offered, downloading, verifying,
+// installing; the last three are the device's progress reports, wire
+// format 1.2, or downloading alone for a device that only says it received
+// the offer). A device's timeout is its
 // command's time to live: a device that does not finish in time ends
 // failed ("timed out"). Transactions make the tick safe on several
 // replicas: each change is conditional on the state it read.
@@ -60,9 +63,10 @@ type CampaignInput struct {
 	Class   string   `json:"class"`
 	Region  string   `json:"region"`
 	Devices []string `json:"devices"`
-	// Pacing: devices offered per minute, devices offered or downloading
-	// at once. With a ramp, the rate is multiplied by RampFactor after
-	// every RampEvery devices succeeded, up to MaxPerMinute.
+	// Pacing: devices offered per minute, devices in flight (offered,
+	// downloading, verifying, installing) at once. With a ramp, the rate
+	// is multiplied by RampFactor after every RampEvery devices
+	// succeeded, up to MaxPerMinute.
 	PerMinute     int     `json:"per_minute"`
 	RampFactor    float64 `json:"ramp_factor"`
 	RampEvery     int     `json:"ramp_every"`
@@ -211,6 +215,26 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request, _ *principa
 	return nil
 }
 
+// Campaign device states, in their order: pending (not offered yet),
+// offered (its firmware_update command is out), downloading (the device
+// has it; Bytes received so far when it reports them), verifying,
+// installing, then succeeded, failed (Reason), or skipped (the campaign
+// was aborted before it was offered).
+const (
+	CampDevPending     = "pending"
+	CampDevOffered     = "offered"
+	CampDevDownloading = "downloading"
+	CampDevVerifying   = "verifying"
+	CampDevInstalling  = "installing"
+	CampDevSucceeded   = "succeeded"
+	CampDevFailed      = "failed"
+	CampDevSkipped     = "skipped"
+)
+
+// inFlightStates are the campaign device states that count against
+// max_concurrent (and keep a campaign from completing).
+const inFlightStates = `('offered', 'downloading', 'verifying', 'installing')`
+
 // CampaignDevice is one device of a campaign.
 type CampaignDevice struct {
 	DeviceID  string     `json:"device_id"`
@@ -218,6 +242,11 @@ type CampaignDevice struct {
 	Command   string     `json:"command"`
 	Reason    string     `json:"reason"`
 	OfferedAt *time.Time `json:"offered_at"`
+	// Bytes is how much of the image the device said it received (its
+	// downloading reports; 0 from a device that sends none).
+	Bytes int64 `json:"bytes"`
+	// UpdatedAt is when the device's campaign state last changed.
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // campaignDevices answers GET /v1/firmware-campaigns/{id}/devices[?state=]:
@@ -243,8 +272,8 @@ func (s *Server) campaignDevices(w http.ResponseWriter, r *http.Request, p *prin
 	if f := p.scopeFleets(); f != nil {
 		q.in("d.fleet", f)
 	}
-	rows, err := s.db.rdb.QueryContext(ctx, `SELECT cd.device_id, cd.state, COALESCE(cd.command_id, ''), cd.reason, cd.offered_at
- FROM campaign_devices cd JOIN devices d ON d.id = cd.device_id`+q.clause()+` ORDER BY cd.device_id LIMIT `+strconv.Itoa(pg.limit+1), q.args...)
+	rows, err := s.db.rdb.QueryContext(ctx, `SELECT cd.device_id, cd.state, COALESCE(cd.command_id, ''), cd.reason, cd.offered_at,
+ cd.bytes, cd.updated_at FROM campaign_devices cd JOIN devices d ON d.id = cd.device_id`+q.clause()+` ORDER BY cd.device_id LIMIT `+strconv.Itoa(pg.limit+1), q.args...)
 	if err != nil {
 		return fmt.Errorf("campaign devices: %w", err)
 	}
@@ -253,10 +282,11 @@ func (s *Server) campaignDevices(w http.ResponseWriter, r *http.Request, p *prin
 	for rows.Next() {
 		var d CampaignDevice
 		var off sql.NullInt64
-		if err := rows.Scan(&d.DeviceID, &d.State, &d.Command, &d.Reason, &off); err != nil {
+		var updated int64
+		if err := rows.Scan(&d.DeviceID, &d.State, &d.Command, &d.Reason, &off, &d.Bytes, &updated); err != nil {
 			return fmt.Errorf("campaign devices: %w", err)
 		}
-		d.OfferedAt = msPtr(off)
+		d.OfferedAt, d.UpdatedAt = msPtr(off), msTime(updated)
 		out = append(out, d)
 	}
 	if err := rows.Err(); err != nil {
@@ -370,27 +400,33 @@ func (s *Server) runCampaigns(ctx context.Context) {
 	}
 }
 
-// campaignOutcome maps an offer's command state to the device's campaign
-// state and reason ("" state: no change).
-func campaignOutcome(cmdState, msg string) (string, string) {
+// campaignOutcome maps an offer's command state, and the progress its
+// device last reported, to the device's campaign state and reason (""
+// state: no change). A device that reports no progress is downloading
+// from its received report to its result.
+func campaignOutcome(cmdState, progress, msg string) (string, string) {
 	switch cmdState {
 	case CmdDelivered:
-		return "downloading", ""
+		switch progress {
+		case ProgressVerifying, ProgressInstalling:
+			return progress, ""
+		}
+		return CampDevDownloading, ""
 	case CmdSucceeded:
-		return "succeeded", ""
+		return CampDevSucceeded, ""
 	case CmdFailed:
-		return "failed", msg
+		return CampDevFailed, msg
 	case CmdExpired:
-		return "failed", "timed out"
+		return CampDevFailed, "timed out"
 	case CmdCancelled:
-		return "failed", "cancelled"
+		return CampDevFailed, "cancelled"
 	}
 	return "", ""
 }
 
 // tickCampaign advances one campaign at now.
 func (s *Server) tickCampaign(ctx context.Context, id string, now time.Time) error {
-	var offered []DispatchedCommand
+	var offered []CommandEvent
 	err := s.db.write(ctx, func(t *tx) error {
 		offered = offered[:0]
 		c, err := s.loadCampaign(ctx, t, id)
@@ -401,35 +437,42 @@ func (s *Server) tickCampaign(ctx context.Context, id string, now time.Time) err
 		// target version already: a device that reconnects naming it has
 		// installed it, whatever became of the offer's report (a pending
 		// one is not offered at all).
-		rows, err := t.QueryContext(ctx, `SELECT cd.device_id, cd.state, COALESCE(c.state, ''), COALESCE(c.message, ''),
- COALESCE(p.firmware, '') = f.version
+		rows, err := t.QueryContext(ctx, `SELECT cd.device_id, cd.state, cd.bytes, COALESCE(c.state, ''), COALESCE(c.progress, ''),
+ COALESCE(c.progress_bytes, 0), COALESCE(c.message, ''), COALESCE(p.firmware, '') = f.version
 FROM campaign_devices cd JOIN campaigns k ON k.id = cd.campaign_id JOIN firmware f ON f.id = k.firmware_id
  LEFT JOIN commands c ON c.id = cd.command_id LEFT JOIN device_presence p ON p.device_id = cd.device_id
-WHERE cd.campaign_id = $1 AND (cd.state IN ('offered', 'downloading') OR (cd.state = 'pending' AND p.firmware = f.version))`, id)
+WHERE cd.campaign_id = $1 AND (cd.state IN `+inFlightStates+` OR (cd.state = 'pending' AND p.firmware = f.version))`, id)
 		if err != nil {
 			return fmt.Errorf("campaign outcomes: %w", err)
 		}
-		type upd struct{ dev, state, reason string }
+		type upd struct {
+			dev, state, reason string
+			bytes              int64
+		}
 		var ups []upd
 		for rows.Next() {
-			var dev, cur, cmdState, msg string
+			var dev, cur, cmdState, progress, msg string
+			var curBytes, bytes int64
 			var running bool
-			if err := rows.Scan(&dev, &cur, &cmdState, &msg, &running); err != nil {
+			if err := rows.Scan(&dev, &cur, &curBytes, &cmdState, &progress, &bytes, &msg, &running); err != nil {
 				rows.Close()
 				return err
 			}
-			st, reason := campaignOutcome(cmdState, msg)
+			st, reason := campaignOutcome(cmdState, progress, msg)
 			if running {
-				st, reason = "succeeded", ""
+				st, reason = CampDevSucceeded, ""
 			}
-			if st != "" && st != cur {
-				ups = append(ups, upd{dev, st, reason})
+			if st == "" {
+				st = cur
+			}
+			if st != cur || bytes != curBytes {
+				ups = append(ups, upd{dev, st, reason, bytes})
 			}
 		}
 		rows.Close()
 		for _, u := range ups {
-			if _, err := t.ExecContext(ctx, `UPDATE campaign_devices SET state = $1, reason = $2, updated_at = $3 WHERE campaign_id = $4 AND device_id = $5`,
-				u.state, u.reason, t.ms(), id, u.dev); err != nil {
+			if _, err := t.ExecContext(ctx, `UPDATE campaign_devices SET state = $1, reason = $2, bytes = $3, updated_at = $4
+ WHERE campaign_id = $5 AND device_id = $6`, u.state, u.reason, u.bytes, t.ms(), id, u.dev); err != nil {
 				return fmt.Errorf("campaign outcome: %w", err)
 			}
 		}
@@ -444,7 +487,7 @@ WHERE cd.campaign_id = $1 AND (cd.state IN ('offered', 'downloading') OR (cd.sta
 		if c.State == CampaignPaused {
 			return nil // outcomes and the abort rule go on; offers wait
 		}
-		inFlight := c.Devices["offered"] + c.Devices["downloading"]
+		inFlight := c.Devices[CampDevOffered] + c.Devices[CampDevDownloading] + c.Devices[CampDevVerifying] + c.Devices[CampDevInstalling]
 		if c.Devices["pending"] == 0 {
 			if inFlight == 0 {
 				_, err := t.ExecContext(ctx, `UPDATE campaigns SET state = $1, updated_at = $2 WHERE id = $3`, CampaignCompleted, t.ms(), id)
@@ -497,13 +540,14 @@ WHERE cd.campaign_id = $1 AND (cd.state IN ('offered', 'downloading') OR (cd.sta
  WHERE campaign_id = $3 AND device_id = $4 AND state = 'pending'`, cmdID, now.UnixMilli(), id, dev); err != nil {
 				return fmt.Errorf("offer: %w", err)
 			}
-			offered = append(offered, DispatchedCommand{ID: cmdID, DeviceID: dev})
+			offered = append(offered, CommandEvent{ID: cmdID, DeviceID: dev, State: CmdQueued, At: msTime(t.ms())})
 		}
-		return nil
+		return t.notifyCommands(offered...)
 	})
 	if err != nil {
 		return err
 	}
+	s.events.publish(offered...)
 	for _, o := range offered {
 		s.metrics.commands.WithLabelValues("created").Inc()
 		s.wakeDeviceFrontend(ctx, o.DeviceID)

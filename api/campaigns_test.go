@@ -187,3 +187,87 @@ func TestCampaignCountsRunningVersion(t *testing.T) {
 		})
 	})
 }
+
+// TestCampaignDeviceProgress: a device that reports its progress (wire
+// format 1.2) goes offered → downloading (with its bytes) → verifying →
+// installing → succeeded in its campaign, each state counted in the
+// campaign and in drover_api_campaign_devices, and shown on its command;
+// verifying and installing are in flight (the next device waits for
+// max_concurrent); a progress report after the result changes nothing.
+func TestCampaignDeviceProgress(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		c := startCmdEnv(t, b)
+		c.presence("fe-1", "truck-1", true, time.Now())
+		c.presence("fe-1", "truck-2", true, time.Now())
+		var fw Firmware
+		c.must(201, req{method: "POST", path: "/v1/firmware?version=4.2.0", key: c.adminKey, body: []byte("image"),
+			contentType: "application/octet-stream"}, &fw)
+		var camp Campaign
+		c.must(201, req{method: "POST", path: "/v1/firmware-campaigns", key: c.adminKey, body: map[string]any{"firmware": fw.ID,
+			"devices": []string{"truck-1", "truck-2"}, "max_concurrent": 1, "per_minute": 1000}}, &camp)
+		dev := func() CampaignDevice {
+			var page listResponse[CampaignDevice]
+			c.must(200, req{method: "GET", path: "/v1/firmware-campaigns/" + camp.ID + "/devices", key: c.adminKey}, &page)
+			for _, d := range page.Items {
+				if d.State != CampDevPending {
+					return d
+				}
+			}
+			return CampaignDevice{}
+		}
+		waitFor(t, 5*time.Second, "one device offered", func() bool { return dev().State == CampDevOffered })
+		d := c.dispatch("fe-1", "5s")
+		if len(d) != 1 {
+			t.Fatalf("dispatch %+v", d)
+		}
+		offer := d[0]
+		progress := func(outcome string, bytes int64) {
+			t.Helper()
+			c.must(200, req{method: "POST", path: "/v1/frontends/fe-1/command-reports", key: c.fkey, body: map[string]any{
+				"reports": []map[string]any{{"id": offer.ID, "device_id": offer.DeviceID, "outcome": outcome, "bytes": bytes,
+					"at": time.Now().UnixMilli()}}}}, nil)
+		}
+		gauge := func(st string) float64 { return testutil.ToFloat64(c.srv.metrics.campaignDevs.WithLabelValues(st)) }
+		steps := []struct {
+			outcome string
+			bytes   int64
+			state   string
+			want    int64 // the device's bytes
+		}{
+			{"received", 0, CampDevDownloading, 0},
+			{"downloading", 2, CampDevDownloading, 2},
+			{"downloading", 5, CampDevDownloading, 5},
+			{"verifying", 0, CampDevVerifying, 5},
+			{"installing", 0, CampDevInstalling, 5},
+		}
+		for _, s := range steps {
+			progress(s.outcome, s.bytes)
+			waitFor(t, 5*time.Second, s.outcome+": the campaign device "+s.state, func() bool {
+				got := dev()
+				return got.State == s.state && got.Bytes == s.want && gauge(s.state) == 1
+			})
+			var got Campaign
+			c.must(200, req{method: "GET", path: "/v1/firmware-campaigns/" + camp.ID, key: c.adminKey}, &got)
+			if got.Devices[s.state] != 1 || got.Devices[CampDevPending] != 1 || got.Devices[CampDevOffered] != 0 {
+				t.Fatalf("%s: campaign devices %+v: want one %s, the other still pending (max_concurrent 1)", s.outcome, got.Devices, s.state)
+			}
+		}
+		cmd := c.get(offer.DeviceID, offer.ID)
+		if cmd.State != CmdDelivered || cmd.Progress == nil || cmd.Progress.Stage != ProgressInstalling || cmd.Progress.Bytes != 5 || cmd.DeliveredAt == nil {
+			t.Errorf("the command while installing: %+v %+v", cmd, cmd.Progress)
+		}
+		if n := testutil.ToFloat64(c.srv.metrics.commands.WithLabelValues(ProgressVerifying)); n != 1 {
+			t.Errorf("commands_total{event=verifying} = %v, want 1", n)
+		}
+		c.report("fe-1", offer.DeviceID, offer.ID, "succeeded")
+		progress("downloading", 1) // late: the result stands
+		if got := c.get(offer.DeviceID, offer.ID); got.State != CmdSucceeded || got.Progress.Stage != ProgressInstalling {
+			t.Errorf("a progress report after the result: %+v %+v", got, got.Progress)
+		}
+		waitFor(t, 5*time.Second, "succeeded, the next device offered", func() bool {
+			var got Campaign
+			c.must(200, req{method: "GET", path: "/v1/firmware-campaigns/" + camp.ID, key: c.adminKey}, &got)
+			return got.Devices[CampDevSucceeded] == 1 && got.Devices[CampDevOffered] == 1
+		})
+	})
+}

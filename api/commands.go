@@ -51,8 +51,10 @@ type CommandConfig struct {
 	// 16×). A device that connected again since is sent it at once.
 	Resend time.Duration
 	// Poll is how often waiting requests look at the database for changes
-	// this replica did not make (other replicas, the clock: resends and
-	// expiry). Within a replica, changes wake waiters at once.
+	// this replica did not make or hear of (the clock: resends and expiry;
+	// other replicas' changes while their notifications do not reach it).
+	// Within a replica, and from other replicas on PostgreSQL, changes
+	// wake waiters at once.
 	Poll time.Duration
 	// ReportGrace is how long after its expiry a command that was sent
 	// stays sent, waiting for the device's report, before it is marked
@@ -84,7 +86,7 @@ func (c *CommandConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Resend, "command-resend", c.Resend,
 		"first delay (`duration`) before a command not reported received is sent again (doubles per attempt, up to 16x)")
 	fs.DurationVar(&c.Poll, "command-poll", c.Poll,
-		"how often (`duration`) waiting command requests read the database for what other replicas and the clock changed")
+		"how often (`duration`) waiting command requests and frontend polls read the database for what the clock changed (and, on PostgreSQL, other replicas' changes while this one does not hear them)")
 	fs.DurationVar(&c.ReportGrace, "command-report-grace", c.ReportGrace,
 		"how long (`duration`) after its expiry a sent command waits for the device's report before it is marked expired")
 	fs.DurationVar(&c.Retention, "command-retention", c.Retention,
@@ -139,21 +141,47 @@ type Command struct {
 	// Message and Payload are what the device reported with its result.
 	Message string `json:"message"`
 	Payload string `json:"payload"`
+	// Progress is the last progress the device reported of a command that
+	// takes long (firmware_update), nil when it reported none.
+	Progress *CommandProgress `json:"progress,omitempty"`
 }
 
+// CommandProgress is a device's last progress report on a command (wire
+// format 1.2): a stage (downloading, verifying, installing) and, while
+// downloading, the bytes received so far.
+type CommandProgress struct {
+	Stage string    `json:"stage"`
+	Bytes int64     `json:"bytes"`
+	At    time.Time `json:"at"`
+}
+
+// Progress stages a device reports (the api's report outcomes of the same
+// names), in their order.
+const (
+	ProgressDownloading = "downloading"
+	ProgressVerifying   = "verifying"
+	ProgressInstalling  = "installing"
+)
+
 const commandCols = `id, device_id, seq, name, params, idempotency_key, state, created_at, created_by, expires_at,
- sent_at, sent_to, attempts, delivered_at, completed_at, cancelled_by, message, payload`
+ sent_at, sent_to, attempts, delivered_at, completed_at, cancelled_by, message, payload, progress, progress_bytes, progress_at`
 
 func scanCommand(sc scanner) (Command, error) {
 	var c Command
 	var params string
 	var idem sql.NullString
 	var created, expires int64
-	var sent, delivered, completed sql.NullInt64
+	var sent, delivered, completed, progressAt sql.NullInt64
+	var progress string
+	var progressBytes int64
 	err := sc.Scan(&c.ID, &c.DeviceID, &c.Seq, &c.Name, &params, &idem, &c.State, &created, &c.CreatedBy, &expires,
-		&sent, &c.SentTo, &c.Attempts, &delivered, &completed, &c.CancelledBy, &c.Message, &c.Payload)
+		&sent, &c.SentTo, &c.Attempts, &delivered, &completed, &c.CancelledBy, &c.Message, &c.Payload,
+		&progress, &progressBytes, &progressAt)
 	if err != nil {
 		return c, err
+	}
+	if progress != "" {
+		c.Progress = &CommandProgress{Stage: progress, Bytes: progressBytes, At: msTime(progressAt.Int64)}
 	}
 	if err := json.Unmarshal([]byte(params), &c.Params); err != nil || c.Params == nil {
 		c.Params = map[string]string{}
@@ -281,17 +309,29 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 	ctx := r.Context()
 	devID := r.PathValue("id")
 	var cmd Command
+	var frontend string // that holds the device now, woken after the commit
 	status := http.StatusCreated
 	err = s.db.writeGroup(ctx, func(t *tx) error {
-		d, err := loadDevice(t.ctx, t, p, devID)
-		if err != nil {
-			return err
+		// One statement reads all the write needs: the device (its fleet
+		// for the caller's scope, its state), its commands waiting, the
+		// next seq, the frontend holding it; then one inserts. The
+		// statements of a command are the api's hottest (docs/performance.md,
+		// "Commands round trip"): each one less is CPU the round trip keeps.
+		var fleet, state string
+		var waiting int
+		var seq int64
+		err := t.queryRowW(createCommandRead, devID).Scan(&fleet, &state, &waiting, &seq, &frontend)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(fleet)) {
+			return errNotFound("device", devID)
 		}
-		if d.State == StateDecommissioned {
+		if err != nil {
+			return fmt.Errorf("read device %s: %w", devID, err)
+		}
+		if state == StateDecommissioned {
 			return errInvalid("device", "device %q is decommissioned: it takes no commands", devID)
 		}
 		if idem != "" {
-			old, err := scanCommand(t.QueryRowContext(t.ctx, `SELECT `+commandCols+` FROM commands WHERE device_id = $1 AND idempotency_key = $2`, devID, idem))
+			old, err := scanCommand(t.queryRowW(commandByIdempotencyKey, devID, idem))
 			switch {
 			case err == nil:
 				if old.Name != in.Name || !sameParams(old.Params, in.Params) {
@@ -303,28 +343,18 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 				return fmt.Errorf("read command: %w", err)
 			}
 		}
-		var waiting int
-		if err := t.QueryRowContext(t.ctx, `SELECT COUNT(*) FROM commands WHERE device_id = $1 AND state IN ('queued', 'sent')`, devID).Scan(&waiting); err != nil {
-			return fmt.Errorf("count commands: %w", err)
-		}
 		if waiting >= cfg.QueueLimit {
 			s.metrics.commands.WithLabelValues("refused_queue_full").Inc()
 			return errQueueFull(devID, cfg.QueueLimit)
 		}
-		var seq int64
-		if err := t.QueryRowContext(t.ctx, `SELECT COALESCE(MAX(seq), 0) + 1 FROM commands WHERE device_id = $1`, devID).Scan(&seq); err != nil {
-			return fmt.Errorf("next command seq: %w", err)
-		}
 		cmd = Command{ID: newID("cmd_"), DeviceID: devID, Seq: seq, Name: in.Name, Params: in.Params, IdempotencyKey: idem,
 			State: CmdQueued, CreatedAt: msTime(t.ms()), CreatedBy: p.actor(), ExpiresAt: msTime(t.now.Add(ttl).UnixMilli())}
-		_, err = t.ExecContext(t.ctx, `INSERT INTO commands (id, device_id, seq, name, params, idempotency_key, state, created_at,
- created_by, key_id, request_id, expires_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $8)`,
-			cmd.ID, devID, seq, in.Name, string(params), nullString(idem), CmdQueued, t.ms(), p.actor(), p.KeyID,
-			requestID(r), cmd.ExpiresAt.UnixMilli())
+		_, err = t.execW(createCommandInsert, cmd.ID, devID, seq, in.Name, string(params), nullString(idem), CmdQueued, t.ms(),
+			p.actor(), p.KeyID, requestID(r), cmd.ExpiresAt.UnixMilli())
 		if err != nil {
 			return fmt.Errorf("insert command: %w", err)
 		}
-		return nil
+		return t.notifyCommands(CommandEvent{ID: cmd.ID, DeviceID: devID, State: CmdQueued, At: cmd.CreatedAt})
 	})
 	if err != nil {
 		return err
@@ -340,7 +370,9 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 	if status == http.StatusCreated {
 		s.metrics.commands.WithLabelValues("created").Inc()
 		s.events.publish(CommandEvent{ID: cmd.ID, DeviceID: devID, State: CmdQueued, At: cmd.CreatedAt})
-		s.wakeDeviceFrontend(ctx, devID)
+		if frontend != "" {
+			s.notify.addWork(frontend, devID)
+		}
 	}
 	if wait > 0 && !cmdFinal(cmd.State) {
 		if cmd, err = s.waitCommand(ctx, p, devID, cmd.ID, wait, start); err != nil {
@@ -351,6 +383,18 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 	writeJSON(w, status, cmd)
 	return nil
 }
+
+// The statements of createCommand (prepared once on SQLite).
+const (
+	createCommandRead = `SELECT COALESCE(d.fleet, ''), d.state,
+ (SELECT COUNT(*) FROM commands c WHERE c.device_id = d.id AND c.state IN ('queued', 'sent')),
+ (SELECT COALESCE(MAX(c.seq), 0) + 1 FROM commands c WHERE c.device_id = d.id),
+ COALESCE((SELECT p.frontend FROM device_presence p WHERE p.device_id = d.id AND p.connected = 1), '')
+FROM devices d WHERE d.id = $1`
+	commandByIdempotencyKey = `SELECT ` + commandCols + ` FROM commands WHERE device_id = $1 AND idempotency_key = $2`
+	createCommandInsert     = `INSERT INTO commands (id, device_id, seq, name, params, idempotency_key, state, created_at,
+ created_by, key_id, request_id, expires_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $8)`
+)
 
 func sameParams(a, b map[string]string) bool {
 	if len(a) != len(b) {
@@ -526,7 +570,7 @@ WHERE id = $4`, CmdCancelled, t.ms(), p.actor(), id); err != nil {
 		}
 		now := msTime(t.ms())
 		c.State, c.CompletedAt, c.CancelledBy = CmdCancelled, &now, p.actor()
-		return nil
+		return t.notifyCommands(CommandEvent{ID: id, DeviceID: devID, State: CmdCancelled, At: now})
 	})
 	if err != nil {
 		return err

@@ -284,15 +284,15 @@ ORDER BY c.device_id, c.seq`, args...)
 		return nil, nil
 	}
 	var out []DispatchedCommand
+	var evs []CommandEvent
 	err = s.db.writeGroup(ctx, func(t *tx) error {
-		out = out[:0]
+		out, evs = out[:0], evs[:0]
 		stop := ""
 		for _, d := range due {
 			if d.DeviceID == stop {
 				continue
 			}
-			res, err := t.ExecContext(t.ctx, `UPDATE commands SET state = $1, sent_at = $2, sent_to = $3, attempts = attempts + 1,
- updated_at = $2 WHERE id = $4 AND state = $5 AND attempts = $6`, CmdSent, nowMs, fe, d.ID, d.state, d.attempts)
+			res, err := t.execW(dispatchMark, CmdSent, nowMs, fe, d.ID, d.state, d.attempts)
 			if err != nil {
 				return fmt.Errorf("mark command sent: %w", err)
 			}
@@ -301,23 +301,26 @@ ORDER BY c.device_id, c.seq`, args...)
 				continue
 			}
 			out = append(out, d.DispatchedCommand)
+			evs = append(evs, CommandEvent{ID: d.ID, DeviceID: d.DeviceID, State: CmdSent, At: msTime(nowMs)})
 		}
-		return nil
+		return t.notifyCommands(evs...)
 	})
 	if err != nil {
 		return nil, err
 	}
 	ids := make([]string, len(out))
-	evs := make([]CommandEvent, len(out))
 	for i, c := range out {
 		ids[i] = c.ID
-		evs[i] = CommandEvent{ID: c.ID, DeviceID: c.DeviceID, State: CmdSent, At: msTime(nowMs)}
 	}
 	s.notify.commandsChanged(ids...)
 	s.events.publish(evs...)
 	s.metrics.commands.WithLabelValues("sent").Add(float64(len(out)))
 	return out, nil
 }
+
+// dispatchMark marks a command sent to a frontend, if it is as read.
+const dispatchMark = `UPDATE commands SET state = $1, sent_at = $2, sent_to = $3, attempts = attempts + 1,
+ updated_at = $2 WHERE id = $4 AND state = $5 AND attempts = $6`
 
 // CommandReports is the body of POST /v1/frontends/{id}/command-reports.
 type CommandReports = apiclient.CommandReports
@@ -341,9 +344,13 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	}
 	for i, rep := range in.Reports {
 		switch rep.Outcome {
-		case apiclient.OutcomeReceived, apiclient.OutcomeSucceeded, apiclient.OutcomeFailed, apiclient.OutcomeUndeliverable:
+		case apiclient.OutcomeReceived, apiclient.OutcomeSucceeded, apiclient.OutcomeFailed, apiclient.OutcomeUndeliverable,
+			apiclient.OutcomeDownloading, apiclient.OutcomeVerifying, apiclient.OutcomeInstalling:
 		default:
-			return errInvalid("reports", "report %d: outcome %q, want received, succeeded, failed or undeliverable", i, rep.Outcome)
+			return errInvalid("reports", "report %d: outcome %q, want received, downloading, verifying, installing, succeeded, failed or undeliverable", i, rep.Outcome)
+		}
+		if rep.Bytes < 0 {
+			return errInvalid("reports", "report %d: bytes %d, want >= 0", i, rep.Bytes)
 		}
 	}
 	ctx := r.Context()
@@ -361,14 +368,17 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 			applied[res]++
 			if res != "ignored" {
 				changed = append(changed, rep.ID)
-				state := res
-				if res == "requeued" {
-					state = CmdQueued
+				ev := CommandEvent{ID: rep.ID, DeviceID: rep.DeviceID, State: res, At: msTime(t.ms())}
+				switch res {
+				case "requeued":
+					ev.State = CmdQueued
+				case ProgressDownloading, ProgressVerifying, ProgressInstalling:
+					ev.State, ev.Progress, ev.Bytes = CmdDelivered, res, rep.Bytes
 				}
-				evs = append(evs, CommandEvent{ID: rep.ID, DeviceID: rep.DeviceID, State: state, At: msTime(t.ms())})
+				evs = append(evs, ev)
 			}
 		}
-		return nil
+		return t.notifyCommands(evs...)
 	})
 	if err != nil {
 		return err
@@ -389,49 +399,62 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 }
 
 // applyReport applies one report in t and returns the metric label of
-// what it did: the new state, "requeued", or "ignored".
+// what it did: the new state (or progress stage), "requeued", or
+// "ignored". One conditional UPDATE each: a report that cannot apply (an
+// unknown command, another device's, a step back) changes no row.
+//
+// The device's word is the truth, even about a command marked expired
+// while its report was on the way, as long as it was ever sent (attempts
+// > 0). Progress means the device has the command (so it is delivered,
+// even if its received report was lost) and is working on it; the last
+// stage named wins (a device that found its image corrupt downloads
+// again), and the bytes are the downloading reports' only.
 func (s *Server) applyReport(t *tx, fe string, rep apiclient.CommandReport) (string, error) {
-	var dev, state, sentTo string
-	var attempts int
-	err := t.QueryRowContext(t.ctx, `SELECT device_id, state, sent_to, attempts FROM commands WHERE id = $1`, rep.ID).
-		Scan(&dev, &state, &sentTo, &attempts)
-	if err == sql.ErrNoRows || (err == nil && dev != rep.DeviceID) {
-		return "ignored", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("read command %s: %w", rep.ID, err)
-	}
 	now := t.ms()
-	// The device's word is the truth, even about a command marked expired
-	// while its report was on the way, as long as it was ever sent.
-	wasSent := attempts > 0
+	var res sql.Result
+	var err error
+	label := rep.Outcome
 	switch rep.Outcome {
 	case apiclient.OutcomeUndeliverable:
-		if state != CmdSent || sentTo != fe {
-			return "ignored", nil
-		}
-		_, err = t.ExecContext(t.ctx, `UPDATE commands SET state = $1, sent_to = '', updated_at = $2 WHERE id = $3`, CmdQueued, now, rep.ID)
-		return "requeued", wrapErr("requeue command", err)
+		label = "requeued"
+		res, err = t.execW(reportRequeue, CmdQueued, now, rep.ID, rep.DeviceID, fe)
 	case apiclient.OutcomeReceived:
-		if !(state == CmdQueued || state == CmdSent || (state == CmdExpired && wasSent)) || !wasSent {
-			return "ignored", nil
-		}
-		_, err = t.ExecContext(t.ctx, `UPDATE commands SET state = $1, delivered_at = $2, completed_at = NULL, updated_at = $2
-WHERE id = $3`, CmdDelivered, now, rep.ID)
-		return CmdDelivered, wrapErr("mark command delivered", err)
+		label = CmdDelivered
+		res, err = t.execW(reportReceived, CmdDelivered, now, rep.ID, rep.DeviceID)
+	case apiclient.OutcomeDownloading:
+		res, err = t.execW(reportProgress+reportProgressBytes+reportProgressWhere, CmdDelivered, now, rep.Outcome, rep.ID, rep.DeviceID, rep.Bytes)
+	case apiclient.OutcomeVerifying, apiclient.OutcomeInstalling:
+		res, err = t.execW(reportProgress+reportProgressWhere, CmdDelivered, now, rep.Outcome, rep.ID, rep.DeviceID)
 	default:
-		if !wasSent || !(state == CmdQueued || state == CmdSent || state == CmdDelivered || state == CmdExpired) {
-			return "ignored", nil
-		}
-		final := CmdSucceeded
+		label = CmdSucceeded
 		if rep.Outcome == apiclient.OutcomeFailed {
-			final = CmdFailed
+			label = CmdFailed
 		}
-		_, err = t.ExecContext(t.ctx, `UPDATE commands SET state = $1, delivered_at = COALESCE(delivered_at, $2), completed_at = $2,
- message = $3, payload = $4, updated_at = $2 WHERE id = $5`, final, now, truncate(rep.Message, 1024), truncate(rep.Payload, 4096), rep.ID)
-		return final, wrapErr("record command result", err)
+		res, err = t.execW(reportResult, label, now, truncate(rep.Message, 1024), truncate(rep.Payload, 4096), rep.ID, rep.DeviceID)
 	}
+	if err != nil {
+		return "", fmt.Errorf("apply report (%s) of command %s: %w", rep.Outcome, rep.ID, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return "ignored", nil
+	}
+	return label, nil
 }
+
+// The statements of applyReport (prepared once on SQLite).
+const (
+	reportRequeue = `UPDATE commands SET state = $1, sent_to = '', updated_at = $2
+ WHERE id = $3 AND device_id = $4 AND state = 'sent' AND sent_to = $5`
+	reportReceived = `UPDATE commands SET state = $1, delivered_at = $2, completed_at = NULL, updated_at = $2
+ WHERE id = $3 AND device_id = $4 AND attempts > 0 AND state IN ('queued', 'sent', 'expired')`
+	reportProgress = `UPDATE commands SET state = $1, delivered_at = COALESCE(delivered_at, $2), completed_at = NULL,
+ progress = $3, progress_at = $2, updated_at = $2`
+	reportProgressBytes = `, progress_bytes = $6`
+	reportProgressWhere = ` WHERE id = $4 AND device_id = $5 AND attempts > 0 AND state IN ('queued', 'sent', 'delivered', 'expired')`
+	reportResult        = `UPDATE commands SET state = $1, delivered_at = COALESCE(delivered_at, $2), completed_at = $2,
+ message = $3, payload = $4, updated_at = $2
+ WHERE id = $5 AND device_id = $6 AND attempts > 0 AND state IN ('queued', 'sent', 'delivered', 'expired')`
+)
 
 func wrapErr(what string, err error) error {
 	if err != nil {
@@ -499,8 +522,9 @@ func (s *Server) sweepOnce(ctx context.Context, now time.Time) error {
 		return nil
 	}
 	var done []string
+	var evs []CommandEvent
 	err = s.db.write(ctx, func(t *tx) error {
-		done = done[:0]
+		done, evs = done[:0], evs[:0]
 		for _, id := range ids {
 			res, err := t.ExecContext(ctx, `UPDATE commands SET state = $1, completed_at = $2, updated_at = $2
 WHERE id = $3 AND ((state = 'queued' AND expires_at <= $2) OR (state = 'sent' AND expires_at <= $4))`, CmdExpired, nowMs, id, nowMs-grace)
@@ -509,19 +533,16 @@ WHERE id = $3 AND ((state = 'queued' AND expires_at <= $2) OR (state = 'sent' AN
 			}
 			if n, _ := res.RowsAffected(); n > 0 {
 				done = append(done, id)
+				evs = append(evs, CommandEvent{ID: id, DeviceID: devOf[id], State: CmdExpired, At: msTime(nowMs)})
 			}
 		}
-		return nil
+		return t.notifyCommands(evs...)
 	})
 	if err != nil {
 		return err
 	}
 	s.metrics.commands.WithLabelValues(CmdExpired).Add(float64(len(done)))
 	s.notify.commandsChanged(done...)
-	evs := make([]CommandEvent, len(done))
-	for i, id := range done {
-		evs[i] = CommandEvent{ID: id, DeviceID: devOf[id], State: CmdExpired, At: msTime(nowMs)}
-	}
 	s.events.publish(evs...)
 	return nil
 }

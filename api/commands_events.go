@@ -13,9 +13,10 @@ import (
 // Command events: GET /v1/commands/events is a server-sent-events stream of
 // command state changes, each {"id", "device_id", "state", "at"}, limited
 // to the caller's fleets (and to one device with ?device=). Events are
-// those of the changes this replica makes: with several replicas, a
-// client follows each, or waits on commands (?wait=) instead. A client
-// that cannot keep up (-1024 events behind) gets an "overflow" event and
+// those of the changes every replica makes: this one's as it makes them,
+// the others' through PostgreSQL notifications (commands_notify.go). A
+// client that cannot keep up (1,024 events behind), or whose replica
+// stopped hearing the others for a while, gets an "overflow" event and
 // the end of the stream: it lists what it missed and reconnects.
 
 // CommandEvent is one event of the stream.
@@ -24,6 +25,11 @@ type CommandEvent struct {
 	DeviceID string    `json:"device_id"`
 	State    string    `json:"state"`
 	At       time.Time `json:"at"`
+	// Progress and Bytes are a device's progress report (a delivered
+	// command still running: downloading with bytes, verifying,
+	// installing).
+	Progress string `json:"progress,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
 }
 
 // eventSub is one stream.
@@ -55,8 +61,22 @@ func newEventBus(s *Server) *eventBus {
 	return &eventBus{s: s, in: make(chan []CommandEvent, eventBusQueue), subs: map[*eventSub]struct{}{}}
 }
 
-// publish hands events to the bus; with no stream open it costs a lock.
+// publish hands events of this replica's changes to the bus, after their
+// commit; with no stream open it costs a lock. While the replica listens
+// to the notifications of every replica (PostgreSQL), it publishes its own
+// changes from them instead, so that every replica's streams carry every
+// replica's events in one order, the database's commit order (a
+// replica's own queued after another's sent of the same command would
+// otherwise be possible).
 func (b *eventBus) publish(evs ...CommandEvent) {
+	if b.s.listening.Load() {
+		return
+	}
+	b.publishNow(evs...)
+}
+
+// publishNow hands events to the bus.
+func (b *eventBus) publishNow(evs ...CommandEvent) {
 	if len(evs) == 0 {
 		return
 	}
@@ -142,6 +162,16 @@ func (b *eventBus) fleetsOf(ctx context.Context, evs []CommandEvent) (map[string
 		ids = ids[n:]
 	}
 	return out, nil
+}
+
+// overflowAll ends every stream with an overflow event: events may have
+// been missed (this replica stopped hearing the other replicas').
+func (b *eventBus) overflowAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for sub := range b.subs {
+		sub.once.Do(func() { close(sub.overflow) })
+	}
 }
 
 func (b *eventBus) subscribe(p *principal, device string) (*eventSub, func()) {

@@ -10,7 +10,8 @@ import (
 // api deletes the commands that finished (succeeded, failed, expired,
 // cancelled) longer ago than the retention, a bounded batch per
 // transaction so that command writes never wait long behind it. A command
-// that a running campaign device still names (offered, downloading) is
+// that a running campaign device still names (in flight: offered,
+// downloading, verifying, installing) is
 // kept whatever its age: the campaign reads its outcome from it. So is
 // the newest command of each device: the next one's seq is the highest
 // kept plus one, and a device must never see a seq again.
@@ -39,7 +40,7 @@ func (s *Server) pruneCommands(ctx context.Context, now time.Time) (int, error) 
 		err := s.db.write(ctx, func(t *tx) error {
 			res, err := t.ExecContext(ctx, `DELETE FROM commands WHERE id IN (SELECT id FROM commands
  WHERE completed_at IS NOT NULL AND completed_at < $1 AND state IN ('succeeded', 'failed', 'expired', 'cancelled')
- AND id NOT IN (SELECT command_id FROM campaign_devices WHERE state IN ('offered', 'downloading') AND command_id IS NOT NULL)
+ AND id NOT IN (SELECT command_id FROM campaign_devices WHERE state IN `+inFlightStates+` AND command_id IS NOT NULL)
  AND seq < (SELECT MAX(n.seq) FROM commands n WHERE n.device_id = commands.device_id)
  LIMIT $2)`, cutoff, pruneBatch)
 			if err != nil {

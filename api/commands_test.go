@@ -16,7 +16,7 @@ type cmdEnv struct {
 	fkey string
 }
 
-func startCmdEnv(t *testing.T, b backend, mod ...func(*Config)) *cmdEnv {
+func startCmdEnv(t testing.TB, b backend, mod ...func(*Config)) *cmdEnv {
 	mod = append([]func(*Config){func(c *Config) { c.Commands.Poll = 50 * time.Millisecond }}, mod...)
 	e := startEnv(t, b, mod...)
 	_, fkey := e.makeOperator("frontends", RoleFollower, "*")

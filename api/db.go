@@ -40,6 +40,9 @@ type store struct {
 
 	// feedID names this database in the change feed (migration 00002).
 	feedID string
+	// replica names this process in its command notifications
+	// (commands_notify.go), so that it ignores its own.
+	replica string
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when the version moves
@@ -47,12 +50,18 @@ type store struct {
 
 	group     grouper          // writeGroup's queue (db_group.go)
 	groupSize func(writes int) // observes each group's size; set by the server
+
+	stmts map[string]*sql.Stmt // prepared on wdb at open, SQLite (db_prepared.go)
 }
+
+// sqliteDriver is the database/sql driver name of SQLite (a benchmark
+// counts statements with a driver of its own that wraps it).
+var sqliteDriver = "sqlite"
 
 // openStore opens the database, applies the migrations and returns the
 // store.
 func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (*store, error) {
-	s := &store{driver: cfg.Driver, log: logger, changed: make(chan struct{})}
+	s := &store{driver: cfg.Driver, log: logger, changed: make(chan struct{}), replica: newID("rep_")}
 	var err error
 	switch cfg.Driver {
 	case DriverSQLite:
@@ -79,11 +88,11 @@ func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (*store, er
 		}
 		q.Set("_txlock", "immediate")
 		dsn := "file:" + path + "?" + q.Encode()
-		if s.wdb, err = sql.Open("sqlite", dsn); err != nil {
+		if s.wdb, err = sql.Open(sqliteDriver, dsn); err != nil {
 			return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 		}
 		s.wdb.SetMaxOpenConns(1)
-		if s.rdb, err = sql.Open("sqlite", dsn); err != nil {
+		if s.rdb, err = sql.Open(sqliteDriver, dsn); err != nil {
 			s.wdb.Close()
 			return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 		}
@@ -101,6 +110,10 @@ func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (*store, er
 		return nil, fmt.Errorf("open store: unknown driver %q", cfg.Driver)
 	}
 	if err := s.migrate(ctx); err != nil {
+		s.close()
+		return nil, err
+	}
+	if err := s.prepareStatements(ctx); err != nil {
 		s.close()
 		return nil, err
 	}
@@ -162,6 +175,7 @@ func (s *store) migrate(ctx context.Context) error {
 }
 
 func (s *store) close() {
+	s.closeStatements()
 	if s.wdb != nil && s.wdb != s.rdb {
 		s.wdb.Close()
 	}
@@ -234,11 +248,11 @@ func (s *store) write(ctx context.Context, fn func(*tx) error) error {
 	w := &tx{Tx: t, s: s, ctx: ctx, now: time.Now()}
 	// The one dialect difference that matters: PostgreSQL locks the row;
 	// SQLite's BEGIN IMMEDIATE already holds the database's write lock.
-	lock := `SELECT version FROM feed_state WHERE id = 1`
+	lock := lockVersion
 	if s.driver == DriverPostgres {
 		lock += ` FOR UPDATE`
 	}
-	if err := t.QueryRowContext(ctx, lock).Scan(&w.base); err != nil {
+	if err := w.queryRowW(lock).Scan(&w.base); err != nil {
 		return fmt.Errorf("lock feed version: %w", err)
 	}
 	w.version = w.base

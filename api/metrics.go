@@ -20,6 +20,8 @@ type metrics struct {
 	alertEvents  prometheus.Counter
 	writeGroups  prometheus.Histogram
 	campaignDevs *prometheus.GaugeVec
+	notifyEvents prometheus.Counter
+	notifyLost   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -52,15 +54,23 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"code"}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_api_commands_total",
-			Help: "Command events, by what happened: created, sent (a delivery attempt), delivered, succeeded, failed, expired, cancelled, requeued (a frontend could not write it), refused_queue_full, ignored (a report that could not apply).",
+			Help: "Command events, by what happened: created, sent (a delivery attempt), delivered, succeeded, failed, expired, cancelled, requeued (a frontend could not write it), refused_queue_full, ignored (a report that could not apply), pruned; and the progress devices reported: downloading, verifying, installing.",
 		}, []string{"event"}),
 		alertEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_api_alert_events_total", Help: "Alert events reported by alert engines and applied.",
 		}),
 		campaignDevs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "drover_api_campaign_devices",
-			Help: "Devices of the running and paused firmware campaigns (this replica's last look, each -command-poll), by state: pending, offered, downloading, succeeded, failed, skipped.",
+			Help: "Devices of the running and paused firmware campaigns (this replica's last look, each -command-poll), by state: pending, offered, downloading, verifying, installing, succeeded, failed, skipped.",
 		}, []string{"state"}),
+		notifyEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_command_notified_events_total",
+			Help: "Command events of other replicas received through PostgreSQL LISTEN/NOTIFY and handed to this replica's streams, waits and frontend polls.",
+		}),
+		notifyLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_command_listen_lost_total",
+			Help: "Times this replica was not listening for other replicas' command events (its connection failed): its event streams ended with overflow, waits polled.",
+		}),
 		writeGroups: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "drover_api_write_group_size",
 			Help:    "Writes (command creates, dispatch marks, report posts) committed together in one group-commit transaction; _count is those transactions (commits).",
@@ -69,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups, m.campaignDevs} {
+			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups, m.campaignDevs, m.notifyEvents, m.notifyLost} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}
@@ -88,7 +98,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 
 // commandEvents are the values of drover_api_commands_total{event}.
 var commandEvents = []string{"created", "sent", CmdDelivered, CmdSucceeded, CmdFailed, CmdExpired, CmdCancelled,
-	"requeued", "refused_queue_full", "ignored", "pruned"}
+	"requeued", "refused_queue_full", "ignored", "pruned", ProgressDownloading, ProgressVerifying, ProgressInstalling}
 
 // campaignDeviceStates are the states of a campaign's device.
-var campaignDeviceStates = []string{"pending", "offered", "downloading", "succeeded", "failed", "skipped"}
+var campaignDeviceStates = []string{CampDevPending, CampDevOffered, CampDevDownloading, CampDevVerifying, CampDevInstalling,
+	CampDevSucceeded, CampDevFailed, CampDevSkipped}

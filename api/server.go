@@ -39,6 +39,9 @@ type Server struct {
 	addr     string
 	started  chan struct{} // closed once the database is open and the port bound
 	polledOK atomic.Int64  // unix ms of the last successful version poll
+	// listening: this replica hears the command notifications of every
+	// replica, its own included (PostgreSQL; commands_notify.go).
+	listening atomic.Bool
 
 	touchMu sync.Mutex
 	touched map[string]time.Time // key id → last recorded use
@@ -169,6 +172,18 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Go(func() { s.tls.Run(bg) })
 	}
 	defer func() { cancelBg(); wg.Wait() }()
+	if s.cfg.Driver == DriverPostgres {
+		// Serve once listening, so that a stream opened at once hears
+		// the other replicas (or once the first attempt failed).
+		listening := make(chan struct{})
+		wg.Go(func() { s.listenCommands(bg, listening) })
+		select {
+		case <-listening:
+		case <-ctx.Done():
+			ln.Close()
+			return nil
+		}
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

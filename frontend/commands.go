@@ -2,8 +2,10 @@ package frontend
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -62,7 +64,7 @@ func newCommander(f *Frontend, client *apiclient.Client) (*commander, error) {
 	c := &commander{
 		f: f, client: client, id: f.cfg.ID, log: f.logger, kick: make(chan struct{}, 1),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_frontend_commands_total",
-			Help: "Commands and reports, by event: written (to a device), undeliverable (device not here or write failed), expired (not written: its TTL ended on the way), received, succeeded, failed (device reports posted), report_failures (posts the API did not take)."},
+			Help: "Commands and reports, by event: written (to a device), undeliverable (device not here or write failed), expired (not written: its TTL ended on the way), received, downloading, verifying, installing, succeeded, failed (device reports posted), report_failures (posts the API did not take), progress_refused (progress reports an API older than wire format 1.2 refused, dropped)."},
 			[]string{"event"}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_frontend_command_reports_dropped_total",
 			Help: "Device command reports dropped because too many waited for the control plane (the device sends final reports again until acked)."}),
@@ -186,14 +188,21 @@ func (c *commander) take(dev string, reps []*telemetry.CommandReport, at time.Ti
 	}
 	for _, r := range reps {
 		out := apiclient.OutcomeReceived
+		var n int64
 		switch r.GetStatus() {
 		case telemetry.CommandStatus_COMMAND_STATUS_SUCCEEDED:
 			out = apiclient.OutcomeSucceeded
 		case telemetry.CommandStatus_COMMAND_STATUS_FAILED:
 			out = apiclient.OutcomeFailed
+		case telemetry.CommandStatus_COMMAND_STATUS_DOWNLOADING:
+			out, n = apiclient.OutcomeDownloading, int64(r.GetBytes()) // validated: at most MaxInt64
+		case telemetry.CommandStatus_COMMAND_STATUS_VERIFYING:
+			out = apiclient.OutcomeVerifying
+		case telemetry.CommandStatus_COMMAND_STATUS_INSTALLING:
+			out = apiclient.OutcomeInstalling
 		}
 		c.add(pendingReport{ack: true, rep: apiclient.CommandReport{ID: r.GetId(), DeviceID: dev, Outcome: out,
-			Message: r.GetMessage(), Payload: r.GetPayload(), At: at.UnixMilli()}})
+			Message: r.GetMessage(), Payload: r.GetPayload(), Bytes: n, At: at.UnixMilli()}})
 	}
 }
 
@@ -239,6 +248,9 @@ func (c *commander) post(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
+				if c.dropProgress(err, n) {
+					continue
+				}
 				c.events.WithLabelValues("report_failures").Inc()
 				if !bo.Active() {
 					c.log.Warn("frontend: the control plane does not take command reports; they wait (bounded)", "err", err)
@@ -257,6 +269,44 @@ func (c *commander) post(ctx context.Context) {
 			c.acked(batch)
 		}
 	}
+}
+
+// dropProgress handles a control plane that refuses a batch of reports as
+// invalid (422): one older than wire format 1.2 does not know the progress
+// outcomes (downloading, verifying, installing), and would refuse the
+// batch, and every final report behind it, forever. The progress reports
+// among the batch's n are dropped and counted (progress_refused): they
+// only ever add detail, and a device does not send them again. It reports
+// whether it dropped any (then the rest goes at once).
+func (c *commander) dropProgress(err error, n int) bool {
+	var ae *apiclient.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusUnprocessableEntity {
+		return false
+	}
+	dropped := 0
+	c.mu.Lock()
+	kept := make([]pendingReport, 0, len(c.pending))
+	for i, p := range c.pending {
+		switch p.rep.Outcome {
+		case apiclient.OutcomeDownloading, apiclient.OutcomeVerifying, apiclient.OutcomeInstalling:
+			if i < n {
+				dropped++
+				continue
+			}
+		}
+		kept = append(kept, p)
+	}
+	if dropped > 0 {
+		c.pending = kept
+	}
+	c.mu.Unlock()
+	if dropped == 0 {
+		return false
+	}
+	c.events.WithLabelValues("progress_refused").Add(float64(dropped))
+	c.log.Warn("frontend: the control plane refused command progress reports (older than wire format 1.2?): dropped them; the other reports go on",
+		"dropped", dropped, "err", err)
+	return true
 }
 
 // acked counts stored reports and tells their devices (report_ack), one

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +31,10 @@ type apiCommand struct {
 	Attempts int    `json:"attempts"`
 	Payload  string `json:"payload"`
 	Message  string `json:"message"`
+	Progress *struct {
+		Stage string `json:"stage"`
+		Bytes int64  `json:"bytes"`
+	} `json:"progress"`
 }
 
 // post sends a command; safe from any goroutine (errors are returned).
@@ -249,5 +256,59 @@ func TestQueuedCommandInDeviceEncoding(t *testing.T) {
 	defer ws.Close()
 	if cmd := downlink(t, ws, true).GetCommand(); cmd == nil || cmd.Id != queued.ID {
 		t.Fatalf("first frame: %v", cmd)
+	}
+}
+
+// TestProgressReportsToAnOlderAPI: a control plane older than wire format
+// 1.2 refuses a batch of reports holding a progress outcome (422, as any
+// unknown outcome); the frontend drops the progress reports, counted, and
+// the device's final report behind them is stored all the same. The older
+// control plane is the real one behind a proxy that refuses what an older
+// one refuses (a fault the current one cannot produce).
+func TestProgressReportsToAnOlderAPI(t *testing.T) {
+	cp := startControlPlane(t, t.TempDir(), freeLoopback(t))
+	cp.call("POST", "/v1/fleets", map[string]string{"id": "acme"}, nil)
+	tok := cp.device(0)
+	target, _ := url.Parse(cp.url)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	older := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/command-reports") {
+			b, _ := io.ReadAll(r.Body)
+			for _, o := range []string{"downloading", "verifying", "installing"} {
+				if bytes.Contains(b, []byte(`"outcome":"`+o+`"`)) {
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusUnprocessableEntity)
+					_, _ = io.WriteString(w, `{"code":"invalid","message":"report 0: outcome \"`+o+`\", want received, succeeded, failed or undeliverable"}`)
+					return
+				}
+			}
+			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(older.Close) // after the frontend's stop (cleanups run last first): its long polls end first
+	cfg := followConfig(t, cp)
+	cfg.Follow.API.URL = older.URL
+	e := start(t, cfg)
+	ws := e.connectWith(t, 0, tok)
+	ack(t, ws, false, readings(time.Now(), 1), 1)
+	waitConnected(t, cp, 0, e.cfg.ID)
+	c, err := cp.post(deviceID(0), "", map[string]any{"name": "firmware_update", "ttl": "30s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := downlink(t, ws, false).GetCommand()
+	if cmd == nil || cmd.Id != c.ID {
+		t.Fatalf("command frame %v, want %s", cmd, c.ID)
+	}
+	send(t, ws, false, &telemetry.Uplink{Reports: []*telemetry.CommandReport{
+		{Id: cmd.Id, Status: telemetry.CommandStatus_COMMAND_STATUS_DOWNLOADING, Bytes: 4096}}})
+	send(t, ws, false, &telemetry.Uplink{Reports: []*telemetry.CommandReport{
+		{Id: cmd.Id, Status: telemetry.CommandStatus_COMMAND_STATUS_SUCCEEDED, Payload: `{"version":"2"}`}}})
+	waitFor(t, 10*time.Second, "the final report stored behind the refused progress", func() bool {
+		return cp.command(deviceID(0), c.ID).State == "succeeded"
+	})
+	if n := testutil.ToFloat64(e.f.commands.events.WithLabelValues("progress_refused")); n != 1 {
+		t.Errorf("progress_refused = %v, want 1", n)
 	}
 }

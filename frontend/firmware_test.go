@@ -87,6 +87,12 @@ func TestFirmwareOverDroppingLink(t *testing.T) {
 	if err != nil || c.State != "succeeded" || c.Payload != `{"version":"4.2.0"}` {
 		t.Fatalf("firmware update: %+v %v", c, err)
 	}
+	// The device's progress reports (downloading with its bytes, verifying,
+	// installing) went through the frontend: the API shows the last stage
+	// and the bytes of the last download report, the whole image.
+	if p := cp.command(dev, c.ID).Progress; p == nil || p.Stage != "installing" || p.Bytes != int64(len(img)) {
+		t.Errorf("progress after the update: %+v, want installing with %d bytes", p, len(img))
+	}
 	s := fleet.Summary().Commands
 	if s.FirmwareInstalled != 1 || s.FirmwareRestarts != 0 || s.FirmwareBytes != uint64(len(img)) || s.FirmwareResumes < 3 {
 		t.Errorf("device figures %+v: want 1 installed, %d bytes in all (never from zero), >= 3 resumes", s, len(img))
@@ -152,5 +158,22 @@ func TestCampaignOverDroppingLinks(t *testing.T) {
 	if camp.Devices["succeeded"] != sc.Devices || s.FirmwareInstalled != uint64(sc.Devices) || s.FirmwareRestarts != 0 ||
 		s.FirmwareBytes != uint64(sc.Devices*len(img)) {
 		t.Errorf("campaign %+v; devices %+v", camp.Devices, s)
+	}
+	// Each device's bytes, from its downloading reports: the whole image.
+	var page struct {
+		Items []struct {
+			DeviceID string `json:"device_id"`
+			State    string `json:"state"`
+			Bytes    int64  `json:"bytes"`
+		} `json:"items"`
+	}
+	cp.call("GET", "/v1/firmware-campaigns/"+camp.ID+"/devices", nil, &page)
+	for _, d := range page.Items {
+		if d.State != "succeeded" || d.Bytes != int64(len(img)) {
+			t.Errorf("campaign device %+v, want succeeded with %d bytes", d, len(img))
+		}
+	}
+	if len(page.Items) != sc.Devices {
+		t.Errorf("%d campaign devices listed, want %d", len(page.Items), sc.Devices)
 	}
 }

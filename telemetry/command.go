@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"math"
 	"strconv"
 	"time"
 )
@@ -31,9 +32,13 @@ func validateReports(reps []*CommandReport) *FrameError {
 		case r.GetId() == "" || len(r.GetId()) > MaxCommandIDLen || hasControl(r.GetId()):
 			return frameErr(KindReport, "id", at+"id must be 1 to "+strconv.Itoa(MaxCommandIDLen)+
 				" bytes without control characters")
-		case r.GetStatus() < CommandStatus_COMMAND_STATUS_RECEIVED || r.GetStatus() > CommandStatus_COMMAND_STATUS_FAILED:
+		case r.GetStatus() < CommandStatus_COMMAND_STATUS_RECEIVED || r.GetStatus() > CommandStatus_COMMAND_STATUS_INSTALLING:
 			return frameErr(KindReport, "status", at+"status "+strconv.Itoa(int(r.GetStatus()))+
-				" unknown, want RECEIVED, SUCCEEDED or FAILED")
+				" unknown, want RECEIVED, SUCCEEDED, FAILED, DOWNLOADING, VERIFYING or INSTALLING")
+		case r.GetBytes() > math.MaxInt64:
+			// The control plane stores it as a signed 64-bit integer.
+			return frameErr(KindReport, "bytes", at+"bytes "+strconv.FormatUint(r.GetBytes(), 10)+
+				" out of range [0, 9223372036854775807]")
 		case len(r.GetMessage()) > MaxReportMessageLen:
 			return frameErr(KindReport, "message", at+"message of "+strconv.Itoa(len(r.GetMessage()))+
 				" bytes, limit "+strconv.Itoa(MaxReportMessageLen))
@@ -48,6 +53,12 @@ func validateReports(reps []*CommandReport) *FrameError {
 // Final reports whether the status ends the command (SUCCEEDED or FAILED).
 func (s CommandStatus) Final() bool {
 	return s == CommandStatus_COMMAND_STATUS_SUCCEEDED || s == CommandStatus_COMMAND_STATUS_FAILED
+}
+
+// Progress reports whether the status is a progress report of a command still running
+// (DOWNLOADING, VERIFYING, INSTALLING: wire format 1.2), neither received nor final.
+func (s CommandStatus) Progress() bool {
+	return s >= CommandStatus_COMMAND_STATUS_DOWNLOADING && s <= CommandStatus_COMMAND_STATUS_INSTALLING
 }
 
 // NewCommand returns a Downlink carrying c, with ttl_ms set to what is left of c's time to live

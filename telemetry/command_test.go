@@ -84,6 +84,25 @@ func TestReportsValidation(t *testing.T) {
 	if err != nil || got.Reports[0].Status != CommandStatus_COMMAND_STATUS_FAILED {
 		t.Fatalf("JSON report: %v %v", got, err)
 	}
+	// Wire format 1.2: progress of a long command, with the bytes downloaded so far.
+	for _, text := range []bool{false, true} {
+		prog := []*CommandReport{{Id: "cmd_3", Status: CommandStatus_COMMAND_STATUS_DOWNLOADING, Bytes: 61440},
+			{Id: "cmd_3", Status: CommandStatus_COMMAND_STATUS_VERIFYING}, {Id: "cmd_3", Status: CommandStatus_COMMAND_STATUS_INSTALLING}}
+		b, _ := EncodeUplink(&Uplink{Reports: prog}, text)
+		got, err := DecodeUplink(b, text, testNow, DefaultLimits())
+		if err != nil || len(got.Reports) != 3 || got.Reports[0].Bytes != 61440 || !got.Reports[0].Status.Progress() ||
+			got.Reports[2].Status != CommandStatus_COMMAND_STATUS_INSTALLING || got.Reports[2].Status.Final() {
+			t.Fatalf("text=%v: progress reports: %v %v", text, got, err)
+		}
+	}
+	got, err = DecodeUplink([]byte(`{"reports":[{"id":"cmd_4","status":"COMMAND_STATUS_DOWNLOADING","bytes":"4096"}]}`),
+		true, testNow, DefaultLimits())
+	if err != nil || got.Reports[0].Bytes != 4096 {
+		t.Fatalf("JSON progress report: %v %v", got, err)
+	}
+	if CommandStatus_COMMAND_STATUS_RECEIVED.Progress() || CommandStatus_COMMAND_STATUS_SUCCEEDED.Progress() {
+		t.Error("received or succeeded counted as progress")
+	}
 	many := make([]*CommandReport, MaxReportsPerFrame+1)
 	for i := range many {
 		many[i] = ok
@@ -98,6 +117,8 @@ func TestReportsValidation(t *testing.T) {
 		{"control in id", []*CommandReport{{Id: "a\nb", Status: 1}}, "id"},
 		{"no status", []*CommandReport{{Id: "cmd_1"}}, "status"},
 		{"unknown status", []*CommandReport{{Id: "cmd_1", Status: 9}}, "status"},
+		{"status after INSTALLING", []*CommandReport{{Id: "cmd_1", Status: CommandStatus_COMMAND_STATUS_INSTALLING + 1}}, "status"},
+		{"bytes past int64", []*CommandReport{{Id: "cmd_1", Status: 4, Bytes: 1 << 63}}, "bytes"},
 		{"long message", []*CommandReport{{Id: "cmd_1", Status: 3, Message: strings.Repeat("m", MaxReportMessageLen+1)}}, "message"},
 		{"long payload", []*CommandReport{{Id: "cmd_1", Status: 2, Payload: strings.Repeat("p", MaxReportPayloadLen+1)}}, "payload"},
 		{"too many", many, "reports"},

@@ -45,6 +45,17 @@ const (
 	// Not executed, or executed and it failed (message says why: unknown name, bad parameter,
 	// expired before it could run, ...). Final.
 	CommandStatus_COMMAND_STATUS_FAILED CommandStatus = 3
+	// Progress of a command that takes long, such as firmware_update (wire format 1.2). Not
+	// final: send them in this order while the command runs, at the pace you choose (e.g. a
+	// DOWNLOADING every 10 % of the image or 30 s), and do not keep or resend them; only the
+	// final report must reach the server. A device that never sends them is as right as one
+	// that does.
+	// Downloading the command's data (a firmware image); bytes: how many received so far.
+	CommandStatus_COMMAND_STATUS_DOWNLOADING CommandStatus = 4
+	// Checking what was downloaded (a firmware image's SHA-256).
+	CommandStatus_COMMAND_STATUS_VERIFYING CommandStatus = 5
+	// Installing it (writing the image); a reboot usually follows, then the final report.
+	CommandStatus_COMMAND_STATUS_INSTALLING CommandStatus = 6
 )
 
 // Enum value maps for CommandStatus.
@@ -54,12 +65,18 @@ var (
 		1: "COMMAND_STATUS_RECEIVED",
 		2: "COMMAND_STATUS_SUCCEEDED",
 		3: "COMMAND_STATUS_FAILED",
+		4: "COMMAND_STATUS_DOWNLOADING",
+		5: "COMMAND_STATUS_VERIFYING",
+		6: "COMMAND_STATUS_INSTALLING",
 	}
 	CommandStatus_value = map[string]int32{
 		"COMMAND_STATUS_UNSPECIFIED": 0,
 		"COMMAND_STATUS_RECEIVED":    1,
 		"COMMAND_STATUS_SUCCEEDED":   2,
 		"COMMAND_STATUS_FAILED":      3,
+		"COMMAND_STATUS_DOWNLOADING": 4,
+		"COMMAND_STATUS_VERIFYING":   5,
+		"COMMAND_STATUS_INSTALLING":  6,
 	}
 )
 
@@ -366,7 +383,11 @@ type CommandReport struct {
 	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	// The command's output, if it has one (e.g. a position for "locate"): at most 4,096 bytes of
 	// UTF-8, often JSON. Stored and shown to the operator unchanged.
-	Payload       string `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
+	Payload string `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
+	// With DOWNLOADING (wire format 1.2): bytes of the command's data received so far, resumed
+	// transfers included once (a download resumed at byte N goes on counting from N). At most
+	// 2^63-1. Ignored with the other statuses.
+	Bytes         uint64 `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -427,6 +448,13 @@ func (x *CommandReport) GetPayload() string {
 		return x.Payload
 	}
 	return ""
+}
+
+func (x *CommandReport) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
 }
 
 // Ack tells the device that every reading it sent with a sequence number ≤ seq is durably stored
@@ -1164,12 +1192,13 @@ const file_telemetry_telemetry_proto_rawDesc = "" +
 	"\x17_pneumatic_pressure_kpa\"\x80\x01\n" +
 	"\x06Uplink\x128\n" +
 	"\breadings\x18\x01 \x03(\v2\x1c.drover.telemetry.v1.ReadingR\breadings\x12<\n" +
-	"\areports\x18\x02 \x03(\v2\".drover.telemetry.v1.CommandReportR\areports\"\x8f\x01\n" +
+	"\areports\x18\x02 \x03(\v2\".drover.telemetry.v1.CommandReportR\areports\"\xa5\x01\n" +
 	"\rCommandReport\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
 	"\x06status\x18\x02 \x01(\x0e2\".drover.telemetry.v1.CommandStatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
-	"\apayload\x18\x04 \x01(\tR\apayload\"\x17\n" +
+	"\apayload\x18\x04 \x01(\tR\apayload\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x04R\x05bytes\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"3\n" +
 	"\x05Error\x12\x12\n" +
@@ -1218,12 +1247,15 @@ const file_telemetry_telemetry_proto_rawDesc = "" +
 	"\fPublishBatch\x12\x16\n" +
 	"\x06router\x18\x01 \x01(\tR\x06router\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12=\n" +
-	"\arecords\x18\x03 \x03(\v2#.drover.telemetry.v1.EnrichedRecordR\arecords*\x85\x01\n" +
+	"\arecords\x18\x03 \x03(\v2#.drover.telemetry.v1.EnrichedRecordR\arecords*\xe2\x01\n" +
 	"\rCommandStatus\x12\x1e\n" +
 	"\x1aCOMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17COMMAND_STATUS_RECEIVED\x10\x01\x12\x1c\n" +
 	"\x18COMMAND_STATUS_SUCCEEDED\x10\x02\x12\x19\n" +
-	"\x15COMMAND_STATUS_FAILED\x10\x03B8Z6github.com/drover-telemetry/drover/telemetry;telemetryb\x06proto3"
+	"\x15COMMAND_STATUS_FAILED\x10\x03\x12\x1e\n" +
+	"\x1aCOMMAND_STATUS_DOWNLOADING\x10\x04\x12\x1c\n" +
+	"\x18COMMAND_STATUS_VERIFYING\x10\x05\x12\x1d\n" +
+	"\x19COMMAND_STATUS_INSTALLING\x10\x06B8Z6github.com/drover-telemetry/drover/telemetry;telemetryb\x06proto3"
 
 var (
 	file_telemetry_telemetry_proto_rawDescOnce sync.Once

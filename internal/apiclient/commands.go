@@ -30,15 +30,20 @@ type Dispatch struct {
 	Commands []DispatchedCommand `json:"commands"`
 }
 
-// Outcomes of a CommandReport. The first three are a device's report
-// (telemetry.CommandStatus); undeliverable is the frontend's own: it did
-// not write the command (the device is not connected here, or the command
-// expired on the way), so the control plane queues it again at once.
+// Outcomes of a CommandReport. Received, succeeded, failed and the
+// progress outcomes (downloading, verifying, installing: wire format 1.2)
+// are a device's report (telemetry.CommandStatus); undeliverable is the
+// frontend's own: it did not write the command (the device is not
+// connected here, or the command expired on the way), so the control
+// plane queues it again at once.
 const (
 	OutcomeReceived      = "received"
 	OutcomeSucceeded     = "succeeded"
 	OutcomeFailed        = "failed"
 	OutcomeUndeliverable = "undeliverable"
+	OutcomeDownloading   = "downloading"
+	OutcomeVerifying     = "verifying"
+	OutcomeInstalling    = "installing"
 )
 
 // CommandReport is one report a frontend posts.
@@ -51,6 +56,8 @@ type CommandReport struct {
 	Outcome  string `json:"outcome"`
 	Message  string `json:"message,omitempty"`
 	Payload  string `json:"payload,omitempty"`
+	// Bytes is what a downloading device received so far.
+	Bytes int64 `json:"bytes,omitempty"`
 	// At is when the frontend got the report (unix milliseconds).
 	At int64 `json:"at"`
 }

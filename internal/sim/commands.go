@@ -66,12 +66,14 @@ type CommandStats struct {
 	// BenchSentParam; absent when none did.
 	LatencyMs *LatencyMs `json:"latency_ms,omitempty"`
 	// Firmware updates (FirmwareCommand): images verified and installed, failed, bytes
-	// received, downloads resumed after a drop, downloads started again from zero.
+	// received, downloads resumed after a drop, downloads started again from zero, progress
+	// reports queued (downloading, verifying, installing).
 	FirmwareInstalled uint64 `json:"firmware_installed"`
 	FirmwareFailed    uint64 `json:"firmware_failed"`
 	FirmwareBytes     uint64 `json:"firmware_bytes"`
 	FirmwareResumes   uint64 `json:"firmware_resumes"`
 	FirmwareRestarts  uint64 `json:"firmware_restarts"`
+	FirmwareProgress  uint64 `json:"firmware_progress_reports"`
 }
 
 func (c *cmdCounters) stats() CommandStats {
@@ -251,5 +253,6 @@ func (f *Fleet) commandStats() CommandStats {
 	s := f.cc.stats()
 	s.FirmwareInstalled, s.FirmwareFailed = f.fc.downloads.Load(), f.fc.failed.Load()
 	s.FirmwareBytes, s.FirmwareResumes, s.FirmwareRestarts = f.fc.bytes.Load(), f.fc.resumes.Load(), f.fc.restarts.Load()
+	s.FirmwareProgress = f.fc.progress.Load()
 	return s
 }

@@ -21,7 +21,9 @@ import (
 // connected to (GET /v1/firmware/{id}, its own credentials) over a simulated link of
 // Config.FirmwareLinkBytesPerSecond that drops every Config.FirmwareDropEvery bytes, resuming
 // each time from the last byte it has (Range, If-Range), verifies the SHA-256, "installs" it
-// and reports SUCCEEDED with its new version (or FAILED with the reason).
+// and reports SUCCEEDED with its new version (or FAILED with the reason). On the way it reports
+// its progress (wire format 1.2): DOWNLOADING with the bytes it has at every cut of the link
+// and at the end of the download, VERIFYING, INSTALLING.
 const FirmwareCommand = "firmware_update"
 
 // fwCounters are the fleet's firmware figures (CommandStats).
@@ -31,6 +33,7 @@ type fwCounters struct {
 	bytes     atomic.Uint64 // bytes received, resumes included
 	resumes   atomic.Uint64 // downloads resumed after a drop, from the byte reached
 	restarts  atomic.Uint64 // downloads that had to start again from zero
+	progress  atomic.Uint64 // progress reports queued (downloading, verifying, installing)
 }
 
 // httpBase turns a frontend's WebSocket URL into its HTTP base URL.
@@ -47,7 +50,7 @@ func httpBase(wsURL string) string {
 func (d *device) updateFirmware(ctx context.Context, cmd *telemetry.Command) {
 	f := d.f
 	rep := &telemetry.CommandReport{Id: cmd.GetId(), Status: telemetry.CommandStatus_COMMAND_STATUS_SUCCEEDED}
-	version, err := d.download(ctx, cmd.GetParams())
+	version, err := d.download(ctx, cmd.GetId(), cmd.GetParams())
 	if err != nil {
 		f.fc.failed.Add(1)
 		rep.Status, rep.Message = telemetry.CommandStatus_COMMAND_STATUS_FAILED, err.Error()
@@ -62,8 +65,8 @@ func (d *device) updateFirmware(ctx context.Context, cmd *telemetry.Command) {
 	d.finish(cmd.GetId(), rep)
 }
 
-// download fetches and verifies the image, and returns its version.
-func (d *device) download(ctx context.Context, p map[string]string) (string, error) {
+// download fetches and verifies the image of command id, and returns its version.
+func (d *device) download(ctx context.Context, cmdID string, p map[string]string) (string, error) {
 	f, cfg := d.f, d.f.cfg
 	id, want, version := p["id"], strings.ToLower(p["sha256"]), p["version"]
 	if id == "" || len(want) != 64 || version == "" {
@@ -118,16 +121,30 @@ func (d *device) download(ctx context.Context, p map[string]string) (string, err
 		etag = resp.Header.Get("ETag")
 		dropped := d.receive(resp.Body, &img, chunk)
 		resp.Body.Close()
+		d.reportProgress(cmdID, telemetry.CommandStatus_COMMAND_STATUS_DOWNLOADING, img.Len())
 		if !dropped {
 			break
 		}
 		f.fc.resumes.Add(1)
 	}
+	d.reportProgress(cmdID, telemetry.CommandStatus_COMMAND_STATUS_VERIFYING, 0)
 	sum := sha256.Sum256(img.Bytes())
 	if got := hex.EncodeToString(sum[:]); got != want {
 		return "", fmt.Errorf("sha256 %s, want %s: not installed", got, want)
 	}
+	d.reportProgress(cmdID, telemetry.CommandStatus_COMMAND_STATUS_INSTALLING, 0)
 	return version, nil
+}
+
+// reportProgress queues a progress report of command id. Not kept: one lost with a connection is
+// not sent again (only final reports must reach the server).
+func (d *device) reportProgress(id string, st telemetry.CommandStatus, bytes int) {
+	s := &d.cmd
+	s.mu.Lock()
+	s.out = append(s.out, &telemetry.CommandReport{Id: id, Status: st, Bytes: uint64(bytes)})
+	s.mu.Unlock()
+	d.f.fc.progress.Add(1)
+	d.wakeWriter()
 }
 
 // receive reads a response body into img at the simulated link's pace, and drops the
