@@ -56,8 +56,8 @@ func newFirmwareLimiter(bytesPerSecond int) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(bytesPerSecond), min(firmwareChunk, bytesPerSecond))
 }
 
-// serveFirmware authenticates a device as serveIngest does and streams the
-// image it asks for.
+// serveFirmware authenticates a device as serveIngest does (token or
+// client certificate) and streams the image it asks for.
 func (f *Frontend) serveFirmware(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		f.refuseHTTP(w, http.StatusMethodNotAllowed, reasonBadUpgrade, "GET only", "")
@@ -69,8 +69,21 @@ func (f *Frontend) serveFirmware(w http.ResponseWriter, r *http.Request) {
 		f.refuseRateLimited(w, left, "")
 		return
 	}
+	// The same credentials as the device's connection: its token, or the
+	// client certificate its handshake verified (-device-auth cert or
+	// cert-or-token), which then names the device.
 	id, token := credentials(r)
-	if id == "" || token == "" {
+	certID := certDevice(r)
+	if id == "" {
+		id = certID
+	}
+	if certID != "" && id != certID {
+		f.authFailed(src, "", now)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="drover", error="invalid_token"`)
+		f.refuseHTTP(w, http.StatusUnauthorized, reasonCertMismatch, textUnauthorized, id[:min(len(id), telemetry.MaxDeviceIDLen)])
+		return
+	}
+	if id == "" || (token == "" && certID == "") {
 		f.authFailed(src, "", now)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
 		f.refuseHTTP(w, http.StatusUnauthorized, reasonNoCredentials, "device id and token required", id)
@@ -85,7 +98,7 @@ func (f *Frontend) serveFirmware(w http.ResponseWriter, r *http.Request) {
 		f.refuseRateLimited(w, left, id)
 		return
 	}
-	if _, _, err := f.store.Current().Authorize(id, token, now); err != nil {
+	if _, err := authenticate(f.store.Current(), id, token, certID, now); err != nil {
 		f.refuseAuth(w, src, id, now, err)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -175,5 +176,65 @@ func TestCampaignOverDroppingLinks(t *testing.T) {
 	}
 	if len(page.Items) != sc.Devices {
 		t.Errorf("%d campaign devices listed, want %d", len(page.Items), sc.Devices)
+	}
+}
+
+// TestFirmwareByDeviceCertificate: a device that authenticates with its
+// client certificate (-device-auth cert-or-token) downloads firmware with it
+// too, by range, without a token; a certificate naming another device than
+// the request, or no credentials at all, are refused as on the ingest path.
+func TestFirmwareByDeviceCertificate(t *testing.T) {
+	cp := startControlPlane(t, t.TempDir(), freeLoopback(t))
+	sc := sim.DefaultConfig()
+	sc.Devices, sc.TokenSeed = 2, "firmware-cert-test"
+	var rows []map[string]any
+	for _, d := range sim.Devices(sc) {
+		rows = append(rows, map[string]any{"id": d.ID, "fleet": d.Fleet, "class": d.Class, "region": d.Region, "token_sha256": d.TokenSHA256})
+	}
+	cp.call("POST", "/v1/imports/devices?create_missing=true", map[string]any{"devices": rows}, nil)
+	img := make([]byte, 20_000)
+	_, _ = rand.Read(img)
+	fw := cp.upload(t, "5.0.0", img)
+
+	tf := newTLSFiles(t, "edge")
+	caFile := tf.ca.WriteCA(t, tf.dir, "devices.pem")
+	cfg := followConfig(t, cp)
+	tf.withTLS(false)(&cfg)
+	cfg.TLS.ClientCAFile, cfg.DeviceAuth = caFile, DeviceAuthCertOrToken
+	e := start(t, cfg)
+	dev0, dev1 := sim.DeviceID(sc.IDPrefix, 0), sim.DeviceID(sc.IDPrefix, 1)
+	get := func(cert *tls.Certificate, header string) (*http.Response, []byte) {
+		t.Helper()
+		tc := &tls.Config{RootCAs: tf.ca.Pool()}
+		if cert != nil {
+			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+		}
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+		defer client.CloseIdleConnections()
+		req, _ := http.NewRequest("GET", "https://"+e.f.Addr().String()+FirmwarePath+fw, nil)
+		req.Header.Set("Range", "bytes=100-199")
+		if header != "" {
+			req.Header.Set(HeaderDevice, header)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET firmware: %v", err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	cert0 := tf.ca.Client(t, dev0).TLS(t)
+	// start returned once the frontend was ready: its registry, from the
+	// control plane, is in force.
+	resp, body := get(&cert0, "")
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, img[100:200]) {
+		t.Fatalf("by certificate: HTTP %d, %d bytes; want 206 and bytes 100-199 of the image", resp.StatusCode, len(body))
+	}
+	if resp, _ := get(&cert0, dev1); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("certificate of %s, header naming %s: HTTP %d, want 401", dev0, dev1, resp.StatusCode)
+	}
+	if resp, _ := get(nil, dev0); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("no certificate, no token: HTTP %d, want 401", resp.StatusCode)
 	}
 }
