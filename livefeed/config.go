@@ -86,8 +86,9 @@ type Config struct {
 	// per second, whatever the rate of batches from the routers, at the
 	// cost of up to SendInterval of latency for a client that is busy; an
 	// update after a quiet SendInterval goes out at once. 0: a message per
-	// wake-up of the client's writer. Snapshots, alerts and errors are not
-	// held back.
+	// wake-up of the client's writer (the default: see docs/performance.md,
+	// "The livefeed's fan-out", for why). Snapshots, alerts and errors are
+	// not held back.
 	SendInterval time.Duration
 	// SnapshotMax bounds the vehicles of one snapshot; vehicles beyond it
 	// reach the client with their next update.
@@ -142,7 +143,7 @@ func DefaultConfig() Config {
 
 		MaxClients:          10000,
 		MaxRate:             10,
-		SendInterval:        10 * time.Millisecond,
+		SendInterval:        0, // off: measured, it cost the one-client latency and bought nothing at 500 (docs/performance.md)
 		SnapshotMax:         20000,
 		MaxSubscribeDevices: 1000,
 		SlowBacklog:         1000,

@@ -63,7 +63,7 @@
 // per client, takes what is due and writes it at the client's pace: one
 // update message with every vehicle due, built by copying the shared JSON
 // bytes into a buffer from a pool shared by all writers and written with
-// one writev(2). Writes are paced (Config.SendInterval, 10 ms): after an
+// one writev(2). Writes may be paced (Config.SendInterval, off by default): after an
 // update message, what becomes due within the interval waits, conflated,
 // for the next, and offers do not wake the writer meanwhile; so a busy
 // client costs at most one wake-up and one write per interval however many
