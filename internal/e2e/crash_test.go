@@ -29,7 +29,11 @@ func TestCrashFrontendKill9(t *testing.T) { crashIngest(t, "frontend", 3) }
 
 func crashIngest(t *testing.T, victim string, kills int) {
 	t.Parallel()
-	const devices, perDevice = 200, 300
+	// 450 readings at 20/s: a 22.5 s run. The three kills take up to
+	// 3 × (3.5 s apart + 0.8 s down + the restart's readiness, seconds on
+	// a loaded machine); with 300 (15 s) the fleet once finished before
+	// the third kill in make test.
+	const devices, perDevice = 200, 450
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
