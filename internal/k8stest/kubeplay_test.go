@@ -338,10 +338,12 @@ func TestKubePlayRollingUpdate(t *testing.T) {
 	// frontend that stopped acking) waits at least its ack timeout (10 s)
 	// for the oldest frame in flight: the 13-16 s waits this found when
 	// the runner tore a pod's network down before its frontend had moved
-	// its devices (cluster.stop). The bound, three quarters of the ack
-	// timeout, breaks on any such recovery and leaves 2.5 times the worst
-	// seen under load.
-	if maxWait := sc.AckTimeout * 3 / 4; st.AckLatency.Max > maxWait {
+	// its devices (cluster.stop). The bound, just under the ack timeout,
+	// breaks on any such recovery; a move that meets a refusal on the way
+	// (a Retry-After of the accept rate, a place in line) takes longer
+	// than the usual second: 8.5 s was seen once with no ack timeout at
+	// all, so three quarters of the timeout was too tight.
+	if maxWait := sc.AckTimeout * 19 / 20; st.AckLatency.Max > maxWait || st.Disconnects["ack_timeout"] > 0 {
 		t.Errorf("a device waited %v for an ack (p99 %v); want at most %v (%d reconnects after an ack timeout)",
 			st.AckLatency.Max.Round(time.Millisecond), st.AckLatency.P99.Round(time.Millisecond), maxWait, st.Disconnects["ack_timeout"])
 	}
