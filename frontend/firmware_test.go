@@ -17,6 +17,15 @@ import (
 	"github.com/drover-telemetry/drover/internal/sim"
 )
 
+// importSim registers the simulated devices of sc in the control plane.
+func (cp *controlPlane) importSim(sc sim.Config) {
+	var rows []map[string]any
+	for _, d := range sim.Devices(sc) {
+		rows = append(rows, map[string]any{"id": d.ID, "fleet": d.Fleet, "class": d.Class, "region": d.Region, "token_sha256": d.TokenSHA256})
+	}
+	cp.call("POST", "/v1/imports/devices?create_missing=true", map[string]any{"devices": rows}, nil)
+}
+
 // upload stores a firmware image in the control plane and returns its id.
 func (cp *controlPlane) upload(t *testing.T, version string, img []byte) string {
 	t.Helper()
@@ -50,11 +59,7 @@ func TestFirmwareOverDroppingLink(t *testing.T) {
 	sc.Devices, sc.Rate, sc.TokenSeed = 1, 0, "firmware-test"
 	sc.FirmwareLinkBytesPerSecond, sc.FirmwareDropEvery, sc.FirmwareChunk = 400_000, 30_000, 4096
 	sc.FirmwareVersion = "4.1.0"
-	var rows []map[string]any
-	for _, d := range sim.Devices(sc) {
-		rows = append(rows, map[string]any{"id": d.ID, "fleet": d.Fleet, "class": d.Class, "region": d.Region, "token_sha256": d.TokenSHA256})
-	}
-	cp.call("POST", "/v1/imports/devices?create_missing=true", map[string]any{"devices": rows}, nil)
+	cp.importSim(sc)
 	img := make([]byte, 120_000)
 	_, _ = rand.Read(img)
 	sum := sha256.Sum256(img)
@@ -123,13 +128,11 @@ func TestCampaignOverDroppingLinks(t *testing.T) {
 	sc := sim.DefaultConfig()
 	sc.Devices, sc.Rate, sc.TokenSeed = 6, 0, "campaign-test"
 	sc.FirmwareLinkBytesPerSecond, sc.FirmwareDropEvery = 500_000, 25_000
-	var rows []map[string]any
+	cp.importSim(sc)
 	var ids []string
 	for _, d := range sim.Devices(sc) {
-		rows = append(rows, map[string]any{"id": d.ID, "fleet": d.Fleet, "class": d.Class, "region": d.Region, "token_sha256": d.TokenSHA256})
 		ids = append(ids, d.ID)
 	}
-	cp.call("POST", "/v1/imports/devices?create_missing=true", map[string]any{"devices": rows}, nil)
 	img := make([]byte, 80_000)
 	_, _ = rand.Read(img)
 	fw := cp.upload(t, "5.0.1", img)
@@ -187,11 +190,7 @@ func TestFirmwareByDeviceCertificate(t *testing.T) {
 	cp := startControlPlane(t, t.TempDir(), freeLoopback(t))
 	sc := sim.DefaultConfig()
 	sc.Devices, sc.TokenSeed = 2, "firmware-cert-test"
-	var rows []map[string]any
-	for _, d := range sim.Devices(sc) {
-		rows = append(rows, map[string]any{"id": d.ID, "fleet": d.Fleet, "class": d.Class, "region": d.Region, "token_sha256": d.TokenSHA256})
-	}
-	cp.call("POST", "/v1/imports/devices?create_missing=true", map[string]any{"devices": rows}, nil)
+	cp.importSim(sc)
 	img := make([]byte, 20_000)
 	_, _ = rand.Read(img)
 	fw := cp.upload(t, "5.0.0", img)
