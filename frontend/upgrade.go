@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/tlsserve"
 )
 
 // The device listener's front door. net/http gives every connection a 4 KiB
@@ -77,8 +79,7 @@ func (l *upgradeListener) acceptLoop() {
 	for {
 		c, err := l.inner.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+			if tlsserve.Retryable(err) {
 				// Out of file descriptors and the like: back off as net/http does.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				select {
@@ -94,13 +95,6 @@ func (l *upgradeListener) acceptLoop() {
 		l.wg.Add(1)
 		go l.route(c)
 	}
-}
-
-// isTemporary reports the accept errors worth retrying (EMFILE, ENFILE,
-// ECONNABORTED and the like): those that say so.
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
 }
 
 // Accept returns the next connection for net/http.

@@ -170,7 +170,7 @@ func (l *Listener) acceptLoop() {
 				return
 			default:
 			}
-			if retryable(err) {
+			if Retryable(err) {
 				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
 				select {
 				case <-time.After(pause):
@@ -196,10 +196,10 @@ func (l *Listener) leave() {
 	l.m.waiting.Dec()
 }
 
-// retryable reports whether an accept error is passing: out of file
-// descriptors or memory for the moment, or a connection aborted before it
-// was accepted.
-func retryable(err error) bool {
+// Retryable reports whether an Accept error is a passing shortage (out of
+// file descriptors or buffers, a connection aborted before it was taken)
+// after which a listener should wait and accept again.
+func Retryable(err error) bool {
 	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
 		if errors.Is(err, e) {
 			return true
