@@ -13,6 +13,8 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 )
 
 // testLogger logs to stderr when DROVER_TEST_LOG is set, else nowhere.
@@ -170,7 +172,7 @@ func startServer(t testing.TB, s side, link Link) *server {
 			_ = sock.Send(zmq4.NewMsgFrom(msg.Frames[0], append([]byte("pong:"), msg.Frames[1]...)))
 		}
 	}()
-	t.Cleanup(func() { cancel(); _ = sock.Close(); <-srv.done })
+	t.Cleanup(func() { cancel(); _ = zmqsock.Close(sock); <-srv.done })
 	return srv
 }
 
@@ -193,7 +195,7 @@ func dialClient(t testing.TB, s side, link Link, addr string) *client {
 	}
 	dialed := make(chan struct{})
 	go func() { defer close(dialed); _ = sock.Dial(ep) }()
-	t.Cleanup(func() { cancel(); _ = sock.Close(); <-dialed })
+	t.Cleanup(func() { cancel(); _ = zmqsock.Close(sock); <-dialed })
 	return &client{sock: sock, ctx: ctx}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 )
 
 // DealerConfig configures a [Dealer].
@@ -135,7 +136,7 @@ func (d *Dealer) Stop() {
 	// interval); closing only after it has returned means no connection is
 	// added to a socket that is already closed.
 	d.wg.Wait()
-	if err := d.sock.Close(); err != nil {
+	if err := zmqsock.Close(d.sock); err != nil {
 		d.cfg.Logger.Debug("forward: close dealer", "err", err)
 	}
 }

@@ -25,7 +25,7 @@ const (
 	DefaultAckTimeout    = 5 * time.Second
 	DefaultHeartbeat     = time.Second
 	DefaultDownAfter     = 3 * time.Second
-	DefaultLinger        = 2 * time.Millisecond
+	DefaultLinger        = 10 * time.Millisecond
 )
 
 const (
@@ -92,7 +92,8 @@ type DrainerConfig struct {
 	// Linger, so each router fsyncs less often and spends less CPU per
 	// reading; under heavy load batches are full and nothing waits. It adds
 	// at most Linger to a reading's way to the router, never to the device's
-	// ack. Default 2 ms; negative means none.
+	// ack. Default 10 ms (docs/performance.md, "The drainer's linger");
+	// negative means none.
 	Linger time.Duration
 	// Links secures the connections to the routers: a cluster key (mutual
 	// TLS 1.3) or insecure (plain ZMTP); see internal/clusterlink.

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 	"github.com/drover-telemetry/drover/queue"
 )
 
@@ -127,7 +128,7 @@ func startFakeRouterAt(t testing.TB, listen string) (*fakeRouter, error) {
 	}
 	if err := f.sock.Listen(ep); err != nil {
 		cancel()
-		f.sock.Close()
+		_ = zmqsock.Close(f.sock)
 		sec.Close()
 		return nil, err
 	}
@@ -163,7 +164,7 @@ func startFakeRouterAt(t testing.TB, listen string) (*fakeRouter, error) {
 	}()
 	t.Cleanup(func() {
 		cancel()
-		f.sock.Close()
+		_ = zmqsock.Close(f.sock)
 		<-f.done
 		sec.Close()
 	})
