@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -226,16 +227,41 @@ func (w *Watcher) Refresh(ctx context.Context) (eps []string, changed bool) {
 func (w *Watcher) lookup(ctx context.Context, n *dnsName) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, min(lookupTimeout, w.cfg.Interval))
 	defer cancel()
-	ips, err := w.resolver.LookupHost(ctx, n.name)
-	if err != nil {
-		return nil, err
+	// A and AAAA apart: LookupHost answers with the addresses of one
+	// family when the other's query timed out (Go's resolver returns a
+	// partial answer without an error), which would drop every router of
+	// that family until the next refresh. A lookup counts only if neither
+	// family failed; a family with no records ("not found") is an answer.
+	var v6 []netip.Addr
+	var err6 error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v6, err6 = w.resolver.LookupNetIP(ctx, "ip6", n.name)
+	}()
+	v4, err4 := w.resolver.LookupNetIP(ctx, "ip4", n.name)
+	<-done
+	for _, err := range []error{err4, err6} {
+		if err != nil && !isNotFound(err) {
+			return nil, err
+		}
 	}
-	out := make([]string, 0, len(ips))
-	for _, ip := range ips {
-		out = append(out, "tcp://"+net.JoinHostPort(ip, n.port))
+	if err4 != nil && err6 != nil {
+		return nil, err4 // no such name: keep what it had, as for any failure
+	}
+	out := make([]string, 0, len(v4)+len(v6))
+	for _, ip := range append(v4, v6...) {
+		out = append(out, "tcp://"+net.JoinHostPort(ip.Unmap().String(), n.port))
 	}
 	slices.Sort(out)
 	return slices.Compact(out), nil
+}
+
+// isNotFound reports whether err says the name has no records (of the
+// family asked), as opposed to a lookup that failed.
+func isNotFound(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && de.IsNotFound
 }
 
 // merge returns the union of the static endpoints and every name's

@@ -25,8 +25,13 @@ func testConfig(dns *testenv.DNSServer) endpoints.Config {
 func TestResolvesEveryAddress(t *testing.T) {
 	dns := testenv.DNS(t)
 	dns.Set("routers.test", "10.0.0.2", "10.0.0.1", "fd00::1")
+	// Refresh only: a lookup may take its full time (the 100 ms of
+	// testConfig's interval, which bounds a lookup, timed out one family's
+	// query on a loaded machine).
+	cfg := testConfig(dns)
+	cfg.Interval = 10 * time.Second
 	w, err := endpoints.NewWatcher([]string{"dns+tcp://routers.test:5555", "tcp://static:1", "tcp://10.0.0.1:5555"},
-		testConfig(dns), "frontend", nil, nil)
+		cfg, "frontend", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,6 +45,34 @@ func TestResolvesEveryAddress(t *testing.T) {
 	}
 	if _, changed := w.Refresh(context.Background()); changed {
 		t.Error("a second Refresh with the same records reported a change")
+	}
+}
+
+// TestOneFamilyFailingKeepsTheList: when the AAAA lookup fails and the A
+// lookup answers, the name keeps every address it had; a partial answer
+// would drop the IPv6 routers until the next refresh.
+func TestOneFamilyFailingKeepsTheList(t *testing.T) {
+	dns := testenv.DNS(t)
+	dns.Set("routers.test", "10.0.0.1", "fd00::1")
+	cfg := testConfig(dns)
+	cfg.Interval = 10 * time.Second // Refresh only
+	w, err := endpoints.NewWatcher([]string{"dns+tcp://routers.test:5555"}, cfg, "frontend", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"tcp://10.0.0.1:5555", "tcp://[fd00::1]:5555"}
+	if got, _ := w.Refresh(context.Background()); !slices.Equal(got, want) {
+		t.Fatalf("Refresh = %q, want %q", got, want)
+	}
+	dns.FailAAAA("routers.test", true)
+	if got, changed := w.Refresh(context.Background()); changed || !slices.Equal(got, want) {
+		t.Errorf("with AAAA failing: Refresh = %q, changed %v; want %q kept", got, changed, want)
+	}
+	// A name with A records only is an answer, not a failure.
+	dns.FailAAAA("routers.test", false)
+	dns.Set("routers.test", "10.0.0.2")
+	if got, _ := w.Refresh(context.Background()); !slices.Equal(got, []string{"tcp://10.0.0.2:5555"}) {
+		t.Errorf("A records only: Refresh = %q", got)
 	}
 }
 
