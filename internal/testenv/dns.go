@@ -25,13 +25,14 @@ type DNSServer struct {
 	mu    sync.Mutex
 	hosts map[string][]netip.Addr // lower case, no trailing dot
 	fail  map[string]bool
+	fail6 map[string]bool // AAAA questions only
 	asked map[string]int
 }
 
 // DNS starts a DNS server for the test, stopped when the test ends.
 func DNS(t testing.TB) *DNSServer {
 	t.Helper()
-	s := &DNSServer{hosts: map[string][]netip.Addr{}, fail: map[string]bool{}, asked: map[string]int{}}
+	s := &DNSServer{hosts: map[string][]netip.Addr{}, fail: map[string]bool{}, fail6: map[string]bool{}, asked: map[string]int{}}
 	var pc net.PacketConn
 	var ln net.Listener
 	var err error
@@ -112,6 +113,15 @@ func (s *DNSServer) Fail(name string, on bool) {
 	s.fail[strings.ToLower(strings.TrimSuffix(name, "."))] = on
 }
 
+// FailAAAA makes the server answer SERVFAIL to AAAA questions about name
+// while on, A questions as usual: one family's lookup failing, as when its
+// UDP answer is lost.
+func (s *DNSServer) FailAAAA(name string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fail6[strings.ToLower(strings.TrimSuffix(name, "."))] = on
+}
+
 // Asked returns how many questions about name the server has answered.
 func (s *DNSServer) Asked(name string) int {
 	s.mu.Lock()
@@ -154,7 +164,7 @@ func (s *DNSServer) answer(query []byte, limit int) []byte {
 	key := strings.ToLower(strings.TrimSuffix(q.Name.String(), "."))
 	s.mu.Lock()
 	ips, known := s.hosts[key]
-	failing := s.fail[key]
+	failing := s.fail[key] || s.fail6[key] && q.Type == dnsmessage.TypeAAAA
 	s.asked[key]++
 	s.mu.Unlock()
 

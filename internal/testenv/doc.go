@@ -11,8 +11,9 @@
 // postgresql package, installed by scripts/install-postgres.sh): initdb and
 // postgres in a temp dir on a random loopback port, as the postgres user
 // when the tests run as root; [PG.NewDatabase] gives each test its own
-// database. Packages that use it call [StopPostgres] from TestMain. Missing
-// PostgreSQL is handled like missing influxd.
+// database. Packages that use it call [StopPostgres] from TestMain. A test
+// that stops its server while others run beside it takes one of its own,
+// [PostgresOwn]. Missing PostgreSQL is handled like missing influxd.
 //
 // [Azurite] starts the Azure Blob Storage emulator for the lake's tests, and
 // [DuckDBNode] finds the DuckDB that reads the lake back. [Chromium] finds

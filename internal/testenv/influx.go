@@ -48,7 +48,7 @@ type Influx struct {
 // process is a running influxd.
 type process struct {
 	cmd      *exec.Cmd
-	out      *syncBuffer
+	out      *SyncBuffer
 	exited   chan struct{} // closed when the process has exited
 	waitErr  error         // set before exited is closed
 	stopOnce sync.Once
@@ -243,11 +243,13 @@ func startInflux(t testing.TB, bin string, o influxOptions) (*Influx, error) {
 		return nil, fmt.Errorf("write influxd config: %w", err)
 	}
 
+	// The client's 2 minutes: reading back 100,000 points took over 30 s
+	// on a machine at a load of 30; callers' contexts bound their waits.
 	inf := &Influx{
 		URL:    "http://" + httpAddr,
 		Dir:    dir,
-		proc:   &process{out: &syncBuffer{}, exited: make(chan struct{})},
-		client: &http.Client{Timeout: 30 * time.Second},
+		proc:   &process{out: &SyncBuffer{}, exited: make(chan struct{})},
+		client: &http.Client{Timeout: 2 * time.Minute},
 	}
 	p := inf.proc
 	cmd := exec.Command(bin, "run", "-config", cfg)
@@ -503,19 +505,20 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// syncBuffer is a bytes.Buffer safe for the process's writes and our reads.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for concurrent writes and reads: a
+// process's output, or a test's slog handler, read while it is written.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
