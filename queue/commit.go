@@ -19,6 +19,7 @@ func (q *Queue) commitLoop() {
 	defer close(q.committerDone)
 	stopping := false
 	var retry <-chan time.Time
+	var lastCommit time.Time // when the last commit ended
 	for {
 		select {
 		case <-q.kick:
@@ -38,6 +39,9 @@ func (q *Queue) commitLoop() {
 			}
 		}
 		for {
+			if !stopping && q.gather(lastCommit) {
+				stopping = true // what was gathered is still committed below
+			}
 			q.mu.Lock()
 			groups := q.sealed
 			q.sealed = nil
@@ -54,13 +58,52 @@ func (q *Queue) commitLoop() {
 				q.finish(groups, failed)
 				continue
 			}
-			if err := q.commit(groups); err != nil {
+			err := q.commit(groups)
+			lastCommit = time.Now()
+			if err != nil {
 				q.finish(groups, q.storageFailed(err))
 				retry = time.After(q.opts.RetryInterval)
 			}
 		}
 		if stopping {
 			return
+		}
+	}
+}
+
+// gather waits CommitDelay before a commit, so that the appends arriving
+// meanwhile share its fsync, when appends are waiting and the last commit
+// ended less than CommitDelay ago (they arrive faster than that: there are
+// others to share with; a lone append is committed at once). A sealed
+// group (a full record) or a stop ends the wait early. It reports whether
+// the queue is stopping.
+func (q *Queue) gather(lastCommit time.Time) bool {
+	d := q.opts.CommitDelay
+	if d <= 0 || time.Since(lastCommit) >= d {
+		return false
+	}
+	q.mu.Lock()
+	waiting := q.failed == nil && (len(q.sealed) > 0 || q.pending != nil && len(q.pending.entries) > 0)
+	q.mu.Unlock()
+	if !waiting {
+		return false
+	}
+	q.m.held.Inc()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return false
+		case <-q.stop:
+			return true
+		case <-q.kick:
+			q.mu.Lock()
+			full := len(q.sealed) > 0
+			q.mu.Unlock()
+			if full {
+				return false
+			}
 		}
 	}
 }
@@ -183,8 +226,18 @@ func (q *Queue) commit(groups []*group) error {
 	// Count them, then show them to readers, then answer their appenders: a
 	// reader may see records before their appenders return, never after.
 	q.account(groups, nil)
+	var ne, nb int64
+	for _, g := range groups {
+		ne += int64(len(g.entries))
+		nb += int64(g.bytes)
+	}
 	q.rmu.Lock()
 	q.committed = pos{last, st.Size()}
+	q.committedEntries += ne
+	q.committedBytes += nb
+	for _, c := range q.cursors {
+		c.setLagLocked()
+	}
 	close(q.avail)
 	q.avail = make(chan struct{})
 	q.rmu.Unlock()

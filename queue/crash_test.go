@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	case "window":
 		crashChild()
 		os.Exit(0)
+	case "cursors":
+		crashChild()
+		os.Exit(0)
 	case "diskfull":
 		diskFullChild()
 		os.Exit(0)
@@ -119,6 +122,9 @@ func crashChild() {
 		}()
 	}
 	rng := rand.New(rand.NewPCG(uint64(run), 7))
+	if os.Getenv(crashChildEnv) == "cursors" {
+		cursorConsumers(q, run, say)
+	}
 	if os.Getenv(crashChildEnv) == "window" {
 		windowConsumer(q, rng, say)
 	}

@@ -13,6 +13,7 @@
 //	DIR/seq                highest entry sequence reserved (8 bytes LE + CRC-32C)
 //	DIR/segments/          dque's folder: 0000000000001.dque, 0000000000002.dque, ...
 //	DIR/quarantine/        copies of damaged segments, moved aside at open
+//	DIR/cursors/NAME       a named cursor's position (segment, offset, CRC-32C)
 //
 // # Record framing
 //
@@ -93,6 +94,43 @@
 // downstream (the router's live lane follows the main queue this way while
 // its durable fan-out is blocked). It is best effort: each committed record
 // at most once, and segments removed before it read them are skipped.
+//
+// # Cursors: one queue, several readers
+//
+// A queue read by several consumers at their own pace (the router's log,
+// read by each durable subscriber) gives each a named Cursor
+// (Queue.OpenCursor): a window of its own (Read, Ack, Nack, Rewind, as
+// above) and a durable position, the end of the records it has acked
+// without a gap. While a queue has cursors, a record is removed only when
+// every cursor has passed it (the remover finds the records between the
+// head and the slowest cursor by reading only their lengths and trailers),
+// and the queue's own consumer's acks remove nothing; Queue.Scan reads
+// everything held without taking it from anyone.
+//
+//   - A cursor's position is in DIR/cursors/NAME, replaced atomically
+//     (atomicfile) with a CRC, at most every Options.RemovalSyncInterval
+//     and at Cursor.Close. It is never ahead of what the cursor acked, so a
+//     lost update delivers again (at least once, never less).
+//   - A new cursor starts at the tail (what is appended from then on) or,
+//     with StartHead, at the head; its file is written before OpenCursor
+//     returns, so that a crash cannot let the head pass a cursor the next
+//     Open would not know. Every cursor file found at Open holds the head
+//     back, opened again or not, until Queue.DeleteCursor.
+//   - Open checks each position against the records: a torn or damaged
+//     file starts the cursor at the head (queue_repairs_total{kind=
+//     "cursor_damaged"}); a position older than the head (its records were
+//     removed, which needs every cursor past them), past the committed end,
+//     or inside a record is moved to the record boundary at or before it
+//     (kind="cursor_moved").
+//   - Cursor.Lag is what a cursor has not passed; past CursorOptions.MaxBytes
+//     (default: the queue's bound) Cursor.Full says so. A full cursor stops
+//     nothing by itself: it holds the queue's head, and the queue's own
+//     bound is what refuses appends. Metrics per cursor:
+//     drover_queue_cursor_{lag_entries,lag_bytes,fill_ratio,inflight_entries}
+//     and drover_queue_cursor_redelivered_entries_total, labelled cursor.
+//
+// TestCursorsReadAtTheirOwnPace, TestCursorRepair and
+// TestCrashKill9Cursors (two cursors, SIGKILL at random moments) hold this.
 //
 // # What a crash can leave, and how Open repairs it
 //

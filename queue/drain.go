@@ -20,13 +20,18 @@ const readChunk = 256 << 10
 // maxBytes of entry data, and at least one. Each batch must be acked (Ack)
 // or given back (Nack, Rewind); until then it stays in the queue.
 func (q *Queue) Read(ctx context.Context, maxBytes int) (Batch, error) {
+	return q.readWait(ctx, &q.cons, maxBytes)
+}
+
+// readWait is Read for any consumer of q (the queue's own, or a Cursor's).
+func (q *Queue) readWait(ctx context.Context, c *consumer, maxBytes int) (Batch, error) {
 	for {
 		q.rmu.Lock()
-		if q.rclosed {
+		if q.rclosed || c.closed {
 			q.rmu.Unlock()
 			return Batch{}, ErrClosed
 		}
-		b, err := q.readLocked(maxBytes)
+		b, err := q.readLocked(c, maxBytes)
 		avail := q.avail
 		q.rmu.Unlock()
 		if err != nil || len(b.Entries) > 0 {
@@ -47,40 +52,61 @@ func (q *Queue) TryRead(maxBytes int) (Batch, error) {
 	if q.rclosed {
 		return Batch{}, ErrClosed
 	}
-	return q.readLocked(maxBytes)
+	return q.readLocked(&q.cons, maxBytes)
 }
 
-func (q *Queue) readLocked(maxBytes int) (Batch, error) {
+// consumer is one window over the queue's records: a reader of the segment
+// files and the records it has handed out and not yet seen acked. The
+// queue has one of its own (Read, Ack, ...), and each Cursor has one.
+// Guarded by the queue's rmu.
+type consumer struct {
+	rd        segReader
+	peeked    *inflight // read from disk, did not fit the last batch
+	window    []*inflight
+	resend    int   // records in window waiting to be read again
+	inflightN int64 // entries read and not yet acked
+	closed    bool
+	// onAcked, when set, is told (under rmu) that records at the window's
+	// head are acked: a Cursor advances its position. The queue's own
+	// consumer leaves them to the remover.
+	onAcked func()
+	// inflightGauge and redelivered are the consumer's metrics.
+	inflightGauge interface{ Set(float64) }
+	redelivered   interface{ Add(float64) }
+}
+
+func (q *Queue) readLocked(c *consumer, maxBytes int) (Batch, error) {
 	var b Batch
 	add := func(r *inflight) {
 		b.Entries = append(b.Entries, r.entries...)
 		b.Bytes += int(r.bytes)
 		b.recs = append(b.recs, r)
 	}
-	if q.resend > 0 {
+	if c.resend > 0 {
 		// A contiguous run of records given back, oldest first.
 		i := 0
-		for i < len(q.window) && q.window[i].state != stateResend {
+		for i < len(c.window) && c.window[i].state != stateResend {
 			i++
 		}
-		for ; i < len(q.window) && q.window[i].state == stateResend; i++ {
-			r := q.window[i]
+		for ; i < len(c.window) && c.window[i].state == stateResend; i++ {
+			r := c.window[i]
 			if len(b.recs) > 0 && b.Bytes+int(r.bytes) > maxBytes {
 				break
 			}
 			r.state = stateSent
-			q.resend--
+			c.resend--
 			add(r)
 		}
-		q.m.redelivered.Add(float64(len(b.Entries)))
+		c.redelivered.Add(float64(len(b.Entries)))
 		return b, nil
 	}
+	fillers := false
 	for {
-		r := q.peeked
-		q.peeked = nil
+		r := c.peeked
+		c.peeked = nil
 		if r == nil {
 			var err error
-			r, err = q.rd.next(q.committed)
+			r, err = c.rd.next(q.committed)
 			if err != nil {
 				return b, err
 			}
@@ -90,50 +116,66 @@ func (q *Queue) readLocked(maxBytes int) (Batch, error) {
 			if len(r.entries) == 0 {
 				// A filler record from a repair: nothing to send; remove it.
 				r.state = stateAcked
-				q.window = append(q.window, r)
-				q.kickRemover()
+				c.window = append(c.window, r)
+				fillers = true
 				continue
 			}
 		}
 		if len(b.recs) > 0 && b.Bytes+int(r.bytes) > maxBytes {
-			q.peeked = r
+			c.peeked = r
 			break
 		}
 		r.state = stateSent
-		q.window = append(q.window, r)
-		q.inflightN += int64(len(r.entries))
+		c.window = append(c.window, r)
+		c.inflightN += int64(len(r.entries))
 		add(r)
 	}
-	q.m.inflight.Set(float64(q.inflightN))
+	if fillers {
+		q.ackedLocked(c)
+	}
+	c.inflightGauge.Set(float64(c.inflightN))
 	return b, nil
+}
+
+// ackedLocked says records of c's window may be acked now.
+func (q *Queue) ackedLocked(c *consumer) {
+	if c.onAcked != nil {
+		c.onAcked()
+		return
+	}
+	q.kickRemover()
 }
 
 // Ack says the batch is durable downstream: its records are removed from
 // the queue as soon as every record before them is acked too.
-func (q *Queue) Ack(b Batch) {
+func (q *Queue) Ack(b Batch) { q.ack(&q.cons, b) }
+
+func (q *Queue) ack(c *consumer, b Batch) {
 	q.rmu.Lock()
+	defer q.rmu.Unlock()
 	for _, r := range b.recs {
 		switch r.state {
 		case stateAcked:
 			continue
 		case stateResend:
-			q.resend--
+			c.resend--
 		}
 		r.state = stateAcked
-		q.inflightN -= int64(len(r.entries))
+		c.inflightN -= int64(len(r.entries))
 	}
-	q.m.inflight.Set(float64(q.inflightN))
-	q.rmu.Unlock()
-	q.kickRemover()
+	c.inflightGauge.Set(float64(c.inflightN))
+	q.ackedLocked(c)
 }
 
 // Nack gives the batch back: Read returns it again, before newer records.
-func (q *Queue) Nack(b Batch) {
+func (q *Queue) Nack(b Batch) { q.nack(&q.cons, b) }
+
+func (q *Queue) nack(c *consumer, b Batch) {
 	q.rmu.Lock()
 	for _, r := range b.recs {
 		if r.state == stateSent {
 			r.state = stateResend
-			q.resend++
+			c.resend++
 		}
 	}
 	q.wakeReadersLocked()
@@ -142,12 +184,14 @@ func (q *Queue) Nack(b Batch) {
 
 // Rewind gives back everything read and not acked, as after a reconnect:
 // Read returns it again, oldest first.
-func (q *Queue) Rewind() {
+func (q *Queue) Rewind() { q.rewind(&q.cons) }
+
+func (q *Queue) rewind(c *consumer) {
 	q.rmu.Lock()
-	for _, r := range q.window {
+	for _, r := range c.window {
 		if r.state == stateSent {
 			r.state = stateResend
-			q.resend++
+			c.resend++
 		}
 	}
 	q.wakeReadersLocked()
@@ -158,7 +202,7 @@ func (q *Queue) Rewind() {
 func (q *Queue) Inflight() int64 {
 	q.rmu.Lock()
 	defer q.rmu.Unlock()
-	return q.inflightN
+	return q.cons.inflightN
 }
 
 func (q *Queue) wakeReadersLocked() {
@@ -248,7 +292,7 @@ func (s *segReader) next(committed pos) (*inflight, error) {
 			return nil, fmt.Errorf("queue read: segment %d offset %d: %w", s.cursor.seg, s.cursor.off, err)
 		}
 		s.cursor.off += 4 + int64(l)
-		r := &inflight{bytes: rr.payloadBytes(), entries: make([]Entry, len(ents))}
+		r := &inflight{bytes: rr.payloadBytes(), entries: make([]Entry, len(ents)), end: s.cursor}
 		if own {
 			// The body has a buffer of its own: the entries keep it.
 			for i, e := range ents {
@@ -332,11 +376,11 @@ func (s *segReader) close() {
 	}
 }
 
-// removeLoop removes acked records from the head of dque, in order, and
-// syncs the delete markers now and then.
+// removeLoop removes acked records from the head of dque, in order, syncs
+// the delete markers now and then, and writes the cursor files.
 func (q *Queue) removeLoop() {
 	defer close(q.removerDone)
-	var owed []*inflight
+	var owed []recCount
 	dirty := false
 	var syncTimer <-chan time.Time
 	var retry <-chan time.Time
@@ -363,25 +407,61 @@ func (q *Queue) removeLoop() {
 				q.dqMu.Unlock()
 			}
 			dirty = false
+			q.persistCursors()
 		case <-q.stop:
 			stopping = true
 		}
 
 		q.rmu.Lock()
+		c := &q.cons
 		k := 0
-		for k < len(q.window) && q.window[k].state == stateAcked {
+		for k < len(c.window) && c.window[k].state == stateAcked {
 			k++
 		}
-		owed = append(owed, q.window[:k]...)
-		clear(q.window[:k])
-		q.window = q.window[k:]
-		if len(q.window) == 0 {
-			q.window = nil
+		byCursors := len(q.cursors) > 0
+		if !byCursors {
+			for _, r := range c.window[:k] {
+				owed = append(owed, recCount{int64(len(r.entries)), r.bytes, r.end})
+			}
 		}
+		// With cursors, the queue's own consumer's acks remove nothing
+		// (doc.go, "Cursors"): the slowest cursor does.
+		clear(c.window[:k])
+		c.window = c.window[k:]
+		if len(c.window) == 0 {
+			c.window = nil
+		}
+		from, target := q.head, q.head
+		if len(owed) > 0 {
+			from = owed[len(owed)-1].end
+		}
+		if byCursors {
+			target = q.minCursorLocked()
+		}
+		cursorsDirty := q.cursorsDirtyLocked()
 		q.rmu.Unlock()
+		if cursorsDirty && syncTimer == nil && !stopping {
+			syncTimer = time.After(q.opts.RemovalSyncInterval)
+		}
 
+		if byCursors && from.before(target) {
+			more, err := walkRecords(q.segDir, from, target)
+			if err != nil {
+				q.m.storageErrors.Inc()
+				q.log.Error("queue: find the records every cursor has passed", "err", err)
+				if !stopping {
+					retry = time.After(q.opts.RetryInterval)
+				}
+			}
+			owed = append(owed, more...)
+		}
 		if len(owed) > 0 {
 			n, b, err := q.removeHead(owed)
+			if n > 0 {
+				q.rmu.Lock()
+				q.head = owed[n-1].end
+				q.rmu.Unlock()
+			}
 			clear(owed[:n])
 			owed = owed[n:]
 			if len(owed) == 0 {
@@ -409,6 +489,7 @@ func (q *Queue) removeLoop() {
 			}
 		}
 		if stopping {
+			q.persistCursors()
 			return
 		}
 	}
@@ -416,9 +497,15 @@ func (q *Queue) removeLoop() {
 
 type counts struct{ entries, bytes int64 }
 
+// recCount is one record to remove: its entries and bytes, and where it ends.
+type recCount struct {
+	entries, bytes int64
+	end            pos
+}
+
 // removeHead dequeues len(recs) records from dque's head; it returns how many
 // it removed and their entries and bytes.
-func (q *Queue) removeHead(recs []*inflight) (int, counts, error) {
+func (q *Queue) removeHead(recs []recCount) (int, counts, error) {
 	var c counts
 	q.dqMu.Lock()
 	defer q.dqMu.Unlock()
@@ -432,14 +519,14 @@ func (q *Queue) removeHead(recs []*inflight) (int, counts, error) {
 				// than spin, and say so.
 				q.log.Error("queue: dque head empty while acked records remain; dropping the removal", "records", len(recs)-i)
 				for _, r := range recs[i:] {
-					c.entries += int64(len(r.entries))
+					c.entries += r.entries
 					c.bytes += r.bytes
 				}
 				return len(recs), c, nil
 			}
 			return i, c, fmt.Errorf("dequeue: %w", err)
 		}
-		c.entries += int64(len(r.entries))
+		c.entries += r.entries
 		c.bytes += r.bytes
 	}
 	return len(recs), c, nil

@@ -56,6 +56,15 @@ type Options struct {
 	ItemsPerSegment int
 	// Sync is the acknowledgement policy. Default SyncAlways.
 	Sync SyncPolicy
+	// CommitDelay, when more than 0, holds a commit that follows the last
+	// one by less than CommitDelay for CommitDelay, so that the appends
+	// arriving meanwhile share its record and fsync (PostgreSQL's
+	// commit_delay). It trades up to CommitDelay of every acknowledgement's
+	// latency for fewer fsyncs and records per append where appends are
+	// many and small (devices that send one reading a frame). A lone
+	// append is never held. Default 0: commit as soon as the last commit
+	// ends (group commit gathers only what arrives during an fsync).
+	CommitDelay time.Duration
 	// RemovalSyncInterval is how often delete markers are fsynced. Default 1s.
 	RemovalSyncInterval time.Duration
 	// RetryInterval is how often a queue whose disk failed tries again.
@@ -95,6 +104,9 @@ func (o Options) validate() error {
 	}
 	if !(o.DiskShare > 0 && o.DiskShare <= 1) {
 		errs = append(errs, fmt.Errorf("disk share %v: want more than 0, at most 1", o.DiskShare))
+	}
+	if o.CommitDelay < 0 || o.CommitDelay > time.Second {
+		errs = append(errs, fmt.Errorf("commit delay %v: want 0 to 1s", o.CommitDelay))
 	}
 	if o.Sync != SyncAlways && o.Sync != SyncNever {
 		errs = append(errs, fmt.Errorf("sync policy %d unknown", o.Sync))

@@ -62,13 +62,22 @@ type Queue struct {
 	// Read side, guarded by rmu.
 	rmu       sync.Mutex
 	rclosed   bool
-	committed pos       // end of the last committed record
-	rd        segReader // the consumer's cursor
-	peeked    *inflight // read from disk, did not fit the last batch
-	window    []*inflight
-	resend    int   // records in window waiting to be read again
-	inflightN int64 // entries read and not yet acked
+	committed pos      // end of the last committed record
+	cons      consumer // the queue's own consumer (Read, Ack, ...)
 	avail     chan struct{}
+	// committedEntries and committedBytes count what was committed since
+	// Open: a Cursor's lag is what it has not passed of them.
+	committedEntries, committedBytes int64
+	// head is the position after the last record removed; the remover
+	// alone moves it (after Open).
+	head pos
+	// cursors are the named cursors (cursor.go), loaded at Open from
+	// DIR/cursors/ or made by OpenCursor. While there is one, records are
+	// removed when every cursor has passed them, not by the queue's own
+	// consumer's acks.
+	cursors map[string]*Cursor
+	// curMu orders cursor files' writes, creations and deletions.
+	curMu sync.Mutex
 
 	removeKick    chan struct{}
 	stop          chan struct{}
@@ -123,6 +132,7 @@ type inflight struct {
 	entries []Entry
 	bytes   int64
 	state   recState
+	end     pos // where the record ends in the segment files
 }
 
 // Open opens (or creates) the queue in dir, repairing whatever a crash left
@@ -143,7 +153,8 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		opts:          opts,
 		dir:           dir,
 		segDir:        filepath.Join(dir, segmentsName),
-		rd:            segReader{segDir: filepath.Join(dir, segmentsName)},
+		cons:          consumer{rd: segReader{segDir: filepath.Join(dir, segmentsName)}},
+		cursors:       map[string]*Cursor{},
 		qDir:          filepath.Join(dir, "quarantine"),
 		log:           logger,
 		m:             newMetrics(opts.Name, reg),
@@ -154,6 +165,7 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		removerDone:   make(chan struct{}),
 		avail:         make(chan struct{}),
 	}
+	q.cons.inflightGauge, q.cons.redelivered = q.m.inflight, q.m.redelivered
 	lockF, err := lockDir(filepath.Join(dir, "LOCK"))
 	if err != nil {
 		return nil, err
@@ -175,6 +187,13 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		q.setBound(opts.MaxBytes)
 	}
 	q.refreshVolumeFree()
+	if err := q.loadCursors(); err != nil {
+		q.leaveVolume()
+		_ = q.dq.Close()
+		q.tailF.Close()
+		lockF.Close()
+		return nil, err
+	}
 	go q.commitLoop()
 	go q.removeLoop()
 	return q, nil
@@ -248,14 +267,15 @@ func (q *Queue) open() error {
 
 	q.rmu.Lock()
 	q.committed = pos{last, st.Size()}
-	if q.rd.cursor.seg == 0 {
+	if q.cons.rd.cursor.seg == 0 {
 		// First open: read from the first live record. (After a storage
 		// failure the reader keeps its place: a repair only cuts beyond
 		// what was committed.)
-		q.rd.cursor = pos{first, res.headOff}
+		q.head = pos{first, res.headOff}
 		if res.first == 0 {
-			q.rd.cursor = pos{first, 0}
+			q.head = pos{first, 0}
 		}
+		q.cons.rd.cursor = q.head
 	}
 	q.rmu.Unlock()
 
@@ -366,7 +386,10 @@ func (q *Queue) Close() error {
 		q.rclosed = true
 		close(q.avail)
 		q.avail = make(chan struct{})
-		q.rd.close()
+		q.cons.rd.close()
+		for _, c := range q.cursors {
+			c.cons.rd.close()
+		}
 		q.rmu.Unlock()
 		var errs []error
 		q.dqMu.Lock()

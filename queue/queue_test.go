@@ -274,22 +274,8 @@ func TestLockedByAnotherOpen(t *testing.T) {
 func TestConcurrentAppendsShareFsyncs(t *testing.T) {
 	q := openT(t, t.TempDir(), Options{})
 	defer q.Close()
-	ctx := context.Background()
-	var wg sync.WaitGroup
 	const G, N = 64, 50
-	for g := range G {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range N {
-				if _, err := q.Append(ctx, []byte(fmt.Sprintf("g%d-%d", g, i))); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	appendFrom(t, q, G, N, func(g, i int) []byte { return []byte(fmt.Sprintf("g%d-%d", g, i)) })
 	got := readAll(t, q)
 	if len(got) != G*N {
 		t.Fatalf("%d entries, want %d", len(got), G*N)
@@ -355,4 +341,54 @@ func TestReaderStaysOnTailAtPartialMarker(t *testing.T) {
 	if len(got) != 1 || !bytes.Equal(got[0].Data, payload(2)) {
 		t.Fatalf("after the partial marker the reader got %d entries, want entry 2: the tail was skipped", len(got))
 	}
+}
+
+// CommitDelay: appends that keep coming share one commit per delay, and a
+// lone append after a quiet spell is not held.
+func TestCommitDelayGathersAppends(t *testing.T) {
+	const delay = 50 * time.Millisecond
+	q := openT(t, t.TempDir(), Options{CommitDelay: delay})
+	defer q.Close()
+	ctx := context.Background()
+	// A lone append: the last commit (none) is long past.
+	if _, err := q.Append(ctx, payload(0)); err != nil {
+		t.Fatal(err)
+	}
+	if held := testutilCounter(q.m.held); held != 0 {
+		t.Errorf("a lone append's commit was held (%v)", held)
+	}
+	// 8 appenders, each appending again as soon as its last is acked: each
+	// commit after the first waits for all of them (they are back within
+	// the delay), so the 80 appends take ~10 records, not one per round's
+	// few stragglers.
+	before := testutilCounter(q.m.records)
+	const G, N = 8, 10
+	appendFrom(t, q, G, N, func(g, i int) []byte { return payload(1 + g*N + i) })
+	if testutilCounter(q.m.held) == 0 {
+		t.Error("no commit held while appends kept coming")
+	}
+	if records := testutilCounter(q.m.records) - before; records > 2*N {
+		t.Errorf("%v records for %d appends from %d appenders with a %v commit delay: want about %d", records, G*N, G, delay, N)
+	}
+	if got := len(readAll(t, q)); got != 1+G*N {
+		t.Errorf("%d entries, want %d", got, 1+G*N)
+	}
+}
+
+// appendFrom runs g appenders at once, each appending n entries one after
+// another (data(appender, i)), and returns when all are done.
+func appendFrom(t *testing.T, q *Queue, g, n int, data func(g, i int) []byte) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for a := range g {
+		wg.Go(func() {
+			for i := range n {
+				if _, err := q.Append(context.Background(), data(a, i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
