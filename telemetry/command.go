@@ -28,6 +28,14 @@ func validateReports(reps []*CommandReport) *FrameError {
 	}
 	for i, r := range reps {
 		at := "report " + strconv.Itoa(i) + ": "
+		if r == nil {
+			return frameErr(KindMalformed, "", at+"missing")
+		}
+		// As for frames and readings: a field this version does not know could not be acted on
+		// faithfully, and a misspelt one must not be acked and lost.
+		if unk := r.ProtoReflect().GetUnknown(); len(unk) > 0 {
+			return frameErr(KindMalformed, "", at+unknownFieldReason(r.ProtoReflect().Descriptor(), unk))
+		}
 		switch {
 		case r.GetId() == "" || len(r.GetId()) > MaxCommandIDLen || hasControl(r.GetId()):
 			return frameErr(KindReport, "id", at+"id must be 1 to "+strconv.Itoa(MaxCommandIDLen)+

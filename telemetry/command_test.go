@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -129,6 +130,18 @@ func TestReportsValidation(t *testing.T) {
 		if fe.Kind != KindReport || fe.Field != c.field {
 			t.Errorf("%s: kind %v field %q (%v)", c.name, fe.Kind, fe.Field, err)
 		}
+	}
+	// A field this version does not know, in a report, refuses the frame as in a frame or a
+	// reading (found by FuzzDecodeUplinkBinary: a report of unknown field 6 was accepted).
+	b, _ := EncodeUplink(&Uplink{Reports: []*CommandReport{ok}}, false)
+	rep := protowire.AppendTag(nil, 6, protowire.VarintType)
+	rep = protowire.AppendVarint(rep, 48)
+	b = protowire.AppendTag(b, 2, protowire.BytesType) // Uplink.reports, a second report
+	okBytes, _ := proto.Marshal(ok)
+	b = protowire.AppendBytes(b, append(okBytes, rep...))
+	if _, err := DecodeUplink(b, false, testNow, DefaultLimits()); err == nil ||
+		!strings.Contains(err.Error(), "report 1: unknown field 6") {
+		t.Errorf("report with unknown field 6: %v, want refused naming it", err)
 	}
 	// A bad report refuses the whole frame, readings included: stored whole or not at all.
 	f := typicalFrame(1, 1, testNow)

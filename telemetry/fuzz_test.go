@@ -55,8 +55,13 @@ func checkDecoded(t *testing.T, u *Uplink, err error) {
 		}
 		return
 	}
-	if u == nil || len(u.Readings) == 0 {
-		t.Fatalf("accepted frame without readings: %v", u)
+	if u == nil || len(u.Readings) == 0 && len(u.Reports) == 0 {
+		t.Fatalf("accepted frame without readings or command reports: %v", u)
+	}
+	for i, r := range u.Reports {
+		if unk := r.ProtoReflect().GetUnknown(); len(unk) > 0 {
+			t.Fatalf("accepted report %d with an unknown field: %v", i, r)
+		}
 	}
 	for i, r := range u.Readings {
 		if why := unstorable(r); why != "" {

@@ -162,3 +162,29 @@ func AppendAck(dst []byte, seq uint64) []byte {
 	dst = protowire.AppendTag(dst, ackSeq, protowire.VarintType)
 	return protowire.AppendVarint(dst, seq)
 }
+
+// ParseAck returns the seq of a binary Downlink that is exactly one Ack as AppendAck writes it,
+// without decoding messages: a device reads one per frame it sends. ok false: anything else
+// (another kind, unknown fields, trailing bytes, malformed), which DecodeDownlink judges.
+func ParseAck(b []byte) (seq uint64, ok bool) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 || num != downlinkAck || typ != protowire.BytesType {
+		return 0, false
+	}
+	ack, m := protowire.ConsumeBytes(b[n:])
+	if m < 0 || n+m != len(b) {
+		return 0, false
+	}
+	if len(ack) == 0 {
+		return 0, true // Ack{seq: 0}
+	}
+	num, typ, n = protowire.ConsumeTag(ack)
+	if n < 0 || num != ackSeq || typ != protowire.VarintType {
+		return 0, false
+	}
+	seq, m = protowire.ConsumeVarint(ack[n:])
+	if m < 0 || n+m != len(ack) {
+		return 0, false
+	}
+	return seq, true
+}
