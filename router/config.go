@@ -82,17 +82,17 @@ type Config struct {
 	// instead of making the router keep a copy of everything for it.
 	FixedSubscribers bool
 	// SubscriberRetention: a durable subscriber not heard from for longer
-	// is dropped and its queue deleted (an error log and
+	// is dropped and its cursor deleted (an error log and
 	// drover_router_subscribers_dropped_total). The operator's choice of
 	// how long a dead writer may hold data at the router.
 	SubscriberRetention time.Duration
-	// SubscriberQueueMaxBytes bounds each subscriber's queue at the router.
-	// When one is full the fan-out waits (the live lane goes on; the main
-	// queue holds what arrives, then back-pressure reaches the frontends)
-	// until it drains or its subscriber is dropped. 0 (the default): sized
-	// from the volume like QueueMaxBytes, each subscriber queue one share.
-	// Else at least 64 KiB; negative: unbounded (the disk is then the
-	// bound).
+	// SubscriberQueueMaxBytes is the lag (entry bytes of the log not yet
+	// acked by a subscriber) past which that subscriber's cursor is
+	// reported full (drover_queue_cursor_fill_ratio, a warning). It holds
+	// back only that subscriber: the log keeps its backlog, the others go
+	// on, and back-pressure reaches the frontends when the log itself is
+	// full (QueueMaxBytes). 0 (the default): the log's bound. Else at
+	// least 64 KiB; negative: never reported full.
 	SubscriberQueueMaxBytes int64
 	// LiveBuffer is how many batches may wait for each live subscriber;
 	// past it (or past LiveBufferBytes) that subscriber loses its oldest,
@@ -179,9 +179,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.FixedSubscribers, "fixed-subscribers", c.FixedSubscribers,
 		"refuse a subscribe under a name not in -subscribers (nor registered before): a misnamed or misdirected writer is refused and logged instead of being kept a copy of everything; =false lets any writer holding the cluster key register itself (not allowed with -insecure-links)")
 	fs.DurationVar(&c.SubscriberRetention, "subscriber-retention", c.SubscriberRetention,
-		"a durable subscriber not heard from for this `duration` is dropped and its queue at the router deleted (logged, counted)")
+		"a durable subscriber not heard from for this `duration` is dropped and its cursor in the router's log deleted (logged, counted)")
 	fs.Int64Var(&c.SubscriberQueueMaxBytes, "subscriber-queue-max-bytes", c.SubscriberQueueMaxBytes,
-		"`bytes` each durable subscriber's queue at the router may hold; when one is full the fan-out waits (the live lane goes on, the main queue fills, then frontends are told busy); 0: a share of the volume like -queue-max-bytes; negative: unbounded")
+		"`bytes` of the router's log a durable subscriber may be behind before its cursor is reported full (a warning and drover_queue_cursor_fill_ratio); it holds back only that subscriber: the log keeps its backlog, the others and the live lane go on until the log is full; 0: the log's bound (-queue-max-bytes); negative: never reported full")
 	fs.IntVar(&c.LiveBuffer, "live-buffer", c.LiveBuffer,
 		"`number` of batches waiting for each live subscriber; past it that subscriber loses its oldest (counted), the others go on")
 	fs.Int64Var(&c.LiveBufferBytes, "live-buffer-bytes", c.LiveBufferBytes,
@@ -236,7 +236,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("subscriber-retention: %s; want a positive duration", c.SubscriberRetention))
 	}
 	if c.SubscriberQueueMaxBytes > 0 && c.SubscriberQueueMaxBytes < 64<<10 {
-		errs = append(errs, fmt.Errorf("subscriber-queue-max-bytes: %d; want at least 64 KiB, 0 for a share of the volume, or negative for none", c.SubscriberQueueMaxBytes))
+		errs = append(errs, fmt.Errorf("subscriber-queue-max-bytes: %d; want at least 64 KiB, 0 for the log's bound, or negative for none", c.SubscriberQueueMaxBytes))
 	}
 	if c.LiveBuffer < 1 {
 		errs = append(errs, fmt.Errorf("live-buffer: %d; want at least 1", c.LiveBuffer))

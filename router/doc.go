@@ -6,8 +6,9 @@
 // own endpoint:
 //
 //   - the store lane (-store-listen, a ROUTER socket): to each named durable
-//     subscriber (the storage writers) from a queue of its own at the
-//     router, with a window, acks and resends (see "The store lane");
+//     subscriber (the storage writers), read from the main queue (the log)
+//     through a durable cursor of its own, with a window, acks and resends
+//     (see "The store lane");
 //   - the live lane (-live-pub, a publisher of our own): at receipt, before
 //     the router's own append, and best effort, for the live feed; each
 //     subscriber has its own bounded buffer, loses (and counts) what does
@@ -44,14 +45,17 @@
 //     those main entries (no seq yet) and offers them live before it
 //     appends them to the main queue (the batch is durable at its frontend;
 //     live is best effort), each with the next number of the lane's own
-//     sequence. What it built is kept for the fan-out (within 8 MiB, keyed
-//     by sender and sequence range) so that an entry is built once; the
-//     fan-out appends the main entry's seq. What the main queue holds when
-//     the router starts is not offered live (live is about now);
-//   - the durable fan-out reads the main queue (up to 1 MiB at a time) as
-//     its consumer, appends the PublishBatches to EVERY subscriber queue
-//     (QUEUE_DIR/subs/<name>/, concurrently: each queue's group commit
-//     covers the lot), and only then acks the main entries.
+//     sequence. What it built is kept for the subscribers' senders (within
+//     8 MiB, keyed by sender and sequence range, shared by all of them) so
+//     that an entry is built once; each sender adds the main entry's seq to
+//     its copy. What the main queue holds when the router starts is not
+//     offered live (live is about now);
+//   - the durable lane: the main queue is one log, written once, and each
+//     durable subscriber reads it through a queue.Cursor of its own
+//     (QUEUE_DIR/cursors/<name>), at its own pace; the log's head is
+//     removed when the slowest cursor has passed it. Nothing is copied into
+//     a queue per subscriber: a reading costs the router one append and one
+//     fsync whatever the number of subscribers.
 //
 // The live lane therefore shows what the router received, the durable
 // lanes what it stored. A batch offered live whose append then fails (or
@@ -66,25 +70,37 @@
 // seq and ignores older or equal ones, so neither changes what its clients
 // see.
 //
-// A subscriber queue that refuses (full at -subscriber-queue-max-bytes,
-// disk failing) makes the fan-out wait and retry
-// (drover_router_fanout_blocked = 1, a warning). The live lane goes on; the
-// main queue holds what arrives until it is full (-queue-max-bytes); then
-// the router answers frontends busy, their queues fill, and last the
-// devices are told to try again later (close 1013): back-pressure, never a
-// silent drop, and the main queue is acked only when every subscriber queue
-// holds it. The way out for a dead writer is -subscriber-retention. While
-// no durable subscriber is known at all, the fan-out waits too: nothing
-// leaves the main queue without a durable home. A crash between the
-// appends and the main ack fans the same entries out again after the
-// restart: duplicates, which writers and sinks drop by (router, seq) and
-// (device, reading seq).
+// A subscriber that falls behind (its writer down, its sink down) holds
+// back only itself: its cursor's lag grows and the log keeps what it has
+// not acked, while the other subscribers and the live lane go on. Past
+// -subscriber-queue-max-bytes of lag its cursor is "full"
+// (drover_queue_cursor_fill_ratio{cursor} = 1, a warning): that changes
+// nothing by itself; the log holds what arrives until it is full
+// (-queue-max-bytes); then the router answers frontends busy, their queues
+// fill, and last the devices are told to try again later (close 1013):
+// back-pressure, never a silent drop. The way out for a dead writer is
+// -subscriber-retention, which deletes its cursor. While no durable
+// subscriber is known at all, nothing leaves the log
+// (drover_router_fanout_blocked = 1): nothing leaves the main queue
+// without a durable home, and the first subscriber's cursor starts at the
+// head. A later subscriber's starts at the tail (what arrives from then
+// on). A crash delivers again what a cursor had acked after its file's
+// last write (once a second): duplicates, which writers and sinks drop by
+// (router, seq) and (device, reading seq).
 //
-// Queue bounds: -queue-max-bytes and -subscriber-queue-max-bytes default to
-// 0, a share of the volume at start (queue.Options.MaxBytes): the main
-// queue and the subscriber queues split 0.8 × (free + what they hold)
-// equally, at least 64 MiB each. docs/reliability.md turns that into hours
-// of sink outage.
+// Queue bounds: -queue-max-bytes defaults to 0, a share of the volume at
+// start (queue.Options.MaxBytes: 0.8 × (free + what the process's queues
+// hold), at least 64 MiB); -subscriber-queue-max-bytes (0: the log's
+// bound) is the lag past which a cursor is full. docs/reliability.md turns
+// that into hours of sink outage.
+//
+// Migration: a router started on a directory of a router from before the
+// log (QUEUE_DIR/subs/<name>/, a queue per subscriber) sends each
+// subscriber's queue first, then reads the log through its cursor from the
+// head, which holds what the old fan-out had not yet given every
+// subscriber queue; the old queue is deleted once acked to its end
+// (TestMigrationFromSubscriberQueues, on testdata/prelog written by the old
+// code).
 //
 // # Durable subscribers
 //
@@ -95,8 +111,8 @@
 // log, drover_router_subscribers_registered_total). The set is persisted in
 // QUEUE_DIR/subs/subscribers, so a restart keeps them; a restart resets
 // their "last heard" clock to the start. A subscriber not heard from for
-// longer than -subscriber-retention (default 24h) is dropped: its queue is
-// deleted, with an error log naming what it loses and
+// longer than -subscriber-retention (default 24h) is dropped: its cursor
+// is deleted (the log's head no longer waits for it), with an error log naming what it loses and
 // drover_router_subscribers_dropped_total{subscriber}. A static name
 // dropped that way comes back, empty, at the next restart.
 //
@@ -104,28 +120,37 @@
 //
 // The protocol is internal/forward's, roles reversed (its doc.go, "The
 // store lane"): writers connect a DEALER and send subscribe{name} every
-// second; the router answers pong and sends that subscriber's queue as
-// batches (router ID as sender, the subscriber queue's sequences, one
-// PublishBatch per frame) to the identity of its latest subscribe; the
-// writer acks (appended to its own durable queue) or answers busy. One
-// goroutine per subscriber reads its queue and keeps at most 8 queue
-// batches of at most 256 KiB in flight (2 MiB: what a loopback or LAN TCP
+// second; the router answers pong and sends what that subscriber's cursor
+// reads as batches (router ID as sender, the log's sequences, one
+// PublishBatch per frame whose seq is that same sequence) to the identity
+// of its latest subscribe; the writer acks (appended to its own durable
+// queue) or answers busy. One goroutine per subscriber reads its cursor
+// and keeps at most 8 batches of at most 256 KiB in flight (2 MiB: what a loopback or LAN TCP
 // buffer pair absorbs, so a writer that stops reading does not make the
 // ROUTER socket's writes block, which would stall every subscriber: zmq4
 // holds the socket's lock during each write; a 2 s send timeout is the
-// backstop). A batch is resent after 5 s without ack (with backoff, 50 ms
+// backstop). What one read returns (whole records: a group commit can make
+// one larger than 256 KiB) goes as protocol batches of consecutive
+// sequences and at most 256 KiB of PublishBatches each, unless one entry
+// is larger: a writer appends a batch as one record of its queue (in
+// pieces since issue 20), and a batch larger than its whole bound was
+// refused as full on every resend (issue 20's stall). A batch is resent after 5 s without ack (with backoff, 50 ms
 // doubling to 5 s), after busy (same backoff), and all in flight at once
 // when the subscriber subscribes from a new identity or comes back after
-// 3 s of silence; a silent subscriber is sent nothing. Queue entries are
-// removed when acked. Subscriber queue sequences jump across router
-// restarts; writers must not expect them to be contiguous.
+// 3 s of silence; a silent subscriber is sent nothing. An acked batch moves
+// the cursor; the log removes what every cursor has passed. A sender
+// whose cursor has been full for 30 s logs its state once a minute
+// (stuck.go): connected, batches held, runs in flight and waiting, the
+// largest, busy answers and the last one's reason. The log's
+// sequences jump across router restarts (and from a migrated subscriber
+// queue's to the log's); writers must not expect them to be contiguous.
 //
 // Why not a PUB socket for the store lane: a zmq4 PUB has one writer
 // goroutine doing blocking writes to each subscriber in turn, so one slow
 // subscriber stalls all; with an HWM it drops silently for everyone, and
-// Send returns nil while dropping. With per-subscriber queues, cursors and
-// windows each writer drains at its own pace, and a dead writer grows only
-// its own queue at the router.
+// Send returns nil while dropping. With a cursor and a window per
+// subscriber each writer drains at its own pace, and a dead writer holds
+// back only its own cursor (and the log's disk space).
 //
 // # The live lane
 //
@@ -138,7 +163,7 @@
 // connection has a buffer of at most -live-buffer batches and
 // -live-buffer-bytes bytes, and a writer goroutine of its own. The live
 // router offers each batch when it receives it (see "Fan-out"), whatever
-// the durable fan-out waits on; it is appended to the buffer of every
+// the durable lane waits on; it is appended to the buffer of every
 // subscriber whose subscriptions (counted, prefix-matched, as a PUB does) match
 // "live.", and offering never blocks. A full buffer loses its oldest batch
 // (drover_router_live_subscriber_dropped_total{subscriber} and
@@ -158,9 +183,11 @@
 // drover_router_subscribers_{registered,dropped}_total,
 // drover_router_subscriber_{sent,acked,resent}_batches_total{subscriber},
 // drover_router_subscriber_busy_total{subscriber},
-// drover_router_subscriber_connected{subscriber}, and each subscriber
-// queue's drover_queue_* with queue="sub-<name>" (depth, bound, fill
-// ratio, the volume's free bytes).
+// drover_router_subscriber_connected{subscriber}, the log's drover_queue_*
+// with queue="router" (depth = the log's size, bound, fill ratio, the
+// volume's free bytes), and per subscriber its cursor's
+// drover_queue_cursor_{lag_entries,lag_bytes,fill_ratio,inflight_entries}
+// {queue="router",cursor="<name>"} (lag = what that writer is behind).
 //
 // # Receiving
 //
@@ -228,15 +255,14 @@
 // # Stopping
 //
 // When Run's context ends the router stops answering pings and subscribes
-// (frontends and writers see it down), stops the fan-out and the live
-// lane (the fan-out finishes the appends under way; main entries not yet
-// in every subscriber queue are given back; nothing more is offered live),
-// sends live subscribers what their buffers hold (for up to a second) and
-// closes the live lane, stops the subscriber senders (what they have in flight is sent again after a
-// restart) and closes their queues, answers new batches busy, waits for the
+// (frontends and writers see it down), stops the live lane (nothing more
+// is offered live), sends live subscribers what their buffers hold (for up
+// to a second) and closes the live lane, stops the subscriber senders
+// (what they have in flight is sent again after a restart) and closes
+// their cursors (writing their positions), answers new batches busy, waits for the
 // appends under way and sends their acks, closes its sockets, writes a
 // compact journal and closes the main queue.
 //
-// Ready is nil only while the main queue, the subscriber queues and the
-// three sockets are open and bound.
+// Ready is nil only while the main queue (with the subscribers' cursors)
+// and the three sockets are open and bound.
 package router

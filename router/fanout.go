@@ -2,95 +2,35 @@ package router
 
 import (
 	"context"
-	"errors"
 	"log"
 	"log/slog"
-	"sync"
 	"time"
 	"unsafe"
 
-	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
 const (
-	// fanoutReadBytes is the main-queue entry bytes the fan-out takes at
-	// once: one group commit per subscriber queue covers them all.
-	fanoutReadBytes = 1 << 20
 	// maxPublishBytes bounds one PublishBatch; a larger one (not expected:
-	// a main entry is at most a 1 MiB record) is split into several with
-	// the same seq.
+	// a main entry is at most a 1 MiB record, and enrichment adds far less
+	// than as much again) is split into several, which the store lane
+	// sends concatenated as one entry (publishEntries).
 	maxPublishBytes = 3 << 20
-	// fanoutRetry is how often the fan-out retries appends refused by a
-	// full subscriber queue, and looks for a first subscriber.
+	// fanoutRetry is how often the lanes look for a first subscriber and
+	// for cursors that are full.
 	fanoutRetry = 100 * time.Millisecond
 	// builtCacheBytes bounds the PublishBatches built for the live lane
-	// that are kept for the durable fan-out, so that each main entry is
-	// decoded, enriched and serialized once. Past it (the fan-out blocked,
-	// or far behind) the fan-out builds them again itself when it gets
-	// there.
+	// (or by a subscriber's sender) that are kept for the subscribers'
+	// senders, so that each main entry is decoded, enriched and serialized
+	// once. Past it (a subscriber far behind) a sender builds them again
+	// itself when it gets there.
 	builtCacheBytes = 8 << 20
 )
 
 func slogLogLogger(l *slog.Logger) *log.Logger {
 	return slog.NewLogLogger(l.Handler(), slog.LevelWarn)
-}
-
-// fanoutLoop moves the main queue to every subscriber queue, acking a main
-// entry only once every subscriber queue holds it. With no durable
-// subscriber known it waits: nothing leaves the main queue without a
-// durable home. The live lane does not wait for it: each batch is offered
-// live when the router receives it (livepub.go), and what was built for
-// that is taken from r.built here.
-func (r *Router) fanoutLoop(ctx context.Context) {
-	if !r.waitRegistry(ctx) {
-		return
-	}
-	r.openLiveLane()
-	cache := r.built
-	waiting := false
-	for {
-		if len(r.snapshotSubs()) == 0 {
-			if !waiting {
-				waiting = true
-				r.m.fanoutBlocked.Set(1)
-				r.logger.Warn("router: no durable subscriber known yet; the fan-out holds the main queue until one subscribes or is listed in -subscribers")
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(fanoutRetry):
-			}
-			continue
-		}
-		if waiting {
-			waiting = false
-			r.m.fanoutBlocked.Set(0)
-		}
-		b, err := r.q.Read(ctx, fanoutReadBytes)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
-				return
-			}
-			r.logger.Error("router: fan-out: read main queue; retrying", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		pbs, records := r.publishBatches(b, cache)
-		if !r.appendAll(ctx, pbs) {
-			r.q.Nack(b)
-			return
-		}
-		r.q.Ack(b)
-		r.m.fanoutEntries.Add(float64(len(b.Entries)))
-		r.m.fanoutRecords.Add(float64(records))
-	}
 }
 
 // waitRegistry holds the lanes until the registry has a copy in force (a
@@ -109,36 +49,6 @@ func (r *Router) waitRegistry(ctx context.Context) bool {
 	r.m.fanoutBlocked.Set(0)
 	r.logger.Info("router: the device registry is in force; publishing", "devices", r.registry.Current().Len())
 	return true
-}
-
-// publishBatches turns main-queue entries into serialized PublishBatches,
-// enriched, taking those built already for the live lane from cache (they
-// lack only the entry's seq, appended here).
-func (r *Router) publishBatches(b queue.Batch, cache *builtCache) ([][]byte, int) {
-	out := make([][]byte, 0, len(b.Entries))
-	records := 0
-	for _, e := range b.Entries {
-		bt, ok := cache.take(e.Data)
-		if ok {
-			// A new slice: offerLive may still be reading bt.pbs.
-			pbs := make([][]byte, len(bt.pbs))
-			for i, pb := range bt.pbs {
-				pbs[i] = appendSeq(pb, e.Seq)
-			}
-			bt.pbs = pbs
-		} else {
-			r.m.fanoutRebuilt.Inc()
-			n, _ := forward.CountRecords(e.Data) // an error: buildEntry says it
-			if bt, ok = r.buildEntry(e, n, true); !ok {
-				continue
-			}
-		}
-		// Counted here, where each entry passes once.
-		r.m.enrichMisses.Add(float64(bt.misses))
-		records += bt.records
-		out = append(out, bt.pbs...)
-	}
-	return out, records
 }
 
 // built is one main-queue entry made ready for the lanes.
@@ -210,16 +120,8 @@ func (r *Router) buildEntry(e queue.Entry, n int, loud bool) (built, bool) {
 	return bt, true
 }
 
-// publishLimit is the largest PublishBatch built, and the most bytes one
-// append to a subscriber queue carries: maxPublishBytes, or a quarter of
-// -subscriber-queue-max-bytes when that is smaller, so that an append
-// always fits in an empty subscriber queue.
-func (r *Router) publishLimit() int {
-	if b := r.cfg.SubscriberQueueMaxBytes; b > 0 && b/4 < maxPublishBytes {
-		return int(b / 4)
-	}
-	return maxPublishBytes
-}
+// publishLimit is the largest PublishBatch built: maxPublishBytes.
+func (r *Router) publishLimit() int { return maxPublishBytes }
 
 // appendSplit serializes recs as a PublishBatch of seq, split into several
 // with the same seq when one would exceed publishLimit, and appends them to
@@ -231,66 +133,4 @@ func (r *Router) appendSplit(out [][]byte, seq uint64, recs []telemetry.RawEnric
 	}
 	h := len(recs) / 2
 	return r.appendSplit(r.appendSplit(out, seq, recs[:h]), seq, recs[h:])
-}
-
-// appendAll appends entries to every subscriber queue, concurrently (each
-// queue's group commit covers the lot). A queue that refuses (full, disk
-// failing) is retried until it takes them, its subscriber is dropped, or
-// ctx ends (false: the caller gives the main entries back).
-func (r *Router) appendAll(ctx context.Context, entries [][]byte) bool {
-	if len(entries) == 0 {
-		return true
-	}
-	appended := map[*subscriber]int{} // entries already in each queue
-	blocked := false
-	defer func() {
-		if blocked {
-			r.m.fanoutBlocked.Set(0)
-			r.logger.Info("router: fan-out resumed")
-		}
-	}()
-	for {
-		var pending []*subscriber
-		for _, s := range r.snapshotSubs() {
-			if appended[s] < len(entries) && !s.dropped.Load() {
-				pending = append(pending, s)
-			}
-		}
-		if len(pending) == 0 {
-			return true
-		}
-		errs := make([]error, len(pending))
-		ns := make([]int, len(pending))
-		var wg sync.WaitGroup
-		for i, s := range pending {
-			from := appended[s]
-			wg.Go(func() { ns[i], errs[i] = s.appendEntries(entries[from:]) })
-		}
-		wg.Wait()
-		ok := true
-		for i, s := range pending {
-			appended[s] += ns[i]
-			switch err := errs[i]; {
-			case err == nil:
-			case errors.Is(err, queue.ErrClosed) && s.dropped.Load():
-				appended[s] = len(entries)
-			default:
-				ok = false
-				if !blocked {
-					blocked = true
-					r.m.fanoutBlocked.Set(1)
-					r.logger.Warn("router: fan-out waits: a subscriber queue refuses appends; the live lane goes on, the main queue holds what arrives, and back-pressure reaches the frontends when it is full (until the subscriber drains, or -subscriber-retention drops it)",
-						"subscriber", s.name, "err", err)
-				}
-			}
-		}
-		if ok {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(fanoutRetry):
-		}
-	}
 }

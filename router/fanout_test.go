@@ -23,6 +23,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -88,12 +89,19 @@ type fakeSub struct {
 	sendMu sync.Mutex
 	acking atomic.Bool
 	pongs  atomic.Int64
+	light  atomic.Bool // count batches only, decode nothing (benchmarks)
+	// seqOff counts PublishBatches whose seq is not their store-lane
+	// sequence (the log's: they are the same since issue 20).
+	seqOff int
 
 	mu       sync.Mutex
 	readings map[string]int // device/seq → times received
 	order    []uint64       // PublishBatch.Seq in order of first receipt
 	seen     map[uint64]bool
 	batches  int
+	// oversized counts batches of more than one entry whose entries
+	// exceed maxBatch (when set): the store lane's run bound.
+	maxBatch, oversized int
 }
 
 func startSub(t testing.TB, endpoint, name string, ack bool, links ...clusterlink.Config) *fakeSub {
@@ -176,11 +184,20 @@ func (s *fakeSub) onBatch(m forward.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.batches++
-	for _, e := range m.Entries {
+	if n := entryBytes(m.Entries); s.maxBatch > 0 && len(m.Entries) > 1 && n > s.maxBatch {
+		s.oversized++
+	}
+	if s.light.Load() {
+		return
+	}
+	for i, e := range m.Entries {
 		var pb telemetry.PublishBatch
 		if err := proto.Unmarshal(e, &pb); err != nil {
 			s.t.Errorf("subscriber %s: entry is not a PublishBatch: %v", s.name, err)
 			continue
+		}
+		if pb.Seq != m.First+uint64(i) {
+			s.seqOff++
 		}
 		if pb.Router != m.Sender || pb.Seq == 0 {
 			s.t.Errorf("subscriber %s: PublishBatch router %q seq %d in a batch from %q", s.name, pb.Router, pb.Seq, m.Sender)
@@ -196,6 +213,14 @@ func (s *fakeSub) onBatch(m forward.Message) {
 	}
 }
 
+func entryBytes(es [][]byte) int {
+	n := 0
+	for _, e := range es {
+		n += len(e)
+	}
+	return n
+}
+
 // counts returns the distinct readings received and the duplicates.
 func (s *fakeSub) counts() (distinct, dups int) {
 	s.mu.Lock()
@@ -209,7 +234,7 @@ func (s *fakeSub) counts() (distinct, dups int) {
 
 func (s *fakeSub) stop() {
 	s.cancel()
-	_ = s.sock.Close()
+	_ = zmqsock.Close(s.sock)
 	s.wg.Wait()
 }
 
@@ -233,7 +258,7 @@ func (rr *running) subDepth(name string) int64 {
 	if s == nil {
 		return -1
 	}
-	n, _ := s.q.Depth()
+	n, _ := s.cur.Lag() // what the subscriber has not acked
 	return n
 }
 
@@ -287,7 +312,7 @@ func startLiveSub(t testing.TB, endpoint, router string, links ...clusterlink.Co
 			l.got.Add(1)
 		}
 	}()
-	t.Cleanup(func() { l.cancel(); _ = l.sock.Close(); <-l.done; <-dialed })
+	t.Cleanup(func() { l.cancel(); _ = zmqsock.Close(l.sock); <-l.done; <-dialed })
 	return l
 }
 
@@ -327,7 +352,11 @@ func TestFanout(t *testing.T) {
 			t.Errorf("%s received batches out of order", s.name)
 		}
 		batches := s.batches // resends may still arrive: read it under the lock
+		seqOff := s.seqOff
 		s.mu.Unlock()
+		if seqOff > 0 {
+			t.Errorf("%s: %d PublishBatches whose seq is not their sequence in the log (router, seq dedups by it)", s.name, seqOff)
+		}
 		_, dups := s.counts()
 		t.Logf("%s: %d batches, %d duplicate readings", s.name, batches, dups)
 	}
@@ -374,7 +403,7 @@ func TestStalledSubscriber(t *testing.T) {
 		t.Errorf("drover_registry_devices = %v: the router's own registry Store is not registered", got)
 	}
 	if d := rt.subDepth("influx"); d <= 0 {
-		t.Errorf("influx queue depth %d: want it holding what was not acked", d)
+		t.Errorf("influx cursor lag %d: want it holding what was not acked", d)
 	}
 	if d, _ := influx.counts(); d == 0 {
 		t.Errorf("influx received nothing")
@@ -382,8 +411,8 @@ func TestStalledSubscriber(t *testing.T) {
 	waitFor(t, 10*time.Second, "ghost dropped after the retention", func() bool {
 		return metric(t, rt.reg, "drover_router_subscribers_dropped_total", "subscriber", "ghost") == 1
 	})
-	if _, err := os.Stat(filepath.Join(cfg.QueueDir, "subs", "ghost")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("ghost's queue directory: %v; want it removed", err)
+	if _, err := os.Stat(filepath.Join(cfg.QueueDir, "cursors", "ghost")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("ghost's cursor file: %v; want it removed", err)
 	}
 	if rt.sub("influx") == nil || rt.sub("lake") == nil {
 		t.Fatalf("a subscriber that subscribes was dropped")
@@ -543,11 +572,11 @@ wait:
 	t.Logf("pyzmq received %d live messages, sizes %v", len(lines), sizes)
 }
 
-// TestSubscriberQueueFull: a full subscriber queue makes the fan-out wait
-// (the main queue then holds what arrives: back-pressure), and dropping
-// that subscriber after the retention lets the fan-out go on, losing
-// nothing for the others.
-func TestSubscriberQueueFull(t *testing.T) {
+// TestSubscriberCursorFull: a subscriber whose cursor is full (it never
+// connects) holds back only itself: the others get everything while the
+// log keeps its backlog, and dropping it after the retention frees the
+// log.
+func TestSubscriberCursorFull(t *testing.T) {
 	noLeaks(t)
 	dir := t.TempDir()
 	cfg := testConfig(filepath.Join(dir, "router"), "router-a")
@@ -562,15 +591,23 @@ func TestSubscriberQueueFull(t *testing.T) {
 
 	const n = 600
 	fe.appendN(t, n, 20, rand.New(rand.NewPCG(7, 7)))
-	waitFor(t, 10*time.Second, "the fan-out to block on lake's full queue", func() bool {
-		return metric(t, rt.reg, "drover_router_fanout_blocked") == 1 && rt.mainDepth() > 0
-	})
-	if d, _ := influx.counts(); d >= n*recordsPerEntry {
-		t.Fatalf("influx got everything while lake's queue was full")
-	}
-	waitFor(t, 20*time.Second, "lake dropped, then influx to receive every reading", func() bool {
+	// lake's cursor passes its bound: that holds back lake alone (its
+	// backlog stays in the log), never influx.
+	waitFor(t, 20*time.Second, "influx to receive every reading while lake is away", func() bool {
 		d, _ := influx.counts()
 		return d == n*recordsPerEntry
+	})
+	if s := rt.sub("lake"); s != nil {
+		if !s.cur.Full() {
+			_, b := s.cur.Lag()
+			t.Errorf("lake's cursor lags %d bytes and is not full (bound %d)", b, cfg.SubscriberQueueMaxBytes)
+		}
+		if rt.mainDepth() == 0 {
+			t.Error("the log let go of lake's backlog while lake was registered")
+		}
+	}
+	waitFor(t, 20*time.Second, "lake dropped after the retention", func() bool {
+		return metric(t, rt.reg, "drover_router_subscribers_dropped_total", "subscriber", "lake") == 1
 	})
 	if got := metric(t, rt.reg, "drover_router_subscribers_dropped_total", "subscriber", "lake"); got != 1 {
 		t.Errorf("lake dropped %v times, want 1", got)
@@ -601,7 +638,7 @@ func TestFixedSubscribers(t *testing.T) {
 	const n = 200
 	fe.appendN(t, n, 20, rand.New(rand.NewPCG(5, 5)))
 	waitFor(t, 30*time.Second, "the router to hold every entry for lake", func() bool {
-		return fe.depth() == 0 && rt.mainDepth() == 0 && rt.subDepth("lake") > 0
+		return fe.depth() == 0 && rt.mainDepth() > 0 && rt.subDepth("lake") == rt.mainDepth()
 	})
 	lake := startSub(t, rt.StoreAddr(), "lake", true)
 	waitFor(t, 30*time.Second, "lake to receive every reading", func() bool {
@@ -611,7 +648,7 @@ func TestFixedSubscribers(t *testing.T) {
 	if d, _ := stranger.counts(); d != 0 {
 		t.Errorf("the unknown subscriber received %d readings", d)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.QueueDir, "subs", "laek")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("a queue for the unknown subscriber: %v; want none", err)
+	if _, err := os.Stat(filepath.Join(cfg.QueueDir, "cursors", "laek")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a cursor for the unknown subscriber: %v; want none", err)
 	}
 }

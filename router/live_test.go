@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 )
 
 // testLive opens a live lane with the test's cluster key.
@@ -81,7 +82,7 @@ func startLiveReader(t testing.TB, addr, id string) *liveReader {
 			r.got.Add(1)
 		}
 	}()
-	t.Cleanup(func() { cancel(); _ = r.sock.Close(); <-done })
+	t.Cleanup(func() { cancel(); _ = zmqsock.Close(r.sock); <-done })
 	return r
 }
 
@@ -230,7 +231,7 @@ func TestLiveLaneTopics(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	other := zmq4.NewSub(ctx, zmq4.WithID(zmq4.SocketIdentity("other")))
-	defer other.Close()
+	defer zmqsock.Close(other)
 	if err := other.SetOption(zmq4.OptionSubscribe, "store."); err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +239,7 @@ func TestLiveLaneTopics(t *testing.T) {
 		t.Fatal(err)
 	}
 	prefix := zmq4.NewSub(ctx, zmq4.WithID(zmq4.SocketIdentity("prefix")))
-	defer prefix.Close()
+	defer zmqsock.Close(prefix)
 	if err := prefix.SetOption(zmq4.OptionSubscribe, "li"); err != nil {
 		t.Fatal(err)
 	}

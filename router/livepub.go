@@ -70,6 +70,7 @@ func (r *Router) buildLive(sender string, ents [][]byte, ivs []forward.Interval,
 			continue // cannot happen (ingest built e); the fan-out says so
 		}
 		r.built.put(builtKey{sender, ivs[i].First, ivs[i].Last}, bt)
+		r.m.enrichMisses.Add(float64(bt.misses)) // counted where an entry is built
 		out = append(out, bt)
 	}
 	return out
@@ -105,10 +106,11 @@ type builtKey struct {
 	first, last uint64
 }
 
-// builtCache hands what was built for the live lane to the durable fan-out,
-// within max bytes, the oldest evicted first. Entries the fan-out never
-// takes (an append that failed: the frontend resends, maybe grouped
-// otherwise) age out the same way.
+// builtCache hands what was built for the live lane to the subscribers'
+// senders, within max bytes, the oldest evicted first: every sender reads
+// the same entry from the log and takes it from here (each adds the seq to
+// a copy). Entries no sender reads (an append that failed: the frontend
+// resends, maybe grouped otherwise) age out the same way.
 type builtCache struct {
 	mu    sync.Mutex
 	max   int
@@ -139,33 +141,22 @@ func (c *builtCache) put(k builtKey, bt built) {
 			c.bytes -= it.size
 		}
 	}
-	// Keys taken out of order stay in order: compact it when they are
-	// most of it, so that it stays within a few times the items.
+	// Keys replaced stay in order: compact it when they are most of it,
+	// so that it stays within a few times the items.
 	if len(c.order) > 64 && len(c.order) > 4*len(c.items) {
 		c.order = slices.DeleteFunc(c.order, func(k builtKey) bool { _, ok := c.items[k]; return !ok })
 	}
 }
 
-// take returns, and forgets, what was built for the main entry data.
-func (c *builtCache) take(data []byte) (built, bool) {
+// get returns what was built for the main entry data. It stays for the
+// other subscribers' senders until it ages out (put's bound).
+func (c *builtCache) get(data []byte) (built, bool) {
 	si, err := forward.ParseStored(data)
 	if err != nil {
 		return built{}, false
 	}
-	k := builtKey{si.Sender, si.First, si.Last}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	bt, ok := c.items[k]
-	if !ok {
-		return built{}, false
-	}
-	delete(c.items, k)
-	c.bytes -= bt.size
-	for len(c.order) > 0 {
-		if _, ok := c.items[c.order[0]]; ok {
-			break
-		}
-		c.order = c.order[1:]
-	}
-	return bt, true
+	bt, ok := c.items[builtKey{si.Sender, si.First, si.Last}]
+	return bt, ok
 }

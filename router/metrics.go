@@ -69,10 +69,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		dedupForgotten: prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_dedup_forgotten_intervals_total", Help: "Intervals of stored sequences forgotten to stay within -dedup-intervals (their resends would be stored again)."}),
 		journalErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_dedup_journal_errors_total", Help: "Failed writes or syncs of the dedup journal."}),
 	}
-	m.fanoutEntries = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_entries_total", Help: "Main-queue entries fanned out to every subscriber queue (and offered to the live lane)."})
-	m.fanoutRecords = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_records_total", Help: "Records fanned out."})
+	m.fanoutEntries = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_entries_total", Help: "Main-queue entries stored in the log that every durable subscriber reads through its cursor."})
+	m.fanoutRecords = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_records_total", Help: "Records in the entries of drover_router_fanout_entries_total."})
 	m.fanoutBad = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_bad_entries_total", Help: "Main-queue entries that did not decode and were skipped (a bug or a damaged disk)."})
-	m.fanoutBlocked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_router_fanout_blocked", Help: "1 while the fan-out waits: a subscriber queue is full or failing, or no durable subscriber is known."})
+	m.fanoutBlocked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_router_fanout_blocked", Help: "1 while the durable lane holds the log: no durable subscriber is known, or the registry is not in force yet."})
 	m.enrichMisses = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_enrichment_misses_total", Help: "Records of devices unknown to the registry (published with an empty enrichment)."})
 	m.livePublished = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_published_total", Help: "Batches offered to the live lane (each is queued for every live subscriber whose subscriptions match)."})
 	m.liveDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_live_dropped_total", Help: "Batches the live lane dropped for a subscriber, all subscribers summed: its buffer (-live-buffer, -live-buffer-bytes) was full, or it went away with batches queued."})
@@ -88,7 +88,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.subBusy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscriber_busy_total", Help: "Busy answers from a subscriber (its own queue full)."}, []string{"subscriber"})
 	m.subResent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_router_subscriber_resent_batches_total", Help: "Store-lane batches sent again, by reason (timeout, busy, reconnect)."}, []string{"subscriber", "reason"})
 	m.subConnected = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drover_router_subscriber_connected", Help: "1 while a subscriber subscribes regularly, else 0."}, []string{"subscriber"})
-	m.fanoutRebuilt = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_rebuilt_entries_total", Help: "Main-queue entries the fan-out decoded, enriched and serialized itself because what was built for the live lane at receipt was not kept for it (the fan-out far behind, a backlog from before a restart, the live lane not open)."})
+	m.fanoutRebuilt = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_fanout_rebuilt_entries_total", Help: "Main-queue entries a subscriber's sender decoded, enriched and serialized itself because what was built at receipt was no longer kept (the subscriber far behind, a backlog from before a restart, the live lane not open)."})
 	m.subEventsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_router_subscriber_events_dropped_total", Help: "Subscribe/ack/busy messages dropped because a subscriber's sender was behind (acks lost this way cause resends)."})
 	for _, r := range []string{"queue_full", "storage", "overloaded", "stopping"} {
 		m.busy.WithLabelValues(r)

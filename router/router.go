@@ -18,6 +18,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/registry"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 	"github.com/drover-telemetry/drover/queue"
 )
 
@@ -95,6 +96,9 @@ type Router struct {
 	liveOpen    atomic.Bool
 	liveStopped bool
 	built       *builtCache
+	// lanesReady is closed once the lanes are open (the registry in
+	// force): subscribers' senders wait for it.
+	lanesReady chan struct{}
 	// mainRefusing: the main queue's last append was refused (full, disk
 	// failing). Meanwhile a batch is offered live only once stored, so
 	// that the frontends' resends do not reach the live lane again each
@@ -129,15 +133,16 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Router, e
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	return &Router{
-		cfg:    cfg,
-		logger: logger,
-		reg:    reg,
-		sec:    sec,
-		m:      newMetrics(reg),
-		timing: defaultStoreTiming(),
-		subs:   map[string]*subscriber{},
-		peers:  map[string]*subscriber{},
-		built:  newBuiltCache(builtCacheBytes),
+		cfg:        cfg,
+		logger:     logger,
+		reg:        reg,
+		sec:        sec,
+		m:          newMetrics(reg),
+		timing:     defaultStoreTiming(),
+		subs:       map[string]*subscriber{},
+		peers:      map[string]*subscriber{},
+		built:      newBuiltCache(builtCacheBytes),
+		lanesReady: make(chan struct{}),
 	}, nil
 }
 
@@ -257,7 +262,7 @@ func (r *Router) Run(ctx context.Context) error {
 	r.storeAddr.Store(&storeAddr)
 	lv, liveAddr, err := openLive(r.sec, r.cfg.LivePub, r.cfg.ID, r.cfg.LiveBuffer, r.cfg.LiveBufferBytes, r.m, r.logger)
 	if err != nil {
-		_ = r.storeSock.Close()
+		_ = zmqsock.Close(r.storeSock)
 		return errors.Join(err, r.closeSubscribers(), r.dd.close(), r.closeQueue())
 	}
 	r.live = lv
@@ -272,8 +277,8 @@ func (r *Router) Run(ctx context.Context) error {
 		err = r.sock.Listen(ingest)
 	}
 	if err != nil {
-		_ = r.sock.Close()
-		_ = r.storeSock.Close()
+		_ = zmqsock.Close(r.sock)
+		_ = zmqsock.Close(r.storeSock)
 		lv.close()
 		return errors.Join(fmt.Errorf("router: listen on %s: %w", r.cfg.Listen, err), r.closeSubscribers(), r.dd.close(), r.closeQueue())
 	}
@@ -299,7 +304,7 @@ func (r *Router) Run(ctx context.Context) error {
 	fanCtx, stopFanout := context.WithCancel(context.Background())
 	defer stopFanout()
 	fanoutDone := make(chan struct{})
-	lanes.Go(func() { defer close(fanoutDone); r.fanoutLoop(fanCtx) })
+	lanes.Go(func() { defer close(fanoutDone); r.lanesLoop(fanCtx) })
 	lanes.Go(func() { r.retentionLoop(fanCtx) })
 
 	r.state.Store(stateReady)
@@ -322,7 +327,7 @@ func (r *Router) Run(ctx context.Context) error {
 	<-storeWriterDone
 	if r.abrupt {
 		closeSock()
-		_ = r.sock.Close()
+		_ = zmqsock.Close(r.sock)
 	}
 	// Stop taking batches but keep the socket open until the appends under
 	// way are durable and acked: their senders need not resend them.
@@ -333,11 +338,11 @@ func (r *Router) Run(ctx context.Context) error {
 	r.replies.close()
 	<-writerDone
 	closeSock()
-	if err := r.sock.Close(); err != nil {
+	if err := zmqsock.Close(r.sock); err != nil {
 		r.logger.Debug("router: close socket", "err", err)
 	}
 	<-recvDone
-	if err := r.storeSock.Close(); err != nil {
+	if err := zmqsock.Close(r.storeSock); err != nil {
 		r.logger.Debug("router: close store socket", "err", err)
 	}
 	<-storeRecvDone
@@ -566,9 +571,11 @@ func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.In
 		for _, iv := range ivs {
 			r.m.stored.Add(float64(iv.Len()))
 		}
-		for _, e := range ents {
+		for i, e := range ents {
 			r.m.storedBytes.Add(float64(len(e)))
+			r.m.fanoutRecords.Add(float64(recs[i]))
 		}
+		r.m.fanoutEntries.Add(float64(len(ents)))
 		ents, ivs, recs, size, total = ents[:0], ivs[:0], recs[:0], 24, 0
 		return nil
 	}

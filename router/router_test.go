@@ -13,6 +13,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 	"github.com/drover-telemetry/drover/queue"
 )
 
@@ -138,7 +139,7 @@ func dialPeer(t testing.TB, endpoint, id string) *peer {
 	}()
 	t.Cleanup(func() {
 		cancel()
-		p.sock.Close()
+		_ = zmqsock.Close(p.sock)
 		<-p.done
 	})
 	return p

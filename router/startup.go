@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/queue"
 )
 
 func (r *Router) closeQueue() error {
@@ -47,37 +48,27 @@ func (r *Router) openDedup(ctx context.Context) (*dedup, error) {
 	return dd, nil
 }
 
-// scanQueue reads the whole queue (everything stays in it: Rewind) for the
-// sequences stored. It holds the queue's content in memory while it runs;
-// it runs only when there is no journal.
+// scanQueue reads the whole queue (Queue.Scan: nothing taken from any
+// cursor) for the sequences stored. It runs only when there is no journal.
 func (r *Router) scanQueue(ctx context.Context) (map[string][]forward.Interval, error) {
 	state := map[string][]forward.Interval{}
-	defer r.q.Rewind()
 	sets := map[string]*forward.SeqSet{}
-	for {
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("router: scan queue: %w", err)
-		}
-		b, err := r.q.TryRead(recordBytes)
+	err := r.q.Scan(ctx, func(e queue.Entry) error {
+		si, err := forward.ParseStored(e.Data)
 		if err != nil {
-			return nil, fmt.Errorf("router: scan queue: %w", err)
+			r.logger.Warn("router: queue entry without a sender range; not counted for deduplication", "seq", e.Seq, "err", err)
+			return nil
 		}
-		if len(b.Entries) == 0 {
-			break
+		s := sets[si.Sender]
+		if s == nil {
+			s = forward.NewSeqSet(r.cfg.DedupIntervals)
+			sets[si.Sender] = s
 		}
-		for _, e := range b.Entries {
-			si, err := forward.ParseStored(e.Data)
-			if err != nil {
-				r.logger.Warn("router: queue entry without a sender range; not counted for deduplication", "seq", e.Seq, "err", err)
-				continue
-			}
-			s := sets[si.Sender]
-			if s == nil {
-				s = forward.NewSeqSet(r.cfg.DedupIntervals)
-				sets[si.Sender] = s
-			}
-			s.Add(si.First, si.Last)
-		}
+		s.Add(si.First, si.Last)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("router: scan queue: %w", err)
 	}
 	for sender, s := range sets {
 		state[sender] = s.Intervals()

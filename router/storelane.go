@@ -16,12 +16,12 @@ import (
 	"github.com/drover-telemetry/drover/internal/atomicfile"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
-	"github.com/drover-telemetry/drover/queue"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 )
 
 const (
-	// subRecordBytes is a subscriber queue's largest record; one
-	// PublishBatch is at most maxPublishBytes, well within it.
+	// subRecordBytes is the largest record of a subscriber queue of a
+	// router from before the log (read once, at migration).
 	subRecordBytes = 4 << 20
 	// storeSendTimeout bounds one write on the store lane's ROUTER socket:
 	// zmq4 holds the socket's lock while writing, so a subscriber whose
@@ -32,7 +32,7 @@ const (
 	// QueueDir/subs/.
 	subsFile = "subscribers"
 	// maxSubscribers caps the subscribers registered on subscribe: each
-	// costs a queue (files, a goroutine) and a copy of every batch.
+	// costs a cursor, a goroutine and a send of every batch.
 	maxSubscribers = 64
 )
 
@@ -50,7 +50,7 @@ func (r *Router) openStoreLane(ctx context.Context) (string, error) {
 		err = r.storeSock.Listen(ep)
 	}
 	if err != nil {
-		_ = r.storeSock.Close()
+		_ = zmqsock.Close(r.storeSock)
 		return "", fmt.Errorf("router: store lane: listen on %s: %w", r.cfg.StoreListen, err)
 	}
 	addr := r.cfg.StoreListen
@@ -60,7 +60,7 @@ func (r *Router) openStoreLane(ctx context.Context) (string, error) {
 	return addr, nil
 }
 
-// openSubscribers opens the queue of every subscriber of the static list
+// openSubscribers opens the cursor of every subscriber of the static list
 // and of the persisted set, and starts their senders.
 func (r *Router) openSubscribers() error {
 	if err := os.MkdirAll(r.subsDir(), 0o755); err != nil {
@@ -77,15 +77,20 @@ func (r *Router) openSubscribers() error {
 	}
 	r.subsMu.Lock()
 	defer r.subsMu.Unlock()
+	// A log without cursors (a first start, or the first with the log):
+	// every subscriber starts at its head, since what it holds has no
+	// durable home yet.
+	fresh := len(r.q.CursorNames()) == 0
 	for _, n := range names {
 		if err := forward.ValidateSubscriberName(n); err != nil {
 			r.logger.Error("router: ignoring a bad name in the subscriber list", "file", filepath.Join(r.subsDir(), subsFile), "err", err)
 			continue
 		}
-		if _, err := r.addSubLocked(n); err != nil {
+		if _, err := r.addSubLocked(n, fresh); err != nil {
 			return err
 		}
 	}
+	r.dropOrphanCursorsLocked()
 	if err := r.persistSubsLocked(); err != nil {
 		return err
 	}
@@ -103,33 +108,6 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 			}
 		}
 	}
-}
-
-// addSubLocked opens a subscriber's queue and starts its sender.
-func (r *Router) addSubLocked(name string) (*subscriber, error) {
-	dir := filepath.Join(r.subsDir(), name)
-	log := r.logger.With("subscriber", name)
-	q, err := queue.Open(dir, queue.Options{
-		Name: "sub-" + name, MaxBytes: r.cfg.SubscriberQueueMaxBytes, MaxRecordBytes: subRecordBytes, Sync: r.queueSync,
-	}, log, r.reg)
-	if err != nil {
-		return nil, fmt.Errorf("router: open queue of subscriber %s: %w", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &subscriber{
-		name: name, dir: dir, q: q, r: r, log: log,
-		events: make(chan subEvent, 1024), cancel: cancel, done: make(chan struct{}),
-		sent:      r.m.subSent.WithLabelValues(name),
-		acked:     r.m.subAcked.WithLabelValues(name),
-		busy:      r.m.subBusy.WithLabelValues(name),
-		resent:    r.m.subResent.MustCurryWith(map[string]string{"subscriber": name}),
-		connected: r.m.subConnected.WithLabelValues(name),
-	}
-	s.lastHeard.Store(time.Now().UnixNano())
-	r.subs[name] = s
-	r.m.subscribers.Set(float64(len(r.subs)))
-	go s.run(ctx)
-	return s, nil
 }
 
 // subscribe handles a subscribe: it registers an unknown name (logged
@@ -159,7 +137,9 @@ func (r *Router) subscribe(id []byte, name string) {
 	}
 	if s == nil {
 		var err error
-		if s, err = r.addSubLocked(name); err != nil {
+		// A new subscriber reads what arrives from now on; the first one
+		// takes what the log holds, which had no durable home.
+		if s, err = r.addSubLocked(name, len(r.q.CursorNames()) == 0); err != nil {
 			r.subsMu.Unlock()
 			r.logger.Error("router: cannot register subscriber", "subscriber", name, "err", err)
 			return
@@ -214,7 +194,7 @@ func (r *Router) retentionLoop(ctx context.Context) {
 	}
 }
 
-// dropSubscriber deletes a subscriber and its queue at the router.
+// dropSubscriber deletes a subscriber and its cursor in the log.
 func (r *Router) dropSubscriber(s *subscriber, silent time.Duration) {
 	r.subsMu.Lock()
 	defer r.subsMu.Unlock()
@@ -230,14 +210,12 @@ func (r *Router) dropSubscriber(s *subscriber, silent time.Duration) {
 	s.dropped.Store(true)
 	s.cancel()
 	<-s.done
-	depth, size := s.q.Depth()
-	err := s.q.Close()
-	err = errors.Join(err, os.RemoveAll(s.dir))
+	depth, size, err := s.deleteSub()
 	perr := r.persistSubsLocked()
 	r.m.subsDropped.WithLabelValues(s.name).Inc()
 	r.m.subscribers.Set(float64(len(r.subs)))
 	r.m.subConnected.DeleteLabelValues(s.name)
-	r.logger.Error("router: durable subscriber DROPPED: not heard from for longer than -subscriber-retention; its queue at the router is deleted and what it had not acked will not reach it",
+	r.logger.Error("router: durable subscriber DROPPED: not heard from for longer than -subscriber-retention; its cursor in the log is deleted and what it had not acked will not reach it",
 		"subscriber", s.name, "silent_for", silent.Round(time.Second), "retention", r.cfg.SubscriberRetention,
 		"entries_dropped", depth, "bytes_dropped", size, "static", slices.Contains(r.cfg.Subscribers, s.name), "err", err)
 	if perr != nil {
@@ -245,7 +223,8 @@ func (r *Router) dropSubscriber(s *subscriber, silent time.Duration) {
 	}
 }
 
-// closeSubscribers stops every sender and closes every subscriber queue.
+// closeSubscribers stops every sender and closes every cursor (writing
+// its position).
 func (r *Router) closeSubscribers() error {
 	r.subsMu.Lock()
 	r.subsClosed = true
@@ -260,8 +239,8 @@ func (r *Router) closeSubscribers() error {
 	}
 	for _, s := range subs {
 		<-s.done
-		if err := s.q.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("router: close queue of subscriber %s: %w", s.name, err))
+		if err := s.closeSub(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -341,7 +320,7 @@ func (r *Router) storeRecvLoop(ctx context.Context) {
 				kind = evBusy
 				s.log.Debug("router: subscriber busy", "first", m.First, "last", m.Last, "reason", m.Reason)
 			}
-			s.post(subEvent{kind: kind, first: m.First, last: m.Last})
+			s.post(subEvent{kind: kind, first: m.First, last: m.Last, reason: m.Reason})
 		default:
 			r.bad(id, m, errors.New("store lane: unexpected message type from a subscriber"))
 		}

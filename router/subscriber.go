@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,10 +28,18 @@ type storeTiming struct {
 	// window is how many queue batches (of at most batchBytes each) a
 	// subscriber may have in flight.
 	window int
-	// batchBytes is the entry bytes read from a subscriber queue per batch.
+	// batchBytes is the entry bytes read from the log per batch, and the
+	// most PublishBatch bytes one protocol batch (srun) carries unless it
+	// is a single entry. A batch holds whole log records, and one record
+	// can be larger (the group commit of a backlog arriving at once); sent
+	// whole, it was one append at the writer, which refuses it as full for
+	// ever when it exceeds the writer's whole queue bound (issue 20).
 	batchBytes int
 	// tick is how often timeouts and retention are checked.
 	tick time.Duration
+	// stuckAfter of its cursor full makes a sender log its state, again
+	// every stuckEvery while it stays full (stuck.go).
+	stuckAfter, stuckEvery time.Duration
 }
 
 func defaultStoreTiming() storeTiming {
@@ -41,6 +49,8 @@ func defaultStoreTiming() storeTiming {
 		window:     8,
 		batchBytes: 256 << 10,
 		tick:       100 * time.Millisecond,
+		stuckAfter: 30 * time.Second,
+		stuckEvery: time.Minute,
 	}
 }
 
@@ -57,24 +67,41 @@ const (
 	maxSubBackoff = 5 * time.Second
 )
 
-// subscriber is one durable subscriber at the router: its queue and the
-// goroutine that sends that queue over the store lane.
+// subscriber is one durable subscriber at the router: its cursor in the
+// router's log (the main queue) and the goroutine that sends what the
+// cursor reads over the store lane. old is the subscriber's queue of a
+// router from before the log (QueueDir/subs/NAME/), drained first and
+// then deleted (migration; see doc.go).
 type subscriber struct {
-	name   string
-	dir    string
-	q      *queue.Queue
-	r      *Router
-	log    *slog.Logger
+	name string
+	dir  string
+	cur  *queue.Cursor
+	r    *Router
+	log  *slog.Logger
+
+	oldMu      sync.Mutex
+	old        *queue.Queue // nil once drained (or when there was none)
+	oldDrained atomic.Bool  // old has been read to its end
+
 	events chan subEvent
 	// lastHeard is the UnixNano of the last subscribe (or of registration).
 	lastHeard atomic.Int64
 	dropped   atomic.Bool
+	full      bool // its cursor was full at the last check (fullLoop)
 	cancel    context.CancelFunc
 	done      chan struct{}
 
 	sent, acked, busy prometheus.Counter
 	resent            *prometheus.CounterVec
 	connected         prometheus.Gauge
+}
+
+// source is what a subscriber's batches are read from: its cursor, or its
+// queue from before the log.
+type source interface {
+	Read(ctx context.Context, maxBytes int) (queue.Batch, error)
+	Ack(queue.Batch)
+	Nack(queue.Batch)
 }
 
 type subEventKind uint8
@@ -89,13 +116,16 @@ type subEvent struct {
 	kind        subEventKind
 	id          []byte
 	first, last uint64
+	reason      string // of a busy answer
 }
 
 // srun is one protocol batch: a run of consecutive sequences of a queue
-// batch (sequences jump across a restart of the router).
+// batch (sequences jump across a restart of the router), of at most
+// storeTiming.batchBytes unless it is one entry.
 type srun struct {
 	first, last uint64
 	frames      [][]byte
+	bytes       int // entry bytes
 	b           *sbatch
 	sent, acked bool
 	sentAt      time.Time
@@ -103,7 +133,9 @@ type srun struct {
 }
 
 type sbatch struct {
-	qb   queue.Batch
+	qb   queue.Batch   // as read, to ack or give back to src
+	ents []queue.Entry // what is sent: PublishBatches, seq set
+	src  source
 	left int
 }
 
@@ -122,23 +154,26 @@ func (s *subscriber) run(ctx context.Context) {
 	defer close(s.done)
 	t := s.r.timing
 	tokens := make(chan struct{}, t.window)
-	batches := make(chan queue.Batch)
+	batches := make(chan *sbatch)
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
+		if !s.r.waitLanes(ctx) {
+			return
+		}
 		for {
 			select {
 			case tokens <- struct{}{}:
 			case <-ctx.Done():
 				return
 			}
-			b, err := s.q.Read(ctx, t.batchBytes)
+			sb, err := s.readBatch(ctx, t.batchBytes)
 			if err != nil {
 				<-tokens
 				if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
 					return
 				}
-				s.log.Error("router: read subscriber queue; retrying", "err", err)
+				s.log.Error("router: read subscriber's batches; retrying", "err", err)
 				select {
 				case <-time.After(time.Second):
 				case <-ctx.Done():
@@ -146,10 +181,16 @@ func (s *subscriber) run(ctx context.Context) {
 				}
 				continue
 			}
+			if len(sb.ents) == 0 {
+				// Nothing in it could be built (counted, logged): passed.
+				sb.src.Ack(sb.qb)
+				<-tokens
+				continue
+			}
 			select {
-			case batches <- b:
+			case batches <- sb:
 			case <-ctx.Done():
-				s.q.Nack(b)
+				sb.src.Nack(sb.qb)
 				return
 			}
 		}
@@ -161,6 +202,7 @@ func (s *subscriber) run(ctx context.Context) {
 		up           bool
 		retry        = backoff.New(minSubBackoff, maxSubBackoff, nil)
 		backoffUntil time.Time
+		stuck        stuckReport
 	)
 	tick := time.NewTicker(t.tick)
 	defer tick.Stop()
@@ -202,25 +244,26 @@ loop:
 		select {
 		case <-ctx.Done():
 			break loop
-		case b := <-batches:
-			sb := &sbatch{qb: b}
-			for i := 0; i < len(b.Entries); {
-				j := i + 1
-				for j < len(b.Entries) && b.Entries[j].Seq == b.Entries[j-1].Seq+1 && j-i < forward.MaxEntries {
+		case sb := <-batches:
+			b := sb.ents
+			for i := 0; i < len(b); {
+				j, n := i+1, len(b[i].Data)
+				for j < len(b) && b[j].Seq == b[j-1].Seq+1 && j-i < forward.MaxEntries && n+len(b[j].Data) <= t.batchBytes {
+					n += len(b[j].Data)
 					j++
 				}
 				ents := make([][]byte, j-i)
 				for k := range ents {
-					ents[k] = b.Entries[i+k].Data
+					ents[k] = b[i+k].Data
 				}
-				m := forward.Message{Type: forward.TypeBatch, Packed: storePacked, Sender: s.r.cfg.ID, First: b.Entries[i].Seq, Last: b.Entries[j-1].Seq, Entries: ents}
+				m := forward.Message{Type: forward.TypeBatch, Packed: storePacked, Sender: s.r.cfg.ID, First: b[i].Seq, Last: b[j-1].Seq, Entries: ents}
 				frames, err := m.Frames()
 				if err != nil {
 					// Cannot happen (the router's ID is valid, runs are
 					// consecutive); keep the batch rather than lose it.
 					s.log.Error("router: encode store batch", "first", m.First, "last", m.Last, "err", err)
 				}
-				inflight = append(inflight, &srun{first: m.First, last: m.Last, frames: frames, b: sb})
+				inflight = append(inflight, &srun{first: m.First, last: m.Last, frames: frames, bytes: n, b: sb})
 				sb.left++
 				i = j
 			}
@@ -255,10 +298,12 @@ loop:
 					n++
 					s.acked.Inc()
 					if rn.b.left--; rn.b.left == 0 {
-						s.q.Ack(rn.b.qb)
+						rn.b.src.Ack(rn.b.qb)
 						<-tokens
+						s.oldAcked(rn.b.src)
 					}
 				}
+				stuck.acked += n
 				if n > 0 {
 					retry.Reset()
 					backoffUntil = time.Time{}
@@ -273,6 +318,8 @@ loop:
 				}
 			case evBusy:
 				s.busy.Inc()
+				stuck.busy++
+				stuck.lastBusy = ev.reason
 				for _, rn := range inflight {
 					if !rn.acked && rn.first >= ev.first && rn.last <= ev.last {
 						rn.sent, rn.why = false, "busy"
@@ -288,31 +335,11 @@ loop:
 				s.log.Warn("router: subscriber silent; holding its batches until it is back", "silent_for", now.Sub(time.Unix(0, s.lastHeard.Load())).Round(time.Millisecond), "in_flight", len(inflight))
 			}
 			sendDue(now)
+			s.reportStuck(&stuck, now, subSenderState{inflight: inflight, held: len(tokens), window: cap(tokens), up: up, backoffUntil: backoffUntil})
 		}
 	}
 	<-readerDone
 	s.connected.Set(0)
-	// What is in flight stays in the queue (the queue is closed next): it
-	// is sent again after a restart.
-}
-
-// appendEntries appends entries to the subscriber's queue, as few appends
-// as publishLimit allows (so that each fits in a record, and in the queue
-// when it is empty). It returns how many entries were appended, in order,
-// so that a retry after an error goes on from there.
-func (s *subscriber) appendEntries(entries [][]byte) (int, error) {
-	limit := s.r.publishLimit()
-	done := 0
-	for done < len(entries) {
-		n, size := 0, 64
-		for done+n < len(entries) && (n == 0 || size+len(entries[done+n])+10 <= limit) {
-			size += len(entries[done+n]) + 10
-			n++
-		}
-		if _, err := s.q.Append(context.Background(), entries[done:done+n]...); err != nil {
-			return done, fmt.Errorf("append to subscriber %s: %w", s.name, err)
-		}
-		done += n
-	}
-	return done, nil
+	// What is in flight stays in the log (the cursor has not passed it; it
+	// is closed next): it is sent again after a restart.
 }
