@@ -239,6 +239,14 @@ func (f *Feed) dispatchAlert(ev *alertEvent) {
 
 // offerAlert queues an alert message for the client if it follows v.
 func (c *client) offerAlert(msg []byte, v *vehicle) {
+	if s := c.streamOf; s != nil {
+		// A stream's members are out of the hub: they get the alert
+		// themselves (the caller holds hubMu, which guards members).
+		for m := range s.members {
+			m.offerAlert(msg, v)
+		}
+		return
+	}
 	c.mu.Lock()
 	if c.stopping || c.sub == nil || !c.who.scope.allows(v.fleet) || !c.sub.match(v) {
 		c.mu.Unlock()

@@ -109,6 +109,16 @@ type client struct {
 	force       *time.Timer
 	expiry      *time.Timer // closes the client when its token expires; nil: never
 	released    bool        // the client has ended: no expiry timer any more
+	takes       uint64      // takes that handed out updates, numbering a stream's messages
+
+	// Shared streams (stream.go). key and stream are written under
+	// Feed.hubMu and c.mu, shared and the rest under c.mu.
+	key         string      // streamKey of the subscription, "" without one
+	stream      *stream     // the stream feeding the client; nil: its own path
+	joinedAt    uint64      // the stream's takes when the client joined
+	shared      []sharedRef // the stream's messages waiting for the writer
+	sharedBytes int         // their payload bytes
+	streamOf    *stream     // set on a stream's own conflation state, which has no connection
 }
 
 func newClient(f *Feed, ws *websocket.Conn, who *principal) *client {
@@ -212,7 +222,7 @@ func (c *client) offer(changes []change, now int64) {
 	// While the writer is paced its timer is set for the end of the
 	// window, when it takes what is due: no wake-up before (see take).
 	wake = wake || due && now >= c.pacedUntil
-	slow := c.dueSince != 0 && now-c.dueSince > int64(c.f.cfg.SlowTimeout) && len(c.due) > c.f.cfg.SlowBacklog
+	slow := c.streamOf == nil && c.dueSince != 0 && now-c.dueSince > int64(c.f.cfg.SlowTimeout) && len(c.due) > c.f.cfg.SlowBacklog
 	backlog := len(c.due)
 	c.mu.Unlock()
 	if conflated > 0 {
@@ -337,6 +347,9 @@ func (c *client) take(now int64, t *takeBuf) {
 		return
 	}
 	t.alerts, c.alerts = c.alerts, nil
+	// The two slices swap: the stream appends to the one the writer has
+	// finished with, without allocating per message.
+	t.shared, c.shared, c.sharedBytes = c.shared, t.shared, 0
 	if now < c.pacedUntil {
 		// Paced: no update until the window ends; the writer comes
 		// back then.
@@ -384,6 +397,10 @@ func (c *client) take(now int64, t *takeBuf) {
 	}
 	if len(c.held) > 0 {
 		t.next = max(c.heldNext, c.heldScanned+gap)
+	}
+	if len(t.items) > 0 {
+		c.takes++
+		t.seq = c.takes
 	}
 	if len(t.items) > 0 && c.f.cfg.SendInterval > 0 {
 		c.pacedUntil = now + int64(c.f.cfg.SendInterval)
@@ -454,6 +471,11 @@ func (c *client) finish() {
 		c.force.Stop()
 	}
 	pending := len(c.due) + len(c.held)
+	for _, r := range c.shared {
+		pending += r.m.updates
+	}
+	releaseAll(c.shared)
+	c.shared, c.sharedBytes = nil, 0
 	subscribed := c.sub != nil
 	reason := c.reason
 	c.sub = nil

@@ -5,6 +5,7 @@ package livefeed
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -19,9 +20,22 @@ func (c *client) readLoop() {
 	c.extend()
 	c.ws.SetPongHandler(func(string) error { c.extend(); return nil })
 	for {
-		_, data, err := c.ws.ReadMessage()
+		_, r, err := c.ws.NextReader()
 		if err != nil {
 			c.readFailed(err)
+			return
+		}
+		// SetReadLimit bounds the bytes on the wire; with
+		// permessage-deflate (-compression) a small message can inflate
+		// without bound, so the inflated bytes are bounded too.
+		data, err := io.ReadAll(io.LimitReader(r, maxClientMessage+1))
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		if len(data) > maxClientMessage {
+			c.log(slog.LevelInfo, "livefeed: client message over the size limit once inflated; closing 1009", "limit_bytes", maxClientMessage)
+			c.kill(websocket.CloseMessageTooBig, "message too big", reasonTooBig)
 			return
 		}
 		c.extend()
@@ -191,6 +205,11 @@ func (c *client) subscribe(sub *subscription) {
 	clear(c.shown)
 	c.heldNext, c.dueSince = 0, 0
 	c.mu.Unlock()
+	// Out of its stream only now that the snapshot is pending: a stream
+	// message given meanwhile is dropped with the others not yet taken,
+	// and the client cannot join a stream again (drainedLocked) before
+	// its snapshot has been written, which no stream message may precede.
+	c.f.rekey(c, streamKey(c.who.scope, sub))
 
 	scope := c.who.scope
 	limit := c.f.cfg.SnapshotMax
@@ -262,6 +281,7 @@ func (c *client) subscribe(sub *subscription) {
 
 // unsubscribe stops updates until the next subscribe.
 func (c *client) unsubscribe(id string) {
+	c.f.rekey(c, "")
 	c.mu.Lock()
 	if c.sub != nil {
 		c.f.m.subscriptions.Dec()

@@ -18,19 +18,23 @@ type takeBuf struct {
 	controls [][]byte
 	alerts   [][]byte
 	snap     *snapshotOut
+	shared   []sharedRef // a stream's messages, for a member
 	items    []pendingItem
+	seq      uint64 // the take's number, when it hands out items
 	next     int64
 	more     bool
 }
 
 func (t *takeBuf) reset() {
-	t.controls, t.alerts, t.snap, t.next, t.more = nil, nil, nil, 0, false
+	t.controls, t.alerts, t.snap, t.seq, t.next, t.more = nil, nil, nil, 0, 0, false
 	clear(t.items)
 	t.items = t.items[:0]
+	clear(t.shared)
+	t.shared = t.shared[:0]
 }
 
 func (t *takeBuf) empty() bool {
-	return len(t.controls) == 0 && len(t.alerts) == 0 && t.snap == nil && len(t.items) == 0
+	return len(t.controls) == 0 && len(t.alerts) == 0 && t.snap == nil && len(t.shared) == 0 && len(t.items) == 0
 }
 
 // writeLoop is the client's only writer of data messages: it writes what is
@@ -52,6 +56,7 @@ func (c *client) writeLoop() {
 		if next != 0 {
 			timer.Reset(time.Duration(next - time.Now().UnixNano()))
 		}
+		c.f.tryJoin(c)
 		select {
 		case <-c.stopCh:
 			c.closeConn()
@@ -102,6 +107,22 @@ func (c *client) flush(t *takeBuf) (next int64, ok bool) {
 				return 0, false
 			}
 			c.f.m.alertsSent.Inc()
+		}
+		for i, r := range t.shared {
+			m := r.m
+			_ = c.ws.SetWriteDeadline(time.Now().Add(c.f.cfg.WriteTimeout))
+			err := c.ws.WritePreparedMessage(m.pm)
+			if err != nil {
+				releaseAll(t.shared[i:])
+				c.writeFailed(err)
+				return 0, false
+			}
+			r.release()
+			c.f.m.messagesSent.Inc()
+			c.f.m.updatesSent.Add(float64(m.updates))
+			if m.oldest != 0 {
+				c.f.m.sendDelay.Observe(float64(time.Now().UnixNano()-m.oldest) / 1e9)
+			}
 		}
 		if len(t.items) > 0 {
 			oldest := int64(0)

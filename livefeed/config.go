@@ -90,6 +90,19 @@ type Config struct {
 	// "The livefeed's fan-out", for why). Snapshots, alerts and errors are
 	// not held back.
 	SendInterval time.Duration
+	// SharedStreams feeds the clients that follow the same filter and keep
+	// up from one stream of update messages, built and framed once
+	// (stream.go); a client that falls behind is fed on its own, with
+	// conflation, until it has caught up. Off: every client is fed on its
+	// own.
+	SharedStreams bool
+	// Compression negotiates permessage-deflate with clients that offer
+	// it (browsers do): fewer bytes on the wire for more CPU. A shared
+	// stream's message is compressed once for all its members; a client
+	// on its own path costs a compression per message. Off by default.
+	Compression bool
+	// sharedBehind, for tests, replaces maxSharedBehind when not 0.
+	sharedBehind int
 	// SnapshotMax bounds the vehicles of one snapshot; vehicles beyond it
 	// reach the client with their next update.
 	SnapshotMax int
@@ -144,6 +157,7 @@ func DefaultConfig() Config {
 		MaxClients:          10000,
 		MaxRate:             10,
 		SendInterval:        0, // off: measured, it cost the one-client latency and bought nothing at 500 (docs/performance.md)
+		SharedStreams:       true,
 		SnapshotMax:         20000,
 		MaxSubscribeDevices: 1000,
 		SlowBacklog:         1000,
@@ -189,6 +203,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"most updates per second (`hz`) per vehicle sent to one client; clients may ask for fewer")
 	fs.DurationVar(&c.SendInterval, "send-interval", c.SendInterval,
 		"least time (`duration`) between two update messages to one client; updates due meanwhile go out together in the next (0: a message per wake-up)")
+	fs.BoolVar(&c.SharedStreams, "shared-streams", c.SharedStreams,
+		"feed the clients that follow the same filter and keep up one shared stream of update messages, built once (false: each client its own)")
+	fs.BoolVar(&c.Compression, "compression", c.Compression,
+		"negotiate permessage-deflate with clients that offer it: fewer bytes, more CPU (a shared stream's message is compressed once)")
 	fs.IntVar(&c.SnapshotMax, "snapshot-max", c.SnapshotMax,
 		"most `vehicles` in one subscription snapshot; the rest arrive with their next update")
 	fs.IntVar(&c.MaxSubscribeDevices, "max-subscribe-devices", c.MaxSubscribeDevices,

@@ -73,6 +73,28 @@
 // Config.SlowTimeout is told and closed; the rest of the feed never
 // notices it.
 //
+// # Shared streams
+//
+// Clients with the same scope, filter and rate that keep up share a stream
+// (stream.go; Config.SharedStreams, on by default): the stream has a
+// client's conflation state and is offered and taken like one, but its
+// update message is built once, as a gorilla PreparedMessage (framed once,
+// and compressed once for the members that negotiated permessage-deflate,
+// Config.Compression), and handed to every member; a member's writer
+// writes those bytes, so it costs a wake-up and a write per message and
+// nothing per vehicle. A client joins when its own path has drained (its
+// snapshot written, nothing due or held) and its key has a stream or a
+// second client; a message the stream took before the join is not given
+// to it, since its own path may already have written newer states (the
+// latest state of a vehicle may therefore come twice around a join). A
+// member with 4 MiB of the stream's messages not yet written leaves: those
+// are dropped and it is due the latest state of every vehicle the stream
+// has shown, has due or holds, or removed in them (conflation, as for any
+// client that falls behind); on its own path the slow-client rule applies,
+// and once it has caught up it joins again. Subscribing again, or
+// unsubscribing, takes a client out of its stream first. Alerts reach a
+// member through its stream's entry in the hub, one per member.
+//
 // A subscribe holds the client's updates, walks the store for the snapshot,
 // and queues the snapshot ahead of the updates that came in meanwhile, so a
 // client sees a snapshot and then only newer states. The client's scope (the

@@ -725,6 +725,26 @@ func TestIdleClientClosed(t *testing.T) {
 	alive.subscribe(subscribeMsg{})
 }
 
+// With -compression a message under the limit on the wire may inflate
+// past it: the inflated size is what is bounded (a decompression bomb).
+func TestOversizedClientMessageInflated(t *testing.T) {
+	noLeaks(t)
+	pub := newPublisher(t, "r0")
+	rf := startFeed(t, func(c *Config) { c.Compression = true }, pub)
+	ws, _, err := dialRaw(rf, devToken, &websocket.Dialer{HandshakeTimeout: 5 * time.Second, EnableCompression: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startClient(t, ws)
+	big := `{"type":"subscribe","devices":["` + strings.Repeat("x", 16*maxClientMessage) + `"]}` // ~1 KB deflated
+	if err := c.ws.WriteMessage(websocket.TextMessage, []byte(big)); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.closeCode(5 * time.Second); code != websocket.CloseMessageTooBig {
+		t.Errorf("closed with %d, want 1009", code)
+	}
+}
+
 func TestOversizedClientMessage(t *testing.T) {
 	noLeaks(t)
 	pub := newPublisher(t, "r0")

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
@@ -125,7 +126,7 @@ func newPublisherAt(t testing.TB, name, listen string) (*publisher, error) {
 		t.Fatal(err)
 	}
 	if err := sock.Listen(ep); err != nil {
-		_ = sock.Close()
+		_ = zmqsock.Close(sock)
 		sec.Close()
 		return nil, err
 	}
@@ -217,7 +218,10 @@ func startFeedLogged(t testing.TB, logger *slog.Logger, mutate func(*Config), pu
 	rf := &running{Feed: f, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { rf.done <- f.Run(ctx) }()
 	t.Cleanup(func() { rf.stop(t) })
-	waitFor(t, 10*time.Second, "the livefeed to be ready", func() bool {
+	// 30 s: a ZMTP handshake that fails (its 5 s timeout, under -race on
+	// a loaded machine) is tried again 5 s later; 10 s was seen to run out
+	// twice in a row.
+	waitFor(t, 30*time.Second, "the livefeed to be ready", func() bool {
 		select {
 		case err := <-rf.done:
 			t.Fatalf("Run returned before ready: %v", err)

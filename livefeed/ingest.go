@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
@@ -44,8 +45,11 @@ func (f *Feed) dialSubscriber(ctx context.Context, log *slog.Logger, id, topic s
 		zmq4.WithTimeout(zmqTimeout),
 		zmq4.WithLogger(slog.NewLogLogger(log.Handler(), slog.LevelWarn)),
 	)
-	stop := context.AfterFunc(ctx, func() { _ = sock.Close() })
-	closeSock = func() { stop(); _ = sock.Close() }
+	// The closures hold their own copy: the failure paths below return a
+	// nil sock, which must not reach a close already under way.
+	s := sock
+	stop := context.AfterFunc(ctx, func() { _ = zmqsock.Close(s) })
+	closeSock = func() { stop(); _ = zmqsock.Close(s) }
 	if err := sock.SetOption(zmq4.OptionSubscribe, topic); err != nil {
 		log.Error("livefeed: subscribe to "+topic+" failed", "err", err)
 		closeSock()

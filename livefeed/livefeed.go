@@ -86,6 +86,11 @@ type Feed struct {
 	hubMu   sync.RWMutex
 	byFleet map[string]map[*client]struct{}
 	all     map[*client]struct{} // clients that may see every fleet
+	// Shared streams (stream.go): by key, and the subscribed clients of
+	// each key. A client in a stream is out of byFleet and all; its
+	// stream is in them instead.
+	streams map[string]*stream
+	keys    map[string]int
 
 	mu      sync.Mutex // guards the fields below
 	closing bool
@@ -145,6 +150,8 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 		alerts:      activeAlerts{byDev: map[string]map[string]clientAlert{}},
 		clientsPoll: 2 * time.Second,
 		byFleet:     make(map[string]map[*client]struct{}),
+		streams:     make(map[string]*stream),
+		keys:        make(map[string]int),
 		all:         make(map[*client]struct{}),
 		conns:       make(map[*client]struct{}),
 	}
@@ -165,6 +172,10 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Feed, err
 		ReadBufferSize:  256,
 		WriteBufferSize: 16 << 10,
 		WriteBufferPool: &sync.Pool{},
+		// permessage-deflate without context takeover (gorilla's only
+		// mode), so that a shared message compressed once is valid on
+		// every member's connection.
+		EnableCompression: cfg.Compression,
 		// Clients authenticate with a token, never with cookies a browser
 		// would attach to a cross-site request: an Origin check protects
 		// nothing here and would refuse the map page served elsewhere.
@@ -416,6 +427,33 @@ func (f *Feed) track(c *client) bool {
 	f.conns[c] = struct{}{}
 	f.mu.Unlock()
 	f.hubMu.Lock()
+	f.hubAdd(c)
+	f.hubMu.Unlock()
+	return true
+}
+
+// release forgets an ended client and frees its slot.
+func (f *Feed) release(c *client) {
+	f.hubMu.Lock()
+	if c.stream != nil {
+		f.leaveLocked(c, leaveClosed)
+	} else {
+		f.hubRemove(c)
+	}
+	f.unkeyLocked(c)
+	f.hubMu.Unlock()
+	c.stopExpiry()
+	f.mu.Lock()
+	delete(f.conns, c)
+	f.active--
+	f.mu.Unlock()
+	f.m.clients.Dec()
+	f.connWG.Done()
+}
+
+// hubAdd makes c one of those offered the updates of its scope's fleets.
+// The caller holds hubMu.
+func (f *Feed) hubAdd(c *client) {
 	if sc := c.who.scope; sc.all {
 		f.all[c] = struct{}{}
 	} else {
@@ -428,13 +466,10 @@ func (f *Feed) track(c *client) bool {
 			set[c] = struct{}{}
 		}
 	}
-	f.hubMu.Unlock()
-	return true
 }
 
-// release forgets an ended client and frees its slot.
-func (f *Feed) release(c *client) {
-	f.hubMu.Lock()
+// hubRemove undoes hubAdd. The caller holds hubMu.
+func (f *Feed) hubRemove(c *client) {
 	if sc := c.who.scope; sc.all {
 		delete(f.all, c)
 	} else {
@@ -447,14 +482,6 @@ func (f *Feed) release(c *client) {
 			}
 		}
 	}
-	f.hubMu.Unlock()
-	c.stopExpiry()
-	f.mu.Lock()
-	delete(f.conns, c)
-	f.active--
-	f.mu.Unlock()
-	f.m.clients.Dec()
-	f.connWG.Done()
 }
 
 // dispatch hands changes to every client that may be concerned: those whose

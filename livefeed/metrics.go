@@ -58,6 +58,13 @@ type metrics struct {
 	alertsReceived   prometheus.Counter
 	alertsSent       prometheus.Counter
 	alertsDropped    prometheus.Counter
+	streams          prometheus.Gauge
+	streamClients    prometheus.Gauge
+	streamJoins      prometheus.Counter
+	streamLeaves     *prometheus.CounterVec
+	streamMessages   prometheus.Counter
+	streamRoundsCut  prometheus.Counter
+	streamDropped    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -164,8 +171,33 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		alertsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_livefeed_alerts_dropped_total", Help: "Alert messages dropped for a client that had 256 waiting (its oldest).",
 		}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drover_livefeed_streams", Help: "Shared streams now: groups of clients with the same filter fed the same messages.",
+		}),
+		streamClients: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drover_livefeed_stream_clients", Help: "Clients fed from a shared stream now (the others are fed on their own).",
+		}),
+		streamJoins: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_stream_joins_total", Help: "Clients that joined a shared stream, having caught up on their own.",
+		}),
+		streamLeaves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_livefeed_stream_leaves_total",
+			Help: "Clients that left a shared stream, by reason (behind: fell 4 MiB behind and went on on their own; resubscribe; closed).",
+		}, []string{"reason"}),
+		streamMessages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_stream_messages_total", Help: "Update messages built by shared streams (each written to every member).",
+		}),
+		streamRoundsCut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_stream_rounds_cut_total",
+			Help: "Stream messages after which the stream stopped waiting for its members that were keeping up to write it (they took longer than 50 ms) and took the next.",
+		}),
+		streamDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_livefeed_stream_messages_dropped_total",
+			Help: "Shared messages a client that fell behind did not get: replaced by the latest state of their vehicles.",
+		}),
 	}
 	for _, c := range []prometheus.Collector{
+		m.streams, m.streamClients, m.streamJoins, m.streamLeaves, m.streamMessages, m.streamRoundsCut, m.streamDropped,
 		m.clients, m.clientsAccepted, m.refusals, m.disconnects, m.slowDisconnects, m.subscriptions,
 		m.subscribes, m.clientErrors, m.routersConnected, m.batchesReceived, m.batchesMissed,
 		m.messagesInvalid, m.updatesReceived, m.updatesStale, m.updatesRetired, m.vehiclesRetired, m.updatesInvalid, m.updatesSent,
