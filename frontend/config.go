@@ -40,6 +40,12 @@ type Config struct {
 	// routers in fewer, larger batches (fewer router fsyncs). It delays the
 	// router's copy, never the device's ack. 0 or less: none.
 	DrainLinger time.Duration
+	// CommitDelay holds a queue commit that follows the last one by less
+	// than this for this long, so that the frames arriving meanwhile share
+	// its fsync (queue.Options.CommitDelay): for many devices that send one
+	// reading a frame, fewer fsyncs per frame for up to this much more ack
+	// latency. 0, the default: no hold.
+	CommitDelay time.Duration
 
 	// Registry is the path of the device registry file (JSON, see
 	// internal/registry). It is reloaded on SIGHUP and when it changes.
@@ -109,7 +115,9 @@ type Config struct {
 	// peer is the client.
 	TrustedProxies []string
 
-	// PingInterval is how often the server pings each connection.
+	// PingInterval is how often the server pings a connection whose device
+	// has sent no data frame for that long (one that sends frames is not
+	// pinged: they prove it alive).
 	PingInterval time.Duration
 	// IdleTimeout closes a connection from which nothing (no message, no
 	// pong) has arrived for that long.
@@ -201,6 +209,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"`name` of this frontend towards the routers, unique and stable across restarts; the host name unless set")
 	fs.DurationVar(&c.DrainLinger, "drain-linger", c.DrainLinger,
 		"after forwarding a small batch, wait this long before reading the queue again, so routers fsync fewer, larger batches; delays the router's copy, not the device's ack; 0: none (`duration`)")
+	fs.DurationVar(&c.CommitDelay, "commit-delay", c.CommitDelay,
+		"hold a queue commit that follows the last by less than this for this long, so that frames arriving meanwhile share its fsync: fewer fsyncs (disk IOPS) for many devices sending one reading a frame, up to this much more ack latency; 0: none (`duration`, at most 1s)")
 	fs.StringVar(&c.Registry, "registry", c.Registry,
 		"device registry `file` (JSON); reloaded on SIGHUP and when it changes; not read with -registry-api")
 	c.Follow.RegisterFlags(fs)
@@ -235,7 +245,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var((*daemon.StringList)(&c.TrustedProxies), "trusted-proxies",
 		"comma-separated `addresses or prefixes` (10.0.0.0/8) of proxies whose X-Forwarded-For names the client; empty: none is believed")
 	fs.DurationVar(&c.PingInterval, "ping-interval", c.PingInterval,
-		"how often the server pings each device (`duration`)")
+		"ping a device that has sent no frame for this long, and again every interval while it stays quiet (`duration`)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout,
 		"close a connection silent (no message, no pong) for this long (`duration`)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout,
@@ -335,6 +345,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("trusted-proxies: %w", err))
 	}
 	want(c.PingInterval > 0, "ping-interval", c.PingInterval, "more than 0")
+	want(c.CommitDelay >= 0 && c.CommitDelay <= time.Second, "commit-delay", c.CommitDelay, "0 (none) to 1s")
 	want(c.IdleTimeout > c.PingInterval, "idle-timeout", c.IdleTimeout, "more than ping-interval, so that a pong can arrive in time")
 	if err := c.TLS.Validate(); err != nil {
 		errs = append(errs, err)

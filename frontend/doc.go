@@ -102,7 +102,8 @@
 // (gorilla allows one writer at a time): acks by the read loop, commands and
 // report acks by the commander.
 // Keepalive pings are control frames written from a time.AfterFunc timer, not
-// from a second goroutine. Read buffers are 256 bytes and write buffers come
+// from a second goroutine, and only to a device that has sent no data frame
+// for a ping interval. Read buffers are 256 bytes and write buffers come
 // from a pool. TestIdleConnectionMemory measures the cost of an idle
 // connection (about 6 KiB: 2.1 KiB heap, 4 KiB goroutine stack).
 //

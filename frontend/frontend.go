@@ -239,6 +239,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 		Name:           "frontend",
 		MaxBytes:       f.cfg.QueueMaxBytes,
 		MaxRecordBytes: queueRecordBytes(f.cfg),
+		CommitDelay:    f.cfg.CommitDelay,
 	}, f.logger, f.reg)
 	if err != nil {
 		f.setReady(fmt.Errorf("frontend: queue: %w", err))

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -352,8 +353,34 @@ func TestKeepalive(t *testing.T) {
 	}()
 	// A device that never reads answers no ping.
 	e.connect(t, 2, false)
-
-	pings.Wait() // 15 pings: 1.5 s, past the idle timeout
+	// A device that sends a frame every 20 ms is never pinged: its frames
+	// prove the connection alive.
+	chatty := e.connect(t, 3, false)
+	var chattyPings atomic.Int32
+	chatty.SetPingHandler(func(data string) error {
+		chattyPings.Add(1)
+		return chatty.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+	})
+	pinged := make(chan struct{})
+	go func() { pings.Wait(); close(pinged) }()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for seq := uint64(1); ; seq++ {
+		select {
+		case <-pinged: // 15 pings: 1.5 s, past the idle timeout
+		case <-tick.C:
+			ack(t, chatty, false, readings(time.Now(), seq), seq) // its reads run the ping handler
+			continue
+		}
+		break
+	}
+	chatty.Close()
+	if n := chattyPings.Load(); n != 0 {
+		t.Errorf("a device sending a frame every 20 ms got %d pings at a 100 ms interval, want none", n)
+	}
+	if e.metric(e.f.m.pingsSkipped) == 0 || e.metric(e.f.m.pingsSent) < 15 {
+		t.Errorf("pings skipped %v, sent %v: want some skipped and the quiet device's 15 sent", e.metric(e.f.m.pingsSkipped), e.metric(e.f.m.pingsSent))
+	}
 	select {
 	case err := <-readErr:
 		t.Fatalf("live connection closed: %v", err)

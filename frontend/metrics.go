@@ -33,6 +33,8 @@ type metrics struct {
 	connectionsAccepted prometheus.Counter
 	connectionsRefused  prometheus.Counter
 	handedToHTTP        prometheus.Counter
+	pingsSent           prometheus.Counter
+	pingsSkipped        prometheus.Counter
 	connectionsClosed   *prometheus.CounterVec
 	refusals            *prometheus.CounterVec
 	framesReceived      prometheus.Counter
@@ -63,6 +65,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		handedToHTTP: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_frontend_requests_handed_to_net_http_total",
 			Help: "Connections the device listener's front door handed to net/http: not a WebSocket upgrade of the ingest path (firmware downloads, other paths), or a request head over 4 KiB. Upgrades are served without net/http's per-connection buffers.",
+		}),
+		pingsSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_frontend_pings_sent_total",
+			Help: "Keepalive pings written to devices: one per -ping-interval to a device that sent no data frame in it.",
+		}),
+		pingsSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_frontend_pings_skipped_total",
+			Help: "Keepalive pings not written because the device had sent a data frame within -ping-interval: its frames prove the connection alive.",
 		}),
 		connectionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_frontend_connections_closed_total",
@@ -111,7 +121,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.connections, m.connectionsAccepted, m.connectionsRefused, m.handedToHTTP, m.connectionsClosed, m.refusals,
+		m.connections, m.connectionsAccepted, m.connectionsRefused, m.handedToHTTP, m.pingsSent, m.pingsSkipped, m.connectionsClosed, m.refusals,
 		m.framesReceived, m.framesStored, m.framesDuplicate,
 		m.readingsReceived, m.readingsBacklog, m.readingsStored, m.readingsDuplicate,
 		m.ackLatency, m.devices,
