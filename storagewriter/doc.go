@@ -22,7 +22,12 @@
 // appended before (a forward.SeqSet per router), appends the rest in
 // goroutines so that the receive loop never waits on fsync, and answers
 // each batch with an ack once it is durable, or busy when its queue is full
-// or its disk fails. One sink loop gathers up to Config.BatchRecords records
+// or its disk fails. A batch is appended in pieces of at most a quarter of
+// the queue's bound (and of a record), each recorded as done, so that one
+// larger than the room left is taken piece by piece as the sink drains the
+// queue; one entry is appended whole, and one larger than the whole bound
+// is refused for good (busy, reason over_bound, an error logged once a
+// minute) while the router keeps it. One sink loop gathers up to Config.BatchRecords records
 // or Config.BatchInterval worth, writes them, and acks the queue only when
 // the sink returned nil. Transient sink errors are retried with jittered
 // exponential backoff; records the sink refuses for good are isolated by

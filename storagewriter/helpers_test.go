@@ -22,6 +22,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
+	"github.com/drover-telemetry/drover/internal/zmqsock"
 	"github.com/drover-telemetry/drover/storagewriter/lake"
 	"github.com/drover-telemetry/drover/telemetry"
 )
@@ -69,7 +70,7 @@ func startFakeRouterAt(t testing.TB, id, listen string) (*fakeRouter, error) {
 	}
 	if err := f.sock.Listen(ep); err != nil {
 		cancel()
-		f.sock.Close()
+		_ = zmqsock.Close(f.sock)
 		sec.Close()
 		return nil, err
 	}
@@ -111,7 +112,7 @@ func startFakeRouterAt(t testing.TB, id, listen string) (*fakeRouter, error) {
 	}()
 	t.Cleanup(func() {
 		cancel()
-		f.sock.Close()
+		_ = zmqsock.Close(f.sock)
 		<-f.done
 		sec.Close()
 	})

@@ -44,7 +44,7 @@ func newMetrics() *metrics {
 		recordsReceived: prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_records_received_total", Help: "Records received from routers, duplicates included."}),
 		duplicates:      prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_duplicate_entries_total", Help: "Entries received again after they were appended (resends), dropped."}),
 		appended:        prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_appended_entries_total", Help: "Entries appended (fsynced) to the writer's queue."}),
-		busy:            prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_writer_busy_total", Help: "Batches answered busy (not stored; the router resends), by reason (full, storage, appenders, closed, error)."}, []string{"reason"}),
+		busy:            prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_writer_busy_total", Help: "Batches answered busy (not stored; the router resends), by reason (full; over_bound: an entry larger than the whole queue bound; storage, appenders, closed, error)."}, []string{"reason"}),
 		badMessages:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drover_writer_bad_messages_total", Help: "Messages from routers dropped as malformed or unexpected, by reason."}, []string{"reason"}),
 		routersUp:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "drover_writer_routers_up", Help: "Routers that answered the last heartbeats."}),
 		recordsWritten:  prometheus.NewCounter(prometheus.CounterOpts{Name: "drover_writer_records_written_total", Help: "Records the sink confirmed durable."}),

@@ -102,6 +102,10 @@ type Writer struct {
 
 	out   outage  // the sink's outage state, shared by the sink writers
 	track writing // writes in flight, for the backlog age
+
+	// overBoundLogged is the UnixNano of the last error about an entry
+	// larger than the queue's whole bound (at most one a minute).
+	overBoundLogged atomic.Int64
 }
 
 // New checks cfg and returns a writer that logs to logger and registers its
@@ -456,7 +460,10 @@ func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 	defer w.appendWG.Done()
 	defer func() { <-w.appendSem }()
 	q := w.q.Load()
+	bound := q.MaxBytes()
+	chunk := appendChunkBytes(bound)
 	var failed error
+	overBound := 0 // the size of an entry that no free space can take
 	for _, iv := range todo {
 		if failed != nil {
 			break
@@ -466,7 +473,7 @@ func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 			last := first
 			for seq := first; seq <= iv.Last; seq++ {
 				e := withRouter(m.Entries[seq-m.First], m.Sender)
-				if len(entries) > 0 && size+len(e)+16 > maxRecordBytes-1024 {
+				if len(entries) > 0 && size+len(e)+16 > chunk {
 					break
 				}
 				entries = append(entries, e)
@@ -481,6 +488,9 @@ func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 					}
 				}
 				if err != nil {
+					if errors.Is(err, queue.ErrFull) && len(entries) == 1 && bound > 0 && int64(len(entries[0])) > bound {
+						overBound = len(entries[0])
+					}
 					failed = err
 					break
 				}
@@ -503,6 +513,9 @@ func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 	case failed != nil:
 		reason := "error"
 		switch {
+		case overBound > 0:
+			reason = "over_bound"
+			w.logOverBound(m, overBound, bound)
 		case errors.Is(failed, queue.ErrFull):
 			reason = "full"
 		case errors.Is(failed, queue.ErrStorage):
@@ -518,6 +531,33 @@ func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 	case complete:
 		l.send(forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
 	}
+}
+
+// logOverBound says, at most once a minute, that an entry is larger than
+// the writer's whole queue bound: it is refused (busy) every time, and the
+// router holds it and what follows until the bound is raised.
+func (w *Writer) logOverBound(m forward.Message, size int, bound int64) {
+	now := time.Now().UnixNano()
+	last := w.overBoundLogged.Load()
+	if last != 0 && time.Duration(now-last) < time.Minute || !w.overBoundLogged.CompareAndSwap(last, now) {
+		return
+	}
+	w.logger.Error("storage-writer: an entry is larger than the whole queue bound and can never be stored; the router keeps it (and holds back what follows) until -queue-max-bytes is raised above it",
+		"router", m.Sender, "first", m.First, "last", m.Last, "entry_bytes", size, "queue_max_bytes", bound)
+}
+
+// appendChunkBytes is the most entry bytes appended at once (one queue
+// record) with a queue bound of bound: what a record holds, and at most a
+// quarter of the bound. A batch larger than the whole bound (a router's
+// log record of several entries, issue 20) is then appended piecewise as
+// the sink drains the queue, each piece recorded as done; appended as one
+// record it was refused as full every time, even with the queue empty.
+func appendChunkBytes(bound int64) int {
+	n := maxRecordBytes - 1024
+	if bound > 0 {
+		n = int(min(int64(n), max(bound/4, 1)))
+	}
+	return n
 }
 
 // withRouter returns entry (a serialized PublishBatch) with its router

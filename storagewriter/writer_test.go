@@ -126,3 +126,64 @@ func TestQueueFullAnswersBusy(t *testing.T) {
 	rt.deliver(2, entries[1:]) // resent until the sink is back and the queue has room
 	waitFor(t, 30*time.Second, "every record written", func() bool { return len(fs.written()) == len(recs) })
 }
+
+// TestBatchLargerThanQueueBound: a batch whose entries together exceed the
+// writer's whole queue bound (a router's log record of several entries,
+// issue 20) is taken piecewise as the sink drains the queue, not refused
+// as full for ever; every record reaches the lake once.
+func TestBatchLargerThanQueueBound(t *testing.T) {
+	rt := startFakeRouter(t, "router-g")
+	cfg := testWriterConfig(t.TempDir(), rt.addr)
+	recs := makeRecords(1200, 5, 1)
+	entries := entriesOf(t, "router-g", recs, 100) // 12 entries
+	total := 0
+	for _, e := range entries {
+		total += len(e)
+	}
+	cfg.QueueMaxBytes = int64(total / 3)
+	if int64(len(entries[0])) > cfg.QueueMaxBytes/4 {
+		t.Fatalf("entries of %d bytes: more than a quarter of the bound %d", len(entries[0]), cfg.QueueMaxBytes)
+	}
+	r := startWriter(t, cfg, nil)
+	waitFor(t, 10*time.Second, "subscribe", func() bool { return rt.subscriber() != "" })
+	rt.deliver(1, entries) // resent, as a router does, until acked
+	waitFor(t, 15*time.Second, "every record in the lake", func() bool {
+		return len(rowKeys(readLake(t, cfg.Lake.Dir))) == len(recs)
+	})
+	for k, n := range rowKeys(readLake(t, cfg.Lake.Dir)) {
+		if n != 1 {
+			t.Errorf("record %s in the lake %d times", k, n)
+		}
+	}
+	if got := r.metric(r.w.m.appended); got != float64(len(entries)) {
+		t.Errorf("appended %v entries, want %d", got, len(entries))
+	}
+}
+
+// TestEntryOverBoundSaysSo: an entry larger than the writer's whole queue
+// bound can never be stored: it is answered busy (over_bound), stored not
+// at all, and said once in the log, not once per resend.
+func TestEntryOverBoundSaysSo(t *testing.T) {
+	rt := startFakeRouter(t, "router-h")
+	cfg := testWriterConfig(t.TempDir(), rt.addr)
+	entries := entriesOf(t, "router-h", makeRecords(200, 2, 1), 200) // one entry
+	cfg.QueueMaxBytes = int64(len(entries[0]) / 2)
+	logs := &syncBuf{}
+	r := startWriterLogged(t, cfg, nil, logs)
+	waitFor(t, 10*time.Second, "subscribe", func() bool { return rt.subscriber() != "" })
+	const msg = "larger than the whole queue bound"
+	waitFor(t, 10*time.Second, "three over_bound answers", func() bool {
+		rt.send(1, entries)
+		time.Sleep(20 * time.Millisecond) // the router's pace of resends
+		return r.metric(r.w.m.busy.WithLabelValues("over_bound")) >= 3
+	})
+	if n := logs.count(msg); n != 1 {
+		t.Errorf("%d log lines about the entry over the bound, want 1", n)
+	}
+	if got := r.metric(r.w.m.appended); got != 0 {
+		t.Errorf("appended %v entries, want 0", got)
+	}
+	if rt.isAcked(1, 1) {
+		t.Error("an entry that was not stored was acked")
+	}
+}
