@@ -2,6 +2,7 @@ package alerts
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -32,6 +33,15 @@ const (
 type routerSeqs struct {
 	done    *forward.SeqSet
 	pending []forward.Interval
+	// last is closed when the append begun last for this router has
+	// returned: the next waits for it, so that a router's batches enter
+	// the queue in the order they arrived. Appends in parallel raced to
+	// the queue, and a batch overtaken by later ones left its devices'
+	// readings after theirs: more than ReorderMax readings of a device
+	// held for the gap made the evaluator go over it, and the overtaken
+	// readings became a late stretch (events that evaluating in order
+	// does not raise).
+	last chan struct{}
 }
 
 // link is the engine's connection to one router endpoint.
@@ -138,18 +148,30 @@ func (e *Engine) receive(l *link, m forward.Message) {
 		return
 	}
 	rs.pending = append(rs.pending, todo...)
+	prev, mine := rs.last, make(chan struct{})
+	rs.last = mine
 	e.appendWG.Add(1)
 	e.mu.Unlock()
-	go e.appendBatch(l, rs, m, todo)
+	go e.appendBatch(l, rs, m, todo, prev, mine)
 }
 
 // appendBatch appends the entries todo of batch m to the queue, each as a
-// readings entry, and acks the batch when all of it is durable.
-func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval) {
+// readings entry, once the router's append before it (prev, nil for none)
+// has returned, and acks the batch when all of it is durable; it closes
+// mine when it returns.
+func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine chan struct{}) {
 	defer e.appendWG.Done()
 	defer func() { <-e.appendSem }()
+	defer close(mine)
 	q := e.q.Load()
 	var failed error
+	if prev != nil {
+		select {
+		case <-prev:
+		case <-e.appendCtx.Done():
+			failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
+		}
+	}
 	for _, iv := range todo {
 		if failed != nil {
 			break
