@@ -201,38 +201,51 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	return p, nil
 }
 
-// lookupKey finds and checks a key; reason names a failure for metrics
-// (never for the caller).
-func (s *Server) lookupKey(ctx context.Context, keyID, secret string, now time.Time) (*principal, string, error) {
-	var hash, opID, opName, role, fleetsJSON string
-	var expires, revoked, disabled sql.NullInt64
-	err := s.db.rdb.QueryRowContext(ctx, `
+// keyLookup reads an API key and its operator.
+const keyLookup = `
 SELECT k.secret_hash, k.expires_at, k.revoked_at, o.id, o.name, o.role, o.fleets, o.disabled_at
-FROM api_keys k JOIN operators o ON o.id = k.operator_id WHERE k.id = $1`, keyID).
-		Scan(&hash, &expires, &revoked, &opID, &opName, &role, &fleetsJSON, &disabled)
-	if errors.Is(err, sql.ErrNoRows) {
-		secretMatches(secret, dummyHash)
-		return nil, "unknown_key", nil
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("look up api key: %w", err)
-	}
-	if !secretMatches(secret, hash) {
+FROM api_keys k JOIN operators o ON o.id = k.operator_id WHERE k.id = $1`
+
+// lookupKey finds and checks a key; reason names a failure for metrics
+// (never for the caller). The key comes from the key cache when it holds
+// it (keycache.go), else from the database; either way the secret and the
+// expiry are checked now.
+func (s *Server) lookupKey(ctx context.Context, keyID, secret string, now time.Time) (*principal, string, error) {
+	e, cached, gen := s.keys.get(keyID, now)
+	if !cached {
+		var hash, opID, opName, role, fleetsJSON string
+		var expires, revoked, disabled sql.NullInt64
+		err := s.db.rdb.QueryRowContext(ctx, keyLookup, keyID).
+			Scan(&hash, &expires, &revoked, &opID, &opName, &role, &fleetsJSON, &disabled)
+		if errors.Is(err, sql.ErrNoRows) {
+			secretMatches(secret, dummyHash)
+			return nil, "unknown_key", nil // not cached: unknown ids must not fill memory
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("look up api key: %w", err)
+		}
+		if !secretMatches(secret, hash) {
+			return nil, "bad_secret", nil
+		}
+		switch {
+		case revoked.Valid:
+			return nil, "revoked", nil
+		case disabled.Valid:
+			return nil, "disabled", nil
+		}
+		var fleets []string
+		if err := json.Unmarshal([]byte(fleetsJSON), &fleets); err != nil {
+			return nil, "", fmt.Errorf("operator %s: fleets: %w", opID, err)
+		}
+		e = cachedKey{hash: hash, expires: expires.Int64, p: newPrincipal(opID, opName, keyID, role, fleets), at: now}
+		s.keys.put(keyID, e, gen)
+	} else if !secretMatches(secret, e.hash) {
 		return nil, "bad_secret", nil
 	}
-	switch {
-	case revoked.Valid:
-		return nil, "revoked", nil
-	case expires.Valid && now.UnixMilli() >= expires.Int64:
+	if e.expires != 0 && now.UnixMilli() >= e.expires {
 		return nil, "expired", nil
-	case disabled.Valid:
-		return nil, "disabled", nil
 	}
-	var fleets []string
-	if err := json.Unmarshal([]byte(fleetsJSON), &fleets); err != nil {
-		return nil, "", fmt.Errorf("operator %s: fleets: %w", opID, err)
-	}
-	return newPrincipal(opID, opName, keyID, role, fleets), "", nil
+	return e.p, "", nil
 }
 
 // touchKey records a key's last use, at most once a minute per key: a

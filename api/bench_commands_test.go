@@ -20,8 +20,15 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkCommandStatements -benchtime 200x ./api/
 
+// On PostgreSQL the store counts itself, with a pgx tracer (db_postgres.go):
+// statements (BEGIN and COMMIT included) and round trips to the server (a
+// statement sent alone, or a batch of them sent together; pgx's
+// once-per-connection prepares not included).
+//
+//	go test -run '^$' -bench BenchmarkCommandRoundTripsPostgres -benchtime 200x ./api/
+
 // stmtCounts counts what the counting driver ran.
-var stmtCounts struct{ execs, parses atomic.Int64 }
+var stmtCounts struct{ execs, parses, txs atomic.Int64 }
 
 var registerCounting sync.Once
 
@@ -45,8 +52,27 @@ func (c countingDriver) Open(name string) (driver.Conn, error) {
 type countingConn struct{ driver.Conn }
 
 func (c *countingConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	return c.Conn.(driver.ConnBeginTx).BeginTx(ctx, opts)
+	stmtCounts.txs.Add(1)
+	t, err := c.Conn.(driver.ConnBeginTx).BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	return countingTx{t}, nil
 }
+
+// CheckNamedValue lets pgx take the arguments it knows (arrays).
+func (c *countingConn) CheckNamedValue(nv *driver.NamedValue) error {
+	if ck, ok := c.Conn.(driver.NamedValueChecker); ok {
+		return ck.CheckNamedValue(nv)
+	}
+	return driver.ErrSkip
+}
+
+// countingTx counts the end of a transaction (COMMIT or ROLLBACK).
+type countingTx struct{ driver.Tx }
+
+func (t countingTx) Commit() error   { stmtCounts.txs.Add(1); return t.Tx.Commit() }
+func (t countingTx) Rollback() error { stmtCounts.txs.Add(1); return t.Tx.Rollback() }
 
 func (c *countingConn) PrepareContext(ctx context.Context, q string) (driver.Stmt, error) {
 	stmtCounts.parses.Add(1)
@@ -106,17 +132,44 @@ func BenchmarkCommandStatements(b *testing.B) {
 	old := sqliteDriver
 	sqliteDriver = countingSQLite()
 	defer func() { sqliteDriver = old }()
-	c := startCmdEnv(b, backends[0], func(cfg *Config) {
+	counts := func(*store) [2]int64 { return [2]int64{stmtCounts.execs.Load(), stmtCounts.parses.Load()} }
+	benchCommandCycle(b, backends[0], counts, func(step int, d [2]int64, n float64) {
+		name := []string{"create", "dispatch", "report"}[step]
+		b.ReportMetric(float64(d[0])/n, "stmts/"+name)
+		b.ReportMetric(float64(d[1])/n, "parses/"+name)
+	})
+}
+
+// BenchmarkCommandRoundTripsPostgres: the same cycle on a real PostgreSQL,
+// reporting each step's statements (BEGIN and COMMIT included) and round
+// trips to the server, authentication included, as the store's own
+// counter (drover_api_db_round_trips_total) has them; each step's writes
+// are a group of one here (the benchmark runs one command at a time).
+func BenchmarkCommandRoundTripsPostgres(b *testing.B) {
+	counts := func(s *store) [2]int64 { return [2]int64{s.pgCount.statements.Load(), s.pgCount.roundTrips.Load()} }
+	benchCommandCycle(b, backends[1], counts, func(step int, d [2]int64, n float64) {
+		name := []string{"create", "dispatch", "report"}[step]
+		b.ReportMetric(float64(d[0])/n, "stmts/"+name)
+		b.ReportMetric(float64(d[1])/n, "roundtrips/"+name)
+	})
+}
+
+// benchCommandCycle runs the cycle b.N times on backend be and hands
+// report each step's growth of the two counts counts reads.
+func benchCommandCycle(b *testing.B, be backend, counts func(*store) [2]int64, report func(step int, d [2]int64, n float64)) {
+	c := startCmdEnv(b, be, func(cfg *Config) {
 		cfg.Commands.Poll, cfg.FeedPoll = time.Hour, time.Hour
 	})
 	c.presence("fe-1", "truck-1", true, time.Now())
 	c.dispatch("fe-1", "0s") // the first poll scans everything; later ones take the work they are woken for
-	var step [3]struct{ execs, parses int64 }
+	var step [3][2]int64
 	measure := func(i int, f func()) {
-		e, p := stmtCounts.execs.Load(), stmtCounts.parses.Load()
+		before := counts(c.srv.db)
 		f()
-		step[i].execs += stmtCounts.execs.Load() - e
-		step[i].parses += stmtCounts.parses.Load() - p
+		after := counts(c.srv.db)
+		for k := range after {
+			step[i][k] += after[k] - before[k]
+		}
 	}
 	one := func() {
 		var cmd Command
@@ -131,16 +184,14 @@ func BenchmarkCommandStatements(b *testing.B) {
 	for range 3 { // warm: prepared statements, key caches
 		one()
 	}
-	step = [3]struct{ execs, parses int64 }{}
+	step = [3][2]int64{}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		one()
 	}
 	b.StopTimer()
-	n := float64(b.N)
-	for i, name := range []string{"create", "dispatch", "report"} {
-		b.ReportMetric(float64(step[i].execs)/n, "stmts/"+name)
-		b.ReportMetric(float64(step[i].parses)/n, "parses/"+name)
+	for i, d := range step {
+		report(i, d, float64(b.N))
 	}
 }

@@ -286,7 +286,7 @@ func (s *Server) campaignDevices(w http.ResponseWriter, r *http.Request, p *prin
 		if err := rows.Scan(&d.DeviceID, &d.State, &d.Command, &d.Reason, &off, &d.Bytes, &updated); err != nil {
 			return fmt.Errorf("campaign devices: %w", err)
 		}
-		d.OfferedAt, d.UpdatedAt = msPtr(off), msTime(updated)
+		d.OfferedAt, d.UpdatedAt = optTime(off), msTime(updated)
 		out = append(out, d)
 	}
 	if err := rows.Err(); err != nil {
@@ -525,6 +525,11 @@ WHERE cd.campaign_id = $1 AND (cd.state IN `+inFlightStates+` OR (cd.state = 'pe
 		rows.Close()
 		params, _ := json.Marshal(map[string]string{"id": fw.ID, "sha256": fw.SHA256, "version": fw.Version})
 		for _, dev := range devs {
+			// Command creates do not take the feed_state lock this
+			// transaction holds: the device's lock orders them.
+			if err := t.lockDeviceCommands(dev); err != nil {
+				return err
+			}
 			var seq int64
 			if err := t.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) + 1 FROM commands WHERE device_id = $1`, dev).Scan(&seq); err != nil {
 				return fmt.Errorf("next command seq: %w", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/daemon"
+	"github.com/jackc/pgx/v5"
 )
 
 // Delivery of commands to devices (docs/commands.md, "Delivery"). A
@@ -87,12 +88,40 @@ func (n *notifier) fire(m map[string]*watch, keys ...string) {
 	}
 }
 
+// allCommandsChanged wakes every command waiter: a wake-up may have been
+// missed (the LISTEN connection was lost), so each reads its row again and
+// polls until it listens again.
+func (n *notifier) allCommandsChanged() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for k, w := range n.cmds {
+		close(w.ch)
+		delete(n.cmds, k)
+	}
+}
+
 // watchCommand returns a channel closed when the command changes; call
 // release when done waiting.
 func (n *notifier) watchCommand(id string) (<-chan struct{}, func()) { return n.watchKey(n.cmds, id) }
 
-// commandsChanged wakes the waiters of these commands.
+// commandsChanged wakes the waiters of these commands; callers name only
+// commands that became final (finalIDs). A waiter wants the outcome: woken
+// by every step (sent, delivered, each progress report) it read its row
+// again at each, and at 500 commands/s on PostgreSQL those reads were 41%
+// of the api's CPU (docs/performance.md); the state reached short of final
+// is read once, when its wait ends.
 func (n *notifier) commandsChanged(ids ...string) { n.fire(n.cmds, ids...) }
+
+// finalIDs returns the ids of the events that end their command.
+func finalIDs(evs []CommandEvent) []string {
+	var ids []string
+	for _, ev := range evs {
+		if cmdFinal(ev.State) {
+			ids = append(ids, ev.ID)
+		}
+	}
+	return ids
+}
 
 // watchFrontend returns a channel closed when a frontend may have work.
 func (n *notifier) watchFrontend(fe string) (<-chan struct{}, func()) { return n.watchKey(n.fes, fe) }
@@ -221,25 +250,43 @@ type dueRow struct {
 	lastSeen int64
 }
 
+// dispatchQuery is the read of the open commands of fe's devices (only
+// those of devs unless devs is nil). On PostgreSQL devs is one array
+// parameter, not an IN list: an IN list of n placeholders is a statement
+// of its own for every n (parsed, planned and cached per connection), and
+// PostgreSQL tests each row against an IN list's items one by one, so a
+// poll that had fallen behind (thousands of devices with work) took
+// seconds and fell further behind (docs/performance.md). = ANY of one
+// array is one statement, an index condition on commands_open.
+func dispatchQuery(driver, fe string, devs []string) (string, []any) {
+	args := []any{fe}
+	only := ""
+	switch {
+	case devs == nil:
+	case driver == DriverPostgres:
+		only = ` AND c.device_id = ANY($2)`
+		args = append(args, devs)
+	default:
+		only = ` AND c.device_id IN (` + placeholders(2, len(devs)) + `)`
+		for _, d := range devs {
+			args = append(args, d)
+		}
+	}
+	return `SELECT c.id, c.device_id, c.seq, c.name, c.params, c.expires_at, c.state,
+ c.sent_at, c.sent_to, c.attempts, p.last_seen_at
+FROM commands c JOIN device_presence p ON p.device_id = c.device_id
+WHERE p.frontend = $1 AND p.connected = 1 AND c.state IN ` + openStates + only + `
+ORDER BY c.device_id, c.seq`, args
+}
+
 // dispatch picks the commands due for fe's devices at now (only those of
 // devs unless devs is nil) and marks them sent to fe. Reading is outside
 // the write transaction (cheap, concurrent); each mark is conditional on
 // the row being unchanged, so two dispatches never hand out the same
 // attempt.
 func (s *Server) dispatch(ctx context.Context, fe string, now time.Time, devs []string) ([]DispatchedCommand, error) {
-	args := []any{fe}
-	only := ""
-	if devs != nil {
-		only = ` AND c.device_id IN (` + placeholders(2, len(devs)) + `)`
-		for _, d := range devs {
-			args = append(args, d)
-		}
-	}
-	rows, err := s.db.rdb.QueryContext(ctx, `SELECT c.id, c.device_id, c.seq, c.name, c.params, c.expires_at, c.state,
- c.sent_at, c.sent_to, c.attempts, p.last_seen_at
-FROM commands c JOIN device_presence p ON p.device_id = c.device_id
-WHERE p.frontend = $1 AND p.connected = 1 AND c.state IN `+openStates+only+`
-ORDER BY c.device_id, c.seq`, args...)
+	query, args := dispatchQuery(s.db.driver, fe, devs)
+	rows, err := s.db.rdb.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: %w", err)
 	}
@@ -285,8 +332,21 @@ ORDER BY c.device_id, c.seq`, args...)
 	}
 	var out []DispatchedCommand
 	var evs []CommandEvent
-	err = s.db.writeGroup(ctx, func(t *tx) error {
+	err = s.db.writeGroup(ctx, "", func(t *tx) error {
 		out, evs = out[:0], evs[:0]
+		if t.s.driver == DriverPostgres { // one round trip, with BEGIN when first (tx.batch)
+			marked, err := markSentBatch(t, fe, nowMs, due)
+			if err != nil {
+				return err
+			}
+			for i, d := range due {
+				if marked[i] {
+					out = append(out, d.DispatchedCommand)
+					evs = append(evs, CommandEvent{ID: d.ID, DeviceID: d.DeviceID, State: CmdSent, At: msTime(nowMs)})
+				}
+			}
+			return t.notifyCommands(evs...)
+		}
 		stop := ""
 		for _, d := range due {
 			if d.DeviceID == stop {
@@ -308,11 +368,7 @@ ORDER BY c.device_id, c.seq`, args...)
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]string, len(out))
-	for i, c := range out {
-		ids[i] = c.ID
-	}
-	s.notify.commandsChanged(ids...)
+	// No waiter is woken: a sent command is not final (finalIDs).
 	s.events.publish(evs...)
 	s.metrics.commands.WithLabelValues("sent").Add(float64(len(out)))
 	return out, nil
@@ -321,6 +377,40 @@ ORDER BY c.device_id, c.seq`, args...)
 // dispatchMark marks a command sent to a frontend, if it is as read.
 const dispatchMark = `UPDATE commands SET state = $1, sent_at = $2, sent_to = $3, attempts = attempts + 1,
  updated_at = $2 WHERE id = $4 AND state = $5 AND attempts = $6`
+
+// dispatchMarkAfter conditions a mark on the command before it, of the
+// same device, having been marked by this dispatch ($7: its id).
+const dispatchMarkAfter = ` AND EXISTS (SELECT 1 FROM commands b WHERE b.id = $7 AND b.state = 'sent' AND b.sent_to = $3
+ AND b.sent_at = $2)`
+
+// markSentBatch marks due sent to fe, as the loop in dispatch does, in
+// one round trip (PostgreSQL; with BEGIN when it is the transaction's
+// first): one pgx batch of its marks, run in order,
+// each of a device's later commands marked only if the one before it
+// was (dispatchMarkAfter), so that a device's commands still stop at the
+// first that changed meanwhile. It returns which were marked.
+func markSentBatch(t *tx, fe string, nowMs int64, due []dueRow) ([]bool, error) {
+	b := &pgx.Batch{}
+	for i, d := range due {
+		if i > 0 && due[i-1].DeviceID == d.DeviceID {
+			b.Queue(dispatchMark+dispatchMarkAfter, CmdSent, nowMs, fe, d.ID, d.state, d.attempts, due[i-1].ID)
+		} else {
+			b.Queue(dispatchMark, CmdSent, nowMs, fe, d.ID, d.state, d.attempts)
+		}
+	}
+	marked := make([]bool, len(due))
+	err := t.batch(b, func(br pgx.BatchResults) error {
+		for i := range due {
+			tag, err := br.Exec()
+			if err != nil {
+				return fmt.Errorf("mark command sent: %w", err)
+			}
+			marked[i] = tag.RowsAffected() == 1
+		}
+		return nil
+	})
+	return marked, err
+}
 
 // CommandReports is the body of POST /v1/frontends/{id}/command-reports.
 type CommandReports = apiclient.CommandReports
@@ -357,14 +447,15 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	var changed []string
 	var evs []CommandEvent
 	applied := map[string]int{}
-	err := s.db.writeGroup(ctx, func(t *tx) error {
+	err := s.db.writeGroup(ctx, "", func(t *tx) error {
 		changed, evs = changed[:0], evs[:0]
 		clear(applied)
-		for _, rep := range in.Reports {
-			res, err := s.applyReport(t, fe, rep)
-			if err != nil {
-				return err
-			}
+		results, err := s.applyReports(t, fe, in.Reports)
+		if err != nil {
+			return err
+		}
+		for i, rep := range in.Reports {
+			res := results[i]
 			applied[res]++
 			if res != "ignored" {
 				changed = append(changed, rep.ID)
@@ -386,7 +477,7 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	for res, n := range applied {
 		s.metrics.commands.WithLabelValues(res).Add(float64(n))
 	}
-	s.notify.commandsChanged(changed...)
+	s.notify.commandsChanged(finalIDs(evs)...)
 	s.events.publish(evs...)
 	// A report may unblock the device's next command.
 	devs := make([]string, 0, len(in.Reports))
@@ -397,64 +488,6 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	writeJSON(w, http.StatusOK, map[string]int{"applied": len(changed), "ignored": applied["ignored"]})
 	return nil
 }
-
-// applyReport applies one report in t and returns the metric label of
-// what it did: the new state (or progress stage), "requeued", or
-// "ignored". One conditional UPDATE each: a report that cannot apply (an
-// unknown command, another device's, a step back) changes no row.
-//
-// The device's word is the truth, even about a command marked expired
-// while its report was on the way, as long as it was ever sent (attempts
-// > 0). Progress means the device has the command (so it is delivered,
-// even if its received report was lost) and is working on it; the last
-// stage named wins (a device that found its image corrupt downloads
-// again), and the bytes are the downloading reports' only.
-func (s *Server) applyReport(t *tx, fe string, rep apiclient.CommandReport) (string, error) {
-	now := t.ms()
-	var res sql.Result
-	var err error
-	label := rep.Outcome
-	switch rep.Outcome {
-	case apiclient.OutcomeUndeliverable:
-		label = "requeued"
-		res, err = t.execW(reportRequeue, CmdQueued, now, rep.ID, rep.DeviceID, fe)
-	case apiclient.OutcomeReceived:
-		label = CmdDelivered
-		res, err = t.execW(reportReceived, CmdDelivered, now, rep.ID, rep.DeviceID)
-	case apiclient.OutcomeDownloading:
-		res, err = t.execW(reportProgress+reportProgressBytes+reportProgressWhere, CmdDelivered, now, rep.Outcome, rep.ID, rep.DeviceID, rep.Bytes)
-	case apiclient.OutcomeVerifying, apiclient.OutcomeInstalling:
-		res, err = t.execW(reportProgress+reportProgressWhere, CmdDelivered, now, rep.Outcome, rep.ID, rep.DeviceID)
-	default:
-		label = CmdSucceeded
-		if rep.Outcome == apiclient.OutcomeFailed {
-			label = CmdFailed
-		}
-		res, err = t.execW(reportResult, label, now, truncate(rep.Message, 1024), truncate(rep.Payload, 4096), rep.ID, rep.DeviceID)
-	}
-	if err != nil {
-		return "", fmt.Errorf("apply report (%s) of command %s: %w", rep.Outcome, rep.ID, err)
-	}
-	if n, err := res.RowsAffected(); err != nil || n == 0 {
-		return "ignored", nil
-	}
-	return label, nil
-}
-
-// The statements of applyReport (prepared once on SQLite).
-const (
-	reportRequeue = `UPDATE commands SET state = $1, sent_to = '', updated_at = $2
- WHERE id = $3 AND device_id = $4 AND state = 'sent' AND sent_to = $5`
-	reportReceived = `UPDATE commands SET state = $1, delivered_at = $2, completed_at = NULL, updated_at = $2
- WHERE id = $3 AND device_id = $4 AND attempts > 0 AND state IN ('queued', 'sent', 'expired')`
-	reportProgress = `UPDATE commands SET state = $1, delivered_at = COALESCE(delivered_at, $2), completed_at = NULL,
- progress = $3, progress_at = $2, updated_at = $2`
-	reportProgressBytes = `, progress_bytes = $6`
-	reportProgressWhere = ` WHERE id = $4 AND device_id = $5 AND attempts > 0 AND state IN ('queued', 'sent', 'delivered', 'expired')`
-	reportResult        = `UPDATE commands SET state = $1, delivered_at = COALESCE(delivered_at, $2), completed_at = $2,
- message = $3, payload = $4, updated_at = $2
- WHERE id = $5 AND device_id = $6 AND attempts > 0 AND state IN ('queued', 'sent', 'delivered', 'expired')`
-)
 
 func wrapErr(what string, err error) error {
 	if err != nil {

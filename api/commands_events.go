@@ -16,8 +16,9 @@ import (
 // those of the changes every replica makes: this one's as it makes them,
 // the others' through PostgreSQL notifications (commands_notify.go). A
 // client that cannot keep up (1,024 events behind), or whose replica
-// stopped hearing the others for a while, gets an "overflow" event and
-// the end of the stream: it lists what it missed and reconnects.
+// stopped hearing the others for a while (streams open at the time, and
+// those opened meanwhile once it hears them again), gets an "overflow"
+// event and the end of the stream: it lists what it missed and reconnects.
 
 // CommandEvent is one event of the stream.
 type CommandEvent struct {
@@ -39,6 +40,10 @@ type eventSub struct {
 	ch       chan CommandEvent
 	overflow chan struct{} // closed when the subscriber fell behind
 	once     sync.Once
+	// deaf: opened while this replica did not hear the others (PostgreSQL,
+	// its listening connection down): it may miss their events from its
+	// start, so it ends with overflow once the replica hears them again.
+	deaf bool
 }
 
 // eventBus fans events out to the streams. publish never blocks a
@@ -174,8 +179,22 @@ func (b *eventBus) overflowAll() {
 	}
 }
 
+// overflowDeaf ends with an overflow event every stream opened while this
+// replica was not listening: the other replicas' events of that time never
+// reached it. Called once the replica listens again.
+func (b *eventBus) overflowDeaf() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for sub := range b.subs {
+		if sub.deaf {
+			sub.once.Do(func() { close(sub.overflow) })
+		}
+	}
+}
+
 func (b *eventBus) subscribe(p *principal, device string) (*eventSub, func()) {
-	sub := &eventSub{p: p, device: device, ch: make(chan CommandEvent, eventBuffer), overflow: make(chan struct{})}
+	sub := &eventSub{p: p, device: device, ch: make(chan CommandEvent, eventBuffer), overflow: make(chan struct{}),
+		deaf: b.s.db.driver == DriverPostgres && !b.s.listening.Load()}
 	b.mu.Lock()
 	b.subs[sub] = struct{}{}
 	b.mu.Unlock()

@@ -18,8 +18,8 @@ import (
 // transaction that changes commands also runs pg_notify with the events
 // (notifyCommands), which PostgreSQL delivers to every listening session
 // only when, and if, that transaction commits, in commit order — a write
-// rolled back to its savepoint in a group commit takes its notification
-// with it. Every replica holds one connection that listens
+// rolled back (alone, to its savepoint, in a group commit) takes its
+// events with it. Every replica holds one connection that listens
 // (listenCommands) and hands what other replicas changed to its event
 // streams, its waiting requests (?wait) and the long polls of the
 // frontends that hold those devices; its own changes reach its streams
@@ -31,8 +31,10 @@ import (
 // table every -command-poll made waits across replicas as slow as the
 // poll (1 s against a round trip of tens of ms), and a stream of events
 // cannot be rebuilt from rows that only hold each command's last state.
-// What NOTIFY costs: one statement per write that changes commands, and a
-// dedicated connection per replica. While that connection is down (the
+// What NOTIFY costs: one statement per transaction that changes commands
+// (a group's writes share it), sent in the same round trip as its COMMIT
+// (db_postgres.go), and a dedicated connection per replica, which also
+// carries the API-key cache's evictions (keycache.go). While that connection is down (the
 // database restarting), the streams of the replica end with an overflow
 // event (their clients list what they missed and reconnect) and waits
 // fall back to reading the row every -command-poll, as before; behind a
@@ -52,25 +54,31 @@ const maxNotifyPayload = 7000
 type commandNote struct {
 	Replica string         `json:"r"`
 	Events  []CommandEvent `json:"e"`
+	// Keys and Operators: API keys, and operators whose keys, that the
+	// transaction changed, to evict from every replica's key cache
+	// (keycache.go). A note of its own, on the same channel: the
+	// connection that hears command events hears them, with its
+	// reconnect logic, and the cache is off while it does not listen.
+	Keys      []string `json:"k,omitempty"`
+	Operators []string `json:"o,omitempty"`
 }
 
+// keyChanged evicts API key id from every replica's key cache when t
+// commits.
+func (t *tx) keyChanged(id string) { t.evictKeys = append(t.evictKeys, id) }
+
+// operatorChanged evicts the API keys of operator id from every replica's
+// key cache when t commits.
+func (t *tx) operatorChanged(id string) { t.evictOps = append(t.evictOps, id) }
+
 // notifyCommands tells the other replicas of evs, at the commit of t (on
-// PostgreSQL; nothing on SQLite). Each event is encoded once; they go in
-// as few notifications as fit.
+// PostgreSQL; nothing on SQLite). Each event is encoded once, now; the
+// transaction sends them all with its COMMIT (notePayloads, commitPG), in as
+// few notifications as fit: one statement per transaction, however many
+// writes of a group changed commands. A write rolled back to its savepoint
+// drops its events with it (db_group.go).
 func (t *tx) notifyCommands(evs ...CommandEvent) error {
-	if t.s.driver != DriverPostgres || len(evs) == 0 {
-		return nil
-	}
-	r, _ := json.Marshal(t.s.replica)
-	head := `{"r":` + string(r) + `,"e":[`
-	var b strings.Builder
-	flush := func() error {
-		b.WriteString("]}")
-		_, err := t.ExecContext(t.ctx, `SELECT pg_notify($1, $2)`, commandChannel, b.String())
-		b.Reset()
-		if err != nil {
-			return fmt.Errorf("notify command events: %w", err)
-		}
+	if t.s.driver != DriverPostgres {
 		return nil
 	}
 	for _, ev := range evs {
@@ -78,10 +86,54 @@ func (t *tx) notifyCommands(evs ...CommandEvent) error {
 		if err != nil {
 			return fmt.Errorf("notify command events: %w", err)
 		}
+		t.notes = append(t.notes, e)
+	}
+	return nil
+}
+
+// notePayloads are t's pending notifications, for commitPG to send with
+// pg_notify just before COMMIT, in the same round trip: a note of the API
+// keys and operators t changed, if any, then t's command events packed
+// into payloads of at most maxNotifyPayload bytes (notified in their
+// order: PostgreSQL queues them as pg_notify runs and delivers them at
+// commit).
+func (t *tx) notePayloads() ([]string, error) {
+	var payloads []string
+	if len(t.evictKeys)+len(t.evictOps) > 0 {
+		kn, err := json.Marshal(commandNote{Replica: t.s.replica, Keys: t.evictKeys, Operators: t.evictOps})
+		if err != nil {
+			return nil, fmt.Errorf("notify key changes: %w", err)
+		}
+		payloads = append(payloads, string(kn))
+	}
+	if len(t.notes) > 0 {
+		payloads = t.commandPayloads(payloads)
+	}
+	return payloads, nil
+}
+
+// queueNotify queues the pg_notify of payloads in b: one statement.
+func queueNotify(b *pgx.Batch, payloads []string) {
+	switch len(payloads) {
+	case 0:
+	case 1:
+		b.Queue(`SELECT pg_notify($1, $2)`, commandChannel, payloads[0])
+	default:
+		b.Queue(`SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i`, commandChannel, payloads)
+	}
+}
+
+// commandPayloads appends t's command events to payloads, packed into
+// notes of at most maxNotifyPayload bytes, and empties t.notes.
+func (t *tx) commandPayloads(payloads []string) []string {
+	r, _ := json.Marshal(t.s.replica)
+	head := `{"r":` + string(r) + `,"e":[`
+	var b strings.Builder
+	for _, e := range t.notes {
 		if b.Len() > 0 && b.Len()+len(e)+3 > maxNotifyPayload {
-			if err := flush(); err != nil {
-				return err
-			}
+			b.WriteString("]}")
+			payloads = append(payloads, b.String())
+			b.Reset()
 		}
 		if b.Len() == 0 {
 			b.WriteString(head)
@@ -90,7 +142,10 @@ func (t *tx) notifyCommands(evs ...CommandEvent) error {
 		}
 		b.Write(e)
 	}
-	return flush()
+	b.WriteString("]}")
+	payloads = append(payloads, b.String())
+	t.notes = t.notes[:0]
+	return payloads
 }
 
 // listenCommands listens for the command events of the other replicas
@@ -105,6 +160,9 @@ func (s *Server) listenCommands(ctx context.Context, ready chan<- struct{}) {
 				first = false
 				close(ready)
 			} else {
+				// Streams opened while it did not listen missed what the
+				// others did meanwhile: they end now, with overflow.
+				s.events.overflowDeaf()
 				s.log.Info("api: listening again for the command changes of other replicas")
 			}
 			bo.Reset()
@@ -115,6 +173,7 @@ func (s *Server) listenCommands(ctx context.Context, ready chan<- struct{}) {
 		// Whatever was notified while not listening is lost to this
 		// replica's streams: they say so (waits poll the rows meanwhile).
 		s.events.overflowAll()
+		s.notify.allCommandsChanged() // waits read again, and poll until it listens
 		s.metrics.notifyLost.Inc()
 		if !bo.Active() {
 			s.log.Warn("api: not listening for the command changes of other replicas; event streams end, waits poll", "err", err)
@@ -154,6 +213,14 @@ func (s *Server) listenOnce(ctx context.Context, listening func()) error {
 	// notifications, in commit order with the others' (eventBus.publish).
 	s.listening.Store(true)
 	defer s.listening.Store(false)
+	// The key cache likewise: emptied, and on only while listening (an
+	// eviction notified while not listening was heard by no one here).
+	s.keys.setOn(true)
+	defer s.keys.setOn(false)
+	// What other replicas finished while this one was not listening was
+	// announced to no one here: every wait reads its row again, now that
+	// what commits from here on will be heard.
+	s.notify.allCommandsChanged()
 	listening()
 	for {
 		n, err := conn.WaitForNotification(ctx)
@@ -166,10 +233,15 @@ func (s *Server) listenOnce(ctx context.Context, listening func()) error {
 			continue
 		}
 		if note.Replica == s.db.replica {
-			s.events.publishNow(note.Events...) // woken and counted at its commit already
+			if len(note.Events) > 0 {
+				s.events.publishNow(note.Events...) // woken and counted at its commit already; keys evicted then too
+			}
 			continue
 		}
-		s.remoteCommands(ctx, note.Events)
+		s.keys.evict(evictRemote, note.Keys, note.Operators)
+		if len(note.Events) > 0 {
+			s.remoteCommands(ctx, note.Events)
+		}
 	}
 }
 
@@ -177,11 +249,9 @@ func (s *Server) listenOnce(ctx context.Context, listening func()) error {
 // streams, waiting requests and frontend long polls.
 func (s *Server) remoteCommands(ctx context.Context, evs []CommandEvent) {
 	s.metrics.notifyEvents.Add(float64(len(evs)))
-	ids := make([]string, len(evs))
 	var devs []any
 	seen := map[string]bool{}
-	for i, ev := range evs {
-		ids[i] = ev.ID
+	for _, ev := range evs {
 		// A new or requeued command, or an outcome that unblocks the
 		// device's next one: its frontend may have work. A sent one was
 		// handed to a frontend already.
@@ -190,7 +260,7 @@ func (s *Server) remoteCommands(ctx context.Context, evs []CommandEvent) {
 			devs = append(devs, ev.DeviceID)
 		}
 	}
-	s.notify.commandsChanged(ids...)
+	s.notify.commandsChanged(finalIDs(evs)...)
 	s.events.publishNow(evs...)
 	for len(devs) > 0 {
 		n := min(len(devs), 500)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -131,15 +132,28 @@ func TestCommandsAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	listeners := func() int {
-		var n int
-		if err := db.QueryRow(`SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND query = $1`,
-			`LISTEN `+commandChannel).Scan(&n); err != nil {
+	// The listening sessions' pids: a terminated backend stays in
+	// pg_stat_activity for a moment after pg_terminate_backend, so
+	// "listening again" means two listeners that are not the old ones.
+	listeners := func() []int {
+		rows, err := db.Query(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = $1`,
+			`LISTEN `+commandChannel)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return n
+		defer rows.Close()
+		var pids []int
+		for rows.Next() {
+			var pid int
+			if err := rows.Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			pids = append(pids, pid)
+		}
+		return pids
 	}
-	waitFor(t, 5*time.Second, "both replicas listening", func() bool { return listeners() == 2 })
+	waitFor(t, 5*time.Second, "both replicas listening", func() bool { return len(listeners()) == 2 })
+	old := listeners()
 	if _, err := db.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query = $1
  AND pid <> pg_backend_pid()`, `LISTEN `+commandChannel); err != nil {
 		t.Fatal(err)
@@ -147,7 +161,44 @@ func TestCommandsAcrossReplicas(t *testing.T) {
 	if got := takeEvents(t, stale, 1); len(got) != 1 || got[0].State != "overflow" {
 		t.Errorf("A's stream after A stopped listening: %+v, want overflow", got)
 	}
-	waitFor(t, 10*time.Second, "both replicas listening again", func() bool { return listeners() == 2 })
+	relistened := func(old []int) {
+		t.Helper()
+		waitFor(t, 10*time.Second, "both replicas listening again", func() bool {
+			pids := listeners()
+			return len(pids) == 2 && !slices.Contains(old, pids[0]) && !slices.Contains(old, pids[1]) &&
+				a.srv.listening.Load() && b.srv.listening.Load()
+		})
+	}
+	relistened(old)
+
+	// A stream opened on A while A does not listen missed B's changes of
+	// that time: once A listens again it ends with overflow. A listens
+	// again within its backoff (200 ms), so the stream may open too late
+	// to be deaf; then cut again.
+	var deaf <-chan CommandEvent
+	for try := 0; deaf == nil; try++ {
+		if try == 5 {
+			t.Fatal("no stream opened on A while it did not listen in 5 tries")
+		}
+		old = listeners()
+		if _, err := db.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query = $1
+ AND pid <> pg_backend_pid()`, `LISTEN `+commandChannel); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "A not listening", func() bool { return !a.srv.listening.Load() })
+		ch := streamEvents(t, a, a.adminKey, "device=truck-1&duration=20s")
+		a.srv.events.mu.Lock()
+		for sub := range a.srv.events.subs {
+			if sub.deaf {
+				deaf = ch
+			}
+		}
+		a.srv.events.mu.Unlock()
+		relistened(old)
+	}
+	if got := takeEvents(t, deaf, 1); len(got) != 1 || got[0].State != "overflow" {
+		t.Errorf("A's stream opened while A did not listen, once A listens again: %+v, want overflow", got)
+	}
 	fresh := streamEvents(t, a, a.adminKey, "device=truck-1&max_events=2&duration=20s")
 	cmd := c.send("truck-1", map[string]any{"name": "locate"}) // on A; B cancels it
 	b.must(200, req{method: "POST", path: "/v1/devices/truck-1/commands/" + cmd.ID + "/cancel", key: b.adminKey}, nil)

@@ -93,6 +93,14 @@ type Config struct {
 	// (internal/auth's limiter, shared with the frontend and the
 	// livefeed).
 	AuthLimit auth.LimitConfig
+	// KeyCacheMaxAge bounds how long an API key read from the database
+	// is trusted without reading it again (keycache.go); 0 turns the
+	// cache off. Revocations and operator changes evict at once whatever
+	// this says: the age is a second line of defence.
+	KeyCacheMaxAge time.Duration
+	// KeyCacheSize bounds the keys cached; at the limit the cache is
+	// emptied.
+	KeyCacheSize int
 	// TrustedProxies are the addresses or prefixes of proxies whose
 	// X-Forwarded-For names the client; without them the TCP peer is the
 	// client.
@@ -132,6 +140,8 @@ func DefaultConfig() Config {
 		FeedMaxWait:        60 * time.Second,
 		TombstoneRetention: 7 * 24 * time.Hour,
 		AuthLimit:          apiAuthLimit(),
+		KeyCacheMaxAge:     30 * time.Second,
+		KeyCacheSize:       10_000,
 		ShutdownGrace:      10 * time.Second,
 		Commands:           DefaultCommandConfig(),
 		FirmwareMaxBytes:   32 << 20,
@@ -168,6 +178,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.TombstoneRetention, "tombstone-retention", c.TombstoneRetention,
 		"how long (`duration`) deleted devices stay in the change feed; followers further behind resync")
 	c.AuthLimit.RegisterFlags(fs, "client address or API key id")
+	fs.DurationVar(&c.KeyCacheMaxAge, "key-cache-max-age", c.KeyCacheMaxAge,
+		"longest `duration` an API key read from the database is trusted without reading it again (revocations and operator changes evict at once, on every replica); 0: no cache")
+	fs.IntVar(&c.KeyCacheSize, "key-cache-size", c.KeyCacheSize, "most API `keys` cached; at the limit the cache is emptied")
 	fs.Var((*daemon.StringList)(&c.TrustedProxies), "trusted-proxies",
 		"comma-separated `addresses or prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace,
@@ -214,7 +227,7 @@ func (c *Config) Validate() error {
 		v    int64
 	}{
 		{"db-max-conns", int64(c.MaxConns)}, {"max-body-bytes", c.MaxBodyBytes},
-		{"max-import-rows", int64(c.MaxImportRows)},
+		{"max-import-rows", int64(c.MaxImportRows)}, {"key-cache-size", int64(c.KeyCacheSize)},
 	} {
 		if p.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %d, want > 0", p.name, p.v))
@@ -230,6 +243,9 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %v, want > 0", d.name, d.v))
 		}
+	}
+	if c.KeyCacheMaxAge < 0 {
+		errs = append(errs, fmt.Errorf("key-cache-max-age: %v, want >= 0 (0: no cache)", c.KeyCacheMaxAge))
 	}
 	errs = append(errs, c.Commands.validate()...)
 	if c.FirmwareMaxBytes <= 0 {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"github.com/pressly/goose/v3"
@@ -48,20 +49,34 @@ type store struct {
 	changed chan struct{} // closed and replaced when the version moves
 	version int64         // last version this replica has seen
 
-	group     grouper          // writeGroup's queue (db_group.go)
+	// lanes are writeGroup's queues, one group transaction in flight each
+	// (db_group.go): one on SQLite (one writer), pgGroups on PostgreSQL,
+	// where row locks let groups of different devices overlap.
+	lanes     []grouper
 	groupSize func(writes int) // observes each group's size; set by the server
+	// groupRetries counts group transactions run again after a deadlock
+	// or serialization failure (PostgreSQL); set by the server.
+	groupRetries func()
+	// keys is the server's API-key cache, evicted at the commit of the
+	// transactions that change keys or operators (nil: none).
+	keys *keyCache
 
 	stmts map[string]*sql.Stmt // prepared on wdb at open, SQLite (db_prepared.go)
+
+	// pgCount counts the statements and round trips sent to PostgreSQL
+	// (db_postgres.go).
+	pgCount pgCounter
 }
 
-// sqliteDriver is the database/sql driver name of SQLite (a benchmark
-// counts statements with a driver of its own that wraps it).
-var sqliteDriver = "sqlite"
+// sqliteDriver and postgresDriver are the database/sql driver names of
+// SQLite and PostgreSQL (a benchmark counts statements with drivers of its
+// own that wrap them).
+var sqliteDriver, postgresDriver = "sqlite", "pgx"
 
 // openStore opens the database, applies the migrations and returns the
 // store.
 func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (*store, error) {
-	s := &store{driver: cfg.Driver, log: logger, changed: make(chan struct{}), replica: newID("rep_")}
+	s := &store{driver: cfg.Driver, log: logger, changed: make(chan struct{}), replica: newID("rep_"), lanes: make([]grouper, 1)}
 	var err error
 	switch cfg.Driver {
 	case DriverSQLite:
@@ -99,13 +114,14 @@ func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (*store, er
 		s.rdb.SetMaxOpenConns(cfg.MaxConns)
 		s.rdb.SetMaxIdleConns(cfg.MaxConns)
 	case DriverPostgres:
-		if s.rdb, err = sql.Open("pgx", cfg.PostgresURL); err != nil {
+		if s.rdb, err = openPostgres(cfg.PostgresURL, &s.pgCount); err != nil {
 			return nil, fmt.Errorf("open postgres: %w", redactURLError(err))
 		}
 		s.rdb.SetMaxOpenConns(cfg.MaxConns)
 		s.rdb.SetMaxIdleConns(cfg.MaxConns)
 		s.rdb.SetConnMaxIdleTime(5 * time.Minute)
 		s.wdb = s.rdb
+		s.lanes = make([]grouper, pgGroups(cfg.MaxConns))
 	default:
 		return nil, fmt.Errorf("open store: unknown driver %q", cfg.Driver)
 	}
@@ -226,8 +242,16 @@ func (s *store) knownVersion() int64 {
 	return s.version
 }
 
-// tx is a write transaction. It holds the feed_state row from its start,
-// so write transactions commit in the order of the versions they take.
+// tx is a write transaction. One of store.write holds the feed_state
+// row from its start, so write transactions commit in the order of the
+// versions they take. One of a command group (db_group.go) takes no
+// version and, on PostgreSQL, does not lock that row.
+//
+// On SQLite it is a database/sql transaction (Tx). On PostgreSQL Tx is nil
+// and the transaction is run by hand on a connection taken for it (conn),
+// so that BEGIN and COMMIT travel with other statements
+// (db_postgres.go): tx's ExecContext, QueryContext, QueryRowContext and
+// PrepareContext send it there.
 type tx struct {
 	*sql.Tx
 	s       *store
@@ -235,44 +259,119 @@ type tx struct {
 	version int64 // last version taken; written back at commit
 	base    int64
 	now     time.Time
+	// unversioned: the transaction holds no feed_state lock (a command
+	// group's); taking a version in it is a bug (next panics).
+	unversioned bool
+	// notes are the command events to notify at commit (PostgreSQL;
+	// commands_notify.go), each encoded.
+	notes [][]byte
+	// evictKeys and evictOps are the API keys, and the operators whose
+	// keys, this transaction changed: evicted from the key cache of every
+	// replica at its commit (keycache.go).
+	evictKeys, evictOps []string
+	// conn is the transaction's connection on PostgreSQL; nil on SQLite.
+	conn *sql.Conn
+	// begun: BEGIN was sent (PostgreSQL), alone or with the first batch;
+	// beginErr is its failure. done: committed.
+	begun, done bool
+	beginErr    error
 }
 
 // write runs fn in a write transaction and commits it, or rolls back if fn
 // returns an error (which write returns as is).
 func (s *store) write(ctx context.Context, fn func(*tx) error) error {
-	t, err := s.wdb.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	defer t.Rollback()
-	w := &tx{Tx: t, s: s, ctx: ctx, now: time.Now()}
-	// The one dialect difference that matters: PostgreSQL locks the row;
-	// SQLite's BEGIN IMMEDIATE already holds the database's write lock.
-	lock := lockVersion
+	return s.writeTx(ctx, true, fn)
+}
+
+// writeTx is write; a transaction that is not versioned does not lock the
+// feed_state row (on SQLite BEGIN IMMEDIATE serialises it anyway) and may
+// not take versions: the command groups' (db_group.go), whose writes
+// change no registry row and are kept consistent by the rows they lock.
+func (s *store) writeTx(ctx context.Context, versioned bool, fn func(*tx) error) error {
+	w := &tx{s: s, ctx: ctx, now: time.Now(), unversioned: !versioned}
 	if s.driver == DriverPostgres {
-		lock += ` FOR UPDATE`
+		// BEGIN is not sent yet: it goes with the transaction's first
+		// statements (tx.batch, tx.begin).
+		c, err := s.wdb.Conn(ctx)
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		defer c.Close() // after the rollback below: back to the pool
+		w.conn = c
+		defer w.rollbackPG()
+	} else {
+		t, err := s.wdb.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		defer t.Rollback()
+		w.Tx = t
 	}
-	if err := w.queryRowW(lock).Scan(&w.base); err != nil {
-		return fmt.Errorf("lock feed version: %w", err)
+	if versioned {
+		// The one dialect difference that matters: PostgreSQL locks the
+		// row; SQLite's BEGIN IMMEDIATE already holds the database's
+		// write lock.
+		if err := w.lockVersion(); err != nil {
+			return fmt.Errorf("lock feed version: %w", err)
+		}
 	}
 	w.version = w.base
 	if err := fn(w); err != nil {
+		if w.beginErr != nil {
+			return fmt.Errorf("begin: %w", w.beginErr)
+		}
 		return err
 	}
-	if w.version != w.base {
-		if _, err := t.ExecContext(ctx, `UPDATE feed_state SET version = $1 WHERE id = 1`, w.version); err != nil {
-			return fmt.Errorf("write feed version: %w", err)
-		}
+	w.ctx = ctx
+	if err := w.commit(); err != nil {
+		return err
 	}
-	if err := t.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+	if versioned {
+		s.observe(w.version)
 	}
-	s.observe(w.version)
+	// This replica's cache at once, before the caller is answered; the
+	// others' when PostgreSQL delivers the notification (commitPG).
+	s.keys.evict(evictRevoke, w.evictKeys, nil)
+	s.keys.evict(evictOperator, nil, w.evictOps)
 	return nil
 }
 
+// lockVersion reads the version row into t.base, locking it on
+// PostgreSQL (with BEGIN, in one round trip).
+func (t *tx) lockVersion() error {
+	if t.Tx != nil {
+		return t.queryRowW(lockVersion).Scan(&t.base)
+	}
+	b := &pgx.Batch{}
+	b.Queue(lockVersion + ` FOR UPDATE`)
+	return t.batch(b, func(br pgx.BatchResults) error { return br.QueryRow().Scan(&t.base) })
+}
+
+// commit writes the version taken back and commits (on PostgreSQL with
+// the notifications, in one round trip: commitPG).
+func (t *tx) commit() error {
+	if t.Tx == nil {
+		return t.commitPG()
+	}
+	if t.version != t.base {
+		if _, err := t.ExecContext(t.ctx, setVersion, t.version); err != nil {
+			return fmt.Errorf("write feed version: %w", err)
+		}
+	}
+	if err := t.Tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// setVersion writes a transaction's last version back at its commit.
+const setVersion = `UPDATE feed_state SET version = $1 WHERE id = 1`
+
 // next takes the next change version.
 func (t *tx) next() int64 {
+	if t.unversioned {
+		panic("api: a change version taken in a command group's transaction, which does not lock feed_state (use store.write)")
+	}
 	t.version++
 	return t.version
 }
@@ -292,6 +391,14 @@ func isUniqueViolation(err error) bool {
 		return se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE
 	}
 	return false
+}
+
+// isRetryable reports whether err ended a PostgreSQL transaction that may
+// succeed if run again: a deadlock (PostgreSQL aborted one of the
+// transactions waiting for each other) or a serialization failure.
+func isRetryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
 }
 
 // isForeignKeyViolation reports whether err is a foreign key failure.

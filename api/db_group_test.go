@@ -31,6 +31,9 @@ func TestWriteGroup(t *testing.T) {
 		var mu sync.Mutex
 		var sizes []int
 		db.groupSize = func(n int) { mu.Lock(); sizes = append(sizes, n); mu.Unlock() }
+		// Every write in lane 0 (device ""): this test is about sharing a
+		// transaction (TestCommandGroupsPostgres has several lanes).
+		lane := db.lane("")
 		if _, err := db.wdb.ExecContext(ctx, `CREATE TABLE group_test (k TEXT PRIMARY KEY)`); err != nil {
 			t.Fatal(err)
 		}
@@ -49,15 +52,15 @@ func TestWriteGroup(t *testing.T) {
 		// The first write holds its transaction open until every other
 		// caller is queued behind it.
 		wg.Go(func() {
-			outs[0] = db.writeGroup(ctx, func(t *tx) error {
+			outs[0] = db.writeGroup(ctx, "", func(t *tx) error {
 				<-queued
 				return insert(t, "k0")
 			})
 		})
 		waitFor(t, 10*time.Second, "the first write to lead", func() bool {
-			db.group.mu.Lock()
-			defer db.group.mu.Unlock()
-			return db.group.busy
+			lane.mu.Lock()
+			defer lane.mu.Unlock()
+			return lane.busy
 		})
 		for i := 1; i < n; i++ {
 			c := ctx
@@ -65,7 +68,7 @@ func TestWriteGroup(t *testing.T) {
 				c = gone
 			}
 			wg.Go(func() {
-				outs[i] = db.writeGroup(c, func(t *tx) error {
+				outs[i] = db.writeGroup(c, "", func(t *tx) error {
 					k := fmt.Sprintf("k%d", i)
 					switch i {
 					case 5:
@@ -86,9 +89,9 @@ func TestWriteGroup(t *testing.T) {
 			})
 		}
 		waitFor(t, 10*time.Second, "every write to queue", func() bool {
-			db.group.mu.Lock()
-			defer db.group.mu.Unlock()
-			return len(db.group.queue) == n-1
+			lane.mu.Lock()
+			defer lane.mu.Unlock()
+			return len(lane.queue) == n-1
 		})
 		close(queued)
 		wg.Wait()

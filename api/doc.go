@@ -20,9 +20,11 @@
 // # Contracts
 //
 //   - Versions. Every change takes a version from the one row of
-//     feed_state, which every write transaction locks first: transactions
-//     commit in version order, versions only grow, and a follower that has
-//     applied every change up to V holds exactly the registry at V.
+//     feed_state, which every write transaction of the registry locks
+//     first: transactions commit in version order, versions only grow,
+//     and a follower that has applied every change up to V holds exactly
+//     the registry at V. Command writes (group commits) take no version
+//     and do not lock it.
 //   - Change feed. GET /v1/feed/snapshot streams every device (NDJSON,
 //     header with the version V it includes at least, trailer with the
 //     count); GET /v1/feed/changes?since=V&wait=30s answers the devices
@@ -43,7 +45,14 @@
 //     256-bit random, shown once, stored as hex SHA-256 (the registry's
 //     and the clients file's format), compared in constant time, never
 //     logged. API keys are drv_<key id>_<secret>: the id is the primary
-//     key, so authentication is one lookup.
+//     key, so authentication is one lookup, and mostly none: each replica
+//     caches the active keys it read (keycache.go), the secret and the
+//     expiry still checked on every request. A revoke, an operator's
+//     update or delete evicts at its commit on the replica that made it
+//     and, on PostgreSQL, on every other through a pg_notify in the same
+//     transaction; a replica not listening does not use its cache, and
+//     empties it when it listens again; -key-cache-max-age bounds the
+//     rest.
 //   - Authorization. A key's operator has a role (admin, operator,
 //     viewer, follower) and fleets (or "*"). An object outside the
 //     caller's fleets answers 404, exactly like one that does not exist;
@@ -71,9 +80,15 @@
 //     streams this replica's command changes (server-sent events), each
 //     filtered by the device's fleet read when the event is sent. Command
 //     creates, dispatch marks and report posts group-commit (db_group.go):
-//     those that arrive while a commit runs share the next transaction,
-//     each in its own savepoint (a failing one rolls back alone), each
-//     answered only after that transaction committed. Finished commands
+//     those that arrive while a commit runs share the next transaction
+//     (a failing one rolls back alone: the group runs again with a
+//     savepoint per write), each answered only after that transaction
+//     committed; one group at a time on SQLite, one per lane on
+//     PostgreSQL (creates in their device's lane, deliveries in lane 0,
+//     so that no two groups in flight hold the same device), where a
+//     create locks its device's row, so that one device's creates take
+//     turns (seq, queue limit, idempotency key), and a group that
+//     PostgreSQL aborted as a deadlock victim runs again. Finished commands
 //     are deleted -command-retention after they finished
 //     (commands_retention.go), except each device's newest and the offers
 //     of running campaigns.

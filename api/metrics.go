@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -19,9 +20,15 @@ type metrics struct {
 	commands     *prometheus.CounterVec
 	alertEvents  prometheus.Counter
 	writeGroups  prometheus.Histogram
+	groupRetries prometheus.Counter
 	campaignDevs *prometheus.GaugeVec
 	notifyEvents prometheus.Counter
 	notifyLost   prometheus.Counter
+	keyLookups   *prometheus.CounterVec
+	keyEvictions *prometheus.CounterVec
+	// pg is the open store's count of what it sent PostgreSQL (nil
+	// before it opens, and on SQLite), which two counters read.
+	pg atomic.Pointer[pgCounter]
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -71,15 +78,48 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drover_api_command_listen_lost_total",
 			Help: "Times this replica was not listening for other replicas' command events (its connection failed): its event streams ended with overflow, waits polled.",
 		}),
+		keyLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_key_cache_lookups_total",
+			Help: "API key lookups of authentications, by result: hit (the key cache answered), miss (the database did), bypass (the cache was off: -key-cache-max-age 0, or on PostgreSQL while not listening for evictions).",
+		}, []string{"result"}),
+		keyEvictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_key_cache_evictions_total",
+			Help: "API keys dropped from the key cache, by cause: revoke, operator_changed (updated, disabled or deleted), other_replica (notified by another replica), not_listening (emptied when the eviction channel was lost or listened again), max_age, size_limit.",
+		}, []string{"cause"}),
 		writeGroups: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "drover_api_write_group_size",
 			Help:    "Writes (command creates, dispatch marks, report posts) committed together in one group-commit transaction; _count is those transactions (commits).",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 		}),
+		groupRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_api_write_group_retries_total",
+			Help: "Group-commit transactions run again because PostgreSQL aborted them as a deadlock victim or a serialization failure (groups run concurrently there).",
+		}),
 	}
+	pgRead := func(f func(*pgCounter) int64) func() float64 {
+		return func() float64 {
+			if c := m.pg.Load(); c != nil {
+				return float64(f(c))
+			}
+			return 0
+		}
+	}
+	dbTrips := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "drover_api_db_round_trips_total",
+		Help: "Round trips to PostgreSQL: each statement sent alone (BEGIN and COMMIT included) and each batch of statements sent together; 0 on SQLite.",
+	}, pgRead(func(c *pgCounter) int64 { return c.roundTrips.Load() }))
+	dbStmts := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "drover_api_db_statements_total",
+		Help: "Statements sent to PostgreSQL, alone or in a batch (BEGIN and COMMIT included); 0 on SQLite.",
+	}, pgRead(func(c *pgCounter) int64 { return c.statements.Load() }))
+	dbCommits := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "drover_api_db_commits_total",
+		Help: "Write transactions committed on PostgreSQL (each COMMIT that PostgreSQL answered COMMIT); 0 on SQLite.",
+	}, pgRead(func(c *pgCounter) int64 { return c.commits.Load() }))
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups, m.campaignDevs, m.notifyEvents, m.notifyLost} {
+		for _, c := range []prometheus.Collector{dbTrips, dbStmts, dbCommits, m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
+			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups, m.groupRetries, m.campaignDevs, m.notifyEvents, m.notifyLost,
+			m.keyLookups, m.keyEvictions} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}

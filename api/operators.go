@@ -251,6 +251,7 @@ func (s *Server) updateOperator(w http.ResponseWriter, r *http.Request, p *princ
 			after.Name, after.Role, string(fl), after.Version, t.ms(), boolInt(after.Disabled), disabled, id); err != nil {
 			return fmt.Errorf("update operator %s: %w", id, err)
 		}
+		t.operatorChanged(id) // its keys' role, fleets, name or standing changed: every replica reads them again
 		return t.audit(actorOf(r, p), change{action: "operator.update", objType: "operator", objID: id,
 			before: before, after: after, version: after.Version})
 	})
@@ -286,6 +287,7 @@ func (s *Server) deleteOperator(w http.ResponseWriter, r *http.Request, p *princ
 		if _, err := t.ExecContext(t.ctx, `DELETE FROM operators WHERE id = $1`, id); err != nil {
 			return fmt.Errorf("delete operator %s: %w", id, err)
 		}
+		t.operatorChanged(id)
 		return t.audit(actorOf(r, p), change{action: "operator.delete", objType: "operator", objID: id, before: before})
 	})
 	if err != nil {
@@ -423,6 +425,7 @@ func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, p *principal)
 		if _, err := t.ExecContext(t.ctx, `UPDATE api_keys SET revoked_at = $1 WHERE id = $2`, t.ms(), keyID); err != nil {
 			return fmt.Errorf("revoke key: %w", err)
 		}
+		t.keyChanged(keyID) // refused on every replica from its commit (on the others, once notified)
 		after := before
 		now := msTime(t.ms())
 		after.RevokedAt = &now

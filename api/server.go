@@ -43,6 +43,9 @@ type Server struct {
 	// replica, its own included (PostgreSQL; commands_notify.go).
 	listening atomic.Bool
 
+	// keys caches the active API keys this replica read (keycache.go).
+	keys *keyCache
+
 	touchMu sync.Mutex
 	touched map[string]time.Time // key id → last recorded use
 }
@@ -80,6 +83,9 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 			return nil, fmt.Errorf("api config: %w", err)
 		}
 	}
+	// On PostgreSQL the key cache is off until this replica listens for
+	// the evictions of the others (commands_notify.go).
+	s.keys = newKeyCache(cfg.KeyCacheMaxAge, cfg.KeyCacheSize, cfg.Driver == DriverSQLite, m.keyLookups, m.keyEvictions)
 	s.events = newEventBus(s)
 	s.routes = s.routeTable()
 	s.handler = s.buildHandler()
@@ -213,6 +219,11 @@ func (s *Server) openWithRetry(ctx context.Context) (*store, error) {
 		db, err := openStore(ctx, s.cfg, s.log)
 		if err == nil {
 			db.groupSize = func(n int) { s.metrics.writeGroups.Observe(float64(n)) }
+			db.groupRetries = s.metrics.groupRetries.Inc
+			db.keys = s.keys
+			if db.driver == DriverPostgres {
+				s.metrics.pg.Store(&db.pgCount)
+			}
 			return db, nil
 		}
 		if ctx.Err() != nil {
