@@ -41,6 +41,7 @@ type cmdCounters struct {
 	failed     atomic.Uint64
 	duplicates atomic.Uint64 // a command received again: its report resent, not executed
 	expired    atomic.Uint64 // received after its expiry: refused, not executed
+	lateMs     atomic.Int64  // the most any of those arrived after its expiry
 	reports    atomic.Uint64 // reports sent (resends included)
 	acked      atomic.Uint64 // report acks received
 	// latency is from the API call to the device's receipt, for commands that carry
@@ -59,9 +60,14 @@ type CommandStats struct {
 	Succeeded  uint64 `json:"succeeded"`
 	Failed     uint64 `json:"failed"`
 	Duplicates uint64 `json:"duplicates"`
-	Expired    uint64 `json:"expired"`
-	Reports    uint64 `json:"reports"`
-	ReportAcks uint64 `json:"report_acks"`
+	// Expired counts commands received after their expiry: refused and reported FAILED
+	// "expired on device" (docs/wire-format.md); ExpiredLateMs is the most any of them
+	// arrived after its expiry. A frame that sat in a buffer as its expiry passed arrives a
+	// few ms late; one written hours after its expiry would show hours.
+	Expired       uint64 `json:"expired"`
+	ExpiredLateMs int64  `json:"expired_late_ms"`
+	Reports       uint64 `json:"reports"`
+	ReportAcks    uint64 `json:"report_acks"`
 	// LatencyMs is from the API call to the device's receipt of commands that carry
 	// BenchSentParam; absent when none did.
 	LatencyMs *LatencyMs `json:"latency_ms,omitempty"`
@@ -79,7 +85,7 @@ type CommandStats struct {
 func (c *cmdCounters) stats() CommandStats {
 	s := CommandStats{Received: c.received.Load(), Executed: c.executed.Load(), Succeeded: c.succeeded.Load(),
 		Failed: c.failed.Load(), Duplicates: c.duplicates.Load(), Expired: c.expired.Load(),
-		Reports: c.reports.Load(), ReportAcks: c.acked.Load()}
+		ExpiredLateMs: c.lateMs.Load(), Reports: c.reports.Load(), ReportAcks: c.acked.Load()}
 	if l := c.latency.snapshot().latency(); l.Count > 0 {
 		ms := latencyMs(l)
 		s.LatencyMs = &ms
@@ -117,6 +123,9 @@ func (d *device) command(cmd *telemetry.Command, now time.Time) {
 	s.cmds[cmd.GetId()] = st
 	if now.UnixMilli() >= cmd.GetExpiresMs() || cmd.GetTtlMs() <= 0 {
 		f.cc.expired.Add(1)
+		late := now.UnixMilli() - cmd.GetExpiresMs()
+		for m := f.cc.lateMs.Load(); late > m && !f.cc.lateMs.CompareAndSwap(m, late); m = f.cc.lateMs.Load() {
+		}
 		st.final = &telemetry.CommandReport{Id: cmd.GetId(), Status: telemetry.CommandStatus_COMMAND_STATUS_FAILED, Message: "expired on device"}
 		s.out = append(s.out, st.final)
 		s.mu.Unlock()

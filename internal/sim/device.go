@@ -39,6 +39,7 @@ type device struct {
 	scratch  []*frameReading
 	uplink   telemetry.Uplink
 	wbuf     []byte
+	sending  []sentFrame // frames of the current sendAvailable not yet counted as sent
 
 	mu sync.Mutex
 	// out holds the un-acked readings, oldest first.
@@ -141,7 +142,7 @@ func (d *device) run(ctx context.Context) {
 	d.genStart = f.since()
 	var tick <-chan time.Time
 	if cfg.Rate > 0 {
-		t := time.NewTicker(max(time.Duration(float64(time.Second)/cfg.Rate), 5*time.Millisecond))
+		t := time.NewTicker(readingTick(cfg.Rate))
 		defer t.Stop()
 		tick = t.C
 		d.generate()
@@ -235,21 +236,50 @@ func (d *device) run(ctx context.Context) {
 	}
 }
 
+// readingTick is the period of a device's reading tick at rate readings a second.
+func readingTick(rate float64) time.Duration {
+	return max(time.Duration(float64(time.Second)/rate), 5*time.Millisecond)
+}
+
+// stuck reports whether frames are in flight and none has made progress for AckTimeout.
+func (d *device) stuck() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.frames) > 0 && d.f.since()-d.progressAt > d.f.cfg.AckTimeout
+}
+
 // generate takes the readings due by now into the outbox.
 func (d *device) generate() {
-	cfg, c := d.f.cfg, &d.f.c
-	now := d.f.since()
+	d.mu.Lock()
+	d.generateLocked(d.f.since())
+	d.mu.Unlock()
+}
+
+// generateLocked takes the readings due by now (since epoch) into the outbox. Under mu: the
+// writer calls it when it wakes, and the reader before an ack frees outbox room, so that a
+// reading due before the ack finds the outbox as it was then (full: dropped), however late
+// the writer woke.
+func (d *device) generateLocked(now time.Duration) {
+	cfg := d.f.cfg
+	if cfg.Rate <= 0 {
+		return
+	}
 	due := int64(float64(now-d.genStart)*cfg.Rate/float64(time.Second)) + 1
 	if cfg.Duration > 0 {
 		// Slots at or after Duration are not taken.
 		due = min(due, int64(math.Ceil(float64(cfg.Duration-d.genStart)*cfg.Rate/float64(time.Second))))
 	}
+	d.takeDue(due)
+}
+
+// takeDue takes the readings of the slots before due into the outbox. Under mu.
+func (d *device) takeDue(due int64) {
+	cfg, c := d.f.cfg, &d.f.c
 	if d.slots >= due || (cfg.Readings > 0 && d.seqs >= uint64(cfg.Readings)) {
 		return
 	}
 	dt := 1 / cfg.Rate
 	var taken, dropped uint64
-	d.mu.Lock()
 	for ; d.slots < due; d.slots++ {
 		if cfg.Readings > 0 && d.seqs >= uint64(cfg.Readings) {
 			break
@@ -274,7 +304,6 @@ func (d *device) generate() {
 		s.timeMs = d.f.epoch.Add(at).UnixMilli()
 		taken++
 	}
-	d.mu.Unlock()
 	c.generated.Add(taken)
 	c.outbox.Add(int64(taken))
 	if dropped > 0 {
@@ -285,19 +314,14 @@ func (d *device) generate() {
 // finished reports whether the device has taken all its readings and got them all acked.
 func (d *device) finished() bool {
 	cfg := d.f.cfg
-	var allTaken bool
-	switch {
-	case cfg.Readings > 0 && d.seqs >= uint64(cfg.Readings):
-		allTaken = true
-	case cfg.Duration > 0 && cfg.Drain > 0 && d.f.since() >= cfg.Duration:
-		allTaken = true
-	}
-	if !allTaken {
+	ended := cfg.Duration > 0 && cfg.Drain > 0 && d.f.since() >= cfg.Duration
+	if cfg.Readings <= 0 && !ended {
 		return false
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.out.len() == 0
+	allTaken := ended || d.seqs >= uint64(cfg.Readings)
+	return allTaken && d.out.len() == 0
 }
 
 // session runs one connection until it ends, and returns why (endStop: the device stops) and
@@ -328,11 +352,28 @@ func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC 
 	}()
 
 	stampede := f.stampedeSignal()
-	var ackCheck <-chan time.Time
+	var ackCheck, slowTick <-chan time.Time
+	// The ack timeout is checked every AckTimeout/4: on the writer's own wakes when it wakes
+	// that often anyway (its reading tick, or the slow tick while the window is full), else on
+	// a ticker of its own. A ticker per device beside the reading tick cost a sparse fleet
+	// (one reading per 10 s, AckTimeout/4 = 15 s) two thirds of a goroutine wake per frame.
+	selfCheck := false
 	if cfg.Rate > 0 {
+		selfCheck = max(readingTick(cfg.Rate), slowTickEvery) <= cfg.AckTimeout/4
+	}
+	if cfg.Rate > 0 && !selfCheck {
 		t := time.NewTicker(max(cfg.AckTimeout/4, 5*time.Millisecond))
 		defer t.Stop()
 		ackCheck = t.C
+	}
+	if cfg.Rate > 0 {
+		// While the window is full, new readings cannot be sent: the ack that opens it takes
+		// them (ack calls generateLocked), and this slower tick keeps the outbox and drop
+		// counts current meanwhile. A tick a device does not wait on costs nothing (Go 1.23+
+		// timers), so the writer wakes ~once per frame, not every 5 ms.
+		st := time.NewTicker(slowTickEvery)
+		defer st.Stop()
+		slowTick = st.C
 	}
 	var (
 		readerErr    error
@@ -342,9 +383,10 @@ func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC 
 	)
 loop:
 	for {
+		windowFull := false
 		err = d.sendReports(conn)
 		if err == nil {
-			err = d.sendAvailable(conn)
+			windowFull, err = d.sendAvailable(conn)
 		}
 		if err != nil {
 			// The write may have failed because the server closed the connection: then its
@@ -363,6 +405,10 @@ loop:
 			reason, closeCode = endStop, websocket.CloseNormalClosure
 			break
 		}
+		genTick := tick
+		if windowFull {
+			genTick = slowTick
+		}
 		select {
 		case <-ctx.Done():
 			reason, closeCode = endStop, websocket.CloseGoingAway
@@ -370,8 +416,12 @@ loop:
 		case <-stopC:
 			reason, closeCode = endStop, websocket.CloseNormalClosure
 			break loop
-		case <-tick:
+		case <-genTick:
 			d.generate()
+			if selfCheck && d.stuck() {
+				reason, closeCode = endAckTimeout, websocket.CloseNormalClosure
+				break loop
+			}
 		case <-d.wake:
 		case <-stampede:
 			// The outage: the connection is cut, no close frame.
@@ -386,10 +436,7 @@ loop:
 			}
 			break loop
 		case <-ackCheck:
-			d.mu.Lock()
-			stuck := len(d.frames) > 0 && f.since()-d.progressAt > cfg.AckTimeout
-			d.mu.Unlock()
-			if stuck {
+			if d.stuck() {
 				reason, closeCode = endAckTimeout, websocket.CloseNormalClosure
 				break loop
 			}
@@ -440,86 +487,6 @@ loop:
 	return reason, progress
 }
 
-// sendAvailable sends frames while the window and the outbox allow.
-func (d *device) sendAvailable(conn *websocket.Conn) error {
-	f, cfg := d.f, d.f.cfg
-	msgType := websocket.BinaryMessage
-	if cfg.JSON {
-		msgType = websocket.TextMessage
-	}
-	for {
-		d.mu.Lock()
-		if len(d.frames) >= cfg.Window || d.next >= d.out.len() {
-			d.mu.Unlock()
-			return nil
-		}
-		k := min(cfg.FrameReadings, d.out.len()-d.next)
-		for len(d.scratch) < k {
-			d.scratch = append(d.scratch, newFrameReading())
-		}
-		d.uplink.Readings = d.uplink.Readings[:0]
-		for i := range k {
-			d.uplink.Readings = append(d.uplink.Readings, d.scratch[i].fill(d.out.at(d.next+i)))
-		}
-		var err error
-		d.wbuf, err = telemetry.AppendUplink(d.wbuf[:0], &d.uplink, cfg.JSON)
-		if err != nil {
-			d.mu.Unlock()
-			f.c.errors.Add(1)
-			return err
-		}
-		// The send time is taken once the frame is encoded, just before it goes to the socket;
-		// a resent reading keeps its first.
-		now := int64(f.since()) + 1
-		first := d.out.at(d.next).seq
-		resent := 0
-		for i := range k {
-			s := d.out.at(d.next + i)
-			if s.sentNs == 0 {
-				s.sentNs = now
-			} else {
-				resent++
-			}
-		}
-		if len(d.frames) == 0 {
-			d.progressAt = f.since()
-		}
-		d.frames = append(d.frames, d.out.at(d.next+k-1).seq)
-		d.next += k
-		f.c.inFlight.Add(int64(k))
-		d.mu.Unlock()
-
-		_ = conn.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
-		if err := conn.WriteMessage(msgType, d.wbuf); err != nil {
-			d.unstamp(first, k, now)
-			return fmt.Errorf("write frame: %w", err)
-		}
-		f.c.sent.Add(uint64(k))
-		f.c.frames.Add(1)
-		f.c.bytes.Add(uint64(len(d.wbuf)))
-		if resent > 0 {
-			f.c.resent.Add(uint64(resent))
-		}
-	}
-}
-
-// unstamp forgets the send time of the k readings from seq first whose first send was the one
-// stamped at, which failed: they were never sent.
-func (d *device) unstamp(first uint64, k int, at int64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.out.len() == 0 {
-		return
-	}
-	// Seqs in the outbox are contiguous: the reading of seq s is at s - (seq of the oldest).
-	head := d.out.at(0).seq
-	for seq := max(first, head); seq < first+uint64(k) && seq-head < uint64(d.out.len()); seq++ {
-		if s := d.out.at(int(seq - head)); s.sentNs == at {
-			s.sentNs = 0
-		}
-	}
-}
-
 // downlinkError is a downlink Error: the server could not take a frame.
 type downlinkError struct {
 	code   uint32
@@ -550,6 +517,16 @@ func (d *device) readLoop(conn *websocket.Conn, done chan<- error) {
 			return
 		}
 		at := f.since()
+		if mt == websocket.BinaryMessage {
+			if seq, ok := telemetry.ParseAck(buf.Bytes()); ok {
+				if err := d.ack(seq, at); err != nil {
+					f.c.errors.Add(1)
+					done <- err
+					return
+				}
+				continue
+			}
+		}
 		dl, err := telemetry.DecodeDownlink(buf.Bytes(), mt == websocket.TextMessage)
 		if err != nil {
 			f.c.errors.Add(1)
@@ -585,6 +562,8 @@ func (d *device) ack(seq uint64, at time.Duration) error {
 	if seq <= d.ackedSeq.Load() {
 		return nil // an ack we had already: the server may repeat itself
 	}
+	// Readings due before this ack find the outbox as it was before it (see generateLocked).
+	d.generateLocked(at)
 	var (
 		removed   int
 		lastSeq   uint64
@@ -625,14 +604,18 @@ func (d *device) ack(seq uint64, at time.Duration) error {
 		f.c.outbox.Add(-int64(removed))
 		f.c.inFlight.Add(-int64(inFlight))
 	}
+	wasFull := len(d.frames) >= f.cfg.Window
 	n := 0
 	for n < len(d.frames) && d.frames[n] <= seq {
 		n++
 	}
 	d.frames = append(d.frames[:0], d.frames[n:]...)
-	select {
-	case d.wake <- struct{}{}:
-	default:
+	// Wake the writer only when the ack gives it work: a window it waited on (full), readings
+	// not yet sent, or an empty outbox that may end the device (-readings, -duration with
+	// -drain). A steady device's writer otherwise sends at its reading tick: waking it at every
+	// ack as well cost a sparse fleet a goroutine wake per frame for nothing to send.
+	if wasFull || d.next < d.out.len() || d.out.len() == 0 && (f.cfg.Readings > 0 || f.cfg.Duration > 0 && f.cfg.Drain > 0) {
+		d.wakeWriter()
 	}
 	return err
 }

@@ -29,8 +29,17 @@
 //     resumed handshakes.
 //
 // Each device runs two goroutines while connected: a writer (which also takes readings and
-// handles reconnects) and a reader of acks. Frames are built into reused protobuf messages and
-// buffers, so a steady device allocates little per frame.
+// handles reconnects) and a reader of acks. The writer wakes at the device's rate (at most every
+// 5 ms) only while its window has room; while the window is full it waits for the ack that
+// opens it (a 100 ms tick keeps the counts current), and the reader, before an ack frees
+// outbox room, takes the readings that fell due meanwhile, so that a full outbox drops them as
+// it would have on time. An ack wakes the writer only when it gives it work (a full window,
+// readings not yet sent, an outbox whose emptying may end the device), and the ack timeout is
+// checked on the writer's own wakes when they come at least every AckTimeout/4: a steady
+// device's goroutines wake twice per frame (its reading tick, its ack), not three or four times. Binary frames are written straight from the outbox with protowire (the
+// bytes protobuf-go writes; frame.go), JSON ones through protobuf-go; several frames ready at
+// once (a window opened by more than one) go to the socket in one write. A steady device
+// allocates little per frame and makes about one write(2) per ack.
 //
 // # What a simulated vehicle does
 //
@@ -48,7 +57,8 @@
 // # Measurements
 //
 // Ack latency is measured per reading from the moment its frame is first handed to the socket
-// (written, not generated: time spent waiting in the outbox for a window is not the server's) to
+// (written, not generated: time spent waiting in the outbox for a window is not the server's;
+// taken as the frame is encoded, a few µs before the write of the frames sent with it) to
 // the moment the reader receives the ack that covers it. A reading resent after a reconnect keeps
 // its first send time, so a dropped ack shows up in the tail. Latencies go into a log-bucketed
 // histogram (16 buckets per power of two: percentiles are reported as their bucket's upper

@@ -141,8 +141,8 @@ func (f *Fleet) newDialers() []*websocket.Dialer {
 			nd.Control = bindAddressNoPort
 		}
 		return &websocket.Dialer{
-			NetDialContext:    nd.DialContext,
-			NetDialTLSContext: f.dialTLS(nd),
+			NetDialContext:    wrapBatch(nd.DialContext),
+			NetDialTLSContext: wrapBatch(f.dialTLS(nd)),
 			HandshakeTimeout:  cfg.HandshakeTimeout,
 			ReadBufferSize:    512,
 			WriteBufferSize:   writeBuf,

@@ -131,6 +131,10 @@ type route struct {
 	cum  []float64 // km from the start to pts[i]
 	km   float64   // total length
 	loop bool      // a town loop: drive on past the last point to the first
+
+	// ang and sinAng are each segment's angle at the Earth's centre and its sine: slerp's
+	// constants, computed once (a vehicle places itself up to 100 times a second).
+	ang, sinAng []float64
 }
 
 // earthRadiusKm is the mean radius of the Earth.
@@ -169,7 +173,9 @@ func newRoute(name string, pts []waypoint, loop bool) *route {
 		r.vec = append(r.vec, unitVec(p.lat, p.lon))
 	}
 	for i := 0; i+1 < len(r.pts); i++ {
-		d := angle(r.vec[i], r.vec[i+1]) * earthRadiusKm
+		ω := angle(r.vec[i], r.vec[i+1])
+		r.ang, r.sinAng = append(r.ang, ω), append(r.sinAng, math.Sin(ω))
+		d := ω * earthRadiusKm
 		r.seg = append(r.seg, d)
 		r.cum = append(r.cum, r.km)
 		r.km += d
@@ -194,11 +200,15 @@ func angle(a, b [3]float64) float64 {
 // latitude and longitude in degrees.
 func slerp(a, b [3]float64, t float64) (lat, lon float64) {
 	ω := angle(a, b)
+	return slerpAngle(a, b, ω, math.Sin(ω), t)
+}
+
+// slerpAngle is slerp given the angle ω between a and b and its sine s.
+func slerpAngle(a, b [3]float64, ω, s, t float64) (lat, lon float64) {
 	var p [3]float64
 	if ω < 1e-12 {
 		p = a
 	} else {
-		s := math.Sin(ω)
 		wa, wb := math.Sin((1-t)*ω)/s, math.Sin(t*ω)/s
 		for i := range p {
 			p[i] = wa*a[i] + wb*b[i]

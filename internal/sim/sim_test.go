@@ -23,8 +23,21 @@ import (
 // acked exactly once, and that the server received every one of them.
 func checkDelivered(t *testing.T, f *Fleet, s *fakeFrontend, readings int) Stats {
 	t.Helper()
+	each := map[string]int{}
+	for _, id := range f.DeviceIDs() {
+		each[id] = readings
+	}
+	return checkDeliveredEach(t, f, s, each)
+}
+
+// checkDeliveredEach is checkDelivered with each device's own number of readings.
+func checkDeliveredEach(t *testing.T, f *Fleet, s *fakeFrontend, readingsOf map[string]int) Stats {
+	t.Helper()
 	st := f.Stats()
-	want := uint64(f.cfg.Devices * readings)
+	want := uint64(0)
+	for _, n := range readingsOf {
+		want += uint64(n)
+	}
 	if st.Generated != want || st.Acked != want || st.AckLatency.Count != want {
 		t.Errorf("generated %d, acked %d, latency samples %d; want %d each", st.Generated, st.Acked, st.AckLatency.Count, want)
 	}
@@ -35,17 +48,17 @@ func checkDelivered(t *testing.T, f *Fleet, s *fakeFrontend, readings int) Stats
 		// Every reading's first send is acked once: first sends = acked.
 		t.Errorf("sent %d, resent %d, acked %d: first sends differ from acked", st.Sent, st.Resent, st.Acked)
 	}
-	first, last := f.cfg.FirstSeq, f.cfg.FirstSeq+uint64(readings)-1
+	first := f.cfg.FirstSeq
 	for id, seq := range f.Acked() {
-		if seq != last {
+		if last := first + uint64(readingsOf[id]) - 1; seq != last {
 			t.Errorf("%s: acked seq %d, want %d", id, seq, last)
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, id := range f.DeviceIDs() {
-		m := s.received[id]
-		for seq := first; seq <= last; seq++ {
+		m, readings := s.received[id], readingsOf[id]
+		for seq := first; seq <= first+uint64(readings)-1; seq++ {
 			if m[seq] == 0 {
 				t.Errorf("%s: seq %d never reached the server", id, seq)
 				break
@@ -112,6 +125,16 @@ func TestEveryReadingAckedOnce(t *testing.T) {
 			}},
 		{name: "withheld acks", setup: func(s *fakeFrontend) { s.withholdBudget.Store(4) },
 			cfg: func(c *Config) { c.AckTimeout = 100 * time.Millisecond },
+			check: func(t *testing.T, st Stats, s *fakeFrontend) {
+				wantResends(t, st, s)
+				if st.Disconnects[endAckTimeout] == 0 {
+					t.Errorf("no ack timeout counted: %v", st.Disconnects)
+				}
+			}},
+		// AckTimeout/4 covers the writer's own wakes (the reading tick, the 100 ms tick of a
+		// full window): the timeout is checked on them, without a ticker of its own.
+		{name: "withheld acks, checked on the writer's ticks", setup: func(s *fakeFrontend) { s.withholdBudget.Store(4) },
+			cfg: func(c *Config) { c.AckTimeout = 4 * slowTickEvery },
 			check: func(t *testing.T, st Stats, s *fakeFrontend) {
 				wantResends(t, st, s)
 				if st.Disconnects[endAckTimeout] == 0 {
@@ -281,12 +304,15 @@ func TestIdleHoldsConnections(t *testing.T) {
 }
 
 // TestStopWhileBlocked checks that a fleet stops promptly even when its devices are blocked
-// writing to a server that does not read.
+// writing to a server that does not read: a stop cuts a blocked connection after a grace of two
+// seconds instead of waiting for the write timeout. The bound is far below the write timeout and
+// far above the grace, so a loaded machine (make test runs packages side by side) cannot fail it;
+// a stop that waited for the write timeout still does.
 func TestStopWhileBlocked(t *testing.T) {
 	s := newFakeFrontend(t, func(s *fakeFrontend) { s.stall = make(chan struct{}) })
 	cfg := testConfig(s.url())
 	cfg.Devices, cfg.Rate, cfg.FrameReadings, cfg.Window, cfg.Outbox = 2, 1e6, 1000, 1000, 100_000
-	cfg.WriteTimeout = time.Minute
+	cfg.WriteTimeout = 10 * time.Minute
 	f, cancel := startFleet(t, cfg)
 	// Blocked: the socket buffers are full, so the sent count stops growing.
 	var last uint64
@@ -301,14 +327,12 @@ func TestStopWhileBlocked(t *testing.T) {
 	cancel()
 	select {
 	case <-f.Done():
-	case <-time.After(5 * time.Second):
+		t.Logf("stop took %s (grace 2s, write timeout %s)", time.Since(start), cfg.WriteTimeout)
+	case <-time.After(30 * time.Second):
 		buf := make([]byte, 1<<20)
 		n := runtime.Stack(buf, true)
 		t.Logf("%s", buf[:n])
-		t.Fatal("fleet blocked on writes did not stop within 5s")
-	}
-	if el := time.Since(start); el > 3*time.Second {
-		t.Errorf("stop took %s", el)
+		t.Fatalf("fleet blocked on writes did not stop within 30s (write timeout %s)", cfg.WriteTimeout)
 	}
 }
 
@@ -409,8 +433,20 @@ func TestDurationDrainSummaryProgress(t *testing.T) {
 	waitDone(t, f, 10*time.Second)
 	wg.Wait()
 
-	// 100/s for 300 ms: slots at 0, 10, ..., 290 ms.
-	checkDelivered(t, f, s, 30)
+	// 100/s until 300 ms: a device's slots are at its start, +10 ms, ... before 300 ms: 30 for a
+	// device that started at 0, fewer for one that started late (a loaded machine: its readings
+	// begin when it does, as a vehicle's would).
+	total := uint64(0)
+	wantEach := map[string]int{}
+	for _, d := range f.devices {
+		n := int(math.Ceil(float64(cfg.Duration-d.genStart) * cfg.Rate / float64(time.Second)))
+		if n < 20 || n > 30 {
+			t.Fatalf("%s started generating at %v: %d slots before %v", d.id, d.genStart, n, cfg.Duration)
+		}
+		wantEach[d.id] = n
+		total += uint64(n)
+	}
+	checkDeliveredEach(t, f, s, wantEach)
 	sum := f.Summary()
 	b, err := json.Marshal(sum)
 	if err != nil {
@@ -425,7 +461,7 @@ func TestDurationDrainSummaryProgress(t *testing.T) {
 			t.Errorf("summary lacks %q: %s", k, b)
 		}
 	}
-	if sum.Acked != 90 || sum.Unacked != 0 || sum.AckedPerSecond <= 0 || sum.AckLatencyMs.P50 < 20 ||
+	if sum.Acked != total || sum.Unacked != 0 || sum.AckedPerSecond <= 0 || sum.AckLatencyMs.P50 < 20 ||
 		sum.Seconds < 0.3 || sum.DevicesDone != 3 || sum.Config.Duration != "300ms" || strings.Contains(string(b), testSeed) {
 		t.Errorf("summary: %s", b)
 	}

@@ -124,6 +124,10 @@ type vehicle struct {
 	alt      float64
 	altNoise float64 // terrain around the waypoints' interpolation, m
 
+	// latE7 and lonE7 are lat and lon as readings carry them, set with them (per tick, not
+	// per reading).
+	latE7, lonE7 int32
+
 	speed  float64 // km/h
 	cruise float64 // km/h the driver aims for on this route
 	wander float64 // km/h around cruise
@@ -218,7 +222,8 @@ func (v *vehicle) place() {
 	if rt.seg[i] > 0 {
 		t = v.pos / rt.seg[i]
 	}
-	v.lat, v.lon = slerp(rt.vec[i], rt.vec[i+1], t)
+	v.lat, v.lon = slerpAngle(rt.vec[i], rt.vec[i+1], rt.ang[i], rt.sinAng[i], t)
+	v.latE7, v.lonE7 = telemetry.DegreesToE7(v.lat), telemetry.DegreesToE7(v.lon)
 	switch {
 	case v.dir > 0 && rt.seg[i]-v.pos > 0.001:
 		v.heading = bearing(v.lat, v.lon, b.lat, b.lon)
@@ -490,7 +495,7 @@ func (v *vehicle) tick(h float64) {
 // sample writes the vehicle's reading into s, with sensor noise.
 func (v *vehicle) sample(s *sample) {
 	r, sp := v.rng, v.spec
-	s.latE7, s.lonE7 = telemetry.DegreesToE7(v.lat), telemetry.DegreesToE7(v.lon)
+	s.latE7, s.lonE7 = v.latE7, v.lonE7
 	s.altM = float32(v.alt)
 	s.headingDeg = float32(math.Mod(v.heading, 360))
 	if s.headingDeg >= 360 || s.headingDeg < 0 {
