@@ -149,8 +149,8 @@ func (p *pipeline) waitDrained(timeout time.Duration, want uint64) {
 		atLeast := func(v float64) bool { return v >= float64(want) }
 		check(p.fe, "drover_queue_depth_entries", map[string]string{"queue": "frontend"}, zero)
 		check(p.rt, "drover_queue_depth_entries", map[string]string{"queue": "router"}, zero)
-		check(p.rt, "drover_queue_depth_entries", map[string]string{"queue": "sub-" + uid("influx")}, zero)
-		check(p.rt, "drover_queue_depth_entries", map[string]string{"queue": "sub-" + uid("lake")}, zero)
+		check(p.rt, "drover_queue_cursor_lag_entries", map[string]string{"queue": "router", "cursor": uid("influx")}, zero)
+		check(p.rt, "drover_queue_cursor_lag_entries", map[string]string{"queue": "router", "cursor": uid("lake")}, zero)
 		check(p.wInflux, "drover_queue_depth_entries", map[string]string{"queue": "writer-" + uid("influx")}, zero)
 		check(p.wLake, "drover_queue_depth_entries", map[string]string{"queue": "writer-" + uid("lake")}, zero)
 		check(p.wInflux, "drover_writer_records_written_total", nil, atLeast)
