@@ -69,24 +69,48 @@ tools:
 	done
 
 # map first: the browser tests (internal/browsertest) need the real page in the binary.
-test: map vet fmt-check tools test-unit test-fuzz test-chaos
+# The fuzz runs (test-fuzz) run inside test-unit here (FUZZ_BESIDE_E2E): once the rest of
+# the root module's tests are done, while internal/e2e's last tests still wait, on CPU that
+# their waiting leaves free (~1 minute of the run that used to come after).
+test: FUZZ_BESIDE_E2E := yes
+test: map vet fmt-check tools test-unit test-chaos
 
 # Every package's tests with the race detector, the kill -9 tests included.
 # TestChaos runs on its own after (test-chaos): it is a load of its own.
-# The nested modules' tests run beside the root module's, not after them:
-# most of their time (k8stest's pods and image builds, browsertest's
-# Chromium) is spent waiting, and run after ./... it added ~5 minutes to
-# make test. Their output is kept in a file and printed when both are done,
-# so that the two do not interleave; either failing fails the target.
+# Three go test runs side by side, each printed whole once all are done (so
+# that their output does not interleave); any failing fails the target:
+#  - internal/e2e (E2E_PKG): real processes and simulated devices in real
+#    time, mostly waiting (under one core), the longest package by far.
+#    Inside the root module's ./... it had one of go test's two slots for
+#    ~520 s and was the long pole; in a go test of its own it starts as soon
+#    as it is built, and its t.Parallel tests run E2E_PARALLEL at a time.
+#  - the rest of the root module (-p 2, go test's default here).
+#  - the nested modules but k8stest (NESTED_BESIDE): most of their time
+#    (browsertest's Chromium) is spent waiting; run after ./... they added
+#    ~5 minutes to make test.
+# go build -race ./... first: the three would otherwise each compile the
+# race-instrumented packages they share, at the same time. With
+# FUZZ_BESIDE_E2E=yes (make test sets it) the fuzz runs follow the rest of
+# the root module's tests, while internal/e2e still runs.
+# k8stest (NESTED_AFTER) runs after, alone (see NESTED_BESIDE above).
+E2E_PKG := ./internal/e2e/
+E2E_PARALLEL ?= 2
 test-unit:
-	nested_log="$$(mktemp)"; trap 'rm -f "$$nested_log"' EXIT; \
+	e2e_log="$$(mktemp)"; nested_log="$$(mktemp)"; trap 'rm -f "$$e2e_log" "$$nested_log"' EXIT; \
+	$(GO) build -race ./...; \
+	root_pkgs="$$($(GO) list ./... | grep -v '/internal/e2e$$')"; \
+	$(GO) test -race -count=1 -timeout 20m -parallel $(E2E_PARALLEL) -skip '^TestChaos$$' $(E2E_PKG) >"$$e2e_log" 2>&1 & \
+	e2e=$$!; \
 	( for m in $(NESTED_BESIDE); do (cd $$m && $(GO) test -race -count=1 -timeout 20m ./...) || exit 1; done ) >"$$nested_log" 2>&1 & \
 	nested=$$!; \
-	root_rc=0; $(GO) test -race -count=1 -timeout 20m -skip '^TestChaos$$' ./... || root_rc=$$?; \
+	root_rc=0; $(GO) test -race -count=1 -timeout 20m $$root_pkgs || root_rc=$$?; \
+	fuzz_rc=0; if [[ "$(FUZZ_BESIDE_E2E)" == yes ]]; then ( $(FUZZ_RUNS) ) || fuzz_rc=$$?; fi; \
+	e2e_rc=0; wait $$e2e || e2e_rc=$$?; \
 	nested_rc=0; wait $$nested || nested_rc=$$?; \
+	echo "--- $(E2E_PKG) (beside the rest, -parallel $(E2E_PARALLEL)) ---"; cat "$$e2e_log"; \
 	echo "--- nested modules: $(NESTED_BESIDE) ---"; cat "$$nested_log"; \
 	after_rc=0; for m in $(NESTED_AFTER); do (cd $$m && $(GO) test -race -count=1 -timeout 20m ./...) || after_rc=$$?; done; \
-	if (( root_rc != 0 || nested_rc != 0 || after_rc != 0 )); then echo "test-unit: root module exit $$root_rc, nested modules exit $$nested_rc beside, $$after_rc after"; exit 1; fi
+	if (( root_rc != 0 || fuzz_rc != 0 || e2e_rc != 0 || nested_rc != 0 || after_rc != 0 )); then echo "test-unit: root module exit $$root_rc, fuzz runs exit $$fuzz_rc, $(E2E_PKG) exit $$e2e_rc, nested modules exit $$nested_rc beside, $$after_rc after"; exit 1; fi
 
 # The 2-minute chaos proof, without the race detector (its 2,000 simulated
 # devices run in the test process) and alone, so that what it measures is
@@ -98,11 +122,13 @@ test-chaos:
 # A count, not a duration: when a duration runs out while a worker is busy,
 # go test can report "context deadline exceeded" as a failure with no input
 # at fault (seen in CI); a count ends the run between inputs.
+# FUZZ_RUNS is one shell command, so that test-unit can run it too (FUZZ_BESIDE_E2E).
 FUZZTIME ?= 200000x
-test-fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeUplinkBinary$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./telemetry/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeUplinkJSON$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./telemetry/
+FUZZ_RUNS = $(GO) test -run='^$$' -fuzz='^FuzzDecodeUplinkBinary$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./telemetry/ && \
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeUplinkJSON$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./telemetry/ && \
 	$(GO) test -run='^$$' -fuzz='^FuzzValidReadingEncodes$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=50x ./storagewriter/influx/
+test-fuzz:
+	$(FUZZ_RUNS)
 
 fuzz:
 	$(MAKE) test-fuzz FUZZTIME=10000000x

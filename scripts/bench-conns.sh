@@ -42,7 +42,8 @@
 # RSS against the GC's headroom),
 # SIM_CPUS and SERVER_CPUS (pin the simulators and the servers to different cores with taskset,
 # e.g. SIM_CPUS=1 SERVER_CPUS=0; recorded on the first line of the results), PROFILE=SECONDS
-# (connect: a CPU profile of the frontend over each wave, cut by phase), OUT (bench-out). Results:
+# (connect: a CPU profile of the frontend over each wave, cut by phase), OUT (bench-out),
+# DROVER_BIN (run that binary instead of building one: a before/after comparison). Results:
 # OUT/conns-<scenario>/ (each process's log, metrics and summaries, and <scenario>.txt, the table).
 #
 # Sizes for a check that the script works (a minute or two each, a few hundred devices):
@@ -65,7 +66,7 @@ trap cleanup EXIT
 cd "$root"
 
 log() { echo "bench-conns: $*" >&2; }
-go build -o "$work/drover" ./cmd/drover
+build_drover "$work/drover" # or $DROVER_BIN: a before/after comparison
 drover="$work/drover"
 export DROVER_SIM_TOKEN_SEED=bench-conns
 scripts/make-test-certs.sh "$work/certs" 2>/dev/null
@@ -375,7 +376,13 @@ scale)
 	declare -A c0
 	for name in "${!fe_pid[@]}"; do c0[$name]=$(cpusec "${fe_pid[$name]}"); done
 	r0=$(cpusec "$router_pid"); s0=0; for p in "${sim_pids_dev[@]}"; do s0=$(python3 -c "print($s0 + $(cpusec "$p"))"); done
+	frames0=$(promsums drover_frontend_frames_received_total '' "${all_ops[@]}")
+	fsyncs0=$(promsums drover_queue_fsyncs_total 'queue="frontend"' "${all_ops[@]}")
+	pings0=$(promsums drover_frontend_pings_sent_total '' "${all_ops[@]}")
 	sleep "$window"
+	frames=$(($(promsums drover_frontend_frames_received_total '' "${all_ops[@]}") - frames0))
+	fsyncs=$(($(promsums drover_queue_fsyncs_total 'queue="frontend"' "${all_ops[@]}") - fsyncs0))
+	pings=$(($(promsums drover_frontend_pings_sent_total '' "${all_ops[@]}") - pings0))
 	{
 		echo "scale: $n devices, $f frontends (${PORTS:-reuse} ports, ${scheme}), one reading every $(python3 -c "print(1/$rate)") s each"
 		echo "connected: $(connected) of $n; acking devices (sims): $(promsums drover_sim_devices_acking '' "${sim_ops_dev[@]}")"
@@ -388,6 +395,7 @@ scale)
 		s1=0; srss=0; for p in "${sim_pids_dev[@]}"; do s1=$(python3 -c "print($s1 + $(cpusec "$p"))"); srss=$((srss + $(rss "$p"))); done
 		echo "frontends: RSS $((ferss >> 20)) MiB in all, $(python3 -c "print(round($ferss / $n / 1024, 2))") KiB per device; CPU $(python3 -c "print(round($fecpu / $window, 2))") cores; open files per process:$fefds (limit $(ulimit -Hn))"
 		echo "router: RSS $(($(rss "$router_pid") >> 20)) MiB, CPU $(python3 -c "print(round(($(cpusec "$router_pid") - $r0) / $window, 2))") cores"
+		echo "frontends, per second of the window: frames $((frames / window)), queue fsyncs $((fsyncs / window)), pings sent $((pings / window)); servers' CPU per frame $(python3 -c "print(round(1e6 * ($fecpu + $(cpusec "$router_pid") - $r0) / max($frames, 1)))") µs"
 		echo "simulator: ${#sim_pids_dev[@]} processes, RSS $((srss >> 20)) MiB, CPU $(python3 -c "print(round(($s1 - $s0) / $window, 2))") cores"
 		echo "machine: load $(cut -d' ' -f1-3 /proc/loadavg), memory available $(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo) MiB"
 	} | tee -a "$out/scale.txt"

@@ -16,7 +16,8 @@
 # process_cpu_seconds_total and the queue depths (bench-out/pipeline/samples.tsv). When the
 # simulator stops it reports:
 #   - sustained readings/s written to InfluxDB and to the lake over the load (after WARMUP, 10s);
-#   - the backlog at the end of the load (router subscriber queues sub-*, writer queues writer-*)
+#   - the backlog at the end of the load (what the router holds for each subscriber: its cursor's
+#     lag in the log, or its queue sub-* before issue 20; writer queues writer-*)
 #     and whether it returned to zero within DRAIN_TIMEOUT (120s), and how long that took;
 #   - each writer's CPU seconds per reading (its process_cpu_seconds_total / records written).
 # SIM_CPUS and SERVER_CPUS pin the simulator and the servers (drover's processes and influxd) to CPU
@@ -56,6 +57,12 @@ metric() { # ops-addr name [label-filter]: the sum of the matching series (0 whe
 	curl -fs "http://$1/metrics" | grep -E "^$2(\{[^}]*${3:-}[^}]*\})? " | awk '{s+=$2} END {printf "%.6f\n", s+0}'
 }
 now() { date +%s.%N; }
+# sub_backlog ops-addr name: what the router holds for one subscriber, whichever router runs
+# (DROVER_BIN): its queue sub-NAME's depth (before issue 20) or its cursor's lag in the log.
+sub_backlog() {
+	awk -v a="$(metric "$1" drover_queue_depth_entries "queue=\"sub-$2\"")" \
+		-v b="$(metric "$1" drover_queue_cursor_lag_entries "cursor=\"$2\"")" 'BEGIN {printf "%.6f\n", a + b}'
+}
 
 # InfluxDB, as scripts/influxd-test.sh runs it, on free ports in the temp dir.
 iport=$(freeport); irpc=$(freeport)
@@ -125,8 +132,8 @@ sample_line() {
 		"$(metric "127.0.0.1:$lops" process_cpu_seconds_total)" \
 		"$(metric "127.0.0.1:$fops" drover_queue_depth_entries 'queue="frontend"')" \
 		"$(metric "127.0.0.1:$rops" drover_queue_depth_entries 'queue="router"')" \
-		"$(metric "127.0.0.1:$rops" drover_queue_depth_entries 'queue="sub-influx"')" \
-		"$(metric "127.0.0.1:$rops" drover_queue_depth_entries 'queue="sub-lake"')" \
+		"$(sub_backlog "127.0.0.1:$rops" influx)" \
+		"$(sub_backlog "127.0.0.1:$rops" lake)" \
 		"$(metric "127.0.0.1:$iops" drover_queue_depth_entries 'queue="writer-influx"')" \
 		"$(metric "127.0.0.1:$lops" drover_queue_depth_entries 'queue="writer-lake"')"
 }
