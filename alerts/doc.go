@@ -14,9 +14,9 @@
 // The engine subscribes to every router like a storage writer (same
 // protocol, same certificate role on that link), appends each batch to its
 // own queue (queue.Queue, group commit) and acks the router once it is
-// fsynced; a router's batches enter the queue in the order they arrived
-// (appends of different routers share group commits). One goroutine
-// evaluates the queue in order.
+// fsynced; a router's batches take their places in the queue in the order
+// they arrived (queue.Begin), and share group commits all the same. One
+// goroutine evaluates the queue in order.
 //
 // # The queue is the journal
 //

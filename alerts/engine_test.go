@@ -235,14 +235,12 @@ func TestEngineDeliversEachAlertOnce(t *testing.T) {
 	writeRules(t, rulesPath, rs)
 	cfg := testEngineConfig(t, dir, []string{p.router.StoreAddr()}, rulesPath)
 	cfg.Lake.Dir, cfg.LakeFlush = filepath.Join(t.TempDir(), "lake-alerts"), 200*time.Millisecond
-	// The test sends each device's 300 readings of a half at once, more than
-	// the default ReorderMax (256). A batch of them that reaches the engine
-	// after later ones (it happens: one run in four here, 20 readings late)
-	// would then be evaluated as a late stretch, as it must be past
-	// ReorderMax, and the events would differ from evaluating in order,
-	// which is what this test compares with. Room for the whole half keeps
-	// the test on what it checks: each alert delivered once across a restart.
-	cfg.Eval.ReorderMax = 1024
+	// Each device's 300 readings of a half are sent at once, more than the
+	// evaluator's ReorderMax (256): the test relies on the router's log and
+	// the engine's queue keeping a frontend's batches in the order sent. A
+	// batch of 20 readings that overtook by more than 256 made them a late
+	// stretch, with events that evaluating in order does not raise (one run
+	// in four, before the router and the engine kept the order).
 	en := startEngine(t, cfg)
 	lane := readLane(t, en.AlertLaneAddr())
 	waitFor(t, 10*time.Second, "lane subscriber", func() bool { _, n := en.lane.Subscribers(); return n == 1 })

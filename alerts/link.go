@@ -33,9 +33,10 @@ const (
 type routerSeqs struct {
 	done    *forward.SeqSet
 	pending []forward.Interval
-	// last is closed when the append begun last for this router has
-	// returned: the next waits for it, so that a router's batches enter
-	// the queue in the order they arrived. Appends in parallel raced to
+	// last is closed when the batch received last from this router has
+	// its place in the queue (queue.Begin of its last append) or is done:
+	// the next waits for it, so that a router's batches enter the queue in
+	// the order they arrived, and still share group commits. Appends in parallel raced to
 	// the queue, and a batch overtaken by later ones left its devices'
 	// readings after theirs: more than ReorderMax readings of a device
 	// held for the gap made the evaluator go over it, and the overtaken
@@ -156,13 +157,17 @@ func (e *Engine) receive(l *link, m forward.Message) {
 }
 
 // appendBatch appends the entries todo of batch m to the queue, each as a
-// readings entry, once the router's append before it (prev, nil for none)
-// has returned, and acks the batch when all of it is durable; it closes
-// mine when it returns.
+// readings entry, once the router's batch before it (prev, nil for none)
+// has its place in the queue, and acks the batch when all of it is
+// durable. It closes mine once its own last append has its place
+// (queue.Begin), or when it returns: the router's next batch then begins
+// its appends and shares the commit.
 func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine chan struct{}) {
 	defer e.appendWG.Done()
 	defer func() { <-e.appendSem }()
-	defer close(mine)
+	var placeOnce sync.Once
+	placed := func() { placeOnce.Do(func() { close(mine) }) }
+	defer placed()
 	q := e.q.Load()
 	var failed error
 	if prev != nil {
@@ -172,7 +177,7 @@ func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 			failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
 		}
 	}
-	for _, iv := range todo {
+	for i, iv := range todo {
 		if failed != nil {
 			break
 		}
@@ -188,7 +193,14 @@ func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 				size += len(en) + 16
 				last = seq
 			}
-			if _, err := q.Append(e.appendCtx, entries...); err != nil && !(errors.Is(err, queue.ErrTooLarge) && len(entries) == 1) {
+			pend, err := q.Begin(entries...)
+			if i == len(todo)-1 && last == iv.Last {
+				placed()
+			}
+			if err == nil {
+				_, err = pend.Wait(e.appendCtx)
+			}
+			if err != nil && !(errors.Is(err, queue.ErrTooLarge) && len(entries) == 1) {
 				failed = err
 				break
 			} else if err != nil {

@@ -296,8 +296,33 @@ func (q *Queue) open() error {
 // entries must not be modified until Append returns. If ctx ends first,
 // Append returns its error and the entries may or may not be stored.
 func (q *Queue) Append(ctx context.Context, entries ...[]byte) (uint64, error) {
+	p, err := q.Begin(entries...)
+	if err != nil {
+		return 0, err
+	}
+	return p.Wait(ctx)
+}
+
+// Pending is an append that has its place in the queue (Begin) and is not
+// yet known durable (Wait).
+type Pending struct {
+	q     *Queue
+	g     *group
+	idx   int
+	start time.Time
+}
+
+// Begin is the first half of Append: it admits entries (or refuses them:
+// ErrTooLarge, ErrFull, ErrClosed, a storage error) and gives them their
+// place, after every append begun before it returned and before every one
+// begun after, without waiting for the commit. A caller that must keep an
+// order between appends made from several goroutines (one sender's
+// batches, in the order they arrived) begins them in that order and waits
+// for each on its own: they still share group commits. The entries must
+// not be modified until Wait returns; Wait must be called.
+func (q *Queue) Begin(entries ...[]byte) (Pending, error) {
 	if len(entries) == 0 {
-		return 0, errors.New("queue: append of no entries")
+		return Pending{}, errors.New("queue: append of no entries")
 	}
 	size := 0
 	for _, e := range entries {
@@ -305,13 +330,13 @@ func (q *Queue) Append(ctx context.Context, entries ...[]byte) (uint64, error) {
 	}
 	if size+trailerLen > q.opts.MaxRecordBytes {
 		q.m.rejected.WithLabelValues("too_large").Inc()
-		return 0, fmt.Errorf("%w: %d bytes, max %d", ErrTooLarge, size, q.opts.MaxRecordBytes-trailerLen)
+		return Pending{}, fmt.Errorf("%w: %d bytes, max %d", ErrTooLarge, size, q.opts.MaxRecordBytes-trailerLen)
 	}
 	start := time.Now()
 	q.mu.Lock()
 	if err := q.admitLocked(int64(len(entries)), int64(size)); err != nil {
 		q.mu.Unlock()
-		return 0, err
+		return Pending{}, err
 	}
 	g := q.pending
 	if g == nil || g.bytes+size+trailerLen > q.opts.MaxRecordBytes {
@@ -332,17 +357,25 @@ func (q *Queue) Append(ctx context.Context, entries ...[]byte) (uint64, error) {
 	case q.kick <- struct{}{}:
 	default:
 	}
+	return Pending{q: q, g: g, idx: idx, start: start}, nil
+}
+
+// Wait is the second half of Append: it returns the sequence number of the
+// first entry begun, once they are durable, or the commit's error. If ctx
+// ends first, it returns ctx's error and the entries may or may not be
+// stored.
+func (p Pending) Wait(ctx context.Context) (uint64, error) {
 	select {
-	case <-g.done:
+	case <-p.g.done:
 	case <-ctx.Done():
 		return 0, fmt.Errorf("queue append abandoned (may still be stored): %w", ctx.Err())
 	}
-	if g.err != nil {
-		q.m.rejected.WithLabelValues("storage").Inc()
-		return 0, g.err
+	if p.g.err != nil {
+		p.q.m.rejected.WithLabelValues("storage").Inc()
+		return 0, p.g.err
 	}
-	q.m.appendSeconds.Observe(time.Since(start).Seconds())
-	return g.firstSeq + uint64(idx), nil
+	p.q.m.appendSeconds.Observe(time.Since(p.start).Seconds())
+	return p.g.firstSeq + uint64(p.idx), nil
 }
 
 func (q *Queue) admitLocked(n, size int64) error {

@@ -392,3 +392,50 @@ func appendFrom(t *testing.T, q *Queue, g, n int, data func(g, i int) []byte) {
 	}
 	wg.Wait()
 }
+
+// TestBeginFixesTheOrder: an append's place in the queue is fixed when
+// Begin returns, whatever the order in which the appends are then waited
+// for, from goroutines of their own (the router's batches of one sender).
+func TestBeginFixesTheOrder(t *testing.T) {
+	q := openT(t, t.TempDir(), Options{})
+	defer q.Close()
+	const n = 40
+	pend := make([]Pending, n)
+	for i := range n {
+		p, err := q.Begin(payload(i), payload(1000+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pend[i] = p
+	}
+	seqs := make([]uint64, n)
+	var wg sync.WaitGroup
+	for i := n - 1; i >= 0; i-- {
+		wg.Go(func() {
+			s, err := pend[i].Wait(context.Background())
+			if err != nil {
+				t.Errorf("wait %d: %v", i, err)
+			}
+			seqs[i] = s
+		})
+	}
+	wg.Wait()
+	for i := 1; i < n; i++ {
+		if seqs[i] != seqs[i-1]+2 {
+			t.Fatalf("append %d has seq %d after %d: not in the order begun", i, seqs[i], seqs[i-1])
+		}
+	}
+	got := readAll(t, q)
+	if len(got) != 2*n {
+		t.Fatalf("read %d entries, want %d", len(got), 2*n)
+	}
+	for i, e := range got {
+		want := payload(i / 2)
+		if i%2 == 1 {
+			want = payload(1000 + i/2)
+		}
+		if !bytes.Equal(e.Data, want) {
+			t.Fatalf("entry %d is %q, want %q", i, e.Data, want)
+		}
+	}
+}

@@ -65,10 +65,23 @@
 // failing) a batch is offered only after it is stored, so that resends
 // during an outage are not offered again and again; a resend of what is
 // stored or being appended is a duplicate to dedup and is not offered.
-// Batches of one frontend may be offered out of its order under load. The
-// livefeed keeps the newest reading per vehicle by device time and reading
-// seq and ignores older or equal ones, so neither changes what its clients
-// see.
+// Batches of one frontend may be offered out of its order after a resend.
+// The livefeed keeps the newest reading per vehicle by device time and
+// reading seq and ignores older or equal ones, so neither changes what its
+// clients see.
+//
+// Order. A frontend has several batches in flight and each is stored by a
+// goroutine of its own; a batch takes its place in the main queue
+// (queue.Begin) only after the batch received before it from the same
+// frontend has taken its own, or needed none (router.go, ingest; order.go).
+// The log therefore holds a frontend's batches, and so each device's
+// readings, in the order the frontend sent them, and a frontend's batches
+// still share group commits. Without it, later batches overtook an earlier
+// one, and a device's readings landed after its later ones (more than the
+// alerts engine's reorder bound of them made it evaluate the overtaken
+// readings as a late stretch). Only a resend (after a timeout, a busy
+// answer, a router seen down) can still arrive after later batches
+// (internal/forward/doc.go). TestSenderBatchesKeepTheirOrder holds this.
 //
 // A subscriber that falls behind (its writer down, its sink down) holds
 // back only itself: its cursor's lag grows and the log keeps what it has

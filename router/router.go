@@ -52,6 +52,10 @@ type Router struct {
 	// ingests.Wait: once stopping is set, no ingest starts.
 	admit    sync.Mutex
 	stopping bool
+	// order holds, per sender, the turn of its batch received last (under
+	// admit): each batch takes its place in the main queue after the one
+	// received before it from the same sender (see ingest).
+	order map[string]*turn
 
 	// Set by Run before the socket is bound.
 	q           *queue.Queue
@@ -423,7 +427,13 @@ func (r *Router) onBatch(id []byte, m forward.Message) {
 	}
 	r.m.pending.Inc()
 	r.ingests.Add(1)
-	go r.ingest(id, m)
+	if r.order == nil {
+		r.order = make(map[string]*turn)
+	}
+	prev := r.order[m.Sender]
+	mine := &turn{placed: make(chan struct{})}
+	r.order[m.Sender] = mine
+	go r.ingest(id, m, prev, mine)
 }
 
 // refuse answers busy: the sender keeps the batch and resends it later.
@@ -455,8 +465,15 @@ func (r *Router) reply(id []byte, m forward.Message) {
 }
 
 // ingest appends the new part of one batch to the main queue and answers it.
-func (r *Router) ingest(id []byte, m forward.Message) {
+// Batches of one sender arrive several at a time (a frontend has several in
+// flight); each is checked on its own, then takes its place in the main
+// queue only once the batch received before it from the same sender (prev,
+// nil for none) has: the log holds a sender's batches, and so a device's
+// readings, in the order they were sent, and the appends still share group
+// commits (queue.Begin). A batch refused or given up on lets the next go.
+func (r *Router) ingest(id []byte, m forward.Message, prev, mine *turn) {
 	defer func() {
+		r.endTurn(m.Sender, mine)
 		<-r.slots
 		r.m.pending.Dec()
 		r.ingests.Done()
@@ -484,13 +501,17 @@ func (r *Router) ingest(id []byte, m forward.Message) {
 		return
 	}
 
+	if prev != nil {
+		<-prev.placed
+	}
 	p := r.dd.plan(m.Sender, m.First, m.Last)
 	r.m.duplicates.Add(float64(p.dups))
 	var err error
 	if p.op != nil {
-		err = r.appendNew(m, counts, p.op.missing)
+		err = r.appendNew(m, counts, p.op.missing, mine)
 		r.dd.finish(p.op, err)
 	}
+	mine.done()
 	for _, dep := range p.deps {
 		<-dep.done
 		if err == nil && dep.err != nil {
@@ -533,7 +554,9 @@ const entryOverhead = 2 + 253 + 2*11 + 10 + 24
 // record size allows (usually one). Each append that succeeds is recorded
 // in the dedup state at once, so that a failure later in the batch does not
 // make what was stored forgettable.
-func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.Interval) error {
+//
+// Its last append begun, it marks mine placed (see ingest).
+func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.Interval, mine *turn) error {
 	var (
 		ents  [][]byte
 		ivs   []forward.Interval
@@ -541,7 +564,7 @@ func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.In
 		size  = 24  // the queue's record trailer
 		total int
 	)
-	flush := func() error {
+	flush := func(last bool) error {
 		if len(ents) == 0 {
 			return nil
 		}
@@ -558,7 +581,14 @@ func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.In
 		start := time.Now()
 		// Not the Run context: an append under way at shutdown finishes
 		// (the queue commits what it has accepted before it closes).
-		if _, err := r.q.Append(context.Background(), ents...); err != nil {
+		pend, err := r.q.Begin(ents...)
+		if last {
+			mine.done()
+		}
+		if err == nil {
+			_, err = pend.Wait(context.Background())
+		}
+		if err != nil {
 			r.mainRefusing.Store(true)
 			return fmt.Errorf("append %d entries of %s: %w", total, m.Sender, err)
 		}
@@ -590,7 +620,7 @@ func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.In
 			es := m.Entries[first-m.First : last-m.First+1]
 			e := forward.AppendStored(make([]byte, 0, forward.StoredSize(m.Sender, first, last, es)), m.Sender, first, last, es)
 			if size+len(e)+10 > recordBytes {
-				if err := flush(); err != nil {
+				if err := flush(false); err != nil {
 					return err
 				}
 			}
@@ -606,5 +636,5 @@ func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.In
 			first = last + 1
 		}
 	}
-	return flush()
+	return flush(true)
 }
