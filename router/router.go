@@ -466,7 +466,8 @@ func (r *Router) reply(id []byte, m forward.Message) {
 
 // ingest appends the new part of one batch to the main queue and answers it.
 // Batches of one sender arrive several at a time (a frontend has several in
-// flight); each is checked on its own, then takes its place in the main
+// flight); each is checked, planned against what is stored or being
+// stored, and offered live on its own, then takes its place in the main
 // queue only once the batch received before it from the same sender (prev,
 // nil for none) has: the log holds a sender's batches, and so a device's
 // readings, in the order they were sent, and the appends still share group
@@ -501,14 +502,11 @@ func (r *Router) ingest(id []byte, m forward.Message, prev, mine *turn) {
 		return
 	}
 
-	if prev != nil {
-		<-prev.placed
-	}
 	p := r.dd.plan(m.Sender, m.First, m.Last)
 	r.m.duplicates.Add(float64(p.dups))
 	var err error
 	if p.op != nil {
-		err = r.appendNew(m, counts, p.op.missing, mine)
+		err = r.appendNew(m, counts, p.op.missing, prev, mine)
 		r.dd.finish(p.op, err)
 	}
 	mine.done()
@@ -555,8 +553,12 @@ const entryOverhead = 2 + 253 + 2*11 + 10 + 24
 // in the dedup state at once, so that a failure later in the batch does not
 // make what was stored forgettable.
 //
-// Its last append begun, it marks mine placed (see ingest).
-func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.Interval, mine *turn) error {
+// Its first append begins once prev (the sender's batch received before,
+// nil for none) is placed, and its last begun, it marks mine placed (see
+// ingest). What comes before, the live offer included, does not wait: a
+// batch whose append hangs holds back its sender's later batches in the
+// log, not on the live lane.
+func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.Interval, prev, mine *turn) error {
 	var (
 		ents  [][]byte
 		ivs   []forward.Interval
@@ -581,6 +583,10 @@ func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.In
 		start := time.Now()
 		// Not the Run context: an append under way at shutdown finishes
 		// (the queue commits what it has accepted before it closes).
+		if prev != nil {
+			<-prev.placed
+			prev = nil
+		}
 		pend, err := r.q.Begin(ents...)
 		if last {
 			mine.done()
