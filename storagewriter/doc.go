@@ -22,7 +22,10 @@
 // appended before (a forward.SeqSet per router), appends the rest in
 // goroutines so that the receive loop never waits on fsync, and answers
 // each batch with an ack once it is durable, or busy when its queue is full
-// or its disk fails. A batch is appended in pieces of at most a quarter of
+// or its disk fails. A router's batches take their places in the queue in
+// the order they arrived (queue.Begin: a batch begins its first append
+// once the router's previous batch has begun its last), as they sit in the
+// router's log, and still share group commits (receive.go). A batch is appended in pieces of at most a quarter of
 // the queue's bound (and of a record), each recorded as done, so that one
 // larger than the room left is taken piece by piece as the sink drains the
 // queue; one entry is appended whole, and one larger than the whole bound

@@ -6,6 +6,8 @@ package storagewriter
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -18,6 +20,13 @@ import (
 type routerSeqs struct {
 	done    *forward.SeqSet    // appended to the writer's queue
 	pending []forward.Interval // being appended
+	// last is closed when the batch received last from this router has
+	// its place in the queue (queue.Begin of its last append) or is done:
+	// the next waits for it before its own first append, so that a
+	// router's batches (several in flight) enter the queue in the order
+	// they arrived, as they sit in the router's log, and still share group
+	// commits.
+	last chan struct{}
 }
 
 // receive handles a batch from a router: it drops what was appended
@@ -63,23 +72,37 @@ func (w *Writer) receive(l *link, m forward.Message) {
 		return
 	}
 	rs.pending = append(rs.pending, todo...)
+	prev, mine := rs.last, make(chan struct{})
+	rs.last = mine
 	w.appendWG.Add(1)
 	w.mu.Unlock()
 	w.m.duplicates.Add(float64(n - totalLen(todo)))
-	go w.appendBatch(l, rs, m, todo)
+	go w.appendBatch(l, rs, m, todo, prev, mine)
 }
 
-// appendBatch appends the entries todo of batch m to the queue, and acks
-// the batch when all of it is durable.
-func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval) {
+// appendBatch appends the entries todo of batch m to the queue, once the
+// router's batch before it (prev, nil for none) has its place there, and
+// acks the batch when all of it is durable. It closes mine once its own
+// last append has its place (queue.Begin), or when it returns.
+func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine chan struct{}) {
 	defer w.appendWG.Done()
 	defer func() { <-w.appendSem }()
+	var placeOnce sync.Once
+	placed := func() { placeOnce.Do(func() { close(mine) }) }
+	defer placed()
 	q := w.q.Load()
 	bound := q.MaxBytes()
 	chunk := appendChunkBytes(bound)
 	var failed error
 	overBound := 0 // the size of an entry that no free space can take
-	for _, iv := range todo {
+	if prev != nil {
+		select {
+		case <-prev:
+		case <-w.appendCtx.Done():
+			failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
+		}
+	}
+	for i, iv := range todo {
 		if failed != nil {
 			break
 		}
@@ -95,7 +118,14 @@ func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 				size += len(e) + 16
 				last = seq
 			}
-			if _, err := q.Append(w.appendCtx, entries...); err != nil {
+			pend, err := q.Begin(entries...)
+			if i == len(todo)-1 && last == iv.Last {
+				placed()
+			}
+			if err == nil {
+				_, err = pend.Wait(w.appendCtx)
+			}
+			if err != nil {
 				if errors.Is(err, queue.ErrTooLarge) && len(entries) == 1 {
 					err = w.dl.writeEntries(m.Sender, "entry larger than the writer's queue records ("+err.Error()+")", entries)
 					if err == nil {
