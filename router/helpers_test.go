@@ -370,39 +370,46 @@ func readStored(t testing.TB, f *frontend, sender string, dirs ...string) stored
 	s := stored{count: map[uint64]int{}, others: map[string]map[uint64]int{}}
 	for _, dir := range dirs {
 		in := map[uint64]bool{}
-		q, err := queue.Open(dir, queue.Options{Name: "check", MaxRecordBytes: recordBytes}, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		func() {
-			defer q.Close()
-			for {
-				b, err := q.TryRead(1 << 20)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(b.Entries) == 0 {
-					break
-				}
-				for _, e := range b.Entries {
-					si, err := forward.ParseStored(e.Data)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if si.Sender == sender {
-						checkStoredEntry(t, f, sender, e.Data, s.count, in)
-						continue
-					}
-					if s.others[si.Sender] == nil {
-						s.others[si.Sender] = map[uint64]int{}
-					}
-					checkStoredEntry(t, f, si.Sender, e.Data, s.others[si.Sender], map[uint64]bool{})
-				}
+		scanStored(t, dir, func(si forward.StoredInfo, data []byte) {
+			if si.Sender == sender {
+				checkStoredEntry(t, f, sender, data, s.count, in)
+				return
 			}
-		}()
+			if s.others[si.Sender] == nil {
+				s.others[si.Sender] = map[uint64]int{}
+			}
+			checkStoredEntry(t, f, si.Sender, data, s.others[si.Sender], map[uint64]bool{})
+		})
 		s.byDir = append(s.byDir, in)
 	}
 	return s
+}
+
+// scanStored calls fn with every entry of a stopped router's main queue in
+// dir, in the queue's order, without removing any.
+func scanStored(t testing.TB, dir string, fn func(si forward.StoredInfo, data []byte)) {
+	t.Helper()
+	q, err := queue.Open(dir, queue.Options{Name: "check", MaxRecordBytes: recordBytes}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for {
+		b, err := q.TryRead(1 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b.Entries) == 0 {
+			return
+		}
+		for _, e := range b.Entries {
+			si, err := forward.ParseStored(e.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fn(si, e.Data)
+		}
+	}
 }
 
 func checkStoredEntry(t testing.TB, f *frontend, sender string, data []byte, count map[uint64]int, in map[uint64]bool) {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/forward"
-	"github.com/drover-telemetry/drover/queue"
 )
 
 // TestSenderBatchesKeepTheirOrder: a frontend has several batches in
@@ -74,30 +73,12 @@ func TestSenderBatchesKeepTheirOrder(t *testing.T) {
 	}
 	rt.stop(t)
 
-	q, err := queue.Open(dir, queue.Options{Name: "check", MaxRecordBytes: recordBytes}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
 	var order []uint64
-	for {
-		b, err := q.TryRead(1 << 20)
-		if err != nil {
-			t.Fatal(err)
+	scanStored(t, dir, func(si forward.StoredInfo, _ []byte) {
+		if si.Sender == "fe" {
+			order = append(order, si.First)
 		}
-		if len(b.Entries) == 0 {
-			break
-		}
-		for _, e := range b.Entries {
-			si, err := forward.ParseStored(e.Data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if si.Sender == "fe" {
-				order = append(order, si.First)
-			}
-		}
-	}
+	})
 	if len(order) != n {
 		t.Fatalf("the log holds %d of fe's batches, want %d: %v", len(order), n, order)
 	}
