@@ -107,7 +107,7 @@ func perReadingTable(stats map[string]*procStats) string {
 			continue
 		}
 		if b.Len() == 0 {
-			b.WriteString("\n**Per process, per acked reading** (CPU: user + system from `/proc/PID/stat`; disk: `write_bytes` of `/proc/PID/io`, what the process sent to the storage layer, fsynced queues and sinks; the simulator's CPU from its own summary):\n\n")
+			b.WriteString("\n**Per process, per acked reading** (CPU: user + system from `/proc/PID/stat`; disk: `write_bytes` of `/proc/PID/io`, what the process sent to the storage layer, fsynced queues and sinks, an upper bound: the kernel charges each page-cache folio a write dirties whole, so small rewrites after an fsync count more than they write; the simulator's CPU from its own summary):\n\n")
 			b.WriteString("| scenario | process | CPU µs per reading | bytes written per reading | CPU s in all |\n| --- | --- | ---: | ---: | ---: |\n")
 		}
 		names := make([]string, 0, len(ps.Processes))
