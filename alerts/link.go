@@ -135,7 +135,7 @@ func (e *Engine) receive(l *link, m forward.Message) {
 	}
 	var todo []forward.Interval
 	for _, iv := range missing {
-		todo = subtract(iv, rs.pending, todo)
+		todo = forward.Subtract(iv, rs.pending, todo)
 	}
 	if len(todo) == 0 {
 		e.mu.Unlock() // an earlier copy is being appended and will answer
@@ -217,7 +217,7 @@ func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 	}
 	e.mu.Lock()
 	for _, iv := range todo {
-		rs.pending = removeInterval(rs.pending, iv)
+		rs.pending = forward.RemoveInterval(rs.pending, iv)
 	}
 	complete := rs.done.Contains(m.First, m.Last)
 	e.mu.Unlock()
@@ -250,35 +250,4 @@ func readingsEntry(entry []byte, router string) []byte {
 	out = append(out, entry...)
 	out = protowire.AppendTag(out, 1, protowire.BytesType)
 	return protowire.AppendString(out, router)
-}
-
-// subtract appends to dst the parts of iv not covered by any of ivs.
-func subtract(iv forward.Interval, ivs []forward.Interval, dst []forward.Interval) []forward.Interval {
-	parts := []forward.Interval{iv}
-	for _, p := range ivs {
-		var next []forward.Interval
-		for _, x := range parts {
-			if p.Last < x.First || p.First > x.Last {
-				next = append(next, x)
-				continue
-			}
-			if p.First > x.First {
-				next = append(next, forward.Interval{First: x.First, Last: p.First - 1})
-			}
-			if p.Last < x.Last {
-				next = append(next, forward.Interval{First: p.Last + 1, Last: x.Last})
-			}
-		}
-		parts = next
-	}
-	return append(dst, parts...)
-}
-
-func removeInterval(ivs []forward.Interval, iv forward.Interval) []forward.Interval {
-	for i, x := range ivs {
-		if x == iv {
-			return append(ivs[:i], ivs[i+1:]...)
-		}
-	}
-	return ivs
 }

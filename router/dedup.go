@@ -91,12 +91,12 @@ func (d *dedup) plan(sender string, first, last uint64) plan {
 		if len(missing) == 0 {
 			break
 		}
-		if rest := subtract(missing, op.missing); count(rest) != count(missing) {
+		if rest := subtract(missing, op.missing); forward.TotalLen(rest) != forward.TotalLen(missing) {
 			p.deps = append(p.deps, op)
 			missing = rest
 		}
 	}
-	p.dups = last - first + 1 - count(missing)
+	p.dups = last - first + 1 - forward.TotalLen(missing)
 	if len(missing) > 0 {
 		p.op = &appendOp{sender: sender, missing: missing, done: make(chan struct{})}
 		st.pending = append(st.pending, p.op)
@@ -168,15 +168,6 @@ func (d *dedup) close() error {
 	err := d.j.close(d.snapshotLocked())
 	d.j = nil
 	return err
-}
-
-// count returns the number of sequences in ivs.
-func count(ivs []forward.Interval) uint64 {
-	var n uint64
-	for _, iv := range ivs {
-		n += iv.Len()
-	}
-	return n
 }
 
 // subtract returns the parts of a not in b; both sorted and disjoint.

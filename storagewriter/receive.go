@@ -53,7 +53,7 @@ func (w *Writer) receive(l *link, m forward.Message) {
 	}
 	var todo []forward.Interval
 	for _, iv := range missing {
-		todo = subtract(iv, rs.pending, todo)
+		todo = forward.Subtract(iv, rs.pending, todo)
 	}
 	if len(todo) == 0 {
 		// Everything new is being appended by an earlier copy of these
@@ -76,7 +76,7 @@ func (w *Writer) receive(l *link, m forward.Message) {
 	rs.last = mine
 	w.appendWG.Add(1)
 	w.mu.Unlock()
-	w.m.duplicates.Add(float64(n - totalLen(todo)))
+	w.m.duplicates.Add(float64(n - forward.TotalLen(todo)))
 	go w.appendBatch(l, rs, m, todo, prev, mine)
 }
 
@@ -150,7 +150,7 @@ func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 	}
 	w.mu.Lock()
 	for _, iv := range todo {
-		rs.pending = removeInterval(rs.pending, iv)
+		rs.pending = forward.RemoveInterval(rs.pending, iv)
 	}
 	complete := rs.done.Contains(m.First, m.Last)
 	w.mu.Unlock()
@@ -234,46 +234,6 @@ func countRecords(b []byte) int {
 			n++
 		}
 		b = b[k:]
-	}
-	return n
-}
-
-// subtract appends to dst the parts of iv not covered by any of ivs.
-func subtract(iv forward.Interval, ivs []forward.Interval, dst []forward.Interval) []forward.Interval {
-	parts := []forward.Interval{iv}
-	for _, p := range ivs {
-		var next []forward.Interval
-		for _, x := range parts {
-			if p.Last < x.First || p.First > x.Last {
-				next = append(next, x)
-				continue
-			}
-			if p.First > x.First {
-				next = append(next, forward.Interval{First: x.First, Last: p.First - 1})
-			}
-			if p.Last < x.Last {
-				next = append(next, forward.Interval{First: p.Last + 1, Last: x.Last})
-			}
-		}
-		parts = next
-	}
-	return append(dst, parts...)
-}
-
-// removeInterval removes one occurrence of iv from ivs.
-func removeInterval(ivs []forward.Interval, iv forward.Interval) []forward.Interval {
-	for i, x := range ivs {
-		if x == iv {
-			return append(ivs[:i], ivs[i+1:]...)
-		}
-	}
-	return ivs
-}
-
-func totalLen(ivs []forward.Interval) uint64 {
-	var n uint64
-	for _, iv := range ivs {
-		n += iv.Len()
 	}
 	return n
 }
