@@ -33,7 +33,7 @@ const (
 type routerSeqs struct {
 	done    *forward.SeqSet
 	pending []forward.Interval
-	// last is closed when the batch received last from this router has
+	// last is placed when the batch received last from this router has
 	// its place in the queue (queue.Begin of its last append) or is done:
 	// the next waits for it, so that a router's batches enter the queue in
 	// the order they arrived, and still share group commits. Appends in parallel raced to
@@ -42,7 +42,7 @@ type routerSeqs struct {
 	// held for the gap made the evaluator go over it, and the overtaken
 	// readings became a late stretch (events that evaluating in order
 	// does not raise).
-	last chan struct{}
+	last *queue.Turn
 }
 
 // link is the engine's connection to one router endpoint.
@@ -149,7 +149,7 @@ func (e *Engine) receive(l *link, m forward.Message) {
 		return
 	}
 	rs.pending = append(rs.pending, todo...)
-	prev, mine := rs.last, make(chan struct{})
+	prev, mine := rs.last, queue.NewTurn()
 	rs.last = mine
 	e.appendWG.Add(1)
 	e.mu.Unlock()
@@ -159,23 +159,17 @@ func (e *Engine) receive(l *link, m forward.Message) {
 // appendBatch appends the entries todo of batch m to the queue, each as a
 // readings entry, once the router's batch before it (prev, nil for none)
 // has its place in the queue, and acks the batch when all of it is
-// durable. It closes mine once its own last append has its place
+// durable. It marks mine placed once its own last append has its place
 // (queue.Begin), or when it returns: the router's next batch then begins
 // its appends and shares the commit.
-func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine chan struct{}) {
+func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine *queue.Turn) {
 	defer e.appendWG.Done()
 	defer func() { <-e.appendSem }()
-	var placeOnce sync.Once
-	placed := func() { placeOnce.Do(func() { close(mine) }) }
-	defer placed()
+	defer mine.Placed()
 	q := e.q.Load()
 	var failed error
-	if prev != nil {
-		select {
-		case <-prev:
-		case <-e.appendCtx.Done():
-			failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
-		}
+	if prev.Wait(e.appendCtx) != nil {
+		failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
 	}
 	for i, iv := range todo {
 		if failed != nil {
@@ -195,7 +189,7 @@ func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 			}
 			pend, err := q.Begin(entries...)
 			if i == len(todo)-1 && last == iv.Last {
-				placed()
+				mine.Placed()
 			}
 			if err == nil {
 				_, err = pend.Wait(e.appendCtx)

@@ -317,8 +317,8 @@ type Pending struct {
 // place, after every append begun before it returned and before every one
 // begun after, without waiting for the commit. A caller that must keep an
 // order between appends made from several goroutines (one sender's
-// batches, in the order they arrived) begins them in that order and waits
-// for each on its own: they still share group commits. The entries must
+// batches, in the order they arrived) begins them in that order (a Turn
+// each) and waits for each on its own: they still share group commits. The entries must
 // not be modified until Wait returns; Wait must be called.
 func (q *Queue) Begin(entries ...[]byte) (Pending, error) {
 	if len(entries) == 0 {

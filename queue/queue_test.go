@@ -439,3 +439,24 @@ func TestBeginFixesTheOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestTurn: a Turn's Wait returns once it is placed (Placed may come more
+// than once), at once for a nil Turn, and with ctx's error if ctx ends first.
+func TestTurn(t *testing.T) {
+	if err := (*Turn)(nil).Wait(context.Background()); err != nil {
+		t.Fatalf("nil turn: %v", err)
+	}
+	tn := NewTurn()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := tn.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait on a turn not placed: %v, want the deadline", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- tn.Wait(context.Background()) }()
+	tn.Placed()
+	tn.Placed()
+	if err := <-done; err != nil {
+		t.Fatalf("wait on a placed turn: %v", err)
+	}
+}

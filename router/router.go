@@ -55,7 +55,7 @@ type Router struct {
 	// order holds, per sender, the turn of its batch received last (under
 	// admit): each batch takes its place in the main queue after the one
 	// received before it from the same sender (see ingest).
-	order map[string]*turn
+	order map[string]*queue.Turn
 
 	// Set by Run before the socket is bound.
 	q           *queue.Queue
@@ -428,10 +428,10 @@ func (r *Router) onBatch(id []byte, m forward.Message) {
 	r.m.pending.Inc()
 	r.ingests.Add(1)
 	if r.order == nil {
-		r.order = make(map[string]*turn)
+		r.order = make(map[string]*queue.Turn)
 	}
 	prev := r.order[m.Sender]
-	mine := &turn{placed: make(chan struct{})}
+	mine := queue.NewTurn()
 	r.order[m.Sender] = mine
 	go r.ingest(id, m, prev, mine)
 }
@@ -472,7 +472,7 @@ func (r *Router) reply(id []byte, m forward.Message) {
 // nil for none) has: the log holds a sender's batches, and so a device's
 // readings, in the order they were sent, and the appends still share group
 // commits (queue.Begin). A batch refused or given up on lets the next go.
-func (r *Router) ingest(id []byte, m forward.Message, prev, mine *turn) {
+func (r *Router) ingest(id []byte, m forward.Message, prev, mine *queue.Turn) {
 	defer func() {
 		r.endTurn(m.Sender, mine)
 		<-r.slots
@@ -509,7 +509,7 @@ func (r *Router) ingest(id []byte, m forward.Message, prev, mine *turn) {
 		err = r.appendNew(m, counts, p.op.missing, prev, mine)
 		r.dd.finish(p.op, err)
 	}
-	mine.done()
+	mine.Placed()
 	for _, dep := range p.deps {
 		<-dep.done
 		if err == nil && dep.err != nil {
@@ -558,7 +558,7 @@ const entryOverhead = 2 + 253 + 2*11 + 10 + 24
 // ingest). What comes before, the live offer included, does not wait: a
 // batch whose append hangs holds back its sender's later batches in the
 // log, not on the live lane.
-func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.Interval, prev, mine *turn) error {
+func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.Interval, prev, mine *queue.Turn) error {
 	var (
 		ents  [][]byte
 		ivs   []forward.Interval
@@ -583,13 +583,11 @@ func (r *Router) appendNew(m forward.Message, counts []int, missing []forward.In
 		start := time.Now()
 		// Not the Run context: an append under way at shutdown finishes
 		// (the queue commits what it has accepted before it closes).
-		if prev != nil {
-			<-prev.placed
-			prev = nil
-		}
+		_ = prev.Wait(context.Background()) // placed by its ingest, whatever happens to it
+		prev = nil
 		pend, err := r.q.Begin(ents...)
 		if last {
-			mine.done()
+			mine.Placed()
 		}
 		if err == nil {
 			_, err = pend.Wait(context.Background())

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -20,13 +19,13 @@ import (
 type routerSeqs struct {
 	done    *forward.SeqSet    // appended to the writer's queue
 	pending []forward.Interval // being appended
-	// last is closed when the batch received last from this router has
+	// last is placed when the batch received last from this router has
 	// its place in the queue (queue.Begin of its last append) or is done:
 	// the next waits for it before its own first append, so that a
 	// router's batches (several in flight) enter the queue in the order
 	// they arrived, as they sit in the router's log, and still share group
 	// commits.
-	last chan struct{}
+	last *queue.Turn
 }
 
 // receive handles a batch from a router: it drops what was appended
@@ -72,7 +71,7 @@ func (w *Writer) receive(l *link, m forward.Message) {
 		return
 	}
 	rs.pending = append(rs.pending, todo...)
-	prev, mine := rs.last, make(chan struct{})
+	prev, mine := rs.last, queue.NewTurn()
 	rs.last = mine
 	w.appendWG.Add(1)
 	w.mu.Unlock()
@@ -82,25 +81,19 @@ func (w *Writer) receive(l *link, m forward.Message) {
 
 // appendBatch appends the entries todo of batch m to the queue, once the
 // router's batch before it (prev, nil for none) has its place there, and
-// acks the batch when all of it is durable. It closes mine once its own
+// acks the batch when all of it is durable. It marks mine placed once its own
 // last append has its place (queue.Begin), or when it returns.
-func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine chan struct{}) {
+func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine *queue.Turn) {
 	defer w.appendWG.Done()
 	defer func() { <-w.appendSem }()
-	var placeOnce sync.Once
-	placed := func() { placeOnce.Do(func() { close(mine) }) }
-	defer placed()
+	defer mine.Placed()
 	q := w.q.Load()
 	bound := q.MaxBytes()
 	chunk := appendChunkBytes(bound)
 	var failed error
 	overBound := 0 // the size of an entry that no free space can take
-	if prev != nil {
-		select {
-		case <-prev:
-		case <-w.appendCtx.Done():
-			failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
-		}
+	if prev.Wait(w.appendCtx) != nil {
+		failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
 	}
 	for i, iv := range todo {
 		if failed != nil {
@@ -120,7 +113,7 @@ func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []
 			}
 			pend, err := q.Begin(entries...)
 			if i == len(todo)-1 && last == iv.Last {
-				placed()
+				mine.Placed()
 			}
 			if err == nil {
 				_, err = pend.Wait(w.appendCtx)
