@@ -124,17 +124,19 @@ func (s *countingStmt) QueryContext(ctx context.Context, args []driver.NamedValu
 // BenchmarkCommandStatements: one command's whole way through the api, as
 // a frontend plays it over HTTP — the operator's POST, the frontend's long
 // poll answered with it (the dispatch's mark), the device's result
-// reported — and the statements each step ran on SQLite (authentication
-// included; the api's background polls set to an hour, so that nothing
-// else runs). Reports stmts/create, stmts/dispatch, stmts/report, their
-// parses, and the allocations of the whole (client included).
+// reported, the operator's read of the outcome (the read a ?wait makes at
+// each of its wakes) — and the statements each step ran on SQLite
+// (authentication included; the api's background polls set to an hour,
+// so that nothing else runs). Reports stmts/create, stmts/dispatch,
+// stmts/report, stmts/get, their parses, and the allocations of the whole
+// (client included).
 func BenchmarkCommandStatements(b *testing.B) {
 	old := sqliteDriver
 	sqliteDriver = countingSQLite()
 	defer func() { sqliteDriver = old }()
 	counts := func(*store) [2]int64 { return [2]int64{stmtCounts.execs.Load(), stmtCounts.parses.Load()} }
 	benchCommandCycle(b, backends[0], counts, func(step int, d [2]int64, n float64) {
-		name := []string{"create", "dispatch", "report"}[step]
+		name := []string{"create", "dispatch", "report", "get"}[step]
 		b.ReportMetric(float64(d[0])/n, "stmts/"+name)
 		b.ReportMetric(float64(d[1])/n, "parses/"+name)
 	})
@@ -148,7 +150,7 @@ func BenchmarkCommandStatements(b *testing.B) {
 func BenchmarkCommandRoundTripsPostgres(b *testing.B) {
 	counts := func(s *store) [2]int64 { return [2]int64{s.pgCount.statements.Load(), s.pgCount.roundTrips.Load()} }
 	benchCommandCycle(b, backends[1], counts, func(step int, d [2]int64, n float64) {
-		name := []string{"create", "dispatch", "report"}[step]
+		name := []string{"create", "dispatch", "report", "get"}[step]
 		b.ReportMetric(float64(d[0])/n, "stmts/"+name)
 		b.ReportMetric(float64(d[1])/n, "roundtrips/"+name)
 	})
@@ -162,7 +164,7 @@ func benchCommandCycle(b *testing.B, be backend, counts func(*store) [2]int64, r
 	})
 	c.presence("fe-1", "truck-1", true, time.Now())
 	c.dispatch("fe-1", "0s") // the first poll scans everything; later ones take the work they are woken for
-	var step [3][2]int64
+	var step [4][2]int64
 	measure := func(i int, f func()) {
 		before := counts(c.srv.db)
 		f()
@@ -180,11 +182,16 @@ func benchCommandCycle(b *testing.B, be backend, counts func(*store) [2]int64, r
 			}
 		})
 		measure(2, func() { c.report("fe-1", "truck-1", cmd.ID, "succeeded") })
+		measure(3, func() {
+			if got := c.get("truck-1", cmd.ID); got.State != CmdSucceeded {
+				b.Fatalf("command %s is %s, want %s", cmd.ID, got.State, CmdSucceeded)
+			}
+		})
 	}
 	for range 3 { // warm: prepared statements, key caches
 		one()
 	}
-	step = [3][2]int64{}
+	step = [4][2]int64{}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {

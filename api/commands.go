@@ -437,7 +437,7 @@ func (s *Server) waitCommand(ctx context.Context, p *principal, devID, id string
 			start = nil
 		} else {
 			ch, release = s.notify.watchCommand(id)
-			c, err = loadCommand(ctx, s.db.rdb, p, devID, id)
+			c, err = loadCommand(ctx, s.db.read, p, devID, id)
 		}
 		if err != nil || cmdFinal(c.State) {
 			release()

@@ -251,33 +251,46 @@ type dueRow struct {
 }
 
 // dispatchQuery is the read of the open commands of fe's devices (only
-// those of devs unless devs is nil). On PostgreSQL devs is one array
-// parameter, not an IN list: an IN list of n placeholders is a statement
-// of its own for every n (parsed, planned and cached per connection), and
-// PostgreSQL tests each row against an IN list's items one by one, so a
-// poll that had fallen behind (thousands of devices with work) took
-// seconds and fell further behind (docs/performance.md). = ANY of one
-// array is one statement, an index condition on commands_open.
-func dispatchQuery(driver, fe string, devs []string) (string, []any) {
-	args := []any{fe}
-	only := ""
+// those of devs unless devs is nil). devs is one parameter, not an IN
+// list: an IN list of n placeholders is a statement of its own for every
+// n (parsed, planned and cached per connection), and PostgreSQL tests each
+// row against an IN list's items one by one, so a poll that had fallen
+// behind (thousands of devices with work) took seconds and fell further
+// behind (docs/performance.md). On PostgreSQL it is an array (= ANY, an
+// index condition on commands_open); on SQLite a JSON array that
+// json_each unpacks, so that the three shapes are three statements, each
+// prepared once (db_prepared.go) instead of parsed at every poll.
+func dispatchQuery(driver, fe string, devs []string) (string, []any, error) {
 	switch {
 	case devs == nil:
+		return dispatchAll, []any{fe}, nil
 	case driver == DriverPostgres:
-		only = ` AND c.device_id = ANY($2)`
-		args = append(args, devs)
-	default:
-		only = ` AND c.device_id IN (` + placeholders(2, len(devs)) + `)`
-		for _, d := range devs {
-			args = append(args, d)
-		}
+		return dispatchSomePG, []any{fe, devs}, nil
 	}
-	return `SELECT c.id, c.device_id, c.seq, c.name, c.params, c.expires_at, c.state,
+	list, err := json.Marshal(devs)
+	if err != nil {
+		return "", nil, fmt.Errorf("dispatch: %w", err)
+	}
+	return dispatchSomeSQLite, []any{fe, string(list)}, nil
+}
+
+// dispatchSelect is the dispatch's read but for its devices' condition
+// and order ($1 the frontend).
+const dispatchSelect = `SELECT c.id, c.device_id, c.seq, c.name, c.params, c.expires_at, c.state,
  c.sent_at, c.sent_to, c.attempts, p.last_seen_at
 FROM commands c JOIN device_presence p ON p.device_id = c.device_id
-WHERE p.frontend = $1 AND p.connected = 1 AND c.state IN ` + openStates + only + `
-ORDER BY c.device_id, c.seq`, args
-}
+WHERE p.frontend = $1 AND p.connected = 1 AND c.state IN ` + openStates
+
+// dispatchOrder ends the dispatch's read.
+const dispatchOrder = `
+ORDER BY c.device_id, c.seq`
+
+// The dispatch's reads: all of a frontend's devices, or those of $2.
+const (
+	dispatchAll        = dispatchSelect + dispatchOrder
+	dispatchSomePG     = dispatchSelect + ` AND c.device_id = ANY($2)` + dispatchOrder
+	dispatchSomeSQLite = dispatchSelect + ` AND c.device_id IN (SELECT value FROM json_each($2))` + dispatchOrder
+)
 
 // dispatch picks the commands due for fe's devices at now (only those of
 // devs unless devs is nil) and marks them sent to fe. Reading is outside
@@ -285,8 +298,11 @@ ORDER BY c.device_id, c.seq`, args
 // the row being unchanged, so two dispatches never hand out the same
 // attempt.
 func (s *Server) dispatch(ctx context.Context, fe string, now time.Time, devs []string) ([]DispatchedCommand, error) {
-	query, args := dispatchQuery(s.db.driver, fe, devs)
-	rows, err := s.db.rdb.QueryContext(ctx, query, args...)
+	query, args, err := dispatchQuery(s.db.driver, fe, devs)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.db.read.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: %w", err)
 	}

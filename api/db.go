@@ -62,6 +62,7 @@ type store struct {
 	keys *keyCache
 
 	stmts map[string]*sql.Stmt // prepared on wdb at open, SQLite (db_prepared.go)
+	read  reader               // rdb, with the hot reads prepared on SQLite (db_prepared.go)
 
 	// pgCount counts the statements and round trips sent to PostgreSQL
 	// (db_postgres.go).
