@@ -198,6 +198,12 @@ r, d = c["call_to_result_ms"], (s["commands"].get("latency_ms") or {})
 print(f"commands: {c['posted']:,} posted at {c['rate']:g}/s to {c['devices']:,} devices; states {c['states']}; statuses {c['statuses']}")
 print(f"  API call -> device receives: p50 {d.get('p50')} ms  p99 {d.get('p99')} ms  max {d.get('max')} ms  (goal p99 <= 25 ms)")
 print(f"  API call with wait -> result: p50 {r['p50']} ms  p99 {r['p99']} ms  max {r['max']} ms  (goal p99 <= 50 ms)")
+ps = [x for x in c.get("call_to_result_ms_per_second") or [] if x["count"]]
+if ps:
+    p99s = sorted(x["p99"] for x in ps)
+    worst = sorted(range(len(ps)), key=lambda i: -ps[i]["p99"])[:3]
+    print(f"  with wait, p99 per second: median {p99s[len(p99s)//2]} ms, worst " +
+          ", ".join(f"{ps[i]['p99']} ms (second {i})" for i in worst))
 print(f"  devices: executed {s['commands']['executed']:,}, duplicates {s['commands']['duplicates']}, expired on device {s['commands']['expired']}")
 PY
 # Where the CPU went over the window, per command posted; PostgreSQL's work per command.

@@ -48,7 +48,7 @@ func main() {
 		duration = flag.Duration("duration", 30*time.Second, "how long to post")
 		wait     = flag.Duration("wait", 5*time.Second, "?wait= of each command")
 		ttl      = flag.Duration("ttl", time.Minute, "time to live of each command")
-		warmup   = flag.Duration("warmup", 3*time.Second, "commands posted during this first part are not counted")
+		warmup   = flag.Duration("warmup", 3*time.Second, "commands posted during this first part are not counted, here nor in the devices' call → receipt latency (they carry no call time)")
 		summary  = flag.String("summary", "-", "write the JSON summary to this `file` (- for standard output)")
 	)
 	flag.Parse()
@@ -136,6 +136,10 @@ type Summary struct {
 	// CallToResultMs is from the call to the answer of commands that ended succeeded within
 	// the wait, after the warm-up.
 	CallToResultMs LatencyMs `json:"call_to_result_ms"`
+	// PerSecond is the same, per second of the run by the call's start (index 0: the first
+	// second after the warm-up): whether a tail is spread over the run (queueing) or comes in
+	// bursts (a checkpoint, a vacuum, a collection).
+	PerSecond []LatencyMs `json:"call_to_result_ms_per_second"`
 }
 
 // LatencyMs are percentiles in milliseconds.
@@ -169,6 +173,7 @@ func (c *client) run(ctx context.Context, devices int, prefix string, rate float
 	var (
 		mu      sync.Mutex
 		lat     []time.Duration
+		perSec  [][]time.Duration
 		posted  atomic.Uint64
 		wg      sync.WaitGroup
 		started = time.Now()
@@ -187,8 +192,14 @@ func (c *client) run(ctx context.Context, devices int, prefix string, rate float
 		measure := time.Since(started) >= warmup
 		wg.Go(func() {
 			at := time.Now()
-			body := map[string]any{"name": "bench", "ttl": ttl.String(),
-				"params": map[string]string{sim.BenchSentParam: strconv.FormatInt(at.UnixNano(), 10)}}
+			// Only measured commands carry their call time: the devices' call → receipt
+			// latency (drover sim's commands.latency_ms) then covers the same commands,
+			// after the warm-up, as call_to_result_ms here.
+			params := map[string]string{"warmup": "1"}
+			if measure {
+				params = map[string]string{sim.BenchSentParam: strconv.FormatInt(at.UnixNano(), 10)}
+			}
+			body := map[string]any{"name": "bench", "ttl": ttl.String(), "params": params}
 			st, b, err := c.do(ctx, "POST", path(rand.IntN(devices)), body)
 			took := time.Since(at)
 			var out struct{ State string }
@@ -210,6 +221,11 @@ func (c *client) run(ctx context.Context, devices int, prefix string, rate float
 			}
 			if measure && out.State == "succeeded" {
 				lat = append(lat, took)
+				sec := int((at.Sub(started) - warmup) / time.Second)
+				for len(perSec) <= sec {
+					perSec = append(perSec, nil)
+				}
+				perSec[sec] = append(perSec[sec], took)
 			}
 		})
 	}
@@ -218,6 +234,9 @@ func (c *client) run(ctx context.Context, devices int, prefix string, rate float
 	s.Posted = posted.Load()
 	s.Measured = len(lat)
 	s.CallToResultMs = percentiles(lat)
+	for _, d := range perSec {
+		s.PerSecond = append(s.PerSecond, percentiles(d))
+	}
 	return s, nil
 }
 
