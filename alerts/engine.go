@@ -17,6 +17,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/publane"
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -49,12 +50,9 @@ type Engine struct {
 	startRules atomic.Pointer[compileState]
 
 	mu        sync.Mutex
-	routers   map[string]*routerSeqs
 	links     []*link
-	linkStops sync.WaitGroup // links let go of by setRouters, stopping
-	appendSem chan struct{}
-	appendWG  sync.WaitGroup
-	appendCtx context.Context
+	linkStops sync.WaitGroup    // links let go of by setRouters, stopping
+	recv      *forward.Receiver // router batches into the queue (link.go)
 
 	// Owned by the evaluation goroutine.
 	ev      *eval.Evaluator
@@ -119,8 +117,8 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Engine, e
 		sec.Close()
 		return nil, fmt.Errorf("alerts: api-ca-file: %w", err)
 	}
-	e := &Engine{cfg: cfg, logger: logger, reg: reg, m: m, sec: sec, watch: watch, apiTr: apiTr, routers: map[string]*routerSeqs{},
-		appendSem: make(chan struct{}, maxAppenders), now: time.Now}
+	e := &Engine{cfg: cfg, logger: logger, reg: reg, m: m, sec: sec, watch: watch, apiTr: apiTr, now: time.Now}
+	e.recv = e.newReceiver()
 	if cfg.AlertPub != "" {
 		if e.laneSc, err = clusterlink.New(cfg.Links, clusterlink.RoleAlerts, cfg.Name, logger, nil); err != nil {
 			sec.Close()
@@ -239,9 +237,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	evalDone := make(chan error, 1)
 	go func() { evalDone <- e.evalLoop(evalCtx, q) }()
 
-	appendCtx, appendCancel := context.WithCancel(context.Background())
-	defer appendCancel()
-	e.appendCtx = appendCtx
+	defer e.recv.Abandon()
 	e.setRouters(e.watch.Current())
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
@@ -273,7 +269,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		l.dl.Stop()
 	}
 	e.linkStops.Wait()
-	e.appendWG.Wait()
+	e.recv.Wait()
 	stopEval()
 	if err := <-evalDone; err != nil && runErr == nil {
 		runErr = err

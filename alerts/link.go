@@ -2,7 +2,6 @@ package alerts
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -28,22 +27,6 @@ const (
 	dedupIntervals  = 4096
 	maxRecordBytes  = 4 << 20
 )
-
-// routerSeqs is what the engine knows of one router's queue sequences.
-type routerSeqs struct {
-	done    *forward.SeqSet
-	pending []forward.Interval
-	// last is placed when the batch received last from this router has
-	// its place in the queue (queue.Begin of its last append) or is done:
-	// the next waits for it, so that a router's batches enter the queue in
-	// the order they arrived, and still share group commits. Appends in parallel raced to
-	// the queue, and a batch overtaken by later ones left its devices'
-	// readings after theirs: more than ReorderMax readings of a device
-	// held for the gap made the evaluator go over it, and the overtaken
-	// readings became a late stretch (events that evaluating in order
-	// does not raise).
-	last *queue.Turn
-}
 
 // link is the engine's connection to one router endpoint.
 type link struct {
@@ -110,121 +93,41 @@ func (l *link) receive(m forward.Message, err error) {
 		}
 		l.e.updateRoutersUp()
 	case forward.TypeBatch:
-		l.e.receive(l, m)
+		l.e.recv.Receive(l.send, m)
 	default:
 		l.e.m.badMessages.Inc()
 	}
 }
 
-// receive handles a batch from a router: drops what was appended before,
-// starts an append of the rest, and answers. It never blocks.
-func (e *Engine) receive(l *link, m forward.Message) {
-	n := uint64(len(m.Entries))
-	e.mu.Lock()
-	rs := e.routers[m.Sender]
-	if rs == nil {
-		rs = &routerSeqs{done: forward.NewSeqSet(dedupIntervals)}
-		e.routers[m.Sender] = rs
-	}
-	missing := rs.done.Missing(m.First, m.Last, nil)
-	if len(missing) == 0 {
-		e.mu.Unlock()
-		e.m.duplicates.Add(float64(n))
-		l.send(forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
-		return
-	}
-	var todo []forward.Interval
-	for _, iv := range missing {
-		todo = forward.Subtract(iv, rs.pending, todo)
-	}
-	if len(todo) == 0 {
-		e.mu.Unlock() // an earlier copy is being appended and will answer
-		return
-	}
-	select {
-	case e.appendSem <- struct{}{}:
-	default:
-		e.mu.Unlock()
-		l.send(forward.Message{Type: forward.TypeBusy, First: m.First, Last: m.Last, Reason: "alerts: too many appends in flight"})
-		return
-	}
-	rs.pending = append(rs.pending, todo...)
-	prev, mine := rs.last, queue.NewTurn()
-	rs.last = mine
-	e.appendWG.Add(1)
-	e.mu.Unlock()
-	go e.appendBatch(l, rs, m, todo, prev, mine)
-}
-
-// appendBatch appends the entries todo of batch m to the queue, each as a
-// readings entry, once the router's batch before it (prev, nil for none)
-// has its place in the queue, and acks the batch when all of it is
-// durable. It marks mine placed once its own last append has its place
-// (queue.Begin), or when it returns: the router's next batch then begins
-// its appends and shares the commit.
-func (e *Engine) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine *queue.Turn) {
-	defer e.appendWG.Done()
-	defer func() { <-e.appendSem }()
-	defer mine.Placed()
-	q := e.q.Load()
-	var failed error
-	if prev.Wait(e.appendCtx) != nil {
-		failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
-	}
-	for i, iv := range todo {
-		if failed != nil {
-			break
-		}
-		for first := iv.First; first <= iv.Last; {
-			entries, size := make([][]byte, 0, 16), 0
-			last := first
-			for seq := first; seq <= iv.Last; seq++ {
-				en := readingsEntry(m.Entries[seq-m.First], m.Sender)
-				if len(entries) > 0 && size+len(en)+16 > maxRecordBytes-1024 {
-					break
-				}
-				entries = append(entries, en)
-				size += len(en) + 16
-				last = seq
+// newReceiver is the engine's receiving side (forward.Receiver): batches
+// deduplicated by (router, sequence) and appended as readings entries in
+// the order each router sent them. The order matters here: appends that
+// raced to the queue let a batch be overtaken by later ones, which left
+// its devices' readings after theirs; more than ReorderMax readings of a
+// device held for the gap made the evaluator go over it, and the
+// overtaken readings became a late stretch (events that evaluating in
+// order does not raise). An entry larger than a queue record (an
+// enormous batch a router would never send) is counted and skipped.
+func (e *Engine) newReceiver() *forward.Receiver {
+	return forward.NewReceiver(forward.ReceiverConfig{
+		Name:           "alerts",
+		Queue:          func() *queue.Queue { return e.q.Load() },
+		Entry:          readingsEntry,
+		ChunkBytes:     func(*queue.Queue) int { return maxRecordBytes - 1024 },
+		MaxAppends:     maxAppenders,
+		DedupIntervals: dedupIntervals,
+		TooLarge: func(m forward.Message, seq uint64, entry []byte, _ error) error {
+			e.m.oversized.Inc()
+			e.logger.Error("alerts: router entry larger than a queue record; skipped", "router", m.Sender, "seq", seq, "bytes", len(entry))
+			return nil
+		},
+		Busy: func(m forward.Message, err error, _ [][]byte) {
+			e.m.busy.Inc()
+			if !errors.Is(err, forward.ErrTooManyAppends) && !errors.Is(err, queue.ErrClosed) && !queue.Retryable(err) {
+				e.logger.Error("alerts: append failed", "router", m.Sender, "first", m.First, "last", m.Last, "err", err)
 			}
-			pend, err := q.Begin(entries...)
-			if i == len(todo)-1 && last == iv.Last {
-				mine.Placed()
-			}
-			if err == nil {
-				_, err = pend.Wait(e.appendCtx)
-			}
-			if err != nil && !(errors.Is(err, queue.ErrTooLarge) && len(entries) == 1) {
-				failed = err
-				break
-			} else if err != nil {
-				// One entry larger than a queue record: an enormous batch a
-				// router would never send; counted and skipped.
-				e.m.oversized.Inc()
-				l.log.Error("alerts: router entry larger than a queue record; skipped", "router", m.Sender, "seq", first, "bytes", size)
-			}
-			e.mu.Lock()
-			rs.done.Add(first, last)
-			e.mu.Unlock()
-			first = last + 1
-		}
-	}
-	e.mu.Lock()
-	for _, iv := range todo {
-		rs.pending = forward.RemoveInterval(rs.pending, iv)
-	}
-	complete := rs.done.Contains(m.First, m.Last)
-	e.mu.Unlock()
-	switch {
-	case failed != nil:
-		if !queue.Retryable(failed) && !errors.Is(failed, queue.ErrClosed) {
-			e.logger.Error("alerts: append failed", "router", m.Sender, "first", m.First, "last", m.Last, "err", failed)
-		}
-		e.m.busy.Inc()
-		l.send(forward.Message{Type: forward.TypeBusy, First: m.First, Last: m.Last, Reason: "alerts: " + failed.Error()})
-	case complete:
-		l.send(forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
-	}
+		},
+	})
 }
 
 // Kinds of queue entry: the queue is the journal of everything the

@@ -62,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		badMessages:  c("bad_messages_total", "Messages from routers that could not be decoded."),
 		badEntries:   c("bad_entries_total", "Queue entries that could not be decoded (skipped)."),
 		oversized:    c("oversized_entries_total", "Router entries larger than a queue record (skipped)."),
-		busy:         c("busy_total", "Batches answered busy (queue full or failing)."),
+		busy:         c("busy_total", "Batches answered busy (queue full or failing, or too many appends in flight)."),
 		evalDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "drover_alerts_evaluation_delay_seconds",
 			Help: "From a reading's arrival at a frontend to its evaluation.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}),
 		snapshots:      cv("snapshots_total", "Snapshots of the evaluator's state, by result.", "result"),

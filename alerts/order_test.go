@@ -44,14 +44,9 @@ func TestRouterBatchesEnterQueueInOrder(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		en.receive(l, forward.Message{Type: forward.TypeBatch, Sender: "router-x", First: seq, Last: seq, Entries: [][]byte{b}})
+		en.recv.Receive(l.send, forward.Message{Type: forward.TypeBatch, Sender: "router-x", First: seq, Last: seq, Entries: [][]byte{b}})
 	}
-	waitFor(t, 20*time.Second, "every batch appended", func() bool {
-		en.mu.Lock()
-		defer en.mu.Unlock()
-		rs := en.routers["router-x"]
-		return rs != nil && rs.done.Contains(1, batches)
-	})
+	waitFor(t, 20*time.Second, "every batch appended", func() bool { return en.recv.Appended("router-x", 1, batches) })
 
 	var got []uint64
 	err := en.q.Load().Scan(context.Background(), func(e queue.Entry) error {

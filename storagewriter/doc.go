@@ -18,14 +18,15 @@
 // The writer opens one ZeroMQ DEALER per router (a forward.Dealer, over the
 // store link's mutual TLS under the cluster key: Config.Links,
 // -cluster-key-file; docs/security.md), subscribes under its
-// durable name (forward.TypeSubscribe, every second), drops entries it has
-// appended before (a forward.SeqSet per router), appends the rest in
-// goroutines so that the receive loop never waits on fsync, and answers
+// durable name (forward.TypeSubscribe, every second), and hands each batch
+// to a forward.Receiver (receive.go), shared with the alerts engine, which
+// drops entries appended before (a forward.SeqSet per router), appends the
+// rest in goroutines so that the receive loop never waits on fsync, and answers
 // each batch with an ack once it is durable, or busy when its queue is full
 // or its disk fails. A router's batches take their places in the queue in
 // the order they arrived (queue.Begin: a batch begins its first append
 // once the router's previous batch has begun its last), as they sit in the
-// router's log, and still share group commits (receive.go). A batch is appended in pieces of at most a quarter of
+// router's log, and still share group commits. A batch is appended in pieces of at most a quarter of
 // the queue's bound (and of a record), each recorded as done, so that one
 // larger than the room left is taken piece by piece as the sink drains the
 // queue; one entry is appended whole, and one larger than the whole bound

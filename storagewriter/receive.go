@@ -6,7 +6,6 @@ package storagewriter
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -15,159 +14,64 @@ import (
 	"github.com/drover-telemetry/drover/queue"
 )
 
-// routerSeqs is what the writer knows of one router's queue sequences.
-type routerSeqs struct {
-	done    *forward.SeqSet    // appended to the writer's queue
-	pending []forward.Interval // being appended
-	// last is placed when the batch received last from this router has
-	// its place in the queue (queue.Begin of its last append) or is done:
-	// the next waits for it before its own first append, so that a
-	// router's batches (several in flight) enter the queue in the order
-	// they arrived, as they sit in the router's log, and still share group
-	// commits.
-	last *queue.Turn
+// newReceiver is the writer's receiving side (forward.Receiver): batches
+// deduplicated by (router, sequence), appended in each router's order, an
+// entry larger than a queue record dead-lettered, and every busy answer
+// counted by reason.
+func (w *Writer) newReceiver() *forward.Receiver {
+	return forward.NewReceiver(forward.ReceiverConfig{
+		Name:           "writer",
+		Queue:          func() *queue.Queue { return w.q.Load() },
+		Entry:          withRouter,
+		ChunkBytes:     func(q *queue.Queue) int { return appendChunkBytes(q.MaxBytes()) },
+		MaxAppends:     maxAppenders,
+		DedupIntervals: dedupIntervals,
+		TooLarge: func(m forward.Message, _ uint64, entry []byte, err error) error {
+			err = w.dl.writeEntries(m.Sender, "entry larger than the writer's queue records ("+err.Error()+")", [][]byte{entry})
+			if err == nil {
+				w.m.undecodable.Inc()
+			}
+			return err
+		},
+		Appended:   func(n int) { w.m.appended.Add(float64(n)) },
+		Duplicates: func(n int) { w.m.duplicates.Add(float64(n)) },
+		Busy:       w.busy,
+	})
 }
 
-// receive handles a batch from a router: it drops what was appended
-// before, starts an append of the rest, and answers. It never blocks.
+// receive counts a batch from a router and hands it to the receiver. It
+// never blocks.
 func (w *Writer) receive(l *link, m forward.Message) {
-	n := uint64(len(m.Entries))
 	w.m.batchesReceived.WithLabelValues(m.Sender).Inc()
-	w.m.entriesReceived.Add(float64(n))
+	w.m.entriesReceived.Add(float64(len(m.Entries)))
 	for _, e := range m.Entries {
 		w.m.recordsReceived.Add(float64(countRecords(e)))
 	}
-	w.mu.Lock()
-	rs := w.routers[m.Sender]
-	if rs == nil {
-		rs = &routerSeqs{done: forward.NewSeqSet(dedupIntervals)}
-		w.routers[m.Sender] = rs
-	}
-	missing := rs.done.Missing(m.First, m.Last, nil)
-	if len(missing) == 0 {
-		w.mu.Unlock()
-		w.m.duplicates.Add(float64(n))
-		l.send(forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
-		return
-	}
-	var todo []forward.Interval
-	for _, iv := range missing {
-		todo = forward.Subtract(iv, rs.pending, todo)
-	}
-	if len(todo) == 0 {
-		// Everything new is being appended by an earlier copy of these
-		// entries, whose append answers for its own batch; this range is
-		// acked when the router resends it.
-		w.mu.Unlock()
-		w.m.duplicates.Add(float64(n))
-		return
-	}
-	select {
-	case w.appendSem <- struct{}{}:
-	default:
-		w.mu.Unlock()
-		w.m.busy.WithLabelValues("appenders").Inc()
-		l.send(forward.Message{Type: forward.TypeBusy, First: m.First, Last: m.Last, Reason: "writer: too many appends in flight"})
-		return
-	}
-	rs.pending = append(rs.pending, todo...)
-	prev, mine := rs.last, queue.NewTurn()
-	rs.last = mine
-	w.appendWG.Add(1)
-	w.mu.Unlock()
-	w.m.duplicates.Add(float64(n - forward.TotalLen(todo)))
-	go w.appendBatch(l, rs, m, todo, prev, mine)
+	w.recv.Receive(l.send, m)
 }
 
-// appendBatch appends the entries todo of batch m to the queue, once the
-// router's batch before it (prev, nil for none) has its place there, and
-// acks the batch when all of it is durable. It marks mine placed once its own
-// last append has its place (queue.Begin), or when it returns.
-func (w *Writer) appendBatch(l *link, rs *routerSeqs, m forward.Message, todo []forward.Interval, prev, mine *queue.Turn) {
-	defer w.appendWG.Done()
-	defer func() { <-w.appendSem }()
-	defer mine.Placed()
-	q := w.q.Load()
-	bound := q.MaxBytes()
-	chunk := appendChunkBytes(bound)
-	var failed error
-	overBound := 0 // the size of an entry that no free space can take
-	if prev.Wait(w.appendCtx) != nil {
-		failed = fmt.Errorf("%w: stopping", queue.ErrClosed)
-	}
-	for i, iv := range todo {
-		if failed != nil {
-			break
-		}
-		for first := iv.First; first <= iv.Last; {
-			entries, size := make([][]byte, 0, 16), 0
-			last := first
-			for seq := first; seq <= iv.Last; seq++ {
-				e := withRouter(m.Entries[seq-m.First], m.Sender)
-				if len(entries) > 0 && size+len(e)+16 > chunk {
-					break
-				}
-				entries = append(entries, e)
-				size += len(e) + 16
-				last = seq
-			}
-			pend, err := q.Begin(entries...)
-			if i == len(todo)-1 && last == iv.Last {
-				mine.Placed()
-			}
-			if err == nil {
-				_, err = pend.Wait(w.appendCtx)
-			}
-			if err != nil {
-				if errors.Is(err, queue.ErrTooLarge) && len(entries) == 1 {
-					err = w.dl.writeEntries(m.Sender, "entry larger than the writer's queue records ("+err.Error()+")", entries)
-					if err == nil {
-						w.m.undecodable.Inc()
-					}
-				}
-				if err != nil {
-					if errors.Is(err, queue.ErrFull) && len(entries) == 1 && bound > 0 && int64(len(entries[0])) > bound {
-						overBound = len(entries[0])
-					}
-					failed = err
-					break
-				}
-			} else {
-				w.m.appended.Add(float64(len(entries)))
-			}
-			w.mu.Lock()
-			rs.done.Add(first, last)
-			w.mu.Unlock()
-			first = last + 1
-		}
-	}
-	w.mu.Lock()
-	for _, iv := range todo {
-		rs.pending = forward.RemoveInterval(rs.pending, iv)
-	}
-	complete := rs.done.Contains(m.First, m.Last)
-	w.mu.Unlock()
+// busy counts a busy answer to batch m by its reason, and logs a failure
+// that is not the queue being full or closed. last is what the failing
+// append held.
+func (w *Writer) busy(m forward.Message, err error, last [][]byte) {
+	bound := w.q.Load().MaxBytes()
+	reason := "error"
 	switch {
-	case failed != nil:
-		reason := "error"
-		switch {
-		case overBound > 0:
-			reason = "over_bound"
-			w.logOverBound(m, overBound, bound)
-		case errors.Is(failed, queue.ErrFull):
-			reason = "full"
-		case errors.Is(failed, queue.ErrStorage):
-			reason = "storage"
-		case errors.Is(failed, queue.ErrClosed), errors.Is(failed, context.Canceled):
-			reason = "closed"
-		}
-		w.m.busy.WithLabelValues(reason).Inc()
-		if !queue.Retryable(failed) && reason != "closed" {
-			w.logger.Error("storage-writer: append failed", "router", m.Sender, "first", m.First, "last", m.Last, "err", failed)
-		}
-		l.send(forward.Message{Type: forward.TypeBusy, First: m.First, Last: m.Last, Reason: "writer: " + failed.Error()})
-	case complete:
-		l.send(forward.Message{Type: forward.TypeAck, First: m.First, Last: m.Last})
+	case errors.Is(err, forward.ErrTooManyAppends):
+		reason = "appenders"
+	case errors.Is(err, queue.ErrFull) && len(last) == 1 && bound > 0 && int64(len(last[0])) > bound:
+		reason = "over_bound"
+		w.logOverBound(m, len(last[0]), bound)
+	case errors.Is(err, queue.ErrFull):
+		reason = "full"
+	case errors.Is(err, queue.ErrStorage):
+		reason = "storage"
+	case errors.Is(err, queue.ErrClosed), errors.Is(err, context.Canceled):
+		reason = "closed"
+	}
+	w.m.busy.WithLabelValues(reason).Inc()
+	if reason != "appenders" && reason != "closed" && !queue.Retryable(err) {
+		w.logger.Error("storage-writer: append failed", "router", m.Sender, "first", m.First, "last", m.Last, "err", err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/drover-telemetry/drover/internal/backoff"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/storagewriter/influx"
 	"github.com/drover-telemetry/drover/storagewriter/lake"
@@ -74,15 +75,12 @@ type Writer struct {
 	sinkWhy   atomic.Pointer[string] // why the first check fails, for Ready
 	sinkState atomic.Pointer[stater] // the open sink, when it reports a state
 
-	mu      sync.Mutex
-	routers map[string]*routerSeqs
-	links   []*link
+	mu    sync.Mutex
+	links []*link
 	// linkStops waits for links removed from the endpoint list to close.
 	linkStops sync.WaitGroup
 
-	appendSem chan struct{}
-	appendWG  sync.WaitGroup
-	appendCtx context.Context
+	recv *forward.Receiver // router batches into the queue (receive.go)
 
 	dl              *deadLetter
 	dlMaintainEvery time.Duration // dlMaintainInterval; tests shorten it
@@ -151,12 +149,11 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 		watch:           watch,
 		reg:             reg,
 		m:               m,
-		routers:         make(map[string]*routerSeqs),
-		appendSem:       make(chan struct{}, maxAppenders),
 		dlMaintainEvery: dlMaintainInterval,
 		out:             outage{every: outageSummaryInterval},
 	}
 	w.dl = newDeadLetter(cfg.deadLetterDir(), cfg.Name, cfg.Sink, cfg.deadLetterLimits(), w.logger, m)
+	w.recv = w.newReceiver()
 	return w, nil
 }
 
@@ -241,9 +238,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 	}()
 
-	appendCtx, appendCancel := context.WithCancel(context.Background())
-	defer appendCancel()
-	w.appendCtx = appendCtx
+	defer w.recv.Abandon()
 	w.setRouters(w.watch.Current())
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
@@ -272,7 +267,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		l.stop()
 	}
 	w.linkStops.Wait()
-	w.waitAppenders(appendCancel)
+	w.waitAppenders()
 	<-loopDone
 	w.sinkOK.Store(false)
 
@@ -297,17 +292,17 @@ func (w *Writer) Run(ctx context.Context) error {
 
 // waitAppenders waits for the appends in flight, cancelling them if the
 // disk takes longer than shutdownGrace (they are then not acked).
-func (w *Writer) waitAppenders(cancel context.CancelFunc) {
+func (w *Writer) waitAppenders() {
 	done := make(chan struct{})
 	go func() {
-		w.appendWG.Wait()
+		w.recv.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-time.After(shutdownGrace):
 		w.logger.Warn("storage-writer: appends still running at shutdown; abandoning them (routers resend)")
-		cancel()
+		w.recv.Abandon()
 		<-done
 	}
 }

@@ -167,7 +167,9 @@
 // router restart, a crash of the router between fan-out and its own ack):
 // writers and sinks dedup or are idempotent by (router, PublishBatch.seq)
 // and by (device, reading seq). A writer acks a batch it received twice as
-// it acked it the first time.
+// it acked it the first time. Receiver (receiver.go) is that receiving
+// side, shared by the storage writers and the alerts engine: dedup by
+// (router, seq), appends in each router's order, acks once durable.
 //
 // # The router's queue entry
 //
