@@ -49,10 +49,8 @@ type Engine struct {
 	compiling  atomic.Pointer[compileState]
 	startRules atomic.Pointer[compileState]
 
-	mu        sync.Mutex
-	links     []*link
-	linkStops sync.WaitGroup    // links let go of by setRouters, stopping
-	recv      *forward.Receiver // router batches into the queue (link.go)
+	subs *forward.Subscription // the routers' store lanes (receive.go)
+	recv *forward.Receiver     // router batches into the queue (receive.go)
 
 	// Owned by the evaluation goroutine.
 	ev      *eval.Evaluator
@@ -119,6 +117,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Engine, e
 	}
 	e := &Engine{cfg: cfg, logger: logger, reg: reg, m: m, sec: sec, watch: watch, apiTr: apiTr, now: time.Now}
 	e.recv = e.newReceiver()
+	e.subs = forward.NewSubscription(forward.SubscriptionConfig{
+		Name: cfg.Name, Component: "alerts", Security: sec, Logger: logger,
+		Receive:   e.recv.Receive,
+		Bad:       func(string) { m.badMessages.Inc() },
+		RoutersUp: func(n int) { m.routersUp.Set(float64(n)) },
+	})
 	if cfg.AlertPub != "" {
 		if e.laneSc, err = clusterlink.New(cfg.Links, clusterlink.RoleAlerts, cfg.Name, logger, nil); err != nil {
 			sec.Close()
@@ -148,19 +152,6 @@ func (e *Engine) AlertLaneAddr() string {
 		return *a
 	}
 	return ""
-}
-
-func (e *Engine) updateRoutersUp() {
-	now := time.Now()
-	n := 0
-	e.mu.Lock()
-	for _, l := range e.links {
-		if l.up(now) {
-			n++
-		}
-	}
-	e.mu.Unlock()
-	e.m.routersUp.Set(float64(n))
 }
 
 // Run recovers, subscribes, evaluates and delivers until ctx ends, then
@@ -238,12 +229,12 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { evalDone <- e.evalLoop(evalCtx, q) }()
 
 	defer e.recv.Abandon()
-	e.setRouters(e.watch.Current())
+	e.subs.SetRouters(e.watch.Current())
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		e.watch.Run(watchCtx, e.setRouters)
+		e.watch.Run(watchCtx, e.subs.SetRouters)
 	}()
 	e.setReady(nil)
 	e.logger.Info("alerts: started", "routers", e.cfg.Routers, "data_dir", dir, "alert_lane", e.AlertLaneAddr(),
@@ -261,14 +252,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	// memory and saves its last snapshot.
 	stopWatch()
 	<-watchDone
-	e.mu.Lock()
-	links := e.links
-	e.links = nil
-	e.mu.Unlock()
-	for _, l := range links {
-		l.dl.Stop()
-	}
-	e.linkStops.Wait()
+	e.subs.Stop()
 	e.recv.Wait()
 	stopEval()
 	if err := <-evalDone; err != nil && runErr == nil {

@@ -28,14 +28,12 @@ func TestRouterBatchesEnterQueueInOrder(t *testing.T) {
 	cfg := testEngineConfig(t, t.TempDir(), []string{p.router.StoreAddr()}, rulesPath)
 	cfg.SnapshotInterval = time.Hour // the queue keeps what it evaluated: the test reads it
 	en := startEngine(t, cfg)
-	var l *link
+	var send func(forward.Message)
 	waitFor(t, 10*time.Second, "a link", func() bool {
-		en.mu.Lock()
-		defer en.mu.Unlock()
-		if len(en.links) > 0 {
-			l = en.links[0]
+		if s := en.subs.Senders(); len(s) > 0 {
+			send = s[0]
 		}
-		return l != nil
+		return send != nil
 	})
 
 	const batches = 60
@@ -44,7 +42,7 @@ func TestRouterBatchesEnterQueueInOrder(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		en.recv.Receive(l.send, forward.Message{Type: forward.TypeBatch, Sender: "router-x", First: seq, Last: seq, Entries: [][]byte{b}})
+		en.recv.Receive(send, forward.Message{Type: forward.TypeBatch, Sender: "router-x", First: seq, Last: seq, Entries: [][]byte{b}})
 	}
 	waitFor(t, 20*time.Second, "every batch appended", func() bool { return en.recv.Appended("router-x", 1, batches) })
 

@@ -15,15 +15,15 @@
 // docs/reliability.md ("Sink outages") says how long that is and what comes
 // next.
 //
-// The writer opens one ZeroMQ DEALER per router (a forward.Dealer, over the
-// store link's mutual TLS under the cluster key: Config.Links,
-// -cluster-key-file; docs/security.md), subscribes under its
+// The writer opens one ZeroMQ DEALER per router (a forward.Subscription of
+// forward.Dealers, over the store link's mutual TLS under the cluster key:
+// Config.Links, -cluster-key-file; docs/security.md), subscribes under its
 // durable name (forward.TypeSubscribe, every second), and hands each batch
-// to a forward.Receiver (receive.go), shared with the alerts engine, which
-// drops entries appended before (a forward.SeqSet per router), appends the
-// rest in goroutines so that the receive loop never waits on fsync, and answers
-// each batch with an ack once it is durable, or busy when its queue is full
-// or its disk fails. A router's batches take their places in the queue in
+// to a forward.Receiver (receive.go; the alerts engine has the same two).
+// The receiver drops entries appended before (a forward.SeqSet per
+// router), appends the rest in goroutines so that the receive loop never
+// waits on fsync, and answers each batch with an ack once it is durable,
+// or busy when its queue is full or its disk fails. A router's batches take their places in the queue in
 // the order they arrived (queue.Begin: a batch begins its first append
 // once the router's previous batch has begun its last), as they sit in the
 // router's log, and still share group commits. A batch is appended in pieces of at most a quarter of

@@ -41,13 +41,13 @@ func (w *Writer) newReceiver() *forward.Receiver {
 
 // receive counts a batch from a router and hands it to the receiver. It
 // never blocks.
-func (w *Writer) receive(l *link, m forward.Message) {
+func (w *Writer) receive(send func(forward.Message), m forward.Message) {
 	w.m.batchesReceived.WithLabelValues(m.Sender).Inc()
 	w.m.entriesReceived.Add(float64(len(m.Entries)))
 	for _, e := range m.Entries {
 		w.m.recordsReceived.Add(float64(countRecords(e)))
 	}
-	w.recv.Receive(l.send, m)
+	w.recv.Receive(send, m)
 }
 
 // busy counts a busy answer to batch m by its reason, and logs a failure

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/endpoints"
+	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/internal/testenv"
 )
 
@@ -51,7 +52,7 @@ func TestWriterFollowsDNS(t *testing.T) {
 	// heartbeats with no subscribe.
 	waitFor(t, 10*time.Second, "router a dropped", func() bool {
 		n := a.subscribes()
-		time.Sleep(3 * heartbeat)
+		time.Sleep(3 * forward.SubscribeHeartbeat)
 		return a.subscribes() == n
 	})
 	if got := r.metric(r.w.m.routersUp); got != 1 {

@@ -75,10 +75,7 @@ type Writer struct {
 	sinkWhy   atomic.Pointer[string] // why the first check fails, for Ready
 	sinkState atomic.Pointer[stater] // the open sink, when it reports a state
 
-	mu    sync.Mutex
-	links []*link
-	// linkStops waits for links removed from the endpoint list to close.
-	linkStops sync.WaitGroup
+	subs *forward.Subscription // the routers' store lanes
 
 	recv *forward.Receiver // router batches into the queue (receive.go)
 
@@ -154,6 +151,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Writer, e
 	}
 	w.dl = newDeadLetter(cfg.deadLetterDir(), cfg.Name, cfg.Sink, cfg.deadLetterLimits(), w.logger, m)
 	w.recv = w.newReceiver()
+	w.subs = forward.NewSubscription(forward.SubscriptionConfig{
+		Name: cfg.Name, Component: "storage-writer", Security: sec, Logger: logger,
+		Receive:   w.receive,
+		Bad:       func(reason string) { m.badMessages.WithLabelValues(reason).Inc() },
+		RoutersUp: func(n int) { m.routersUp.Set(float64(n)) },
+	})
 	return w, nil
 }
 
@@ -239,12 +242,12 @@ func (w *Writer) Run(ctx context.Context) error {
 	}()
 
 	defer w.recv.Abandon()
-	w.setRouters(w.watch.Current())
+	w.subs.SetRouters(w.watch.Current())
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		w.watch.Run(watchCtx, w.setRouters)
+		w.watch.Run(watchCtx, w.subs.SetRouters)
 	}()
 	w.logger.Info("storage-writer: started", "routers", w.cfg.Routers, "queue_dir", w.cfg.QueueDir)
 
@@ -259,14 +262,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	// acked, or not: the routers resend), then the sink write in flight.
 	stopWatch()
 	<-watchDone
-	w.mu.Lock()
-	links := w.links
-	w.links = nil
-	w.mu.Unlock()
-	for _, l := range links {
-		l.stop()
-	}
-	w.linkStops.Wait()
+	w.subs.Stop()
 	w.waitAppenders()
 	<-loopDone
 	w.sinkOK.Store(false)
@@ -376,18 +372,4 @@ func (w *Writer) Ready() error {
 		}
 	}
 	return nil
-}
-
-// updateRoutersUp refreshes the routers-up gauge.
-func (w *Writer) updateRoutersUp() {
-	now := time.Now()
-	n := 0
-	w.mu.Lock()
-	for _, l := range w.links {
-		if l.up(now) {
-			n++
-		}
-	}
-	w.mu.Unlock()
-	w.m.routersUp.Set(float64(n))
 }

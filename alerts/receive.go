@@ -2,102 +2,24 @@ package alerts
 
 import (
 	"errors"
-	"log/slog"
-	"sync"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/forward"
 	"github.com/drover-telemetry/drover/queue"
 )
 
 // The engine is a durable subscriber of the routers' store lane, speaking
 // the same protocol as a storage writer (internal/forward/doc.go, "The
-// store lane"; storagewriter/writer.go): subscribe every heartbeat,
-// append each batch to the queue (dropping entries appended before, by
-// router and queue sequence), ack once durable, answer busy when full.
+// store lane"), with the same pieces: a forward.Subscription (subscribe
+// every heartbeat to every router listed) and a forward.Receiver (append
+// each batch to the queue, dropping entries appended before, by router
+// and queue sequence; ack once durable; answer busy when full).
 const (
-	heartbeat       = time.Second
-	routerDownAfter = 3 * heartbeat
-	sendTimeout     = 2 * time.Second
-	dialRetry       = 250 * time.Millisecond
-	maxAppenders    = 64
-	dedupIntervals  = 4096
-	maxRecordBytes  = 4 << 20
+	maxAppenders   = 64
+	dedupIntervals = 4096
+	maxRecordBytes = 4 << 20
 )
-
-// link is the engine's connection to one router endpoint.
-type link struct {
-	e        *Engine
-	endpoint string
-	log      *slog.Logger
-	dl       *forward.Dealer
-
-	stateMu  sync.Mutex
-	lastPong time.Time
-	router   string
-}
-
-func newLink(e *Engine, endpoint string) (*link, error) {
-	l := &link{e: e, endpoint: endpoint, log: e.logger.With("router_endpoint", endpoint)}
-	dl, err := forward.NewDealer(forward.DealerConfig{
-		Endpoint:    endpoint,
-		Link:        clusterlink.LinkStore,
-		Security:    e.sec,
-		Identity:    forward.SocketIdentity(e.cfg.Name),
-		SendTimeout: sendTimeout,
-		DialRetry:   dialRetry,
-		Heartbeat:   heartbeat,
-		HeartbeatMessage: func() forward.Message {
-			e.updateRoutersUp()
-			return forward.Message{Type: forward.TypeSubscribe, Name: e.cfg.Name, Nonce: uint64(time.Now().UnixNano())}
-		},
-		Receive: l.receive,
-		Logger:  l.log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	l.dl = dl
-	return l, nil
-}
-
-func (l *link) send(m forward.Message) {
-	if err := l.dl.SendMessage(m); err != nil {
-		l.log.Error("alerts: cannot encode message", "type", m.Type, "err", err)
-	}
-}
-
-func (l *link) up(now time.Time) bool {
-	l.stateMu.Lock()
-	defer l.stateMu.Unlock()
-	return !l.lastPong.IsZero() && now.Sub(l.lastPong) < routerDownAfter
-}
-
-func (l *link) receive(m forward.Message, err error) {
-	if err != nil {
-		l.e.m.badMessages.Inc()
-		l.log.Debug("alerts: bad message from router", "err", err)
-		return
-	}
-	switch m.Type {
-	case forward.TypePong:
-		l.stateMu.Lock()
-		wasUp := !l.lastPong.IsZero() && time.Since(l.lastPong) < routerDownAfter
-		l.lastPong, l.router = time.Now(), m.Router
-		l.stateMu.Unlock()
-		if !wasUp {
-			l.log.Info("alerts: router up", "router", m.Router, "incarnation", m.Incarnation)
-		}
-		l.e.updateRoutersUp()
-	case forward.TypeBatch:
-		l.e.recv.Receive(l.send, m)
-	default:
-		l.e.m.badMessages.Inc()
-	}
-}
 
 // newReceiver is the engine's receiving side (forward.Receiver): batches
 // deduplicated by (router, sequence) and appended as readings entries in
