@@ -13,9 +13,13 @@ import (
 // real PostgreSQL, keys cached: a create is BEGIN with its lock and
 // WITH, then pg_notify with COMMIT (2); a group of k creates k + 1; a
 // dispatch its read, then BEGIN with the mark, then pg_notify with COMMIT
-// (3); a report 2. Deterministic: the api's background polls are set to
-// an hour, so that nothing else runs. And the group's creates committed,
-// in seq order, with their events.
+// (3); a report 2. The api's background polls are set to an hour; what
+// still runs beside a step now and then (a key's first use recorded, a
+// prune at start: each a statement of its own, on a loaded machine late
+// enough to land in a measured step) can only add to a step, so a step's
+// cost is the least of three cycles: a round trip more in every cycle
+// still fails it. And the group's creates committed, in seq order, with
+// their events.
 func TestRoundTripsPostgres(t *testing.T) {
 	c := startCmdEnv(t, backends[1], func(cfg *Config) { cfg.Commands.Poll, cfg.FeedPoll = time.Hour, time.Hour })
 	c.presence("fe-1", "truck-1", true, time.Now())
@@ -38,12 +42,19 @@ func TestRoundTripsPostgres(t *testing.T) {
 	}
 	cycle() // warm: keys cached, statements prepared on the connections used
 	cycle()
-	commits := c.srv.db.pgCount.commits.Load()
-	if cr, d, r := cycle(); cr != 2 || d != 3 || r != 2 {
-		t.Errorf("round trips: create %d, dispatch %d, report %d; want 2, 3, 2", cr, d, r)
+	least := [3]int64{1 << 62, 1 << 62, 1 << 62}
+	leastCommits := int64(1 << 62)
+	for range 3 {
+		commits := c.srv.db.pgCount.commits.Load()
+		cr, d, r := cycle()
+		least = [3]int64{min(least[0], cr), min(least[1], d), min(least[2], r)}
+		leastCommits = min(leastCommits, c.srv.db.pgCount.commits.Load()-commits)
 	}
-	if n := c.srv.db.pgCount.commits.Load() - commits; n != 3 {
-		t.Errorf("commits counted over a command's way: %d, want 3 (create, dispatch, report)", n)
+	if least != [3]int64{2, 3, 2} {
+		t.Errorf("round trips, least of three cycles: create %d, dispatch %d, report %d; want 2, 3, 2", least[0], least[1], least[2])
+	}
+	if leastCommits != 3 {
+		t.Errorf("commits counted over a command's way: %d, want 3 (create, dispatch, report)", leastCommits)
 	}
 
 	// A dispatch for several devices with work (one array parameter,
