@@ -266,7 +266,13 @@ func TestScopeNeverLeaksOtherFleets(t *testing.T) {
 	// sent again.
 	pub.publish(rec("a-2", "c", 3, t0+3, 1, 2.6))
 	pub.publish(rec("a-2", "c", 4, t0+4, 1, 2.7))
-	a.subscribe(subscribeMsg{}) // sync point: a fresh snapshot
+	// The live lane is asynchronous: a client's subscribe is no sync point
+	// for what was published before it (under load the snapshots below came
+	// first). Wait until the livefeed holds the move.
+	waitFor(t, 5*time.Second, "a-2 moved to fleet c", func() bool {
+		v := rf.store.get("a-2")
+		return v != nil && v.fleet == "c" && v.seq == 4
+	})
 	ab := dial(t, rf, "token-ab")
 	snap = ab.subscribe(subscribeMsg{})
 	got := snap.ids()
