@@ -328,6 +328,10 @@ func (d *device) finished() bool {
 // whether it made progress (an ack, or a connection held past BackoffMax).
 func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC <-chan time.Time) (reason string, progress bool) {
 	f, cfg := d.f, d.f.cfg
+	// The stampede to watch is taken before the device counts as connected: a stampede
+	// called once a device is counted (Stats().Connected) drops it. Taken after, a stampede
+	// in between went unseen and the device stayed connected (TestStampedeIdle, rarely).
+	stampede := f.stampedeSignal()
 	f.c.connects.Add(1)
 	f.c.connected.Add(1)
 	start := f.since()
@@ -351,7 +355,6 @@ func (d *device) session(ctx context.Context, conn *websocket.Conn, tick, stopC 
 		}
 	}()
 
-	stampede := f.stampedeSignal()
 	var ackCheck, slowTick <-chan time.Time
 	// The ack timeout is checked every AckTimeout/4: on the writer's own wakes when it wakes
 	// that often anyway (its reading tick, or the slow tick while the window is full), else on
