@@ -253,7 +253,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	stopWatch()
 	<-watchDone
 	e.subs.Stop()
-	e.recv.Wait()
+	e.recv.Stop(0) // without a bound, as before: an engine whose disk hangs does not stop
 	stopEval()
 	if err := <-evalDone; err != nil && runErr == nil {
 		runErr = err

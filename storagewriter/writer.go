@@ -263,7 +263,11 @@ func (w *Writer) Run(ctx context.Context) error {
 	stopWatch()
 	<-watchDone
 	w.subs.Stop()
-	w.waitAppenders()
+	// The appends in flight, cancelled if the disk takes longer than
+	// shutdownGrace (they are then not acked).
+	if w.recv.Stop(shutdownGrace) {
+		w.logger.Warn("storage-writer: appends still running at shutdown were abandoned (routers resend)")
+	}
 	<-loopDone
 	w.sinkOK.Store(false)
 
@@ -284,23 +288,6 @@ func (w *Writer) Run(ctx context.Context) error {
 		return fmt.Errorf("storage-writer: %w", err)
 	}
 	return nil
-}
-
-// waitAppenders waits for the appends in flight, cancelling them if the
-// disk takes longer than shutdownGrace (they are then not acked).
-func (w *Writer) waitAppenders() {
-	done := make(chan struct{})
-	go func() {
-		w.recv.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(shutdownGrace):
-		w.logger.Warn("storage-writer: appends still running at shutdown; abandoning them (routers resend)")
-		w.recv.Abandon()
-		<-done
-	}
 }
 
 // openSink builds the configured sink.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/drover-telemetry/drover/queue"
 )
@@ -89,10 +90,32 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 	return &Receiver{cfg: cfg, routers: map[string]*routerSeqs{}, sem: make(chan struct{}, cfg.MaxAppends), ctx: ctx, cancel: cancel}
 }
 
-// Wait waits for the appends under way (stop the links first, so that no
-// batch arrives meanwhile). Their batches are answered if their links
-// still are, or resent by the routers.
-func (r *Receiver) Wait() { r.wg.Wait() }
+// Stop waits for the appends under way (stop the links first, so that no
+// batch arrives meanwhile), at most grace (0: as long as they take); their
+// batches are answered if their links still are, or resent by the routers.
+// Appends still running after grace are abandoned (Abandon) and waited
+// for; Stop reports whether any was.
+func (r *Receiver) Stop(grace time.Duration) (abandoned bool) {
+	done := make(chan struct{})
+	go func() {
+		r.wg.Wait()
+		close(done)
+	}()
+	var timeout <-chan time.Time
+	if grace > 0 {
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-done:
+		return false
+	case <-timeout:
+		r.Abandon()
+		<-done
+		return true
+	}
+}
 
 // Abandon cancels the appends still waiting for the disk or for their
 // turn: they answer nothing (the routers resend). For a stop that cannot

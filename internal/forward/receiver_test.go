@@ -62,7 +62,7 @@ func newTestReceiver(t *testing.T, recordBytes int, cfg ReceiverConfig) (*Receiv
 	}
 	r := NewReceiver(cfg)
 	t.Cleanup(func() {
-		r.Wait()
+		r.Stop(0)
 		q.Close()
 	})
 	return r, q
@@ -112,7 +112,7 @@ func TestReceiverOrderAndDedup(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	r.Wait()
+	r.Stop(0)
 	// An overlapping batch whose appends finished before the batches it
 	// overlaps were done is not acked (its router resends it); none is
 	// refused.
@@ -215,5 +215,32 @@ func TestReceiverTooLarge(t *testing.T) {
 	}
 	if !errors.Is(busyErr, queue.ErrTooLarge) {
 		t.Errorf("without TooLarge: Busy told %v, want ErrTooLarge", busyErr)
+	}
+}
+
+// TestReceiverStopAbandons: Stop waits for the appends under way, and after
+// its grace abandons those still waiting: their batches are answered busy
+// and nothing of them is stored. An idle receiver stops at once.
+func TestReceiverStopAbandons(t *testing.T) {
+	r, q := newTestReceiver(t, 64<<10, ReceiverConfig{Name: "test"})
+	// A batch whose router's previous batch never takes its place: its
+	// append waits for that turn until it is abandoned.
+	r.mu.Lock()
+	r.routers["a"] = &routerSeqs{done: NewSeqSet(64), last: queue.NewTurn()}
+	r.mu.Unlock()
+	var a answers
+	r.Receive(a.send, batch("a", 1, 2))
+	if !r.Stop(50 * time.Millisecond) {
+		t.Fatal("Stop: nothing abandoned, want the waiting append")
+	}
+	if got := a.wait(t, 1); got[0].Type != TypeBusy || !strings.Contains(got[0].Reason, "stopping") {
+		t.Errorf("the abandoned batch's answer %+v, want busy, stopping", got[0])
+	}
+	if s := stored(t, q); len(s) != 0 {
+		t.Errorf("the queue holds %q, want nothing", s)
+	}
+	r2, _ := newTestReceiver(t, 64<<10, ReceiverConfig{Name: "test"})
+	if r2.Stop(time.Millisecond) {
+		t.Error("an idle receiver's Stop abandoned something")
 	}
 }
