@@ -80,6 +80,21 @@ func (a *apiProc) call(method, path string, body, out any) {
 	}
 }
 
+// presence is what the api holds of device id's presence (nil for none).
+func (a *apiProc) presence(id string) *presenceView {
+	a.t.Helper()
+	var d struct{ Presence *presenceView }
+	a.call("GET", "/v1/devices/"+id, nil, &d)
+	return d.Presence
+}
+
+// presenceView is the part of a device's presence the tests read.
+type presenceView struct {
+	LastSeenAt time.Time `json:"last_seen_at"`
+	Frontend   string    `json:"frontend"`
+	Connected  bool      `json:"connected"`
+}
+
 // importFleet registers the simulated fleet of sc (its token hashes) and
 // the fleets, classes and regions it names.
 func (a *apiProc) importFleet(sc sim.Config) {

@@ -128,6 +128,7 @@ func TestFollowEndToEnd(t *testing.T) {
 	p.rt.kill9()
 	p.fe.kill9()
 	p.rt.start(ctx)
+	feRestart := time.Now()
 	p.fe.start(ctx) // ready: its cache, not the api, lets devices in
 	n1 := total()
 	waitFor(t, 20*time.Second, "acks from the restarted frontend with the api down", func() bool { return total() > n1+devices })
@@ -141,6 +142,16 @@ func TestFollowEndToEnd(t *testing.T) {
 	}
 	api.start(ctx)
 	t.Logf("api down for %v; the frontend and the router restarted from their caches meanwhile", time.Since(outage).Round(time.Millisecond))
+
+	// The restarted frontend's presence reports, held while the api was
+	// down, reach it once it is back (the fleet still runs: its devices
+	// are connected). The row from before the outage does not count: it
+	// was seen before the restart.
+	watched := sim.Devices(sc)[0].ID
+	waitFor(t, 15*time.Second, "presence of a simulated device reported by the restarted frontend", func() bool {
+		seen := api.presence(watched)
+		return seen != nil && seen.Connected && seen.Frontend == uid("frontend-1") && !seen.LastSeenAt.Before(feRestart.Truncate(time.Millisecond))
+	})
 
 	// A device registered now connects within propagationBound.
 	at := time.Now()
@@ -228,18 +239,6 @@ func TestFollowEndToEnd(t *testing.T) {
 	waitFor(t, propagationBound, "probe-dec off the live map", func() bool { return live.wasRemoved("probe-dec") })
 	t.Logf("decommissioned → off the live map: %v", time.Since(at).Round(time.Millisecond))
 
-	// Presence reached the control plane.
-	var d struct {
-		Presence *struct {
-			Frontend  string `json:"frontend"`
-			Connected bool   `json:"connected"`
-		}
-	}
-	waitFor(t, 15*time.Second, "presence of a simulated device", func() bool {
-		api.call("GET", "/v1/devices/"+sim.Devices(sc)[0].ID, nil, &d)
-		return d.Presence != nil && d.Presence.Frontend == uid("frontend-1") && d.Presence.Connected
-	})
-
 	select {
 	case err := <-fleetDone:
 		if err != nil && !errors.Is(err, context.Canceled) {
@@ -248,6 +247,11 @@ func TestFollowEndToEnd(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the fleet did not finish")
 	}
+	// The fleet closed its connections: the frontend reports them gone.
+	waitFor(t, 15*time.Second, "a simulated device reported disconnected after the fleet ended", func() bool {
+		seen := api.presence(watched)
+		return seen != nil && !seen.Connected && seen.Frontend == uid("frontend-1")
+	})
 	acked := fleet.Acked()
 	for _, pb := range []*probe{pn, pr, ps, pd} {
 		acked[pb.id] = pb.highest()
