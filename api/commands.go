@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -281,10 +280,11 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 			cmd = Command{ID: newID("cmd_"), DeviceID: devID, Name: in.Name, Params: in.Params, IdempotencyKey: idem,
 				State: CmdQueued, CreatedAt: msTime(t.ms()), CreatedBy: p.actor(), ExpiresAt: msTime(t.now.Add(ttl).UnixMilli())}
 			var err error
-			if frontend, status, err = t.createPostgres(p, &cmd, string(params), requestID(r), cfg.QueueLimit); err != nil || status != http.StatusCreated {
+			if frontend, status, err = t.createPostgres(p, &cmd, string(params), requestID(r), cfg.QueueLimit,
+				s.handoff.polling(t.now)); err != nil || status != http.StatusCreated {
 				return err
 			}
-			return t.notifyCommands(CommandEvent{ID: cmd.ID, DeviceID: devID, State: CmdQueued, At: cmd.CreatedAt})
+			return t.notifyCommands(createdEvents(cmd)...)
 		}
 		// One statement reads all the write needs: the device (its fleet
 		// for the caller's scope, its state), its commands waiting, the
@@ -322,12 +322,17 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 		}
 		cmd = Command{ID: newID("cmd_"), DeviceID: devID, Seq: seq, Name: in.Name, Params: in.Params, IdempotencyKey: idem,
 			State: CmdQueued, CreatedAt: msTime(t.ms()), CreatedBy: p.actor(), ExpiresAt: msTime(t.now.Add(ttl).UnixMilli())}
-		_, err = t.execW(createCommandInsert, cmd.ID, devID, seq, in.Name, string(params), nullString(idem), CmdQueued, t.ms(),
-			p.actor(), p.KeyID, requestID(r), cmd.ExpiresAt.UnixMilli())
+		var sentAt sql.NullInt64
+		if waiting == 0 && s.handoff.takes(frontend, t.now) { // commands_handoff.go
+			cmd.sentBy(frontend)
+			sentAt = sql.NullInt64{Int64: t.ms(), Valid: true}
+		}
+		_, err = t.execW(createCommandInsert, cmd.ID, devID, seq, in.Name, string(params), nullString(idem), cmd.State, t.ms(),
+			p.actor(), p.KeyID, requestID(r), cmd.ExpiresAt.UnixMilli(), sentAt, cmd.SentTo, cmd.Attempts)
 		if err != nil {
 			return fmt.Errorf("insert command: %w", err)
 		}
-		return t.notifyCommands(CommandEvent{ID: cmd.ID, DeviceID: devID, State: CmdQueued, At: cmd.CreatedAt})
+		return t.notifyCommands(createdEvents(cmd)...)
 	})
 	if err != nil {
 		if e, ok := errors.AsType[*Error](err); ok && e.Code == "queue_full" {
@@ -340,13 +345,19 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 		// Watch before the frontend is woken: the answer then comes from
 		// the notification of the change, without a first read of what
 		// this request just wrote.
-		ch, release := s.notify.watchCommand(cmd.ID)
-		start = &watched{c: cmd, ch: ch, release: release}
+		wt, release := s.notify.watchCommand(cmd.ID)
+		start = &watched{c: cmd, w: wt, release: release}
 	}
 	if status == http.StatusCreated {
 		s.metrics.commands.WithLabelValues("created").Inc()
-		s.events.publish(CommandEvent{ID: cmd.ID, DeviceID: devID, State: CmdQueued, At: cmd.CreatedAt})
-		if frontend != "" {
+		s.events.publish(createdEvents(cmd)...)
+		switch {
+		case cmd.State == CmdSent:
+			s.metrics.commands.WithLabelValues("sent").Inc()
+			s.metrics.handoffs.WithLabelValues("handed").Inc()
+			s.handoff.put(cmd.SentTo, cmd.dispatched(), time.Now())
+			s.notify.fire(s.notify.fes, cmd.SentTo)
+		case frontend != "":
 			s.notify.addWork(frontend, devID)
 		}
 	}
@@ -369,7 +380,8 @@ const (
 FROM devices d WHERE d.id = $1`
 	commandByIdempotencyKey = `SELECT ` + commandCols + ` FROM commands WHERE device_id = $1 AND idempotency_key = $2`
 	createCommandInsert     = `INSERT INTO commands (id, device_id, seq, name, params, idempotency_key, state, created_at,
- created_by, key_id, request_id, expires_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $8)`
+ created_by, key_id, request_id, expires_at, updated_at, sent_at, sent_to, attempts)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $8, $13, $14, $15)`
 )
 
 // lockDeviceCommand locks a device's row (PostgreSQL) for a
@@ -407,68 +419,6 @@ func sameParams(a, b map[string]string) bool {
 		}
 	}
 	return true
-}
-
-// watched is a command as last known and the watch taken before it was
-// read (or written).
-type watched struct {
-	c       Command
-	ch      <-chan struct{}
-	release func()
-}
-
-// waitCommand waits until the command is final or wait passes, and
-// returns it as it then is. Its final state wakes it at once, whichever
-// replica wrote it (LISTEN/NOTIFY on PostgreSQL); while this replica is not
-// listening it reads the row every -command-poll instead, and the state
-// reached short of final is read when the wait ends. start, when not nil,
-// is what the caller knows already (its first read is skipped).
-func (s *Server) waitCommand(ctx context.Context, p *principal, devID, id string, wait time.Duration, start *watched) (Command, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		var (
-			c       Command
-			err     error
-			ch      <-chan struct{}
-			release func()
-		)
-		if start != nil {
-			c, ch, release = start.c, start.ch, start.release
-			start = nil
-		} else {
-			ch, release = s.notify.watchCommand(id)
-			c, err = loadCommand(ctx, s.db.read, p, devID, id)
-		}
-		if err != nil || cmdFinal(c.State) {
-			release()
-			return c, err
-		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			release()
-			return c, nil
-		}
-		// Poll only where a final state could come unannounced: on
-		// PostgreSQL while this replica is not listening. On SQLite (one
-		// replica) and while listening every final state wakes it; at
-		// 500 commands/s on PostgreSQL the waits with polls were 23.7% of
-		// the api's CPU, 13.9% without (docs/performance.md).
-		poll := left
-		if s.db.driver == DriverPostgres && !s.listening.Load() {
-			poll = s.cfg.Commands.Poll
-		}
-		timer := time.NewTimer(min(left, poll))
-		select {
-		case <-ch:
-		case <-timer.C:
-		case <-ctx.Done():
-		}
-		timer.Stop()
-		release()
-		if ctx.Err() != nil {
-			return c, nil // the caller left: what it gets (nothing) is not an error of ours
-		}
-	}
 }
 
 // getCommand answers GET /v1/devices/{id}/commands/{cmd}[?wait=5s].

@@ -28,7 +28,9 @@ import (
 // $1 id, $2 device, $3 name, $4 params, $5 idempotency key, $6 state,
 // $7 created_at, $8 created_by, $9 key_id, $10 request_id, $11
 // expires_at, $12 the caller sees every fleet, $13 its fleets, $14
-// decommissioned, $15 the queue limit.
+// decommissioned, $15 the queue limit, $16 the frontends whose polls this
+// replica answers: a command for a device one of them holds, with none of
+// its own waiting, is inserted sent to it (a hand-off, commands_handoff.go).
 const createCommandPG = `WITH d AS (
  SELECT COALESCE(d.fleet, '') AS fleet, d.state,
   (SELECT COUNT(*) FROM commands c WHERE c.device_id = d.id AND c.state IN ('queued', 'sent')) AS waiting,
@@ -36,20 +38,25 @@ const createCommandPG = `WITH d AS (
   COALESCE((SELECT p.frontend FROM device_presence p WHERE p.device_id = d.id AND p.connected = 1), '') AS frontend,
   COALESCE((SELECT c.id FROM commands c WHERE c.device_id = d.id AND c.idempotency_key = $5), '') AS old
  FROM devices d WHERE d.id = $2),
+h AS (SELECT d.*, d.waiting = 0 AND d.frontend <> '' AND d.frontend = ANY($16::text[]) AS handed FROM d),
 ins AS (
  INSERT INTO commands (id, device_id, seq, name, params, idempotency_key, state, created_at,
-  created_by, key_id, request_id, expires_at, updated_at)
- SELECT $1, $2, d.seq, $3, $4, $5, $6, $7, $8, $9, $10, $11, $7 FROM d
- WHERE ($12 OR (d.fleet <> '' AND d.fleet = ANY($13))) AND d.state <> $14 AND d.old = '' AND d.waiting < $15
- RETURNING 1)
-SELECT d.fleet, d.state, d.waiting, d.seq, d.frontend, d.old, EXISTS (SELECT 1 FROM ins) FROM d`
+  created_by, key_id, request_id, expires_at, updated_at, sent_at, sent_to, attempts)
+ SELECT $1, $2, h.seq, $3, $4, $5, CASE WHEN h.handed THEN 'sent' ELSE $6::text END, $7::bigint, $8, $9, $10, $11,
+  $7::bigint, CASE WHEN h.handed THEN $7::bigint END, CASE WHEN h.handed THEN h.frontend ELSE '' END,
+  CASE WHEN h.handed THEN 1 ELSE 0 END
+ FROM h
+ WHERE ($12 OR (h.fleet <> '' AND h.fleet = ANY($13))) AND h.state <> $14 AND h.old = '' AND h.waiting < $15
+ RETURNING state)
+SELECT h.fleet, h.state, h.waiting, h.seq, h.frontend, h.old, EXISTS (SELECT 1 FROM ins),
+ COALESCE((SELECT state FROM ins), '') FROM h`
 
 // createPostgres is createCommand's write on PostgreSQL. cmd comes filled
 // but for its seq, which it sets if it inserted cmd; on an idempotency
 // key already used for the same command it replaces cmd with that one and
 // answers 200. It returns the frontend holding the device (to wake), or
 // the create's refusal as createCommand's SQLite path would.
-func (t *tx) createPostgres(p *principal, cmd *Command, params, requestID string, limit int) (frontend string, status int, err error) {
+func (t *tx) createPostgres(p *principal, cmd *Command, params, requestID string, limit int, polling []string) (frontend string, status int, err error) {
 	devID, idem := cmd.DeviceID, cmd.IdempotencyKey
 	fleets := make([]string, 0, len(p.fleets))
 	for f, ok := range p.fleets {
@@ -60,15 +67,15 @@ func (t *tx) createPostgres(p *principal, cmd *Command, params, requestID string
 	b := &pgx.Batch{}
 	b.Queue(lockDeviceCommand, devID)
 	b.Queue(createCommandPG, cmd.ID, devID, cmd.Name, params, nullString(idem), CmdQueued, cmd.CreatedAt.UnixMilli(),
-		cmd.CreatedBy, p.KeyID, requestID, cmd.ExpiresAt.UnixMilli(), p.all, fleets, StateDecommissioned, int64(limit))
-	var fleet, state, old string
+		cmd.CreatedBy, p.KeyID, requestID, cmd.ExpiresAt.UnixMilli(), p.all, fleets, StateDecommissioned, int64(limit), polling)
+	var fleet, state, old, inserted string
 	var waiting, seq int64
-	var inserted, found bool
+	var found, ok bool
 	err = t.batch(b, func(br pgx.BatchResults) error {
 		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("lock device %s: %w", devID, err)
 		}
-		err := br.QueryRow().Scan(&fleet, &state, &waiting, &seq, &frontend, &old, &inserted)
+		err := br.QueryRow().Scan(&fleet, &state, &waiting, &seq, &frontend, &old, &ok, &inserted)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -95,12 +102,15 @@ func (t *tx) createPostgres(p *principal, cmd *Command, params, requestID string
 		}
 		*cmd = prev
 		return frontend, http.StatusOK, nil
-	case !inserted && waiting >= int64(limit):
+	case !ok && waiting >= int64(limit):
 		return "", 0, errQueueFull(devID, limit)
-	case !inserted:
+	case !ok:
 		return "", 0, fmt.Errorf("create command of %s: not inserted, for no reason read", devID)
 	}
 	cmd.Seq = seq
+	if inserted == CmdSent {
+		cmd.sentBy(frontend)
+	}
 	return frontend, http.StatusCreated, nil
 }
 

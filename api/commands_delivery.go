@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/drover-telemetry/drover/internal/apiclient"
@@ -34,149 +33,6 @@ import (
 // DispatchedCommand is one command of a dispatch answer.
 type DispatchedCommand = apiclient.DispatchedCommand
 
-// notifier wakes waiting requests of this replica: command waits by
-// command id, dispatch long polls by frontend. For each frontend it also
-// keeps the devices that may have work (a new command, a connect, a
-// report), so that a wake-up reads those devices' commands, not every open
-// command: the full scan (resend delays, other replicas) runs at most once
-// per -command-poll per frontend.
-type notifier struct {
-	mu       sync.Mutex
-	cmds     map[string]*watch
-	fes      map[string]*watch
-	work     map[string]map[string]struct{} // frontend → devices
-	lastFull map[string]time.Time           // frontend → last full scan
-}
-
-type watch struct {
-	ch chan struct{}
-	n  int
-}
-
-func newNotifier() *notifier {
-	return &notifier{cmds: map[string]*watch{}, fes: map[string]*watch{}, work: map[string]map[string]struct{}{},
-		lastFull: map[string]time.Time{}}
-}
-
-func (n *notifier) watchKey(m map[string]*watch, key string) (<-chan struct{}, func()) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	w := m[key]
-	if w == nil {
-		w = &watch{ch: make(chan struct{})}
-		m[key] = w
-	}
-	w.n++
-	return w.ch, func() {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		w.n--
-		if w.n == 0 && m[key] == w {
-			delete(m, key)
-		}
-	}
-}
-
-func (n *notifier) fire(m map[string]*watch, keys ...string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, k := range keys {
-		if w := m[k]; w != nil {
-			close(w.ch)
-			delete(m, k)
-		}
-	}
-}
-
-// allCommandsChanged wakes every command waiter: a wake-up may have been
-// missed (the LISTEN connection was lost), so each reads its row again and
-// polls until it listens again.
-func (n *notifier) allCommandsChanged() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for k, w := range n.cmds {
-		close(w.ch)
-		delete(n.cmds, k)
-	}
-}
-
-// watchCommand returns a channel closed when the command changes; call
-// release when done waiting.
-func (n *notifier) watchCommand(id string) (<-chan struct{}, func()) { return n.watchKey(n.cmds, id) }
-
-// commandsChanged wakes the waiters of these commands; callers name only
-// commands that became final (finalIDs). A waiter wants the outcome: woken
-// by every step (sent, delivered, each progress report) it read its row
-// again at each, and at 500 commands/s on PostgreSQL those reads were 41%
-// of the api's CPU (docs/performance.md); the state reached short of final
-// is read once, when its wait ends.
-func (n *notifier) commandsChanged(ids ...string) { n.fire(n.cmds, ids...) }
-
-// finalIDs returns the ids of the events that end their command.
-func finalIDs(evs []CommandEvent) []string {
-	var ids []string
-	for _, ev := range evs {
-		if cmdFinal(ev.State) {
-			ids = append(ids, ev.ID)
-		}
-	}
-	return ids
-}
-
-// watchFrontend returns a channel closed when a frontend may have work.
-func (n *notifier) watchFrontend(fe string) (<-chan struct{}, func()) { return n.watchKey(n.fes, fe) }
-
-// maxWorkDevices bounds the devices a frontend's wake-ups remember; past
-// it the next pass is a full scan.
-const maxWorkDevices = 10_000
-
-// addWork records that devices of frontend fe may have commands due, and
-// wakes its long poll.
-func (n *notifier) addWork(fe string, devs ...string) {
-	n.mu.Lock()
-	set := n.work[fe]
-	if set == nil {
-		set = map[string]struct{}{}
-		n.work[fe] = set
-	}
-	for _, d := range devs {
-		if len(set) >= maxWorkDevices {
-			delete(n.lastFull, fe) // too many: scan them all
-			break
-		}
-		set[d] = struct{}{}
-	}
-	n.mu.Unlock()
-	n.fire(n.fes, fe)
-}
-
-// takeWork returns the devices recorded for fe (and forgets them), and
-// whether a full scan is due instead (at most one per every).
-func (n *notifier) takeWork(fe string, now time.Time, every time.Duration) (devs []string, full bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	set := n.work[fe]
-	delete(n.work, fe)
-	if now.Sub(n.lastFull[fe]) >= every {
-		n.lastFull[fe] = now
-		return nil, true
-	}
-	for d := range set {
-		devs = append(devs, d)
-	}
-	return devs, false
-}
-
-// wakeDeviceFrontend wakes the frontend that holds the device, if any,
-// for that device.
-func (s *Server) wakeDeviceFrontend(ctx context.Context, devID string) {
-	var fe string
-	err := s.db.rdb.QueryRowContext(ctx, `SELECT frontend FROM device_presence WHERE device_id = $1 AND connected = 1`, devID).Scan(&fe)
-	if err == nil {
-		s.notify.addWork(fe, devID)
-	}
-}
-
 // resendDelay is how long after an attempt a command not reported received
 // is due again.
 func (c CommandConfig) resendDelay(attempts int) time.Duration {
@@ -202,21 +58,27 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 	}
 	ctx := r.Context()
 	deadline := time.Now().Add(wait)
+	defer s.handoff.pollBegin(fe)()
 	for {
 		// Watch before reading, so that a change between the read and the
 		// wait is not missed.
 		ch, release := s.notify.watchFrontend(fe)
 		now := time.Now()
 		var cmds []DispatchedCommand
+		handed, stale := s.handoff.take(fe, now, s.cfg.Commands.Resend) // commands_handoff.go
+		s.metrics.handoffs.WithLabelValues("stale").Add(float64(stale))
 		devs, full := s.notify.takeWork(fe, now, s.cfg.Commands.Poll)
 		if full || len(devs) > 0 {
 			cmds, err = s.dispatch(ctx, fe, now, devs)
 		}
-		if err != nil || len(cmds) > 0 {
+		if err != nil {
 			release()
-			if err != nil {
-				return err
-			}
+			s.handoff.giveBack(fe, handed, now)
+			return err
+		}
+		if cmds = mergeDispatched(handed, cmds); len(cmds) > 0 {
+			release()
+			s.metrics.handoffs.WithLabelValues("taken").Add(float64(len(handed)))
 			writeJSON(w, http.StatusOK, Dispatch{Commands: cmds})
 			return nil
 		}
@@ -463,13 +325,15 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	var changed []string
 	var evs []CommandEvent
 	applied := map[string]int{}
+	var finals map[string]*Command
 	err := s.db.writeGroup(ctx, "", func(t *tx) error {
 		changed, evs = changed[:0], evs[:0]
 		clear(applied)
-		results, err := s.applyReports(t, fe, in.Reports)
+		results, rows, err := s.applyReports(t, fe, in.Reports)
 		if err != nil {
 			return err
 		}
+		finals = rows
 		for i, rep := range in.Reports {
 			res := results[i]
 			applied[res]++
@@ -493,7 +357,8 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	for res, n := range applied {
 		s.metrics.commands.WithLabelValues(res).Add(float64(n))
 	}
-	s.notify.commandsChanged(finalIDs(evs)...)
+	s.notify.commandsFinal(finals)
+	s.notify.commandsChanged(finalIDs(evs)...) // those without a row read
 	s.events.publish(evs...)
 	// A report may unblock the device's next command.
 	devs := make([]string, 0, len(in.Reports))

@@ -200,7 +200,9 @@ func TestCommandsAcrossReplicas(t *testing.T) {
 		t.Errorf("A's stream opened while A did not listen, once A listens again: %+v, want overflow", got)
 	}
 	fresh := streamEvents(t, a, a.adminKey, "device=truck-1&max_events=2&duration=20s")
-	cmd := c.send("truck-1", map[string]any{"name": "locate"}) // on A; B cancels it
+	// fe-1 polled A lately: a create on A would hand the command to it, sent.
+	a.srv.handoff.forget("fe-1")
+	cmd := c.send("truck-1", map[string]any{"name": "locate"}) // on A, queued; B cancels it
 	b.must(200, req{method: "POST", path: "/v1/devices/truck-1/commands/" + cmd.ID + "/cancel", key: b.adminKey}, nil)
 	if got := takeEvents(t, fresh, 2); len(got) != 2 || got[0].ID != cmd.ID || got[0].State != CmdQueued ||
 		got[1].ID != cmd.ID || got[1].State != CmdCancelled {

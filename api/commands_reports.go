@@ -1,6 +1,8 @@
 package api
 
 import (
+	"database/sql"
+	"errors"
 	"fmt"
 
 	"github.com/drover-telemetry/drover/internal/apiclient"
@@ -18,16 +20,30 @@ import (
 // even if its received report was lost) and is working on it; the last
 // stage named wins (a device that found its image corrupt downloads
 // again), and the bytes are the downloading reports' only.
-func (s *Server) applyReport(t *tx, fe string, rep apiclient.CommandReport) (string, error) {
+//
+// A result that a request of this replica waits for (?wait) is written
+// with RETURNING: the row goes to the waiter (final), which then answers
+// without reading it again.
+func (s *Server) applyReport(t *tx, fe string, rep apiclient.CommandReport) (label string, final *Command, err error) {
 	label, query, args := reportWrite(fe, t.ms(), rep)
+	if query == reportResult && s.notify.watchingCommand(rep.ID) {
+		c, err := scanCommand(t.queryRowW(reportResultReturning, args...))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return "ignored", nil, nil
+		case err != nil:
+			return "", nil, fmt.Errorf("apply report (%s) of command %s: %w", rep.Outcome, rep.ID, err)
+		}
+		return label, &c, nil
+	}
 	res, err := t.execW(query, args...)
 	if err != nil {
-		return "", fmt.Errorf("apply report (%s) of command %s: %w", rep.Outcome, rep.ID, err)
+		return "", nil, fmt.Errorf("apply report (%s) of command %s: %w", rep.Outcome, rep.ID, err)
 	}
 	if n, err := res.RowsAffected(); err != nil || n == 0 {
-		return "ignored", nil
+		return "ignored", nil, nil
 	}
-	return label, nil
+	return label, nil, nil
 }
 
 // reportWrite is the statement that applies rep and the metric label of
@@ -56,26 +72,53 @@ func reportWrite(fe string, now int64, rep apiclient.CommandReport) (label, quer
 // round trip (with BEGIN when it is the transaction's first): run in
 // order in the transaction, as one by one (a later report of a command
 // sees what an earlier one wrote).
-func (s *Server) applyReports(t *tx, fe string, reps []apiclient.CommandReport) ([]string, error) {
+// It also returns the final rows read for waiters, by command id.
+func (s *Server) applyReports(t *tx, fe string, reps []apiclient.CommandReport) ([]string, map[string]*Command, error) {
 	labels := make([]string, len(reps))
+	var finals map[string]*Command
+	keep := func(c *Command) {
+		if finals == nil {
+			finals = map[string]*Command{}
+		}
+		finals[c.ID] = c
+	}
 	if t.s.driver != DriverPostgres || len(reps) == 0 {
 		for i, rep := range reps {
-			l, err := s.applyReport(t, fe, rep)
+			l, c, err := s.applyReport(t, fe, rep)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			labels[i] = l
+			if c != nil {
+				keep(c)
+			}
 		}
-		return labels, nil
+		return labels, finals, nil
 	}
 	b := &pgx.Batch{}
+	returning := make([]bool, len(reps))
 	for i, rep := range reps {
 		label, query, args := reportWrite(fe, t.ms(), rep)
 		labels[i] = label
+		if query == reportResult && s.notify.watchingCommand(rep.ID) {
+			query, returning[i] = reportResultReturning, true
+		}
 		b.Queue(query, args...)
 	}
 	err := t.batch(b, func(br pgx.BatchResults) error {
 		for i, rep := range reps {
+			if returning[i] {
+				c, err := scanCommand(br.QueryRow())
+				switch {
+				case errors.Is(err, pgx.ErrNoRows):
+					labels[i] = "ignored"
+				case err != nil:
+					return fmt.Errorf("apply report (%s) of command %s: %w", rep.Outcome, rep.ID, err)
+				default:
+					keep(&c)
+				}
+				continue
+			}
 			tag, err := br.Exec()
 			if err != nil {
 				return fmt.Errorf("apply report (%s) of command %s: %w", rep.Outcome, rep.ID, err)
@@ -87,9 +130,9 @@ func (s *Server) applyReports(t *tx, fe string, reps []apiclient.CommandReport) 
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return labels, nil
+	return labels, finals, nil
 }
 
 // The statements of applyReport (prepared once on SQLite).
@@ -105,4 +148,7 @@ const (
 	reportResult        = `UPDATE commands SET state = $1, delivered_at = COALESCE(delivered_at, $2), completed_at = $2,
  message = $3, payload = $4, updated_at = $2
  WHERE id = $5 AND device_id = $6 AND attempts > 0 AND state IN ('queued', 'sent', 'delivered', 'expired')`
+	// reportResultReturning is reportResult for a command a request waits
+	// for: the row it wrote comes back.
+	reportResultReturning = reportResult + ` RETURNING ` + commandCols
 )

@@ -36,7 +36,7 @@ var writeStatements = []string{
 	lockVersion, `SAVEPOINT w`, `ROLLBACK TO SAVEPOINT w`, `RELEASE SAVEPOINT w`,
 	createCommandRead, createCommandInsert, commandByIdempotencyKey, dispatchMark,
 	reportRequeue, reportReceived, reportProgress + reportProgressBytes + reportProgressWhere,
-	reportProgress + reportProgressWhere, reportResult,
+	reportProgress + reportProgressWhere, reportResult, reportResultReturning,
 }
 
 // readStatements are the reads prepared on the read pool on SQLite.

@@ -18,6 +18,7 @@ type metrics struct {
 	presence     prometheus.Counter
 	refused      *prometheus.CounterVec
 	commands     *prometheus.CounterVec
+	handoffs     *prometheus.CounterVec
 	alertEvents  prometheus.Counter
 	writeGroups  prometheus.Histogram
 	groupRetries prometheus.Counter
@@ -63,6 +64,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drover_api_commands_total",
 			Help: "Command events, by what happened: created, sent (a delivery attempt), delivered, succeeded, failed, expired, cancelled, requeued (a frontend could not write it), refused_queue_full, ignored (a report that could not apply), pruned; and the progress devices reported: downloading, verifying, installing.",
 		}, []string{"event"}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_command_handoffs_total",
+			Help: "Commands a create wrote sent to the frontend holding the device and handed to its poll in memory (docs/commands.md, \"Delivery\"), by what became of them: handed, taken (answered in a poll), stale (older than -command-resend or expired when the poll came: left to the resend).",
+		}, []string{"result"}),
 		alertEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_api_alert_events_total", Help: "Alert events reported by alert engines and applied.",
 		}),
@@ -118,7 +123,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, pgRead(func(c *pgCounter) int64 { return c.commits.Load() }))
 	if reg != nil {
 		for _, c := range []prometheus.Collector{dbTrips, dbStmts, dbCommits, m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused, m.commands, m.alertEvents, m.writeGroups, m.groupRetries, m.campaignDevs, m.notifyEvents, m.notifyLost,
+			m.followers, m.presence, m.refused, m.commands, m.handoffs, m.alertEvents, m.writeGroups, m.groupRetries, m.campaignDevs, m.notifyEvents, m.notifyLost,
 			m.keyLookups, m.keyEvictions} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
@@ -129,6 +134,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	// over a series that appears with its first event misses that event.
 	for _, ev := range commandEvents {
 		m.commands.WithLabelValues(ev)
+	}
+	for _, r := range []string{"handed", "taken", "stale"} {
+		m.handoffs.WithLabelValues(r)
 	}
 	for _, st := range campaignDeviceStates {
 		m.campaignDevs.WithLabelValues(st)

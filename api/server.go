@@ -31,6 +31,7 @@ type Server struct {
 
 	db      *store
 	notify  *notifier
+	handoff *handoffs
 	events  *eventBus
 	handler http.Handler
 	routes  []route
@@ -66,6 +67,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 	s := &Server{
 		cfg: cfg, log: logger, metrics: m, limiter: newAuthLimiter(cfg),
 		started: make(chan struct{}), touched: map[string]time.Time{}, notify: newNotifier(),
+		handoff: newHandoffs(),
 	}
 	if reg != nil {
 		if err := auth.RegisterMetrics(reg, "drover_api", "source", s.limiter.source); err != nil {
