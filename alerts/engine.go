@@ -69,6 +69,13 @@ type Engine struct {
 	hook func(point string)
 }
 
+// shutdownGrace bounds the wait for the appends in flight at shutdown
+// (the storage writer's bound): past it they are abandoned, unanswered,
+// and the routers send their batches again to the next run. Without a
+// bound an engine whose disk hangs never stops, and its orchestrator
+// kills it anyway, later.
+const shutdownGrace = 10 * time.Second
+
 var (
 	errNotRunning = errors.New("alerts: not running")
 	errNoRules    = errors.New("alerts: waiting for the first rule set")
@@ -253,7 +260,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	stopWatch()
 	<-watchDone
 	e.subs.Stop()
-	e.recv.Stop(0) // without a bound, as before: an engine whose disk hangs does not stop
+	if e.recv.Stop(shutdownGrace) {
+		e.logger.Warn("alerts: appends still running at shutdown were abandoned (routers resend)", "grace", shutdownGrace)
+	}
 	stopEval()
 	if err := <-evalDone; err != nil && runErr == nil {
 		runErr = err
