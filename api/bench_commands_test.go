@@ -124,8 +124,8 @@ func (s *countingStmt) QueryContext(ctx context.Context, args []driver.NamedValu
 // BenchmarkCommandStatements: one command's whole way through the api, as
 // a frontend plays it over HTTP — the operator's POST, the frontend's long
 // poll answered with it (handed to the poll by the create, which marked
-// it sent: the poll's one statement is the read of the device the last
-// report woke), the device's result reported, the operator's read of the outcome (the read a ?wait makes at
+// it sent: the poll runs no statement, since the last report found
+// nothing queued behind its command), the device's result reported, the operator's read of the outcome (the read a ?wait makes at
 // each of its wakes) — and the statements each step ran on SQLite
 // (authentication included; the api's background polls set to an hour,
 // so that nothing else runs). Reports stmts/create, stmts/dispatch,

@@ -326,16 +326,26 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	var evs []CommandEvent
 	applied := map[string]int{}
 	var finals map[string]*Command
+	var wake []string // devices a report may have given a command due
 	err := s.db.writeGroup(ctx, "", func(t *tx) error {
 		changed, evs = changed[:0], evs[:0]
 		clear(applied)
-		results, rows, err := s.applyReports(t, fe, in.Reports)
+		results, err := s.applyReports(t, fe, in.Reports)
 		if err != nil {
 			return err
 		}
-		finals = rows
+		finals, wake = nil, wake[:0]
 		for i, rep := range in.Reports {
-			res := results[i]
+			res := results[i].label
+			if results[i].final != nil {
+				if finals == nil {
+					finals = map[string]*Command{}
+				}
+				finals[rep.ID] = results[i].final
+			}
+			if results[i].wake {
+				wake = append(wake, rep.DeviceID)
+			}
 			applied[res]++
 			if res != "ignored" {
 				changed = append(changed, rep.ID)
@@ -360,12 +370,10 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	s.notify.commandsFinal(finals)
 	s.notify.commandsChanged(finalIDs(evs)...) // those without a row read
 	s.events.publish(evs...)
-	// A report may unblock the device's next command.
-	devs := make([]string, 0, len(in.Reports))
-	for _, rep := range in.Reports {
-		devs = append(devs, rep.DeviceID)
+	// A report may have unblocked the device's next command.
+	if len(wake) > 0 {
+		s.notify.addWork(fe, wake...)
 	}
-	s.notify.addWork(fe, devs...)
 	writeJSON(w, http.StatusOK, map[string]int{"applied": len(changed), "ignored": applied["ignored"]})
 	return nil
 }

@@ -91,6 +91,51 @@ func TestCommandHandoff(t *testing.T) {
 	})
 }
 
+// TestReportWakesNextCommand: with no full scan to fall back on (an hour
+// apart), a report wakes the frontend's poll for its device when a command
+// of the device is queued (behind the reported one, or requeued), and
+// only then.
+func TestReportWakesNextCommand(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		c := startCmdEnv(t, b, func(cfg *Config) { cfg.Commands.Poll = time.Hour })
+		c.presence("fe-1", "truck-1", true, time.Now())
+		c.dispatch("fe-1", "0s") // the first poll's full scan; none for an hour after it
+		woken := func() bool {
+			c.srv.notify.mu.Lock()
+			defer c.srv.notify.mu.Unlock()
+			_, ok := c.srv.notify.work["fe-1"]["truck-1"]
+			return ok
+		}
+		first := c.send("truck-1", map[string]any{"name": "locate", "ttl": "30s"})
+		if got := c.dispatch("fe-1", "5s"); len(got) != 1 || got[0].ID != first.ID {
+			t.Fatalf("polled %+v, want %s", got, first.ID)
+		}
+		c.report("fe-1", "truck-1", first.ID, "received")
+		if woken() {
+			t.Error("a report with nothing queued behind it woke the poll for its device")
+		}
+		second := c.send("truck-1", map[string]any{"name": "unlock", "ttl": "30s"})
+		third := c.send("truck-1", map[string]any{"name": "locate", "ttl": "30s"})
+		if second.State != CmdSent || third.State != CmdQueued {
+			t.Fatalf("second %s, third %s; want sent (the first is delivered: it holds nothing back), queued", second.State, third.State)
+		}
+		if got := c.dispatch("fe-1", "5s"); len(got) != 1 || got[0].ID != second.ID {
+			t.Fatalf("polled %+v, want %s", got, second.ID)
+		}
+		if got := c.dispatch("fe-1", "0s"); len(got) != 0 {
+			t.Fatalf("polled %+v while the second is unreported", got)
+		}
+		c.report("fe-1", "truck-1", second.ID, "succeeded")
+		if got := c.dispatch("fe-1", "5s"); len(got) != 1 || got[0].ID != third.ID {
+			t.Fatalf("after the second's result: %+v, want %s", got, third.ID)
+		}
+		c.report("fe-1", "truck-1", first.ID, "succeeded")
+		if woken() {
+			t.Error("a result with nothing queued behind it woke the poll for its device")
+		}
+	})
+}
+
 // TestCommandWaitFinalRow: a wait ended by a report of this replica
 // answers the row that report wrote, which is the row as stored.
 func TestCommandWaitFinalRow(t *testing.T) {

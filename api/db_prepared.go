@@ -35,8 +35,7 @@ const lockVersion = `SELECT version FROM feed_state WHERE id = 1`
 var writeStatements = []string{
 	lockVersion, `SAVEPOINT w`, `ROLLBACK TO SAVEPOINT w`, `RELEASE SAVEPOINT w`,
 	createCommandRead, createCommandInsert, commandByIdempotencyKey, dispatchMark,
-	reportRequeue, reportReceived, reportProgress + reportProgressBytes + reportProgressWhere,
-	reportProgress + reportProgressWhere, reportResult, reportResultReturning,
+	reportRequeue, reportReceived, reportProgressDownloading, reportProgressStage, reportResult, reportResultReturning,
 }
 
 // readStatements are the reads prepared on the read pool on SQLite.
