@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drover-telemetry/drover/internal/testenv"
 )
 
 // promMetricNames returns the drover_ metric names a PromQL expression
@@ -179,15 +180,7 @@ drover_c_total 3
 }
 
 // freeAddr is a loopback address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testenv.FreeAddr(t) }
 
 // TestPipelineMetricsAreExported builds drover and runs "drover all" with a
 // simulated fleet, a lake sink and an InfluxDB sink pointed at a closed port

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -16,17 +15,11 @@ import (
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/registry"
+
+	"github.com/drover-telemetry/drover/internal/testenv"
 )
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testenv.FreeAddr(t) }
 
 // TestTargetsStartAndStopCleanly starts each long-running target of the real
 // binary, waits for /readyz to answer 200, sends SIGTERM and expects a clean

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/drover-telemetry/drover/internal/clusterlink"
+	"github.com/drover-telemetry/drover/internal/testenv"
 )
 
 // droverBin is the binary under test, built once by TestMain.
@@ -66,28 +66,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// handedOut holds every port freeAddr has returned in this test binary.
-var handedOut sync.Map // string → struct{}
-
-// freeAddr returns a loopback address with a port free right now, never
-// one it returned before: a port is free from its probe's close until the
-// process it is for binds it, and the kernel may hand it out again in
-// between — with tests side by side (t.Parallel), to another process of
-// this binary, which then fails to bind ("address already in use").
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		if _, dup := handedOut.LoadOrStore(addr, struct{}{}); !dup {
-			return addr
-		}
-	}
-}
+// freeAddr returns a loopback address for a process of the test to listen
+// on: testenv.FreeAddr, below the ephemeral range that outgoing
+// connections take their ports from, never the same twice.
+func freeAddr(t testing.TB) string { return testenv.FreeAddr(t) }
 
 // clusterKeys holds the cluster key file of each running test.
 var clusterKeys sync.Map // testing.TB → string

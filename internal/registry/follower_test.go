@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -27,6 +26,8 @@ import (
 	"github.com/drover-telemetry/drover/api"
 	"github.com/drover-telemetry/drover/internal/apiclient"
 	"github.com/drover-telemetry/drover/internal/registry"
+
+	"github.com/drover-telemetry/drover/internal/testenv"
 )
 
 // The follower against a real control plane: api.Server on SQLite, in this
@@ -44,15 +45,7 @@ type apiServer struct {
 	stopped  sync.Once
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t testing.TB) string { return testenv.FreeAddr(t) }
 
 // startAPI starts an api on dir (SQLite) at addr, with a follower key file
 // dir/follower-key.

@@ -3,7 +3,6 @@ package sim
 import (
 	"context"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +11,8 @@ import (
 	"github.com/drover-telemetry/drover/frontend"
 	"github.com/drover-telemetry/drover/internal/clusterlink"
 	"github.com/drover-telemetry/drover/internal/tlsserve/tlstest"
+
+	"github.com/drover-telemetry/drover/internal/testenv"
 )
 
 // The tests of this file check that simulated devices keep the device
@@ -84,14 +85,7 @@ func (rf *realFrontend) stop() {
 
 func (rf *realFrontend) url(scheme string) string { return scheme + "://" + rf.cfg.Listen }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testenv.FreeAddr(t) }
 
 // TestResumesTLSSessionsAcrossARestart runs devices over wss:// through two
 // frontend restarts: with the frontend's ticket key file every device
