@@ -3,9 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -240,19 +238,9 @@ func azStart(t testing.TB, bin, dir string) (*AzuriteServer, error) {
 	return s, nil
 }
 
-// azFreePort returns a loopback TCP port that was free a moment ago.
-func azFreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	addr, ok := l.Addr().(*net.TCPAddr)
-	if !ok {
-		return 0, errors.New("not a TCP address")
-	}
-	return addr.Port, nil
-}
+// azFreePort returns a loopback TCP port that was free a moment ago
+// (freePort: below the ephemeral range).
+func azFreePort() (int, error) { return freePort() }
 
 // azLimitedBuffer keeps the first 64 KiB of a process's output, for error
 // messages, and is safe to write from the exec package's copy goroutines.

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -60,6 +61,15 @@ func ephemeralFloor() (hi int, ok bool) {
 // it returned before in this process.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	p, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+}
+
+// freePort is FreeAddr's port, for the servers this package starts.
+func freePort() (int, error) {
 	hi, ok := portRange()
 	for range 10_000 {
 		addr := "127.0.0.1:0"
@@ -73,12 +83,11 @@ func FreeAddr(t testing.TB) string {
 		if err != nil {
 			continue // taken: another draw
 		}
-		addr = l.Addr().String()
+		tcp := l.Addr().(*net.TCPAddr)
 		l.Close()
-		if _, dup := handedOut.LoadOrStore(addr, struct{}{}); !dup {
-			return addr
+		if _, dup := handedOut.LoadOrStore(tcp.String(), struct{}{}); !dup {
+			return tcp.Port, nil
 		}
 	}
-	t.Fatal("testenv: no free loopback port found in 10,000 draws")
-	return ""
+	return 0, errors.New("testenv: no free loopback port found in 10,000 draws")
 }
