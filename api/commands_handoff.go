@@ -65,11 +65,7 @@ func newHandoffs() *handoffs { return &handoffs{fes: map[string]*frontendHandoff
 // when the poll ends.
 func (h *handoffs) pollBegin(fe string) (end func()) {
 	h.mu.Lock()
-	f := h.fes[fe]
-	if f == nil {
-		f = &frontendHandoffs{}
-		h.fes[fe] = f
-	}
+	f := h.frontend(fe)
 	f.polls++
 	h.mu.Unlock()
 	return func() {
@@ -112,12 +108,18 @@ func (h *handoffs) polling(now time.Time) []string {
 func (h *handoffs) put(fe string, cmd DispatchedCommand, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	f := h.frontend(fe)
+	f.ready = append(f.ready, handoff{cmd: cmd, at: at})
+}
+
+// frontend returns fe's entry, made if new; the caller holds h.mu.
+func (h *handoffs) frontend(fe string) *frontendHandoffs {
 	f := h.fes[fe]
 	if f == nil {
 		f = &frontendHandoffs{}
 		h.fes[fe] = f
 	}
-	f.ready = append(f.ready, handoff{cmd: cmd, at: at})
+	return f
 }
 
 // take returns the commands waiting for fe's poll that are younger than
@@ -150,11 +152,7 @@ func (h *handoffs) giveBack(fe string, cmds []DispatchedCommand, at time.Time) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	f := h.fes[fe]
-	if f == nil {
-		f = &frontendHandoffs{}
-		h.fes[fe] = f
-	}
+	f := h.frontend(fe)
 	back := make([]handoff, 0, len(cmds)+len(f.ready))
 	for _, c := range cmds {
 		back = append(back, handoff{cmd: c, at: at})

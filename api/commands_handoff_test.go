@@ -53,13 +53,9 @@ func TestCommandHandoff(t *testing.T) {
 		if second.State != CmdQueued {
 			t.Fatalf("a command behind an unreported one: %s, want queued", second.State)
 		}
-		if got := c.dispatch("fe-1", "0s"); len(got) != 0 {
-			t.Fatalf("dispatched %+v while the first is unreported", got)
-		}
+		c.wantPolled("fe-1", "0s") // nothing while the first is unreported
 		c.report("fe-1", "truck-1", first.ID, "received")
-		if got := c.dispatch("fe-1", "5s"); len(got) != 1 || got[0].ID != second.ID {
-			t.Fatalf("after the first was received: %+v, want %s", got, second.ID)
-		}
+		c.wantPolled("fe-1", "5s", second.ID)
 		c.report("fe-1", "truck-1", second.ID, "succeeded")
 		c.report("fe-1", "truck-1", first.ID, "succeeded")
 
@@ -107,9 +103,7 @@ func TestReportWakesNextCommand(t *testing.T) {
 			return ok
 		}
 		first := c.send("truck-1", map[string]any{"name": "locate", "ttl": "30s"})
-		if got := c.dispatch("fe-1", "5s"); len(got) != 1 || got[0].ID != first.ID {
-			t.Fatalf("polled %+v, want %s", got, first.ID)
-		}
+		c.wantPolled("fe-1", "5s", first.ID)
 		c.report("fe-1", "truck-1", first.ID, "received")
 		if woken() {
 			t.Error("a report with nothing queued behind it woke the poll for its device")
@@ -119,16 +113,10 @@ func TestReportWakesNextCommand(t *testing.T) {
 		if second.State != CmdSent || third.State != CmdQueued {
 			t.Fatalf("second %s, third %s; want sent (the first is delivered: it holds nothing back), queued", second.State, third.State)
 		}
-		if got := c.dispatch("fe-1", "5s"); len(got) != 1 || got[0].ID != second.ID {
-			t.Fatalf("polled %+v, want %s", got, second.ID)
-		}
-		if got := c.dispatch("fe-1", "0s"); len(got) != 0 {
-			t.Fatalf("polled %+v while the second is unreported", got)
-		}
+		c.wantPolled("fe-1", "5s", second.ID)
+		c.wantPolled("fe-1", "0s") // nothing while the second is unreported
 		c.report("fe-1", "truck-1", second.ID, "succeeded")
-		if got := c.dispatch("fe-1", "5s"); len(got) != 1 || got[0].ID != third.ID {
-			t.Fatalf("after the second's result: %+v, want %s", got, third.ID)
-		}
+		c.wantPolled("fe-1", "5s", third.ID)
 		c.report("fe-1", "truck-1", first.ID, "succeeded")
 		if woken() {
 			t.Error("a result with nothing queued behind it woke the poll for its device")
@@ -142,11 +130,7 @@ func TestCommandWaitFinalRow(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		c := startCmdEnv(t, b)
 		c.presence("fe-1", "truck-1", true, time.Now())
-		done := make(chan resp, 1)
-		go func() {
-			done <- c.do(req{method: "POST", path: "/v1/devices/truck-1/commands?wait=10s", key: c.adminKey,
-				body: map[string]any{"name": "unlock", "ttl": "30s"}})
-		}()
+		done := c.sendWaiting("truck-1", map[string]any{"name": "unlock", "ttl": "30s"})
 		var got []DispatchedCommand
 		waitFor(t, 10*time.Second, "the command dispatched", func() bool {
 			got = c.dispatch("fe-1", "1s")

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,6 +59,30 @@ func (c *cmdEnv) report(fe, dev, id, outcome string, extra ...string) {
 		body: map[string]any{"reports": []map[string]any{r}}}, nil)
 }
 
+// sendWaiting posts a command with ?wait=10s in the background; the
+// answer comes on the channel.
+func (c *cmdEnv) sendWaiting(dev string, body map[string]any) <-chan resp {
+	done := make(chan resp, 1)
+	go func() {
+		done <- c.do(req{method: "POST", path: "/v1/devices/" + dev + "/commands?wait=10s", key: c.adminKey, body: body})
+	}()
+	return done
+}
+
+// wantPolled fails the test unless fe's poll (with wait) answers exactly
+// the commands ids, in order.
+func (c *cmdEnv) wantPolled(fe, wait string, ids ...string) {
+	c.t.Helper()
+	got := c.dispatch(fe, wait)
+	var gotIDs []string
+	for _, d := range got {
+		gotIDs = append(gotIDs, d.ID)
+	}
+	if !slices.Equal(gotIDs, ids) {
+		c.t.Fatalf("%s's poll answered %v, want %v", fe, gotIDs, ids)
+	}
+}
+
 func (c *cmdEnv) get(dev, id string) Command {
 	c.t.Helper()
 	var cmd Command
@@ -72,11 +97,7 @@ func TestCommandRoundTrip(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		c := startCmdEnv(t, b)
 		c.presence("fe-1", "truck-1", true, time.Now())
-		done := make(chan resp, 1)
-		go func() {
-			done <- c.do(req{method: "POST", path: "/v1/devices/truck-1/commands?wait=10s", key: c.adminKey,
-				body: map[string]any{"name": "unlock", "params": map[string]string{"door": "driver"}, "ttl": "30s"}})
-		}()
+		done := c.sendWaiting("truck-1", map[string]any{"name": "unlock", "params": map[string]string{"door": "driver"}, "ttl": "30s"})
 		got := c.dispatch("fe-1", "10s")
 		if len(got) != 1 || got[0].Name != "unlock" || got[0].Params["door"] != "driver" || got[0].DeviceID != "truck-1" || got[0].Seq != 1 {
 			t.Fatalf("dispatch = %+v", got)
