@@ -18,8 +18,9 @@ import (
 // devices over wss:// on one frontend (the real binary, with a shared
 // ticket key file and an accept rate of 150 a second), kill -9 of the
 // frontend, and its restart on the same port and queue. Every device must
-// come back and be acked again; the herd must be spread by 503 refusals
-// with a Retry-After, not taken at once; the devices must resume their TLS
+// come back and be acked again; the herd must be spread by admission (503
+// refusals with a Retry-After, or handshakes refused before they begin),
+// not taken at once; the devices must resume their TLS
 // sessions on the restarted process; and every reading acked to a device,
 // before or after the kill, must be in the router's queue.
 func TestStampedeAfterKill9(t *testing.T) {
@@ -116,8 +117,15 @@ func TestStampedeAfterKill9(t *testing.T) {
 	failed, _ := metricValue(m, "drover_frontend_tls_handshakes_total", map[string]string{"result": "failed"})
 	closedBacklog, _ := metricValue(m, "drover_frontend_tls_handshake_refusals_total", map[string]string{"reason": "backlog"})
 	closedWait, _ := metricValue(m, "drover_frontend_tls_handshake_refusals_total", map[string]string{"reason": "wait"})
-	if refused == 0 {
-		t.Errorf("no connection refused for the accept rate: the herd of %d was taken at once at 150/s", devices)
+	// The herd is spread by admission: 503 + Retry-After at the accept
+	// rate, or, when the handshakes are what the machine cannot keep up
+	// with, connections closed before their TLS handshake (its backlog,
+	// or a wait too long). Which stage acts first depends on how fast the
+	// machine's handshakes are: under make test's load one run had 0 of
+	// the first and 727 of the second, after a kill -9 that took 13 s to
+	// reap the process (its devices' backoff had spread them meanwhile).
+	if refused+closedBacklog+closedWait == 0 {
+		t.Errorf("the herd of %d was taken at once: no refusal at the accept rate (150/s), no handshake closed before it began", devices)
 	}
 	// Devices resume with the ticket the killed process issued. (A Go
 	// client throws its ticket away when a resumption attempt fails, so a
