@@ -322,13 +322,13 @@ func (s *Server) createCommand(w http.ResponseWriter, r *http.Request, p *princi
 		}
 		cmd = Command{ID: newID("cmd_"), DeviceID: devID, Seq: seq, Name: in.Name, Params: in.Params, IdempotencyKey: idem,
 			State: CmdQueued, CreatedAt: msTime(t.ms()), CreatedBy: p.actor(), ExpiresAt: msTime(t.now.Add(ttl).UnixMilli())}
-		var sentAt sql.NullInt64
-		if waiting == 0 && s.handoff.takes(frontend, t.now) { // commands_handoff.go
+		var sentAt int64
+		if waiting == 0 && frontend != "" && s.handoff.takes(frontend, t.now) { // commands_handoff.go
 			cmd.sentBy(frontend)
-			sentAt = sql.NullInt64{Int64: t.ms(), Valid: true}
+			sentAt = cmd.SentAt.UnixMilli()
 		}
 		_, err = t.execW(createCommandInsert, cmd.ID, devID, seq, in.Name, string(params), nullString(idem), cmd.State, t.ms(),
-			p.actor(), p.KeyID, requestID(r), cmd.ExpiresAt.UnixMilli(), sentAt, cmd.SentTo, cmd.Attempts)
+			p.actor(), p.KeyID, requestID(r), cmd.ExpiresAt.UnixMilli(), nullInt(sentAt), cmd.SentTo, cmd.Attempts)
 		if err != nil {
 			return fmt.Errorf("insert command: %w", err)
 		}

@@ -65,16 +65,17 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 		ch, release := s.notify.watchFrontend(fe)
 		now := time.Now()
 		var cmds []DispatchedCommand
-		handed, stale := s.handoff.take(fe, now, s.cfg.Commands.Resend) // commands_handoff.go
-		s.metrics.handoffs.WithLabelValues("stale").Add(float64(stale))
 		devs, full := s.notify.takeWork(fe, now, s.cfg.Commands.Poll)
 		if full || len(devs) > 0 {
 			cmds, err = s.dispatch(ctx, fe, now, devs)
 		}
 		if err != nil {
 			release()
-			s.handoff.giveBack(fe, handed, now)
-			return err
+			return err // the hand-offs wait for the next poll
+		}
+		handed, stale := s.handoff.take(fe, now, s.cfg.Commands.Resend) // commands_handoff.go
+		if stale > 0 {
+			s.metrics.handoffs.WithLabelValues("stale").Add(float64(stale))
 		}
 		if cmds = mergeDispatched(handed, cmds); len(cmds) > 0 {
 			release()

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 	"sync"
@@ -76,30 +77,32 @@ func (h *handoffs) pollBegin(fe string) (end func()) {
 	}
 }
 
+// takes reports whether a command created now may be handed to f's
+// poll: one polls, or did lately, and there is room.
+func (f *frontendHandoffs) takes(now time.Time) bool {
+	return (f.polls > 0 || now.Sub(f.lastPoll) < handoffRecent) && len(f.ready) < maxHandoffs
+}
+
 // takes reports whether a command created now for a device held by fe
 // may be handed to fe's poll.
 func (h *handoffs) takes(fe string, now time.Time) bool {
-	if fe == "" {
-		return false
-	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	f := h.fes[fe]
-	return f != nil && (f.polls > 0 || now.Sub(f.lastPoll) < handoffRecent) && len(f.ready) < maxHandoffs
+	return f != nil && f.takes(now)
 }
 
-// polling returns the frontends that takes would answer true for, sorted
+// polling returns the frontends that takes would answer true for
 // (PostgreSQL's create decides in its statement).
 func (h *handoffs) polling(now time.Time) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []string
 	for fe, f := range h.fes {
-		if (f.polls > 0 || now.Sub(f.lastPoll) < handoffRecent) && len(f.ready) < maxHandoffs {
+		if f.takes(now) {
 			out = append(out, fe)
 		}
 	}
-	slices.Sort(out)
 	return out
 }
 
@@ -144,22 +147,6 @@ func (h *handoffs) take(fe string, now time.Time, maxAge time.Duration) (cmds []
 	return cmds, stale
 }
 
-// giveBack returns taken commands to fe's next poll (the answer they were
-// taken for failed), before any handed since.
-func (h *handoffs) giveBack(fe string, cmds []DispatchedCommand, at time.Time) {
-	if len(cmds) == 0 {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	f := h.frontend(fe)
-	back := make([]handoff, 0, len(cmds)+len(f.ready))
-	for _, c := range cmds {
-		back = append(back, handoff{cmd: c, at: at})
-	}
-	f.ready = append(back, f.ready...)
-}
-
 // mergeDispatched joins a poll's hand-offs and its dispatch's commands:
 // each command once, sorted by device and seq, as the frontend expects
 // (it writes a device's run of commands in order).
@@ -177,17 +164,8 @@ func mergeDispatched(handed, dispatched []DispatchedCommand) []DispatchedCommand
 			out = append(out, c)
 		}
 	}
-	slices.SortStableFunc(out, func(a, b DispatchedCommand) int {
-		if c := strings.Compare(a.DeviceID, b.DeviceID); c != 0 {
-			return c
-		}
-		switch {
-		case a.Seq < b.Seq:
-			return -1
-		case a.Seq > b.Seq:
-			return 1
-		}
-		return 0
+	slices.SortFunc(out, func(a, b DispatchedCommand) int {
+		return cmp.Or(strings.Compare(a.DeviceID, b.DeviceID), cmp.Compare(a.Seq, b.Seq))
 	})
 	return out
 }

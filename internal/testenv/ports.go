@@ -21,9 +21,8 @@ import (
 // (net.ipv4.ip_local_port_range, 32768–60999 by default), which is also
 // where every outgoing connection takes its source port: with simulated
 // fleets dialling thousands of connections and processes restarting, one
-// of them took such a port between the probe and the bind, and the
-// frontend failed with "address already in use" (make test, session 15,
-// TestCommandsAcrossAPIReplicas). Ports below that range are never given
+// of them took such a port between the probe and the bind, and a frontend
+// failed with "address already in use". Ports below that range are never given
 // to outgoing connections, nor to other tests' :0 listeners, so FreeAddr
 // picks one there at random and probes it; within one test binary it never
 // returns a port twice.
