@@ -47,6 +47,13 @@ const maxDispatch = 1000
 // frontendCommands answers GET /v1/frontends/{id}/commands[?wait=25s]: the
 // commands now due for the devices this frontend holds, marked sent to it.
 // With wait it answers as soon as there is one, or empty when the wait ends.
+//
+// With stream=true as well, the answer stays open for the wait and carries
+// one line of NDJSON (a Dispatch) per batch of commands, as they become due:
+// a frontend then takes a command without asking again for each one (an
+// HTTP exchange less per command on both sides; docs/commands.md,
+// "Delivery"). A batch written to a stream that then breaks is what a long
+// poll's lost answer always was: sent, resent after -command-resend.
 func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	fe := r.PathValue("id")
 	if err := daemon.ValidateID(fe); err != nil {
@@ -56,8 +63,21 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 	if err != nil {
 		return err
 	}
+	var stream http.Flusher
+	switch v := r.URL.Query().Get("stream"); v {
+	case "", "false":
+	case "true":
+		if stream, _ = w.(http.Flusher); stream == nil {
+			return fmt.Errorf("frontend commands: the response cannot stream")
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.Header().Set("Cache-Control", "no-store")
+	default:
+		return errBadRequest("stream: %q, want true or false", v)
+	}
 	ctx := r.Context()
 	deadline := time.Now().Add(wait)
+	streamed := false // a line is written: the status and headers have gone
 	defer s.handoff.pollBegin(fe)()
 	for {
 		// Watch before reading, so that a change between the read and the
@@ -71,6 +91,10 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 		}
 		if err != nil {
 			release()
+			if streamed { // the answer has begun: end it, the frontend asks again
+				s.log.Warn("api: command stream ended by a failed dispatch", "frontend", fe, "err", err)
+				return nil
+			}
 			return err // the hand-offs wait for the next poll
 		}
 		handed, stale := s.handoff.take(fe, now, s.cfg.Commands.Resend) // commands_handoff.go
@@ -80,13 +104,23 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 		if cmds = mergeDispatched(handed, cmds); len(cmds) > 0 {
 			release()
 			s.metrics.handoffs.WithLabelValues("taken").Add(float64(len(handed)))
-			writeJSON(w, http.StatusOK, Dispatch{Commands: cmds})
-			return nil
+			if stream == nil {
+				writeJSON(w, http.StatusOK, Dispatch{Commands: cmds})
+				return nil
+			}
+			if err := json.NewEncoder(w).Encode(Dispatch{Commands: cmds}); err != nil {
+				return nil // the frontend is gone: these are resent, as a lost answer's
+			}
+			stream.Flush()
+			streamed = true
+			continue
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
 			release()
-			writeJSON(w, http.StatusOK, Dispatch{Commands: []DispatchedCommand{}})
+			if stream == nil {
+				writeJSON(w, http.StatusOK, Dispatch{Commands: []DispatchedCommand{}})
+			}
 			return nil
 		}
 		timer := time.NewTimer(min(left, s.cfg.Commands.Poll))

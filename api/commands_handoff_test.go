@@ -1,11 +1,17 @@
 package api
 
 import (
+	"context"
+	"fmt"
+	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/drover-telemetry/drover/internal/apiclient"
 )
 
 // forget drops what this replica knows of fe's polls and hand-offs, as if
@@ -204,4 +210,70 @@ func TestMergeDispatched(t *testing.T) {
 	if want := []string{"a2", "a3", "b1", "c1"}; !reflect.DeepEqual(ids, want) {
 		t.Errorf("merged %v, want %v", ids, want)
 	}
+}
+
+// TestCommandStream: a frontend that holds a command stream open
+// (stream=true) gets each command on it as the command is created — three
+// commands of two devices, the next of a device once the last is reported,
+// on one open answer — and the stream ends by itself when its wait is
+// over. The answer matches openapi.yaml (NDJSON of Dispatch lines), and a
+// stream value that is not a boolean is refused.
+func TestCommandStream(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		c := startCmdEnv(t, b)
+		now := time.Now()
+		c.presence("fe-1", "truck-1", true, now)
+		c.presence("fe-1", "truck-2", true, now)
+		cl, err := apiclient.New(apiclient.Config{URL: c.base, Key: c.fkey, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		batches := make(chan apiclient.Dispatch, 10)
+		ended := make(chan error, 1)
+		const wait = 3 * time.Second
+		opened := time.Now()
+		go func() {
+			ended <- cl.CommandStream(context.Background(), "fe-1", wait, func(d apiclient.Dispatch) { batches <- d })
+		}()
+		waitFor(t, 5*time.Second, "the stream to be open", func() bool { return c.srv.handoff.takes("fe-1", time.Now()) })
+		for i, dev := range []string{"truck-1", "truck-2", "truck-1"} {
+			cmd := c.send(dev, map[string]any{"name": fmt.Sprintf("step-%d", i)})
+			select {
+			case d := <-batches:
+				if len(d.Commands) != 1 || d.Commands[0].ID != cmd.ID || d.Commands[0].DeviceID != dev {
+					t.Fatalf("command %d on the stream: %+v, want %s of %s", i, d.Commands, cmd.ID, dev)
+				}
+			case err := <-ended:
+				t.Fatalf("the stream ended (%v) before command %d came on it", err, i)
+			case <-time.After(2 * time.Second):
+				t.Fatalf("command %d (%s) did not come on the open stream", i, cmd.ID)
+			}
+			c.report("fe-1", dev, cmd.ID, "succeeded")
+		}
+		select {
+		case err := <-ended:
+			if err != nil {
+				t.Fatalf("stream: %v", err)
+			}
+			if held := time.Since(opened); held < wait-100*time.Millisecond {
+				t.Errorf("the stream ended after %v, want it open for its wait (%v)", held, wait)
+			}
+		case <-time.After(wait + 3*time.Second):
+			t.Fatal("the stream did not end after its wait")
+		}
+
+		// Through the validating client: the answer's lines are Dispatches.
+		queued := c.send("truck-2", map[string]any{"name": "after"})
+		r := c.must(200, req{method: "GET", path: "/v1/frontends/fe-1/commands?wait=300ms&stream=true", key: c.fkey}, nil)
+		if ct := r.header.Get("Content-Type"); ct != "application/x-ndjson" {
+			t.Errorf("stream Content-Type %q, want application/x-ndjson", ct)
+		}
+		if !strings.Contains(string(r.body), queued.ID) || strings.Count(string(r.body), "\n") != 1 {
+			t.Errorf("stream body %q, want one line with %s", r.body, queued.ID)
+		}
+		if r := c.do(req{method: "GET", path: "/v1/frontends/fe-1/commands?stream=yes", key: c.fkey, invalid: true}); r.status != http.StatusBadRequest {
+			t.Errorf("stream=yes answered %d, want 400", r.status)
+		}
+	})
 }

@@ -29,7 +29,7 @@ import (
 // list that one goroutine sends; command writes take the connection's
 // write lock for one frame, like an ack.
 
-// commandWait is how long one command long poll waits.
+// commandWait is how long one command stream (or long poll) stays open.
 const commandWait = 25 * time.Second
 
 // maxPendingReports bounds the reports waiting for the control plane
@@ -108,11 +108,18 @@ func (c *commander) run(ctx context.Context) {
 	c.client.Close()
 }
 
-// poll long-polls the API for commands and writes them.
+// poll holds a command stream open to the API (one after the other, each
+// for commandWait) and writes the commands that come on it.
 func (c *commander) poll(ctx context.Context) {
 	bo := backoff.New(200*time.Millisecond, 10*time.Second, nil)
 	for ctx.Err() == nil {
-		d, err := c.client.Commands(ctx, c.id, commandWait)
+		err := c.client.CommandStream(ctx, c.id, commandWait, func(d apiclient.Dispatch) {
+			if bo.Active() {
+				c.log.Info("frontend: command polls answered again")
+				bo.Reset()
+			}
+			c.deliver(d.Commands)
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -131,7 +138,6 @@ func (c *commander) poll(ctx context.Context) {
 			c.log.Info("frontend: command polls answered again")
 		}
 		bo.Reset()
-		c.deliver(d.Commands)
 	}
 }
 

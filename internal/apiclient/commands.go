@@ -2,6 +2,9 @@ package apiclient
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -9,9 +12,10 @@ import (
 )
 
 // The command delivery protocol between a frontend and the control plane
-// (docs/commands.md, "Delivery"): the frontend long-polls for the commands
-// of the devices it holds, writes them to the devices, and posts back what
-// the devices reported, and the commands it could not write.
+// (docs/commands.md, "Delivery"): the frontend holds a stream open (or
+// long-polls) for the commands of the devices it holds, writes them to the
+// devices, and posts back what the devices reported, and the commands it
+// could not write.
 
 // DispatchedCommand is a command the control plane hands to the frontend
 // that holds its device: write it to the device unless it has expired.
@@ -80,6 +84,36 @@ func (c *Client) Commands(ctx context.Context, frontend string, wait time.Durati
 	}
 	err := c.getJSON(ctx, "/v1/frontends/"+url.PathEscape(frontend)+"/commands?"+q.Encode(), wait+c.cfg.Timeout, &d)
 	return d, err
+}
+
+// CommandStream opens GET /v1/frontends/{frontend}/commands?stream=true:
+// the control plane keeps the answer open for wait and writes each batch of
+// commands it hands to this frontend as a line of NDJSON, and fn gets each
+// batch as it comes. It returns nil when the stream ends (the wait is over:
+// open the next). A control plane that does not stream (one older than the
+// stream) answers once, as to a long poll: fn gets that answer, and the
+// stream ends.
+func (c *Client) CommandStream(ctx context.Context, frontend string, wait time.Duration, fn func(Dispatch)) error {
+	ctx, cancel := context.WithTimeout(ctx, wait+c.cfg.Timeout)
+	defer cancel()
+	q := url.Values{"wait": {wait.String()}, "stream": {"true"}}
+	path := "/v1/frontends/" + url.PathEscape(frontend) + "/commands?" + q.Encode()
+	resp, err := c.do(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var d Dispatch
+		if err := dec.Decode(&d); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("api command stream %s: %w", path, err)
+		}
+		fn(d)
+	}
 }
 
 // ReportCommands posts a batch of command reports (at most
