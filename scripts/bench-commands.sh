@@ -31,6 +31,7 @@
 # most.
 #   SIM_CPUS=1 SERVER_CPUS=0   pin the load side (sim, cmdlat) and drover's servers (taskset -c lists)
 #   PG_CPUS=1                  pin PostgreSQL (taskset on pg_ctl: the postmaster and its children)
+#   PG_OPTS="-c log_min_duration_statement=100 -c log_lock_waits=on"   more server settings (postgres.log in the results)
 #   DB=postgres PG_CPUS=1 SERVER_CPUS=0 SIM_CPUS=0 scripts/bench-commands.sh   # PostgreSQL on a core of its own
 set -euo pipefail
 
@@ -99,7 +100,7 @@ postgres)
 	pg_pin=(); [[ -n "${PG_CPUS:-}" ]] && pg_pin=(taskset -c "$PG_CPUS")
 	# pg_stat_statements preloaded: the statements per command, counted by the server itself.
 	"${pg_pin[@]}" "${as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w \
-		-o "-p $pgport -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=300 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" start >/dev/null
+		-o "-p $pgport -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=300 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all ${PG_OPTS:-}" start >/dev/null
 	pgpid=$(head -1 "$pgdir/data/postmaster.pid")
 	printf '127.0.0.1:%s:*:drover:%s\n' "$pgport" "$pw" >"$work/pgpass"; chmod 600 "$work/pgpass"
 	# psql as the server's superuser (initdb -U drover), its password from a file, not the command line
