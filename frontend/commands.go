@@ -112,12 +112,15 @@ func (c *commander) run(ctx context.Context) {
 // for commandWait) and writes the commands that come on it.
 func (c *commander) poll(ctx context.Context) {
 	bo := backoff.New(200*time.Millisecond, 10*time.Second, nil)
+	answered := func() { // the stream gave a batch, or ended as it should
+		if bo.Active() {
+			c.log.Info("frontend: command polls answered again")
+		}
+		bo.Reset()
+	}
 	for ctx.Err() == nil {
 		err := c.client.CommandStream(ctx, c.id, commandWait, func(d apiclient.Dispatch) {
-			if bo.Active() {
-				c.log.Info("frontend: command polls answered again")
-				bo.Reset()
-			}
+			answered()
 			c.deliver(d.Commands)
 		})
 		if err != nil {
@@ -134,10 +137,7 @@ func (c *commander) poll(ctx context.Context) {
 			}
 			continue
 		}
-		if bo.Active() {
-			c.log.Info("frontend: command polls answered again")
-		}
-		bo.Reset()
+		answered()
 	}
 }
 

@@ -74,18 +74,6 @@ type CommandReports struct {
 // MaxCommandReports is the most reports one request may carry.
 const MaxCommandReports = 1000
 
-// Commands long-polls GET /v1/frontends/{frontend}/commands: the commands
-// the control plane hands to this frontend now, waiting up to wait for one.
-func (c *Client) Commands(ctx context.Context, frontend string, wait time.Duration) (Dispatch, error) {
-	var d Dispatch
-	q := url.Values{}
-	if wait > 0 {
-		q.Set("wait", wait.String())
-	}
-	err := c.getJSON(ctx, "/v1/frontends/"+url.PathEscape(frontend)+"/commands?"+q.Encode(), wait+c.cfg.Timeout, &d)
-	return d, err
-}
-
 // CommandStream opens GET /v1/frontends/{frontend}/commands?stream=true:
 // the control plane keeps the answer open for wait and writes each batch of
 // commands it hands to this frontend as a line of NDJSON, and fn gets each
