@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"database/sql"
-	"log/slog"
 	"strings"
 	"testing"
 )
@@ -15,15 +14,8 @@ import (
 // device.
 func TestIdempotencyIndex(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cfg := DefaultConfig()
-		cfg.DataDir = t.TempDir()
-		b.setup(t, &cfg)
 		ctx := context.Background()
-		db, err := openStore(ctx, cfg, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.close()
+		db := openTestStore(t, b)
 		exec := func(q string, args ...any) error {
 			_, err := db.wdb.ExecContext(ctx, q, args...)
 			return err

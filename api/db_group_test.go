@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -19,15 +18,8 @@ import (
 // and every caller told nil finds its write committed.
 func TestWriteGroup(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cfg := DefaultConfig()
-		cfg.DataDir = t.TempDir()
-		b.setup(t, &cfg)
 		ctx := context.Background()
-		db, err := openStore(ctx, cfg, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.close()
+		db := openTestStore(t, b)
 		var mu sync.Mutex
 		var sizes []int
 		db.groupSize = func(n int) { mu.Lock(); sizes = append(sizes, n); mu.Unlock() }

@@ -73,6 +73,21 @@ func forEachBackend(t *testing.T, f func(t *testing.T, b backend)) {
 	}
 }
 
+// openTestStore opens a store of backend b, without a server, closed at
+// the test's end.
+func openTestStore(t *testing.T, b backend) *store {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	b.setup(t, &cfg)
+	db, err := openStore(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.close)
+	return db
+}
+
 // env is a running api server and a validated client.
 type env struct {
 	t        testing.TB
