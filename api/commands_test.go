@@ -83,6 +83,23 @@ func (c *cmdEnv) wantPolled(fe, wait string, ids ...string) {
 	}
 }
 
+// commitsTimed is how many commits drover_api_db_commit_duration_seconds
+// has timed.
+func (c *cmdEnv) commitsTimed() uint64 {
+	c.t.Helper()
+	mfs, err := c.reg.Gather()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "drover_api_db_commit_duration_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	c.t.Fatal("no drover_api_db_commit_duration_seconds")
+	return 0
+}
+
 func (c *cmdEnv) get(dev, id string) Command {
 	c.t.Helper()
 	var cmd Command
@@ -108,9 +125,13 @@ func TestCommandRoundTrip(t *testing.T) {
 		if cmd := c.get("truck-1", got[0].ID); cmd.State != CmdSent || cmd.SentAt == nil || cmd.SentTo != "fe-1" || cmd.Attempts != 1 {
 			t.Errorf("after dispatch: %+v", cmd)
 		}
+		commits := c.commitsTimed()
 		c.report("fe-1", "truck-1", got[0].ID, "received")
 		if cmd := c.get("truck-1", got[0].ID); cmd.State != CmdDelivered || cmd.DeliveredAt == nil {
 			t.Errorf("after received: %+v", cmd)
+		}
+		if n := c.commitsTimed(); n < commits+1 {
+			t.Errorf("a report's commit: drover_api_db_commit_duration_seconds counted %d commits, want at least %d", n, commits+1)
 		}
 		c.report("fe-1", "truck-1", got[0].ID, "succeeded", "unlocked", `{"locked":false}`)
 		var res resp

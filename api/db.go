@@ -57,6 +57,9 @@ type store struct {
 	// groupRetries counts group transactions run again after a deadlock
 	// or serialization failure (PostgreSQL); set by the server.
 	groupRetries func()
+	// commitTime observes how long each write transaction's commit took;
+	// set by the server.
+	commitTime func(time.Duration)
 	// keys is the server's API-key cache, evicted at the commit of the
 	// transactions that change keys or operators (nil: none).
 	keys *keyCache
@@ -324,8 +327,12 @@ func (s *store) writeTx(ctx context.Context, versioned bool, fn func(*tx) error)
 		return err
 	}
 	w.ctx = ctx
+	began := time.Now()
 	if err := w.commit(); err != nil {
 		return err
+	}
+	if s.commitTime != nil {
+		s.commitTime(time.Since(began))
 	}
 	if versioned {
 		s.observe(w.version)

@@ -22,6 +22,7 @@ type metrics struct {
 	alertEvents  prometheus.Counter
 	writeGroups  prometheus.Histogram
 	groupRetries prometheus.Counter
+	commitTime   prometheus.Histogram
 	campaignDevs *prometheus.GaugeVec
 	notifyEvents prometheus.Counter
 	notifyLost   prometheus.Counter
@@ -96,6 +97,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Writes (command creates, dispatch marks, report posts) committed together in one group-commit transaction; _count is those transactions (commits).",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 		}),
+		commitTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "drover_api_db_commit_duration_seconds",
+			Help:    "Time each write transaction's commit took: on SQLite the WAL's write and fsync (and a checkpoint when one falls due), on PostgreSQL the round trip with the server's WAL flush. Its tail is the disk's fsync tail, and on SQLite every write queued behind the one writer waits it too.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
 		groupRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_api_write_group_retries_total",
 			Help: "Group-commit transactions run again because PostgreSQL aborted them as a deadlock victim or a serialization failure (groups run concurrently there).",
@@ -123,7 +129,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, pgRead(func(c *pgCounter) int64 { return c.commits.Load() }))
 	if reg != nil {
 		for _, c := range []prometheus.Collector{dbTrips, dbStmts, dbCommits, m.requests, m.duration, m.authFailures, m.importRows, m.feedVersion,
-			m.followers, m.presence, m.refused, m.commands, m.handoffs, m.alertEvents, m.writeGroups, m.groupRetries, m.campaignDevs, m.notifyEvents, m.notifyLost,
+			m.followers, m.presence, m.refused, m.commands, m.handoffs, m.alertEvents, m.writeGroups, m.groupRetries, m.commitTime, m.campaignDevs, m.notifyEvents, m.notifyLost,
 			m.keyLookups, m.keyEvictions} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)

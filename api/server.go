@@ -222,6 +222,7 @@ func (s *Server) openWithRetry(ctx context.Context) (*store, error) {
 		if err == nil {
 			db.groupSize = func(n int) { s.metrics.writeGroups.Observe(float64(n)) }
 			db.groupRetries = s.metrics.groupRetries.Inc
+			db.commitTime = func(d time.Duration) { s.metrics.commitTime.Observe(d.Seconds()) }
 			db.keys = s.keys
 			if db.driver == DriverPostgres {
 				s.metrics.pg.Store(&db.pgCount)

@@ -18,6 +18,9 @@
 # runs the api on it; its CPU is on the same cores unless PG_CPUS pins it. DROVER_BIN compares two
 # builds (bench-lib.sh).
 #
+# The api's commits over the window (drover_api_db_commit_duration_seconds): how many, their p50 and
+# p99 (bucket bounds), and how many took over 25 and 100 ms: the disk's fsync tail, which the
+# commands' tail follows (docs/performance.md).
 # Where the CPU goes, over the measured window (cmdlat's run): procstats.json and a line per process,
 # CPU seconds, cores and µs per command posted of drover api, frontend, router, sim, cmdlat and, with
 # DB=postgres, PostgreSQL (the postmaster and every backend and worker under it, from /proc: live
@@ -164,6 +167,7 @@ if [[ -n "${pgpid:-}" ]]; then
 fi
 proc_snapshot "$out/procs-start.tsv" "${procs[@]}"
 [[ -n "${pgpid:-}" ]] && pg_snapshot "$pgpid" >>"$out/procs-start.tsv"
+curl -fs "http://127.0.0.1:$aops/metrics" >"$out/api-start.metrics" || true
 t0=$(date +%s.%N)
 "${sim_pin[@]}" "$work/cmdlat" -api "$api" -key-file "$work/api/api-admin-key" -devices "$devices" -rate "$rate" \
 	-duration "$duration" -summary "$out/cmdlat.json" 2>"$out/cmdlat.log" &
@@ -249,6 +253,25 @@ if os.path.exists(f"{d}/pg-start.tsv"):
           f"{wal.get('bytes'):,} bytes, {wal.get('writes')} writes, {wal.get('syncs')} syncs")
     for s in pgs["top_statements"][:10]:
         print(f"    {s['per_command']:6.2f}/command  {'' if s['toplevel'] else '(nested) '}{s['query'][:100]}")
+# The database commits of the window (drover_api_db_commit_duration_seconds): their count and
+# tail. On a disk whose fsync stalls now and then, the slow ones are the commands' tail.
+def hist(f):
+    h = {}
+    for l in open(f) if os.path.exists(f) else ():
+        if l.startswith("drover_api_db_commit_duration_seconds_bucket{"):
+            le = l.split('le="')[1].split('"')[0]
+            h[float("inf") if le == "+Inf" else float(le)] = float(l.split()[-1])
+    return h
+h0, h1 = hist(f"{d}/api-start.metrics"), hist(f"{d}/api.metrics")
+if h1:
+    n = {le: h1[le] - h0.get(le, 0) for le in h1}
+    total = n[float("inf")]
+    def q(p):
+        return next((le for le in sorted(n) if n[le] >= p * total), float("inf")) * 1000
+    over = lambda ms: int(total - n.get(ms / 1000, total))
+    res["commits"] = {"count": int(total), "p50_ms_at_most": q(.5), "p99_ms_at_most": q(.99), "over_25ms": over(25), "over_100ms": over(100)}
+    print(f"  api commits: {int(total):,} ({total / posted:.2f} per command), p50 <= {q(.5):g} ms, p99 <= {q(.99):g} ms "
+          f"(bucket bounds); over 25 ms: {over(25)}, over 100 ms: {over(100)} (drover_api_db_commit_duration_seconds)")
 print(f"  CPU figures over the window, per command posted; pinning: sim {sim or 'any'}, servers {server or 'any'}, postgres {pg or 'any'} (of {ncpu} CPUs); window {wall:.1f} s")
 json.dump(res, open(f"{d}/procstats.json", "w"), indent=2)
 PY
