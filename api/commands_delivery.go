@@ -72,6 +72,7 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("X-Accel-Buffering", "no") // a proxy (nginx) passes each line on at once
 	default:
 		return errBadRequest("stream: %q, want true or false", v)
 	}

@@ -242,6 +242,7 @@ func (s *Server) commandEvents(w http.ResponseWriter, r *http.Request, p *princi
 	defer unsubscribe()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no") // a proxy (nginx) passes each event on at once
 	w.WriteHeader(http.StatusOK)
 	_, _ = fmt.Fprint(w, ": command events\n\n")
 	flusher.Flush()

@@ -266,8 +266,8 @@ func TestCommandStream(t *testing.T) {
 		// Through the validating client: the answer's lines are Dispatches.
 		queued := c.send("truck-2", map[string]any{"name": "after"})
 		r := c.must(200, req{method: "GET", path: "/v1/frontends/fe-1/commands?wait=300ms&stream=true", key: c.fkey}, nil)
-		if ct := r.header.Get("Content-Type"); ct != "application/x-ndjson" {
-			t.Errorf("stream Content-Type %q, want application/x-ndjson", ct)
+		if ct, xb := r.header.Get("Content-Type"), r.header.Get("X-Accel-Buffering"); ct != "application/x-ndjson" || xb != "no" {
+			t.Errorf("stream Content-Type %q, X-Accel-Buffering %q; want application/x-ndjson, no (a buffering proxy would hold the lines)", ct, xb)
 		}
 		if !strings.Contains(string(r.body), queued.ID) || strings.Count(string(r.body), "\n") != 1 {
 			t.Errorf("stream body %q, want one line with %s", r.body, queued.ID)

@@ -369,8 +369,9 @@ func TestCommandEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer res.Body.Close()
-	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" {
-		t.Fatalf("events: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" || res.Header.Get("X-Accel-Buffering") != "no" {
+		t.Fatalf("events: %d %s, X-Accel-Buffering %q (want no: a buffering proxy would hold the events)",
+			res.StatusCode, res.Header.Get("Content-Type"), res.Header.Get("X-Accel-Buffering"))
 	}
 	sc := bufio.NewScanner(res.Body)
 	if !sc.Scan() || sc.Text() != ": command events" { // subscribed from here
