@@ -200,6 +200,7 @@ func (s *Server) dispatch(ctx context.Context, fe string, now time.Time, devs []
 	if err != nil {
 		return nil, err
 	}
+	readAt := time.Now()
 	rows, err := s.db.read.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: %w", err)
@@ -224,9 +225,16 @@ func (s *Server) dispatch(ctx context.Context, fe string, now time.Time, devs []
 	}
 	nowMs := now.UnixMilli()
 	var due []dueRow
+	var held []string // devices whose next command waits behind one in flight
 	blocked := ""
 	for _, d := range open {
-		if d.DeviceID == blocked || len(due) >= maxDispatch {
+		if d.DeviceID == blocked {
+			if len(held) == 0 || held[len(held)-1] != blocked {
+				held = append(held, blocked)
+			}
+			continue
+		}
+		if len(due) >= maxDispatch {
 			continue
 		}
 		if d.state == CmdDelivered || d.ExpiresAt <= nowMs {
@@ -240,6 +248,11 @@ func (s *Server) dispatch(ctx context.Context, fe string, now time.Time, devs []
 			}
 		}
 		due = append(due, d)
+	}
+	// A report committed since the read began may have freed them: look
+	// again (commands_holds.go).
+	if again := s.holds.hold(held, readAt); len(again) > 0 {
+		s.notify.addWork(fe, again...)
 	}
 	if len(due) == 0 {
 		return nil, nil
@@ -406,12 +419,29 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 	s.notify.commandsFinal(finals)
 	s.notify.commandsChanged(finalIDs(evs)...) // those without a row read
 	s.events.publish(evs...)
-	// A report may have unblocked the device's next command.
+	// A report may have unblocked the device's next command: the report
+	// said one is queued, or a dispatch found one held back behind it
+	// (commands_holds.go).
+	wake = append(wake, s.holds.reportedAt(reportedDevices(in.Reports), time.Now())...)
 	if len(wake) > 0 {
 		s.notify.addWork(fe, wake...)
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"applied": len(changed), "ignored": applied["ignored"]})
 	return nil
+}
+
+// reportedDevices are the devices of reports that can free a device's next
+// command: received and final ones (a progress report comes after
+// received; an undeliverable one requeues, and wakes by itself).
+func reportedDevices(reps []apiclient.CommandReport) []string {
+	var devs []string
+	for _, r := range reps {
+		switch r.Outcome {
+		case apiclient.OutcomeReceived, apiclient.OutcomeSucceeded, apiclient.OutcomeFailed:
+			devs = append(devs, r.DeviceID)
+		}
+	}
+	return devs
 }
 
 func wrapErr(what string, err error) error {

@@ -32,6 +32,7 @@ type Server struct {
 	db      *store
 	notify  *notifier
 	handoff *handoffs
+	holds   *holds // commands_holds.go
 	events  *eventBus
 	handler http.Handler
 	routes  []route
@@ -68,6 +69,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, e
 		cfg: cfg, log: logger, metrics: m, limiter: newAuthLimiter(cfg),
 		started: make(chan struct{}), touched: map[string]time.Time{}, notify: newNotifier(),
 		handoff: newHandoffs(),
+		holds:   newHolds(),
 	}
 	if reg != nil {
 		if err := auth.RegisterMetrics(reg, "drover_api", "source", s.limiter.source); err != nil {
