@@ -76,6 +76,10 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 	default:
 		return errBadRequest("stream: %q, want true or false", v)
 	}
+	var lines *json.Encoder
+	if stream != nil {
+		lines = json.NewEncoder(w)
+	}
 	ctx := r.Context()
 	deadline := time.Now().Add(wait)
 	streamed := false // a line is written: the status and headers have gone
@@ -109,7 +113,7 @@ func (s *Server) frontendCommands(w http.ResponseWriter, r *http.Request, _ *pri
 				writeJSON(w, http.StatusOK, Dispatch{Commands: cmds})
 				return nil
 			}
-			if err := json.NewEncoder(w).Encode(Dispatch{Commands: cmds}); err != nil {
+			if err := lines.Encode(Dispatch{Commands: cmds}); err != nil {
 				return nil // the frontend is gone: these are resent, as a lost answer's
 			}
 			stream.Flush()
@@ -431,13 +435,13 @@ func (s *Server) frontendCommandReports(w http.ResponseWriter, r *http.Request, 
 }
 
 // reportedDevices are the devices of reports that can free a device's next
-// command: received and final ones (a progress report comes after
-// received; an undeliverable one requeues, and wakes by itself).
+// command: those that move a command past sent (received, progress, a
+// result), as the report statements' own answer says (reportBehind). An
+// undeliverable report requeues, and wakes by itself.
 func reportedDevices(reps []apiclient.CommandReport) []string {
 	var devs []string
 	for _, r := range reps {
-		switch r.Outcome {
-		case apiclient.OutcomeReceived, apiclient.OutcomeSucceeded, apiclient.OutcomeFailed:
+		if r.Outcome != apiclient.OutcomeUndeliverable {
 			devs = append(devs, r.DeviceID)
 		}
 	}

@@ -26,6 +26,10 @@ import (
 // marks its devices, after its commit. Whichever comes second wakes the
 // dispatch: a report finds the device held, or a dispatch finds a report
 // committed since its read began (its read may have missed it).
+//
+// Only reports to this replica need it: another replica's report reaches
+// this one by NOTIFY after its commit, and wakes the device's frontend
+// whatever it says (remoteCommands).
 type holds struct {
 	mu       sync.Mutex
 	held     map[string]time.Time // device → when a dispatch found its next command held back
@@ -47,6 +51,9 @@ func newHolds() *holds {
 // devs' next command held back by one in flight, and returns those of
 // them reported since readAt: the dispatch must look at them again.
 func (h *holds) hold(devs []string, readAt time.Time) (again []string) {
+	if len(devs) == 0 {
+		return nil // most dispatches: nothing held
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, d := range devs {

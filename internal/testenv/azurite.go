@@ -165,7 +165,7 @@ func azMissing(t testing.TB, what string) {
 // can be created.
 func azStart(t testing.TB, bin, dir string) (*AzuriteServer, error) {
 	t.Helper()
-	port, err := azFreePort()
+	port, err := freePort()
 	if err != nil {
 		return nil, fmt.Errorf("find a free port: %w", err)
 	}
@@ -237,10 +237,6 @@ func azStart(t testing.TB, bin, dir string) (*AzuriteServer, error) {
 	t.Cleanup(stop)
 	return s, nil
 }
-
-// azFreePort returns a loopback TCP port that was free a moment ago
-// (freePort: below the ephemeral range).
-func azFreePort() (int, error) { return freePort() }
 
 // azLimitedBuffer keeps the first 64 KiB of a process's output, for error
 // messages, and is safe to write from the exec package's copy goroutines.
