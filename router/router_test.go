@@ -109,7 +109,11 @@ type peer struct {
 func dialPeer(t testing.TB, endpoint, id string) *peer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &peer{t: t, sock: zmq4.NewDealer(ctx, zmq4.WithID(zmq4.SocketIdentity(id)), zmq4.WithTimeout(time.Second)),
+	// A send is bounded like expect's wait (10 s), not by a second: a
+	// 1.3 MB batch (TestLargeBatchSplits) takes a few milliseconds here but
+	// missed a one-second bound once on a loaded CI machine, where the whole
+	// test ran 20 times slower than alone.
+	p := &peer{t: t, sock: zmq4.NewDealer(ctx, zmq4.WithID(zmq4.SocketIdentity(id)), zmq4.WithTimeout(10*time.Second)),
 		in: make(chan forward.Message, 100), done: make(chan struct{})}
 	if err := p.sock.Dial(linkEndpoint(t, clusterlink.RoleFrontend, clusterlink.LinkIngest, endpoint)); err != nil {
 		cancel()
