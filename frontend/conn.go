@@ -14,7 +14,6 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/drover-telemetry/drover/internal/registry"
-	"github.com/drover-telemetry/drover/queue"
 	"github.com/drover-telemetry/drover/telemetry"
 )
 
@@ -87,6 +86,15 @@ type conn struct {
 	// text: the device's last frame was a text (JSON) frame; what the
 	// commander writes follows it.
 	text atomic.Bool
+
+	// ahead is the connection gorilla reads when it can read ahead (plain
+	// TCP from the front door), else nil. pend lists the frames begun and
+	// not yet acked, pendSeq the highest seq among them; while pend is not
+	// nil the read loop holds dev.mu (settle.go). Only the read loop uses
+	// the three.
+	ahead   *aheadConn
+	pend    *[]pendingAck
+	pendSeq uint64
 
 	cred   registry.Grant // what the authentication granted (registry.go)
 	expiry *time.Timer    // checks cred again when its overlap ends; nil when none
@@ -193,7 +201,9 @@ func (c *conn) readLoop() {
 	defer c.finish()
 	for {
 		if code, reason := c.stopped(); code != 0 {
-			c.closeWith(code, reason)
+			if c.settleNow() {
+				c.closeWith(code, reason)
+			}
 			return
 		}
 		typ, r, err := c.ws.NextReader()
@@ -221,12 +231,38 @@ func (c *conn) readLoop() {
 	}
 }
 
+// closeReceived is gorilla's close handler: the frames the device sent
+// before its close are acked before the close is answered, as they were
+// when every frame was acked before the next was read.
+func (c *conn) closeReceived(code int, _ string) error {
+	if err := c.settle(); err != nil {
+		return err
+	}
+	msg := websocket.FormatCloseMessage(code, "")
+	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.f.cfg.WriteTimeout))
+	return nil
+}
+
 // readFailed ends the connection after a failed read: a requested stop, a
 // frame over the read limit, the idle timeout, or the device gone.
 func (c *conn) readFailed(err error) {
 	c.mu.Lock()
 	c.readBroken = true
 	c.mu.Unlock()
+	// Frames held when the read failed are settled first: by aheadConn
+	// before it returned a failure of its own, here after one gorilla found
+	// in what was read (a close frame, a frame over the limit).
+	// A failure to write their acks is not one more reason to close: the
+	// read failed already, and below says how.
+	var se *settleError
+	if errors.As(err, &se) && se.code != 0 {
+		c.settleFailed(se)
+		return
+	}
+	if se := c.settle(); se != nil && se.code != 0 {
+		c.settleFailed(se)
+		return
+	}
 	if code, reason := c.stopped(); code != 0 {
 		c.closeWith(code, reason)
 		return
@@ -286,9 +322,11 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 			// Reports draw on the live rate budget like readings: each costs the
 			// control plane a write.
 			d := c.dev
-			d.mu.Lock()
+			if c.pend == nil { // else held already (settle.go)
+				d.mu.Lock()
+			}
 			ok := d.admit(len(up.Reports), 0, recv, &f.cfg)
-			d.mu.Unlock()
+			c.unlockDevice()
 			if !ok {
 				c.refuse(closePolicy, "rate limit exceeded", reasonRateLimit, nil)
 				return false
@@ -315,28 +353,32 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 	}
 	f.m.readingsBacklog.Add(float64(old))
 
+	// While frames are held, the read loop holds the device's lock
+	// already (settle.go); the seqs they store count as stored.
 	d := c.dev
-	d.mu.Lock()
+	if c.pend == nil {
+		d.mu.Lock()
+	}
 	if !d.admit(n-old, old, recv, &f.cfg) {
-		d.mu.Unlock()
+		c.unlockDevice()
 		c.refuse(closePolicy, "rate limit exceeded", reasonRateLimit, nil)
 		return false
 	}
+	acked := max(d.acked, c.pendSeq)
 	// Seqs strictly increase within a valid frame: the new readings, if
 	// any, are a suffix.
 	first := n
 	for i := range refs {
-		if refs[i].Seq > d.acked {
+		if refs[i].Seq > acked {
 			first = i
 			break
 		}
 	}
 	f.m.readingsDuplicate.Add(float64(first))
 	if first == n {
-		ack := d.acked
-		d.mu.Unlock()
 		f.m.framesDuplicate.Inc()
-		return c.sendAck(ack, text, recv)
+		c.hold(pendingAck{seq: acked, text: text, recv: recv})
+		return c.holdOrSettle()
 	}
 	// The entry is a Batch of Records, written byte by byte around each
 	// reading's encoding: what proto.Marshal would write, with no reading
@@ -344,55 +386,32 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 	fresh := refs[first:]
 	recvMs := recv.UnixMilli()
 	entry := telemetry.AppendRecords(make([]byte, 0, telemetry.RecordsSize(d.id, recvMs, fresh)), d.id, recvMs, fresh)
-	_, err := f.q.Append(f.appendCtx, entry)
+	p, err := f.q.Begin(entry)
 	if err != nil {
-		d.mu.Unlock()
-		if queue.Retryable(err) {
-			c.refuse(closeTryAgainLater, "try again later", reasonOverloaded, err)
-		} else {
-			c.refuse(closeInternal, "internal error", reasonInternal, err)
-		}
+		c.unlockDevice()
+		e := appendFailed(err)
+		c.refuse(e.code, e.text, e.reason, e.err)
 		return false
 	}
-	d.acked = max(d.acked, refs[n-1].Seq) // seqs increase: the last is the highest
-	ack := d.acked
-	d.mu.Unlock()
-	f.m.framesStored.Inc()
-	f.m.readingsStored.Add(float64(n - first))
-	return c.sendAck(ack, text, recv)
+	// seqs increase: the last is the highest
+	c.hold(pendingAck{p: p, stored: n - first, seq: refs[n-1].Seq, text: text, recv: recv})
+	return c.holdOrSettle()
 }
 
-// sendAck writes a cumulative ack in the frame's encoding. It returns false
-// when the write failed and the connection is closed.
-func (c *conn) sendAck(seq uint64, text bool, recv time.Time) bool {
-	var buf [16]byte
-	msg, typ := telemetry.AppendAck(buf[:0], seq), websocket.BinaryMessage
-	if text {
-		var err error
-		if msg, err = telemetry.EncodeDownlink(telemetry.NewAck(seq), true); err != nil {
-			c.refuse(closeInternal, "internal error", reasonInternal, err)
-			return false
-		}
-		typ = websocket.TextMessage
+// unlockDevice releases the device's lock taken for a frame, unless frames
+// are held (then settle releases it).
+func (c *conn) unlockDevice() {
+	if c.pend == nil {
+		c.dev.mu.Unlock()
 	}
-	c.wmu.Lock()
-	_ = c.ws.SetWriteDeadline(time.Now().Add(c.f.cfg.WriteTimeout))
-	err := c.ws.WriteMessage(typ, msg)
-	c.wmu.Unlock()
-	if err != nil {
-		// The readings are stored; the device will resend them and be
-		// acked then, without storing them twice.
-		c.log(slog.LevelDebug, "frontend: ack not delivered", "seq", seq, "err", err)
-		c.f.m.connectionsClosed.WithLabelValues("none").Inc()
-		return false
-	}
-	c.f.m.ackLatency.Observe(time.Since(recv).Seconds())
-	return true
 }
 
 // refuse counts and logs a refusal, the one log line it gets, and closes
 // the connection with code and text. err may be nil.
 func (c *conn) refuse(code int, text, reason string, err error) {
+	// The frames held before this one are stored: they are acked first
+	// (a failure there only means fewer acks before the close).
+	_ = c.settle()
 	c.f.m.refusals.WithLabelValues(reason).Inc()
 	attrs := []any{"code", code, "reason", reason, "text", text}
 	if err != nil {
@@ -455,6 +474,8 @@ func (c *conn) linger() {
 
 // finish releases everything the connection holds.
 func (c *conn) finish() {
+	// Every exit settles what it held; this is the net under them.
+	_ = c.settle()
 	c.mu.Lock()
 	c.closing, c.done = true, true
 	if c.ping != nil {

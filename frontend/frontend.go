@@ -553,6 +553,9 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	f.m.connectionsAccepted.Inc()
 	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
 	c := &conn{f: f, ws: ws, cred: grant, byCert: certID != "", client: src, firmware: fwVersion}
+	if a, ok := ws.NetConn().(*aheadConn); ok {
+		c.ahead, a.settle = a, c.settleInRead
+	}
 	c.text.Store(r.URL.Query().Get(QueryEncoding) == "json")
 	if !f.track(c) {
 		// Shutdown began during the upgrade: this connection never
@@ -577,6 +580,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	f.presence.report(id, src, fwVersion, true, now)
 	c.extend()
 	ws.SetPongHandler(func(string) error { c.extend(); return nil })
+	ws.SetCloseHandler(c.closeReceived)
 	c.startPing()
 	c.log(slog.LevelDebug, "frontend: device connected")
 	go c.readLoop()

@@ -45,6 +45,7 @@ type metrics struct {
 	readingsStored      prometheus.Counter
 	readingsDuplicate   prometheus.Counter
 	ackLatency          prometheus.Histogram
+	ackWrites           prometheus.Counter
 	devices             prometheus.Gauge
 }
 
@@ -115,6 +116,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from a frame's arrival to its ack written to the device (decode, fsync, write).",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
+		ackWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_frontend_ack_writes_total",
+			Help: "Writes that carried acks to a device: one per frame, or fewer when a device's frames waited back to back and their acks went out together (acks stay one per frame).",
+		}),
 		devices: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "drover_frontend_devices_tracked",
 			Help: "Devices whose acked sequence and rate budget are held in memory (connected plus recently seen).",
@@ -124,7 +129,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.connections, m.connectionsAccepted, m.connectionsRefused, m.handedToHTTP, m.pingsSent, m.pingsSkipped, m.connectionsClosed, m.refusals,
 		m.framesReceived, m.framesStored, m.framesDuplicate,
 		m.readingsReceived, m.readingsBacklog, m.readingsStored, m.readingsDuplicate,
-		m.ackLatency, m.devices,
+		m.ackLatency, m.ackWrites, m.devices,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register frontend metrics: %w", err)

@@ -283,7 +283,7 @@ func (w *upgradeResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, errors.New("frontend: hijack after the response began")
 	}
 	w.hijacked = true
-	return w.c, bufio.NewReadWriter(w.br, w.bw), nil
+	return newAheadConn(w.c), bufio.NewReadWriter(w.br, w.bw), nil
 }
 
 // finish writes the response and closes the connection, as net/http does for
