@@ -24,12 +24,15 @@ package frontend
 // the settle, as it was held across each frame's append before: a newer
 // connection of the same device waits, and a resend is stored once.
 //
-// Only plain TCP connections the front door upgrades read ahead: a read that
-// does not wait needs the socket (syscall.RawConn), which *tls.Conn hides.
-// TLS connections and those net/http upgraded settle every frame at once,
+// A read that does not wait needs the socket (syscall.RawConn): aheadConn
+// wraps the TCP connection, under gorilla for ws:// (the front door's
+// Hijack) and under the *tls.Conn for wss:// (tlsserve.WrapConn), where the
+// acks' TLS records go out in one write(2). Only the rare upgrade that
+// net/http serves (a request head over 4 KiB) settles every frame at once,
 // which is what all connections did before.
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -51,11 +54,13 @@ type aheadConn struct {
 	// Only the read loop reads, arms and calls these.
 	settle func() error // the read loop's settle; set once at connect
 	armed  bool         // frames are held: settle before a read waits
-	// more: the last read filled the buffer it was given, so the socket
-	// may hold more. When it returned less, the socket was empty then:
-	// the read loop settles at once instead of trying a read that finds
-	// nothing (a device sending one frame at a time pays no extra read).
-	more bool
+	// full: the last read filled the buffer it was given, so the socket
+	// may hold more; handed: the bytes reads have returned (see mayHoldMore).
+	full   bool
+	handed int64
+	// underTLS: a *tls.Conn reads this connection and keeps what it read
+	// beyond a record, where neither of the above can see it.
+	underTLS bool
 
 	mu   sync.Mutex
 	held *[]byte // writes gathered while acks are written together; nil otherwise
@@ -75,6 +80,35 @@ func newAheadConn(c net.Conn) net.Conn {
 	return &aheadConn{TCPConn: tc, raw: raw}
 }
 
+// aheadOf is the aheadConn under a connection gorilla reads: the
+// connection itself (ws://) or the one under its TLS (wss://); nil when
+// there is none.
+func aheadOf(c net.Conn) *aheadConn {
+	tc, tlsConn := c.(*tls.Conn)
+	if tlsConn {
+		c = tc.NetConn()
+	}
+	a, _ := c.(*aheadConn)
+	if a != nil {
+		a.underTLS = tlsConn
+	}
+	return a
+}
+
+// mayHoldMore reports whether more of the device's bytes may be waiting
+// after the frames the read loop has taken, consumed bytes in all on the
+// wire: so it holds the frames for the next read rather than settling at
+// once. When the last read returned less than it was asked for, the socket
+// was empty then, and gorilla's buffer holds nothing beyond what the loop
+// took: a device sending one frame at a time then pays no extra read(2).
+// Under TLS the TLS layer may hold whole records of later frames, unseen
+// here: it always holds (a read that finds the socket empty settles).
+// Wrong answers cost a read or a write, never an ack: a read that would
+// wait settles first whatever this said.
+func (a *aheadConn) mayHoldMore(consumed int64) bool {
+	return a.underTLS || a.full || a.handed > consumed
+}
+
 // Read reads what the socket holds without waiting while frames are held;
 // when it would have to wait (or the read fails, or the device closed), it
 // settles them first, then reads as usual.
@@ -84,7 +118,7 @@ func (a *aheadConn) Read(p []byte) (int, error) {
 	}
 	n, err := a.readNow(p)
 	if n > 0 {
-		a.more = n == len(p)
+		a.full, a.handed = n == len(p), a.handed+int64(n)
 		return n, nil
 	}
 	a.armed = false
@@ -100,7 +134,7 @@ func (a *aheadConn) Read(p []byte) (int, error) {
 // read is a read that waits, as net.Conn's.
 func (a *aheadConn) read(p []byte) (int, error) {
 	n, err := a.TCPConn.Read(p)
-	a.more = n == len(p)
+	a.full, a.handed = n == len(p), a.handed+int64(max(n, 0))
 	return n, err
 }
 

@@ -52,23 +52,36 @@ func (g *gatherConn) flush(t testing.TB) {
 	g.buf = nil
 }
 
-// connectGathering connects device i over a gatherConn.
+// connectGathering connects device i over a gatherConn (ws://).
 func (e *env) connectGathering(t testing.TB, i int) (*websocket.Conn, *gatherConn) {
 	t.Helper()
+	return e.connectGatheringTLS(t, i, nil)
+}
+
+// connectGatheringTLS connects device i over a gatherConn, with TLS over it
+// when tf is not nil (wss://: the TLS records of held frames go out
+// together).
+func (e *env) connectGatheringTLS(t testing.TB, i int, tf *tlsFiles) (*websocket.Conn, *gatherConn) {
+	t.Helper()
 	var g *gatherConn
-	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second,
-		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			g = &gatherConn{Conn: c}
-			return g, nil
-		}}
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	u := e.url
+	if tf != nil {
+		d = *tf.tlsDialer(nil, nil)
+		u = e.wssURL()
+	}
+	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		g = &gatherConn{Conn: c}
+		return g, nil
+	}
 	h := http.Header{}
 	h.Set(HeaderDevice, deviceID(i))
 	h.Set("Authorization", "Bearer "+tokenOf(i))
-	ws, _, err := d.Dial(e.url, h)
+	ws, _, err := d.Dial(u, h)
 	if err != nil {
 		t.Fatalf("dial %s: %v", deviceID(i), err)
 	}
@@ -86,8 +99,20 @@ func sendFrame(t testing.TB, ws *websocket.Conn, text bool, u *telemetry.Uplink)
 // acked one per frame, in order, each in its frame's encoding, and their
 // acks go out in one write per settle (maxAhead frames at most).
 func TestFramesBackToBack(t *testing.T) {
-	e := startWith(t, 4, nil)
-	ws, g := e.connectGathering(t, 1)
+	t.Run("ws", func(t *testing.T) {
+		e := startWith(t, 4, nil)
+		ws, g := e.connectGathering(t, 1)
+		framesBackToBack(t, e, ws, g)
+	})
+	t.Run("wss", func(t *testing.T) {
+		tf := newTLSFiles(t, "127.0.0.1")
+		e := startWith(t, 4, tf.withTLS(false))
+		ws, g := e.connectGatheringTLS(t, 1, tf)
+		framesBackToBack(t, e, ws, g)
+	})
+}
+
+func framesBackToBack(t *testing.T, e *env, ws *websocket.Conn, g *gatherConn) {
 	now := time.Now()
 	type frame struct {
 		text bool

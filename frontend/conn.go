@@ -95,6 +95,9 @@ type conn struct {
 	ahead   *aheadConn
 	pend    *[]pendingAck
 	pendSeq uint64
+	// wireBytes: the data frames read, counted as they were on the wire
+	// (header, mask, payload), for aheadConn.mayHoldMore.
+	wireBytes int64
 
 	cred   registry.Grant // what the authentication granted (registry.go)
 	expiry *time.Timer    // checks cred again when its overlap ends; nil when none
@@ -222,6 +225,7 @@ func (c *conn) readLoop() {
 			c.readFailed(err)
 			return
 		}
+		c.wireBytes += wireLen(buf.Len())
 		c.text.Store(typ == websocket.TextMessage)
 		ok := c.handleFrame(typ == websocket.TextMessage, buf.Bytes(), recv)
 		frameBufs.Put(buf)
@@ -229,6 +233,25 @@ func (c *conn) readLoop() {
 			return
 		}
 	}
+}
+
+// pongReceived is gorilla's pong handler: a pong proves the device alive.
+// It runs in the read loop, as the ping handler below.
+func (c *conn) pongReceived(data string) error {
+	c.wireBytes += wireLen(len(data))
+	c.extend()
+	return nil
+}
+
+// pingReceived answers a device's ping as gorilla does, and counts it.
+func (c *conn) pingReceived(data string) error {
+	c.wireBytes += wireLen(len(data))
+	err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.f.cfg.WriteTimeout))
+	var ne net.Error
+	if errors.Is(err, websocket.ErrCloseSent) || errors.As(err, &ne) {
+		return nil // the read that follows sees the connection's end
+	}
+	return err
 }
 
 // closeReceived is gorilla's close handler: the frames the device sent
@@ -241,6 +264,21 @@ func (c *conn) closeReceived(code int, _ string) error {
 	msg := websocket.FormatCloseMessage(code, "")
 	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.f.cfg.WriteTimeout))
 	return nil
+}
+
+// wireLen is the size on the wire of a device's unfragmented data frame
+// of n bytes: header, length, mask key, payload; pings and pongs are
+// counted by their handlers. The rare fragmented message's extra headers
+// are not: they only make mayHoldMore say yes when it could say no.
+func wireLen(n int) int64 {
+	h := 2 + 4
+	switch {
+	case n > 65535:
+		h += 8
+	case n > 125:
+		h += 2
+	}
+	return int64(h + n)
 }
 
 // readFailed ends the connection after a failed read: a requested stop, a

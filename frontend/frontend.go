@@ -261,7 +261,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 	addr := ln.Addr()
 	f.addr.Store(&addr)
 	if f.tls != nil {
-		f.tlsLn = f.tls.NewListener(ln)
+		f.tlsLn = f.tls.NewListener(ln, tlsserve.WrapConn(newAheadConn))
 		ln = f.tlsLn
 	}
 	f.routers.watch(dr)
@@ -553,7 +553,7 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	f.m.connectionsAccepted.Inc()
 	ws.SetReadLimit(int64(f.cfg.MaxFrameBytes))
 	c := &conn{f: f, ws: ws, cred: grant, byCert: certID != "", client: src, firmware: fwVersion}
-	if a, ok := ws.NetConn().(*aheadConn); ok {
+	if a := aheadOf(ws.NetConn()); a != nil {
 		c.ahead, a.settle = a, c.settleInRead
 	}
 	c.text.Store(r.URL.Query().Get(QueryEncoding) == "json")
@@ -579,7 +579,8 @@ func (f *Frontend) serveIngest(w http.ResponseWriter, r *http.Request) {
 	f.admitted(c, reg)
 	f.presence.report(id, src, fwVersion, true, now)
 	c.extend()
-	ws.SetPongHandler(func(string) error { c.extend(); return nil })
+	ws.SetPongHandler(c.pongReceived)
+	ws.SetPingHandler(c.pingReceived)
 	ws.SetCloseHandler(c.closeReceived)
 	c.startPing()
 	c.log(slog.LevelDebug, "frontend: device connected")

@@ -56,11 +56,11 @@ func (c *conn) hold(pa pendingAck) {
 }
 
 // holdOrSettle leaves the held frames for the next read to settle when the
-// connection can read ahead, its socket may hold more (aheadConn.more) and
-// it holds fewer than maxAhead; otherwise it settles them now. It returns
-// false when the connection was closed.
+// connection can read ahead, more may be waiting (aheadConn.mayHoldMore)
+// and it holds fewer than maxAhead; otherwise it settles them now. It
+// returns false when the connection was closed.
 func (c *conn) holdOrSettle() bool {
-	if c.ahead != nil && c.ahead.more && len(*c.pend) < maxAhead {
+	if c.ahead != nil && c.ahead.mayHoldMore(c.wireBytes) && len(*c.pend) < maxAhead {
 		c.ahead.armed = true
 		return true
 	}

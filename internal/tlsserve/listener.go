@@ -63,6 +63,18 @@ type Listener struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	acceptErr atomic.Pointer[error]
+	wrap      func(net.Conn) net.Conn // WrapConn's; nil: none
+}
+
+// ListenerOption changes what NewListener builds.
+type ListenerOption func(*Listener)
+
+// WrapConn has TLS run over wrap(c) for each accepted connection c, from its
+// handshake on (the frontend's aheadConn, which reads the socket without
+// waiting while frames are held, lives under the *tls.Conn this way). The
+// connection the listener's own checks look at stays c; wrap may return c.
+func WrapConn(wrap func(net.Conn) net.Conn) ListenerOption {
+	return func(l *Listener) { l.wrap = wrap }
 }
 
 type pendingConn struct {
@@ -72,7 +84,7 @@ type pendingConn struct {
 
 // NewListener serves TLS over inner under the server's configuration and
 // limits. Close closes inner too.
-func (s *Server) NewListener(inner net.Listener) *Listener {
+func (s *Server) NewListener(inner net.Listener, opts ...ListenerOption) *Listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Listener{
 		inner:   inner,
@@ -86,6 +98,9 @@ func (s *Server) NewListener(inner net.Listener) *Listener {
 		closed:  make(chan struct{}),
 		ctx:     ctx,
 		cancel:  cancel,
+	}
+	for _, o := range opts {
+		o(l)
 	}
 	l.bucket.init(s.cfg.HandshakeRate)
 	l.m.rate.Set(s.cfg.HandshakeRate)
@@ -279,6 +294,9 @@ func (l *Listener) handshake(c net.Conn) {
 		<-l.sem
 	}()
 	start := time.Now()
+	if l.wrap != nil {
+		c = l.wrap(c)
+	}
 	tc := tls.Server(c, l.s.base)
 	ctx, cancel := context.WithTimeout(l.ctx, l.lim.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
