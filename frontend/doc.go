@@ -25,8 +25,12 @@
 // per frame once the frame is stored. A frame is stored whole or not at all,
 // as one queue entry holding a telemetry.Batch of Records. Readings whose seq
 // is at or below the device's acked sequence are resends: they are acked
-// again and not stored again. docs/ingest.md is the device maker's guide:
-// auth, acks, the resend rule, the close codes and the limits.
+// again and not stored again. Frames a device sent back to back (already in
+// the socket) are begun together, share group commits, and have their acks
+// written in one write(2), still one per frame and in order (ahead.go,
+// settle.go); nothing is held while a read would wait. docs/ingest.md is the
+// device maker's guide: auth, acks, the resend rule, the close codes and the
+// limits.
 //
 // # Refusals
 //
