@@ -20,7 +20,7 @@
 # the connects over a second instead of all at once); SIM_NICE runs it niced.
 # DROVER_BIN runs that drover binary instead of building one (a before/after comparison).
 # SIM_CPUS and SERVER_CPUS pin the simulator and the servers to CPU lists (taskset; e.g.
-# SIM_CPUS=1 SERVER_CPUS=0: see bench-lib.sh). Every run also reports each process's CPU µs and
+# SIM_CPUS=1 SERVER_CPUS=0: see bench-lib.sh). TLS=1 connects the devices over wss://. Every run also reports each process's CPU µs and
 # disk bytes written (/proc/PID/io write_bytes) per acked reading, and the frontend's own view of
 # the ack latency (drover_frontend_ack_latency_seconds) beside the device's (procstats.json).
 set -euo pipefail
@@ -46,6 +46,16 @@ metric() { # ops-addr name [label-filter]
 	curl -fs "http://$1/metrics" | grep -E "^$2(\{[^}]*${3:-}[^}]*\})? " | awk '{s+=$2} END {printf "%.0f\n", s}'
 }
 
+# TLS=1: devices on wss:// (a test CA made by scripts/make-test-certs.sh; no handshake budget, so
+# that the connects do not wait for it), as production devices connect.
+scheme=ws; fe_tls=(); sim_tls=()
+if [[ "${TLS:-0}" == 1 ]]; then
+	scripts/make-test-certs.sh "$work/certs" >/dev/null 2>&1
+	fe_tls=(-tls-cert "$work/certs/server.crt" -tls-key "$work/certs/server.key" -tls-handshake-rate 0)
+	sim_tls=(-tls-ca "$work/certs/ca.pem")
+	scheme=wss
+fi
+
 rport=$(freeport); fport=$(freeport); rops=$(freeport); fops=$(freeport)
 case "$scenario" in
 	throughput) devices=1000; simargs=(-rate 1000 -frame-readings 50 -window 8 -outbox 2000 -duration "$duration") ;;
@@ -61,13 +71,13 @@ esac
 pids+=($!); routerpid=$!
 "${server_pin[@]}" "$drover" frontend -id frontend-1 -listen "127.0.0.1:$fport" -routers "tcp://127.0.0.1:$rport" \
 	-queue-dir "$work/frontend" -registry "$work/registry.json" -rate 5000 -rate-burst 10000 \
-	-max-connections 20000 -ops-listen "127.0.0.1:$fops" -pprof 2>"$out/frontend.log" &
+	-max-connections 20000 -ops-listen "127.0.0.1:$fops" -pprof "${fe_tls[@]}" 2>"$out/frontend.log" &
 pids+=($!); frontendpid=$!
 waitready "127.0.0.1:$rops"; waitready "127.0.0.1:$fops"
 
 heap0=$(metric "127.0.0.1:$fops" go_memstats_heap_inuse_bytes)
 curl -fs "http://127.0.0.1:$fops/metrics" >"$out/frontend-start.metrics"
-"${sim_pin[@]}" ${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "ws://127.0.0.1:$fport" -devices "$devices" "${simargs[@]}" ${SIM_ARGS:-} \
+"${sim_pin[@]}" ${SIM_NICE:+nice -n "$SIM_NICE"} "$drover" sim -frontends "$scheme://127.0.0.1:$fport" -devices "$devices" "${simargs[@]}" "${sim_tls[@]}" ${SIM_ARGS:-} \
 	-summary "$out/sim.json" -timeline "$out/timeline.jsonl" -progress 5s -ops-listen 127.0.0.1:0 2>"$out/sim.log" &
 simpid=$!
 pids+=($simpid)
