@@ -87,8 +87,8 @@ type conn struct {
 	// commander writes follows it.
 	text atomic.Bool
 
-	// ahead is the connection gorilla reads when it can read ahead (plain
-	// TCP from the front door), else nil. pend lists the frames begun and
+	// ahead is the TCP connection under gorilla (ws://) or under the TLS
+	// (wss://) when it can read ahead (ahead.go), else nil. pend lists the frames begun and
 	// not yet acked, pendSeq the highest seq among them; while pend is not
 	// nil the read loop holds dev.mu (settle.go). Only the read loop uses
 	// the three.
