@@ -66,9 +66,15 @@ type aheadConn struct {
 	held *[]byte // writes gathered while acks are written together; nil otherwise
 }
 
-// newAheadConn wraps c when it is a plain TCP connection; anything else is
-// returned as it is (and its frames settle one by one).
-func newAheadConn(c net.Conn) net.Conn {
+// newAheadConn wraps c, which gorilla reads, when it is a plain TCP
+// connection; anything else (a *tls.Conn, whose own TCP connection is
+// wrapped by newAheadConnUnderTLS) is returned as it is.
+func newAheadConn(c net.Conn) net.Conn { return wrapAhead(c, false) }
+
+// newAheadConnUnderTLS wraps c, which a *tls.Conn reads (tlsserve.WrapConn).
+func newAheadConnUnderTLS(c net.Conn) net.Conn { return wrapAhead(c, true) }
+
+func wrapAhead(c net.Conn, underTLS bool) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c
@@ -77,21 +83,17 @@ func newAheadConn(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &aheadConn{TCPConn: tc, raw: raw}
+	return &aheadConn{TCPConn: tc, raw: raw, underTLS: underTLS}
 }
 
 // aheadOf is the aheadConn under a connection gorilla reads: the
 // connection itself (ws://) or the one under its TLS (wss://); nil when
 // there is none.
 func aheadOf(c net.Conn) *aheadConn {
-	tc, tlsConn := c.(*tls.Conn)
-	if tlsConn {
+	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
 	a, _ := c.(*aheadConn)
-	if a != nil {
-		a.underTLS = tlsConn
-	}
 	return a
 }
 
@@ -134,7 +136,7 @@ func (a *aheadConn) Read(p []byte) (int, error) {
 // read is a read that waits, as net.Conn's.
 func (a *aheadConn) read(p []byte) (int, error) {
 	n, err := a.TCPConn.Read(p)
-	a.full, a.handed = n == len(p), a.handed+int64(max(n, 0))
+	a.full, a.handed = n == len(p), a.handed+int64(n)
 	return n, err
 }
 

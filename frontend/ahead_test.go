@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"github.com/drover-telemetry/drover/telemetry"
 )
 
 // gatherConn is a device's TCP connection that can hold its writes and send
@@ -89,12 +87,6 @@ func (e *env) connectGatheringTLS(t testing.TB, i int, tf *tlsFiles) (*websocket
 	return ws, g
 }
 
-// sendFrame writes one frame (held when g holds).
-func sendFrame(t testing.TB, ws *websocket.Conn, text bool, u *telemetry.Uplink) {
-	t.Helper()
-	send(t, ws, text, u)
-}
-
 // TestFramesBackToBack: frames that arrive together are stored once each and
 // acked one per frame, in order, each in its frame's encoding, and their
 // acks go out in one write per settle (maxAhead frames at most).
@@ -135,7 +127,7 @@ func framesBackToBack(t *testing.T, e *env, ws *websocket.Conn, g *gatherConn) {
 	}
 	g.hold()
 	for _, f := range frames {
-		sendFrame(t, ws, f.text, readings(now, f.seqs...))
+		send(t, ws, f.text, readings(now, f.seqs...))
 	}
 	g.flush(t)
 	for i, f := range frames {
@@ -173,10 +165,10 @@ func TestFramesBackToBackRefused(t *testing.T) {
 		ws, g := e.connectGathering(t, 1)
 		now := time.Now()
 		g.hold()
-		sendFrame(t, ws, false, readings(now, 1, 2))
-		sendFrame(t, ws, false, readings(now, 3, 4))
-		sendFrame(t, ws, false, readings(now, 6, 5)) // seqs must increase: 1007
-		sendFrame(t, ws, false, readings(now, 7, 8))
+		send(t, ws, false, readings(now, 1, 2))
+		send(t, ws, false, readings(now, 3, 4))
+		send(t, ws, false, readings(now, 6, 5)) // seqs must increase: 1007
+		send(t, ws, false, readings(now, 7, 8))
 		g.flush(t)
 		for _, want := range []uint64{2, 4} {
 			if got, ce := next(t, ws, false); ce != nil || got != want {
@@ -195,7 +187,7 @@ func TestFramesBackToBackRefused(t *testing.T) {
 		now := time.Now()
 		g.hold()
 		for i := uint64(0); i < 30; i++ {
-			sendFrame(t, ws, false, readings(now, seqRange(i*10+1, i*10+10)...))
+			send(t, ws, false, readings(now, seqRange(i*10+1, i*10+10)...))
 		}
 		g.flush(t)
 		var acked []uint64
@@ -230,7 +222,7 @@ func TestFramesThenClose(t *testing.T) {
 	now := time.Now()
 	g.hold()
 	for i := uint64(0); i < 3; i++ {
-		sendFrame(t, ws, false, readings(now, i+1))
+		send(t, ws, false, readings(now, i+1))
 	}
 	if err := ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")); err != nil {
 		t.Fatal(err)

@@ -88,15 +88,13 @@ type conn struct {
 	text atomic.Bool
 
 	// ahead is the TCP connection under gorilla (ws://) or under the TLS
-	// (wss://) when it can read ahead (ahead.go), else nil. pend lists the frames begun and
-	// not yet acked, pendSeq the highest seq among them; while pend is not
-	// nil the read loop holds dev.mu (settle.go). Only the read loop uses
-	// the three.
-	ahead   *aheadConn
-	pend    *[]pendingAck
-	pendSeq uint64
-	// wireBytes: the data frames read, counted as they were on the wire
-	// (header, mask, payload), for aheadConn.mayHoldMore.
+	// (wss://) when it can read ahead (ahead.go), else nil. pend lists the
+	// frames begun and not yet acked; while it is not nil the read loop
+	// holds dev.mu (settle.go). wireBytes counts the frames read as they
+	// were on the wire (header, mask, payload), for aheadConn.mayHoldMore.
+	// Only the read loop uses them.
+	ahead     *aheadConn
+	pend      *[]pendingAck
 	wireBytes int64
 
 	cred   registry.Grant // what the authentication granted (registry.go)
@@ -402,7 +400,7 @@ func (c *conn) handleFrame(text bool, data []byte, recv time.Time) bool {
 		c.refuse(closePolicy, "rate limit exceeded", reasonRateLimit, nil)
 		return false
 	}
-	acked := max(d.acked, c.pendSeq)
+	acked := max(d.acked, c.heldSeq())
 	// Seqs strictly increase within a valid frame: the new readings, if
 	// any, are a suffix.
 	first := n

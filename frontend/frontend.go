@@ -261,7 +261,7 @@ func (f *Frontend) Run(ctx context.Context) error {
 	addr := ln.Addr()
 	f.addr.Store(&addr)
 	if f.tls != nil {
-		f.tlsLn = f.tls.NewListener(ln, tlsserve.WrapConn(newAheadConn))
+		f.tlsLn = f.tls.NewListener(ln, tlsserve.WrapConn(newAheadConnUnderTLS))
 		ln = f.tlsLn
 	}
 	f.routers.watch(dr)

@@ -52,7 +52,15 @@ func (c *conn) hold(pa pendingAck) {
 		c.pend = pendBufs.Get().(*[]pendingAck)
 	}
 	*c.pend = append(*c.pend, pa)
-	c.pendSeq = max(c.pendSeq, pa.seq)
+}
+
+// heldSeq is the highest seq the held frames store or ack: the last one's,
+// since each ack is at least the one before it (0 when none is held).
+func (c *conn) heldSeq() uint64 {
+	if c.pend == nil {
+		return 0
+	}
+	return (*c.pend)[len(*c.pend)-1].seq
 }
 
 // holdOrSettle leaves the held frames for the next read to settle when the
@@ -99,7 +107,7 @@ func (c *conn) settle() *settleError {
 	if pend == nil {
 		return nil
 	}
-	c.pend, c.pendSeq = nil, 0
+	c.pend = nil
 	f, d := c.f, c.dev
 	var fail *settleError
 	durable := 0
